@@ -1,0 +1,54 @@
+/*
+ * backend.c - the parts of the backend interface shared by every backend: the sticky
+ * error and the choice of backend by name.
+ */
+#include "backend.h"
+#include "zi_err.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int zi_backend_fail(zi_backend *be, int code, const char *fmt, ...)
+{
+    if (be->err != ZI_OK)
+        return be->err;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(be->errmsg, sizeof be->errmsg, fmt, ap);
+    va_end(ap);
+    be->err = code;
+    return code;
+}
+
+int zi_backend_check(zi_backend *be)
+{
+    if (be->err == ZI_OK)
+        return ZI_OK;
+    return zi_errorf(be->err, "%s backend: %s", be->name, be->errmsg);
+}
+
+#ifndef ZI_HAVE_CUDA
+zi_backend *zi_backend_cuda_new(int device)
+{
+    (void)device;
+    zi_errorf(ZI_EINVAL, "this zimage was built without the CUDA backend");
+    return NULL;
+}
+
+int zi_backend_cuda_available(void)
+{
+    return 0;
+}
+#endif
+
+zi_backend *zi_backend_new(const char *name)
+{
+    if (strcmp(name, "cpu") == 0)
+        return zi_backend_cpu_new(0);
+    if (strcmp(name, "cuda") == 0)
+        return zi_backend_cuda_new(0);
+    if (strcmp(name, "auto") == 0)
+        return zi_backend_cuda_available() ? zi_backend_cuda_new(0) : zi_backend_cpu_new(0);
+    zi_errorf(ZI_EINVAL, "unknown backend '%s' (expected auto, cpu or cuda)", name);
+    return NULL;
+}
