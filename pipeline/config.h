@@ -9,6 +9,8 @@
 #ifndef ZI_CONFIG_H
 #define ZI_CONFIG_H
 
+#include <stddef.h>
+
 #define ZI_VAE_MAX_BLOCKS 8
 
 typedef struct zi_te_config {
@@ -79,6 +81,13 @@ int zi_te_config_load(const char *path, zi_te_config *out);
 int zi_dit_config_load(const char *path, zi_dit_config *out);
 int zi_vae_config_load(const char *path, zi_vae_config *out);
 int zi_sched_config_load(const char *path, zi_sched_config *out);
+
+/* The same from a JSON text held in memory (tools, tests and the fuzz target); `label`
+ * names the source in errors. Added by the loading engineer. */
+int zi_te_config_parse(const char *json, size_t len, const char *label, zi_te_config *out);
+int zi_dit_config_parse(const char *json, size_t len, const char *label, zi_dit_config *out);
+int zi_vae_config_parse(const char *json, size_t len, const char *label, zi_vae_config *out);
+int zi_sched_config_parse(const char *json, size_t len, const char *label, zi_sched_config *out);
 
 /* The real Z-Image-Turbo configuration (built-in copy, for bench --random-weights). */
 void zi_config_zimage_turbo(zi_model_config *out);

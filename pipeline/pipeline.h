@@ -47,4 +47,41 @@ const zi_model_config *zi_pipeline_config(const zi_pipeline *p);
 int zi_pipeline_generate(zi_pipeline *p, const zi_gen_params *params, zi_progress_fn progress,
                          void *ud, uint8_t **rgb);
 
+/* ---- added by the pipeline engineer (D): model name, tests and tools ---- */
+
+typedef struct zi_dit zi_dit;
+
+/* The model's name for PNG parameters and job records: the checkpoint folder's base name
+ * ("random" for zi_pipeline_load_random). Valid while p lives. */
+const char *zi_pipeline_model_name(const zi_pipeline *p);
+
+/* The pipeline's transformer (e.g. to set an intermediate tap with zi_dit_set_tap). */
+zi_dit *zi_pipeline_dit(zi_pipeline *p);
+
+/* Hooks for tests and tools (every field optional; zero-initialise the struct). */
+typedef struct zi_gen_debug {
+    /* Used instead of the seeded noise when not NULL: [C, H/s, W/s] f32, C = the DiT's
+     * in_channels and s = the VAE's scale factor. */
+    const float *latents_init;
+    /* After text encoding: branch 0 = prompt, 1 = negative prompt (CFG only); emb is
+     * [L, D] host f32, valid during the call. Nonzero return aborts with that code. */
+    int (*on_caption)(void *ud, int branch, const int32_t *ids, const float *emb, int L, int D);
+    /* After Euler step `step` (0-based): the latents [C, lh, lw] and the n_out raw DiT
+     * outputs of that step (1, or 2 under CFG: positive then negative), host f32 valid
+     * during the call. Nonzero return aborts with that code. */
+    int (*on_step)(void *ud, int step, const float *latents, const float *const *model_out,
+                   int n_out, int C, int lh, int lw);
+    void *ud;
+} zi_gen_debug;
+
+/* zi_pipeline_generate with hooks (dbg may be NULL). */
+int zi_pipeline_generate_ex(zi_pipeline *p, const zi_gen_params *params, zi_progress_fn progress,
+                            void *ud, const zi_gen_debug *dbg, uint8_t **rgb);
+
+/* Checks the size, steps and guidance of `params` against the loaded model (sides multiples
+ * of the VAE scale times the patch, steps in 1..ZI_SCHED_MAX_STEPS, finite guidance >= 0);
+ * ZI_EINVAL with a message naming the field. Service limits (max side, pixels, steps) are
+ * the caller's. */
+int zi_pipeline_check_params(const zi_pipeline *p, const zi_gen_params *params);
+
 #endif

@@ -1,0 +1,56 @@
+/*
+ * zi_cuda.h - what the CUDA backend offers beyond backend.h: allocator control and
+ * telemetry, the device randn, and the probes used by the kernel tests and `zimage bench`.
+ *
+ * These functions exist only in builds with the CUDA backend (ZI_HAVE_CUDA); callers in
+ * always-compiled code guard their use with #ifdef ZI_HAVE_CUDA. Every function checks
+ * that `be` is a CUDA backend (ZI_EINVAL otherwise). The header needs no CUDA headers.
+ */
+#ifndef ZI_CUDA_H
+#define ZI_CUDA_H
+
+#include "backend.h"
+#include "zi_alloc.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Which attention implementation the backend uses. AUTO: the fused flash kernel where
+ * it exists (head_dim 128, 16-byte aligned bf16 operands), else the GEMM path (cuBLAS
+ * scores for a block of query rows, row softmax, cuBLAS P.V). The environment variable
+ * ZI_CUDA_ATTENTION=auto|flash|gemm sets the initial choice. */
+typedef enum zi_cuda_attn_path {
+    ZI_CUDA_ATTN_AUTO = 0,
+    ZI_CUDA_ATTN_FLASH = 1, /* flash where supported, GEMM path elsewhere (as AUTO) */
+    ZI_CUDA_ATTN_GEMM = 2,  /* always the GEMM path (cross-check of the fused kernel) */
+} zi_cuda_attn_path;
+
+/* 1 when `be` is a CUDA backend. */
+int zi_cuda_is(const zi_backend *be);
+
+int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path);
+
+/* out[n] (F32 tensor) = torch CUDA-generator randn for `seed`, computed on the GPU: the
+ * device twin of zi_randn_cuda() (pipeline/rng.h), same layout and launch geometry. */
+int zi_cuda_randn(zi_backend *be, zi_tensor *out, size_t n, uint64_t seed);
+
+/* Unmaps every fully free chunk of the allocator; returns the bytes released. */
+uint64_t zi_cuda_trim(zi_backend *be);
+/* Starts a new peak window for mem_stats (peak = allocated now). */
+void zi_cuda_reset_peak(zi_backend *be);
+/* The allocator's full figures (peak_reserved, map/unmap counts, blocks). */
+int zi_cuda_alloc_stats(zi_backend *be, zi_alloc_stats *out);
+
+/* The backend's stream (a cudaStream_t) for timing with events. */
+void *zi_cuda_stream(zi_backend *be);
+/* Evicts the L2 cache (writes a buffer twice its size) so the next kernel reads from
+ * device memory, as in a real pipeline step. */
+int zi_cuda_flush_l2(zi_backend *be);
+
+/* cuBLASLt bf16 GEMM n x n x n (fp32 accumulate) through the backend's linear path:
+ * best of `reps` timed runs after warm-up, in TFLOP/s. */
+int zi_cuda_bench_gemm(zi_backend *be, int n, int reps, double *tflops);
+/* Pinned host -> device copy of `bytes`, best of `reps`, in GB/s (1e9 bytes/s). */
+int zi_cuda_bench_h2d(zi_backend *be, size_t bytes, int reps, double *gbps);
+
+#endif

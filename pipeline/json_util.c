@@ -1,0 +1,244 @@
+/*
+ * json_util.c - cJSON helpers with errors that name the file and the key.
+ *
+ * cJSON's own error pointer is a process global; the parse here uses the
+ * return_parse_end argument instead, so errors are thread-safe.
+ */
+#include "json_util.h"
+#include "zi_err.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int zi_json_read_file(const char *path, size_t max_bytes, char **buf, size_t *len)
+{
+    *buf = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return zi_errorf(errno == ENOENT ? ZI_ENOTFOUND : ZI_EIO, "file %s: cannot open: %s",
+                         path, strerror(errno));
+    int rc = ZI_OK;
+    char *b = NULL;
+    if (fseek(f, 0, SEEK_END) != 0) {
+        rc = zi_errorf(ZI_EIO, "file %s: cannot seek: %s", path, strerror(errno));
+        goto out;
+    }
+    long sz = ftell(f);
+    if (sz < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        rc = zi_errorf(ZI_EIO, "file %s: cannot size: %s", path, strerror(errno));
+        goto out;
+    }
+    if ((unsigned long)sz > max_bytes) {
+        rc = zi_errorf(ZI_EFORMAT, "file %s: %ld bytes, more than the %zu allowed", path, sz,
+                       max_bytes);
+        goto out;
+    }
+    b = malloc((size_t)sz + 1);
+    if (!b) {
+        rc = zi_errorf(ZI_ENOMEM, "file %s: out of memory (%ld bytes)", path, sz);
+        goto out;
+    }
+    if (sz > 0 && fread(b, 1, (size_t)sz, f) != (size_t)sz) {
+        rc = zi_errorf(ZI_EIO, "file %s: short read", path);
+        goto out;
+    }
+    b[sz] = '\0';
+    *buf = b;
+    *len = (size_t)sz;
+    b = NULL;
+out:
+    free(b);
+    fclose(f);
+    return rc;
+}
+
+int zi_json_parse(const char *buf, size_t len, const char *label, cJSON **out)
+{
+    *out = NULL;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
+    if (!root) {
+        size_t off = (end && end >= buf && end <= buf + len) ? (size_t)(end - buf) : 0;
+        return zi_errorf(ZI_EFORMAT, "file %s: invalid JSON near byte %zu", label, off);
+    }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return zi_errorf(ZI_EFORMAT, "file %s: JSON root is not an object", label);
+    }
+    *out = root;
+    return ZI_OK;
+}
+
+int zi_json_load_file(const char *path, size_t max_bytes, cJSON **out)
+{
+    char *buf;
+    size_t len;
+    *out = NULL;
+    int rc = zi_json_read_file(path, max_bytes, &buf, &len);
+    if (rc)
+        return rc;
+    rc = zi_json_parse(buf, len, path, out);
+    free(buf);
+    return rc;
+}
+
+int zi_json_is_u53(const cJSON *v, uint64_t *out)
+{
+    if (!cJSON_IsNumber(v))
+        return 0;
+    double d = v->valuedouble;
+    if (!(d >= 0.0) || d > 9007199254740992.0 || floor(d) != d)
+        return 0;
+    *out = (uint64_t)d;
+    return 1;
+}
+
+/* The item for `key`: NULL (no error) when absent or null and `optional`. */
+static int zi_json_item(const cJSON *obj, const char *key, const char *file, int optional,
+                        const cJSON **out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    *out = NULL;
+    if (!v || cJSON_IsNull(v)) {
+        if (optional)
+            return ZI_OK;
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: missing", file, key);
+    }
+    *out = v;
+    return ZI_OK;
+}
+
+static int zi_json_to_int(const cJSON *v, const char *key, const char *file, int *out)
+{
+    if (!cJSON_IsNumber(v))
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: expected an integer", file, key);
+    double d = v->valuedouble;
+    if (!(d >= (double)INT_MIN && d <= (double)INT_MAX) || floor(d) != d)
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: %g is not an integer in range", file,
+                         key, d);
+    *out = (int)d;
+    return ZI_OK;
+}
+
+int zi_json_int(const cJSON *obj, const char *key, const char *file, int *out)
+{
+    const cJSON *v;
+    int rc = zi_json_item(obj, key, file, 0, &v);
+    return rc ? rc : zi_json_to_int(v, key, file, out);
+}
+
+int zi_json_int_opt(const cJSON *obj, const char *key, const char *file, int def, int *out)
+{
+    const cJSON *v;
+    int rc = zi_json_item(obj, key, file, 1, &v);
+    if (rc)
+        return rc;
+    if (!v) {
+        *out = def;
+        return ZI_OK;
+    }
+    return zi_json_to_int(v, key, file, out);
+}
+
+static int zi_json_to_double(const cJSON *v, const char *key, const char *file, double *out)
+{
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: expected a number", file, key);
+    *out = v->valuedouble;
+    return ZI_OK;
+}
+
+int zi_json_double(const cJSON *obj, const char *key, const char *file, double *out)
+{
+    const cJSON *v;
+    int rc = zi_json_item(obj, key, file, 0, &v);
+    return rc ? rc : zi_json_to_double(v, key, file, out);
+}
+
+int zi_json_double_opt(const cJSON *obj, const char *key, const char *file, double def,
+                       double *out)
+{
+    const cJSON *v;
+    int rc = zi_json_item(obj, key, file, 1, &v);
+    if (rc)
+        return rc;
+    if (!v) {
+        *out = def;
+        return ZI_OK;
+    }
+    return zi_json_to_double(v, key, file, out);
+}
+
+static int zi_json_to_bool(const cJSON *v, const char *key, const char *file, int *out)
+{
+    if (!cJSON_IsBool(v))
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: expected true or false", file, key);
+    *out = cJSON_IsTrue(v) ? 1 : 0;
+    return ZI_OK;
+}
+
+int zi_json_bool(const cJSON *obj, const char *key, const char *file, int *out)
+{
+    const cJSON *v;
+    int rc = zi_json_item(obj, key, file, 0, &v);
+    return rc ? rc : zi_json_to_bool(v, key, file, out);
+}
+
+int zi_json_bool_opt(const cJSON *obj, const char *key, const char *file, int def, int *out)
+{
+    const cJSON *v;
+    int rc = zi_json_item(obj, key, file, 1, &v);
+    if (rc)
+        return rc;
+    if (!v) {
+        *out = def;
+        return ZI_OK;
+    }
+    return zi_json_to_bool(v, key, file, out);
+}
+
+int zi_json_int_array(const cJSON *obj, const char *key, const char *file, int *out, int max,
+                      int *n)
+{
+    const cJSON *v;
+    int rc = zi_json_item(obj, key, file, 0, &v);
+    if (rc)
+        return rc;
+    if (!cJSON_IsArray(v))
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: expected an array of integers", file,
+                         key);
+    int count = cJSON_GetArraySize(v);
+    if (count < 1 || count > max)
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: %d elements, expected 1 to %d", file,
+                         key, count, max);
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v)
+    {
+        char sub[256];
+        snprintf(sub, sizeof sub, "%s[%d]", key, i);
+        rc = zi_json_to_int(e, sub, file, &out[i]);
+        if (rc)
+            return rc;
+        i++;
+    }
+    *n = count;
+    return ZI_OK;
+}
+
+int zi_json_string(const cJSON *obj, const char *key, const char *file, const char **out)
+{
+    const cJSON *v;
+    int rc = zi_json_item(obj, key, file, 0, &v);
+    if (rc)
+        return rc;
+    if (!cJSON_IsString(v))
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: expected a string", file, key);
+    *out = v->valuestring;
+    return ZI_OK;
+}

@@ -1,0 +1,55 @@
+/*
+ * png.h - PNG output (RGB8, libspng) with the generation parameters in an iTXt chunk.
+ *
+ * The chunk has keyword "parameters" and UTF-8 text (docs/interfaces.md, "S3 object"):
+ *   <prompt>
+ *   Negative prompt: <negative>            (only when a negative prompt was used)
+ *   Steps: N, Sampler: flow-euler, CFG scale: G, Seed: S, Size: WxH, Model: NAME, Version: V
+ * Lines are separated by "\n"; there is no trailing newline. The prompt is written as
+ * given (it may itself contain newlines). G is the shortest decimal that reads back as
+ * the same float, with ".0" added to whole numbers ("0.0", "4.0", "3.5"); S is the
+ * unsigned 64-bit seed in decimal.
+ */
+#ifndef ZI_PNG_H
+#define ZI_PNG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The most bytes of parameters text accepted (prompts are at most 16 KiB). */
+#define ZI_PNG_MAX_TEXT (1u << 20)
+
+typedef struct zi_png_params {
+    const char *prompt;          /* NULL is written as "" */
+    const char *negative_prompt; /* NULL or "": no "Negative prompt:" line */
+    int steps;
+    float guidance;
+    uint64_t seed;
+    int width, height;
+    const char *model;   /* model name, e.g. the checkpoint folder's base name */
+    const char *version; /* zimage version */
+} zi_png_params;
+
+/* Builds the parameters text; *out is malloc'ed (caller frees). ZI_EINVAL when it would
+ * exceed ZI_PNG_MAX_TEXT. */
+int zi_png_params_text(const zi_png_params *p, char **out);
+
+/* Encodes rgb [height, width, 3] to a PNG in memory; *png is malloc'ed (caller frees),
+ * *len its size. parameters may be NULL (no iTXt chunk). */
+int zi_png_encode(const uint8_t *rgb, int width, int height, const char *parameters, uint8_t **png,
+                  size_t *len);
+
+/* Same, written to `path` (created or truncated). */
+int zi_png_write(const char *path, const uint8_t *rgb, int width, int height,
+                 const char *parameters);
+
+/* Decodes a PNG held in memory to RGB8: *rgb malloc'ed [height, width, 3]; *parameters
+ * (may be NULL to skip) receives the malloc'ed text of the "parameters" iTXt or tEXt
+ * chunk, or NULL when there is none. */
+int zi_png_decode(const void *png, size_t len, uint8_t **rgb, int *width, int *height,
+                  char **parameters);
+
+/* Reads and decodes a PNG file (as zi_png_decode). */
+int zi_png_read(const char *path, uint8_t **rgb, int *width, int *height, char **parameters);
+
+#endif

@@ -1,0 +1,195 @@
+#!/usr/bin/python3
+"""Structural checks of the deployment files (there is no Docker engine or Kubernetes
+cluster on the build machines, so the files are parsed and cross-checked instead).
+
+Checks: every YAML/JSON file under deploy/, k8s/, config/, docs/ parses; each Kubernetes
+object has what it needs; the KEDA trigger names the configured topic and group; the
+probes hit paths the worker serves on the port it listens on; the Grafana queries name
+metrics the worker exports; the Dockerfile is multi-stage, non-root, with a HEALTHCHECK;
+the compose stack has Kafka in KRaft mode, Redis, MinIO, an init step and a GPU worker.
+Prints one line per failed check and exits 1 if any failed."""
+import glob
+import json
+import os
+import re
+import sys
+
+import yaml
+
+ROOT = os.environ.get("ZI_SOURCE_DIR") or os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+failures = []
+checks = 0
+
+
+def check(cond, what):
+    global checks
+    checks += 1
+    if not cond:
+        failures.append(what)
+    return cond
+
+
+def rel(p):
+    return os.path.relpath(p, ROOT)
+
+
+def load_yaml_all(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+# 1. every YAML and JSON file parses
+docs = {}
+for pattern in ("deploy/**/*.y*ml", "k8s/**/*.y*ml", "config/**/*.y*ml", ".github/**/*.y*ml"):
+    for path in glob.glob(os.path.join(ROOT, pattern), recursive=True):
+        try:
+            docs[rel(path)] = load_yaml_all(path)
+            check(True, "")
+        except yaml.YAMLError as e:
+            check(False, f"{rel(path)}: YAML does not parse: {e}")
+jsons = {}
+for pattern in ("deploy/**/*.json", "docs/**/*.json", "k8s/**/*.json", "config/**/*.json"):
+    for path in glob.glob(os.path.join(ROOT, pattern), recursive=True):
+        try:
+            with open(path, encoding="utf-8") as f:
+                jsons[rel(path)] = json.load(f)
+            check(True, "")
+        except ValueError as e:
+            check(False, f"{rel(path)}: JSON does not parse: {e}")
+check(len(docs) >= 10, f"expected the deploy/k8s/config YAML files, found {len(docs)}")
+
+# 2. Kubernetes objects
+k8s = {}
+for path, ds in docs.items():
+    if not path.startswith("k8s/"):
+        continue
+    for d in ds:
+        if os.path.basename(path) == "kustomization.yaml":
+            for r in d.get("resources", []):
+                check(os.path.exists(os.path.join(ROOT, os.path.dirname(path), r)),
+                      f"{path}: resource {r} does not exist")
+            continue
+        ok = check(isinstance(d, dict) and d.get("apiVersion") and d.get("kind")
+                   and d.get("metadata", {}).get("name"),
+                   f"{path}: object lacks apiVersion/kind/metadata.name")
+        if ok:
+            k8s[d["kind"]] = d
+
+for kind in ("Namespace", "ConfigMap", "Secret", "StatefulSet", "PodDisruptionBudget",
+             "ServiceMonitor", "ScaledObject", "Service", "PersistentVolumeClaim"):
+    check(kind in k8s, f"k8s/base: no {kind}")
+
+cfg = {}
+if "ConfigMap" in k8s:
+    try:
+        cfg = yaml.safe_load(k8s["ConfigMap"]["data"]["worker.yaml"])
+    except (KeyError, yaml.YAMLError) as e:
+        check(False, f"ConfigMap worker.yaml unreadable: {e}")
+
+worker_src = ""
+for path in glob.glob(os.path.join(ROOT, "worker", "*.c")):
+    with open(path, encoding="utf-8") as f:
+        worker_src += f.read()
+
+sts = k8s.get("StatefulSet", {})
+pod = sts.get("spec", {}).get("template", {}).get("spec", {})
+containers = pod.get("containers", [{}])
+c0 = containers[0] if containers else {}
+check(c0.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") == 1,
+      "StatefulSet: container must limit nvidia.com/gpu: 1")
+ports = {p.get("name"): p.get("containerPort") for p in c0.get("ports", [])}
+listen_port = int(str(cfg.get("worker", {}).get("http_listen", "0.0.0.0:9400")).rsplit(":", 1)[1])
+for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+    p = c0.get(probe, {}).get("httpGet", {})
+    check(p.get("path") == path, f"StatefulSet: {probe} must GET {path}")
+    port = p.get("port")
+    port = ports.get(port, port)
+    check(port == listen_port, f"StatefulSet: {probe} port {port} != worker.http_listen port {listen_port}")
+    check(f'"{path}"' in worker_src, f"worker sources do not serve {path}")
+drain = cfg.get("worker", {}).get("drain_timeout_s", 120)
+retry = cfg.get("s3", {}).get("retry_s", 60)
+check(pod.get("terminationGracePeriodSeconds", 0) > drain + retry,
+      "StatefulSet: terminationGracePeriodSeconds must exceed drain_timeout_s + s3.retry_s")
+check(any(v.get("persistentVolumeClaim") or v.get("name") == "models" for v in pod.get("volumes", [])),
+      "StatefulSet: no model volume")
+env_names = [e.get("name") for e in c0.get("env", [])]
+check("ZIMAGE_WORKER_ID" in env_names, "StatefulSet: worker id must come from the pod name")
+check(any("secretRef" in e for e in c0.get("envFrom", [])), "StatefulSet: S3 keys must come from a Secret")
+check(cfg.get("kafka", {}).get("static_membership") is True,
+      "StatefulSet deployments should use Kafka static membership")
+
+so = k8s.get("ScaledObject", {})
+trig = (so.get("spec", {}).get("triggers") or [{}])[0]
+check(trig.get("type") == "kafka", "ScaledObject: trigger must be kafka")
+meta = trig.get("metadata", {})
+check(meta.get("topic") == cfg.get("kafka", {}).get("topic"),
+      "ScaledObject: trigger topic differs from the ConfigMap's kafka.topic")
+check(meta.get("consumerGroup") == cfg.get("kafka", {}).get("group_id"),
+      "ScaledObject: consumerGroup differs from the ConfigMap's kafka.group_id")
+check(meta.get("bootstrapServers") == cfg.get("kafka", {}).get("bootstrap_servers"),
+      "ScaledObject: bootstrapServers differ from the ConfigMap's")
+check(so.get("spec", {}).get("scaleTargetRef", {}).get("name") == sts.get("metadata", {}).get("name"),
+      "ScaledObject: scaleTargetRef must name the StatefulSet")
+check(so.get("spec", {}).get("scaleTargetRef", {}).get("kind") == "StatefulSet",
+      "ScaledObject: scaleTargetRef kind must be StatefulSet")
+
+# partitions: the compose init step creates the jobs topic; replicas must not exceed it
+compose = docs.get("deploy/docker-compose.yml", [{}])[0]
+init_cmd = " ".join(compose.get("services", {}).get("init", {}).get("command", []))
+m = re.search(r"--topic zimage\.jobs --partitions (\d+)", init_cmd)
+partitions = int(m.group(1)) if m else 0
+check(partitions > 0, "compose init: jobs topic partitions not found")
+check(0 < so.get("spec", {}).get("maxReplicaCount", 0) <= partitions,
+      "ScaledObject: maxReplicaCount must be capped at the partition count")
+
+pdb = k8s.get("PodDisruptionBudget", {})
+check(pdb.get("spec", {}).get("selector", {}).get("matchLabels") ==
+      sts.get("spec", {}).get("selector", {}).get("matchLabels"),
+      "PodDisruptionBudget selector must match the StatefulSet")
+sm = k8s.get("ServiceMonitor", {})
+check(any(e.get("path") == "/metrics" for e in sm.get("spec", {}).get("endpoints", [])),
+      "ServiceMonitor must scrape /metrics")
+
+# overlays
+for ov in ("l40s", "h100"):
+    p = f"k8s/overlays/{ov}/kustomization.yaml"
+    check(p in docs and "../../base" in docs[p][0].get("resources", []), f"{p}: must build on ../../base")
+
+# 3. Grafana queries name exported metrics
+dash = jsons.get("deploy/grafana/zimage-dashboard.json", {})
+check(bool(dash.get("panels")), "Grafana dashboard has no panels")
+exprs = [t.get("expr", "") for p in dash.get("panels", []) for t in p.get("targets", [])]
+names = set()
+for e in exprs:
+    for n in re.findall(r"\bzimage_[a-z_]+", e):
+        names.add(re.sub(r"_(bucket|sum|count)$", "", n))
+check(len(names) >= 6, "Grafana dashboard queries too few zimage metrics")
+for n in sorted(names):
+    check(f'"{n}"' in worker_src, f"Grafana queries {n}, which the worker does not export")
+check(any(p.get("datasource", {}).get("type") == "redis-datasource" for p in dash.get("panels", [])),
+      "Grafana dashboard needs Redis panels (workers, jobs)")
+
+# 4. Dockerfile
+with open(os.path.join(ROOT, "deploy", "Dockerfile"), encoding="utf-8") as f:
+    df = f.read()
+froms = re.findall(r"^FROM\s+(\S+)", df, re.M)
+check(len(froms) >= 2, "Dockerfile must be multi-stage")
+check(any("devel" in x for x in froms) and "runtime" in froms[-1], "Dockerfile: CUDA devel -> runtime")
+check(re.search(r"^USER\s+(?!root|0\b)\S+", df, re.M) is not None, "Dockerfile: must run as non-root")
+check(re.search(r"^HEALTHCHECK .*?/healthz", df, re.M | re.S) is not None, "Dockerfile: HEALTHCHECK on /healthz")
+check("/models" in df, "Dockerfile: model mounted at /models")
+
+# 5. compose
+svcs = compose.get("services", {})
+for s in ("kafka", "redis", "minio", "init", "worker"):
+    check(s in svcs, f"compose: no {s} service")
+check("broker,controller" in str(svcs.get("kafka", {}).get("environment", {}).get("KAFKA_PROCESS_ROLES")),
+      "compose: Kafka must run in KRaft mode")
+devs = svcs.get("worker", {}).get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+check(any("gpu" in d.get("capabilities", []) for d in devs), "compose: worker needs a GPU reservation")
+
+for f in failures:
+    print("FAIL:", f)
+print(f"deploy checks: {checks - len(failures)} passed, {len(failures)} failed")
+sys.exit(1 if failures else 0)

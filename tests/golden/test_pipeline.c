@@ -1,0 +1,315 @@
+/*
+ * test_pipeline.c - the whole pipeline on the CPU backend from prompt and seed only
+ * (tokenizer -> Qwen3 -> torch CUDA-generator noise -> DiT + Euler -> VAE) against the
+ * float32 reference runs of manifest.json: token ids identical, prompt_embeds and every
+ * call's raw output 1e-4 relative, every step's latents 1e-3 relative, the image >= 40 dB
+ * PSNR and <= 3 max abs difference from image_u8. Also: cancellation, parameter checks,
+ * latents injection and the random-weights pipeline.
+ */
+#include "config.h"
+#include "pipeline.h"
+#include "safetensors.h"
+#include "zi_err.h"
+#include "zi_test.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EMB_TOL 1e-4
+#define OUT_TOL 1e-4
+#define LAT_TOL 1e-3
+#define MIN_PSNR 40.0
+#define MAX_ABS 3
+
+static zi_backend *be;
+static zi_pipeline *pl;
+static cJSON *manifest;
+
+static char *read_all(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)len + 1);
+    if (buf && fread(buf, 1, (size_t)len, f) != (size_t)len) {
+        free(buf);
+        buf = NULL;
+    }
+    if (buf)
+        buf[len] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    be = zi_backend_cpu_new(1);
+    if (!be || zi_pipeline_load(zi_test_golden("tiny-zimage"), be, &pl) != ZI_OK) {
+        fprintf(stderr, "setup: %s\n", zi_errmsg());
+        return -1;
+    }
+    char *text = read_all(zi_test_golden("vectors/manifest.json"));
+    manifest = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    return manifest ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    cJSON_Delete(manifest);
+    zi_pipeline_free(pl);
+    zi_backend_destroy(be);
+    return 0;
+}
+
+static float *vec_read(const zi_st *st, const char *name, size_t *n)
+{
+    const zi_st_tensor *t = zi_st_find(st, name);
+    if (!t)
+        fail_msg("vector %s missing", name);
+    size_t numel = 1;
+    for (int i = 0; i < t->ndim; i++)
+        numel *= (size_t)t->shape[i];
+    float *buf = malloc(numel * sizeof *buf);
+    assert_non_null(buf);
+    assert_int_equal(zi_st_read_f32(t, buf), ZI_OK);
+    if (n)
+        *n = numel;
+    return buf;
+}
+
+/* ---- hooks comparing with a case file ---- */
+
+typedef struct case_ctx {
+    const char *name;
+    const zi_st *st;
+    int steps_seen;
+    double emb_err, out_err, lat_err;
+} case_ctx;
+
+static int on_caption(void *ud, int branch, const int32_t *ids, const float *emb, int L, int D)
+{
+    case_ctx *c = ud;
+    const char *id_name = branch ? "negative_input_ids" : "input_ids";
+    const char *emb_name = branch ? "negative_prompt_embeds" : "prompt_embeds";
+    const zi_st_tensor *t = zi_st_find(c->st, id_name);
+    assert_non_null(t);
+    assert_int_equal(t->ndim, 1);
+    if (t->shape[0] != L)
+        fail_msg("%s %s: %d ids, want %lld", c->name, id_name, L, (long long)t->shape[0]);
+    assert_memory_equal(ids, t->data, (size_t)L * sizeof *ids); /* I32, little-endian */
+    size_t n = 0;
+    float *ref = vec_read(c->st, emb_name, &n);
+    assert_int_equal(n, (size_t)L * (size_t)D);
+    double err = zi_rel_err(emb, ref, n);
+    if (err > c->emb_err)
+        c->emb_err = err;
+    if (!(err <= EMB_TOL))
+        fail_msg("%s %s: rel err %.3g", c->name, emb_name, err);
+    free(ref);
+    return 0;
+}
+
+static int on_step(void *ud, int step, const float *latents, const float *const *model_out,
+                   int n_out, int C, int lh, int lw)
+{
+    case_ctx *c = ud;
+    const size_t n = (size_t)C * (size_t)lh * (size_t)lw;
+    char name[64];
+    assert_int_equal(step, c->steps_seen);
+    for (int b = 0; b < n_out; b++) {
+        snprintf(name, sizeof name, "step%d.model_out.%d", step, b);
+        size_t nr = 0;
+        float *ref = vec_read(c->st, name, &nr);
+        assert_int_equal(nr, n);
+        double err = zi_rel_err(model_out[b], ref, n);
+        if (err > c->out_err)
+            c->out_err = err;
+        if (!(err <= OUT_TOL))
+            fail_msg("%s %s: rel err %.3g", c->name, name, err);
+        free(ref);
+    }
+    snprintf(name, sizeof name, "step%d.latents", step);
+    size_t nr = 0;
+    float *ref = vec_read(c->st, name, &nr);
+    assert_int_equal(nr, n);
+    double err = zi_rel_err(latents, ref, n);
+    if (err > c->lat_err)
+        c->lat_err = err;
+    if (!(err <= LAT_TOL))
+        fail_msg("%s %s: rel err %.3g", c->name, name, err);
+    free(ref);
+    c->steps_seen++;
+    return 0;
+}
+
+static void params_of(const cJSON *cs, zi_gen_params *g)
+{
+    memset(g, 0, sizeof *g);
+    g->prompt = cJSON_GetObjectItem(cs, "prompt")->valuestring;
+    const cJSON *neg = cJSON_GetObjectItem(cs, "negative");
+    g->negative_prompt = cJSON_IsString(neg) ? neg->valuestring : NULL;
+    g->width = cJSON_GetObjectItem(cs, "width")->valueint;
+    g->height = cJSON_GetObjectItem(cs, "height")->valueint;
+    g->steps = cJSON_GetObjectItem(cs, "steps")->valueint;
+    g->guidance = (float)cJSON_GetObjectItem(cs, "guidance")->valuedouble;
+    g->seed = (uint64_t)cJSON_GetObjectItem(cs, "seed")->valuedouble;
+    g->rng = ZI_RNG_CUDA; /* latents_init came from torch.Generator("cuda") */
+}
+
+static void run_case(const cJSON *cs, int inject)
+{
+    zi_gen_params g;
+    params_of(cs, &g);
+    const char *name = cJSON_GetObjectItem(cs, "name")->valuestring;
+    char path[256];
+    snprintf(path, sizeof path, "vectors/%s", cJSON_GetObjectItem(cs, "file")->valuestring);
+    zi_st *st = NULL;
+    assert_int_equal(zi_st_open(zi_test_golden(path), &st), ZI_OK);
+    case_ctx ctx = {.name = name, .st = st};
+    zi_gen_debug dbg = {.on_caption = on_caption, .on_step = on_step, .ud = &ctx};
+    float *init = NULL;
+    if (inject)
+        dbg.latents_init = init = vec_read(st, "latents_init", NULL);
+    uint8_t *rgb = NULL;
+    if (zi_pipeline_generate_ex(pl, &g, NULL, NULL, &dbg, &rgb) != ZI_OK)
+        fail_msg("%s: %s", name, zi_errmsg());
+    assert_int_equal(ctx.steps_seen, g.steps);
+
+    const zi_st_tensor *ref = zi_st_find(st, "image_u8");
+    assert_non_null(ref);
+    assert_int_equal(ref->shape[0], g.height);
+    assert_int_equal(ref->shape[1], g.width);
+    const size_t nb = (size_t)g.width * (size_t)g.height * 3;
+    const uint8_t *want = ref->data;
+    double psnr = zi_psnr_u8(rgb, want, nb);
+    int max_abs = 0;
+    for (size_t i = 0; i < nb; i++) {
+        int d = abs((int)rgb[i] - (int)want[i]);
+        if (d > max_abs)
+            max_abs = d;
+    }
+    printf("  %-16s %s %dx%d %d steps g=%.1f: embeds %.2g, model_out %.2g, latents %.2g, "
+           "image %.1f dB max abs %d\n",
+           name, inject ? "(latents_init)" : "(seed)        ", g.width, g.height, g.steps,
+           (double)g.guidance, ctx.emb_err, ctx.out_err, ctx.lat_err, psnr, max_abs);
+    if (!(psnr >= MIN_PSNR) || max_abs > MAX_ABS)
+        fail_msg("%s: image %.2f dB, max abs %d", name, psnr, max_abs);
+    free(rgb);
+    free(init);
+    zi_st_close(st);
+}
+
+static void test_cases_from_seed(void **state)
+{
+    (void)state;
+    const cJSON *cases = cJSON_GetObjectItem(manifest, "cases");
+    assert_true(cJSON_GetArraySize(cases) >= 4);
+    const cJSON *cs;
+    cJSON_ArrayForEach(cs, cases) run_case(cs, 0);
+}
+
+static void test_case_injected_latents(void **state)
+{
+    (void)state;
+    run_case(cJSON_GetArrayItem(cJSON_GetObjectItem(manifest, "cases"), 0), 1);
+}
+
+/* ---- progress and cancellation ---- */
+
+typedef struct prog_ctx {
+    int calls, stop_at, last_step, steps;
+    double secs;
+} prog_ctx;
+
+static int on_progress(void *ud, int step, int steps, double s)
+{
+    prog_ctx *c = ud;
+    c->calls++;
+    assert_int_equal(step, c->last_step + 1);
+    c->last_step = step;
+    c->steps = steps;
+    c->secs += s;
+    assert_true(s >= 0);
+    return step == c->stop_at;
+}
+
+static void test_progress_and_cancel(void **state)
+{
+    (void)state;
+    zi_gen_params g = {.prompt = "a cat", .width = 64, .height = 64, .steps = 3, .seed = 1};
+    uint8_t *rgb = NULL;
+    prog_ctx c = {.stop_at = -1};
+    assert_int_equal(zi_pipeline_generate(pl, &g, on_progress, &c, &rgb), ZI_OK);
+    assert_non_null(rgb);
+    assert_int_equal(c.calls, 3);
+    assert_int_equal(c.steps, 3);
+    free(rgb);
+    rgb = NULL;
+
+    prog_ctx c2 = {.stop_at = 2};
+    assert_int_equal(zi_pipeline_generate(pl, &g, on_progress, &c2, &rgb), ZI_ECANCELLED);
+    assert_null(rgb);
+    assert_int_equal(c2.calls, 2);
+}
+
+static void test_bad_params(void **state)
+{
+    (void)state;
+    uint8_t *rgb = NULL;
+    zi_gen_params g = {.prompt = "x", .width = 72, .height = 64, .steps = 2};
+    assert_int_equal(zi_pipeline_generate(pl, &g, NULL, NULL, &rgb), ZI_EINVAL);
+    assert_non_null(strstr(zi_errmsg(), "72x64"));
+    g.width = 64;
+    g.steps = 0;
+    assert_int_equal(zi_pipeline_generate(pl, &g, NULL, NULL, &rgb), ZI_EINVAL);
+    g.steps = 2;
+    g.guidance = NAN;
+    assert_int_equal(zi_pipeline_generate(pl, &g, NULL, NULL, &rgb), ZI_EINVAL);
+    g.guidance = 0;
+    g.prompt = NULL;
+    assert_int_equal(zi_pipeline_generate(pl, &g, NULL, NULL, &rgb), ZI_EINVAL);
+    assert_null(rgb);
+}
+
+/* ---- random weights at the checkpoint's shapes ---- */
+
+static void test_random_pipeline(void **state)
+{
+    (void)state;
+    zi_pipeline *r = NULL;
+    assert_int_equal(zi_pipeline_load_random(zi_pipeline_config(pl), be, 5, 12, &r), ZI_OK);
+    assert_string_equal(zi_pipeline_model_name(r), "random");
+    zi_gen_params g = {.prompt = "ignored",
+                       .width = 64,
+                       .height = 48,
+                       .steps = 2,
+                       .guidance = 2.0f,
+                       .seed = 3,
+                       .rng = ZI_RNG_CPU};
+    uint8_t *a = NULL, *b = NULL;
+    assert_int_equal(zi_pipeline_generate(r, &g, NULL, NULL, &a), ZI_OK);
+    assert_int_equal(zi_pipeline_generate(r, &g, NULL, NULL, &b), ZI_OK);
+    assert_memory_equal(a, b, 64 * 48 * 3);
+    free(a);
+    free(b);
+    zi_pipeline_free(r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cases_from_seed),     cmocka_unit_test(test_case_injected_latents),
+        cmocka_unit_test(test_progress_and_cancel), cmocka_unit_test(test_bad_params),
+        cmocka_unit_test(test_random_pipeline),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,292 @@
+# worker_lib.sh - helpers for the worker's integration and fault tests (sourced, not a test).
+#
+# Every test runs against the stack `deploy/local/stack.sh env` describes (tests/run-all.sh
+# exports it) and isolates itself inside that shared stack: its own Kafka topics and group,
+# its own Redis key prefix and its own S3 key prefix, all suffixed with a random run id, so
+# tests never see each other's jobs. Workers run on the CPU with the tiny checkpoint at
+# 64x64; the config uses session.timeout.ms=6000 and heartbeat.interval.ms=500 (the mock
+# broker waits session.timeout.ms - 1000 per rebalance).
+#
+# Use:  source "$(dirname "$0")/../integration/worker_lib.sh"; zt_init NAME
+#       zt_config [extra YAML appended under the sections]; zt_start_worker w1; ...
+# Only processes this file started are ever signalled (by PID).
+
+set -euo pipefail
+
+ZT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+ZI_BINARY=${ZI_BINARY:-}
+declare -A ZT_PIDS=()
+ZT_FAILS=0
+
+zt_die() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+zt_require_env() {
+    local v
+    for v in ZI_STACK_DIR ZI_KAFKA_BOOTSTRAP ZI_REDIS_URL ZI_REDIS_PORT ZI_S3_ENDPOINT ZI_S3_BUCKET \
+        ZI_S3_ACCESS_KEY ZI_S3_SECRET_KEY ZIMAGE_KAFKA_BOOTSTRAP_SERVERS ZIMAGE_REDIS_URL \
+        ZIMAGE_S3_ENDPOINT ZIMAGE_S3_ACCESS_KEY ZIMAGE_S3_SECRET_KEY; do
+        if [[ -z ${!v:-} ]]; then
+            zt_die "$v is not set: run through 'make test', or eval \"\$(deploy/local/stack.sh env)\" after 'deploy/local/stack.sh up'"
+        fi
+    done
+    [[ -n $ZI_BINARY && -x $ZI_BINARY ]] || zt_die "ZI_BINARY is not set or not executable (ctest sets it)"
+    command -v kcat >/dev/null || zt_die "kcat is not installed (deploy/local/install-deps.sh)"
+    command -v redis-cli >/dev/null || zt_die "redis-cli is not installed"
+}
+
+# zt_init NAME: env checks, scratch dir, unique names, cleanup trap.
+zt_init() {
+    ZT_NAME=$1
+    zt_require_env
+    ZT_TMP=$(mktemp -d "/tmp/zt-$ZT_NAME.XXXXXX")
+    ZT_RUN=$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')
+    ZT_TOPIC="zt.$ZT_NAME.$ZT_RUN"
+    ZT_DLQ="zt.$ZT_NAME.$ZT_RUN.dlq"
+    ZT_RESULTS="zt.$ZT_NAME.$ZT_RUN.results"
+    ZT_GROUP="zt-$ZT_NAME-$ZT_RUN"
+    ZT_PREFIX="zt:$ZT_NAME:$ZT_RUN:"
+    ZT_KEYDIR="zt/$ZT_NAME/$ZT_RUN"
+    ZT_CFG=$ZT_TMP/worker.yaml
+    ZT_T0=$(date +%s%3N)
+    trap zt_cleanup EXIT
+    echo "test $ZT_NAME: run $ZT_RUN, topic $ZT_TOPIC, scratch $ZT_TMP"
+}
+
+zt_cleanup() {
+    local rc=$? n
+    for n in "${!ZT_PIDS[@]}"; do
+        zt_kill "$n" KILL
+    done
+    if ((rc != 0 || ZT_FAILS != 0)); then
+        for n in "$ZT_TMP"/*.log; do
+            [[ -f $n ]] || continue
+            echo "---- $n (last 60 lines) ----" >&2
+            tail -n 60 "$n" >&2
+        done
+    fi
+    rm -rf "$ZT_TMP"
+    echo "test $ZT_NAME: $(($(date +%s%3N) - ZT_T0)) ms"
+}
+
+# zt_config [YAML]: the worker config for this test; YAML lines given are appended (they
+# may add whole sections that the base does not have: kafka/worker keys go through env).
+zt_config() {
+    cat >"$ZT_CFG" <<EOF
+model:
+  path: $ZT_REPO/tests/golden/data/tiny-zimage
+device:
+  backend: cpu
+generation:
+  width: 64
+  height: 64
+  steps: ${ZT_STEPS:-2}
+kafka:
+  topic: $ZT_TOPIC
+  group_id: $ZT_GROUP
+  dlq_topic: $ZT_DLQ
+  result_topic: "${ZT_RESULT_TOPIC:-}"
+  max_message_bytes: ${ZT_MAX_MESSAGE_BYTES:-1048576}
+  properties:
+    session.timeout.ms: "6000"
+    heartbeat.interval.ms: "500"
+    auto.commit.interval.ms: "1000"
+    statistics.interval.ms: "1000"
+redis:
+  key_prefix: "$ZT_PREFIX"
+  job_ttl_s: 3600
+s3:
+  key_template: "$ZT_KEYDIR/{job_id}.png"
+  retry_s: ${ZT_S3_RETRY_S:-60}
+worker:
+  http_listen: 127.0.0.1:0
+  heartbeat_s: 1
+  max_attempts: ${ZT_MAX_ATTEMPTS:-3}
+  drain_timeout_s: ${ZT_DRAIN_S:-120}
+EOF
+}
+
+# zt_start_worker NAME [VAR=VALUE...]: starts a worker (id NAME), log in $ZT_TMP/NAME.log.
+zt_start_worker() {
+    local name=$1
+    shift
+    env ZIMAGE_WORKER_ID="$name" "$@" "$ZI_BINARY" worker --config "$ZT_CFG" \
+        >>"$ZT_TMP/$name.log" 2>&1 &
+    ZT_PIDS[$name]=$!
+}
+
+# zt_kill NAME [SIGNAL]: signals a worker this test started and reaps it (KILL: at once).
+zt_kill() {
+    local name=$1 sig=${2:-TERM} pid=${ZT_PIDS[$1]:-}
+    [[ -n $pid ]] || return 0
+    kill -"$sig" "$pid" 2>/dev/null || true
+    if [[ $sig == KILL ]]; then
+        wait "$pid" 2>/dev/null || true
+        unset "ZT_PIDS[$name]"
+    fi
+}
+
+# zt_wait_exit NAME TIMEOUT_S: waits for a worker to exit; prints its exit status.
+zt_wait_exit() {
+    local name=$1 t=$2 pid=${ZT_PIDS[$1]} i rc=0
+    for ((i = 0; i < t * 20; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo timeout
+        return 0
+    fi
+    wait "$pid" || rc=$?
+    unset "ZT_PIDS[$name]"
+    echo "$rc"
+}
+
+# zt_wait_log NAME REGEX TIMEOUT_S: waits until the worker's log matches.
+zt_wait_log() {
+    local f=$ZT_TMP/$1.log i
+    for ((i = 0; i < $3 * 10; i++)); do
+        grep -qE "$2" "$f" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    zt_die "$1: no log line matching '$2' within $3 s"
+}
+
+zt_submit() { # ARGS... -> job id on stdout
+    "$ZI_BINARY" submit --config "$ZT_CFG" "$@"
+}
+
+zt_redis() {
+    redis-cli -p "$ZI_REDIS_PORT" "$@"
+}
+
+zt_field() { # JOB FIELD
+    zt_redis HGET "${ZT_PREFIX}job:$1" "$2"
+}
+
+# zt_wait_status JOB STATUS TIMEOUT_S: waits for the hash's status.
+zt_wait_status() {
+    local i s=
+    for ((i = 0; i < $3 * 10; i++)); do
+        s=$(zt_field "$1" status 2>/dev/null || true)
+        [[ $s == "$2" ]] && return 0
+        sleep 0.1
+    done
+    zt_die "job $1: status '$s', expected '$2' within $3 s"
+}
+
+# zt_wait_all_final TIMEOUT_S JOB...: waits until every job has a final status.
+zt_wait_all_final() {
+    local t=$1 i j s left
+    shift
+    for ((i = 0; i < t * 5; i++)); do
+        left=0
+        for j in "$@"; do
+            s=$(zt_field "$j" status 2>/dev/null || true)
+            [[ $s == succeeded || $s == failed || $s == cancelled ]] || left=$((left + 1))
+        done
+        ((left == 0)) && return 0
+        sleep 0.2
+    done
+    zt_die "$left of $# jobs not final within $t s"
+}
+
+zt_check() { # NAME EXPECTED ACTUAL
+    if [[ $2 == "$3" ]]; then
+        echo "ok   $1"
+    else
+        echo "FAIL $1: expected '$2', got '$3'" >&2
+        ZT_FAILS=$((ZT_FAILS + 1))
+    fi
+}
+
+zt_check_ge() { # NAME MIN ACTUAL
+    if [[ $3 =~ ^[0-9]+$ ]] && (($3 >= $2)); then
+        echo "ok   $1 ($3)"
+    else
+        echo "FAIL $1: expected >= $2, got '$3'" >&2
+        ZT_FAILS=$((ZT_FAILS + 1))
+    fi
+}
+
+zt_finish() {
+    if ((ZT_FAILS)); then
+        echo "$ZT_FAILS check(s) failed" >&2
+        exit 1
+    fi
+    echo "all checks passed"
+}
+
+# zt_s3_keys: the object keys under this test's prefix, one per line (ListObjectsV2).
+zt_s3_keys() {
+    local empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 prefix token=
+    prefix=$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$ZT_KEYDIR/")
+    : >"$ZT_TMP/keys"
+    while :; do
+        local q="list-type=2&prefix=$prefix"
+        [[ -n $token ]] && q="continuation-token=$token&$q"
+        curl -sf --max-time 10 --aws-sigv4 "aws:amz:${ZI_S3_REGION:-us-east-1}:s3" \
+            --user "$ZI_S3_ACCESS_KEY:$ZI_S3_SECRET_KEY" -H "x-amz-content-sha256: $empty" \
+            "$ZI_S3_ENDPOINT/$ZI_S3_BUCKET?$q" >"$ZT_TMP/list.xml" || zt_die "S3 list failed"
+        python3 - "$ZT_TMP/list.xml" >>"$ZT_TMP/keys" <<'EOF'
+import re, sys
+x = open(sys.argv[1]).read()
+for k in re.findall(r"<Key>([^<]*)</Key>", x):
+    print(k)
+EOF
+        token=$(python3 - "$ZT_TMP/list.xml" <<'EOF'
+import re, sys, urllib.parse
+x = open(sys.argv[1]).read()
+m = re.search(r"<NextContinuationToken>([^<]*)</NextContinuationToken>", x)
+print(urllib.parse.quote(m.group(1), safe="") if m and "<IsTruncated>true" in x else "")
+EOF
+        )
+        [[ -n $token ]] || break
+    done
+    cat "$ZT_TMP/keys"
+}
+
+# zt_png_size FILE: "WxH" of a PNG file, or "invalid".
+zt_png_size() {
+    python3 - "$1" <<'EOF'
+import struct, sys, zlib
+d = open(sys.argv[1], "rb").read()
+ok = d[:8] == b"\x89PNG\r\n\x1a\n" and d[12:16] == b"IHDR"
+i, end = 8, False
+while ok and i + 12 <= len(d):
+    n, t = struct.unpack(">I4s", d[i:i + 8])
+    body = d[i + 8:i + 8 + n]
+    crc = struct.unpack(">I", d[i + 8 + n:i + 12 + n])[0] if i + 12 + n <= len(d) else -1
+    ok = ok and zlib.crc32(t + body) == crc
+    end = t == b"IEND"
+    i += 12 + n
+if ok and end:
+    w, h = struct.unpack(">II", d[16:24])
+    print(f"{w}x{h}")
+else:
+    print("invalid")
+EOF
+}
+
+# zt_url JOB: the presigned URL `zimage status` prints.
+zt_url() {
+    "$ZI_BINARY" status --config "$ZT_CFG" "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("url",""))'
+}
+
+# zt_metric NAME PATTERN: a sample of the worker's /metrics (0 when absent).
+zt_metric() {
+    local port
+    port=$(grep -oE 'on port [0-9]+' "$ZT_TMP/$1.log" | head -1 | awk '{print $3}')
+    [[ -n $port ]] || {
+        echo 0
+        return
+    }
+    curl -s --max-time 2 "http://127.0.0.1:$port/metrics" | awk -v p="$2" '$1 == p {print $2; f=1} END {if (!f) print 0}'
+}
+
+# zt_consume TOPIC FORMAT: every message of a topic so far (kcat), one per line.
+zt_consume() {
+    kcat -b "$ZI_KAFKA_BOOTSTRAP" -C -t "$1" -o beginning -e -q -f "$2" 2>/dev/null || true
+}

@@ -1,0 +1,226 @@
+/*
+ * test_png.c - PNG round trips, the "parameters" iTXt chunk, and the golden PNG.
+ */
+#include "zi_test.h"
+
+#include "png.h"
+#include "safetensors.h"
+#include "zi_err.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* A deterministic test pattern [h, w, 3] that uses every byte value. */
+static uint8_t *make_image(int w, int h)
+{
+    uint8_t *rgb = malloc((size_t)w * h * 3);
+    assert_non_null(rgb);
+    uint32_t s = 12345;
+    for (size_t i = 0; i < (size_t)w * h * 3; i++) {
+        s = s * 1664525u + 1013904223u;
+        rgb[i] = (uint8_t)(i % 7 == 0 ? (s >> 24) : (i * 37 + (i / 3) * 11));
+    }
+    return rgb;
+}
+
+static void roundtrip(const uint8_t *rgb, int w, int h, const char *params)
+{
+    uint8_t *png = NULL, *back = NULL;
+    size_t len = 0;
+    char *text = NULL;
+    int bw = 0, bh = 0;
+    assert_int_equal(zi_png_encode(rgb, w, h, params, &png, &len), ZI_OK);
+    assert_true(len > 8);
+    assert_memory_equal(png, "\x89PNG\r\n\x1a\n", 8);
+    assert_int_equal(zi_png_decode(png, len, &back, &bw, &bh, &text), ZI_OK);
+    assert_int_equal(bw, w);
+    assert_int_equal(bh, h);
+    assert_memory_equal(back, rgb, (size_t)w * h * 3);
+    if (params) {
+        assert_non_null(text);
+        assert_string_equal(text, params);
+        /* the chunk is iTXt with keyword "parameters" */
+        const uint8_t *hit = memmem(png, len, "iTXtparameters", 14);
+        assert_non_null(hit);
+        /* and it sits before the image data */
+        assert_true(hit < (const uint8_t *)memmem(png, len, "IDAT", 4));
+    } else {
+        assert_null(text);
+    }
+    free(png);
+    free(back);
+    free(text);
+}
+
+static void test_png_roundtrip_pixels(void **state)
+{
+    (void)state;
+    int sizes[][2] = {{1, 1}, {64, 64}, {96, 128}, {160, 96}, {17, 3}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        uint8_t *rgb = make_image(sizes[i][0], sizes[i][1]);
+        roundtrip(rgb, sizes[i][0], sizes[i][1], NULL);
+        roundtrip(rgb, sizes[i][0], sizes[i][1], "a cat\nSteps: 1");
+        free(rgb);
+    }
+}
+
+static void test_png_params_text(void **state)
+{
+    (void)state;
+    zi_png_params p = {
+        .prompt = "a cat",
+        .negative_prompt = NULL,
+        .steps = 8,
+        .guidance = 0.0f,
+        .seed = 42,
+        .width = 1024,
+        .height = 768,
+        .model = "Z-Image-Turbo",
+        .version = "0.1.0",
+    };
+    char *t = NULL;
+    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
+    assert_string_equal(t, "a cat\nSteps: 8, Sampler: flow-euler, CFG scale: 0.0, Seed: 42, "
+                           "Size: 1024x768, Model: Z-Image-Turbo, Version: 0.1.0");
+    free(t);
+
+    /* an empty negative prompt is "not used" */
+    p.negative_prompt = "";
+    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
+    assert_null(strstr(t, "Negative prompt"));
+    free(t);
+
+    p.negative_prompt = "blurry, low quality";
+    p.guidance = 3.5f;
+    p.steps = 20;
+    p.seed = UINT64_MAX;
+    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
+    assert_string_equal(t, "a cat\nNegative prompt: blurry, low quality\nSteps: 20, Sampler: "
+                           "flow-euler, CFG scale: 3.5, Seed: 18446744073709551615, Size: "
+                           "1024x768, Model: Z-Image-Turbo, Version: 0.1.0");
+    free(t);
+
+    p.guidance = 4.0f;
+    p.negative_prompt = NULL;
+    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
+    assert_non_null(strstr(t, "CFG scale: 4.0, "));
+    free(t);
+    p.guidance = 0.1f;
+    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
+    assert_non_null(strstr(t, "CFG scale: 0.1, "));
+    free(t);
+}
+
+static void test_png_params_utf8_roundtrip(void **state)
+{
+    (void)state;
+    zi_png_params p = {
+        .prompt = "一幅为名为“造相「Z-IMAGE-TURBO」”的项目设计的创意海报。",
+        .negative_prompt = "模糊，低质量",
+        .steps = 9,
+        .guidance = 1.5f,
+        .seed = UINT64_MAX,
+        .width = 96,
+        .height = 128,
+        .model = "tiny-zimage",
+        .version = "0.1.0",
+    };
+    char *t = NULL;
+    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
+    /* first line is the prompt, second the negative prompt, third the settings */
+    const char *nl1 = strchr(t, '\n');
+    assert_non_null(nl1);
+    assert_int_equal((size_t)(nl1 - t), strlen(p.prompt));
+    assert_memory_equal(t, p.prompt, strlen(p.prompt));
+    assert_true(strncmp(nl1 + 1, "Negative prompt: 模糊，低质量\n",
+                        strlen("Negative prompt: 模糊，低质量\n")) == 0);
+    assert_non_null(strstr(t, "Seed: 18446744073709551615, Size: 96x128, Model: tiny-zimage"));
+
+    uint8_t *rgb = make_image(96, 128);
+    roundtrip(rgb, 96, 128, t);
+
+    /* the file path too */
+    char path[] = "/tmp/zi_test_png_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(zi_png_write(path, rgb, 96, 128, t), ZI_OK);
+    uint8_t *back = NULL;
+    char *text = NULL;
+    int w = 0, h = 0;
+    assert_int_equal(zi_png_read(path, &back, &w, &h, &text), ZI_OK);
+    assert_int_equal(w, 96);
+    assert_int_equal(h, 128);
+    assert_memory_equal(back, rgb, (size_t)96 * 128 * 3);
+    assert_string_equal(text, t);
+    unlink(path);
+    free(back);
+    free(text);
+    free(rgb);
+    free(t);
+}
+
+static void test_png_errors(void **state)
+{
+    (void)state;
+    uint8_t px[3] = {1, 2, 3}, *png = NULL, *rgb = NULL;
+    size_t len = 0;
+    int w, h;
+    assert_int_equal(zi_png_encode(px, 0, 1, NULL, &png, &len), ZI_EINVAL);
+    assert_null(png);
+    assert_int_equal(zi_png_decode("not a png at all", 16, &rgb, &w, &h, NULL), ZI_EFORMAT);
+    assert_null(rgb);
+    assert_int_equal(zi_png_read("/nonexistent/dir/x.png", &rgb, &w, &h, NULL), ZI_EIO);
+    assert_non_null(strstr(zi_errmsg(), "/nonexistent/dir/x.png"));
+    assert_int_equal(zi_png_write("/nonexistent/dir/x.png", px, 1, 1, NULL), ZI_EIO);
+
+    /* a truncated PNG is a format error, not a crash */
+    assert_int_equal(zi_png_encode(px, 1, 1, "x", &png, &len), ZI_OK);
+    assert_int_equal(zi_png_decode(png, len / 2, &rgb, &w, &h, NULL), ZI_EFORMAT);
+    free(png);
+}
+
+/* The golden PNG (written by diffusers/PIL) decodes to the image_u8 tensor. */
+static void test_png_golden_decode(void **state)
+{
+    (void)state;
+    uint8_t *rgb = NULL;
+    int w = 0, h = 0;
+    assert_int_equal(zi_png_read(zi_test_golden("vectors/p0_cat_64.png"), &rgb, &w, &h, NULL),
+                     ZI_OK);
+    zi_st *st = NULL;
+    assert_int_equal(zi_st_open(zi_test_golden("vectors/p0_cat_64.safetensors"), &st), ZI_OK);
+    const zi_st_tensor *t = zi_st_find(st, "image_u8");
+    assert_non_null(t);
+    assert_int_equal(t->dtype, ZI_U8);
+    assert_int_equal(t->ndim, 3);
+    assert_int_equal(t->shape[0], h);
+    assert_int_equal(t->shape[1], w);
+    assert_int_equal(t->shape[2], 3);
+    assert_int_equal(t->nbytes, (size_t)w * h * 3);
+    assert_memory_equal(rgb, t->data, t->nbytes);
+
+    /* and our encoder reproduces the same pixels */
+    uint8_t *png = NULL, *back = NULL;
+    size_t len = 0;
+    int bw, bh;
+    assert_int_equal(zi_png_encode(t->data, w, h, NULL, &png, &len), ZI_OK);
+    assert_int_equal(zi_png_decode(png, len, &back, &bw, &bh, NULL), ZI_OK);
+    assert_memory_equal(back, t->data, t->nbytes);
+    free(png);
+    free(back);
+    zi_st_close(st);
+    free(rgb);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_png_roundtrip_pixels),      cmocka_unit_test(test_png_params_text),
+        cmocka_unit_test(test_png_params_utf8_roundtrip), cmocka_unit_test(test_png_errors),
+        cmocka_unit_test(test_png_golden_decode),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

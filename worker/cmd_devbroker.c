@@ -1,0 +1,224 @@
+/*
+ * cmd_devbroker.c - `zimage devbroker`: a development Kafka broker for tests and demos.
+ *
+ * It serves librdkafka's mock cluster (rdkafka_mock.h) on 127.0.0.1, so other processes
+ * (the worker, `zimage submit`, kcat) talk the real Kafka wire protocol to it. It is a
+ * STAND-IN for tests and local demos only: nothing persists, there is no TLS, SASL,
+ * CreateTopics or ListGroups, and ports are picked at random by librdkafka 2.0.2 - so the
+ * bootstrap address is written to a file that clients read. Production runs against real
+ * Kafka (or any Kafka-protocol broker).
+ *
+ * Reference: librdkafka 2.0.2 rdkafka_mock.h; /work/shared/docs/services.md (timings).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#define ZI_DEVBROKER_MAX_TOPICS 64
+#define ZI_DEVBROKER_MAX_BROKERS 16
+#define ZI_DEVBROKER_MAX_PARTITIONS 1024
+
+typedef struct zi_devbroker_topic {
+    const char *name; /* borrowed from argv; the ':' is cut off in place */
+    int partitions;
+} zi_devbroker_topic;
+
+/* Set by the signal handler; the main loop polls it every 100 ms. */
+static volatile sig_atomic_t zi_devbroker_stop;
+
+static void zi_devbroker_on_signal(int sig)
+{
+    (void)sig;
+    zi_devbroker_stop = 1;
+}
+
+static void zi_devbroker_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: zimage devbroker [--topic NAME[:PARTITIONS]]... [--brokers N]\n"
+            "                        [--bootstrap-file FILE] [--quiet]\n"
+            "\n"
+            "Development Kafka broker: serves librdkafka's mock cluster on 127.0.0.1 until\n"
+            "SIGTERM or SIGINT. A stand-in for tests and local demos only (no persistence,\n"
+            "no TLS/SASL); production uses a real Kafka cluster.\n"
+            "\n"
+            "options:\n"
+            "  --topic NAME[:P]       create topic NAME with P partitions (default 4); repeatable\n"
+            "  --brokers N            number of mock brokers, 1..%d (default 1)\n"
+            "  --bootstrap-file FILE  write the bootstrap address (host:port,...) to FILE\n"
+            "  --quiet                do not print the bootstrap address on stdout\n"
+            "  --help                 show this help\n"
+            "\n"
+            "Any topic a client asks about is also created on demand (4 partitions).\n",
+            ZI_DEVBROKER_MAX_BROKERS);
+}
+
+/* Parses a decimal int in [lo, hi]; returns 0 on success. */
+static int zi_devbroker_parse_int(const char *s, int lo, int hi, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* Writes `text` + '\n' to path through a temporary file and rename(), so a reader never
+ * sees a half-written address. */
+static int zi_devbroker_write_file(const char *path, const char *text)
+{
+    char tmp[PATH_MAX];
+    int n = snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return -1;
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    int ok = fprintf(f, "%s\n", text) > 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+int zi_cmd_devbroker(int argc, char **argv)
+{
+    zi_devbroker_topic topics[ZI_DEVBROKER_MAX_TOPICS];
+    int n_topics = 0;
+    int n_brokers = 1;
+    int quiet = 0;
+    const char *bootstrap_file = NULL;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            zi_devbroker_usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--quiet") == 0) {
+            quiet = 1;
+        } else if (strcmp(a, "--topic") == 0 || strcmp(a, "--brokers") == 0 ||
+                   strcmp(a, "--bootstrap-file") == 0) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "zimage: error: devbroker: %s needs a value\n", a);
+                return 2;
+            }
+            char *v = argv[++i];
+            if (strcmp(a, "--brokers") == 0) {
+                if (zi_devbroker_parse_int(v, 1, ZI_DEVBROKER_MAX_BROKERS, &n_brokers) != 0) {
+                    fprintf(stderr, "zimage: error: devbroker: --brokers '%s': want 1..%d\n", v,
+                            ZI_DEVBROKER_MAX_BROKERS);
+                    return 2;
+                }
+            } else if (strcmp(a, "--bootstrap-file") == 0) {
+                bootstrap_file = v;
+            } else {
+                if (n_topics == ZI_DEVBROKER_MAX_TOPICS) {
+                    fprintf(stderr, "zimage: error: devbroker: more than %d topics\n",
+                            ZI_DEVBROKER_MAX_TOPICS);
+                    return 2;
+                }
+                int parts = 4;
+                char *colon = strrchr(v, ':');
+                if (colon) {
+                    *colon = '\0';
+                    if (zi_devbroker_parse_int(colon + 1, 1, ZI_DEVBROKER_MAX_PARTITIONS, &parts) !=
+                        0) {
+                        fprintf(stderr,
+                                "zimage: error: devbroker: --topic %s: partitions '%s': want "
+                                "1..%d\n",
+                                v, colon + 1, ZI_DEVBROKER_MAX_PARTITIONS);
+                        return 2;
+                    }
+                }
+                if (v[0] == '\0') {
+                    fprintf(stderr, "zimage: error: devbroker: --topic needs a name\n");
+                    return 2;
+                }
+                topics[n_topics].name = v;
+                topics[n_topics].partitions = parts;
+                n_topics++;
+            }
+        } else {
+            fprintf(stderr, "zimage: error: devbroker: unknown option '%s'\n", a);
+            zi_devbroker_usage(stderr);
+            return 2;
+        }
+    }
+
+    /* Handlers first, so a SIGTERM that arrives during start-up still ends us cleanly. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = zi_devbroker_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    int rc = 1;
+    char errstr[512];
+    rd_kafka_t *rk = NULL;
+    rd_kafka_mock_cluster_t *mc = NULL;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    /* The handle only hosts the mock cluster; it never connects anywhere itself. */
+    /* log_level 4 (warning) hides the notice that this handle has no bootstrap.servers. */
+    if (rd_kafka_conf_set(conf, "client.id", "zimage-devbroker", errstr, sizeof errstr) !=
+            RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "log_level", "4", errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+        fprintf(stderr, "zimage: error: devbroker: %s\n", errstr);
+        rd_kafka_conf_destroy(conf);
+        return 1;
+    }
+    rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (!rk) {
+        fprintf(stderr, "zimage: error: devbroker: rd_kafka_new: %s\n", errstr);
+        rd_kafka_conf_destroy(conf);
+        return 1;
+    }
+    conf = NULL; /* owned by rk now */
+
+    mc = rd_kafka_mock_cluster_new(rk, n_brokers);
+    if (!mc) {
+        fprintf(stderr, "zimage: error: devbroker: cannot create the mock cluster\n");
+        goto done;
+    }
+    for (int t = 0; t < n_topics; t++) {
+        rd_kafka_resp_err_t err =
+            rd_kafka_mock_topic_create(mc, topics[t].name, topics[t].partitions, 1);
+        if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            fprintf(stderr, "zimage: error: devbroker: topic %s: %s\n", topics[t].name,
+                    rd_kafka_err2str(err));
+            goto done;
+        }
+    }
+
+    const char *bootstraps = rd_kafka_mock_cluster_bootstraps(mc);
+    if (bootstrap_file && zi_devbroker_write_file(bootstrap_file, bootstraps) != 0) {
+        fprintf(stderr, "zimage: error: devbroker: cannot write %s: %s\n", bootstrap_file,
+                strerror(errno));
+        goto done;
+    }
+    if (!quiet) {
+        printf("%s\n", bootstraps);
+        fflush(stdout);
+    }
+
+    while (!zi_devbroker_stop)
+        rd_kafka_poll(rk, 100);
+    rc = 0;
+
+done:
+    if (mc)
+        rd_kafka_mock_cluster_destroy(mc);
+    rd_kafka_destroy(rk);
+    return rc;
+}

@@ -1,0 +1,111 @@
+/*
+ * cmd_worker.c - `zimage worker --config FILE`: the Kafka -> pipeline -> S3 -> Redis daemon.
+ *
+ * Exit status: 0 after a clean drain (SIGTERM/SIGINT), 2 on a usage or configuration error
+ * (the message names the key), 1 when start-up fails (model, HTTP port) or the consumer
+ * hits a fatal error. See worker.h and docs/worker.md.
+ */
+#include "log.h"
+#include "wconfig.h"
+#include "worker.h"
+#include "zi_err.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+/* 1 on the first SIGTERM/SIGINT (drain), 2 on the second (stop the job now). */
+static volatile sig_atomic_t zi_worker_stop;
+
+static void zi_worker_on_signal(int sig)
+{
+    (void)sig;
+    if (zi_worker_stop < 2)
+        zi_worker_stop++;
+}
+
+static void zi_worker_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: zimage worker --config FILE [--print-config]\n"
+            "\n"
+            "Consumes jobs from Kafka (kafka.topic), generates each image, uploads the PNG to\n"
+            "S3 and records the job in Redis; at least once, one job at a time. Every config\n"
+            "key can be overridden with ZIMAGE_<SECTION>_<KEY>; secrets come from the\n"
+            "environment only (ZIMAGE_S3_ACCESS_KEY, ZIMAGE_S3_SECRET_KEY,\n"
+            "ZIMAGE_REDIS_PASSWORD). SIGTERM/SIGINT drains: no new job, the current one\n"
+            "finishes within worker.drain_timeout_s or is left uncommitted; a second signal\n"
+            "stops it at once.\n"
+            "\n"
+            "options:\n"
+            "  --config FILE    the YAML configuration (docs/interfaces.md)\n"
+            "  --print-config   print the effective configuration (secrets redacted), exit\n"
+            "  --help           show this help\n");
+}
+
+static int zi_worker_usage_error(const char *msg, const char *arg)
+{
+    fprintf(stderr, "zimage: error: %s%s\n", msg, arg ? arg : "");
+    fprintf(stderr, "Run 'zimage worker --help' for usage.\n");
+    return 2;
+}
+
+int zi_cmd_worker(int argc, char **argv)
+{
+    const char *config = NULL;
+    int print = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            zi_worker_usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--print-config") == 0) {
+            print = 1;
+        } else if (strcmp(a, "--config") == 0) {
+            if (i + 1 >= argc)
+                return zi_worker_usage_error("--config needs a value", NULL);
+            config = argv[++i];
+        } else if (strncmp(a, "--config=", 9) == 0) {
+            config = a + 9;
+        } else {
+            return zi_worker_usage_error("unknown argument ", a);
+        }
+    }
+    if (!config)
+        return zi_worker_usage_error("--config FILE is required", NULL);
+
+    zi_wconfig cfg = {0};
+    if (zi_wconfig_load(&cfg, config, zi_log_warn_cb, NULL) != ZI_OK) {
+        fprintf(stderr, "zimage: error: %s\n", zi_errmsg());
+        return 2;
+    }
+    if (print) {
+        int rc = zi_wconfig_dump(&cfg, stdout);
+        zi_wconfig_free(&cfg);
+        return rc == ZI_OK ? 0 : 1;
+    }
+    zi_log_format fmt = ZI_LOG_TEXT;
+    zi_log_level lvl = ZI_LOG_INFO;
+    if (zi_log_format_parse(cfg.logging_format, &fmt) != ZI_OK ||
+        zi_log_level_parse(cfg.logging_level, &lvl) != ZI_OK) {
+        fprintf(stderr, "zimage: error: logging: %s\n", zi_errmsg());
+        zi_wconfig_free(&cfg);
+        return 2;
+    }
+    zi_log_setup(fmt, lvl, cfg.worker_id, NULL);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = zi_worker_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    /* A closed HTTP peer must not kill the daemon. */
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc = zi_worker_run(&cfg, &zi_worker_stop);
+    if (rc != ZI_OK)
+        fprintf(stderr, "zimage: error: %s\n", zi_errmsg());
+    zi_wconfig_free(&cfg);
+    return rc == ZI_OK ? 0 : 1;
+}

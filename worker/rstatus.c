@@ -1,0 +1,1000 @@
+/*
+ * rstatus.c - the contract's Redis keys over hiredis 0.14 (sync API).
+ *
+ * Every public function: make sure a connection exists (connect + AUTH + SELECT, with
+ * exponential back-off between failed connects), send its commands pipelined (in one
+ * MULTI/EXEC when they must land together), read every reply. Any I/O error drops the
+ * context (hiredis contexts are unusable after one) and returns ZI_ETRANSIENT; server
+ * states that pass (LOADING, BUSY, TRYAGAIN, MASTERDOWN, READONLY) are transient too.
+ *
+ * Leases use small Lua scripts so that renew and release act only while the value is
+ * still our worker id (compare-and-set semantics; a plain PEXPIRE/DEL could extend or
+ * delete another worker's lease after ours expired).
+ */
+#include "rstatus.h"
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "zi_err.h"
+
+#define ZI_RS_MAX_ARGS 64
+#define ZI_RS_MAX_CMDS 8
+#define ZI_RS_KEY_MAX 512
+#define ZI_RS_BACKOFF_MIN_MS 100
+#define ZI_RS_BACKOFF_MAX_MS 5000
+#define ZI_RS_ERROR_MAX 1024 /* bytes of a job's `error` field */
+
+struct zi_rstatus {
+    redisContext *c;
+    zi_redis_url url; /* password here is the effective one */
+    char prefix[129];
+    char worker_id[129];
+    int64_t job_ttl_s;
+    int heartbeat_s;
+    int connect_timeout_ms;
+    int command_timeout_ms;
+    int fail_count;
+    int64_t next_connect_ms; /* monotonic */
+    int64_t last_progress_ms;
+    uint64_t rng;
+};
+
+/* ---- URLs ---- */
+
+static int zi_rs_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes s[0..n) into out (cap bytes). 0 on a bad escape or overflow. */
+static int zi_rs_pct_decode(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '%') {
+            if (i + 2 >= n)
+                return 0;
+            int hi = zi_rs_hexval(s[i + 1]);
+            int lo = zi_rs_hexval(s[i + 2]);
+            if (hi < 0 || lo < 0)
+                return 0;
+            c = (char)(hi * 16 + lo);
+            i += 2;
+            if (c == '\0')
+                return 0;
+        }
+        if (o + 1 >= cap)
+            return 0;
+        out[o++] = c;
+    }
+    out[o] = '\0';
+    return 1;
+}
+
+int zi_redis_url_parse(const char *url, zi_redis_url *out)
+{
+    memset(out, 0, sizeof *out);
+    out->port = 6379;
+    if (!url)
+        return zi_errorf(ZI_EINVAL, "redis url: missing");
+    if (strncmp(url, "rediss://", 9) == 0)
+        return zi_errorf(ZI_EINVAL, "redis url: TLS (rediss://) is not supported by hiredis 0.14");
+    if (strncmp(url, "redis://", 8) != 0)
+        return zi_errorf(ZI_EINVAL, "redis url: must start with redis://");
+    const char *rest = url + 8;
+    const char *at = strrchr(rest, '@');
+    if (at) {
+        const char *colon = memchr(rest, ':', (size_t)(at - rest));
+        size_t ul = colon ? (size_t)(colon - rest) : (size_t)(at - rest);
+        if (!zi_rs_pct_decode(rest, ul, out->user, sizeof out->user))
+            return zi_errorf(ZI_EINVAL, "redis url: bad user name");
+        if (colon && !zi_rs_pct_decode(colon + 1, (size_t)(at - colon - 1), out->password,
+                                       sizeof out->password)) {
+            explicit_bzero(out->password, sizeof out->password);
+            return zi_errorf(ZI_EINVAL, "redis url: bad password (percent-escapes, at most %zu "
+                                        "bytes)",
+                             sizeof out->password - 1);
+        }
+        rest = at + 1;
+    }
+    const char *hend;
+    const char *hstart = rest;
+    if (*rest == '[') {
+        hend = strchr(rest, ']');
+        if (!hend)
+            return zi_errorf(ZI_EINVAL, "redis url: unterminated [ipv6] host");
+        hstart = rest + 1;
+        rest = hend + 1;
+    } else {
+        hend = rest + strcspn(rest, ":/?#");
+        rest = hend;
+    }
+    size_t hl = (size_t)(hend - hstart);
+    if (hl == 0 || hl >= sizeof out->host)
+        return zi_errorf(ZI_EINVAL, "redis url: missing or too long host");
+    memcpy(out->host, hstart, hl);
+    out->host[hl] = '\0';
+    for (size_t i = 0; i < hl; i++) {
+        char c = out->host[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '-' || c == ':' || c == '_'))
+            return zi_errorf(ZI_EINVAL, "redis url: bad host '%.64s'", out->host);
+    }
+    if (*rest == ':') {
+        rest++;
+        long p = 0;
+        int nd = 0;
+        while (*rest >= '0' && *rest <= '9' && nd < 6) {
+            p = p * 10 + (*rest++ - '0');
+            nd++;
+        }
+        if (nd == 0 || p < 1 || p > 65535)
+            return zi_errorf(ZI_EINVAL, "redis url: bad port");
+        out->port = (int)p;
+    }
+    if (*rest == '/') {
+        rest++;
+        if (*rest) {
+            long d = 0;
+            int nd = 0;
+            while (*rest >= '0' && *rest <= '9' && nd < 6) {
+                d = d * 10 + (*rest++ - '0');
+                nd++;
+            }
+            if (nd == 0 || d > 100000)
+                return zi_errorf(ZI_EINVAL, "redis url: bad database number");
+            out->db = (int)d;
+        }
+    }
+    if (*rest)
+        return zi_errorf(ZI_EINVAL, "redis url: unexpected '%.32s' after host[:port][/db]",
+                         rest);
+    return ZI_OK;
+}
+
+void zi_redis_url_redact(const char *url, char *out, size_t cap)
+{
+    if (cap == 0)
+        return;
+    if (!url) {
+        out[0] = '\0';
+        return;
+    }
+    const char *scheme_end = strstr(url, "://");
+    const char *at = strrchr(url, '@');
+    if (!scheme_end || !at || at < scheme_end) {
+        snprintf(out, cap, "%s", url);
+        return;
+    }
+    const char *ui = scheme_end + 3;
+    const char *colon = memchr(ui, ':', (size_t)(at - ui));
+    if (!colon) { /* user only, no password */
+        snprintf(out, cap, "%s", url);
+        return;
+    }
+    snprintf(out, cap, "%.*s:<redacted>%s", (int)(colon - url), url, at);
+}
+
+/* ---- connection ---- */
+
+static int64_t zi_rs_mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+int64_t zi_rstatus_now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void zi_rs_drop(zi_rstatus *rs)
+{
+    if (rs->c) {
+        redisFree(rs->c);
+        rs->c = NULL;
+    }
+}
+
+static uint64_t zi_rs_rand(zi_rstatus *rs)
+{
+    rs->rng ^= rs->rng >> 12;
+    rs->rng ^= rs->rng << 25;
+    rs->rng ^= rs->rng >> 27;
+    return rs->rng * 0x2545F4914F6CDD1Dull;
+}
+
+/* Schedules the next connect attempt: 100 ms .. 5 s, doubled per failure, 50-100 % jitter. */
+static void zi_rs_backoff(zi_rstatus *rs)
+{
+    rs->fail_count++;
+    int64_t ms = ZI_RS_BACKOFF_MIN_MS;
+    for (int i = 1; i < rs->fail_count && ms < ZI_RS_BACKOFF_MAX_MS; i++)
+        ms *= 2;
+    if (ms > ZI_RS_BACKOFF_MAX_MS)
+        ms = ZI_RS_BACKOFF_MAX_MS;
+    ms = ms / 2 + (int64_t)(zi_rs_rand(rs) % (uint64_t)(ms / 2 + 1));
+    rs->next_connect_ms = zi_rs_mono_ms() + ms;
+}
+
+/* Sends one command on a fresh context during connect; ZI_OK on a non-error reply. */
+static int zi_rs_setup_cmd(zi_rstatus *rs, int argc, const char **argv, const char *what)
+{
+    redisReply *r = redisCommandArgv(rs->c, argc, argv, NULL);
+    if (!r)
+        return zi_errorf(ZI_ETRANSIENT, "redis %s:%d: %s: %s", rs->url.host, rs->url.port, what,
+                         rs->c->errstr[0] ? rs->c->errstr : "connection lost");
+    int rc = ZI_OK;
+    if (r->type == REDIS_REPLY_ERROR) {
+        /* never echo the command: it may hold the password */
+        int auth = strncmp(r->str, "WRONGPASS", 9) == 0 || strncmp(r->str, "NOAUTH", 6) == 0 ||
+                   strstr(r->str, "password") != NULL;
+        rc = zi_errorf(auth ? ZI_EAUTH : ZI_EIO, "redis %s:%d: %s refused: %.200s", rs->url.host,
+                       rs->url.port, what, r->str);
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+static int zi_rs_connect(zi_rstatus *rs)
+{
+    if (rs->c)
+        return ZI_OK;
+    int64_t now = zi_rs_mono_ms();
+    if (now < rs->next_connect_ms)
+        return zi_errorf(ZI_ETRANSIENT, "redis %s:%d: unreachable (next connect in %lld ms)",
+                         rs->url.host, rs->url.port, (long long)(rs->next_connect_ms - now));
+    struct timeval ctv = {rs->connect_timeout_ms / 1000, (rs->connect_timeout_ms % 1000) * 1000};
+    rs->c = redisConnectWithTimeout(rs->url.host, rs->url.port, ctv);
+    if (!rs->c || rs->c->err) {
+        int rc = zi_errorf(ZI_ETRANSIENT, "redis %s:%d: cannot connect: %s", rs->url.host,
+                           rs->url.port, rs->c ? rs->c->errstr : "out of memory");
+        zi_rs_drop(rs);
+        zi_rs_backoff(rs);
+        return rc;
+    }
+    struct timeval tv = {rs->command_timeout_ms / 1000, (rs->command_timeout_ms % 1000) * 1000};
+    redisSetTimeout(rs->c, tv);
+    int rc = ZI_OK;
+    if (rs->url.password[0]) {
+        const char *argv[3] = {"AUTH", rs->url.user, rs->url.password};
+        if (rs->url.user[0])
+            rc = zi_rs_setup_cmd(rs, 3, argv, "AUTH");
+        else {
+            argv[1] = rs->url.password;
+            rc = zi_rs_setup_cmd(rs, 2, argv, "AUTH");
+        }
+    }
+    if (!rc && rs->url.db != 0) {
+        char db[16];
+        snprintf(db, sizeof db, "%d", rs->url.db);
+        const char *argv[2] = {"SELECT", db};
+        rc = zi_rs_setup_cmd(rs, 2, argv, "SELECT");
+    }
+    if (rc) {
+        zi_rs_drop(rs);
+        zi_rs_backoff(rs);
+        return rc;
+    }
+    rs->fail_count = 0;
+    rs->next_connect_ms = 0;
+    return ZI_OK;
+}
+
+int zi_rstatus_create(const zi_rstatus_config *cfg, zi_rstatus **out)
+{
+    if (!cfg || !cfg->url || !cfg->worker_id)
+        return zi_errorf(ZI_EINVAL, "redis: url and worker id are required");
+    const char *prefix = cfg->key_prefix ? cfg->key_prefix : "zimage:";
+    if (strlen(prefix) > 128 || strlen(cfg->worker_id) > 128 || !cfg->worker_id[0])
+        return zi_errorf(ZI_EINVAL, "redis: key prefix or worker id empty or too long");
+    zi_rstatus *rs = calloc(1, sizeof *rs);
+    if (!rs)
+        return zi_errorf(ZI_ENOMEM, "redis: out of memory");
+    int rc = zi_redis_url_parse(cfg->url, &rs->url);
+    if (rc) {
+        free(rs);
+        return rc;
+    }
+    if (cfg->password && *cfg->password) {
+        if (strlen(cfg->password) >= sizeof rs->url.password) {
+            explicit_bzero(rs, sizeof *rs);
+            free(rs);
+            return zi_errorf(ZI_EINVAL, "redis: password longer than %zu bytes",
+                             sizeof rs->url.password - 1);
+        }
+        snprintf(rs->url.password, sizeof rs->url.password, "%s", cfg->password);
+    }
+    snprintf(rs->prefix, sizeof rs->prefix, "%s", prefix);
+    snprintf(rs->worker_id, sizeof rs->worker_id, "%s", cfg->worker_id);
+    rs->job_ttl_s = cfg->job_ttl_s > 0 ? cfg->job_ttl_s : 604800;
+    rs->heartbeat_s = cfg->heartbeat_s > 0 ? cfg->heartbeat_s : 5;
+    rs->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : 2000;
+    rs->command_timeout_ms = cfg->command_timeout_ms > 0 ? cfg->command_timeout_ms : 5000;
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    rs->rng = ((uint64_t)t.tv_nsec << 16) ^ (uint64_t)getpid() ^ (uint64_t)(uintptr_t)rs;
+    if (!rs->rng)
+        rs->rng = 1;
+    (void)zi_rs_connect(rs); /* Redis may come up later: calls will retry */
+    zi_error_clear();
+    *out = rs;
+    return ZI_OK;
+}
+
+void zi_rstatus_destroy(zi_rstatus *rs)
+{
+    if (!rs)
+        return;
+    zi_rs_drop(rs);
+    explicit_bzero(rs->url.password, sizeof rs->url.password);
+    free(rs);
+}
+
+int zi_rstatus_key(const zi_rstatus *rs, const char *middle, const char *id, char *out,
+                   size_t cap)
+{
+    int n = snprintf(out, cap, "%s%s%s", rs->prefix, middle ? middle : "", id ? id : "");
+    if (n < 0 || (size_t)n >= cap)
+        return zi_errorf(ZI_EINVAL, "redis: key for '%.64s' longer than %zu bytes",
+                         id ? id : "", cap - 1);
+    return ZI_OK;
+}
+
+/* ---- command batches ---- */
+
+typedef struct zi_rs_cmd {
+    int argc;
+    const char *argv[ZI_RS_MAX_ARGS];
+} zi_rs_cmd;
+
+typedef struct zi_rs_batch {
+    zi_rs_cmd cmds[ZI_RS_MAX_CMDS];
+    int n;
+    int overflow;
+} zi_rs_batch;
+
+static zi_rs_cmd *zi_rs_cmd_new(zi_rs_batch *b)
+{
+    if (b->n == ZI_RS_MAX_CMDS) {
+        b->overflow = 1;
+        return &b->cmds[ZI_RS_MAX_CMDS - 1];
+    }
+    zi_rs_cmd *c = &b->cmds[b->n++];
+    c->argc = 0;
+    return c;
+}
+
+static void zi_rs_arg(zi_rs_batch *b, zi_rs_cmd *c, const char *a)
+{
+    if (c->argc == ZI_RS_MAX_ARGS) {
+        b->overflow = 1;
+        return;
+    }
+    c->argv[c->argc++] = a ? a : "";
+}
+
+static int zi_rs_transient_error(const char *s)
+{
+    static const char *const pfx[] = {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY",
+                                      "CLUSTERDOWN"};
+    for (size_t i = 0; i < sizeof pfx / sizeof pfx[0]; i++)
+        if (strncmp(s, pfx[i], strlen(pfx[i])) == 0)
+            return 1;
+    return 0;
+}
+
+/* Checks a reply (and, for EXEC, each element) for server errors. */
+static int zi_rs_check_reply(zi_rstatus *rs, const redisReply *r, const char *what)
+{
+    if (r->type == REDIS_REPLY_ERROR)
+        return zi_errorf(zi_rs_transient_error(r->str) ? ZI_ETRANSIENT : ZI_EIO,
+                         "redis %s: %.300s", what, r->str);
+    if (r->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i < r->elements; i++)
+            if (r->element[i] && r->element[i]->type == REDIS_REPLY_ERROR)
+                return zi_rs_check_reply(rs, r->element[i], what);
+    return ZI_OK;
+}
+
+/* Runs the batch pipelined; *last (may be NULL) receives the last command's reply (the
+ * EXEC array for a MULTI batch), which the caller frees. */
+static int zi_rs_run(zi_rstatus *rs, zi_rs_batch *b, const char *what, redisReply **last)
+{
+    if (last)
+        *last = NULL;
+    if (b->overflow)
+        return zi_errorf(ZI_EINVAL, "redis %s: too many arguments", what);
+    int rc = zi_rs_connect(rs);
+    if (rc)
+        return rc;
+    for (int i = 0; i < b->n; i++)
+        if (redisAppendCommandArgv(rs->c, b->cmds[i].argc, b->cmds[i].argv, NULL) != REDIS_OK)
+            goto io;
+    rc = ZI_OK;
+    for (int i = 0; i < b->n; i++) {
+        void *rv = NULL;
+        if (redisGetReply(rs->c, &rv) != REDIS_OK || !rv)
+            goto io;
+        redisReply *r = rv;
+        int crc = zi_rs_check_reply(rs, r, what);
+        if (crc && !rc)
+            rc = crc;
+        if (i == b->n - 1 && last && !rc)
+            *last = r;
+        else
+            freeReplyObject(r);
+    }
+    if (!rc && last && *last && (*last)->type == REDIS_REPLY_NIL && b->n > 1 &&
+        strcmp(b->cmds[b->n - 1].argv[0], "EXEC") == 0) {
+        freeReplyObject(*last);
+        *last = NULL;
+        return zi_errorf(ZI_EIO, "redis %s: transaction aborted", what);
+    }
+    return rc;
+io:
+    rc = zi_errorf(ZI_ETRANSIENT, "redis %s:%d: %s: %s", rs->url.host, rs->url.port, what,
+                   rs->c->errstr[0] ? rs->c->errstr : "connection lost");
+    zi_rs_drop(rs); /* the next call reconnects */
+    return rc;
+}
+
+/* Builds P<middle><id> into a caller buffer after checking the id. */
+static int zi_rs_idkey(const zi_rstatus *rs, const char *middle, const char *id, char *out)
+{
+    if (!id || !*id)
+        return zi_errorf(ZI_EINVAL, "redis: empty id");
+    return zi_rstatus_key(rs, middle, id, out, ZI_RS_KEY_MAX);
+}
+
+int zi_rstatus_ping(zi_rstatus *rs)
+{
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "PING");
+    return zi_rs_run(rs, &b, "PING", NULL);
+}
+
+/* ---- jobs ---- */
+
+int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status,
+                          const char *error_code, const char *error,
+                          const zi_rstatus_field *extra, size_t nextra)
+{
+    char jkey[ZI_RS_KEY_MAX], ekey[ZI_RS_KEY_MAX], ttl[24], maxlen[24];
+    char err_cut[ZI_RS_ERROR_MAX + 1];
+    int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
+    if (!rc)
+        rc = zi_rstatus_key(rs, "events", "", ekey, sizeof ekey);
+    if (rc)
+        return rc;
+    if (!status || !*status)
+        return zi_errorf(ZI_EINVAL, "redis: empty status");
+    snprintf(ttl, sizeof ttl, "%lld", (long long)rs->job_ttl_s);
+    snprintf(maxlen, sizeof maxlen, "%d", ZI_RSTATUS_EVENTS_MAXLEN);
+    if (error)
+        snprintf(err_cut, sizeof err_cut, "%s", error);
+
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "MULTI");
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "HSET");
+    zi_rs_arg(&b, c, jkey);
+    zi_rs_arg(&b, c, "status");
+    zi_rs_arg(&b, c, status);
+    zi_rs_arg(&b, c, "worker");
+    zi_rs_arg(&b, c, rs->worker_id);
+    if (error_code) {
+        zi_rs_arg(&b, c, "error_code");
+        zi_rs_arg(&b, c, error_code);
+        zi_rs_arg(&b, c, "error");
+        zi_rs_arg(&b, c, error ? err_cut : "");
+    }
+    for (size_t i = 0; i < nextra; i++) {
+        zi_rs_arg(&b, c, extra[i].name);
+        zi_rs_arg(&b, c, extra[i].value);
+    }
+    if (!error_code) {
+        /* a run after an earlier failure must not keep the stale error */
+        c = zi_rs_cmd_new(&b);
+        zi_rs_arg(&b, c, "HDEL");
+        zi_rs_arg(&b, c, jkey);
+        zi_rs_arg(&b, c, "error_code");
+        zi_rs_arg(&b, c, "error");
+    }
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "EXPIRE");
+    zi_rs_arg(&b, c, jkey);
+    zi_rs_arg(&b, c, ttl);
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "XADD");
+    zi_rs_arg(&b, c, ekey);
+    zi_rs_arg(&b, c, "MAXLEN");
+    zi_rs_arg(&b, c, "~");
+    zi_rs_arg(&b, c, maxlen);
+    zi_rs_arg(&b, c, "*");
+    zi_rs_arg(&b, c, "job_id");
+    zi_rs_arg(&b, c, job_id);
+    zi_rs_arg(&b, c, "status");
+    zi_rs_arg(&b, c, status);
+    zi_rs_arg(&b, c, "worker");
+    zi_rs_arg(&b, c, rs->worker_id);
+    if (error_code) {
+        zi_rs_arg(&b, c, "error_code");
+        zi_rs_arg(&b, c, error_code);
+    }
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "EXEC");
+    redisReply *r = NULL;
+    rc = zi_rs_run(rs, &b, "set status", &r);
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
+int zi_rstatus_job_set(zi_rstatus *rs, const char *job_id, const zi_rstatus_field *fields,
+                       size_t n)
+{
+    char jkey[ZI_RS_KEY_MAX], ttl[24];
+    int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
+    if (rc)
+        return rc;
+    if (n == 0)
+        return ZI_OK;
+    snprintf(ttl, sizeof ttl, "%lld", (long long)rs->job_ttl_s);
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "MULTI");
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "HSET");
+    zi_rs_arg(&b, c, jkey);
+    for (size_t i = 0; i < n; i++) {
+        zi_rs_arg(&b, c, fields[i].name);
+        zi_rs_arg(&b, c, fields[i].value);
+    }
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "EXPIRE");
+    zi_rs_arg(&b, c, jkey);
+    zi_rs_arg(&b, c, ttl);
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "EXEC");
+    redisReply *r = NULL;
+    rc = zi_rs_run(rs, &b, "job set", &r);
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
+void zi_rstatus_hash_free(zi_rstatus_hash *h)
+{
+    if (!h)
+        return;
+    for (size_t i = 0; i < h->n; i++) {
+        free(h->names ? h->names[i] : NULL);
+        free(h->values ? h->values[i] : NULL);
+    }
+    free(h->names);
+    free(h->values);
+    memset(h, 0, sizeof *h);
+}
+
+const char *zi_rstatus_hash_get(const zi_rstatus_hash *h, const char *name)
+{
+    for (size_t i = 0; i < h->n; i++)
+        if (strcmp(h->names[i], name) == 0)
+            return h->values[i];
+    return NULL;
+}
+
+static char *zi_rs_strndup(const redisReply *r)
+{
+    if (!r || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_STATUS))
+        return strdup("");
+    char *s = malloc(r->len + 1);
+    if (s) {
+        memcpy(s, r->str, r->len);
+        s[r->len] = '\0';
+    }
+    return s;
+}
+
+int zi_rstatus_job_get(zi_rstatus *rs, const char *job_id, zi_rstatus_hash *out)
+{
+    memset(out, 0, sizeof *out);
+    char jkey[ZI_RS_KEY_MAX];
+    int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
+    if (rc)
+        return rc;
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "HGETALL");
+    zi_rs_arg(&b, c, jkey);
+    redisReply *r = NULL;
+    if ((rc = zi_rs_run(rs, &b, "HGETALL", &r)))
+        return rc;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements % 2) {
+        freeReplyObject(r);
+        return zi_errorf(ZI_EIO, "redis HGETALL %s: unexpected reply", jkey);
+    }
+    if (r->elements == 0) {
+        freeReplyObject(r);
+        return zi_errorf(ZI_ENOTFOUND, "job %s: not found", job_id);
+    }
+    size_t n = r->elements / 2;
+    out->names = calloc(n, sizeof *out->names);
+    out->values = calloc(n, sizeof *out->values);
+    if (!out->names || !out->values)
+        goto nomem;
+    for (size_t i = 0; i < n; i++) {
+        out->names[i] = zi_rs_strndup(r->element[2 * i]);
+        out->values[i] = zi_rs_strndup(r->element[2 * i + 1]);
+        out->n = i + 1;
+        if (!out->names[i] || !out->values[i])
+            goto nomem;
+    }
+    freeReplyObject(r);
+    return ZI_OK;
+nomem:
+    freeReplyObject(r);
+    zi_rstatus_hash_free(out);
+    return zi_errorf(ZI_ENOMEM, "redis: out of memory");
+}
+
+int zi_rstatus_job_field(zi_rstatus *rs, const char *job_id, const char *field, char *out,
+                         size_t cap)
+{
+    char jkey[ZI_RS_KEY_MAX];
+    int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
+    if (rc)
+        return rc;
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "HGET");
+    zi_rs_arg(&b, c, jkey);
+    zi_rs_arg(&b, c, field);
+    redisReply *r = NULL;
+    if ((rc = zi_rs_run(rs, &b, "HGET", &r)))
+        return rc;
+    if (r->type != REDIS_REPLY_STRING) {
+        freeReplyObject(r);
+        return zi_errorf(ZI_ENOTFOUND, "job %s: no field %s", job_id, field);
+    }
+    if (r->len >= cap) {
+        freeReplyObject(r);
+        return zi_errorf(ZI_EINVAL, "job %s: field %s longer than %zu bytes", job_id, field,
+                         cap - 1);
+    }
+    memcpy(out, r->str, r->len);
+    out[r->len] = '\0';
+    freeReplyObject(r);
+    return ZI_OK;
+}
+
+int zi_rstatus_attempt_incr(zi_rstatus *rs, const char *job_id, int64_t *attempt)
+{
+    char jkey[ZI_RS_KEY_MAX], ttl[24];
+    int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
+    if (rc)
+        return rc;
+    snprintf(ttl, sizeof ttl, "%lld", (long long)rs->job_ttl_s);
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "MULTI");
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "HINCRBY");
+    zi_rs_arg(&b, c, jkey);
+    zi_rs_arg(&b, c, "attempt");
+    zi_rs_arg(&b, c, "1");
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "EXPIRE");
+    zi_rs_arg(&b, c, jkey);
+    zi_rs_arg(&b, c, ttl);
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "EXEC");
+    redisReply *r = NULL;
+    if ((rc = zi_rs_run(rs, &b, "HINCRBY attempt", &r)))
+        return rc;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER) {
+        freeReplyObject(r);
+        return zi_errorf(ZI_EIO, "redis HINCRBY %s attempt: unexpected reply", jkey);
+    }
+    if (attempt)
+        *attempt = r->element[0]->integer;
+    freeReplyObject(r);
+    return ZI_OK;
+}
+
+int zi_rstatus_progress(zi_rstatus *rs, const char *job_id, int step, int steps, int force,
+                        int *written)
+{
+    if (written)
+        *written = 0;
+    if (steps <= 0 || step < 0 || step > steps)
+        return zi_errorf(ZI_EINVAL, "redis: progress %d/%d out of range", step, steps);
+    int64_t now = zi_rs_mono_ms();
+    if (!force && step != steps && rs->last_progress_ms != 0 &&
+        now - rs->last_progress_ms < ZI_RSTATUS_PROGRESS_MIN_MS)
+        return ZI_OK;
+    char s1[16], s2[16], pr[16];
+    snprintf(s1, sizeof s1, "%d", step);
+    snprintf(s2, sizeof s2, "%d", steps);
+    snprintf(pr, sizeof pr, "%.4f", (double)step / (double)steps);
+    zi_rstatus_field f[3] = {{"step", s1}, {"steps", s2}, {"progress", pr}};
+    int rc = zi_rstatus_job_set(rs, job_id, f, 3);
+    if (rc == ZI_OK) {
+        rs->last_progress_ms = now;
+        if (written)
+            *written = 1;
+    }
+    return rc;
+}
+
+/* ---- leases ---- */
+
+/* Takes the lease when free or already ours (then re-arms its TTL); else returns the holder. */
+static const char zi_rs_lua_acquire[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v == false or v == ARGV[1] then\n"
+    "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    "  return 1\n"
+    "end\n"
+    "return v\n";
+static const char zi_rs_lua_renew[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+                                      "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+                                      "end\n"
+                                      "return 0\n";
+static const char zi_rs_lua_release[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+                                        "  return redis.call('DEL', KEYS[1])\n"
+                                        "end\n"
+                                        "return 0\n";
+
+static int zi_rs_eval(zi_rstatus *rs, const char *script, const char *key, const char *arg2,
+                      const char *what, redisReply **r)
+{
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "EVAL");
+    zi_rs_arg(&b, c, script);
+    zi_rs_arg(&b, c, "1");
+    zi_rs_arg(&b, c, key);
+    zi_rs_arg(&b, c, rs->worker_id);
+    if (arg2)
+        zi_rs_arg(&b, c, arg2);
+    return zi_rs_run(rs, &b, what, r);
+}
+
+int zi_rstatus_lease_acquire(zi_rstatus *rs, const char *job_id, int64_t ttl_ms, int *acquired,
+                             char *holder, size_t holder_cap)
+{
+    *acquired = 0;
+    if (holder && holder_cap)
+        holder[0] = '\0';
+    if (ttl_ms < 1)
+        return zi_errorf(ZI_EINVAL, "redis: lease ttl must be >= 1 ms");
+    char key[ZI_RS_KEY_MAX], ttl[24];
+    int rc = zi_rs_idkey(rs, "lease:", job_id, key);
+    if (rc)
+        return rc;
+    snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
+    redisReply *r = NULL;
+    if ((rc = zi_rs_eval(rs, zi_rs_lua_acquire, key, ttl, "lease acquire", &r)))
+        return rc;
+    if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
+        *acquired = 1;
+    } else if (r->type == REDIS_REPLY_STRING) {
+        if (holder && holder_cap)
+            snprintf(holder, holder_cap, "%.*s", (int)r->len, r->str);
+    } else {
+        freeReplyObject(r);
+        return zi_errorf(ZI_EIO, "redis lease acquire %s: unexpected reply", key);
+    }
+    freeReplyObject(r);
+    return ZI_OK;
+}
+
+int zi_rstatus_lease_renew(zi_rstatus *rs, const char *job_id, int64_t ttl_ms, int *ours)
+{
+    *ours = 0;
+    if (ttl_ms < 1)
+        return zi_errorf(ZI_EINVAL, "redis: lease ttl must be >= 1 ms");
+    char key[ZI_RS_KEY_MAX], ttl[24];
+    int rc = zi_rs_idkey(rs, "lease:", job_id, key);
+    if (rc)
+        return rc;
+    snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
+    redisReply *r = NULL;
+    if ((rc = zi_rs_eval(rs, zi_rs_lua_renew, key, ttl, "lease renew", &r)))
+        return rc;
+    *ours = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    freeReplyObject(r);
+    return ZI_OK;
+}
+
+int zi_rstatus_lease_release(zi_rstatus *rs, const char *job_id, int *released)
+{
+    if (released)
+        *released = 0;
+    char key[ZI_RS_KEY_MAX];
+    int rc = zi_rs_idkey(rs, "lease:", job_id, key);
+    if (rc)
+        return rc;
+    redisReply *r = NULL;
+    if ((rc = zi_rs_eval(rs, zi_rs_lua_release, key, NULL, "lease release", &r)))
+        return rc;
+    if (released)
+        *released = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    freeReplyObject(r);
+    return ZI_OK;
+}
+
+/* ---- cancel ---- */
+
+int zi_rstatus_cancel_requested(zi_rstatus *rs, const char *job_id, int *cancelled)
+{
+    *cancelled = 0;
+    char key[ZI_RS_KEY_MAX];
+    int rc = zi_rs_idkey(rs, "cancel:", job_id, key);
+    if (rc)
+        return rc;
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "EXISTS");
+    zi_rs_arg(&b, c, key);
+    redisReply *r = NULL;
+    if ((rc = zi_rs_run(rs, &b, "EXISTS cancel", &r)))
+        return rc;
+    *cancelled = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
+    freeReplyObject(r);
+    return ZI_OK;
+}
+
+int zi_rstatus_cancel_request(zi_rstatus *rs, const char *job_id, int64_t ttl_s)
+{
+    char key[ZI_RS_KEY_MAX], ttl[24];
+    int rc = zi_rs_idkey(rs, "cancel:", job_id, key);
+    if (rc)
+        return rc;
+    snprintf(ttl, sizeof ttl, "%lld", (long long)(ttl_s > 0 ? ttl_s : rs->job_ttl_s));
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "SET");
+    zi_rs_arg(&b, c, key);
+    zi_rs_arg(&b, c, "1");
+    zi_rs_arg(&b, c, "EX");
+    zi_rs_arg(&b, c, ttl);
+    return zi_rs_run(rs, &b, "SET cancel", NULL);
+}
+
+/* ---- workers ---- */
+
+int zi_rstatus_heartbeat(zi_rstatus *rs, const zi_rstatus_worker_info *info)
+{
+    char wkey[ZI_RS_KEY_MAX], zkey[ZI_RS_KEY_MAX], ttl[24], now[24];
+    char num[7][24];
+    int rc = zi_rs_idkey(rs, "worker:", rs->worker_id, wkey);
+    if (!rc)
+        rc = zi_rstatus_key(rs, "workers", "", zkey, sizeof zkey);
+    if (rc)
+        return rc;
+    snprintf(ttl, sizeof ttl, "%d", 3 * rs->heartbeat_s);
+    snprintf(now, sizeof now, "%lld", (long long)zi_rstatus_now_ms());
+    const int64_t nums[7] = {info->jobs_succeeded,        info->jobs_failed,
+                             info->vram_total_bytes,      info->vram_free_bytes,
+                             info->alloc_reserved_bytes,  info->alloc_allocated_bytes,
+                             info->alloc_peak_bytes};
+    for (int i = 0; i < 7; i++)
+        snprintf(num[i], sizeof num[i], "%lld", (long long)nums[i]);
+    const zi_rstatus_field f[] = {
+        {"state", info->state},
+        {"current_job", info->current_job},
+        {"jobs_succeeded", num[0]},
+        {"jobs_failed", num[1]},
+        {"backend", info->backend},
+        {"gpu_name", info->gpu_name},
+        {"vram_total_bytes", num[2]},
+        {"vram_free_bytes", num[3]},
+        {"alloc_reserved_bytes", num[4]},
+        {"alloc_allocated_bytes", num[5]},
+        {"alloc_peak_bytes", num[6]},
+        {"model", info->model},
+        {"version", info->version},
+        {"heartbeat_at", now},
+    };
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "MULTI");
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "ZADD");
+    zi_rs_arg(&b, c, zkey);
+    zi_rs_arg(&b, c, now);
+    zi_rs_arg(&b, c, rs->worker_id);
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "HSET");
+    zi_rs_arg(&b, c, wkey);
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        zi_rs_arg(&b, c, f[i].name);
+        zi_rs_arg(&b, c, f[i].value ? f[i].value : "");
+    }
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "EXPIRE");
+    zi_rs_arg(&b, c, wkey);
+    zi_rs_arg(&b, c, ttl);
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "EXEC");
+    redisReply *r = NULL;
+    rc = zi_rs_run(rs, &b, "heartbeat", &r);
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
+int zi_rstatus_worker_remove(zi_rstatus *rs)
+{
+    char wkey[ZI_RS_KEY_MAX], zkey[ZI_RS_KEY_MAX];
+    int rc = zi_rs_idkey(rs, "worker:", rs->worker_id, wkey);
+    if (!rc)
+        rc = zi_rstatus_key(rs, "workers", "", zkey, sizeof zkey);
+    if (rc)
+        return rc;
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "MULTI");
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "ZREM");
+    zi_rs_arg(&b, c, zkey);
+    zi_rs_arg(&b, c, rs->worker_id);
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "DEL");
+    zi_rs_arg(&b, c, wkey);
+    c = zi_rs_cmd_new(&b);
+    zi_rs_arg(&b, c, "EXEC");
+    redisReply *r = NULL;
+    rc = zi_rs_run(rs, &b, "worker remove", &r);
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
+/* ---- raw ---- */
+
+int zi_rstatus_command(zi_rstatus *rs, int argc, const char **argv, void **reply)
+{
+    *reply = NULL;
+    if (argc < 1 || argc > ZI_RS_MAX_ARGS)
+        return zi_errorf(ZI_EINVAL, "redis: 1..%d arguments", ZI_RS_MAX_ARGS);
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = zi_rs_cmd_new(&b);
+    for (int i = 0; i < argc; i++)
+        zi_rs_arg(&b, c, argv[i]);
+    redisReply *r = NULL;
+    int rc = zi_rs_run(rs, &b, argv[0], &r);
+    if (rc)
+        return rc;
+    *reply = r;
+    return ZI_OK;
+}
+
+void zi_rstatus_reply_free(void *reply)
+{
+    if (reply)
+        freeReplyObject(reply);
+}

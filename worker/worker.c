@@ -1,0 +1,1153 @@
+/*
+ * worker.c - the worker daemon (see worker.h for the threads and docs/worker.md for the
+ * delivery semantics).
+ *
+ * The invariant everything here serves: a message's offset is stored (for the next
+ * commit) only by the main thread, only after the job thread reported that the job's
+ * final state is durably written (Redis hash + event, and the DLQ copy where one is due),
+ * and only while the message's partition is still assigned to this worker in the same
+ * assignment epoch it was polled in. Everything else - Redis or S3 down, a rebalance, a
+ * drain that runs out of time - either retries or leaves the offset alone, so the job is
+ * delivered again and the de-duplication (hash `succeeded`, S3 object with our
+ * x-amz-meta-job-id, the lease) keeps it from being computed twice.
+ */
+#include "worker.h"
+#include "backend.h"
+#include "http.h"
+#include "job.h"
+#include "kafka.h"
+#include "log.h"
+#include "metrics.h"
+#include "pipeline.h"
+#include "png.h"
+#include "rstatus.h"
+#include "s3.h"
+#include "zi_err.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ZI_WK_STORE 1   /* final state written: store the offset */
+#define ZI_WK_NOSTORE 0 /* no final state (revoked, draining): leave the offset */
+
+#define ZI_WK_DLQ_CUT_RETRY 65536       /* DLQ value size after a "too large" refusal */
+#define ZI_WK_CANCEL_CHECK_MS 100       /* cancel flag read at most this often */
+#define ZI_WK_DRAIN_ABORT_GRACE_MS 15000 /* after asking a job to stop at a drain deadline */
+
+typedef struct zi_wk {
+    const zi_wconfig *cfg;
+    volatile sig_atomic_t *stop;
+    zi_job_limits lim;
+    char model[256];
+    char seed_buf[32];
+
+    zi_backend *be;
+    zi_pipeline *pipe;
+    zi_metrics *metrics;
+    zi_worker_metrics wm;
+    zi_http *http;
+    rd_kafka_t *producer;
+    zi_consumer *consumer;
+    zi_s3_config s3cfg;
+    zi_rstatus_config rscfg;
+    int64_t lease_ttl_ms;
+
+    /* job thread */
+    pthread_t job_thread;
+    int job_thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    zi_kmsg *job_msg; /* borrowed from the main thread while the job runs */
+    int job_posted, job_done, job_result, job_quit;
+    atomic_int job_revoked; /* the running job's partition was revoked or lost */
+    atomic_int job_abort;   /* stop now without a final state (drain deadline) */
+    zi_rstatus *rs_job;
+    zi_s3 *s3;
+
+    /* heartbeat thread; state_mu guards the fields below it */
+    pthread_t hb_thread;
+    int hb_thread_started;
+    pthread_cond_t hb_cv;
+    int hb_quit;
+    pthread_mutex_t state_mu;
+    char state[16];
+    char current_job[ZI_JOB_ID_MAX + 1];
+    int64_t jobs_succeeded, jobs_failed;
+    zi_mem_stats mem;
+    /* lease_mu serialises lease renewal (heartbeat) with acquire/release (job thread), so
+     * a renewal never re-creates a lease the job thread has just released. */
+    pthread_mutex_t lease_mu;
+    char lease_job[ZI_JOB_ID_MAX + 1];
+
+    /* fault hooks (tests) */
+    const char *crash_prompt;
+    int step_delay_ms;
+} zi_wk;
+
+static int64_t zi_wk_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void zi_wk_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+void zi_worker_job_limits(const zi_wconfig *cfg, struct zi_job_limits *lim)
+{
+    lim->def_width = cfg->gen_width;
+    lim->def_height = cfg->gen_height;
+    lim->def_steps = cfg->gen_steps;
+    lim->def_guidance = cfg->gen_guidance_scale;
+    lim->min_side = cfg->gen_min_side;
+    lim->max_side = cfg->gen_max_side;
+    lim->max_pixels = cfg->gen_max_pixels;
+    lim->max_steps = cfg->gen_max_steps;
+    lim->max_message_bytes = cfg->kafka_max_message_bytes;
+}
+
+static void zi_wk_set_state(zi_wk *w, const char *state, const char *job)
+{
+    pthread_mutex_lock(&w->state_mu);
+    snprintf(w->state, sizeof w->state, "%s", state);
+    if (job)
+        snprintf(w->current_job, sizeof w->current_job, "%s", job);
+    pthread_cond_signal(&w->hb_cv); /* publish the change now */
+    pthread_mutex_unlock(&w->state_mu);
+}
+
+static void zi_wk_snapshot_mem(zi_wk *w)
+{
+    zi_mem_stats ms = {0};
+    /* CPU: no device memory to report (contract: zeros and backend=cpu). */
+    if (w->be && strcmp(w->be->name, "cpu") != 0)
+        w->be->mem_stats(w->be, &ms);
+    pthread_mutex_lock(&w->state_mu);
+    w->mem = ms;
+    pthread_mutex_unlock(&w->state_mu);
+}
+
+/* ---- retries ---- */
+
+/* 1 when the job must stop without a final state. pre_run: a revoked partition also
+ * stops it (before the run; a running job finishes, see docs/worker.md). */
+static int zi_wk_aborted(zi_wk *w, int pre_run)
+{
+    return atomic_load(&w->job_abort) || (pre_run && atomic_load(&w->job_revoked));
+}
+
+/* After a failed Redis/Kafka call: logs (the first time and then every 10th), sleeps an
+ * exponential backoff with jitter (100 ms .. 2 s) in slices, and returns 1 to try again,
+ * or 0 when the job was aborted meanwhile. */
+static int zi_wk_retry(zi_wk *w, int pre_run, int *tries, const char *what)
+{
+    if (*tries % 10 == 0)
+        zi_log_warn("%s failed (%s), retrying", what, zi_errmsg());
+    if (w->wm.redis_errors && strstr(what, "redis"))
+        zi_metric_inc(w->wm.redis_errors, NULL);
+    int cap = 100 << (*tries < 5 ? *tries : 5);
+    if (cap > 2000)
+        cap = 2000;
+    unsigned r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+        r = (unsigned)zi_wk_mono_ms();
+    int ms = cap / 2 + (int)(r % (unsigned)(cap / 2 + 1));
+    (*tries)++;
+    for (int t = 0; t < ms; t += 50) {
+        if (zi_wk_aborted(w, pre_run))
+            return 0;
+        zi_wk_sleep_ms(50);
+    }
+    return !zi_wk_aborted(w, pre_run);
+}
+
+/* ---- job records ---- */
+
+/* A small builder of hash fields with owned value storage. */
+#define ZI_WK_MAX_FIELDS 32
+typedef struct zi_wk_fields {
+    zi_rstatus_field f[ZI_WK_MAX_FIELDS];
+    char store[ZI_WK_MAX_FIELDS][64];
+    size_t n;
+} zi_wk_fields;
+
+static void zi_wk_add(zi_wk_fields *fs, const char *name, const char *value)
+{
+    if (fs->n < ZI_WK_MAX_FIELDS)
+        fs->f[fs->n++] = (zi_rstatus_field){name, value ? value : ""};
+}
+
+static void zi_wk_addi(zi_wk_fields *fs, const char *name, long long v)
+{
+    if (fs->n < ZI_WK_MAX_FIELDS) {
+        snprintf(fs->store[fs->n], sizeof fs->store[0], "%lld", v);
+        fs->f[fs->n] = (zi_rstatus_field){name, fs->store[fs->n]};
+        fs->n++;
+    }
+}
+
+static void zi_wk_addu(zi_wk_fields *fs, const char *name, unsigned long long v)
+{
+    if (fs->n < ZI_WK_MAX_FIELDS) {
+        snprintf(fs->store[fs->n], sizeof fs->store[0], "%llu", v);
+        fs->f[fs->n] = (zi_rstatus_field){name, fs->store[fs->n]};
+        fs->n++;
+    }
+}
+
+/* What the job thread knows about the job it is handling. */
+typedef struct zi_wk_run {
+    const zi_kmsg *m;
+    zi_job job;
+    char s3_key[ZI_S3_MAX_KEY + 1];
+    char url[ZI_S3_MAX_URL];
+    uint64_t seed;
+    int64_t attempt;
+    int64_t started_at; /* unix ms, 0 before the run */
+    int64_t pipeline_ms;
+    int64_t finished_at;
+    /* progress callback state */
+    int64_t last_cancel_check;
+    int cancelled, aborted;
+} zi_wk_run;
+
+/* Writes status + fields (+ event) until it is written or the job is aborted. */
+static int zi_wk_record(zi_wk *w, zi_wk_run *r, const char *status, const char *code,
+                        const char *error, const zi_wk_fields *fs, int pre_run)
+{
+    int tries = 0, rc;
+    while ((rc = zi_rstatus_set_status(w->rs_job, r->job.job_id, status, code, error, fs->f,
+                                       fs->n)) != ZI_OK) {
+        if (!zi_wk_retry(w, pre_run, &tries, "redis: recording the job state"))
+            return rc;
+    }
+    return ZI_OK;
+}
+
+/* Fields every final state carries. */
+static void zi_wk_final_fields(zi_wk *w, zi_wk_run *r, zi_wk_fields *fs)
+{
+    r->finished_at = zi_rstatus_now_ms();
+    zi_wk_addi(fs, "finished_at", r->finished_at);
+    if (r->started_at)
+        zi_wk_addi(fs, "duration_ms", r->finished_at - r->started_at);
+    zi_wk_add(fs, "model", w->model);
+    zi_wk_add(fs, "version", ZI_VERSION);
+}
+
+/* Produces to a topic until acknowledged or aborted; a permanent "too large" refusal is
+ * retried once with the value cut to ZI_WK_DLQ_CUT_RETRY bytes. */
+static int zi_wk_produce(zi_wk *w, const char *topic, const void *key, size_t key_len,
+                         const void *value, size_t len, const zi_kafka_header *h, size_t nh)
+{
+    int tries = 0, rc;
+    for (;;) {
+        rc = zi_kafka_produce_sync(w->producer, topic, key, key_len, value, len, h, nh);
+        if (rc == ZI_OK)
+            return ZI_OK;
+        if (rc == ZI_EINVAL && len > ZI_WK_DLQ_CUT_RETRY) {
+            zi_log_warn("%s; sending the first %d bytes only", zi_errmsg(), ZI_WK_DLQ_CUT_RETRY);
+            len = ZI_WK_DLQ_CUT_RETRY;
+            continue;
+        }
+        if (!zi_wk_retry(w, 0, &tries, "kafka: producing"))
+            return rc;
+    }
+}
+
+static int zi_wk_dlq(zi_wk *w, const zi_kmsg *m, const char *code, const char *error,
+                     int64_t attempts)
+{
+    char source[512], att[32];
+    snprintf(source, sizeof source, "%s/%d/%lld", m->topic, (int)m->partition,
+             (long long)m->offset);
+    snprintf(att, sizeof att, "%lld", (long long)attempts);
+    const zi_kafka_header h[4] = {{"zimage-error-code", code},
+                                  {"zimage-error", error},
+                                  {"zimage-source", source},
+                                  {"zimage-attempts", att}};
+    size_t len = m->len;
+    if (w->cfg->kafka_max_message_bytes > 0 && (int64_t)len > w->cfg->kafka_max_message_bytes)
+        len = (size_t)w->cfg->kafka_max_message_bytes;
+    int rc = zi_wk_produce(w, w->cfg->kafka_dlq_topic, m->key, m->key_len, m->payload, len, h, 4);
+    if (rc == ZI_OK)
+        zi_log_info("copied %s to the DLQ %s (%s)", source, w->cfg->kafka_dlq_topic, code);
+    return rc;
+}
+
+/* The optional result message (kafka.result_topic). */
+static int zi_wk_result(zi_wk *w, zi_wk_run *r, const char *status, const char *code,
+                        const char *error)
+{
+    if (!w->cfg->kafka_result_topic[0] || !r->job.job_id[0])
+        return ZI_OK;
+    cJSON *o = cJSON_CreateObject();
+    char seed[32] = "";
+    if (r->started_at || r->seed)
+        snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->seed);
+    int64_t dur = (r->started_at && r->finished_at) ? r->finished_at - r->started_at : 0;
+    char *text = NULL;
+    if (o && cJSON_AddStringToObject(o, "job_id", r->job.job_id) &&
+        cJSON_AddStringToObject(o, "status", status) &&
+        cJSON_AddStringToObject(o, "s3_key", r->url[0] ? r->s3_key : "") &&
+        cJSON_AddStringToObject(o, "url", r->url) &&
+        cJSON_AddStringToObject(o, "error_code", code ? code : "") &&
+        cJSON_AddStringToObject(o, "error", error ? error : "") &&
+        cJSON_AddStringToObject(o, "seed", seed) &&
+        cJSON_AddNumberToObject(o, "duration_ms", (double)dur) &&
+        cJSON_AddStringToObject(o, "worker", w->cfg->worker_id))
+        text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!text)
+        return zi_errorf(ZI_ENOMEM, "out of memory building the result message");
+    int rc = zi_wk_produce(w, w->cfg->kafka_result_topic, r->job.job_id, strlen(r->job.job_id),
+                           text, strlen(text), NULL, 0);
+    free(text);
+    return rc;
+}
+
+/* A permanent failure: final state `failed`, DLQ copy when asked, result message. */
+static int zi_wk_fail(zi_wk *w, zi_wk_run *r, const char *code, const char *error, int to_dlq,
+                      int pre_run)
+{
+    zi_log_fields(ZI_LOG_WARN, r->job.job_id[0] ? r->job.job_id : NULL,
+                  (const zi_log_field[]){{"error_code", code}}, 1, "job failed: %s", error);
+    if (r->job.job_id[0]) {
+        zi_wk_fields fs = {0};
+        zi_wk_final_fields(w, r, &fs);
+        if (r->attempt)
+            zi_wk_addi(&fs, "attempt", r->attempt);
+        if (zi_wk_record(w, r, "failed", code, error, &fs, pre_run) != ZI_OK)
+            return ZI_WK_NOSTORE;
+    }
+    if (to_dlq && zi_wk_dlq(w, r->m, code, error, r->attempt > 0 ? r->attempt - 1 : 0) != ZI_OK)
+        return ZI_WK_NOSTORE;
+    if (zi_wk_result(w, r, "failed", code, error) != ZI_OK)
+        return ZI_WK_NOSTORE;
+    pthread_mutex_lock(&w->state_mu);
+    w->jobs_failed++;
+    pthread_mutex_unlock(&w->state_mu);
+    zi_metric_inc(w->wm.jobs_total, strcmp(code, "invalid_job") == 0 ||
+                                            strcmp(code, "too_large") == 0
+                                        ? "bad_job"
+                                    : strcmp(code, "too_many_attempts") == 0 ? "too_many_attempts"
+                                                                             : "failed");
+    return ZI_WK_STORE;
+}
+
+/* ---- lease ---- */
+
+/* Takes the lease, waiting (partition paused) while another worker holds it. 0 when taken,
+ * -1 when the wait was abandoned (revoked partition or abort). */
+static int zi_wk_lease_take(zi_wk *w, const char *job_id)
+{
+    int tries = 0, waits = 0;
+    for (;;) {
+        int acquired = 0;
+        char holder[256] = "";
+        pthread_mutex_lock(&w->lease_mu);
+        int rc = zi_rstatus_lease_acquire(w->rs_job, job_id, w->lease_ttl_ms, &acquired, holder,
+                                          sizeof holder);
+        if (rc == ZI_OK && acquired)
+            snprintf(w->lease_job, sizeof w->lease_job, "%s", job_id);
+        pthread_mutex_unlock(&w->lease_mu);
+        if (rc != ZI_OK) {
+            if (!zi_wk_retry(w, 1, &tries, "redis: taking the job lease"))
+                return -1;
+            continue;
+        }
+        if (acquired)
+            return 0;
+        if (waits++ % 20 == 0)
+            zi_log_info("job is running on worker %s: waiting for its lease", holder);
+        for (int t = 0; t < 500; t += 50) {
+            if (zi_wk_aborted(w, 1))
+                return -1;
+            zi_wk_sleep_ms(50);
+        }
+    }
+}
+
+static void zi_wk_lease_drop(zi_wk *w, const char *job_id)
+{
+    pthread_mutex_lock(&w->lease_mu);
+    w->lease_job[0] = '\0';
+    int released = 0;
+    /* One try: a lease we fail to delete expires after lease_ttl_ms. */
+    if (zi_rstatus_lease_release(w->rs_job, job_id, &released) != ZI_OK)
+        zi_log_warn("redis: releasing the lease failed (%s); it expires by itself", zi_errmsg());
+    pthread_mutex_unlock(&w->lease_mu);
+}
+
+/* ---- the run ---- */
+
+static int zi_wk_progress(void *ud, int step, int steps, double step_seconds);
+
+typedef struct zi_wk_pctx {
+    zi_wk *w;
+    zi_wk_run *r;
+} zi_wk_pctx;
+
+static int zi_wk_progress(void *ud, int step, int steps, double step_seconds)
+{
+    zi_wk_pctx *c = ud;
+    zi_wk *w = c->w;
+    zi_wk_run *r = c->r;
+    zi_metric_observe(w->wm.step_duration, step_seconds);
+    if (w->crash_prompt && step == 1 && strcmp(r->job.prompt, w->crash_prompt) == 0) {
+        zi_log_error("ZIMAGE_FAULT_CRASH_PROMPT matched: aborting the process (test hook)");
+        abort();
+    }
+    if (w->step_delay_ms > 0)
+        for (int t = 0; t < w->step_delay_ms && !atomic_load(&w->job_abort); t += 20)
+            zi_wk_sleep_ms(w->step_delay_ms - t < 20 ? w->step_delay_ms - t : 20);
+    zi_wk_snapshot_mem(w);
+    if (atomic_load(&w->job_abort)) {
+        r->aborted = 1;
+        return 1;
+    }
+    /* Progress is best effort: a failed write is not retried (the final state is). */
+    zi_rstatus_progress(w->rs_job, r->job.job_id, step, steps, 0, NULL);
+    int64_t now = zi_wk_mono_ms();
+    if (now - r->last_cancel_check >= ZI_WK_CANCEL_CHECK_MS || step == steps) {
+        r->last_cancel_check = now;
+        int cancel = 0;
+        if (zi_rstatus_cancel_requested(w->rs_job, r->job.job_id, &cancel) == ZI_OK && cancel) {
+            r->cancelled = 1;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int zi_wk_cancelled(zi_wk *w, zi_wk_run *r, int pre_run)
+{
+    zi_log_info("job cancelled");
+    zi_wk_fields fs = {0};
+    zi_wk_final_fields(w, r, &fs);
+    if (zi_wk_record(w, r, "cancelled", NULL, NULL, &fs, pre_run) != ZI_OK ||
+        zi_wk_result(w, r, "cancelled", NULL, NULL) != ZI_OK)
+        return ZI_WK_NOSTORE;
+    zi_metric_inc(w->wm.jobs_total, "cancelled");
+    return ZI_WK_STORE;
+}
+
+/* Records `succeeded` with every field (also for a job found already uploaded). */
+static int zi_wk_succeeded(zi_wk *w, zi_wk_run *r, int duplicate)
+{
+    zi_wk_fields fs = {0};
+    zi_wk_final_fields(w, r, &fs);
+    zi_wk_add(&fs, "s3_key", r->s3_key);
+    zi_wk_add(&fs, "url", r->url);
+    zi_wk_addu(&fs, "seed", (unsigned long long)r->seed);
+    zi_wk_addi(&fs, "width", r->job.width);
+    zi_wk_addi(&fs, "height", r->job.height);
+    zi_wk_addi(&fs, "steps", r->job.steps);
+    zi_wk_addi(&fs, "step", r->job.steps);
+    zi_wk_add(&fs, "progress", "1");
+    zi_wk_add(&fs, "error_code", "");
+    zi_wk_add(&fs, "error", "");
+    if (!duplicate)
+        zi_wk_addi(&fs, "pipeline_ms", r->pipeline_ms);
+    if (zi_wk_record(w, r, "succeeded", NULL, NULL, &fs, 0) != ZI_OK)
+        return ZI_WK_NOSTORE;
+    if (zi_wk_result(w, r, "succeeded", NULL, NULL) != ZI_OK)
+        return ZI_WK_NOSTORE;
+    if (!duplicate) {
+        pthread_mutex_lock(&w->state_mu);
+        w->jobs_succeeded++;
+        pthread_mutex_unlock(&w->state_mu);
+        zi_metric_inc(w->wm.jobs_total, "succeeded");
+        if (r->started_at)
+            zi_metric_observe(w->wm.job_duration, (double)(r->finished_at - r->started_at) / 1e3);
+    } else {
+        zi_metric_inc(w->wm.jobs_total, "duplicate");
+    }
+    return ZI_WK_STORE;
+}
+
+static uint64_t zi_wk_draw_seed(void)
+{
+    uint64_t s = 0;
+    if (getrandom(&s, sizeof s, GRND_NONBLOCK) != (ssize_t)sizeof s)
+        s = (uint64_t)zi_wk_mono_ms() * 0x9E3779B97F4A7C15ull;
+    return s & ZI_JOB_SEED_INT_MAX; /* fits a JSON integer exactly */
+}
+
+/* Generates, encodes, uploads. */
+static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
+{
+    zi_gen_params gp = {
+        .prompt = r->job.prompt,
+        .negative_prompt = r->job.negative_prompt,
+        .width = r->job.width,
+        .height = r->job.height,
+        .steps = r->job.steps,
+        .guidance = (float)r->job.guidance,
+        .seed = r->seed,
+        .rng = ZI_RNG_CUDA,
+    };
+    zi_wk_pctx pc = {w, r};
+    uint8_t *rgb = NULL, *png = NULL;
+    char *params = NULL;
+    size_t png_len = 0;
+    int64_t t0 = zi_wk_mono_ms();
+    r->last_cancel_check = t0;
+    int rc = zi_pipeline_generate(w->pipe, &gp, zi_wk_progress, &pc, &rgb);
+    r->pipeline_ms = zi_wk_mono_ms() - t0;
+    zi_wk_snapshot_mem(w);
+    int res;
+    if (rc == ZI_ECANCELLED && r->aborted) {
+        zi_log_warn("job stopped by the drain deadline; it will be delivered again");
+        res = ZI_WK_NOSTORE;
+        goto out;
+    }
+    if (rc == ZI_ECANCELLED && r->cancelled) {
+        res = zi_wk_cancelled(w, r, 0);
+        goto out;
+    }
+    if (rc != ZI_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", zi_errmsg());
+        res = zi_wk_fail(w, r, rc == ZI_ENOMEM ? "oom" : "pipeline_error", msg, 0, 0);
+        goto out;
+    }
+    zi_png_params pp = {
+        .prompt = r->job.prompt,
+        .negative_prompt = r->job.guidance > 0 ? r->job.negative_prompt : NULL,
+        .steps = r->job.steps,
+        .guidance = (float)r->job.guidance,
+        .seed = r->seed,
+        .width = r->job.width,
+        .height = r->job.height,
+        .model = w->model,
+        .version = ZI_VERSION,
+    };
+    if ((rc = zi_png_params_text(&pp, &params)) != ZI_OK ||
+        (rc = zi_png_encode(rgb, r->job.width, r->job.height, params, &png, &png_len)) != ZI_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "PNG encoding: %s", zi_errmsg());
+        res = zi_wk_fail(w, r, rc == ZI_ENOMEM ? "oom" : "pipeline_error", msg, 0, 0);
+        goto out;
+    }
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->seed);
+    rc = zi_s3_put_png(w->s3, r->s3_key, png, png_len, r->job.job_id, seed);
+    if (rc == ZI_ECANCELLED) {
+        zi_log_warn("upload stopped by the drain deadline; the job will be delivered again");
+        res = ZI_WK_NOSTORE;
+        goto out;
+    }
+    if (rc != ZI_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", zi_errmsg());
+        res = zi_wk_fail(w, r, rc == ZI_EAUTH ? "s3_auth" : "s3_error", msg, 0, 0);
+        goto out;
+    }
+    if (zi_s3_presign_get(w->s3, r->s3_key, w->cfg->s3_presign_ttl_s, 0, r->url, sizeof r->url) !=
+        ZI_OK) {
+        zi_log_warn("presigning %s failed: %s", r->s3_key, zi_errmsg());
+        r->url[0] = '\0';
+    }
+    res = zi_wk_succeeded(w, r, 0);
+    if (res == ZI_WK_STORE)
+        zi_log_info("job succeeded: %s (%lld ms, pipeline %lld ms)", r->s3_key,
+                    (long long)(r->finished_at - r->started_at), (long long)r->pipeline_ms);
+out:
+    free(rgb);
+    free(png);
+    free(params);
+    return res;
+}
+
+/* The whole life of one message on the job thread: ZI_WK_STORE or ZI_WK_NOSTORE. */
+static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
+{
+    zi_wk_run *r = calloc(1, sizeof *r);
+    if (!r) {
+        zi_log_error("out of memory for a job; it will be delivered again");
+        return ZI_WK_NOSTORE;
+    }
+    r->m = m;
+    int res = ZI_WK_NOSTORE;
+    int held = 0;
+    int rc = zi_job_parse(m->payload, m->len, &w->lim, &r->job);
+    zi_log_set_job(r->job.job_id[0] ? r->job.job_id : NULL);
+    if (rc == ZI_ENOMEM) {
+        zi_log_error("out of memory parsing a job; it will be delivered again");
+        goto out;
+    }
+    if (rc != ZI_OK) {
+        /* A bad job never blocks the partition: record (with an id), DLQ, store. */
+        zi_log_fields(ZI_LOG_WARN, NULL, NULL, 0, "bad job at %s[%d]@%lld: %s: %s", m->topic,
+                      (int)m->partition, (long long)m->offset, r->job.error_code, r->job.error);
+        res = zi_wk_fail(w, r, r->job.error_code, r->job.error, 1, 0);
+        goto out;
+    }
+    zi_log_info("job received from %s[%d]@%lld (%dx%d, %d steps)", m->topic, (int)m->partition,
+                (long long)m->offset, r->job.width, r->job.height, r->job.steps);
+    if (zi_s3_key_expand(w->cfg->s3_key_template, r->job.job_id, m->timestamp_ms, r->s3_key,
+                         sizeof r->s3_key) != ZI_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "s3 key: %s", zi_errmsg());
+        res = zi_wk_fail(w, r, "invalid_job", msg, 1, 0);
+        goto out;
+    }
+
+    /* One run at a time per job, fleet-wide. */
+    if (zi_wk_lease_take(w, r->job.job_id) != 0)
+        goto out;
+    held = 1;
+    zi_wk_set_state(w, "busy", r->job.job_id);
+
+    /* Delivered again after it succeeded? (hash first, then the object itself) */
+    zi_rstatus_hash h = {0};
+    int tries = 0;
+    while ((rc = zi_rstatus_job_get(w->rs_job, r->job.job_id, &h)) != ZI_OK &&
+           rc != ZI_ENOTFOUND) {
+        if (!zi_wk_retry(w, 1, &tries, "redis: reading the job"))
+            goto out;
+    }
+    const char *st = zi_rstatus_hash_get(&h, "status");
+    if (st && strcmp(st, "succeeded") == 0) {
+        zi_log_info("job already succeeded: not computed again");
+        zi_rstatus_hash_free(&h);
+        zi_metric_inc(w->wm.jobs_total, "duplicate");
+        res = ZI_WK_STORE;
+        goto out;
+    }
+    /* A job without a seed keeps the one drawn on its first attempt. */
+    const char *hs = zi_rstatus_hash_get(&h, "seed");
+    int have_seed = r->job.has_seed;
+    r->seed = r->job.seed;
+    if (!have_seed && hs && hs[0] && strspn(hs, "0123456789") == strlen(hs) && strlen(hs) < 21) {
+        r->seed = strtoull(hs, NULL, 10);
+        have_seed = 1;
+    }
+    zi_rstatus_hash_free(&h);
+    if (!have_seed)
+        r->seed = zi_wk_draw_seed();
+
+    zi_s3_head_info hi;
+    rc = zi_s3_head(w->s3, r->s3_key, &hi);
+    if (rc == ZI_OK && strcmp(hi.job_id, r->job.job_id) == 0) {
+        zi_log_info("object %s already uploaded for this job: not computed again", r->s3_key);
+        if (hi.seed[0] && strspn(hi.seed, "0123456789") == strlen(hi.seed))
+            r->seed = strtoull(hi.seed, NULL, 10);
+        if (zi_s3_presign_get(w->s3, r->s3_key, w->cfg->s3_presign_ttl_s, 0, r->url,
+                              sizeof r->url) != ZI_OK)
+            r->url[0] = '\0';
+        res = zi_wk_succeeded(w, r, 1);
+        goto out;
+    }
+    if (rc == ZI_ECANCELLED)
+        goto out;
+    if (rc == ZI_EAUTH) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", zi_errmsg());
+        res = zi_wk_fail(w, r, "s3_auth", msg, 0, 1);
+        goto out;
+    }
+    if (rc != ZI_OK && rc != ZI_ENOTFOUND)
+        zi_log_warn("checking for an earlier upload failed (%s); running the job", zi_errmsg());
+    if (zi_wk_aborted(w, 1)) {
+        zi_log_info("partition revoked before the run: leaving the job to its new owner");
+        goto out;
+    }
+
+    int cancel = 0;
+    tries = 0;
+    while ((rc = zi_rstatus_cancel_requested(w->rs_job, r->job.job_id, &cancel)) != ZI_OK)
+        if (!zi_wk_retry(w, 1, &tries, "redis: reading the cancel flag"))
+            goto out;
+    if (cancel) {
+        res = zi_wk_cancelled(w, r, 1);
+        goto out;
+    }
+    if (r->job.deadline_ms >= 0 && zi_rstatus_now_ms() > r->job.deadline_ms) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "deadline_ms %lld passed before the job was picked up",
+                 (long long)r->job.deadline_ms);
+        res = zi_wk_fail(w, r, "expired", msg, 0, 1);
+        goto out;
+    }
+
+    /* Count the attempt before running, so a job that kills its worker stops. */
+    tries = 0;
+    while ((rc = zi_rstatus_attempt_incr(w->rs_job, r->job.job_id, &r->attempt)) != ZI_OK)
+        if (!zi_wk_retry(w, 1, &tries, "redis: counting the attempt"))
+            goto out;
+    if (r->attempt > w->cfg->worker_max_attempts) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "gave up after %lld attempts (worker.max_attempts = %d)",
+                 (long long)(r->attempt - 1), w->cfg->worker_max_attempts);
+        res = zi_wk_fail(w, r, "too_many_attempts", msg, 1, 1);
+        goto out;
+    }
+
+    r->started_at = zi_rstatus_now_ms();
+    zi_wk_fields fs = {0};
+    zi_wk_addi(&fs, "attempt", r->attempt);
+    zi_wk_addi(&fs, "started_at", r->started_at);
+    zi_wk_addi(&fs, "step", 0);
+    zi_wk_addi(&fs, "steps", r->job.steps);
+    zi_wk_add(&fs, "progress", "0");
+    zi_wk_addu(&fs, "seed", (unsigned long long)r->seed);
+    zi_wk_addi(&fs, "width", r->job.width);
+    zi_wk_addi(&fs, "height", r->job.height);
+    zi_wk_add(&fs, "model", w->model);
+    zi_wk_add(&fs, "version", ZI_VERSION);
+    zi_wk_add(&fs, "s3_key", r->s3_key);
+    zi_wk_add(&fs, "url", "");
+    zi_wk_add(&fs, "finished_at", "");
+    zi_wk_add(&fs, "duration_ms", "");
+    zi_wk_add(&fs, "error_code", "");
+    zi_wk_add(&fs, "error", "");
+    if (zi_wk_record(w, r, "running", NULL, NULL, &fs, 1) != ZI_OK)
+        goto out;
+    zi_log_info("job running (attempt %lld, seed %llu)", (long long)r->attempt,
+                (unsigned long long)r->seed);
+    res = zi_wk_compute(w, r);
+out:
+    /* After the final state (when there is one), so a worker waiting for the lease finds
+     * the job finished. */
+    if (held)
+        zi_wk_lease_drop(w, r->job.job_id);
+    zi_log_set_job(NULL);
+    zi_job_clear(&r->job);
+    free(r);
+    return res;
+}
+
+static int zi_wk_s3_abort(void *ud)
+{
+    zi_wk *w = ud;
+    return atomic_load(&w->job_abort);
+}
+
+static void *zi_wk_job_main(void *arg)
+{
+    zi_wk *w = arg;
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        while (!w->job_posted && !w->job_quit)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (w->job_quit && !w->job_posted) {
+            pthread_mutex_unlock(&w->mu);
+            break;
+        }
+        const zi_kmsg *m = w->job_msg;
+        w->job_posted = 0;
+        pthread_mutex_unlock(&w->mu);
+
+        int res = zi_wk_process(w, m);
+
+        pthread_mutex_lock(&w->mu);
+        w->job_result = res;
+        w->job_done = 1;
+        pthread_mutex_unlock(&w->mu);
+    }
+    return NULL;
+}
+
+/* ---- heartbeat ---- */
+
+static void zi_wk_heartbeat_once(zi_wk *w, zi_rstatus *rs)
+{
+    zi_rstatus_worker_info info = {0};
+    char state[16], job[ZI_JOB_ID_MAX + 1];
+    zi_mem_stats ms;
+    pthread_mutex_lock(&w->state_mu);
+    snprintf(state, sizeof state, "%s", w->state);
+    snprintf(job, sizeof job, "%s", w->current_job);
+    ms = w->mem;
+    info.jobs_succeeded = w->jobs_succeeded;
+    info.jobs_failed = w->jobs_failed;
+    pthread_mutex_unlock(&w->state_mu);
+    int cuda = w->be && strcmp(w->be->name, "cpu") != 0;
+    info.state = state;
+    info.current_job = job;
+    info.backend = w->be ? w->be->name : w->cfg->device_backend;
+    info.gpu_name = cuda ? w->be->device_name : "";
+    info.vram_total_bytes = (int64_t)ms.device_total;
+    info.vram_free_bytes = (int64_t)ms.device_free;
+    info.alloc_reserved_bytes = (int64_t)ms.reserved;
+    info.alloc_allocated_bytes = (int64_t)ms.allocated;
+    info.alloc_peak_bytes = (int64_t)ms.peak;
+    info.model = w->model;
+    info.version = ZI_VERSION;
+    if (zi_rstatus_heartbeat(rs, &info) != ZI_OK)
+        zi_log_debug("heartbeat not written: %s", zi_errmsg());
+
+    pthread_mutex_lock(&w->lease_mu);
+    if (w->lease_job[0]) {
+        int ours = 0;
+        int rc = zi_rstatus_lease_renew(rs, w->lease_job, w->lease_ttl_ms, &ours);
+        if (rc == ZI_OK && !ours) {
+            /* Expired while Redis was away, or Redis lost its data: take it again. */
+            int acquired = 0;
+            char holder[256] = "";
+            if (zi_rstatus_lease_acquire(rs, w->lease_job, w->lease_ttl_ms, &acquired, holder,
+                                         sizeof holder) == ZI_OK &&
+                !acquired)
+                zi_log_warn("lease of %s is held by %s", w->lease_job, holder);
+        }
+    }
+    pthread_mutex_unlock(&w->lease_mu);
+}
+
+static void *zi_wk_hb_main(void *arg)
+{
+    zi_wk *w = arg;
+    zi_rstatus *rs = NULL;
+    if (zi_rstatus_create(&w->rscfg, &rs) != ZI_OK) {
+        zi_log_error("heartbeat: %s", zi_errmsg());
+        return NULL;
+    }
+    pthread_mutex_lock(&w->state_mu);
+    while (!w->hb_quit) {
+        pthread_mutex_unlock(&w->state_mu);
+        zi_wk_heartbeat_once(w, rs);
+        pthread_mutex_lock(&w->state_mu);
+        if (w->hb_quit)
+            break;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += w->cfg->worker_heartbeat_s;
+        /* Woken early by a state change, so `busy`/`ready` show at once. */
+        pthread_cond_timedwait(&w->hb_cv, &w->state_mu, &until);
+    }
+    pthread_mutex_unlock(&w->state_mu);
+    /* Clean exit: the worker leaves the fleet view. */
+    if (zi_rstatus_worker_remove(rs) != ZI_OK)
+        zi_log_debug("worker not removed from Redis: %s", zi_errmsg());
+    zi_rstatus_destroy(rs);
+    return NULL;
+}
+
+/* ---- main thread ---- */
+
+static zi_kmsg *zi_wk_running_msg; /* the running job's message (main thread only) */
+
+static void zi_wk_on_revoke(void *ud, const char *topic, int32_t partition, int lost)
+{
+    zi_wk *w = ud;
+    const zi_kmsg *m = zi_wk_running_msg;
+    if (m && m->partition == partition && strcmp(m->topic, topic) == 0) {
+        atomic_store(&w->job_revoked, 1);
+        zi_log_warn("partition %s[%d] %s while its job at offset %lld is in progress: the "
+                    "job finishes under its lease, its offset is left to the new owner",
+                    topic, (int)partition, lost ? "lost" : "revoked", (long long)m->offset);
+    }
+}
+
+static void zi_wk_on_lag(void *ud, int64_t lag)
+{
+    zi_wk *w = ud;
+    zi_metric_set(w->wm.consumer_lag, NULL, (double)lag);
+}
+
+static void zi_wk_collect(void *ud)
+{
+    zi_wk *w = ud;
+    zi_mem_stats ms;
+    pthread_mutex_lock(&w->state_mu);
+    ms = w->mem;
+    pthread_mutex_unlock(&w->state_mu);
+    zi_metric_set(w->wm.gpu_memory, "reserved", (double)ms.reserved);
+    zi_metric_set(w->wm.gpu_memory, "allocated", (double)ms.allocated);
+    zi_metric_set(w->wm.gpu_memory, "peak", (double)ms.peak);
+    zi_metric_set(w->wm.gpu_memory, "total", (double)ms.device_total);
+    zi_metric_set(w->wm.gpu_memory, "free", (double)ms.device_free);
+}
+
+/* The dispatch / completion / drain loop. Returns ZI_OK after a clean drain; *stuck = 1
+ * when the job thread did not stop in time (it still uses its message and the pipeline). */
+static int zi_wk_loop(zi_wk *w, int *stuck)
+{
+    *stuck = 0;
+    zi_kmsg *cur = NULL;
+    int draining = 0, abort_sent = 0, rc = ZI_OK;
+    int64_t drain_deadline = 0, abort_deadline = 0;
+    for (;;) {
+        int prc = zi_consumer_poll(w->consumer, 100);
+        if (prc != ZI_OK) {
+            zi_log_error("%s: stopping", zi_errmsg());
+            rc = prc;
+            if (!draining)
+                *w->stop = 2;
+        }
+        if (cur) {
+            pthread_mutex_lock(&w->mu);
+            int done = w->job_done, res = w->job_result;
+            w->job_done = 0;
+            pthread_mutex_unlock(&w->mu);
+            if (done) {
+                if (res == ZI_WK_STORE) {
+                    if (atomic_load(&w->job_revoked))
+                        zi_log_info("%s[%d]@%lld finished after its partition was revoked: "
+                                    "offset not stored",
+                                    cur->topic, (int)cur->partition, (long long)cur->offset);
+                    else if (zi_consumer_store(w->consumer, cur) != ZI_OK)
+                        zi_log_info("offset not stored: %s", zi_errmsg());
+                }
+                zi_wk_running_msg = NULL;
+                zi_kmsg_free(cur);
+                cur = NULL;
+                zi_metric_set(w->wm.worker_busy, NULL, 0);
+                zi_wk_set_state(w, draining ? "draining" : "ready", "");
+            }
+        }
+        if (*w->stop && !draining) {
+            draining = 1;
+            zi_http_set_ready(w->http, 0);
+            zi_wk_set_state(w, "draining", NULL);
+            drain_deadline = zi_wk_mono_ms() + (int64_t)w->cfg->worker_drain_timeout_s * 1000;
+            zi_log_info("draining: no new jobs%s", cur ? "; waiting for the current one" : "");
+        }
+        if (!cur && !draining) {
+            zi_kmsg *m = zi_consumer_next(w->consumer);
+            if (m) {
+                cur = m;
+                zi_wk_running_msg = m;
+                atomic_store(&w->job_revoked, 0);
+                atomic_store(&w->job_abort, 0);
+                zi_metric_set(w->wm.worker_busy, NULL, 1);
+                zi_wk_set_state(w, "busy", NULL);
+                pthread_mutex_lock(&w->mu);
+                w->job_msg = m;
+                w->job_posted = 1;
+                w->job_done = 0;
+                pthread_cond_signal(&w->cv);
+                pthread_mutex_unlock(&w->mu);
+            }
+        }
+        /* Nothing more is fetched while a job runs; polling goes on regardless. */
+        zi_consumer_set_paused(w->consumer, cur != NULL);
+        if (draining) {
+            if (!cur)
+                break;
+            int64_t now = zi_wk_mono_ms();
+            if (!abort_sent && (now >= drain_deadline || *w->stop >= 2)) {
+                zi_log_warn("drain: stopping the current job without committing it");
+                atomic_store(&w->job_abort, 1);
+                abort_sent = 1;
+                abort_deadline = now + ZI_WK_DRAIN_ABORT_GRACE_MS;
+            }
+            if (abort_sent && now >= abort_deadline) {
+                zi_log_error("drain: the job did not stop in time; exiting without its offset");
+                *stuck = 1;
+                return rc;
+            }
+        }
+    }
+    return rc;
+}
+
+/* ---- start-up and shutdown ---- */
+
+static const char *zi_wk_basename(const char *path, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s", path);
+    size_t n = strlen(buf);
+    while (n > 1 && buf[n - 1] == '/')
+        buf[--n] = '\0';
+    const char *b = strrchr(buf, '/');
+    return b ? b + 1 : buf;
+}
+
+int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
+{
+    zi_wk *w = calloc(1, sizeof *w);
+    if (!w)
+        return zi_errorf(ZI_ENOMEM, "out of memory");
+    int rc = ZI_OK, stuck = 0;
+    int mu_ok = 0;
+    w->cfg = cfg;
+    w->stop = stop;
+    zi_worker_job_limits(cfg, &w->lim);
+    char tmp[1024];
+    snprintf(w->model, sizeof w->model, "%s", zi_wk_basename(cfg->model_path, tmp, sizeof tmp));
+    snprintf(w->state, sizeof w->state, "starting");
+    w->lease_ttl_ms = 3000LL * cfg->worker_heartbeat_s;
+    const char *crash = getenv("ZIMAGE_FAULT_CRASH_PROMPT");
+    w->crash_prompt = crash && crash[0] ? crash : NULL;
+    const char *delay = getenv("ZIMAGE_FAULT_STEP_DELAY_MS");
+    if (delay && delay[0]) {
+        char *end = NULL;
+        long v = strtol(delay, &end, 10);
+        if (end && *end == '\0' && v >= 0 && v <= 600000)
+            w->step_delay_ms = (int)v;
+    }
+    if (w->crash_prompt || w->step_delay_ms)
+        zi_log_warn("test fault hooks active (ZIMAGE_FAULT_*): not for production");
+
+    if (pthread_mutex_init(&w->mu, NULL) || pthread_cond_init(&w->cv, NULL) ||
+        pthread_mutex_init(&w->state_mu, NULL) || pthread_cond_init(&w->hb_cv, NULL) ||
+        pthread_mutex_init(&w->lease_mu, NULL)) {
+        free(w);
+        return zi_errorf(ZI_ENOMEM, "cannot create locks");
+    }
+    mu_ok = 1;
+
+    /* metrics and HTTP first: /healthz answers while the model loads */
+    w->metrics = zi_metrics_create();
+    if (!w->metrics) {
+        rc = zi_errorf(ZI_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = zi_metrics_register_worker(w->metrics, &w->wm)) != ZI_OK)
+        goto out;
+    if ((rc = zi_http_start(cfg->worker_http_listen, w->metrics, &w->http)) != ZI_OK) {
+        zi_error_prefix(rc, "worker.http_listen %s", cfg->worker_http_listen);
+        goto out;
+    }
+    zi_http_set_collect(w->http, zi_wk_collect, w);
+    zi_log_info("http: /metrics /healthz /readyz on port %d", zi_http_port(w->http));
+
+    w->rscfg = (zi_rstatus_config){
+        .url = cfg->redis_url,
+        .password = cfg->redis_password,
+        .key_prefix = cfg->redis_key_prefix,
+        .worker_id = cfg->worker_id,
+        .job_ttl_s = cfg->redis_job_ttl_s,
+        .heartbeat_s = cfg->worker_heartbeat_s,
+        .connect_timeout_ms = 1000,
+        .command_timeout_ms = 2000,
+    };
+    if ((rc = zi_rstatus_create(&w->rscfg, &w->rs_job)) != ZI_OK)
+        goto out;
+    w->s3cfg = (zi_s3_config){
+        .endpoint = cfg->s3_endpoint,
+        .public_endpoint = cfg->s3_public_endpoint,
+        .region = cfg->s3_region,
+        .bucket = cfg->s3_bucket,
+        .path_style = cfg->s3_path_style,
+        .access_key = cfg->s3_access_key,
+        .secret_key = cfg->s3_secret_key,
+        .session_token = cfg->s3_session_token,
+        .retry_s = cfg->s3_retry_s,
+    };
+    if ((rc = zi_s3_create(&w->s3cfg, &w->s3)) != ZI_OK)
+        goto out;
+    zi_s3_set_abort(w->s3, zi_wk_s3_abort, w);
+    char client_id[300];
+    snprintf(client_id, sizeof client_id, "zimage-worker-%s", cfg->worker_id);
+    if ((rc = zi_kafka_producer_new(cfg, client_id, &w->producer)) != ZI_OK)
+        goto out;
+
+    if (pthread_create(&w->hb_thread, NULL, zi_wk_hb_main, w) != 0) {
+        rc = zi_errorf(ZI_ENOMEM, "cannot start the heartbeat thread");
+        goto out;
+    }
+    w->hb_thread_started = 1;
+
+    /* the model */
+    zi_wk_set_state(w, "loading", NULL);
+    zi_log_info("loading %s on backend %s", cfg->model_path, cfg->device_backend);
+    int64_t t0 = zi_wk_mono_ms();
+    w->be = zi_backend_new(cfg->device_backend);
+    if (!w->be) {
+        rc = zi_error_prefix(ZI_EBACKEND, "device.backend %s", cfg->device_backend);
+        goto out;
+    }
+    if ((rc = zi_pipeline_load(cfg->model_path, w->be, &w->pipe)) != ZI_OK) {
+        zi_error_prefix(rc, "model.path %s", cfg->model_path);
+        goto out;
+    }
+    snprintf(w->model, sizeof w->model, "%s", zi_pipeline_model_name(w->pipe));
+    zi_wk_snapshot_mem(w);
+    zi_log_info("model %s loaded on %s in %lld ms", w->model, w->be->name,
+                (long long)(zi_wk_mono_ms() - t0));
+    if (*stop) {
+        zi_log_info("stopped while loading");
+        goto out;
+    }
+
+    if (pthread_create(&w->job_thread, NULL, zi_wk_job_main, w) != 0) {
+        rc = zi_errorf(ZI_ENOMEM, "cannot start the job thread");
+        goto out;
+    }
+    w->job_thread_started = 1;
+
+    zi_consumer_hooks hooks = {.on_revoke = zi_wk_on_revoke, .on_lag = zi_wk_on_lag, .ud = w};
+    if ((rc = zi_consumer_create(cfg, &hooks, &w->consumer)) != ZI_OK)
+        goto out;
+    zi_wk_set_state(w, "ready", "");
+    zi_http_set_ready(w->http, 1);
+    zi_log_info("consuming %s as %s in group %s", cfg->kafka_topic, cfg->worker_id,
+                cfg->kafka_group_id);
+
+    rc = zi_wk_loop(w, &stuck);
+
+    /* Offsets stored so far belong to finished jobs: commit them, then leave the group. */
+    zi_http_set_ready(w->http, 0);
+    if (zi_consumer_commit(w->consumer, 5000) != ZI_OK)
+        zi_log_warn("%s (the jobs may be delivered again; they are recognised)", zi_errmsg());
+    zi_consumer_close(w->consumer);
+    w->consumer = NULL;
+    zi_log_info("left the consumer group");
+out:
+    if (w->consumer)
+        zi_consumer_close(w->consumer);
+    if (rc != ZI_OK)
+        zi_log_error("%s", zi_errmsg());
+    int keep_err = rc;
+    char errmsg[1024];
+    snprintf(errmsg, sizeof errmsg, "%s", zi_errmsg());
+    if (w->job_thread_started && !stuck) {
+        pthread_mutex_lock(&w->mu);
+        w->job_quit = 1;
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->job_thread, NULL);
+    }
+    if (w->hb_thread_started) {
+        pthread_mutex_lock(&w->state_mu);
+        w->hb_quit = 1;
+        pthread_cond_signal(&w->hb_cv);
+        pthread_mutex_unlock(&w->state_mu);
+        pthread_join(w->hb_thread, NULL);
+    }
+    if (w->producer) {
+        rd_kafka_flush(w->producer, 5000);
+        rd_kafka_destroy(w->producer);
+    }
+    zi_http_stop(w->http);
+    if (!stuck) {
+        /* A stuck job thread still uses these; the process exits right after. */
+        zi_pipeline_free(w->pipe);
+        zi_backend_destroy(w->be);
+        zi_s3_destroy(w->s3);
+        zi_rstatus_destroy(w->rs_job);
+        zi_kmsg_free(zi_wk_running_msg);
+        zi_wk_running_msg = NULL;
+        zi_metrics_destroy(w->metrics);
+        if (mu_ok) {
+            pthread_mutex_destroy(&w->mu);
+            pthread_cond_destroy(&w->cv);
+            pthread_mutex_destroy(&w->state_mu);
+            pthread_cond_destroy(&w->hb_cv);
+            pthread_mutex_destroy(&w->lease_mu);
+        }
+        free(w);
+    }
+    if (keep_err != ZI_OK)
+        return zi_errorf(keep_err, "%s", errmsg);
+    zi_log_info("worker stopped");
+    return ZI_OK;
+}
