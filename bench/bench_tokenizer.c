@@ -115,8 +115,7 @@ static size_t zi_bench_prompt_text(char *o, size_t cap)
     return n;
 }
 
-static int zi_bench_encode(const zi_tokenizer *tok, const char *name, const char *text,
-                           size_t len)
+static int zi_bench_encode(const zi_tokenizer *tok, const char *name, const char *text, size_t len)
 {
     double best = 1e30;
     size_t nids = 0;

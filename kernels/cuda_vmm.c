@@ -19,9 +19,9 @@
 typedef CUresult (*zi_pfn_cuDeviceGet)(CUdevice *, int);
 typedef CUresult (*zi_pfn_cuDeviceGetAttribute)(int *, CUdevice_attribute, CUdevice);
 typedef CUresult (*zi_pfn_cuMemGetAllocationGranularity)(size_t *, const CUmemAllocationProp *,
-                                                          CUmemAllocationGranularity_flags);
+                                                         CUmemAllocationGranularity_flags);
 typedef CUresult (*zi_pfn_cuMemAddressReserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr,
-                                                unsigned long long);
+                                               unsigned long long);
 typedef CUresult (*zi_pfn_cuMemAddressFree)(CUdeviceptr, size_t);
 typedef CUresult (*zi_pfn_cuMemCreate)(CUmemGenericAllocationHandle *, size_t,
                                        const CUmemAllocationProp *, unsigned long long);
@@ -80,8 +80,7 @@ static int zi_vmm_sym(const char *name, void **fn)
     return ZI_OK;
 }
 
-#define ZI_VMM_SYM(v, name)                                                                        \
-    zi_vmm_sym("cu" #name, (void **)&(v)->fn.name)
+#define ZI_VMM_SYM(v, name) zi_vmm_sym("cu" #name, (void **)&(v)->fn.name)
 
 static int zi_vmm_map(void *ud, uint64_t off, uint64_t size)
 {
@@ -177,8 +176,8 @@ int zi_vmm_open(int device, uint64_t reserve, void *stream, zi_vmm **out)
     CUresult r = v->fn.DeviceGet(&v->cudev, device);
     int vmm_ok = 0;
     if (r == CUDA_SUCCESS)
-        r = v->fn.DeviceGetAttribute(&vmm_ok, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
-                                     v->cudev);
+        r = v->fn.DeviceGetAttribute(
+            &vmm_ok, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, v->cudev);
     if (r != CUDA_SUCCESS) {
         rc = zi_errorf(ZI_EBACKEND, "cuda vmm: device %d: %s", device, zi_vmm_errstr(v, r));
         goto err;

@@ -30,14 +30,15 @@
 #include <math.h>
 #include <stdint.h>
 
-namespace {
+namespace
+{
 
 constexpr int kHd = 128;
-constexpr int kBr = 64;                /* query rows per block */
-constexpr int kBc = 64;                /* keys per tile */
-constexpr int kLd = kHd + 8;           /* smem row stride in bf16: +16 bytes, no bank conflicts */
-constexpr int kThreads = 128;          /* 4 warps x 16 query rows */
-constexpr int kChunks = kHd / 8;       /* 16-byte chunks per row */
+constexpr int kBr = 64;          /* query rows per block */
+constexpr int kBc = 64;          /* keys per tile */
+constexpr int kLd = kHd + 8;     /* smem row stride in bf16: +16 bytes, no bank conflicts */
+constexpr int kThreads = 128;    /* 4 warps x 16 query rows */
+constexpr int kChunks = kHd / 8; /* 16-byte chunks per row */
 constexpr size_t kSmem = (size_t)(kBr + 2 * kBc) * kLd * sizeof(__nv_bfloat16);
 
 __device__ __forceinline__ uint32_t smem_addr(const void *p)
@@ -72,8 +73,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *p)
 }
 
 /* c[4] += A(16x16) B(16x8) */
-__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0,
-                                          uint32_t b1)
+__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
@@ -109,8 +109,8 @@ __global__ void __launch_bounds__(kThreads)
 {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(smem_raw); /* [kBr][kLd] */
-    __nv_bfloat16 *Ks = Qs + kBr * kLd;                                /* [kBc][kLd] */
-    __nv_bfloat16 *Vs = Ks + kBc * kLd;                                /* [kBc][kLd] */
+    __nv_bfloat16 *Ks = Qs + kBr * kLd;                              /* [kBc][kLd] */
+    __nv_bfloat16 *Vs = Ks + kBc * kLd;                              /* [kBc][kLd] */
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
@@ -282,7 +282,7 @@ extern "C" cudaError_t zi_cu_flash_attention(uint16_t *out, const uint16_t *q, c
     const float log2e = 1.4426950408889634f;
     flash_attention_kernel<<<grid, kThreads, kSmem, s>>>(
         reinterpret_cast<__nv_bfloat16 *>(out), reinterpret_cast<const __nv_bfloat16 *>(q),
-        reinterpret_cast<const __nv_bfloat16 *>(k), reinterpret_cast<const __nv_bfloat16 *>(v),
-        Sq, Skv, H, KVH, scale * log2e, causal);
+        reinterpret_cast<const __nv_bfloat16 *>(k), reinterpret_cast<const __nv_bfloat16 *>(v), Sq,
+        Skv, H, KVH, scale * log2e, causal);
     return cudaGetLastError();
 }

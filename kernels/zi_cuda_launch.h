@@ -49,8 +49,8 @@ cudaError_t zi_cu_map(int op, void *out, int odt, const void *a, int adt, const 
 cudaError_t zi_cu_mul_row(void *out, int odt, const void *in, int idt, const void *sv, int sdt,
                           int R, int D, cudaStream_t s);
 /* x[R, D] += g[D] * y[R, D]; g may be NULL (plain residual add). */
-cudaError_t zi_cu_gated_add(void *x, int xdt, const void *g, int gdt, const void *y, int ydt,
-                            int R, int D, cudaStream_t s);
+cudaError_t zi_cu_gated_add(void *x, int xdt, const void *g, int gdt, const void *y, int ydt, int R,
+                            int D, cudaStream_t s);
 /* out[R, D] += b[D] (linear bias when the GEMM epilogue cannot take it). */
 cudaError_t zi_cu_add_bias(void *out, int odt, const void *b, int bdt, int R, int D,
                            cudaStream_t s);
@@ -68,9 +68,9 @@ cudaError_t zi_cu_layernorm(void *out, int odt, const void *in, int idt, int R, 
 size_t zi_cu_groupnorm_ws(int C, size_t HW, int G);
 /* GroupNorm(+SiLU) of in[C, HW], G groups, gamma/beta [C] or NULL. ws: device floats of
  * zi_cu_groupnorm_ws(). In place allowed. */
-cudaError_t zi_cu_groupnorm(void *out, int odt, const void *in, int idt, const void *gamma,
-                            int gdt, const void *beta, int bdt, int C, size_t HW, int G, float eps,
-                            int silu, float *ws, cudaStream_t s);
+cudaError_t zi_cu_groupnorm(void *out, int odt, const void *in, int idt, const void *gamma, int gdt,
+                            const void *beta, int bdt, int C, size_t HW, int G, float eps, int silu,
+                            float *ws, cudaStream_t s);
 
 /* Rotates x[S, H, hd] in place; cos/sin F32 [S, hd/2]. layout: zi_rope_layout. */
 cudaError_t zi_cu_rope(void *x, int xdt, const float *cos_t, const float *sin_t, int S, int H,
@@ -99,8 +99,7 @@ cudaError_t zi_cu_to_rgb8(uint8_t *rgb, const void *in, int idt, int h, int w, c
 
 /* out[n] = torch CUDA-generator randn for seed, in the layout of pipeline/rng.h: `stride`
  * = ZI_RNG_CUDA_BLOCK * zi_rng_cuda_grid(n) (the canonical 132-SM geometry). */
-cudaError_t zi_cu_randn_philox(float *out, size_t n, uint64_t seed, size_t stride,
-                               cudaStream_t s);
+cudaError_t zi_cu_randn_philox(float *out, size_t n, uint64_t seed, size_t stride, cudaStream_t s);
 
 /* Attention, GEMM path: P[nr, nk] (bf16) = softmax of scores[nr, nk] (F32, already scaled)
  * per row, row r seeing keys j < vis0 + r + 1 when causal (all nk otherwise); masked

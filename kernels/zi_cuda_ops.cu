@@ -14,6 +14,7 @@
  * aligned and the row length / count is a multiple of 8; otherwise a scalar path runs.
  */
 #include "zi_cuda_launch.h"
+#include "zi_philox.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -25,7 +26,8 @@ extern "C" {
 #include "tensor.h"  /* zi_dtype */
 }
 
-namespace {
+namespace
+{
 
 constexpr int kThreads = 256;
 /* Grid-stride launches never need more blocks than this to fill any current GPU. */
@@ -239,8 +241,8 @@ __global__ void map8_kernel(int op, void *out, int odt, const void *a, int adt, 
 
 /* mode 0: out = in * v[d]; mode 1: out = in + g[d] * v[r, d] (g NULL: + v);
  * mode 2: out = in + v[d] (bias). `in` and `out` may alias. */
-__global__ void rowvec_kernel(int mode, void *out, int odt, const void *in, int idt,
-                              const void *g, int gdt, const void *v, int vdt, size_t n, int D)
+__global__ void rowvec_kernel(int mode, void *out, int odt, const void *in, int idt, const void *g,
+                              int gdt, const void *v, int vdt, size_t n, int D)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -256,8 +258,8 @@ __global__ void rowvec_kernel(int mode, void *out, int odt, const void *in, int 
     }
 }
 
-__global__ void rowvec8_kernel(int mode, void *out, int odt, const void *in, int idt,
-                               const void *g, int gdt, const void *v, int vdt, size_t n8, int D)
+__global__ void rowvec8_kernel(int mode, void *out, int odt, const void *in, int idt, const void *g,
+                               int gdt, const void *v, int vdt, size_t n8, int D)
 {
     for (size_t j = blockIdx.x * (size_t)blockDim.x + threadIdx.x; j < n8;
          j += (size_t)gridDim.x * blockDim.x) {
@@ -356,8 +358,7 @@ cudaError_t norm_launch(int kind, void *out, int odt, const void *in, int idt, c
         unsigned blocks = (unsigned)((R + rows_per_block - 1) / rows_per_block);
         norm_warp_kernel<<<blocks, kThreads, 0, s>>>(kind, out, odt, in, idt, w, wdt, R, D, eps);
     } else {
-        norm_block_kernel<<<(unsigned)R, kThreads, 0, s>>>(kind, out, odt, in, idt, w, wdt, D,
-                                                           eps);
+        norm_block_kernel<<<(unsigned)R, kThreads, 0, s>>>(kind, out, odt, in, idt, w, wdt, D, eps);
     }
     return cudaGetLastError();
 }
@@ -463,8 +464,8 @@ __global__ void rope_kernel(void *x, int xdt, const float *cs, const float *sn, 
     }
 }
 
-__global__ void embedding_kernel(void *out, int odt, const void *table, int tdt,
-                                 const int32_t *ids, int D)
+__global__ void embedding_kernel(void *out, int odt, const void *table, int tdt, const int32_t *ids,
+                                 int D)
 {
     size_t r = blockIdx.x;
     size_t src = (size_t)ids[r] * D, dst = r * D;
@@ -538,63 +539,18 @@ __global__ void to_rgb8_kernel(uint8_t *rgb, const void *in, int idt, size_t hw)
     }
 }
 
-/* ---- Philox4x32-10 normal, as torch's CUDA generator (pipeline/rng.h layout) ---- */
+/* ---- Philox4x32-10 normal, as torch's CUDA generator (zi_philox.h, pipeline/rng.h) ---- */
 
-__device__ __forceinline__ void philox4x32_10(uint32_t c[4], uint32_t k0, uint32_t k1)
-{
-#pragma unroll
-    for (int r = 0; r < 10; r++) {
-        uint32_t lo0 = 0xD2511F53u * c[0], hi0 = __umulhi(0xD2511F53u, c[0]);
-        uint32_t lo1 = 0xCD9E8D57u * c[2], hi1 = __umulhi(0xCD9E8D57u, c[2]);
-        uint32_t n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
-        c[0] = n0;
-        c[1] = lo1;
-        c[2] = n2;
-        c[3] = lo0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-}
-
-/* curand's _curand_box_muller on the device: fast __logf / __sincosf, as torch gets. */
-__device__ __forceinline__ void box_muller(uint32_t x, uint32_t y, float *a, float *b)
-{
-    const float inv = 2.3283064e-10f;
-    const float inv_2pi = 2.3283064e-10f * 6.2831855f;
-    float u = fmaf((float)x, inv, inv / 2.0f);
-    float v = fmaf((float)y, inv_2pi, inv_2pi / 2.0f);
-    float s = sqrtf(-2.0f * __logf(u));
-    float sn, cs;
-    __sincosf(v, &sn, &cs);
-    *a = sn * s;
-    *b = cs * s;
-}
-
-__global__ void randn_kernel(float *out, size_t n, uint32_t k0, uint32_t k1, size_t stride)
+__global__ void randn_kernel(float *out, size_t n, uint64_t seed, size_t stride)
 {
     size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (idx >= stride || idx >= n)
-        return;
-    uint32_t draw = 0;
-    for (size_t base = idx; base < n; base += 4 * stride, draw++) {
-        uint32_t c[4] = {draw, 0u, (uint32_t)idx, (uint32_t)((uint64_t)idx >> 32)};
-        philox4x32_10(c, k0, k1);
-        float g[4];
-        box_muller(c[0], c[1], &g[0], &g[1]);
-        box_muller(c[2], c[3], &g[2], &g[3]);
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            size_t li = base + (size_t)k * stride;
-            if (li < n)
-                out[li] = g[k];
-        }
-    }
+    if (idx < stride && idx < n)
+        zi_philox_thread(out, n, seed, idx, stride);
 }
 
 /* ---- attention, GEMM path: one block per score row ---- */
 
-__global__ void softmax_rows_kernel(__nv_bfloat16 *p, const float *sc, int nk, int causal,
-                                    int vis0)
+__global__ void softmax_rows_kernel(__nv_bfloat16 *p, const float *sc, int nk, int causal, int vis0)
 {
     __shared__ float sh[32];
     size_t r = blockIdx.x, base = r * (size_t)nk;
@@ -704,8 +660,8 @@ extern "C" size_t zi_cu_groupnorm_ws(int C, size_t HW, int G)
 }
 
 extern "C" cudaError_t zi_cu_groupnorm(void *out, int odt, const void *in, int idt,
-                                       const void *gamma, int gdt, const void *beta, int bdt,
-                                       int C, size_t HW, int G, float eps, int silu, float *ws,
+                                       const void *gamma, int gdt, const void *beta, int bdt, int C,
+                                       size_t HW, int G, float eps, int silu, float *ws,
                                        cudaStream_t s)
 {
     if (C <= 0 || HW == 0 || G <= 0)
@@ -715,7 +671,7 @@ extern "C" cudaError_t zi_cu_groupnorm(void *out, int odt, const void *in, int i
     int nsplit = (int)((gn + slice - 1) / slice);
     float *part = ws, *shift = ws + (size_t)G * nsplit * 2;
     gn_stats_kernel<<<dim3((unsigned)nsplit, (unsigned)G), kThreads, 0, s>>>(in, idt, gn, slice,
-                                                                            nsplit, part, shift);
+                                                                             nsplit, part, shift);
     size_t per_block = (size_t)kThreads * kGnApplyPerThread;
     unsigned chunks = (unsigned)((HW + per_block - 1) / per_block);
     gn_apply_kernel<<<dim3(chunks, (unsigned)C), kThreads, 0, s>>>(
@@ -792,8 +748,7 @@ extern "C" cudaError_t zi_cu_randn_philox(float *out, size_t n, uint64_t seed, s
         return cudaGetLastError();
     size_t threads = stride < n ? stride : n;
     unsigned blocks = (unsigned)((threads + kThreads - 1) / kThreads);
-    randn_kernel<<<blocks, kThreads, 0, s>>>(out, n, (uint32_t)seed, (uint32_t)(seed >> 32),
-                                             stride);
+    randn_kernel<<<blocks, kThreads, 0, s>>>(out, n, seed, stride);
     return cudaGetLastError();
 }
 

@@ -27,6 +27,12 @@ int zi_backend_check(zi_backend *be)
     return zi_errorf(be->err, "%s backend: %s", be->name, be->errmsg);
 }
 
+void zi_backend_clear_error(zi_backend *be)
+{
+    be->err = ZI_OK;
+    be->errmsg[0] = '\0';
+}
+
 #ifndef ZI_HAVE_CUDA
 zi_backend *zi_backend_cuda_new(int device)
 {

@@ -47,11 +47,11 @@ typedef struct zi_mem_stats {
 typedef struct zi_backend zi_backend;
 
 struct zi_backend {
-    const char *name;     /* "cpu" or "cuda" */
-    zi_dtype act_dtype;   /* storage dtype of activations from alloc() */
+    const char *name;   /* "cpu" or "cuda" */
+    zi_dtype act_dtype; /* storage dtype of activations from alloc() */
     zi_dtype weight_dtype;
     char device_name[128];
-    int err;              /* sticky status: ZI_OK until an op fails */
+    int err; /* sticky status: ZI_OK until an op fails */
     char errmsg[512];
 
     void (*destroy)(zi_backend *be);
@@ -63,8 +63,8 @@ struct zi_backend {
     int (*alloc_f32)(zi_backend *be, zi_tensor *t, int ndim, const int64_t *shape);
     void (*free)(zi_backend *be, zi_tensor *t); /* frees an owned tensor; t zeroed */
     /* Makes a weight tensor from host data of dtype `src_dt` (F32/BF16/F16/F8_E4M3). */
-    int (*upload_weight)(zi_backend *be, zi_tensor *t, const void *src, zi_dtype src_dt,
-                         int ndim, const int64_t *shape);
+    int (*upload_weight)(zi_backend *be, zi_tensor *t, const void *src, zi_dtype src_dt, int ndim,
+                         const int64_t *shape);
     /* Host f32 <-> tensor (any float storage dtype; converted). n = numel to copy. */
     int (*upload)(zi_backend *be, zi_tensor *dst, const float *src, size_t n);
     int (*download)(zi_backend *be, float *dst, const zi_tensor *src, size_t n);
@@ -82,8 +82,8 @@ struct zi_backend {
     /* ---- normalisation ---- */
     /* RMSNorm over the last dim D of R rows; w[D] or NULL (no affine). In place allowed.
      * Per-head norm: R = S*H, D = hd. */
-    void (*rmsnorm)(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
-                    int R, int D, float eps);
+    void (*rmsnorm)(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w, int R,
+                    int D, float eps);
     /* LayerNorm without affine params over D; biased variance. In place allowed. */
     void (*layernorm)(zi_backend *be, zi_tensor *out, const zi_tensor *in, int R, int D, float eps);
     /* GroupNorm on in[C, HW] with G groups, affine gamma/beta [C]; then SiLU when silu != 0.
@@ -134,7 +134,8 @@ struct zi_backend {
                    const zi_tensor *b, int Ci, int Co, int h, int wd, int k);
     /* out[C, 2h, 2w] = in[C, floor(y/2), floor(x/2)]. */
     void (*upsample2x)(zi_backend *be, zi_tensor *out, const zi_tensor *in, int C, int h, int wd);
-    /* rgb[h, w, 3] uint8 (host memory) = round_half_even(clamp(in[3,h,w] / 2 + 0.5, 0, 1) * 255). */
+    /* rgb[h, w, 3] uint8 (host memory) = round_half_even(clamp(in[3,h,w] / 2 + 0.5, 0, 1) * 255).
+     */
     int (*to_rgb8)(zi_backend *be, uint8_t *rgb, const zi_tensor *in, int h, int wd);
 
     void *impl; /* backend private state */
@@ -146,6 +147,11 @@ int zi_backend_fail(zi_backend *be, int code, const char *fmt, ...)
 
 /* ZI_OK, or the sticky error copied into the thread's zi_errmsg(). */
 int zi_backend_check(zi_backend *be);
+
+/* Clears the sticky error so the backend serves the next job (a job that failed with a
+ * device out-of-memory must not poison the worker). Tensors allocated before stay valid;
+ * the caller frees what the failed job left. */
+void zi_backend_clear_error(zi_backend *be);
 
 /* The fp32 reference backend. threads <= 0: OpenBLAS default. */
 zi_backend *zi_backend_cpu_new(int threads);

@@ -20,18 +20,18 @@
 #define ZI_CONFIG_MAX_BYTES (1u << 20)
 
 /* Evaluates a getter and returns its status on failure. */
-#define ZI_CFG_TRY(expr)                                                                      \
-    do {                                                                                      \
-        int zi_cfg_rc_ = (expr);                                                              \
-        if (zi_cfg_rc_)                                                                       \
-            return zi_cfg_rc_;                                                                \
+#define ZI_CFG_TRY(expr)                                                                           \
+    do {                                                                                           \
+        int zi_cfg_rc_ = (expr);                                                                   \
+        if (zi_cfg_rc_)                                                                            \
+            return zi_cfg_rc_;                                                                     \
     } while (0)
 
 static int zi_cfg_positive(const char *file, const char *key, int v)
 {
     if (v <= 0)
-        return zi_errorf(ZI_EFORMAT, "file %s: key %s: %d, expected a positive integer", file,
-                         key, v);
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: %d, expected a positive integer", file, key,
+                         v);
     return ZI_OK;
 }
 
@@ -109,12 +109,10 @@ static int zi_te_config_from(const cJSON *o, const char *file, zi_te_config *c)
         ZI_CFG_TRY(zi_json_double(o, "rope_theta", file, &c->rope_theta));
     } else if (rp && !cJSON_IsNull(rp)) {
         if (!cJSON_IsObject(rp))
-            return zi_errorf(ZI_EFORMAT, "file %s: key rope_parameters: expected an object",
-                             file);
+            return zi_errorf(ZI_EFORMAT, "file %s: key rope_parameters: expected an object", file);
         const cJSON *th = cJSON_GetObjectItemCaseSensitive(rp, "rope_theta");
         if (!th || cJSON_IsNull(th))
-            return zi_errorf(ZI_EFORMAT, "file %s: key rope_parameters.rope_theta: missing",
-                             file);
+            return zi_errorf(ZI_EFORMAT, "file %s: key rope_parameters.rope_theta: missing", file);
         if (!cJSON_IsNumber(th))
             return zi_errorf(ZI_EFORMAT,
                              "file %s: key rope_parameters.rope_theta: expected a number", file);
@@ -163,8 +161,8 @@ static int zi_dit_config_from(const cJSON *o, const char *file, zi_dit_config *c
         return zi_errorf(ZI_EFORMAT, "file %s: key n_heads: %d does not divide dim %d", file,
                          c->n_heads, c->dim);
     if (c->n_heads % c->n_kv_heads)
-        return zi_errorf(ZI_EFORMAT, "file %s: key n_kv_heads: %d does not divide n_heads %d",
-                         file, c->n_kv_heads, c->n_heads);
+        return zi_errorf(ZI_EFORMAT, "file %s: key n_kv_heads: %d does not divide n_heads %d", file,
+                         c->n_kv_heads, c->n_heads);
     c->head_dim = c->dim / c->n_heads;
     /* diffusers: FeedForward(hidden_dim=int(dim / 3 * 8)), float division then truncation */
     c->ffn_hidden = (int)((double)c->dim / 3.0 * 8.0);
@@ -182,8 +180,10 @@ static int zi_dit_config_from(const cJSON *o, const char *file, zi_dit_config *c
     int sum = 0;
     for (int i = 0; i < 3; i++) {
         if (arr[i] <= 0 || arr[i] % 2)
-            return zi_errorf(ZI_EFORMAT, "file %s: key axes_dims[%d]: expected a positive even "
-                             "integer", file, i);
+            return zi_errorf(ZI_EFORMAT,
+                             "file %s: key axes_dims[%d]: expected a positive even "
+                             "integer",
+                             file, i);
         c->axes_dims[i] = arr[i];
         sum += arr[i];
     }
@@ -348,11 +348,11 @@ int zi_config_load(const char *dir, zi_model_config *out)
 {
     char p[4096];
     memset(out, 0, sizeof *out);
-#define ZI_CFG_PATH(rel)                                                                      \
-    do {                                                                                      \
-        int w_ = snprintf(p, sizeof p, "%s/%s", dir, rel);                                    \
-        if (w_ < 0 || (size_t)w_ >= sizeof p)                                                 \
-            return zi_errorf(ZI_EINVAL, "model folder %s: path too long", dir);               \
+#define ZI_CFG_PATH(rel)                                                                           \
+    do {                                                                                           \
+        int w_ = snprintf(p, sizeof p, "%s/%s", dir, rel);                                         \
+        if (w_ < 0 || (size_t)w_ >= sizeof p)                                                      \
+            return zi_errorf(ZI_EINVAL, "model folder %s: path too long", dir);                    \
     } while (0)
     ZI_CFG_PATH("model_index.json");
     ZI_CFG_TRY(zi_model_index_check(p));

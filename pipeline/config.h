@@ -28,17 +28,17 @@ typedef struct zi_te_config {
 
 typedef struct zi_dit_config {
     int in_channels;
-    int patch;        /* all_patch_size[0] */
-    int f_patch;      /* all_f_patch_size[0] */
+    int patch;   /* all_patch_size[0] */
+    int f_patch; /* all_f_patch_size[0] */
     int dim;
     int n_layers;
     int n_refiner_layers;
     int n_heads;
     int n_kv_heads;
-    int head_dim;     /* dim / n_heads */
+    int head_dim; /* dim / n_heads */
     int cap_feat_dim;
-    int ffn_hidden;   /* int(dim / 3 * 8) */
-    int adaln_dim;    /* min(dim, 256) */
+    int ffn_hidden; /* int(dim / 3 * 8) */
+    int adaln_dim;  /* min(dim, 256) */
     float norm_eps;
     int qk_norm;
     double rope_theta;

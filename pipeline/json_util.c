@@ -20,8 +20,8 @@ int zi_json_read_file(const char *path, size_t max_bytes, char **buf, size_t *le
     *len = 0;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return zi_errorf(errno == ENOENT ? ZI_ENOTFOUND : ZI_EIO, "file %s: cannot open: %s",
-                         path, strerror(errno));
+        return zi_errorf(errno == ENOENT ? ZI_ENOTFOUND : ZI_EIO, "file %s: cannot open: %s", path,
+                         strerror(errno));
     int rc = ZI_OK;
     char *b = NULL;
     if (fseek(f, 0, SEEK_END) != 0) {
@@ -119,8 +119,8 @@ static int zi_json_to_int(const cJSON *v, const char *key, const char *file, int
         return zi_errorf(ZI_EFORMAT, "file %s: key %s: expected an integer", file, key);
     double d = v->valuedouble;
     if (!(d >= (double)INT_MIN && d <= (double)INT_MAX) || floor(d) != d)
-        return zi_errorf(ZI_EFORMAT, "file %s: key %s: %g is not an integer in range", file,
-                         key, d);
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: %g is not an integer in range", file, key,
+                         d);
     *out = (int)d;
     return ZI_OK;
 }
@@ -160,8 +160,7 @@ int zi_json_double(const cJSON *obj, const char *key, const char *file, double *
     return rc ? rc : zi_json_to_double(v, key, file, out);
 }
 
-int zi_json_double_opt(const cJSON *obj, const char *key, const char *file, double def,
-                       double *out)
+int zi_json_double_opt(const cJSON *obj, const char *key, const char *file, double def, double *out)
 {
     const cJSON *v;
     int rc = zi_json_item(obj, key, file, 1, &v);
@@ -210,12 +209,11 @@ int zi_json_int_array(const cJSON *obj, const char *key, const char *file, int *
     if (rc)
         return rc;
     if (!cJSON_IsArray(v))
-        return zi_errorf(ZI_EFORMAT, "file %s: key %s: expected an array of integers", file,
-                         key);
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: expected an array of integers", file, key);
     int count = cJSON_GetArraySize(v);
     if (count < 1 || count > max)
-        return zi_errorf(ZI_EFORMAT, "file %s: key %s: %d elements, expected 1 to %d", file,
-                         key, count, max);
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: %d elements, expected 1 to %d", file, key,
+                         count, max);
     int i = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, v)

@@ -16,6 +16,7 @@
  * §3.13, §4, §5.
  */
 #include "pipeline.h"
+#include "pipeline_bench.h"
 #include "dit.h"
 #include "qwen3.h"
 #include "rng.h"
@@ -169,6 +170,16 @@ const zi_model_config *zi_pipeline_config(const zi_pipeline *p)
     return &p->cfg;
 }
 
+zi_qwen3 *zi_pipeline_text_encoder(zi_pipeline *p)
+{
+    return p->te;
+}
+
+zi_vae *zi_pipeline_vae(zi_pipeline *p)
+{
+    return p->vae;
+}
+
 const char *zi_pipeline_model_name(const zi_pipeline *p)
 {
     return p->name;
@@ -279,6 +290,9 @@ int zi_pipeline_generate_ex(zi_pipeline *p, const zi_gen_params *g, zi_progress_
     if (rc)
         return rc;
     zi_backend *be = p->be;
+    /* Each job starts clean: a device error (e.g. out of memory) of an earlier job must
+     * not fail this one. */
+    zi_backend_clear_error(be);
     const int C = p->cfg.dit.in_channels;
     const int lh = g->height / p->vae_scale, lw = g->width / p->vae_scale;
     const size_t n = (size_t)C * (size_t)lh * (size_t)lw;

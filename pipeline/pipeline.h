@@ -38,8 +38,8 @@ int zi_pipeline_load(const char *dir, zi_backend *be, zi_pipeline **out);
 /* Builds a pipeline of the shapes in `cfg` with random weights (seeded; for benchmarks
  * at real size without a checkpoint). No tokenizer vocabulary is needed: prompts are
  * replaced by `n_tokens` random token ids. */
-int zi_pipeline_load_random(const zi_model_config *cfg, zi_backend *be, uint64_t seed,
-                            int n_tokens, zi_pipeline **out);
+int zi_pipeline_load_random(const zi_model_config *cfg, zi_backend *be, uint64_t seed, int n_tokens,
+                            zi_pipeline **out);
 void zi_pipeline_free(zi_pipeline *p);
 const zi_model_config *zi_pipeline_config(const zi_pipeline *p);
 

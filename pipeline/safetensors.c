@@ -183,8 +183,9 @@ static int zi_st_parse_entry(zi_st *st, const zi_st_file *f, const cJSON *e, con
     {
         uint64_t dim;
         if (!zi_json_is_u53(v, &dim))
-            return zi_errorf(ZI_EFORMAT, "file %s: tensor %s: shape[%d] is not a non-negative integer",
-                             f->path, name, d);
+            return zi_errorf(ZI_EFORMAT,
+                             "file %s: tensor %s: shape[%d] is not a non-negative integer", f->path,
+                             name, d);
         if (__builtin_mul_overflow(nbytes, dim, &nbytes))
             return zi_errorf(ZI_EFORMAT, "file %s: tensor %s: shape too large", f->path, name);
         t->shape[d++] = (int64_t)dim;
@@ -290,9 +291,8 @@ static int zi_st_parse_file(zi_st *st, size_t fi)
             if (ranges[i].begin == ranges[i].end)
                 continue; /* empty tensors occupy no bytes */
             if (prev && ranges[i].begin < prev->end) {
-                rc = zi_errorf(ZI_EFORMAT, "file %s: tensor %s: data overlaps tensor %s",
-                               f->path, st->tensors[ranges[i].idx].name,
-                               st->tensors[prev->idx].name);
+                rc = zi_errorf(ZI_EFORMAT, "file %s: tensor %s: data overlaps tensor %s", f->path,
+                               st->tensors[ranges[i].idx].name, st->tensors[prev->idx].name);
                 goto out;
             }
             prev = &ranges[i];
@@ -327,8 +327,8 @@ static int zi_st_map(zi_st *st, const char *path)
     zi_st_file *f = &st->files[st->nfiles];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return zi_errorf(errno == ENOENT ? ZI_ENOTFOUND : ZI_EIO, "file %s: cannot open: %s",
-                         path, strerror(errno));
+        return zi_errorf(errno == ENOENT ? ZI_ENOTFOUND : ZI_EIO, "file %s: cannot open: %s", path,
+                         strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         int e = errno;
@@ -486,8 +486,9 @@ static int zi_st_open_index(const char *path, zi_st **out)
         const char *base = t ? strrchr(t->file, '/') : NULL;
         base = base ? base + 1 : (t ? t->file : NULL);
         if (!t || strcmp(base, e->valuestring) != 0) {
-            rc = zi_errorf(ZI_EFORMAT, "file %s: tensor %s: listed for shard %s but not found there",
-                           path, e->string, e->valuestring);
+            rc =
+                zi_errorf(ZI_EFORMAT, "file %s: tensor %s: listed for shard %s but not found there",
+                          path, e->string, e->valuestring);
             goto err;
         }
     }
@@ -523,8 +524,8 @@ int zi_st_open_dir(const char *dir, zi_st **out)
     *out = NULL;
     DIR *d = opendir(dir);
     if (!d)
-        return zi_errorf(errno == ENOENT ? ZI_ENOTFOUND : ZI_EIO, "folder %s: cannot open: %s",
-                         dir, strerror(errno));
+        return zi_errorf(errno == ENOENT ? ZI_ENOTFOUND : ZI_EIO, "folder %s: cannot open: %s", dir,
+                         strerror(errno));
     /* Preference: an index json; else the one .safetensors file. Where a folder holds
      * several (e.g. variants like *.fp16.safetensors), the canonical diffusers /
      * transformers names win; otherwise the choice is ambiguous and refused. */
@@ -631,10 +632,13 @@ int zi_st_get(const zi_st *st, const char *name, int ndim, const int64_t *shape,
     if (!same) {
         char have[160], want[160];
         zi_st_shape_str(have, sizeof have, t->ndim, t->shape);
-        zi_st_shape_str(want, sizeof want, ndim < 0 ? 0 : ndim > ZI_MAX_DIMS ? ZI_MAX_DIMS : ndim,
+        zi_st_shape_str(want, sizeof want,
+                        ndim < 0             ? 0
+                        : ndim > ZI_MAX_DIMS ? ZI_MAX_DIMS
+                                             : ndim,
                         shape);
-        return zi_errorf(ZI_EFORMAT, "file %s: tensor %s: shape %s, expected %s", t->file,
-                         t->name, have, want);
+        return zi_errorf(ZI_EFORMAT, "file %s: tensor %s: shape %s, expected %s", t->file, t->name,
+                         have, want);
     }
     *out = t;
     return ZI_OK;
@@ -671,8 +675,8 @@ int zi_st_write(const char *path, size_t n, const char *const *names, const zi_t
     for (size_t i = 0; i < n; i++) {
         if (!names[i] || !names[i][0] || strcmp(names[i], "__metadata__") == 0 ||
             cJSON_GetObjectItemCaseSensitive(root, names[i])) {
-            rc = zi_errorf(ZI_EINVAL, "file %s: tensor %s: empty, reserved or duplicate name",
-                           path, names[i] ? names[i] : "(null)");
+            rc = zi_errorf(ZI_EINVAL, "file %s: tensor %s: empty, reserved or duplicate name", path,
+                           names[i] ? names[i] : "(null)");
             goto out;
         }
         if ((unsigned)t[i].dtype >= ZI_DTYPE_COUNT || t[i].ndim < 0 || t[i].ndim > ZI_MAX_DIMS) {

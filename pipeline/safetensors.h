@@ -17,13 +17,13 @@
 #include <stdint.h>
 
 typedef struct zi_st_tensor {
-    const char *name;  /* as stored in the file */
+    const char *name; /* as stored in the file */
     zi_dtype dtype;
     int ndim;
     int64_t shape[ZI_MAX_DIMS];
-    const void *data;  /* into the mapping */
+    const void *data; /* into the mapping */
     size_t nbytes;
-    const char *file;  /* path of the shard holding it */
+    const char *file; /* path of the shard holding it */
 } zi_st_tensor;
 
 typedef struct zi_st zi_st;

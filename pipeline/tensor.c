@@ -11,8 +11,8 @@ static const struct {
     const char *name;
     size_t size;
 } zi_dtypes[ZI_DTYPE_COUNT] = {
-    [ZI_F32] = {"F32", 4}, [ZI_BF16] = {"BF16", 2}, [ZI_F16] = {"F16", 2},
-    [ZI_F8_E4M3] = {"F8_E4M3", 1}, [ZI_I32] = {"I32", 4}, [ZI_I64] = {"I64", 8},
+    [ZI_F32] = {"F32", 4},         [ZI_BF16] = {"BF16", 2}, [ZI_F16] = {"F16", 2},
+    [ZI_F8_E4M3] = {"F8_E4M3", 1}, [ZI_I32] = {"I32", 4},   [ZI_I64] = {"I64", 8},
     [ZI_U8] = {"U8", 1},
 };
 

@@ -28,12 +28,12 @@ typedef enum zi_dtype {
 struct zi_backend;
 
 typedef struct zi_tensor {
-    void *data;               /* backend memory; NULL for an empty tensor */
+    void *data; /* backend memory; NULL for an empty tensor */
     zi_dtype dtype;
     int ndim;
     int64_t shape[ZI_MAX_DIMS];
-    struct zi_backend *be;    /* backend that owns `data`, NULL for host-only tensors */
-    int owned;                /* 1 when made by be->alloc and must be freed with be->free */
+    struct zi_backend *be; /* backend that owns `data`, NULL for host-only tensors */
+    int owned;             /* 1 when made by be->alloc and must be freed with be->free */
 } zi_tensor;
 
 /* Size in bytes of one element (F8_E4M3: 1). */
@@ -52,8 +52,7 @@ size_t zi_tensor_nbytes(const zi_tensor *t);
  * The caller guarantees the view fits inside `t` (checked: returns a view with
  * data == NULL when it does not).
  */
-zi_tensor zi_tensor_view(const zi_tensor *t, int64_t elem_offset, int ndim,
-                         const int64_t *shape);
+zi_tensor zi_tensor_view(const zi_tensor *t, int64_t elem_offset, int ndim, const int64_t *shape);
 
 /* A host tensor over caller memory (be = NULL, not owned). */
 zi_tensor zi_tensor_host(void *data, zi_dtype dt, int ndim, const int64_t *shape);

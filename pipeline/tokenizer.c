@@ -245,9 +245,9 @@ static int zi_tok_check_pipeline(const cJSON *root, const char *file, zi_tokeniz
     const cJSON *splty = cJSON_GetObjectItemCaseSensitive(split, "type");
     if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "Sequence") != 0 ||
         cJSON_GetArraySize(list) != 2 || !cJSON_IsString(splty) ||
-        strcmp(splty->valuestring, "Split") != 0 || !cJSON_IsString(pat) ||
-        !cJSON_IsString(beh) || strcmp(beh->valuestring, "Isolated") != 0 || cJSON_IsTrue(inv) ||
-        !cJSON_IsString(blty) || strcmp(blty->valuestring, "ByteLevel") != 0 ||
+        strcmp(splty->valuestring, "Split") != 0 || !cJSON_IsString(pat) || !cJSON_IsString(beh) ||
+        strcmp(beh->valuestring, "Isolated") != 0 || cJSON_IsTrue(inv) || !cJSON_IsString(blty) ||
+        strcmp(blty->valuestring, "ByteLevel") != 0 ||
         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(bl, "add_prefix_space")) ||
         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(bl, "use_regex")))
         return zi_errorf(ZI_EFORMAT,
@@ -266,7 +266,8 @@ static int zi_tok_check_pipeline(const cJSON *root, const char *file, zi_tokeniz
     }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
     const cJSON *mty = cJSON_GetObjectItemCaseSensitive(model, "type");
-    if (!cJSON_IsObject(model) || (mty && (!cJSON_IsString(mty) || strcmp(mty->valuestring, "BPE"))))
+    if (!cJSON_IsObject(model) ||
+        (mty && (!cJSON_IsString(mty) || strcmp(mty->valuestring, "BPE"))))
         return zi_errorf(ZI_EFORMAT, "file %s: key model: expected a BPE model", file);
     static const char *const off_flags[] = {"byte_fallback", "ignore_merges", "fuse_unk"};
     for (size_t i = 0; i < sizeof off_flags / sizeof off_flags[0]; i++)
@@ -335,8 +336,8 @@ static int zi_tok_load_vocab(zi_tokenizer *t, const cJSON *vocab, const char *fi
         uint8_t c = (uint8_t)b;
         t->byte_id[b] = zi_tok_vocab_find(t, &c, 1);
         if (t->byte_id[b] < 0)
-            return zi_errorf(ZI_EFORMAT, "file %s: key model.vocab: no token for byte 0x%02x",
-                             file, b);
+            return zi_errorf(ZI_EFORMAT, "file %s: key model.vocab: no token for byte 0x%02x", file,
+                             b);
     }
     return ZI_OK;
 }
@@ -426,8 +427,7 @@ static int zi_tok_load_added(zi_tokenizer *t, const cJSON *added, const char *fi
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "content");
         uint64_t id;
         if (!cJSON_IsString(c) || !c->valuestring[0] ||
-            !zi_json_is_u53(cJSON_GetObjectItemCaseSensitive(e, "id"), &id) ||
-            id >= ZI_TOK_MAX_ID)
+            !zi_json_is_u53(cJSON_GetObjectItemCaseSensitive(e, "id"), &id) || id >= ZI_TOK_MAX_ID)
             return zi_errorf(ZI_EFORMAT, "file %s: key added_tokens[%zu]: needs content and id",
                              file, i);
         static const char *const flags[] = {"lstrip", "rstrip", "single_word"};
@@ -438,8 +438,7 @@ static int zi_tok_load_added(zi_tokenizer *t, const cJSON *added, const char *fi
                                  i, flags[k]);
         size_t len = strlen(c->valuestring);
         if (zi_tok_utf8_check((const uint8_t *)c->valuestring, len) != len)
-            return zi_errorf(ZI_EFORMAT, "file %s: key added_tokens[%zu]: invalid UTF-8", file,
-                             i);
+            return zi_errorf(ZI_EFORMAT, "file %s: key added_tokens[%zu]: invalid UTF-8", file, i);
         int rc = zi_tok_grow_ids(t, (size_t)id + 1);
         if (rc)
             return rc;
@@ -462,7 +461,9 @@ static int zi_tok_load_added(zi_tokenizer *t, const cJSON *added, const char *fi
 
 /* Unicode White_Space, which is what Oniguruma (the regex engine of `tokenizers`) matches
  * with \s. PCRE2's \s under UCP also matches U+180E, so \s and \S are spelled out. */
-#define ZI_TOK_WS "\\t-\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+#define ZI_TOK_WS                                                                                  \
+    "\\t-\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}" \
+    "\\x{3000}"
 
 /* Copies `pattern` with \s and \S replaced by ZI_TOK_WS classes (inside a class, \s
  * becomes the ranges; \S inside a class is left to PCRE2). NULL when out of memory. */
@@ -572,8 +573,8 @@ static int zi_tok_load_config(zi_tokenizer *t, const char *dir)
         } else {
             t->pad_id = zi_tokenizer_token_id(t, pad->valuestring);
             if (t->pad_id < 0)
-                rc = zi_errorf(ZI_EFORMAT, "file %s: key pad_token: \"%.64s\" is not a token",
-                               path, pad->valuestring);
+                rc = zi_errorf(ZI_EFORMAT, "file %s: key pad_token: \"%.64s\" is not a token", path,
+                               pad->valuestring);
         }
     }
     cJSON_Delete(root);
@@ -818,8 +819,8 @@ static int zi_tok_bpe(const zi_tokenizer *t, const uint8_t *w, size_t m, zi_tok_
 
 /* One text segment between added tokens: NFC, regex split, BPE. Stops once `limit` ids
  * are out (later pieces cannot change earlier ids). */
-static int zi_tok_segment(const zi_tokenizer *t, const uint8_t *s, size_t len,
-                          pcre2_match_data *md, size_t limit, zi_tok_vec *out)
+static int zi_tok_segment(const zi_tokenizer *t, const uint8_t *s, size_t len, pcre2_match_data *md,
+                          size_t limit, zi_tok_vec *out)
 {
     uint8_t *nfc = NULL;
     if (t->nfc) {
@@ -828,8 +829,8 @@ static int zi_tok_segment(const zi_tokenizer *t, const uint8_t *s, size_t len,
         for (size_t i = 0; i < len && !need; i++)
             need = s[i] >= 0xCC;
         if (need) {
-            utf8proc_ssize_t r = utf8proc_map(s, (utf8proc_ssize_t)len, &nfc,
-                                              UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+            utf8proc_ssize_t r =
+                utf8proc_map(s, (utf8proc_ssize_t)len, &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
             if (r < 0)
                 return zi_errorf(ZI_EINVAL, "tokenizer: NFC failed: %s", utf8proc_errmsg(r));
             s = nfc;

@@ -12,7 +12,8 @@
 #   8. stack          deploy/local/stack.sh up, its `env` exported
 #   9. integration and fault tests: ctest -L 'integration|fault' in build, one at a time
 #                     (fault tests stop and start the shared stack's services)
-#  10. stack down (also on failure or interrupt, unless KEEP=1)
+#  10. stack down (also on failure or interrupt), unless KEEP=1 or the stack was already
+#      running before (then it is used as it is and left running)
 #
 # Steps 1-5 and 8 are checks counted like tests; each ctest test counts once. A ctest test
 # passes only when it ran and succeeded (skipped or "not run" count as failed: the team
@@ -156,9 +157,14 @@ ctest_run golden build -L golden -j"$JOBS"
 say "stack up ($ZI_STACK_DIR)"
 export ZI_BINARY=$REPO/build/zimage
 [[ -x $ZI_BINARY ]] || ZI_BINARY=$REPO/build-asan/zimage
-stack_started=1
 rc=0
-"$STACK" up || rc=1
+if "$STACK" status >/dev/null 2>&1; then
+    # Started by someone else (make stack-up, KEEP=1): use it, and leave it running.
+    echo "using the stack already running in $ZI_STACK_DIR (it stays up)"
+else
+    stack_started=1
+    "$STACK" up || rc=1
+fi
 record stack $rc
 if ((rc == 0)); then
     env_text=$("$STACK" env) && eval "$env_text" || record stack-env 1

@@ -25,8 +25,10 @@
 #define ZI_DEVBROKER_MAX_BROKERS 16
 #define ZI_DEVBROKER_MAX_PARTITIONS 1024
 
+#define ZI_DEVBROKER_MAX_NAME 249 /* Kafka's limit on topic names */
+
 typedef struct zi_devbroker_topic {
-    const char *name; /* borrowed from argv; the ':' is cut off in place */
+    char name[ZI_DEVBROKER_MAX_NAME + 1];
     int partitions;
 } zi_devbroker_topic;
 
@@ -113,7 +115,7 @@ int zi_cmd_devbroker(int argc, char **argv)
                 fprintf(stderr, "zimage: error: devbroker: %s needs a value\n", a);
                 return 2;
             }
-            char *v = argv[++i];
+            const char *v = argv[++i];
             if (strcmp(a, "--brokers") == 0) {
                 if (zi_devbroker_parse_int(v, 1, ZI_DEVBROKER_MAX_BROKERS, &n_brokers) != 0) {
                     fprintf(stderr, "zimage: error: devbroker: --brokers '%s': want 1..%d\n", v,
@@ -129,23 +131,24 @@ int zi_cmd_devbroker(int argc, char **argv)
                     return 2;
                 }
                 int parts = 4;
-                char *colon = strrchr(v, ':');
-                if (colon) {
-                    *colon = '\0';
-                    if (zi_devbroker_parse_int(colon + 1, 1, ZI_DEVBROKER_MAX_PARTITIONS, &parts) !=
-                        0) {
-                        fprintf(stderr,
-                                "zimage: error: devbroker: --topic %s: partitions '%s': want "
-                                "1..%d\n",
-                                v, colon + 1, ZI_DEVBROKER_MAX_PARTITIONS);
-                        return 2;
-                    }
-                }
-                if (v[0] == '\0') {
-                    fprintf(stderr, "zimage: error: devbroker: --topic needs a name\n");
+                const char *colon = strrchr(v, ':');
+                size_t name_len = colon ? (size_t)(colon - v) : strlen(v);
+                if (colon && zi_devbroker_parse_int(colon + 1, 1, ZI_DEVBROKER_MAX_PARTITIONS,
+                                                    &parts) != 0) {
+                    fprintf(stderr,
+                            "zimage: error: devbroker: --topic %s: partitions '%s': want 1..%d\n",
+                            v, colon + 1, ZI_DEVBROKER_MAX_PARTITIONS);
                     return 2;
                 }
-                topics[n_topics].name = v;
+                if (name_len == 0 || name_len > ZI_DEVBROKER_MAX_NAME) {
+                    fprintf(stderr,
+                            "zimage: error: devbroker: --topic '%s': want a name of 1..%d "
+                            "characters\n",
+                            v, ZI_DEVBROKER_MAX_NAME);
+                    return 2;
+                }
+                memcpy(topics[n_topics].name, v, name_len);
+                topics[n_topics].name[name_len] = '\0';
                 topics[n_topics].partitions = parts;
                 n_topics++;
             }

@@ -15,14 +15,15 @@
 
 static void tok_usage(FILE *f)
 {
-    fprintf(f, "usage: zimage tokenize --model DIR --prompt TEXT\n"
-               "\n"
-               "Prints the prompt's token ids as JSON {\"ids\":[...],\"n\":L}: the chat template\n"
-               "applied, truncated to %d ids, no padding.\n"
-               "\n"
-               "  --model DIR    checkpoint folder in the diffusers layout (reads DIR/tokenizer)\n"
-               "  --prompt TEXT  the prompt (UTF-8)\n",
-               ZI_TOKENIZER_MAX_LEN);
+    fprintf(f,
+            "usage: zimage tokenize --model DIR --prompt TEXT\n"
+            "\n"
+            "Prints the prompt's token ids as JSON {\"ids\":[...],\"n\":L}: the chat template\n"
+            "applied, truncated to %d ids, no padding.\n"
+            "\n"
+            "  --model DIR    checkpoint folder in the diffusers layout (reads DIR/tokenizer)\n"
+            "  --prompt TEXT  the prompt (UTF-8)\n",
+            ZI_TOKENIZER_MAX_LEN);
 }
 
 static int tok_usage_error(const char *msg, const char *arg)

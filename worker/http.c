@@ -67,9 +67,8 @@ int zi_http_parse_listen(const char *spec, char *host, size_t cap, int *port)
     return ZI_OK;
 }
 
-static enum MHD_Result zi_http_send(struct MHD_Connection *conn, unsigned status,
-                                    const char *ctype, void *body, size_t len,
-                                    enum MHD_ResponseMemoryMode mode)
+static enum MHD_Result zi_http_send(struct MHD_Connection *conn, unsigned status, const char *ctype,
+                                    void *body, size_t len, enum MHD_ResponseMemoryMode mode)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, body, mode);
     if (!r) {
@@ -104,8 +103,8 @@ static enum MHD_Result zi_http_handle(void *cls, struct MHD_Connection *conn, co
     }
     static const char text[] = "text/plain; charset=utf-8";
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
-        return zi_http_send(conn, MHD_HTTP_METHOD_NOT_ALLOWED, text, "method not allowed\n",
-                            19, MHD_RESPMEM_PERSISTENT);
+        return zi_http_send(conn, MHD_HTTP_METHOD_NOT_ALLOWED, text, "method not allowed\n", 19,
+                            MHD_RESPMEM_PERSISTENT);
     if (strcmp(url, "/healthz") == 0)
         return zi_http_send(conn, MHD_HTTP_OK, text, "ok\n", 3, MHD_RESPMEM_PERSISTENT);
     if (strcmp(url, "/readyz") == 0) {
@@ -121,16 +120,15 @@ static enum MHD_Result zi_http_handle(void *cls, struct MHD_Connection *conn, co
         char *body = NULL;
         size_t len = 0;
         if (h->metrics && zi_metrics_render(h->metrics, &body, &len) != ZI_OK)
-            return zi_http_send(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, text,
-                                "metrics unavailable\n", 20, MHD_RESPMEM_PERSISTENT);
+            return zi_http_send(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, text, "metrics unavailable\n",
+                                20, MHD_RESPMEM_PERSISTENT);
         if (!body)
             return zi_http_send(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", "", 0,
                                 MHD_RESPMEM_PERSISTENT);
         return zi_http_send(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body,
                             len, MHD_RESPMEM_MUST_FREE);
     }
-    return zi_http_send(conn, MHD_HTTP_NOT_FOUND, text, "not found\n", 10,
-                        MHD_RESPMEM_PERSISTENT);
+    return zi_http_send(conn, MHD_HTTP_NOT_FOUND, text, "not found\n", 10, MHD_RESPMEM_PERSISTENT);
 }
 
 int zi_http_start(const char *listen, zi_metrics *metrics, zi_http **out)
@@ -156,8 +154,9 @@ int zi_http_start(const char *listen, zi_metrics *metrics, zi_http **out)
         v6->sin6_port = htons((uint16_t)port);
         flags |= MHD_USE_IPv6;
     } else {
-        return zi_errorf(ZI_EINVAL, "listen address '%s': host must be an IP address or "
-                                    "localhost",
+        return zi_errorf(ZI_EINVAL,
+                         "listen address '%s': host must be an IP address or "
+                         "localhost",
                          listen);
     }
 
@@ -166,10 +165,10 @@ int zi_http_start(const char *listen, zi_metrics *metrics, zi_http **out)
         return zi_errorf(ZI_ENOMEM, "http: out of memory");
     h->metrics = metrics;
     atomic_init(&h->ready, 0);
-    h->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, zi_http_handle, h,
-                                 MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+    h->daemon =
+        MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, zi_http_handle, h, MHD_OPTION_SOCK_ADDR,
+                         (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
     if (!h->daemon) {
         rc = zi_errorf(ZI_EIO, "http: cannot listen on %s (address in use or not available)",
                        listen);

@@ -48,8 +48,7 @@ int zi_log_level_parse(const char *s, zi_log_level *out)
             *out = (zi_log_level)i;
             return ZI_OK;
         }
-    return zi_errorf(ZI_EINVAL, "log level '%s': expected debug, info, warn or error",
-                     s ? s : "");
+    return zi_errorf(ZI_EINVAL, "log level '%s': expected debug, info, warn or error", s ? s : "");
 }
 
 static void zi_log_copy_id(char *dst, const char *src)
@@ -274,11 +273,11 @@ size_t zi_log_format_line(char *buf, size_t cap, zi_log_format format, long long
         zi_log_puts(&b, ts);
         zi_log_putc(&b, ' ');
         zi_log_puts(&b, zi_log_names_uc[level]);
-        if (worker && *worker) {
+        if (*worker) {
             zi_log_puts(&b, " worker=");
             zi_log_text_str(&b, worker);
         }
-        if (job_id && *job_id) {
+        if (*job_id) {
             zi_log_puts(&b, " job_id=");
             zi_log_text_str(&b, job_id);
         }
@@ -323,8 +322,8 @@ static void zi_log_vemit(zi_log_level level, const char *job_id, const zi_log_fi
     char line[ZI_LOG_LINE_MAX];
     if (!job_id || !*job_id)
         job_id = zi_log_job;
-    size_t n = zi_log_format_line(line, sizeof line, format, zi_log_now_ms(), level, worker,
-                                  job_id, fields, nfields, msg);
+    size_t n = zi_log_format_line(line, sizeof line, format, zi_log_now_ms(), level, worker, job_id,
+                                  fields, nfields, msg);
 
     pthread_mutex_lock(&zi_log_mu);
     FILE *out = zi_log_out ? zi_log_out : stderr;

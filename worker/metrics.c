@@ -109,8 +109,9 @@ static int zi_metrics_add_family(zi_metrics *m, zi_metric_type type, const char 
                              ZI_METRICS_MAX_BUCKETS);
         for (size_t i = 0; i < nbounds; i++)
             if (!isfinite(bounds[i]) || (i > 0 && bounds[i] <= bounds[i - 1]))
-                return zi_errorf(ZI_EINVAL, "metrics: %s: bucket bounds must be finite and "
-                                            "strictly increasing",
+                return zi_errorf(ZI_EINVAL,
+                                 "metrics: %s: bucket bounds must be finite and "
+                                 "strictly increasing",
                                  name);
     }
     int rc = ZI_OK;
@@ -303,8 +304,7 @@ static void zi_mbuf_puts(zi_mbuf *b, const char *s)
     zi_mbuf_put(b, s, strlen(s));
 }
 
-__attribute__((format(printf, 2, 3))) static void zi_mbuf_printf(zi_mbuf *b, const char *fmt,
-                                                                  ...)
+__attribute__((format(printf, 2, 3))) static void zi_mbuf_printf(zi_mbuf *b, const char *fmt, ...)
 {
     char tmp[512];
     va_list ap;
@@ -423,13 +423,11 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
     if ((rc = zi_metrics_counter(m, "zimage_jobs_total", "Jobs finished, by outcome.", "outcome",
                                  &wm->jobs_total)) ||
         (rc = zi_metrics_histogram(m, "zimage_job_duration_seconds",
-                                   "Wall time of one job from pick-up to final state.",
-                                   job_bounds, sizeof job_bounds / sizeof job_bounds[0],
-                                   &wm->job_duration)) ||
-        (rc = zi_metrics_histogram(m, "zimage_step_duration_seconds",
-                                   "Wall time of one denoising step.", step_bounds,
-                                   sizeof step_bounds / sizeof step_bounds[0],
-                                   &wm->step_duration)) ||
+                                   "Wall time of one job from pick-up to final state.", job_bounds,
+                                   sizeof job_bounds / sizeof job_bounds[0], &wm->job_duration)) ||
+        (rc = zi_metrics_histogram(
+             m, "zimage_step_duration_seconds", "Wall time of one denoising step.", step_bounds,
+             sizeof step_bounds / sizeof step_bounds[0], &wm->step_duration)) ||
         (rc = zi_metrics_gauge(m, "zimage_consumer_lag",
                                "Messages behind the high watermark on assigned partitions.", NULL,
                                &wm->consumer_lag)) ||
@@ -440,8 +438,7 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
         (rc = zi_metrics_counter(m, "zimage_s3_retries_total", "S3 requests retried.", NULL,
                                  &wm->s3_retries)) ||
         (rc = zi_metrics_counter(m, "zimage_redis_errors_total",
-                                 "Redis calls that failed transiently.", NULL,
-                                 &wm->redis_errors)))
+                                 "Redis calls that failed transiently.", NULL, &wm->redis_errors)))
         return rc;
     for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++)
         zi_metric_add(wm->jobs_total, outcomes[i], 0);

@@ -42,6 +42,8 @@ struct zi_rstatus {
     int command_timeout_ms;
     int fail_count;
     int64_t next_connect_ms; /* monotonic */
+    int connect_rc;          /* why the last connect failed (returned during back-off) */
+    char connect_msg[300];
     int64_t last_progress_ms;
     uint64_t rng;
 };
@@ -105,8 +107,9 @@ int zi_redis_url_parse(const char *url, zi_redis_url *out)
         if (colon && !zi_rs_pct_decode(colon + 1, (size_t)(at - colon - 1), out->password,
                                        sizeof out->password)) {
             explicit_bzero(out->password, sizeof out->password);
-            return zi_errorf(ZI_EINVAL, "redis url: bad password (percent-escapes, at most %zu "
-                                        "bytes)",
+            return zi_errorf(ZI_EINVAL,
+                             "redis url: bad password (percent-escapes, at most %zu "
+                             "bytes)",
                              sizeof out->password - 1);
         }
         rest = at + 1;
@@ -161,8 +164,7 @@ int zi_redis_url_parse(const char *url, zi_redis_url *out)
         }
     }
     if (*rest)
-        return zi_errorf(ZI_EINVAL, "redis url: unexpected '%.32s' after host[:port][/db]",
-                         rest);
+        return zi_errorf(ZI_EINVAL, "redis url: unexpected '%.32s' after host[:port][/db]", rest);
     return ZI_OK;
 }
 
@@ -221,9 +223,12 @@ static uint64_t zi_rs_rand(zi_rstatus *rs)
     return rs->rng * 0x2545F4914F6CDD1Dull;
 }
 
-/* Schedules the next connect attempt: 100 ms .. 5 s, doubled per failure, 50-100 % jitter. */
-static void zi_rs_backoff(zi_rstatus *rs)
+/* Schedules the next connect attempt: 100 ms .. 5 s, doubled per failure, 50-100 % jitter.
+ * Remembers the failure (code rc, the current error message) for calls until then. */
+static void zi_rs_backoff(zi_rstatus *rs, int rc)
 {
+    rs->connect_rc = rc;
+    snprintf(rs->connect_msg, sizeof rs->connect_msg, "%s", zi_errmsg());
     rs->fail_count++;
     int64_t ms = ZI_RS_BACKOFF_MIN_MS;
     for (int i = 1; i < rs->fail_count && ms < ZI_RS_BACKOFF_MAX_MS; i++)
@@ -259,15 +264,15 @@ static int zi_rs_connect(zi_rstatus *rs)
         return ZI_OK;
     int64_t now = zi_rs_mono_ms();
     if (now < rs->next_connect_ms)
-        return zi_errorf(ZI_ETRANSIENT, "redis %s:%d: unreachable (next connect in %lld ms)",
-                         rs->url.host, rs->url.port, (long long)(rs->next_connect_ms - now));
+        return zi_errorf(rs->connect_rc, "%s (next connect in %lld ms)", rs->connect_msg,
+                         (long long)(rs->next_connect_ms - now));
     struct timeval ctv = {rs->connect_timeout_ms / 1000, (rs->connect_timeout_ms % 1000) * 1000};
     rs->c = redisConnectWithTimeout(rs->url.host, rs->url.port, ctv);
     if (!rs->c || rs->c->err) {
         int rc = zi_errorf(ZI_ETRANSIENT, "redis %s:%d: cannot connect: %s", rs->url.host,
                            rs->url.port, rs->c ? rs->c->errstr : "out of memory");
         zi_rs_drop(rs);
-        zi_rs_backoff(rs);
+        zi_rs_backoff(rs, rc);
         return rc;
     }
     struct timeval tv = {rs->command_timeout_ms / 1000, (rs->command_timeout_ms % 1000) * 1000};
@@ -290,7 +295,7 @@ static int zi_rs_connect(zi_rstatus *rs)
     }
     if (rc) {
         zi_rs_drop(rs);
-        zi_rs_backoff(rs);
+        zi_rs_backoff(rs, rc);
         return rc;
     }
     rs->fail_count = 0;
@@ -348,13 +353,12 @@ void zi_rstatus_destroy(zi_rstatus *rs)
     free(rs);
 }
 
-int zi_rstatus_key(const zi_rstatus *rs, const char *middle, const char *id, char *out,
-                   size_t cap)
+int zi_rstatus_key(const zi_rstatus *rs, const char *middle, const char *id, char *out, size_t cap)
 {
     int n = snprintf(out, cap, "%s%s%s", rs->prefix, middle ? middle : "", id ? id : "");
     if (n < 0 || (size_t)n >= cap)
-        return zi_errorf(ZI_EINVAL, "redis: key for '%.64s' longer than %zu bytes",
-                         id ? id : "", cap - 1);
+        return zi_errorf(ZI_EINVAL, "redis: key for '%.64s' longer than %zu bytes", id ? id : "",
+                         cap - 1);
     return ZI_OK;
 }
 
@@ -393,8 +397,8 @@ static void zi_rs_arg(zi_rs_batch *b, zi_rs_cmd *c, const char *a)
 
 static int zi_rs_transient_error(const char *s)
 {
-    static const char *const pfx[] = {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY",
-                                      "CLUSTERDOWN"};
+    static const char *const pfx[] = {"LOADING",    "BUSY",     "TRYAGAIN",
+                                      "MASTERDOWN", "READONLY", "CLUSTERDOWN"};
     for (size_t i = 0; i < sizeof pfx / sizeof pfx[0]; i++)
         if (strncmp(s, pfx[i], strlen(pfx[i])) == 0)
             return 1;
@@ -405,8 +409,8 @@ static int zi_rs_transient_error(const char *s)
 static int zi_rs_check_reply(zi_rstatus *rs, const redisReply *r, const char *what)
 {
     if (r->type == REDIS_REPLY_ERROR)
-        return zi_errorf(zi_rs_transient_error(r->str) ? ZI_ETRANSIENT : ZI_EIO,
-                         "redis %s: %.300s", what, r->str);
+        return zi_errorf(zi_rs_transient_error(r->str) ? ZI_ETRANSIENT : ZI_EIO, "redis %s: %.300s",
+                         what, r->str);
     if (r->type == REDIS_REPLY_ARRAY)
         for (size_t i = 0; i < r->elements; i++)
             if (r->element[i] && r->element[i]->type == REDIS_REPLY_ERROR)
@@ -475,8 +479,8 @@ int zi_rstatus_ping(zi_rstatus *rs)
 /* ---- jobs ---- */
 
 int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status,
-                          const char *error_code, const char *error,
-                          const zi_rstatus_field *extra, size_t nextra)
+                          const char *error_code, const char *error, const zi_rstatus_field *extra,
+                          size_t nextra)
 {
     char jkey[ZI_RS_KEY_MAX], ekey[ZI_RS_KEY_MAX], ttl[24], maxlen[24];
     char err_cut[ZI_RS_ERROR_MAX + 1];
@@ -550,8 +554,7 @@ int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status
     return rc;
 }
 
-int zi_rstatus_job_set(zi_rstatus *rs, const char *job_id, const zi_rstatus_field *fields,
-                       size_t n)
+int zi_rstatus_job_set(zi_rstatus *rs, const char *job_id, const zi_rstatus_field *fields, size_t n)
 {
     char jkey[ZI_RS_KEY_MAX], ttl[24];
     int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
@@ -751,13 +754,12 @@ int zi_rstatus_progress(zi_rstatus *rs, const char *job_id, int step, int steps,
 /* ---- leases ---- */
 
 /* Takes the lease when free or already ours (then re-arms its TTL); else returns the holder. */
-static const char zi_rs_lua_acquire[] =
-    "local v = redis.call('GET', KEYS[1])\n"
-    "if v == false or v == ARGV[1] then\n"
-    "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
-    "  return 1\n"
-    "end\n"
-    "return v\n";
+static const char zi_rs_lua_acquire[] = "local v = redis.call('GET', KEYS[1])\n"
+                                        "if v == false or v == ARGV[1] then\n"
+                                        "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+                                        "  return 1\n"
+                                        "end\n"
+                                        "return v\n";
 static const char zi_rs_lua_renew[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
                                       "  return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
                                       "end\n"
@@ -897,27 +899,20 @@ int zi_rstatus_heartbeat(zi_rstatus *rs, const zi_rstatus_worker_info *info)
         return rc;
     snprintf(ttl, sizeof ttl, "%d", 3 * rs->heartbeat_s);
     snprintf(now, sizeof now, "%lld", (long long)zi_rstatus_now_ms());
-    const int64_t nums[7] = {info->jobs_succeeded,        info->jobs_failed,
-                             info->vram_total_bytes,      info->vram_free_bytes,
-                             info->alloc_reserved_bytes,  info->alloc_allocated_bytes,
+    const int64_t nums[7] = {info->jobs_succeeded,       info->jobs_failed,
+                             info->vram_total_bytes,     info->vram_free_bytes,
+                             info->alloc_reserved_bytes, info->alloc_allocated_bytes,
                              info->alloc_peak_bytes};
     for (int i = 0; i < 7; i++)
         snprintf(num[i], sizeof num[i], "%lld", (long long)nums[i]);
     const zi_rstatus_field f[] = {
-        {"state", info->state},
-        {"current_job", info->current_job},
-        {"jobs_succeeded", num[0]},
-        {"jobs_failed", num[1]},
-        {"backend", info->backend},
-        {"gpu_name", info->gpu_name},
-        {"vram_total_bytes", num[2]},
-        {"vram_free_bytes", num[3]},
-        {"alloc_reserved_bytes", num[4]},
-        {"alloc_allocated_bytes", num[5]},
-        {"alloc_peak_bytes", num[6]},
-        {"model", info->model},
-        {"version", info->version},
-        {"heartbeat_at", now},
+        {"state", info->state},           {"current_job", info->current_job},
+        {"jobs_succeeded", num[0]},       {"jobs_failed", num[1]},
+        {"backend", info->backend},       {"gpu_name", info->gpu_name},
+        {"vram_total_bytes", num[2]},     {"vram_free_bytes", num[3]},
+        {"alloc_reserved_bytes", num[4]}, {"alloc_allocated_bytes", num[5]},
+        {"alloc_peak_bytes", num[6]},     {"model", info->model},
+        {"version", info->version},       {"heartbeat_at", now},
     };
     zi_rs_batch b = {0};
     zi_rs_cmd *c = zi_rs_cmd_new(&b);

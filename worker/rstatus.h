@@ -18,8 +18,9 @@
  * while Redis is unreachable returns ZI_ETRANSIENT (the caller retries before committing).
  * After a failure the handle reconnects on the next call; consecutive failed connects
  * back off exponentially (100 ms .. 5 s, with jitter), and calls inside the back-off
- * window return ZI_ETRANSIENT at once. Protocol or server errors (wrong type, NOAUTH,
- * script error) return ZI_EIO. Commands of one function go in one MULTI/EXEC.
+ * window fail at once with the last connect failure: ZI_ETRANSIENT, or ZI_EAUTH when the
+ * password was refused. Protocol or server errors (wrong type, NOAUTH, script error) return
+ * ZI_EIO. Commands of one function go in one MULTI/EXEC.
  *
  * Thread safety: one handle per thread (hiredis contexts are not shareable).
  * Secrets: the password is used for AUTH only; it is never logged or stored.
@@ -51,14 +52,14 @@ int zi_redis_url_parse(const char *url, zi_redis_url *out);
 void zi_redis_url_redact(const char *url, char *out, size_t cap);
 
 typedef struct zi_rstatus_config {
-    const char *url;         /* redis.url */
-    const char *password;    /* NULL or "" = the URL's password (if any) */
-    const char *key_prefix;  /* "zimage:" */
-    const char *worker_id;   /* written as `worker` in job hashes/events; lease owner */
-    int64_t job_ttl_s;       /* EXPIRE of job hashes */
-    int heartbeat_s;         /* worker hash EXPIRE = 3 x heartbeat_s */
-    int connect_timeout_ms;  /* 0 = 2000 */
-    int command_timeout_ms;  /* 0 = 5000 */
+    const char *url;        /* redis.url */
+    const char *password;   /* NULL or "" = the URL's password (if any) */
+    const char *key_prefix; /* "zimage:" */
+    const char *worker_id;  /* written as `worker` in job hashes/events; lease owner */
+    int64_t job_ttl_s;      /* EXPIRE of job hashes */
+    int heartbeat_s;        /* worker hash EXPIRE = 3 x heartbeat_s */
+    int connect_timeout_ms; /* 0 = 2000 */
+    int command_timeout_ms; /* 0 = 5000 */
 } zi_rstatus_config;
 
 typedef struct zi_rstatus zi_rstatus;
@@ -109,8 +110,8 @@ int64_t zi_rstatus_now_ms(void);
  * worker W [error_code E] - all in one MULTI/EXEC. error_code/error NULL = not written
  * (for failures pass both; error is cut to 1024 bytes). */
 int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status,
-                          const char *error_code, const char *error,
-                          const zi_rstatus_field *extra, size_t nextra);
+                          const char *error_code, const char *error, const zi_rstatus_field *extra,
+                          size_t nextra);
 
 /* HSET of fields on P job:{id} + EXPIRE job_ttl_s (no event). */
 int zi_rstatus_job_set(zi_rstatus *rs, const char *job_id, const zi_rstatus_field *fields,
@@ -171,7 +172,6 @@ void zi_rstatus_reply_free(void *reply);
 
 /* Builds P <middle> <id> into out (e.g. ("job:", "abc") -> "zimage:job:abc"). ZI_EINVAL
  * when it does not fit. */
-int zi_rstatus_key(const zi_rstatus *rs, const char *middle, const char *id, char *out,
-                   size_t cap);
+int zi_rstatus_key(const zi_rstatus *rs, const char *middle, const char *id, char *out, size_t cap);
 
 #endif

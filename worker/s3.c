@@ -152,8 +152,7 @@ static int zi_s3_split_endpoint(const char *ep, char **scheme, char **host)
 
 /* ---- key templates ---- */
 
-int zi_s3_key_expand(const char *tmpl, const char *job_id, int64_t msg_ts_ms, char *out,
-                     size_t cap)
+int zi_s3_key_expand(const char *tmpl, const char *job_id, int64_t msg_ts_ms, char *out, size_t cap)
 {
     if (!tmpl || !job_id || cap == 0)
         return zi_errorf(ZI_EINVAL, "s3: key template: missing argument");
@@ -176,8 +175,9 @@ int zi_s3_key_expand(const char *tmpl, const char *job_id, int64_t msg_ts_ms, ch
                 p += 6;
             } else {
                 size_t m = strcspn(p, "}");
-                return zi_errorf(ZI_EINVAL, "s3: key template '%.128s': unknown placeholder "
-                                            "'%.*s' (known: {job_id}, {date})",
+                return zi_errorf(ZI_EINVAL,
+                                 "s3: key template '%.128s': unknown placeholder "
+                                 "'%.*s' (known: {job_id}, {date})",
                                  tmpl, (int)(m < 32 ? m + (p[m] == '}') : 32), p);
             }
             plen = strlen(piece);
@@ -196,8 +196,7 @@ int zi_s3_key_expand(const char *tmpl, const char *job_id, int64_t msg_ts_ms, ch
     if (n == 0)
         return zi_errorf(ZI_EINVAL, "s3: key template '%.128s' gives an empty key", tmpl);
     if (out[0] == '/' || strstr(out, "//") || strstr(out, ".."))
-        return zi_errorf(ZI_EINVAL, "s3: key '%.128s': no leading '/', '//' or '..' allowed",
-                         out);
+        return zi_errorf(ZI_EINVAL, "s3: key '%.128s': no leading '/', '//' or '..' allowed", out);
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)out[i] < 0x20 || out[i] == 0x7F)
             return zi_errorf(ZI_EINVAL, "s3: key template '%.128s': control character", tmpl);
@@ -235,8 +234,7 @@ static void zi_s3_wipe_free(char *s)
 int zi_s3_create(const zi_s3_config *cfg, zi_s3 **out)
 {
     int rc;
-    if (!cfg || !cfg->endpoint || !cfg->region || !*cfg->region || !cfg->bucket ||
-        !*cfg->bucket)
+    if (!cfg || !cfg->endpoint || !cfg->region || !*cfg->region || !cfg->bucket || !*cfg->bucket)
         return zi_errorf(ZI_EINVAL, "s3: endpoint, region and bucket are required");
     if (!(cfg->retry_s >= 0))
         return zi_errorf(ZI_EINVAL, "s3: retry_s must be >= 0");
@@ -248,8 +246,8 @@ int zi_s3_create(const zi_s3_config *cfg, zi_s3 **out)
         return zi_errorf(ZI_ENOMEM, "s3: out of memory");
     if ((rc = zi_s3_split_endpoint(cfg->endpoint, &s->endpoint_scheme, &s->endpoint_host)))
         goto err;
-    const char *pub = cfg->public_endpoint && *cfg->public_endpoint ? cfg->public_endpoint
-                                                                     : cfg->endpoint;
+    const char *pub =
+        cfg->public_endpoint && *cfg->public_endpoint ? cfg->public_endpoint : cfg->endpoint;
     if ((rc = zi_s3_split_endpoint(pub, &s->public_scheme, &s->public_host)))
         goto err;
     s->region = zi_s3_dup(cfg->region);
@@ -321,9 +319,9 @@ unsigned long long zi_s3_retry_count(const zi_s3 *s)
 
 /* scheme://host/path for key ("" = the bucket itself) with the given addressing. Also
  * returns the host and the canonical (encoded) path for signing. */
-static int zi_s3_build_url(const char *scheme, const char *host, const char *bucket,
-                           int path_style, const char *key, char *url, size_t cap,
-                           char *host_out, size_t host_cap, char *path_out, size_t path_cap)
+static int zi_s3_build_url(const char *scheme, const char *host, const char *bucket, int path_style,
+                           const char *key, char *url, size_t cap, char *host_out, size_t host_cap,
+                           char *path_out, size_t path_cap)
 {
     char ekey[3 * ZI_S3_MAX_KEY + 1];
     char ebucket[3 * 255 + 1];
@@ -356,10 +354,10 @@ static int zi_s3_build_url(const char *scheme, const char *host, const char *buc
 
 /* ---- presigned URLs ---- */
 
-static int zi_s3_presign(const char *scheme, const char *host, const char *bucket,
-                         int path_style, const char *region, const char *access_key,
-                         const char *secret_key, const char *token, const char *key,
-                         int64_t expires_s, time_t now, char *url, size_t cap)
+static int zi_s3_presign(const char *scheme, const char *host, const char *bucket, int path_style,
+                         const char *region, const char *access_key, const char *secret_key,
+                         const char *token, const char *key, int64_t expires_s, time_t now,
+                         char *url, size_t cap)
 {
     if (!key || !*key)
         return zi_errorf(ZI_EINVAL, "s3: presign: empty key");
@@ -448,23 +446,22 @@ int zi_s3_presign_get(const zi_s3 *s, const char *key, int64_t expires_s, time_t
                       size_t cap)
 {
     return zi_s3_presign(s->public_scheme, s->public_host, s->bucket, s->path_style, s->region,
-                         s->access_key, s->secret_key, s->session_token, key, expires_s, now,
-                         url, cap);
+                         s->access_key, s->secret_key, s->session_token, key, expires_s, now, url,
+                         cap);
 }
 
-int zi_s3_presign_get_cfg(const zi_s3_config *cfg, const char *key, int64_t expires_s,
-                          time_t now, char *url, size_t cap)
+int zi_s3_presign_get_cfg(const zi_s3_config *cfg, const char *key, int64_t expires_s, time_t now,
+                          char *url, size_t cap)
 {
-    const char *pub = cfg->public_endpoint && *cfg->public_endpoint ? cfg->public_endpoint
-                                                                     : cfg->endpoint;
+    const char *pub =
+        cfg->public_endpoint && *cfg->public_endpoint ? cfg->public_endpoint : cfg->endpoint;
     if (!pub || !cfg->region || !cfg->bucket)
         return zi_errorf(ZI_EINVAL, "s3: presign: endpoint, region and bucket are required");
     char *scheme = NULL, *host = NULL;
     int rc = zi_s3_split_endpoint(pub, &scheme, &host);
     if (!rc)
-        rc = zi_s3_presign(scheme, host, cfg->bucket, cfg->path_style, cfg->region,
-                           cfg->access_key, cfg->secret_key, cfg->session_token, key, expires_s,
-                           now, url, cap);
+        rc = zi_s3_presign(scheme, host, cfg->bucket, cfg->path_style, cfg->region, cfg->access_key,
+                           cfg->secret_key, cfg->session_token, key, expires_s, now, url, cap);
     free(scheme);
     free(host);
     return rc;
@@ -644,8 +641,8 @@ static int zi_s3_curl_transient(CURLcode c)
 static int zi_s3_once(zi_s3 *s, zi_s3_req *r)
 {
     char url[ZI_S3_MAX_URL], host[ZI_S3_HOST_MAX + 300], path[4 * ZI_S3_MAX_KEY];
-    int rc = zi_s3_build_url(s->endpoint_scheme, s->endpoint_host, s->bucket, s->path_style,
-                             r->key, url, sizeof url, host, sizeof host, path, sizeof path);
+    int rc = zi_s3_build_url(s->endpoint_scheme, s->endpoint_host, s->bucket, s->path_style, r->key,
+                             url, sizeof url, host, sizeof host, path, sizeof path);
     if (rc)
         return rc;
     /* the hash of what we send, also for bodiless requests (RGW refuses them without it) */
@@ -656,11 +653,11 @@ static int zi_s3_once(zi_s3 *s, zi_s3_req *r)
     struct curl_slist *hl = NULL, *tmp;
     int is_put = strcmp(r->method, "PUT") == 0;
     snprintf(hdr, sizeof hdr, "x-amz-content-sha256: %s", sha);
-#define ZI_S3_ADD_HDR(h)                                                                       \
-    do {                                                                                       \
-        if (!(tmp = curl_slist_append(hl, (h))))                                               \
-            goto nomem;                                                                        \
-        hl = tmp;                                                                              \
+#define ZI_S3_ADD_HDR(h)                                                                           \
+    do {                                                                                           \
+        if (!(tmp = curl_slist_append(hl, (h))))                                                   \
+            goto nomem;                                                                            \
+        hl = tmp;                                                                                  \
     } while (0)
     ZI_S3_ADD_HDR(hdr);
     if (*s->session_token) {
@@ -678,7 +675,8 @@ static int zi_s3_once(zi_s3 *s, zi_s3_req *r)
         } else if (*r->key) {
             ZI_S3_ADD_HDR("Content-Type: application/octet-stream");
         }
-        ZI_S3_ADD_HDR("Expect:"); /* no 100-continue round trip */
+        /* No "Expect:" override here: curl 7.88 signs the empty header it then never sends,
+         * which S3 answers with SignatureDoesNotMatch. */
         for (size_t i = 0; i < r->nmeta; i++) {
             snprintf(hdr, sizeof hdr, "x-amz-meta-%s: %s", r->meta[i].name, r->meta[i].value);
             ZI_S3_ADD_HDR(hdr);
@@ -733,8 +731,8 @@ static int zi_s3_once(zi_s3 *s, zi_s3_req *r)
     const char *what = r->method;
     const char *k = *r->key ? r->key : "(bucket)";
     if (cc == CURLE_ABORTED_BY_CALLBACK)
-        return zi_errorf(ZI_ECANCELLED, "s3 %s %s/%s: stopped (worker draining)", what,
-                         s->bucket, k);
+        return zi_errorf(ZI_ECANCELLED, "s3 %s %s/%s: stopped (worker draining)", what, s->bucket,
+                         k);
     if (cc == CURLE_WRITE_ERROR && r->body.overflow) {
         if (status >= 200 && status < 300)
             return zi_errorf(ZI_EIO, "s3 %s %s/%s: response body larger than %zu bytes", what,
@@ -742,8 +740,8 @@ static int zi_s3_once(zi_s3 *s, zi_s3_req *r)
         cc = CURLE_OK; /* an oversized error body: classify by status below */
     }
     if (cc != CURLE_OK)
-        return zi_errorf(zi_s3_curl_transient(cc) ? ZI_ETRANSIENT : ZI_EIO,
-                         "s3 %s %s/%s: %s", what, s->bucket, k, curl_easy_strerror(cc));
+        return zi_errorf(zi_s3_curl_transient(cc) ? ZI_ETRANSIENT : ZI_EIO, "s3 %s %s/%s: %s", what,
+                         s->bucket, k, curl_easy_strerror(cc));
     if (status >= 200 && status < 300)
         return ZI_OK;
 
@@ -753,8 +751,8 @@ static int zi_s3_once(zi_s3 *s, zi_s3_req *r)
     int err;
     if (status == 403 || strcmp(code, "SignatureDoesNotMatch") == 0 ||
         strcmp(code, "InvalidAccessKeyId") == 0 || strcmp(code, "AccessDenied") == 0 ||
-        strcmp(code, "AuthorizationHeaderMalformed") == 0 ||
-        strcmp(code, "InvalidToken") == 0 || strcmp(code, "ExpiredToken") == 0)
+        strcmp(code, "AuthorizationHeaderMalformed") == 0 || strcmp(code, "InvalidToken") == 0 ||
+        strcmp(code, "ExpiredToken") == 0)
         err = ZI_EAUTH;
     else if (status >= 500 || status == 429 || status == 408 || strcmp(code, "SlowDown") == 0 ||
              strcmp(code, "RequestTimeout") == 0)
@@ -797,8 +795,7 @@ static int zi_s3_do(zi_s3 *s, zi_s3_req *r)
             return rc;
         double elapsed = zi_s3_mono_s() - start;
         if (elapsed >= s->retry_s)
-            return zi_error_prefix(ZI_ETRANSIENT, "after %d tries in %.1f s", attempt + 1,
-                                   elapsed);
+            return zi_error_prefix(ZI_ETRANSIENT, "after %d tries in %.1f s", attempt + 1, elapsed);
         double ceiling = s->backoff_base_s * (double)(1ull << (attempt < 30 ? attempt : 30));
         if (ceiling > s->backoff_max_s)
             ceiling = s->backoff_max_s;
@@ -812,8 +809,8 @@ static int zi_s3_do(zi_s3 *s, zi_s3_req *r)
             if (left <= 0)
                 break;
             if (zi_s3_aborted(s))
-                return zi_errorf(ZI_ECANCELLED, "s3 %s %s: stopped (worker draining)",
-                                 r->method, r->key);
+                return zi_errorf(ZI_ECANCELLED, "s3 %s %s: stopped (worker draining)", r->method,
+                                 r->key);
             struct timespec ts = {0, (long)((left < 0.05 ? left : 0.05) * 1e9)};
             nanosleep(&ts, NULL);
         }
@@ -837,8 +834,8 @@ static int zi_s3_header_value_ok(const char *v)
     return 1;
 }
 
-int zi_s3_put(zi_s3 *s, const char *key, const void *data, size_t len,
-              const char *content_type, const zi_s3_meta *meta, size_t nmeta)
+int zi_s3_put(zi_s3 *s, const char *key, const void *data, size_t len, const char *content_type,
+              const zi_s3_meta *meta, size_t nmeta)
 {
     int rc = zi_s3_key_ok(key);
     if (rc)
@@ -905,13 +902,14 @@ int zi_s3_get(zi_s3 *s, const char *key, size_t max_bytes, void **data, size_t *
         free(r.body.p);
         return rc;
     }
-    if (!r.body.p) {
-        r.body.p = malloc(1);
-        if (!r.body.p)
+    char *body = r.body.p; /* ownership moves to the caller */
+    if (!body) {
+        body = malloc(1);
+        if (!body)
             return zi_errorf(ZI_ENOMEM, "s3: out of memory");
-        r.body.p[0] = '\0';
+        body[0] = '\0';
     }
-    *data = r.body.p;
+    *data = body;
     *len = r.body.len;
     return ZI_OK;
 }

@@ -30,26 +30,26 @@
 #include <stdint.h>
 #include <time.h>
 
-#define ZI_S3_MAX_KEY 1024          /* bytes of an object key */
-#define ZI_S3_MAX_URL 8192          /* bytes of any URL built here */
-#define ZI_S3_MAX_ERROR_BODY 16384  /* error responses are read up to this */
-#define ZI_S3_MAX_PRESIGN_S 604800  /* SigV4 limit on X-Amz-Expires */
-#define ZI_S3_META_VALUE_MAX 256    /* bytes of one metadata value read back by HEAD */
+#define ZI_S3_MAX_KEY 1024         /* bytes of an object key */
+#define ZI_S3_MAX_URL 8192         /* bytes of any URL built here */
+#define ZI_S3_MAX_ERROR_BODY 16384 /* error responses are read up to this */
+#define ZI_S3_MAX_PRESIGN_S 604800 /* SigV4 limit on X-Amz-Expires */
+#define ZI_S3_META_VALUE_MAX 256   /* bytes of one metadata value read back by HEAD */
 
 typedef struct zi_s3_config {
     const char *endpoint;        /* "http://127.0.0.1:7480" (scheme://host[:port]) */
     const char *public_endpoint; /* host for presigned URLs; NULL or "" = endpoint */
     const char *region;          /* "us-east-1" */
     const char *bucket;
-    int path_style;              /* 1: ENDPOINT/BUCKET/KEY; 0: BUCKET.HOST/KEY */
-    const char *access_key;      /* secrets: copied, never logged */
+    int path_style;         /* 1: ENDPOINT/BUCKET/KEY; 0: BUCKET.HOST/KEY */
+    const char *access_key; /* secrets: copied, never logged */
     const char *secret_key;
-    const char *session_token;   /* NULL or "" = none */
-    double retry_s;              /* retry budget per call for transient errors (>= 0) */
-    long connect_timeout_ms;     /* 0 = 5000 */
-    long request_timeout_ms;     /* 0 = 60000 (one HTTP exchange) */
-    double backoff_base_s;       /* 0 = 0.1: first backoff ceiling */
-    double backoff_max_s;        /* 0 = 5: backoff ceiling cap */
+    const char *session_token; /* NULL or "" = none */
+    double retry_s;            /* retry budget per call for transient errors (>= 0) */
+    long connect_timeout_ms;   /* 0 = 5000 */
+    long request_timeout_ms;   /* 0 = 60000 (one HTTP exchange) */
+    double backoff_base_s;     /* 0 = 0.1: first backoff ceiling */
+    double backoff_max_s;      /* 0 = 5: backoff ceiling cap */
 } zi_s3_config;
 
 typedef struct zi_s3 zi_s3;
@@ -67,10 +67,10 @@ typedef struct zi_s3_meta {
 
 /* What HEAD tells about an object. Strings are "" when the header is absent. */
 typedef struct zi_s3_head_info {
-    int64_t size;                          /* Content-Length, -1 when unknown */
+    int64_t size; /* Content-Length, -1 when unknown */
     char content_type[128];
-    char job_id[ZI_S3_META_VALUE_MAX];     /* x-amz-meta-job-id */
-    char seed[ZI_S3_META_VALUE_MAX];       /* x-amz-meta-seed */
+    char job_id[ZI_S3_META_VALUE_MAX]; /* x-amz-meta-job-id */
+    char seed[ZI_S3_META_VALUE_MAX];   /* x-amz-meta-seed */
     char etag[128];
 } zi_s3_head_info;
 
@@ -85,8 +85,8 @@ void zi_s3_set_abort(zi_s3 *s3, zi_s3_abort_fn fn, void *ud);
 
 /* PUT object with Content-Type content_type (NULL = application/octet-stream) and user
  * metadata. The body is sent from memory (signed with its SHA-256). */
-int zi_s3_put(zi_s3 *s3, const char *key, const void *data, size_t len,
-              const char *content_type, const zi_s3_meta *meta, size_t nmeta);
+int zi_s3_put(zi_s3 *s3, const char *key, const void *data, size_t len, const char *content_type,
+              const zi_s3_meta *meta, size_t nmeta);
 
 /* PUT of a PNG per the contract: Content-Type image/png, x-amz-meta-job-id, x-amz-meta-seed
  * (seed may be NULL = not sent). */
@@ -118,8 +118,8 @@ int zi_s3_presign_get(const zi_s3 *s3, const char *key, int64_t expires_s, time_
                       size_t cap);
 
 /* Same, from a config without a handle (pure; used by tests and `zimage status`). */
-int zi_s3_presign_get_cfg(const zi_s3_config *cfg, const char *key, int64_t expires_s,
-                          time_t now, char *url, size_t cap);
+int zi_s3_presign_get_cfg(const zi_s3_config *cfg, const char *key, int64_t expires_s, time_t now,
+                          char *url, size_t cap);
 
 /* Expands a key_template: "{job_id}" -> job_id, "{date}" -> UTC YYYY-MM-DD of msg_ts_ms
  * (unix ms, e.g. the Kafka message timestamp; < 0 = the current time). Any other '{'

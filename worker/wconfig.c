@@ -51,8 +51,8 @@ typedef struct zi_wcfg_row {
 
 /* The contract's keys, in the order of docs/interfaces.md (dump order too). */
 static const zi_wcfg_row zi_wcfg_rows[] = {
-    {"model.path", "ZIMAGE_MODEL_PATH", ZI_WCFG_STRING, "/models/Z-Image-Turbo", 1,
-     ZI_WCFG_STRMAX, NULL, ZI_WCFG_OFF(model_path)},
+    {"model.path", "ZIMAGE_MODEL_PATH", ZI_WCFG_STRING, "/models/Z-Image-Turbo", 1, ZI_WCFG_STRMAX,
+     NULL, ZI_WCFG_OFF(model_path)},
     {"device.backend", "ZIMAGE_DEVICE_BACKEND", ZI_WCFG_ENUM, "auto", 0, 0, "auto|cuda|cpu",
      ZI_WCFG_OFF(device_backend)},
     {"generation.width", "ZIMAGE_GENERATION_WIDTH", ZI_WCFG_INT, "1024", 16, 16384, NULL,
@@ -61,8 +61,8 @@ static const zi_wcfg_row zi_wcfg_rows[] = {
      ZI_WCFG_OFF(gen_height)},
     {"generation.steps", "ZIMAGE_GENERATION_STEPS", ZI_WCFG_INT, "8", 1, 1000, NULL,
      ZI_WCFG_OFF(gen_steps)},
-    {"generation.guidance_scale", "ZIMAGE_GENERATION_GUIDANCE_SCALE", ZI_WCFG_DOUBLE, "0.0", 0,
-     20, NULL, ZI_WCFG_OFF(gen_guidance_scale)},
+    {"generation.guidance_scale", "ZIMAGE_GENERATION_GUIDANCE_SCALE", ZI_WCFG_DOUBLE, "0.0", 0, 20,
+     NULL, ZI_WCFG_OFF(gen_guidance_scale)},
     {"generation.min_side", "ZIMAGE_GENERATION_MIN_SIDE", ZI_WCFG_INT, "64", 16, 16384, NULL,
      ZI_WCFG_OFF(gen_min_side)},
     {"generation.max_side", "ZIMAGE_GENERATION_MAX_SIDE", ZI_WCFG_INT, "4096", 16, 16384, NULL,
@@ -71,24 +71,24 @@ static const zi_wcfg_row zi_wcfg_rows[] = {
      268435456, NULL, ZI_WCFG_OFF(gen_max_pixels)},
     {"generation.max_steps", "ZIMAGE_GENERATION_MAX_STEPS", ZI_WCFG_INT, "50", 1, 1000, NULL,
      ZI_WCFG_OFF(gen_max_steps)},
-    {"kafka.bootstrap_servers", "ZIMAGE_KAFKA_BOOTSTRAP_SERVERS", ZI_WCFG_STRING,
-     "127.0.0.1:9092", 1, ZI_WCFG_STRMAX, NULL, ZI_WCFG_OFF(kafka_bootstrap_servers)},
+    {"kafka.bootstrap_servers", "ZIMAGE_KAFKA_BOOTSTRAP_SERVERS", ZI_WCFG_STRING, "127.0.0.1:9092",
+     1, ZI_WCFG_STRMAX, NULL, ZI_WCFG_OFF(kafka_bootstrap_servers)},
     {"kafka.topic", "ZIMAGE_KAFKA_TOPIC", ZI_WCFG_STRING, "zimage.jobs", 1, 249, NULL,
      ZI_WCFG_OFF(kafka_topic)},
-    {"kafka.group_id", "ZIMAGE_KAFKA_GROUP_ID", ZI_WCFG_STRING, "zimage-workers", 1,
-     ZI_WCFG_STRMAX, NULL, ZI_WCFG_OFF(kafka_group_id)},
+    {"kafka.group_id", "ZIMAGE_KAFKA_GROUP_ID", ZI_WCFG_STRING, "zimage-workers", 1, ZI_WCFG_STRMAX,
+     NULL, ZI_WCFG_OFF(kafka_group_id)},
     {"kafka.dlq_topic", "ZIMAGE_KAFKA_DLQ_TOPIC", ZI_WCFG_STRING, "zimage.jobs.dlq", 1, 249, NULL,
      ZI_WCFG_OFF(kafka_dlq_topic)},
     {"kafka.result_topic", "ZIMAGE_KAFKA_RESULT_TOPIC", ZI_WCFG_STRING, "", 0, 249, NULL,
      ZI_WCFG_OFF(kafka_result_topic)},
     {"kafka.max_message_bytes", "ZIMAGE_KAFKA_MAX_MESSAGE_BYTES", ZI_WCFG_I64, "1048576", 1024,
      1000000000, NULL, ZI_WCFG_OFF(kafka_max_message_bytes)},
-    {"kafka.static_membership", "ZIMAGE_KAFKA_STATIC_MEMBERSHIP", ZI_WCFG_BOOL, "false", 0, 1,
-     NULL, ZI_WCFG_OFF(kafka_static_membership)},
+    {"kafka.static_membership", "ZIMAGE_KAFKA_STATIC_MEMBERSHIP", ZI_WCFG_BOOL, "false", 0, 1, NULL,
+     ZI_WCFG_OFF(kafka_static_membership)},
     {"kafka.properties", "ZIMAGE_KAFKA_PROPERTIES", ZI_WCFG_MAP, "", 0, 0, NULL,
      ZI_WCFG_OFF(kafka_properties)},
-    {"redis.url", "ZIMAGE_REDIS_URL", ZI_WCFG_STRING, "redis://127.0.0.1:6379/0", 1,
-     ZI_WCFG_STRMAX, NULL, ZI_WCFG_OFF(redis_url)},
+    {"redis.url", "ZIMAGE_REDIS_URL", ZI_WCFG_STRING, "redis://127.0.0.1:6379/0", 1, ZI_WCFG_STRMAX,
+     NULL, ZI_WCFG_OFF(redis_url)},
     {"redis.key_prefix", "ZIMAGE_REDIS_KEY_PREFIX", ZI_WCFG_STRING, "zimage:", 0, 128, NULL,
      ZI_WCFG_OFF(redis_key_prefix)},
     {"redis.job_ttl_s", "ZIMAGE_REDIS_JOB_TTL_S", ZI_WCFG_I64, "604800", 1, 315360000, NULL,
@@ -107,8 +107,7 @@ static const zi_wcfg_row zi_wcfg_rows[] = {
      ZI_WCFG_OFF(s3_path_style)},
     {"s3.presign_ttl_s", "ZIMAGE_S3_PRESIGN_TTL_S", ZI_WCFG_INT, "3600", 1, ZI_S3_MAX_PRESIGN_S,
      NULL, ZI_WCFG_OFF(s3_presign_ttl_s)},
-    {"s3.retry_s", "ZIMAGE_S3_RETRY_S", ZI_WCFG_INT, "60", 0, 86400, NULL,
-     ZI_WCFG_OFF(s3_retry_s)},
+    {"s3.retry_s", "ZIMAGE_S3_RETRY_S", ZI_WCFG_INT, "60", 0, 86400, NULL, ZI_WCFG_OFF(s3_retry_s)},
     {"worker.id", "ZIMAGE_WORKER_ID", ZI_WCFG_STRING, "", 0, 128, NULL, ZI_WCFG_OFF(worker_id)},
     {"worker.http_listen", "ZIMAGE_WORKER_HTTP_LISTEN", ZI_WCFG_STRING, "0.0.0.0:9400", 1, 300,
      NULL, ZI_WCFG_OFF(worker_http_listen)},
@@ -116,8 +115,8 @@ static const zi_wcfg_row zi_wcfg_rows[] = {
      ZI_WCFG_OFF(worker_heartbeat_s)},
     {"worker.max_attempts", "ZIMAGE_WORKER_MAX_ATTEMPTS", ZI_WCFG_INT, "3", 1, 100, NULL,
      ZI_WCFG_OFF(worker_max_attempts)},
-    {"worker.drain_timeout_s", "ZIMAGE_WORKER_DRAIN_TIMEOUT_S", ZI_WCFG_INT, "120", 0, 86400,
-     NULL, ZI_WCFG_OFF(worker_drain_timeout_s)},
+    {"worker.drain_timeout_s", "ZIMAGE_WORKER_DRAIN_TIMEOUT_S", ZI_WCFG_INT, "120", 0, 86400, NULL,
+     ZI_WCFG_OFF(worker_drain_timeout_s)},
     {"logging.format", "ZIMAGE_LOGGING_FORMAT", ZI_WCFG_ENUM, "text", 0, 0, "text|json",
      ZI_WCFG_OFF(logging_format)},
     {"logging.level", "ZIMAGE_LOGGING_LEVEL", ZI_WCFG_ENUM, "info", 0, 0, "debug|info|warn|error",
@@ -136,8 +135,7 @@ typedef struct zi_wcfg_secret {
 
 static const zi_wcfg_secret zi_wcfg_secrets[] = {
     {"s3.access_key", "ZIMAGE_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID", ZI_WCFG_OFF(s3_access_key)},
-    {"s3.secret_key", "ZIMAGE_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY",
-     ZI_WCFG_OFF(s3_secret_key)},
+    {"s3.secret_key", "ZIMAGE_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY", ZI_WCFG_OFF(s3_secret_key)},
     {"s3.session_token", "ZIMAGE_S3_SESSION_TOKEN", "AWS_SESSION_TOKEN",
      ZI_WCFG_OFF(s3_session_token)},
     {"redis.password", "ZIMAGE_REDIS_PASSWORD", NULL, ZI_WCFG_OFF(redis_password)},
@@ -191,10 +189,10 @@ static int zi_wcfg_parse_i64(const char *s, int64_t *out)
 
 static int zi_wcfg_parse_bool(const char *s, int *out)
 {
-    static const char *const yes[] = {"true", "True", "TRUE", "yes", "Yes", "YES", "on", "On",
-                                      "ON", "1"};
-    static const char *const no[] = {"false", "False", "FALSE", "no", "No", "NO", "off", "Off",
-                                     "OFF", "0"};
+    static const char *const yes[] = {"true", "True", "TRUE", "yes", "Yes",
+                                      "YES",  "on",   "On",   "ON",  "1"};
+    static const char *const no[] = {"false", "False", "FALSE", "no",  "No",
+                                     "NO",    "off",   "Off",   "OFF", "0"};
     for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
         if (strcmp(s, yes[i]) == 0) {
             *out = 1;
@@ -254,24 +252,24 @@ static int zi_wcfg_set_row(zi_wconfig *cfg, const zi_wcfg_row *row, const char *
         if (row->min >= 1 && n == 0)
             return zi_errorf(ZI_EFORMAT, "%s: key '%s': must not be empty", where, row->key);
         if ((double)n > row->max)
-            return zi_errorf(ZI_EFORMAT, "%s: key '%s': longer than %.0f bytes", where,
-                             row->key, row->max);
+            return zi_errorf(ZI_EFORMAT, "%s: key '%s': longer than %.0f bytes", where, row->key,
+                             row->max);
         return zi_wcfg_set_str(field, v);
     }
     case ZI_WCFG_ENUM:
         if (null || !zi_wcfg_choice_ok(row->choices, v))
-            return zi_errorf(ZI_EFORMAT, "%s: key '%s': '%.64s' is not one of %s", where,
-                             row->key, null ? "" : v, row->choices);
+            return zi_errorf(ZI_EFORMAT, "%s: key '%s': '%.64s' is not one of %s", where, row->key,
+                             null ? "" : v, row->choices);
         return zi_wcfg_set_str(field, v);
     case ZI_WCFG_INT:
     case ZI_WCFG_I64: {
         int64_t x;
         if (null || quoted || !zi_wcfg_parse_i64(v, &x))
-            return zi_errorf(ZI_EFORMAT, "%s: key '%s': expected an integer, got %s'%.64s'",
-                             where, row->key, quoted ? "the string " : "", null ? "" : v);
+            return zi_errorf(ZI_EFORMAT, "%s: key '%s': expected an integer, got %s'%.64s'", where,
+                             row->key, quoted ? "the string " : "", null ? "" : v);
         if ((double)x < row->min || (double)x > row->max)
-            return zi_errorf(ZI_EFORMAT, "%s: key '%s': %lld is out of range [%.0f, %.0f]",
-                             where, row->key, (long long)x, row->min, row->max);
+            return zi_errorf(ZI_EFORMAT, "%s: key '%s': %lld is out of range [%.0f, %.0f]", where,
+                             row->key, (long long)x, row->min, row->max);
         if (row->type == ZI_WCFG_INT)
             *(int *)field = (int)x;
         else
@@ -319,16 +317,16 @@ static int zi_wcfg_prop_set(zi_wconfig *cfg, const char *key, const char *value,
     if (!*key)
         return zi_errorf(ZI_EFORMAT, "%s: key 'kafka.properties': empty property name", where);
     if (strlen(key) > 256 || strlen(value) > ZI_WCFG_MAX_STRING)
-        return zi_errorf(ZI_EFORMAT, "%s: key 'kafka.properties': property '%.64s' too long",
-                         where, key);
+        return zi_errorf(ZI_EFORMAT, "%s: key 'kafka.properties': property '%.64s' too long", where,
+                         key);
     for (size_t i = 0; i < cfg->kafka_properties_n; i++)
         if (strcmp(cfg->kafka_properties[i].key, key) == 0)
             return zi_wcfg_set_str(&cfg->kafka_properties[i].value, value);
     if (cfg->kafka_properties_n == ZI_WCFG_MAX_PROPS)
-        return zi_errorf(ZI_EFORMAT, "%s: key 'kafka.properties': more than %d properties",
-                         where, ZI_WCFG_MAX_PROPS);
-    zi_wconfig_prop *np = realloc(cfg->kafka_properties,
-                                  (cfg->kafka_properties_n + 1) * sizeof *np);
+        return zi_errorf(ZI_EFORMAT, "%s: key 'kafka.properties': more than %d properties", where,
+                         ZI_WCFG_MAX_PROPS);
+    zi_wconfig_prop *np =
+        realloc(cfg->kafka_properties, (cfg->kafka_properties_n + 1) * sizeof *np);
     if (!np)
         return zi_errorf(ZI_ENOMEM, "config: out of memory");
     cfg->kafka_properties = np;
@@ -489,8 +487,9 @@ static int zi_wcfg_parse_props(zi_wconfig *cfg, zi_wcfg_yaml *y)
     if (zi_wcfg_scalar_null(y))
         return ZI_OK;
     if (y->ev.type != YAML_MAPPING_START_EVENT)
-        return zi_errorf(ZI_EFORMAT, "%s: line %d: key 'kafka.properties': expected a mapping, "
-                                     "got %s",
+        return zi_errorf(ZI_EFORMAT,
+                         "%s: line %d: key 'kafka.properties': expected a mapping, "
+                         "got %s",
                          y->label, zi_wcfg_line(y), zi_wcfg_event_kind(y->ev.type));
     /* names seen in this mapping, for duplicate detection */
     char **names = calloc(ZI_WCFG_MAX_PROPS + 1, sizeof *names);
@@ -509,14 +508,16 @@ static int zi_wcfg_parse_props(zi_wconfig *cfg, zi_wcfg_yaml *y)
         int line = zi_wcfg_line(y);
         for (size_t i = 0; i < nnames; i++)
             if (strcmp(names[i], name) == 0) {
-                rc = zi_errorf(ZI_EFORMAT, "%s: line %d: key 'kafka.properties.%.64s': "
-                                           "duplicate key",
+                rc = zi_errorf(ZI_EFORMAT,
+                               "%s: line %d: key 'kafka.properties.%.64s': "
+                               "duplicate key",
                                y->label, line, name);
                 goto done;
             }
         if (nnames == ZI_WCFG_MAX_PROPS) {
-            rc = zi_errorf(ZI_EFORMAT, "%s: line %d: key 'kafka.properties': more than %d "
-                                       "properties",
+            rc = zi_errorf(ZI_EFORMAT,
+                           "%s: line %d: key 'kafka.properties': more than %d "
+                           "properties",
                            y->label, line, ZI_WCFG_MAX_PROPS);
             goto done;
         }
@@ -528,8 +529,9 @@ static int zi_wcfg_parse_props(zi_wconfig *cfg, zi_wcfg_yaml *y)
         if ((rc = zi_wcfg_next(y)))
             goto done;
         if (y->ev.type != YAML_SCALAR_EVENT || zi_wcfg_scalar_null(y)) {
-            rc = zi_errorf(ZI_EFORMAT, "%s: line %d: key 'kafka.properties.%.64s': expected "
-                                       "a value, got %s",
+            rc = zi_errorf(ZI_EFORMAT,
+                           "%s: line %d: key 'kafka.properties.%.64s': expected "
+                           "a value, got %s",
                            y->label, zi_wcfg_line(y), name,
                            y->ev.type == YAML_SCALAR_EVENT ? "nothing"
                                                            : zi_wcfg_event_kind(y->ev.type));
@@ -554,8 +556,8 @@ static int zi_wcfg_parse_section(zi_wconfig *cfg, zi_wcfg_yaml *y, const char *s
     if (zi_wcfg_scalar_null(y))
         return ZI_OK; /* "generation:" with nothing under it */
     if (y->ev.type != YAML_MAPPING_START_EVENT)
-        return zi_errorf(ZI_EFORMAT, "%s: line %d: key '%s': expected a mapping, got %s",
-                         y->label, zi_wcfg_line(y), section, zi_wcfg_event_kind(y->ev.type));
+        return zi_errorf(ZI_EFORMAT, "%s: line %d: key '%s': expected a mapping, got %s", y->label,
+                         zi_wcfg_line(y), section, zi_wcfg_event_kind(y->ev.type));
     for (;;) {
         if ((rc = zi_wcfg_next(y)))
             return rc;
@@ -572,11 +574,11 @@ static int zi_wcfg_parse_section(zi_wconfig *cfg, zi_wcfg_yaml *y, const char *s
         if (!row) {
             for (size_t i = 0; i < ZI_WCFG_NSECRETS; i++)
                 if (strcmp(zi_wcfg_secrets[i].key, key) == 0)
-                    return zi_errorf(ZI_EFORMAT, "%s: line %d: key '%s': secrets are read only "
-                                                 "from the environment (%s)",
+                    return zi_errorf(ZI_EFORMAT,
+                                     "%s: line %d: key '%s': secrets are read only "
+                                     "from the environment (%s)",
                                      y->label, line, key, zi_wcfg_secrets[i].env);
-            return zi_errorf(ZI_EFORMAT, "%s: line %d: unknown key '%.150s'", y->label, line,
-                             key);
+            return zi_errorf(ZI_EFORMAT, "%s: line %d: unknown key '%.150s'", y->label, line, key);
         }
         size_t idx = (size_t)(row - zi_wcfg_rows);
         if (seen->row[idx])
@@ -619,14 +621,15 @@ static int zi_wcfg_parse_root(zi_wconfig *cfg, zi_wcfg_yaml *y)
     if ((rc = zi_wcfg_next(y)))
         return rc;
     if (y->ev.type == YAML_STREAM_END_EVENT)
-        return ZI_OK; /* empty file: defaults */
+        return ZI_OK;           /* empty file: defaults */
     if ((rc = zi_wcfg_next(y))) /* after DOCUMENT-START: the root node */
         return rc;
     if (zi_wcfg_scalar_null(y)) {
         /* a document with nothing in it */
     } else if (y->ev.type != YAML_MAPPING_START_EVENT) {
-        return zi_errorf(ZI_EFORMAT, "%s: line %d: the configuration must be a mapping of "
-                                     "sections, got %s",
+        return zi_errorf(ZI_EFORMAT,
+                         "%s: line %d: the configuration must be a mapping of "
+                         "sections, got %s",
                          y->label, zi_wcfg_line(y), zi_wcfg_event_kind(y->ev.type));
     } else {
         for (;;) {
@@ -648,8 +651,7 @@ static int zi_wcfg_parse_root(zi_wconfig *cfg, zi_wcfg_yaml *y)
                     return zi_errorf(ZI_EFORMAT, "%s: line %d: key '%s': duplicate section",
                                      y->label, line, section);
             if (seen.nsections < sizeof seen.sections / sizeof seen.sections[0])
-                snprintf(seen.sections[seen.nsections++], sizeof seen.sections[0], "%s",
-                         section);
+                snprintf(seen.sections[seen.nsections++], sizeof seen.sections[0], "%s", section);
             if ((rc = zi_wcfg_next(y)))
                 return rc;
             if ((rc = zi_wcfg_parse_section(cfg, y, section, &seen)))
@@ -705,8 +707,7 @@ int zi_wconfig_parse_file(zi_wconfig *cfg, const char *path)
     if (rd_err)
         rc = zi_errorf(ZI_EFORMAT, "config file %s: read error", path);
     else if (len > ZI_WCFG_MAX_FILE)
-        rc = zi_errorf(ZI_EFORMAT, "config file %s: larger than %u bytes", path,
-                       ZI_WCFG_MAX_FILE);
+        rc = zi_errorf(ZI_EFORMAT, "config file %s: larger than %u bytes", path, ZI_WCFG_MAX_FILE);
     else
         rc = zi_wconfig_parse_buffer(cfg, buf, len, path);
     free(buf);
@@ -745,8 +746,9 @@ static int zi_wcfg_env_props(zi_wconfig *cfg, const char *list, zi_wcfg_src src)
             continue;
         char *eq = strchr(s, '=');
         if (!eq || eq == s) {
-            rc = zi_errorf(ZI_EFORMAT, "%s: key 'kafka.properties': expected k1=v1,k2=v2, got "
-                                       "'%.64s'",
+            rc = zi_errorf(ZI_EFORMAT,
+                           "%s: key 'kafka.properties': expected k1=v1,k2=v2, got "
+                           "'%.64s'",
                            src.label, s);
             break;
         }
@@ -849,27 +851,32 @@ int zi_wconfig_validate(const zi_wconfig *cfg)
         return zi_errorf(ZI_EFORMAT, "%s: key 'generation.%s': must be a multiple of 16", w,
                          cfg->gen_min_side % 16 ? "min_side" : "max_side");
     if (cfg->gen_min_side > cfg->gen_max_side)
-        return zi_errorf(ZI_EFORMAT, "%s: key 'generation.min_side': %d is larger than "
-                                     "generation.max_side %d",
+        return zi_errorf(ZI_EFORMAT,
+                         "%s: key 'generation.min_side': %d is larger than "
+                         "generation.max_side %d",
                          w, cfg->gen_min_side, cfg->gen_max_side);
     if ((int64_t)cfg->gen_min_side * cfg->gen_min_side > cfg->gen_max_pixels)
-        return zi_errorf(ZI_EFORMAT, "%s: key 'generation.max_pixels': %lld is below "
-                                     "min_side^2",
+        return zi_errorf(ZI_EFORMAT,
+                         "%s: key 'generation.max_pixels': %lld is below "
+                         "min_side^2",
                          w, (long long)cfg->gen_max_pixels);
     const char *side_key[2] = {"generation.width", "generation.height"};
     int side[2] = {cfg->gen_width, cfg->gen_height};
     for (int i = 0; i < 2; i++)
         if (side[i] % 16 || side[i] < cfg->gen_min_side || side[i] > cfg->gen_max_side)
-            return zi_errorf(ZI_EFORMAT, "%s: key '%s': %d must be a multiple of 16 in "
-                                         "[generation.min_side %d, generation.max_side %d]",
+            return zi_errorf(ZI_EFORMAT,
+                             "%s: key '%s': %d must be a multiple of 16 in "
+                             "[generation.min_side %d, generation.max_side %d]",
                              w, side_key[i], side[i], cfg->gen_min_side, cfg->gen_max_side);
     if ((int64_t)cfg->gen_width * cfg->gen_height > cfg->gen_max_pixels)
-        return zi_errorf(ZI_EFORMAT, "%s: key 'generation.width': %dx%d exceeds "
-                                     "generation.max_pixels %lld",
+        return zi_errorf(ZI_EFORMAT,
+                         "%s: key 'generation.width': %dx%d exceeds "
+                         "generation.max_pixels %lld",
                          w, cfg->gen_width, cfg->gen_height, (long long)cfg->gen_max_pixels);
     if (cfg->gen_steps > cfg->gen_max_steps)
-        return zi_errorf(ZI_EFORMAT, "%s: key 'generation.steps': %d exceeds "
-                                     "generation.max_steps %d",
+        return zi_errorf(ZI_EFORMAT,
+                         "%s: key 'generation.steps': %d exceeds "
+                         "generation.max_steps %d",
                          w, cfg->gen_steps, cfg->gen_max_steps);
     zi_redis_url url;
     if (zi_redis_url_parse(cfg->redis_url, &url) != ZI_OK) {
@@ -879,16 +886,19 @@ int zi_wconfig_validate(const zi_wconfig *cfg)
     explicit_bzero(&url, sizeof url);
     for (const char *p = cfg->redis_key_prefix; *p; p++)
         if ((unsigned char)*p <= ' ' || *p == 0x7F)
-            return zi_errorf(ZI_EFORMAT, "%s: key 'redis.key_prefix': no blanks or control "
-                                         "characters allowed",
+            return zi_errorf(ZI_EFORMAT,
+                             "%s: key 'redis.key_prefix': no blanks or control "
+                             "characters allowed",
                              w);
     if (!zi_wcfg_endpoint_ok(cfg->s3_endpoint))
-        return zi_errorf(ZI_EFORMAT, "%s: key 's3.endpoint': '%.64s' must start with http:// or "
-                                     "https://",
+        return zi_errorf(ZI_EFORMAT,
+                         "%s: key 's3.endpoint': '%.64s' must start with http:// or "
+                         "https://",
                          w, cfg->s3_endpoint);
     if (cfg->s3_public_endpoint[0] && !zi_wcfg_endpoint_ok(cfg->s3_public_endpoint))
-        return zi_errorf(ZI_EFORMAT, "%s: key 's3.public_endpoint': '%.64s' must start with "
-                                     "http:// or https://",
+        return zi_errorf(ZI_EFORMAT,
+                         "%s: key 's3.public_endpoint': '%.64s' must start with "
+                         "http:// or https://",
                          w, cfg->s3_public_endpoint);
     if (zi_s3_key_template_check(cfg->s3_key_template) != ZI_OK)
         return zi_error_prefix(ZI_EFORMAT, "%s: key 's3.key_template'", w);
@@ -899,8 +909,9 @@ int zi_wconfig_validate(const zi_wconfig *cfg)
         int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                  c == '.' || c == '_' || c == '-' || c == ':';
         if (!ok)
-            return zi_errorf(ZI_EFORMAT, "%s: key 'worker.id': '%.64s' may hold only "
-                                         "[A-Za-z0-9._:-]",
+            return zi_errorf(ZI_EFORMAT,
+                             "%s: key 'worker.id': '%.64s' may hold only "
+                             "[A-Za-z0-9._:-]",
                              w, cfg->worker_id);
     }
     char host[256];

@@ -64,7 +64,7 @@ typedef struct zi_wconfig {
     char *kafka_dlq_topic;
     char *kafka_result_topic; /* "" = no result messages */
     int64_t kafka_max_message_bytes;
-    int kafka_static_membership; /* bool */
+    int kafka_static_membership;       /* bool */
     zi_wconfig_prop *kafka_properties; /* file entries, then ZIMAGE_KAFKA_PROPERTIES merged */
     size_t kafka_properties_n;
     /* redis */

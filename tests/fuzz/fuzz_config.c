@@ -42,9 +42,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 2: {
         zi_vae_config c;
         rc = zi_vae_config_parse(json, len, "fuzz.json", &c);
-        if (rc == ZI_OK && (c.n_blocks < 1 || c.n_blocks > ZI_VAE_MAX_BLOCKS ||
-                            c.norm_groups <= 0 || c.block_out[0] % c.norm_groups ||
-                            c.scaling_factor == 0.0f))
+        if (rc == ZI_OK &&
+            (c.n_blocks < 1 || c.n_blocks > ZI_VAE_MAX_BLOCKS || c.norm_groups <= 0 ||
+             c.block_out[0] % c.norm_groups || c.scaling_factor == 0.0f))
             abort();
         break;
     }

@@ -144,14 +144,14 @@ static void test_invalid_utf8(void **state)
         size_t len;
         size_t off;
     } bad[] = {
-        {"ab\xff", 3, 2},                /* never valid */
-        {"caf\xc3", 4, 3},               /* truncated sequence */
-        {"x\xc0\xaf", 3, 1},             /* overlong '/' */
-        {"ok \xed\xa0\x80 ok", 9, 3},    /* UTF-16 surrogate */
-        {"\xf4\x90\x80\x80", 4, 0},      /* above U+10FFFF */
-        {"\xe2\x82", 2, 0},              /* cut in the middle */
-        {"good \x80 bad", 10, 5},        /* lone continuation byte */
-        {"\xe6\x97\xa5\xe6\x9c", 5, 3},  /* valid CJK then a cut one */
+        {"ab\xff", 3, 2},               /* never valid */
+        {"caf\xc3", 4, 3},              /* truncated sequence */
+        {"x\xc0\xaf", 3, 1},            /* overlong '/' */
+        {"ok \xed\xa0\x80 ok", 9, 3},   /* UTF-16 surrogate */
+        {"\xf4\x90\x80\x80", 4, 0},     /* above U+10FFFF */
+        {"\xe2\x82", 2, 0},             /* cut in the middle */
+        {"good \x80 bad", 10, 5},       /* lone continuation byte */
+        {"\xe6\x97\xa5\xe6\x9c", 5, 3}, /* valid CJK then a cut one */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int32_t *ids = (int32_t *)&ids;
@@ -179,10 +179,12 @@ static void test_invalid_utf8(void **state)
 static void test_roundtrip(void **state)
 {
     (void)state;
-    static const char *const cps[] = {"a", "Z", " ", "  ", "\n", "\r\n", "\t", "7", "'s", "'LL",
-                                      "é", "ß", "日本", "語", "ж", "🚀", "\x01", "\x7f", "<",
-                                      "<|im_end|>", "<think>", "|", "...", "\xc2\xa0",
-                                      "\xe3\x80\x80", "-", "_", "€"};
+    static const char *const cps[] = {"a",       "Z",    " ",    "  ",       "\n",
+                                      "\r\n",    "\t",   "7",    "'s",       "'LL",
+                                      "é",       "ß",    "日本", "語",       "ж",
+                                      "🚀",       "\x01", "\x7f", "<",        "<|im_end|>",
+                                      "<think>", "|",    "...",  "\xc2\xa0", "\xe3\x80\x80",
+                                      "-",       "_",    "€"};
     size_t ncps = sizeof cps / sizeof cps[0];
     uint32_t r = 12345;
     char *buf = malloc(1 << 16);

@@ -30,7 +30,7 @@ rc=0
 check "--help exits 0" 0 "$rc"
 check "--help prints usage on stdout" yes "$(grep -q '^usage: zimage devbroker' "$tmp/help" && echo yes)"
 check "--help says it is a stand-in" yes "$(grep -q 'stand-in' "$tmp/help" && echo yes)"
-for bad in "--brokers 0" "--topic a:0" "--topic a:x" "--nope" "--topic"; do
+for bad in "--brokers 0" "--topic a:0" "--topic a:x" "--topic :3" "--nope" "--topic"; do
     rc=0
     # shellcheck disable=SC2086
     "$ZI_BINARY" devbroker $bad 2>"$tmp/err" || rc=$?

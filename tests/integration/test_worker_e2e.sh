@@ -8,8 +8,7 @@
 # per job; /metrics counts the jobs; both workers drain and exit 0 on SIGTERM.
 source "$(dirname "$0")/worker_lib.sh"
 zt_init e2e
-ZT_RESULT_TOPIC="zt.e2e.results" zt_config
-sed -i "s|result_topic: \"zt.e2e.results\"|result_topic: \"$ZT_RESULTS\"|" "$ZT_CFG"
+ZT_RESULT_TOPIC=$ZT_RESULTS zt_config
 N=50
 
 zt_start_worker w1
@@ -20,12 +19,16 @@ zt_wait_log w2 'assigned' 40
 # Submit in 5 parallel streams (each submit is a short-lived producer).
 ids=()
 for i in $(seq 1 $N); do ids+=("e2e-$i"); done
+subs=()
 for s in 0 1 2 3 4; do
     (for ((i = s; i < N; i += 5)); do
         zt_submit --job-id "${ids[i]}" --prompt "prompt number $i" --seed "$i" >/dev/null
     done) &
+    subs+=($!)
 done
-wait
+for p in "${subs[@]}"; do
+    wait "$p" || zt_die "zimage submit failed"
+done
 zt_wait_all_final 240 "${ids[@]}"
 
 succeeded=0 complete=0 by_w1=0 by_w2=0
@@ -66,8 +69,7 @@ done
 zt_check "valid 64x64 PNGs through presigned URLs" $N "$valid"
 zt_check "objects with their x-amz-meta-job-id" $N "$meta"
 
-events=$(zt_redis XRANGE "${ZT_PREFIX}events" - + | paste - - - - - - - - | awk '{print $3, $5}' |
-    sort | uniq -c | awk '{print $3}' | sort | uniq -c | awk '{print $2"="$1}' | sort | tr '\n' ' ')
+events=$(zt_events | awk '{print $2}' | sort | uniq -c | awk '{print $2"="$1}' | tr '\n' ' ')
 zt_check "events per status" "queued=$N running=$N succeeded=$N " "$events"
 
 results=$(zt_consume "$ZT_RESULTS" '%s\n' | grep -c '"status":"succeeded"' || true)

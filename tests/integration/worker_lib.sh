@@ -162,6 +162,33 @@ zt_redis() {
     redis-cli -p "$ZI_REDIS_PORT" "$@"
 }
 
+# zt_events: "job_id status error_code" per entry of this test's events stream (RESP read
+# with a few lines of Python: redis-cli prints stream entries one field per line).
+zt_events() {
+    python3 - "$ZI_REDIS_PORT" "${ZT_PREFIX}events" <<'EOF'
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+f = s.makefile("rb")
+args = [b"XRANGE", sys.argv[2].encode(), b"-", b"+"]
+s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+def read():
+    line = f.readline().rstrip(b"\r\n")
+    t, rest = line[:1], line[1:]
+    if t == b"*":
+        n = int(rest)
+        return None if n < 0 else [read() for _ in range(n)]
+    if t == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2].decode()
+    if t == b"-":
+        raise SystemExit("redis error: " + rest.decode())
+    return rest.decode()
+for _id, kv in read() or []:
+    d = dict(zip(kv[0::2], kv[1::2]))
+    print(d.get("job_id", ""), d.get("status", ""), d.get("error_code", "") or "-")
+EOF
+}
+
 zt_field() { # JOB FIELD
     zt_redis HGET "${ZT_PREFIX}job:$1" "$2"
 }

@@ -177,8 +177,7 @@ static void test_errors_name_file_and_key(void **state)
     expect_err(zi_te_config_parse(j, strlen(j), "te_frac.json", &te), "te_frac.json",
                "hidden_size");
     snprintf(j, sizeof j, "{%s,\"hidden_size\":32}", te_ok);
-    expect_err(zi_te_config_parse(j, strlen(j), "te_rope.json", &te), "te_rope.json",
-               "rope_theta");
+    expect_err(zi_te_config_parse(j, strlen(j), "te_rope.json", &te), "te_rope.json", "rope_theta");
     snprintf(j, sizeof j, "{%s,\"hidden_size\":32,\"rope_parameters\":{\"rope_type\":\"default\"}}",
              te_ok);
     expect_err(zi_te_config_parse(j, strlen(j), "te_rp.json", &te), "te_rp.json",
@@ -197,14 +196,12 @@ static void test_errors_name_file_and_key(void **state)
              "{\"num_hidden_layers\":3,\"num_attention_heads\":4,\"vocab_size\":10,"
              "\"intermediate_size\":8,\"rms_norm_eps\":1e-60,\"max_position_embeddings\":64,"
              "\"hidden_size\":32,\"rope_theta\":1e6}");
-    expect_err(zi_te_config_parse(j, strlen(j), "te_eps.json", &te), "te_eps.json",
-               "rms_norm_eps");
+    expect_err(zi_te_config_parse(j, strlen(j), "te_eps.json", &te), "te_eps.json", "rms_norm_eps");
     snprintf(j, sizeof j,
              "{\"num_hidden_layers\":3,\"num_attention_heads\":4,\"vocab_size\":10,"
              "\"intermediate_size\":8,\"rms_norm_eps\":1e-6,\"max_position_embeddings\":64,"
              "\"hidden_size\":32,\"rope_parameters\":{\"rope_theta\":1e999}}");
-    expect_err(zi_te_config_parse(j, strlen(j), "te_inf.json", &te), "te_inf.json",
-               "rope_theta");
+    expect_err(zi_te_config_parse(j, strlen(j), "te_inf.json", &te), "te_inf.json", "rope_theta");
 
     /* DiT: start from the tiny config and break one key at a time */
     char *txt;
@@ -213,17 +210,17 @@ static void test_errors_name_file_and_key(void **state)
                                        1 << 20, &txt, &len),
                      ZI_OK);
     assert_int_equal(zi_dit_config_parse(txt, len, "dit.json", &dit), ZI_OK);
-    static const char *const dit_keys[] = {"dim", "n_heads", "axes_dims", "axes_lens",
-                                           "cap_feat_dim", "all_patch_size", "qk_norm",
-                                           "rope_theta"};
+    static const char *const dit_keys[] = {"dim",       "n_heads",      "axes_dims",
+                                           "axes_lens", "cap_feat_dim", "all_patch_size",
+                                           "qk_norm",   "rope_theta"};
     for (size_t k = 0; k < sizeof dit_keys / sizeof dit_keys[0]; k++) {
         cJSON *root;
         assert_int_equal(zi_json_parse(txt, len, "dit.json", &root), ZI_OK);
         cJSON_DeleteItemFromObjectCaseSensitive(root, dit_keys[k]);
         char *s = cJSON_PrintUnformatted(root);
         zi_error_clear();
-        expect_err(zi_dit_config_parse(s, strlen(s), "dit_missing.json", &dit),
-                   "dit_missing.json", dit_keys[k]);
+        expect_err(zi_dit_config_parse(s, strlen(s), "dit_missing.json", &dit), "dit_missing.json",
+                   dit_keys[k]);
         cJSON_AddItemToObject(root, dit_keys[k], cJSON_CreateString("x")); /* was deleted */
         free(s);
         s = cJSON_PrintUnformatted(root);

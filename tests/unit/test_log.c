@@ -37,8 +37,8 @@ static void test_json_line(void **state)
     (void)state;
     char buf[ZI_LOG_LINE_MAX];
     zi_log_field f[2] = {{"step", "3"}, {"s3_key", "a\"b"}};
-    size_t n = zi_log_format_line(buf, sizeof buf, ZI_LOG_JSON, 1700000000123LL, ZI_LOG_WARN,
-                                  "w-1", "job-9", f, 2, "hello \"x\"\n\ttab \x01 \xc3\xa9");
+    size_t n = zi_log_format_line(buf, sizeof buf, ZI_LOG_JSON, 1700000000123LL, ZI_LOG_WARN, "w-1",
+                                  "job-9", f, 2, "hello \"x\"\n\ttab \x01 \xc3\xa9");
     cJSON *j = zi_parse_line(buf, n);
     assert_string_equal(zi_get(j, "ts"), "2023-11-14T22:13:20.123Z");
     assert_string_equal(zi_get(j, "level"), "warn");
@@ -50,8 +50,7 @@ static void test_json_line(void **state)
     cJSON_Delete(j);
 
     /* no job: no job_id key at all */
-    n = zi_log_format_line(buf, sizeof buf, ZI_LOG_JSON, 0, ZI_LOG_INFO, "w", NULL, NULL, 0,
-                           "m");
+    n = zi_log_format_line(buf, sizeof buf, ZI_LOG_JSON, 0, ZI_LOG_INFO, "w", NULL, NULL, 0, "m");
     j = zi_parse_line(buf, n);
     assert_null(cJSON_GetObjectItemCaseSensitive(j, "job_id"));
     assert_string_equal(zi_get(j, "msg"), "m");
@@ -61,7 +60,8 @@ static void test_json_line(void **state)
     n = zi_log_format_line(buf, sizeof buf, ZI_LOG_JSON, 0, ZI_LOG_INFO, "w", "\xff", NULL, 0,
                            "bad \xc3 \xed\xa0\x80 end");
     j = zi_parse_line(buf, n);
-    assert_string_equal(zi_get(j, "msg"), "bad \xef\xbf\xbd \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd end");
+    assert_string_equal(zi_get(j, "msg"),
+                        "bad \xef\xbf\xbd \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd end");
     cJSON_Delete(j);
 }
 
@@ -78,8 +78,8 @@ static void test_long_lines_are_cut_but_valid(void **state)
     longid[999] = '\0';
     for (size_t cap = 64; cap <= ZI_LOG_LINE_MAX; cap = cap * 2 + 1) {
         char *buf = malloc(cap);
-        size_t n = zi_log_format_line(buf, cap, ZI_LOG_JSON, 0, ZI_LOG_ERROR, "w", longid, NULL,
-                                      0, msg);
+        size_t n =
+            zi_log_format_line(buf, cap, ZI_LOG_JSON, 0, ZI_LOG_ERROR, "w", longid, NULL, 0, msg);
         assert_true(n < cap);
         assert_int_equal(strlen(buf), n);
         cJSON *j = zi_parse_line(buf, n);

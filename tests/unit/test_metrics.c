@@ -32,8 +32,7 @@ static void test_counter_gauge_exact(void **state)
     assert_int_equal(zi_metrics_counter(m, "zimage_jobs_total", "Jobs finished.", "outcome", &c),
                      ZI_OK);
     assert_int_equal(zi_metrics_gauge(m, "zimage_consumer_lag", "Lag.", NULL, &g), ZI_OK);
-    assert_int_equal(zi_metrics_counter(m, "plain_total", "Line1\nback\\slash", NULL, &u),
-                     ZI_OK);
+    assert_int_equal(zi_metrics_counter(m, "plain_total", "Line1\nback\\slash", NULL, &u), ZI_OK);
     zi_metric_inc(c, "succeeded");
     zi_metric_inc(c, "succeeded");
     zi_metric_add(c, "failed", 0);
@@ -71,7 +70,7 @@ static void test_histogram_cumulative(void **state)
     zi_metric_observe(h, 0.0625); /* le 0.125 */
     zi_metric_observe(h, 0.125);  /* le 0.125 (bounds are inclusive) */
     zi_metric_observe(h, 0.25);   /* le 0.5 */
-    zi_metric_observe(h, 2);    /* +Inf only */
+    zi_metric_observe(h, 2);      /* +Inf only */
     char *text = zi_render(m);
     assert_string_equal(text, "# HELP step_seconds Steps.\n"
                               "# TYPE step_seconds histogram\n"
@@ -208,9 +207,9 @@ static void test_worker_metrics(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_counter_gauge_exact),  cmocka_unit_test(test_histogram_cumulative),
-        cmocka_unit_test(test_registration_errors),  cmocka_unit_test(test_children_capped),
-        cmocka_unit_test(test_thread_safety),        cmocka_unit_test(test_worker_metrics),
+        cmocka_unit_test(test_counter_gauge_exact), cmocka_unit_test(test_histogram_cumulative),
+        cmocka_unit_test(test_registration_errors), cmocka_unit_test(test_children_capped),
+        cmocka_unit_test(test_thread_safety),       cmocka_unit_test(test_worker_metrics),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

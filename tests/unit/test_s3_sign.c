@@ -51,9 +51,9 @@ static void test_presign_aws_example(void **state)
     zi_s3 *s3 = NULL;
     assert_int_equal(zi_s3_create(&cfg, &s3), ZI_OK);
     char url2[ZI_S3_MAX_URL];
-    assert_int_equal(zi_s3_presign_get(s3, "test.txt", 86400, zi_utc(2013, 5, 24, 0, 0, 0), url2,
-                                       sizeof url2),
-                     ZI_OK);
+    assert_int_equal(
+        zi_s3_presign_get(s3, "test.txt", 86400, zi_utc(2013, 5, 24, 0, 0, 0), url2, sizeof url2),
+        ZI_OK);
     assert_string_equal(url, url2);
     zi_s3_destroy(s3);
 }
@@ -155,9 +155,9 @@ static void test_key_expand(void **state)
     assert_int_equal(zi_s3_key_expand("{job_id}.png", "j-1", 1700000000000LL, key, sizeof key),
                      ZI_OK);
     assert_string_equal(key, "j-1.png");
-    assert_int_equal(zi_s3_key_expand("img/{date}/{job_id}.png", "j.2", 1700000000000LL, key,
-                                      sizeof key),
-                     ZI_OK);
+    assert_int_equal(
+        zi_s3_key_expand("img/{date}/{job_id}.png", "j.2", 1700000000000LL, key, sizeof key),
+        ZI_OK);
     assert_string_equal(key, "img/2023-11-14/j.2.png");
     /* the date is UTC: 23:59:59.999 on Dec 31 stays in that year */
     assert_int_equal(zi_s3_key_expand("{date}", "x", 1704067199999LL, key, sizeof key), ZI_OK);
@@ -175,8 +175,7 @@ static void test_key_expand(void **state)
     assert_int_equal(zi_s3_key_expand("{job_id}", "", 0, key, sizeof key), ZI_EINVAL);
     assert_int_equal(zi_s3_key_expand("../{job_id}", "x", 0, key, sizeof key), ZI_EINVAL);
     char small[8];
-    assert_int_equal(zi_s3_key_expand("{job_id}.png", "abcdef", 0, small, sizeof small),
-                     ZI_EINVAL);
+    assert_int_equal(zi_s3_key_expand("{job_id}.png", "abcdef", 0, small, sizeof small), ZI_EINVAL);
     assert_int_equal(zi_s3_key_template_check("{date}/{job_id}.png"), ZI_OK);
     assert_int_equal(zi_s3_key_template_check("{seed}.png"), ZI_EINVAL);
 }

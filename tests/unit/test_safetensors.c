@@ -179,8 +179,8 @@ static void test_bad_files(void **state)
     assert_msg_has("truncated");
     expect_bad("zero.safetensors", (const uint8_t *)"", 0, NULL);
 
-    n = make_raw(buf, sizeof buf, "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
-                 8, 100000);
+    n = make_raw(buf, sizeof buf,
+                 "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 100000);
     expect_bad("hlen.safetensors", buf, n, NULL);
     assert_msg_has("header length");
 
@@ -222,8 +222,7 @@ static void test_bad_files(void **state)
     expect_bad("negshape.safetensors", buf, n, "w.neg");
 
     n = make_raw(buf, sizeof buf,
-                 "{\"w.frac\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0.5,2.5]}}", 8,
-                 0);
+                 "{\"w.frac\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0.5,2.5]}}", 8, 0);
     expect_bad("frac.safetensors", buf, n, "w.frac");
 
     n = make_raw(buf, sizeof buf,
@@ -232,8 +231,10 @@ static void test_bad_files(void **state)
                  8, 0);
     expect_bad("overflow.safetensors", buf, n, "w.big");
 
-    n = make_raw(buf, sizeof buf, "{\"w.dims\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],"
-                 "\"data_offsets\":[0,1]}}", 8, 0);
+    n = make_raw(buf, sizeof buf,
+                 "{\"w.dims\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],"
+                 "\"data_offsets\":[0,1]}}",
+                 8, 0);
     expect_bad("dims.safetensors", buf, n, "w.dims");
 
     n = make_raw(buf, sizeof buf,
@@ -247,8 +248,8 @@ static void test_bad_files(void **state)
     expect_bad("trailing.safetensors", buf, n, NULL);
 
     /* the real tiny transformer cut in half: tensors past the cut point outside the data */
-    FILE *f = fopen(zi_test_golden("tiny-zimage/transformer/diffusion_pytorch_model.safetensors"),
-                    "rb");
+    FILE *f =
+        fopen(zi_test_golden("tiny-zimage/transformer/diffusion_pytorch_model.safetensors"), "rb");
     assert_non_null(f);
     static uint8_t half[1 << 20];
     size_t got = fread(half, 1, sizeof half, f);
@@ -267,7 +268,8 @@ static void test_lookup_errors(void **state)
 {
     (void)state;
     zi_st *st;
-    const char *path = zi_test_golden("tiny-zimage/transformer/diffusion_pytorch_model.safetensors");
+    const char *path =
+        zi_test_golden("tiny-zimage/transformer/diffusion_pytorch_model.safetensors");
     assert_int_equal(zi_st_open(path, &st), ZI_OK);
     const zi_st_tensor *t = zi_st_at(st, 0);
     assert_non_null(t);

@@ -366,9 +366,9 @@ static void test_secrets(void **state)
     (void)state;
     zi_wconfig c;
     /* ZIMAGE_* wins over AWS_*, whatever the order */
-    char *env1[] = {"AWS_ACCESS_KEY_ID=AKIAAWS", "ZIMAGE_S3_ACCESS_KEY=AKIAZI",
+    char *env1[] = {"AWS_ACCESS_KEY_ID=AKIAAWS",       "ZIMAGE_S3_ACCESS_KEY=AKIAZI",
                     "AWS_SECRET_ACCESS_KEY=awssecret", "AWS_SESSION_TOKEN=awstoken",
-                    "ZIMAGE_REDIS_PASSWORD=redispw", NULL};
+                    "ZIMAGE_REDIS_PASSWORD=redispw",   NULL};
     assert_int_equal(zi_parse(&c, "redis:\n  url: redis://:urlpw@h:1/2\n"
                                   "kafka:\n  properties:\n    sasl.password: kafkapw\n"),
                      ZI_OK);
@@ -379,7 +379,7 @@ static void test_secrets(void **state)
     assert_string_equal(c.redis_password, "redispw");
 
     char *out = zi_dump(&c);
-    const char *secrets[] = {"AKIAZI", "AKIAAWS", "awssecret", "awstoken",
+    const char *secrets[] = {"AKIAZI",  "AKIAAWS", "awssecret", "awstoken",
                              "redispw", "urlpw",   "kafkapw"};
     for (size_t i = 0; i < sizeof secrets / sizeof secrets[0]; i++)
         if (strstr(out, secrets[i]))
@@ -431,8 +431,8 @@ static void test_load_files(void **state)
                      ZI_OK);
     assert_int_equal(c.gen_width, 1024);
     zi_wconfig_free(&c);
-    assert_int_equal(
-        zi_wconfig_load(&c, zi_test_path("config/worker.local.yaml"), zi_warn_cb, &w), ZI_OK);
+    assert_int_equal(zi_wconfig_load(&c, zi_test_path("config/worker.local.yaml"), zi_warn_cb, &w),
+                     ZI_OK);
     assert_string_equal(c.model_path, "tests/golden/data/tiny-zimage");
     assert_string_equal(c.device_backend, "cpu");
     assert_int_equal(c.gen_width, 64);
@@ -474,14 +474,10 @@ static void test_load_files(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_parse_values),
-        cmocka_unit_test(test_parse_errors),
-        cmocka_unit_test(test_validate),
-        cmocka_unit_test(test_env_overrides),
-        cmocka_unit_test(test_every_key_has_its_env_var),
-        cmocka_unit_test(test_secrets),
-        cmocka_unit_test(test_dump_round_trip),
+        cmocka_unit_test(test_defaults),      cmocka_unit_test(test_parse_values),
+        cmocka_unit_test(test_parse_errors),  cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_env_overrides), cmocka_unit_test(test_every_key_has_its_env_var),
+        cmocka_unit_test(test_secrets),       cmocka_unit_test(test_dump_round_trip),
         cmocka_unit_test(test_load_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

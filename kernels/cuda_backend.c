@@ -1,0 +1,1534 @@
+/*
+ * cuda_backend.c - the backend.h interface on one NVIDIA GPU: bf16 activations and
+ * weights, fp32 accumulation, cuBLASLt/cuBLAS GEMMs, own kernels for everything else
+ * (kernels/zi_cuda_ops.cu, kernels/zi_cuda_attn.cu), device memory from the
+ * expandable-segment allocator (kernels/zi_alloc.c over kernels/cuda_vmm.c).
+ *
+ * What it is: the production path. One stream per backend; every op is queued on it and
+ * returns at once; download(), to_rgb8() and sync() wait. Ops check their arguments on
+ * the host (never compiled out) and record the first failure as the sticky error; CUDA
+ * and cuBLAS statuses are checked after every call and launch. Weights are converted to
+ * bf16 on the GPU while loading (pinned double-buffered staging, see zi_cuda_h2d).
+ * Temporary buffers (im2col tiles, attention scores, dtype conversions) come from the
+ * same allocator and are freed right after the kernels that use them are queued: on a
+ * single stream a later user is always ordered after them (zi_alloc.h, "Stream order").
+ *
+ * What it is not: multi-stream or thread-safe (one backend per job thread; only
+ * mem_stats() may be called from another thread, e.g. the worker's heartbeat).
+ * Needs compute capability 8.0+ (bf16 tensor cores). Without driver VMM support (or with
+ * ZI_CUDA_ALLOCATOR=cudamalloc) every block is its own cudaMalloc.
+ */
+#include "backend.h"
+#include "rng.h"
+#include "zi_alloc.h"
+#include "zi_cuda.h"
+#include "zi_cuda_launch.h"
+#include "zi_err.h"
+#include "zi_vmm.h"
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ZI_CUDA_TAG_ACT 0
+#define ZI_CUDA_TAG_WEIGHT 1
+#define ZI_CUDA_TAG_INTERNAL 2
+
+/* Host staging buffers (pinned, two) and their device twins for on-GPU conversion. */
+#define ZI_CUDA_STAGE_BYTES ((size_t)32 << 20)
+/* cuBLAS / cuBLASLt workspace (NVIDIA recommends 32 MiB on Hopper). */
+#define ZI_CUDA_WS_BYTES ((size_t)32 << 20)
+/* Grow the mapped range by at least this much (fewer physical handles). */
+#define ZI_CUDA_MIN_MAP ((uint64_t)32 << 20)
+/* Bytes of scores (fp32) + probabilities (bf16) per row block of the GEMM attention. */
+#define ZI_CUDA_SCORE_BUDGET ((size_t)96 << 20)
+/* Bytes of one im2col tile (bf16). */
+#define ZI_CUDA_COL_BUDGET ((size_t)64 << 20)
+#define ZI_CUDA_LT_PLANS 64
+/* Block alignment of the allocator (>= 16 for vector loads, 256 for cuBLASLt's best). */
+#define ZI_CUDA_ALIGN 512
+
+typedef struct zi_lt_plan {
+    int used, use_ex;
+    int m, n, k, out_dt, bias, al_a, al_b, al_c, al_bias;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+} zi_lt_plan;
+
+typedef struct zi_cuda {
+    int device;
+    int sm_count;
+    size_t l2_bytes;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    cublasLtHandle_t lt;
+    zi_vmm *vmm;
+    /* Guards the allocator and the byte counters: mem_stats() may be called from another
+     * thread (the worker's heartbeat) while the job thread allocates. */
+    pthread_mutex_t lock;
+    int lock_ok;
+    zi_alloc *alloc; /* NULL in cudaMalloc mode */
+    char *base;
+    /* cudaMalloc mode (ZI_CUDA_ALLOCATOR=cudamalloc, or no VMM support): one cudaMalloc
+     * per block, so compute-sanitizer sees exact bounds; slow, for checking. */
+    struct zi_plain_blk {
+        void *p;
+        uint64_t size;
+        int tag;
+    } * plain;
+    size_t nplain, capplain;
+    uint64_t plain_alloc, plain_peak;
+    uint64_t weights;
+    void *ws;
+    void *stage[2];
+    cudaEvent_t stage_ev[2];
+    int stage_next;
+    void *raw[2];
+    zi_lt_plan plans[ZI_CUDA_LT_PLANS];
+    int plan_next;
+    zi_cuda_attn_path attn_path;
+} zi_cuda;
+
+static void zi_cuda_destroy(zi_backend *be);
+
+static zi_cuda *zi_cu(zi_backend *be)
+{
+    return be->impl;
+}
+
+/* ---- status checks ---- */
+
+static int zi_cu_ok(zi_backend *be, cudaError_t e, const char *what)
+{
+    if (e == cudaSuccess)
+        return 1;
+    zi_backend_fail(be, e == cudaErrorMemoryAllocation ? ZI_ENOMEM : ZI_EBACKEND, "%s: %s (%s)",
+                    what, cudaGetErrorString(e), cudaGetErrorName(e));
+    return 0;
+}
+
+static int zi_blas_ok(zi_backend *be, cublasStatus_t st, const char *what)
+{
+    if (st == CUBLAS_STATUS_SUCCESS)
+        return 1;
+    zi_backend_fail(be, st == CUBLAS_STATUS_ALLOC_FAILED ? ZI_ENOMEM : ZI_EBACKEND, "%s: %s", what,
+                    cublasGetStatusString(st));
+    return 0;
+}
+
+/* ---- device memory ---- */
+
+static void *zi_cuda_plain_malloc(zi_cuda *cu, size_t bytes, int tag)
+{
+    if (cu->nplain == cu->capplain) {
+        size_t cap = cu->capplain ? cu->capplain * 2 : 256;
+        struct zi_plain_blk *nb = realloc(cu->plain, cap * sizeof *nb);
+        if (!nb) {
+            zi_errorf(ZI_ENOMEM, "cuda alloc: out of host memory");
+            return NULL;
+        }
+        cu->plain = nb;
+        cu->capplain = cap;
+    }
+    uint64_t size = ((bytes ? bytes : 1) + ZI_CUDA_ALIGN - 1) / ZI_CUDA_ALIGN * ZI_CUDA_ALIGN;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, (size_t)size);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        zi_errorf(ZI_ENOMEM, "out of device memory: cudaMalloc(%llu bytes): %s",
+                  (unsigned long long)size, cudaGetErrorString(e));
+        return NULL;
+    }
+    cu->plain[cu->nplain].p = p;
+    cu->plain[cu->nplain].size = size;
+    cu->plain[cu->nplain].tag = tag;
+    cu->nplain++;
+    cu->plain_alloc += size;
+    if (cu->plain_alloc > cu->plain_peak)
+        cu->plain_peak = cu->plain_alloc;
+    return p;
+}
+
+static void *zi_cuda_malloc(zi_backend *be, size_t bytes, int tag)
+{
+    zi_cuda *cu = zi_cu(be);
+    void *p = NULL;
+    uint64_t off;
+    pthread_mutex_lock(&cu->lock);
+    if (!cu->alloc)
+        p = zi_cuda_plain_malloc(cu, bytes, tag);
+    else if (zi_alloc_malloc(cu->alloc, bytes, tag, &off) == ZI_OK)
+        p = cu->base + off;
+    /* else zi_errmsg() says why */
+    if (p && tag == ZI_CUDA_TAG_WEIGHT) /* as the allocator rounds (zi_cuda_mfree subtracts) */
+        cu->weights += ((bytes ? bytes : 1) + ZI_CUDA_ALIGN - 1) / ZI_CUDA_ALIGN * ZI_CUDA_ALIGN;
+    pthread_mutex_unlock(&cu->lock);
+    return p;
+}
+
+static void zi_cuda_mfree(zi_backend *be, void *p)
+{
+    zi_cuda *cu = zi_cu(be);
+    if (!p)
+        return;
+    uint64_t size = 0;
+    int tag = 0;
+    pthread_mutex_lock(&cu->lock);
+    if (!cu->alloc) {
+        size_t i = cu->nplain;
+        while (i > 0 && cu->plain[i - 1].p != p) /* recent blocks die first: search back */
+            i--;
+        if (i == 0) {
+            zi_backend_fail(be, ZI_EINVAL, "free: %p is not a live block (double free?)", p);
+            goto out;
+        }
+        size = cu->plain[i - 1].size;
+        tag = cu->plain[i - 1].tag;
+        cu->plain[i - 1] = cu->plain[--cu->nplain];
+        cu->plain_alloc -= size;
+        zi_cu_ok(be, cudaFree(p), "free"); /* synchronises: later users are safe */
+    } else if (zi_alloc_free(cu->alloc, (uint64_t)((char *)p - cu->base), &size, &tag) != ZI_OK) {
+        zi_backend_fail(be, ZI_EINVAL, "free: %s", zi_errmsg());
+        goto out;
+    }
+    if (tag == ZI_CUDA_TAG_WEIGHT)
+        cu->weights -= size;
+out:
+    pthread_mutex_unlock(&cu->lock);
+}
+
+/* The allocator's figures in either mode, and the weight bytes. */
+static void zi_cuda_get_stats(zi_cuda *cu, zi_alloc_stats *s, uint64_t *weights)
+{
+    pthread_mutex_lock(&cu->lock);
+    if (cu->alloc) {
+        zi_alloc_get_stats(cu->alloc, s);
+    } else {
+        memset(s, 0, sizeof *s);
+        s->reserved = s->allocated = cu->plain_alloc;
+        s->peak = s->peak_reserved = cu->plain_peak;
+        s->mapped_chunks = s->n_blocks = s->n_allocs = cu->nplain;
+    }
+    if (weights)
+        *weights = cu->weights;
+    pthread_mutex_unlock(&cu->lock);
+}
+
+/* Scratch for one op; on failure the sticky error is set and NULL returned. */
+static void *zi_cuda_tmp(zi_backend *be, const char *op, size_t bytes)
+{
+    void *p = zi_cuda_malloc(be, bytes, ZI_CUDA_TAG_INTERNAL);
+    if (!p)
+        zi_backend_fail(be, ZI_ENOMEM, "%s: %s", op, zi_errmsg());
+    return p;
+}
+
+static int zi_cuda_alloc_kind(zi_backend *be, zi_tensor *t, int ndim, const int64_t *shape,
+                              zi_dtype dt, int tag)
+{
+    if (!t)
+        return zi_errorf(ZI_EINVAL, "cuda alloc: NULL tensor");
+    memset(t, 0, sizeof *t);
+    if (ndim < 0 || ndim > ZI_MAX_DIMS || (ndim > 0 && !shape))
+        return zi_errorf(ZI_EINVAL, "cuda alloc: bad ndim %d", ndim);
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || (shape[i] > 0 && n > SIZE_MAX / 8 / (size_t)shape[i]))
+            return zi_errorf(ZI_EINVAL, "cuda alloc: bad shape (dim %d = %lld)", i,
+                             (long long)shape[i]);
+        n *= (size_t)shape[i];
+    }
+    size_t nbytes = n * zi_dtype_size(dt);
+    void *p = zi_cuda_malloc(be, nbytes, tag);
+    if (!p)
+        return ZI_ENOMEM;
+    if (tag == ZI_CUDA_TAG_WEIGHT) /* counted as the allocator rounds (zi_cuda_mfree) */
+        zi_cu(be)->weights +=
+            ((nbytes ? nbytes : 1) + ZI_CUDA_ALIGN - 1) / ZI_CUDA_ALIGN * ZI_CUDA_ALIGN;
+    t->data = p;
+    t->dtype = dt;
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++)
+        t->shape[i] = shape[i];
+    t->be = be;
+    t->owned = 1;
+    return ZI_OK;
+}
+
+static int zi_cuda_alloc(zi_backend *be, zi_tensor *t, int ndim, const int64_t *shape)
+{
+    return zi_cuda_alloc_kind(be, t, ndim, shape, ZI_BF16, ZI_CUDA_TAG_ACT);
+}
+
+static int zi_cuda_alloc_f32(zi_backend *be, zi_tensor *t, int ndim, const int64_t *shape)
+{
+    return zi_cuda_alloc_kind(be, t, ndim, shape, ZI_F32, ZI_CUDA_TAG_ACT);
+}
+
+static void zi_cuda_free(zi_backend *be, zi_tensor *t)
+{
+    if (!t)
+        return;
+    if (t->owned && t->data)
+        zi_cuda_mfree(be, t->data);
+    memset(t, 0, sizeof *t);
+}
+
+/* ---- argument checks ---- */
+
+/* The device data of `t` when it is an F32/BF16 tensor of this backend with at least
+ * `need` elements; else NULL with the sticky error set. */
+static void *zi_cu_arg(zi_backend *be, const char *op, const char *what, const zi_tensor *t,
+                       size_t need)
+{
+    if (be->err != ZI_OK)
+        return NULL;
+    if (!t || !t->data) {
+        zi_backend_fail(be, ZI_EINVAL, "%s: %s has no data", op, what);
+        return NULL;
+    }
+    if (t->be != be) {
+        zi_backend_fail(be, ZI_EINVAL, "%s: %s is not a tensor of this cuda backend", op, what);
+        return NULL;
+    }
+    if (t->dtype != ZI_F32 && t->dtype != ZI_BF16) {
+        zi_backend_fail(be, ZI_EINVAL, "%s: %s has dtype %s, expected F32 or BF16", op, what,
+                        zi_dtype_name(t->dtype));
+        return NULL;
+    }
+    int64_t n = zi_tensor_numel(t);
+    if (n < 0 || (uint64_t)n < (uint64_t)need) {
+        zi_backend_fail(be, ZI_EINVAL, "%s: %s has %lld elements, needs %zu", op, what,
+                        (long long)n, need);
+        return NULL;
+    }
+    return t->data;
+}
+
+static int zi_cu_dims(zi_backend *be, const char *op, int n, const int *dims)
+{
+    if (be->err != ZI_OK)
+        return -1;
+    for (int i = 0; i < n; i++)
+        if (dims[i] <= 0) {
+            zi_backend_fail(be, ZI_EINVAL, "%s: dimension %d is %d (must be > 0)", op, i, dims[i]);
+            return -1;
+        }
+    return 0;
+}
+
+/* 1 when [a, a+na) and [b, b+nb) overlap. */
+static int zi_overlap(const void *a, size_t na, const void *b, size_t nb)
+{
+    const char *pa = a, *pb = b;
+    return pa < pb + nb && pb < pa + na;
+}
+
+/* A bf16 copy of `t`'s first n elements: t itself when already BF16, else a scratch
+ * buffer (*tmp set; the caller frees it). */
+static const void *zi_cu_as_bf16(zi_backend *be, const char *op, const zi_tensor *t, size_t n,
+                                 void **tmp)
+{
+    *tmp = NULL;
+    if (t->dtype == ZI_BF16)
+        return t->data;
+    void *p = zi_cuda_tmp(be, op, n * 2);
+    if (!p)
+        return NULL;
+    if (!zi_cu_ok(be, zi_cu_convert(p, ZI_BF16, t->data, t->dtype, n, zi_cu(be)->stream), op)) {
+        zi_cuda_mfree(be, p);
+        return NULL;
+    }
+    *tmp = p;
+    return p;
+}
+
+/* ---- transfers ---- */
+
+/* dst (device, dtype ddt) = n elements of host src (dtype sdt), chunked through the two
+ * pinned buffers: while the GPU copies and converts chunk i, the host fills chunk i+1. */
+static int zi_cuda_h2d(zi_backend *be, void *dst, zi_dtype ddt, const void *src, zi_dtype sdt,
+                       size_t n)
+{
+    zi_cuda *cu = zi_cu(be);
+    size_t ss = zi_dtype_size(sdt), ds = zi_dtype_size(ddt);
+    size_t per = ZI_CUDA_STAGE_BYTES / ss;
+    for (size_t i = 0; i < n; i += per) {
+        size_t cnt = n - i < per ? n - i : per;
+        int b = cu->stage_next;
+        cu->stage_next ^= 1;
+        /* the copy that last read this pinned buffer must be done before we refill it */
+        if (!zi_cu_ok(be, cudaEventSynchronize(cu->stage_ev[b]), "upload: staging wait"))
+            return zi_backend_check(be);
+        memcpy(cu->stage[b], (const char *)src + i * ss, cnt * ss);
+        char *d = (char *)dst + i * ds;
+        if (sdt == ddt) {
+            if (!zi_cu_ok(
+                    be,
+                    cudaMemcpyAsync(d, cu->stage[b], cnt * ss, cudaMemcpyHostToDevice, cu->stream),
+                    "upload: copy"))
+                return zi_backend_check(be);
+        } else {
+            if (!zi_cu_ok(be,
+                          cudaMemcpyAsync(cu->raw[b], cu->stage[b], cnt * ss,
+                                          cudaMemcpyHostToDevice, cu->stream),
+                          "upload: copy") ||
+                !zi_cu_ok(be, zi_cu_convert(d, ddt, cu->raw[b], sdt, cnt, cu->stream),
+                          "upload: convert"))
+                return zi_backend_check(be);
+        }
+        if (!zi_cu_ok(be, cudaEventRecord(cu->stage_ev[b], cu->stream), "upload: event"))
+            return zi_backend_check(be);
+    }
+    return ZI_OK;
+}
+
+static int zi_cuda_upload_weight(zi_backend *be, zi_tensor *t, const void *src, zi_dtype src_dt,
+                                 int ndim, const int64_t *shape)
+{
+    if (src_dt != ZI_F32 && src_dt != ZI_BF16 && src_dt != ZI_F16 && src_dt != ZI_F8_E4M3)
+        return zi_errorf(ZI_EINVAL, "cuda upload_weight: unsupported dtype %s",
+                         zi_dtype_name(src_dt));
+    if (!src)
+        return zi_errorf(ZI_EINVAL, "cuda upload_weight: NULL source");
+    if (be->err != ZI_OK)
+        return zi_backend_check(be);
+    int rc = zi_cuda_alloc_kind(be, t, ndim, shape, ZI_BF16, ZI_CUDA_TAG_WEIGHT);
+    if (rc != ZI_OK)
+        return rc;
+    rc = zi_cuda_h2d(be, t->data, ZI_BF16, src, src_dt, (size_t)zi_tensor_numel(t));
+    if (rc != ZI_OK)
+        zi_cuda_free(be, t);
+    return rc;
+}
+
+static int zi_cuda_upload(zi_backend *be, zi_tensor *dst, const float *src, size_t n)
+{
+    if (!dst || !dst->data || !src)
+        return zi_errorf(ZI_EINVAL, "cuda upload: NULL tensor or source");
+    if (dst->be != be || (dst->dtype != ZI_F32 && dst->dtype != ZI_BF16))
+        return zi_errorf(ZI_EINVAL, "cuda upload: destination is not an F32/BF16 cuda tensor");
+    if ((uint64_t)zi_tensor_numel(dst) < n)
+        return zi_errorf(ZI_EINVAL, "cuda upload: %zu elements into a tensor of %lld", n,
+                         (long long)zi_tensor_numel(dst));
+    if (be->err != ZI_OK)
+        return zi_backend_check(be);
+    return zi_cuda_h2d(be, dst->data, dst->dtype, src, ZI_F32, n);
+}
+
+static int zi_cuda_download(zi_backend *be, float *dst, const zi_tensor *src, size_t n)
+{
+    zi_cuda *cu = zi_cu(be);
+    if (!dst || !src || !src->data)
+        return zi_errorf(ZI_EINVAL, "cuda download: NULL tensor or destination");
+    if (src->be != be || (src->dtype != ZI_F32 && src->dtype != ZI_BF16))
+        return zi_errorf(ZI_EINVAL, "cuda download: source is not an F32/BF16 cuda tensor");
+    if ((uint64_t)zi_tensor_numel(src) < n)
+        return zi_errorf(ZI_EINVAL, "cuda download: %zu elements from a tensor of %lld", n,
+                         (long long)zi_tensor_numel(src));
+    if (be->err != ZI_OK)
+        return zi_backend_check(be);
+    size_t per = ZI_CUDA_STAGE_BYTES / sizeof(float);
+    for (size_t i = 0; i < n; i += per) {
+        size_t cnt = n - i < per ? n - i : per;
+        const void *from;
+        if (src->dtype == ZI_F32) {
+            from = (const float *)src->data + i;
+        } else {
+            if (!zi_cu_ok(be,
+                          zi_cu_convert(cu->raw[0], ZI_F32, (const uint16_t *)src->data + i,
+                                        ZI_BF16, cnt, cu->stream),
+                          "download: convert"))
+                return zi_backend_check(be);
+            from = cu->raw[0];
+        }
+        if (!zi_cu_ok(be,
+                      cudaMemcpyAsync(cu->stage[0], from, cnt * sizeof(float),
+                                      cudaMemcpyDeviceToHost, cu->stream),
+                      "download: copy") ||
+            !zi_cu_ok(be, cudaStreamSynchronize(cu->stream), "download: synchronise"))
+            return zi_backend_check(be);
+        memcpy(dst + i, cu->stage[0], cnt * sizeof(float));
+    }
+    return ZI_OK;
+}
+
+static void zi_cuda_mem_stats(zi_backend *be, zi_mem_stats *out)
+{
+    zi_cuda *cu = zi_cu(be);
+    zi_alloc_stats s;
+    uint64_t weights = 0;
+    zi_cuda_get_stats(cu, &s, &weights);
+    memset(out, 0, sizeof *out);
+    out->reserved = s.reserved;
+    out->allocated = s.allocated;
+    out->peak = s.peak;
+    out->mapped_chunks = s.mapped_chunks;
+    out->largest_free = s.largest_free;
+    out->weights = weights;
+    size_t fr = 0, tot = 0;
+    /* may run on another thread (heartbeat): make this backend's device current there */
+    if (cudaSetDevice(cu->device) == cudaSuccess && cudaMemGetInfo(&fr, &tot) == cudaSuccess) {
+        out->device_free = fr;
+        out->device_total = tot;
+    }
+}
+
+static void zi_cuda_sync(zi_backend *be)
+{
+    zi_cu_ok(be, cudaStreamSynchronize(zi_cu(be)->stream), "synchronise");
+}
+
+/* ---- GEMM ---- */
+
+static int zi_align_of(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    int al = 256;
+    while (al > 2 && a % (uintptr_t)al)
+        al >>= 1;
+    return al;
+}
+
+/* Column-major C[m, n] (ldc, dtype ct) = alpha * op(A)[m, k] op(B)[k, n] + beta * C, with
+ * A and B bf16; cuBLAS picks the algorithm. */
+static int zi_cuda_gemm_ex(zi_backend *be, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                           int k, float alpha, const void *A, int lda, const void *B, int ldb,
+                           float beta, void *C, zi_dtype ct, int ldc, const char *op)
+{
+    cudaDataType_t ctype = ct == ZI_F32 ? CUDA_R_32F : CUDA_R_16BF;
+    return zi_blas_ok(be,
+                      cublasGemmEx(zi_cu(be)->blas, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B,
+                                   CUDA_R_16BF, ldb, &beta, C, ctype, ldc, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT),
+                      op);
+}
+
+static void zi_lt_plan_release(zi_lt_plan *p)
+{
+    if (p->la)
+        cublasLtMatrixLayoutDestroy(p->la);
+    if (p->lb)
+        cublasLtMatrixLayoutDestroy(p->lb);
+    if (p->lc)
+        cublasLtMatrixLayoutDestroy(p->lc);
+    if (p->desc)
+        cublasLtMatmulDescDestroy(p->desc);
+    memset(p, 0, sizeof *p);
+}
+
+/* Builds the cuBLASLt plan of a "TN" GEMM: D[m, n] (col-major, ld m) = A[k, m]^T B[k, n]
+ * with A, B bf16 (ld k), fp32 compute, optional bias[m] epilogue (same dtype as D). */
+static zi_lt_plan *zi_lt_plan_get(zi_backend *be, int m, int n, int k, zi_dtype out_dt,
+                                  const void *A, const void *B, void *D, const void *bias)
+{
+    zi_cuda *cu = zi_cu(be);
+    int al_a = zi_align_of(A), al_b = zi_align_of(B), al_c = zi_align_of(D);
+    int al_bias = bias ? zi_align_of(bias) : 0;
+    for (int i = 0; i < ZI_CUDA_LT_PLANS; i++) {
+        zi_lt_plan *p = &cu->plans[i];
+        if (p->used && p->m == m && p->n == n && p->k == k && p->out_dt == (int)out_dt &&
+            p->bias == (bias != NULL) && p->al_a == al_a && p->al_b == al_b && p->al_c == al_c &&
+            p->al_bias == al_bias)
+            return p;
+    }
+    zi_lt_plan *p = &cu->plans[cu->plan_next];
+    cu->plan_next = (cu->plan_next + 1) % ZI_CUDA_LT_PLANS;
+    zi_lt_plan_release(p);
+    p->m = m, p->n = n, p->k = k, p->out_dt = (int)out_dt, p->bias = bias != NULL;
+    p->al_a = al_a, p->al_b = al_b, p->al_c = al_c, p->al_bias = al_bias;
+    cudaDataType_t dt = out_dt == ZI_F32 ? CUDA_R_32F : CUDA_R_16BF;
+    cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    int ok = zi_blas_ok(be, cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+                        "linear: matmul desc") &&
+             zi_blas_ok(be,
+                        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta,
+                                                       sizeof ta),
+                        "linear: transa") &&
+             zi_blas_ok(be,
+                        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb,
+                                                       sizeof tb),
+                        "linear: transb") &&
+             zi_blas_ok(be,
+                        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi,
+                                                       sizeof epi),
+                        "linear: epilogue");
+    if (ok && bias)
+        ok = zi_blas_ok(be,
+                        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                       &bias, sizeof bias),
+                        "linear: bias");
+    if (ok)
+        ok = zi_blas_ok(be, cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, k, m, k),
+                        "linear: layout A") &&
+             zi_blas_ok(be, cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, k, n, k),
+                        "linear: layout B") &&
+             zi_blas_ok(be, cublasLtMatrixLayoutCreate(&p->lc, dt, m, n, m), "linear: layout C");
+    if (!ok) {
+        zi_lt_plan_release(p);
+        return NULL;
+    }
+    p->used = 1;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    int nres = 0;
+    size_t ws = ZI_CUDA_WS_BYTES;
+    uint32_t ua = (uint32_t)al_a, ub = (uint32_t)al_b, uc = (uint32_t)al_c;
+    if (cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS) {
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                             sizeof ws);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ua,
+                                             sizeof ua);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ub,
+                                             sizeof ub);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &uc,
+                                             sizeof uc);
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &uc,
+                                             sizeof uc);
+        if (cublasLtMatmulAlgoGetHeuristic(cu->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1,
+                                           &res, &nres) != CUBLAS_STATUS_SUCCESS)
+            nres = 0;
+        cublasLtMatmulPreferenceDestroy(pref);
+    }
+    if (nres > 0 && res.state == CUBLAS_STATUS_SUCCESS)
+        p->algo = res.algo;
+    else
+        p->use_ex = 1; /* no Lt kernel for this case: plain cublasGemmEx (+ bias kernel) */
+    return p;
+}
+
+/* out[M, N] (row-major) = in[M, K] w[N, K]^T (+ bias[N]); w and in bf16 device data. */
+static void zi_cuda_matmul(zi_backend *be, void *out, zi_dtype odt, const void *in, const void *w,
+                           const void *bias, zi_dtype bdt, int M, int K, int N)
+{
+    zi_cuda *cu = zi_cu(be);
+    /* row-major out[M, N] is col-major D[N, M] = w (col-major [K, N])^T . in ([K, M]) */
+    const void *lt_bias = bias && bdt == odt ? bias : NULL;
+    zi_lt_plan *p = zi_lt_plan_get(be, N, M, K, odt, w, in, out, lt_bias);
+    if (!p)
+        return;
+    float alpha = 1.0f, beta = 0.0f;
+    if (!p->use_ex) {
+        if (lt_bias &&
+            !zi_blas_ok(be,
+                        cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                                       &lt_bias, sizeof lt_bias),
+                        "linear: bias"))
+            return;
+        if (!zi_blas_ok(be,
+                        cublasLtMatmul(cu->lt, p->desc, &alpha, w, p->la, in, p->lb, &beta, out,
+                                       p->lc, out, p->lc, &p->algo, cu->ws, ZI_CUDA_WS_BYTES,
+                                       cu->stream),
+                        "linear: cublasLtMatmul"))
+            return;
+        if (lt_bias)
+            return;
+    } else if (!zi_cuda_gemm_ex(be, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, 1.0f, w, K, in, K, 0.0f, out,
+                                odt, N, "linear: cublasGemmEx")) {
+        return;
+    }
+    if (bias)
+        zi_cu_ok(be, zi_cu_add_bias(out, odt, bias, bdt, M, N, cu->stream), "linear: bias");
+}
+
+static void zi_cuda_linear(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
+                           const zi_tensor *b, int M, int K, int N)
+{
+    if (zi_cu_dims(be, "linear", 3, (int[]){M, K, N}))
+        return;
+    void *y = zi_cu_arg(be, "linear", "out", out, (size_t)M * N);             /* [M, N] */
+    const void *x = zi_cu_arg(be, "linear", "in", in, (size_t)M * K);         /* [M, K] */
+    const void *wt = zi_cu_arg(be, "linear", "w", w, (size_t)N * K);          /* [N, K] */
+    const void *bias = b ? zi_cu_arg(be, "linear", "b", b, (size_t)N) : NULL; /* [N] */
+    if (!y || !x || !wt || (b && !bias))
+        return;
+    size_t osz = (size_t)M * N * zi_dtype_size(out->dtype);
+    if (zi_overlap(y, osz, x, (size_t)M * K * zi_dtype_size(in->dtype)) ||
+        zi_overlap(y, osz, wt, (size_t)N * K * zi_dtype_size(w->dtype))) {
+        zi_backend_fail(be, ZI_EINVAL, "linear: out aliases an input");
+        return;
+    }
+    void *tx = NULL, *tw = NULL;
+    const void *xb = zi_cu_as_bf16(be, "linear", in, (size_t)M * K, &tx);
+    const void *wb = xb ? zi_cu_as_bf16(be, "linear", w, (size_t)N * K, &tw) : NULL;
+    if (xb && wb)
+        zi_cuda_matmul(be, y, out->dtype, xb, wb, bias, b ? b->dtype : ZI_BF16, M, K, N);
+    zi_cuda_mfree(be, tx);
+    zi_cuda_mfree(be, tw);
+}
+
+static void zi_cuda_embedding(zi_backend *be, zi_tensor *out, const zi_tensor *table,
+                              const int32_t *ids, int R, int D)
+{
+    if (zi_cu_dims(be, "embedding", 2, (int[]){R, D}))
+        return;
+    void *y = zi_cu_arg(be, "embedding", "out", out, (size_t)R * D);         /* [R, D] */
+    const void *tab = zi_cu_arg(be, "embedding", "table", table, (size_t)D); /* [V, D] */
+    if (!y || !tab)
+        return;
+    if (!ids) {
+        zi_backend_fail(be, ZI_EINVAL, "embedding: NULL ids");
+        return;
+    }
+    int64_t V = zi_tensor_numel(table) / D;
+    for (int r = 0; r < R; r++)
+        if (ids[r] < 0 || ids[r] >= V) {
+            zi_backend_fail(be, ZI_EINVAL, "embedding: id %d at row %d outside [0, %lld)", ids[r],
+                            r, (long long)V);
+            return;
+        }
+    zi_cuda *cu = zi_cu(be);
+    int32_t *dids = zi_cuda_tmp(be, "embedding", (size_t)R * sizeof(int32_t));
+    if (!dids)
+        return;
+    /* pageable source: returns once the ids are staged, so the caller may reuse them */
+    if (zi_cu_ok(be,
+                 cudaMemcpyAsync(dids, ids, (size_t)R * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                 cu->stream),
+                 "embedding: ids"))
+        zi_cu_ok(be, zi_cu_embedding(y, out->dtype, tab, table->dtype, dids, R, D, cu->stream),
+                 "embedding");
+    zi_cuda_mfree(be, dids);
+}
+
+/* ---- normalisation ---- */
+
+static void zi_cuda_rmsnorm(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
+                            int R, int D, float eps)
+{
+    if (zi_cu_dims(be, "rmsnorm", 2, (int[]){R, D}))
+        return;
+    void *y = zi_cu_arg(be, "rmsnorm", "out", out, (size_t)R * D);          /* [R, D] */
+    const void *x = zi_cu_arg(be, "rmsnorm", "in", in, (size_t)R * D);      /* [R, D] */
+    const void *g = w ? zi_cu_arg(be, "rmsnorm", "w", w, (size_t)D) : NULL; /* [D] */
+    if (!y || !x || (w && !g))
+        return;
+    zi_cu_ok(be,
+             zi_cu_rmsnorm(y, out->dtype, x, in->dtype, g, w ? w->dtype : ZI_BF16, R, D, eps,
+                           zi_cu(be)->stream),
+             "rmsnorm");
+}
+
+static void zi_cuda_layernorm(zi_backend *be, zi_tensor *out, const zi_tensor *in, int R, int D,
+                              float eps)
+{
+    if (zi_cu_dims(be, "layernorm", 2, (int[]){R, D}))
+        return;
+    void *y = zi_cu_arg(be, "layernorm", "out", out, (size_t)R * D);     /* [R, D] */
+    const void *x = zi_cu_arg(be, "layernorm", "in", in, (size_t)R * D); /* [R, D] */
+    if (!y || !x)
+        return;
+    zi_cu_ok(be, zi_cu_layernorm(y, out->dtype, x, in->dtype, R, D, eps, zi_cu(be)->stream),
+             "layernorm");
+}
+
+static void zi_cuda_groupnorm(zi_backend *be, zi_tensor *out, const zi_tensor *in,
+                              const zi_tensor *gamma, const zi_tensor *beta, int C, int HW, int G,
+                              float eps, int silu)
+{
+    if (zi_cu_dims(be, "groupnorm", 3, (int[]){C, HW, G}))
+        return;
+    if (C % G != 0) {
+        zi_backend_fail(be, ZI_EINVAL, "groupnorm: %d channels not divisible by %d groups", C, G);
+        return;
+    }
+    size_t n = (size_t)C * HW;
+    void *y = zi_cu_arg(be, "groupnorm", "out", out, n);     /* [C, HW] */
+    const void *x = zi_cu_arg(be, "groupnorm", "in", in, n); /* [C, HW] */
+    const void *ga = gamma ? zi_cu_arg(be, "groupnorm", "gamma", gamma, (size_t)C) : NULL;
+    const void *bb = beta ? zi_cu_arg(be, "groupnorm", "beta", beta, (size_t)C) : NULL;
+    if (!y || !x || (gamma && !ga) || (beta && !bb))
+        return;
+    float *ws = zi_cuda_tmp(be, "groupnorm", zi_cu_groupnorm_ws(C, (size_t)HW, G) * sizeof(float));
+    if (!ws)
+        return;
+    zi_cu_ok(be,
+             zi_cu_groupnorm(y, out->dtype, x, in->dtype, ga, gamma ? gamma->dtype : ZI_BF16, bb,
+                             beta ? beta->dtype : ZI_BF16, C, (size_t)HW, G, eps, silu, ws,
+                             zi_cu(be)->stream),
+             "groupnorm");
+    zi_cuda_mfree(be, ws);
+}
+
+/* ---- position ---- */
+
+static void zi_cuda_rope(zi_backend *be, zi_tensor *x, const zi_tensor *cos, const zi_tensor *sin,
+                         int S, int H, int hd, zi_rope_layout layout)
+{
+    if (zi_cu_dims(be, "rope", 3, (int[]){S, H, hd}))
+        return;
+    if (hd % 2 != 0) {
+        zi_backend_fail(be, ZI_EINVAL, "rope: head dim %d is odd", hd);
+        return;
+    }
+    if (layout != ZI_ROPE_NEOX && layout != ZI_ROPE_INTERLEAVED) {
+        zi_backend_fail(be, ZI_EINVAL, "rope: unknown layout %d", (int)layout);
+        return;
+    }
+    size_t half = (size_t)hd / 2;
+    void *v = zi_cu_arg(be, "rope", "x", x, (size_t)S * H * hd);         /* [S, H, hd] */
+    const void *c = zi_cu_arg(be, "rope", "cos", cos, (size_t)S * half); /* [S, hd/2] */
+    const void *s = zi_cu_arg(be, "rope", "sin", sin, (size_t)S * half); /* [S, hd/2] */
+    if (!v || !c || !s)
+        return;
+    if (cos->dtype != ZI_F32 || sin->dtype != ZI_F32) {
+        zi_backend_fail(be, ZI_EINVAL, "rope: cos/sin tables must be F32 (alloc_f32)");
+        return;
+    }
+    zi_cu_ok(be, zi_cu_rope(v, x->dtype, c, s, S, H, hd, (int)layout, zi_cu(be)->stream), "rope");
+}
+
+/* ---- attention ---- */
+
+/* The GEMM path: per head and block of query rows, scores = scale q k^T (cuBLAS, fp32),
+ * row softmax to bf16 probabilities, out rows = P v (cuBLAS). Operands bf16. */
+static void zi_cuda_attention_gemm(zi_backend *be, uint16_t *o, const uint16_t *q,
+                                   const uint16_t *k, const uint16_t *v, int Sq, int Skv, int H,
+                                   int KVH, int hd, float scale, int causal)
+{
+    zi_cuda *cu = zi_cu(be);
+    size_t rows = ZI_CUDA_SCORE_BUDGET / ((size_t)Skv * 6);
+    if (rows < 1)
+        rows = 1;
+    if (rows > (size_t)Sq)
+        rows = (size_t)Sq;
+    float *sc = zi_cuda_tmp(be, "attention", rows * (size_t)Skv * sizeof(float)); /* [rows,Skv] */
+    uint16_t *p = sc ? zi_cuda_tmp(be, "attention", rows * (size_t)Skv * 2) : NULL;
+    if (!sc || !p) {
+        zi_cuda_mfree(be, sc);
+        return;
+    }
+    int group = H / KVH, off = Skv - Sq;
+    int ldq = H * hd, ldk = KVH * hd;
+    for (int h = 0; h < H && be->err == ZI_OK; h++) {
+        const uint16_t *kh = k + (size_t)(h / group) * hd; /* [Skv, hd], row stride ldk */
+        const uint16_t *vh = v + (size_t)(h / group) * hd;
+        for (int i0 = 0; i0 < Sq && be->err == ZI_OK; i0 += (int)rows) {
+            int nr = Sq - i0 < (int)rows ? Sq - i0 : (int)rows;
+            int nk = causal ? i0 + nr + off : Skv; /* keys any row of the block can see */
+            const uint16_t *qh = q + (size_t)i0 * ldq + (size_t)h * hd;
+            /* row-major sc[nr, nk] = q[nr, hd] k[nk, hd]^T: col-major sc^T = k q^T */
+            if (!zi_cuda_gemm_ex(be, CUBLAS_OP_T, CUBLAS_OP_N, nk, nr, hd, scale, kh, ldk, qh, ldq,
+                                 0.0f, sc, ZI_F32, nk, "attention: scores"))
+                break;
+            if (!zi_cu_ok(be, zi_cu_softmax_rows(p, sc, nr, nk, causal, i0 + off, cu->stream),
+                          "attention: softmax"))
+                break;
+            /* row-major o[nr, hd] = P[nr, nk] v[nk, hd]: col-major o^T = v^T P^T */
+            zi_cuda_gemm_ex(be, CUBLAS_OP_N, CUBLAS_OP_N, hd, nr, nk, 1.0f, vh, ldk, p, nk, 0.0f,
+                            o + (size_t)i0 * ldq + (size_t)h * hd, ZI_BF16, ldq, "attention: P.V");
+        }
+    }
+    zi_cuda_mfree(be, p);
+    zi_cuda_mfree(be, sc);
+}
+
+static void zi_cuda_attention(zi_backend *be, zi_tensor *out, const zi_tensor *q,
+                              const zi_tensor *k, const zi_tensor *v, int Sq, int Skv, int H,
+                              int KVH, int hd, float scale, int causal)
+{
+    if (zi_cu_dims(be, "attention", 5, (int[]){Sq, Skv, H, KVH, hd}))
+        return;
+    if (H % KVH != 0) {
+        zi_backend_fail(be, ZI_EINVAL, "attention: %d heads not a multiple of %d kv heads", H, KVH);
+        return;
+    }
+    if (causal && Skv < Sq) {
+        zi_backend_fail(be, ZI_EINVAL, "attention: causal with Skv %d < Sq %d", Skv, Sq);
+        return;
+    }
+    size_t nq = (size_t)Sq * H * hd, nkv = (size_t)Skv * KVH * hd;
+    void *o = zi_cu_arg(be, "attention", "out", out, nq);     /* [Sq, H*hd] */
+    const void *qd = zi_cu_arg(be, "attention", "q", q, nq);  /* [Sq, H, hd] */
+    const void *kd = zi_cu_arg(be, "attention", "k", k, nkv); /* [Skv, KVH, hd] */
+    const void *vd = zi_cu_arg(be, "attention", "v", v, nkv); /* [Skv, KVH, hd] */
+    if (!o || !qd || !kd || !vd)
+        return;
+    size_t osz = nq * zi_dtype_size(out->dtype);
+    if (zi_overlap(o, osz, qd, nq * zi_dtype_size(q->dtype)) ||
+        zi_overlap(o, osz, kd, nkv * zi_dtype_size(k->dtype)) ||
+        zi_overlap(o, osz, vd, nkv * zi_dtype_size(v->dtype))) {
+        zi_backend_fail(be, ZI_EINVAL, "attention: out aliases an input");
+        return;
+    }
+    zi_cuda *cu = zi_cu(be);
+    void *tq = NULL, *tk = NULL, *tv = NULL, *to = NULL;
+    const uint16_t *qb = zi_cu_as_bf16(be, "attention", q, nq, &tq);
+    const uint16_t *kb = qb ? zi_cu_as_bf16(be, "attention", k, nkv, &tk) : NULL;
+    const uint16_t *vb = kb ? zi_cu_as_bf16(be, "attention", v, nkv, &tv) : NULL;
+    uint16_t *ob = o;
+    if (vb && out->dtype != ZI_BF16)
+        ob = to = zi_cuda_tmp(be, "attention", nq * 2);
+    if (vb && ob) {
+        int flash = cu->attn_path != ZI_CUDA_ATTN_GEMM && zi_cu_flash_supported(hd) &&
+                    zi_align_of(qb) >= 16 && zi_align_of(kb) >= 16 && zi_align_of(vb) >= 16 &&
+                    zi_align_of(ob) >= 16;
+        if (flash)
+            zi_cu_ok(be,
+                     zi_cu_flash_attention(ob, qb, kb, vb, Sq, Skv, H, KVH, hd, scale, causal,
+                                           cu->stream),
+                     "attention: flash kernel");
+        else
+            zi_cuda_attention_gemm(be, ob, qb, kb, vb, Sq, Skv, H, KVH, hd, scale, causal);
+        if (to)
+            zi_cu_ok(be, zi_cu_convert(o, out->dtype, to, ZI_BF16, nq, cu->stream),
+                     "attention: output");
+    }
+    zi_cuda_mfree(be, to);
+    zi_cuda_mfree(be, tv);
+    zi_cuda_mfree(be, tk);
+    zi_cuda_mfree(be, tq);
+}
+
+/* ---- element-wise ---- */
+
+static void zi_cuda_map(zi_backend *be, const char *name, int op, zi_tensor *out,
+                        const zi_tensor *a, const zi_tensor *b, float alpha, float beta, size_t n)
+{
+    if (be->err != ZI_OK)
+        return;
+    void *y = zi_cu_arg(be, name, "out", out, n);
+    const void *x0 = zi_cu_arg(be, name, "a", a, n);
+    const void *x1 = b ? zi_cu_arg(be, name, "b", b, n) : NULL;
+    if (!y || !x0 || (b && !x1))
+        return;
+    zi_cu_ok(be,
+             zi_cu_map(op, y, out->dtype, x0, a->dtype, x1, b ? b->dtype : ZI_BF16, alpha, beta, n,
+                       zi_cu(be)->stream),
+             name);
+}
+
+static void zi_cuda_add(zi_backend *be, zi_tensor *out, const zi_tensor *a, const zi_tensor *b,
+                        size_t n)
+{
+    zi_cuda_map(be, "add", ZI_CU_ADD, out, a, b, 0, 0, n);
+}
+
+static void zi_cuda_silu(zi_backend *be, zi_tensor *out, const zi_tensor *in, size_t n)
+{
+    zi_cuda_map(be, "silu", ZI_CU_SILU, out, in, NULL, 0, 0, n);
+}
+
+static void zi_cuda_tanh(zi_backend *be, zi_tensor *out, const zi_tensor *in, size_t n)
+{
+    zi_cuda_map(be, "tanh", ZI_CU_TANH, out, in, NULL, 0, 0, n);
+}
+
+static void zi_cuda_silu_mul(zi_backend *be, zi_tensor *out, const zi_tensor *gate,
+                             const zi_tensor *up, size_t n)
+{
+    zi_cuda_map(be, "silu_mul", ZI_CU_SILU_MUL, out, gate, up, 0, 0, n);
+}
+
+static void zi_cuda_affine(zi_backend *be, zi_tensor *out, const zi_tensor *in, float a, float b,
+                           size_t n)
+{
+    zi_cuda_map(be, "affine", ZI_CU_AFFINE, out, in, NULL, a, b, n);
+}
+
+static void zi_cuda_mul_row(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *s,
+                            int R, int D)
+{
+    if (zi_cu_dims(be, "mul_row", 2, (int[]){R, D}))
+        return;
+    void *y = zi_cu_arg(be, "mul_row", "out", out, (size_t)R * D);     /* [R, D] */
+    const void *x = zi_cu_arg(be, "mul_row", "in", in, (size_t)R * D); /* [R, D] */
+    const void *sv = zi_cu_arg(be, "mul_row", "s", s, (size_t)D);      /* [D] */
+    if (!y || !x || !sv)
+        return;
+    zi_cu_ok(be, zi_cu_mul_row(y, out->dtype, x, in->dtype, sv, s->dtype, R, D, zi_cu(be)->stream),
+             "mul_row");
+}
+
+static void zi_cuda_gated_add(zi_backend *be, zi_tensor *x, const zi_tensor *g, const zi_tensor *y,
+                              int R, int D)
+{
+    if (zi_cu_dims(be, "gated_add", 2, (int[]){R, D}))
+        return;
+    void *xv = zi_cu_arg(be, "gated_add", "x", x, (size_t)R * D);              /* [R, D] */
+    const void *gv = g ? zi_cu_arg(be, "gated_add", "g", g, (size_t)D) : NULL; /* [D] */
+    const void *yv = zi_cu_arg(be, "gated_add", "y", y, (size_t)R * D);        /* [R, D] */
+    if (!xv || !yv || (g && !gv))
+        return;
+    zi_cu_ok(be,
+             zi_cu_gated_add(xv, x->dtype, gv, g ? g->dtype : ZI_BF16, yv, y->dtype, R, D,
+                             zi_cu(be)->stream),
+             "gated_add");
+}
+
+static void zi_cuda_copy(zi_backend *be, zi_tensor *dst, const zi_tensor *src, size_t n)
+{
+    void *y = zi_cu_arg(be, "copy", "dst", dst, n);
+    const void *x = zi_cu_arg(be, "copy", "src", src, n);
+    if (!y || !x || n == 0)
+        return;
+    zi_cuda *cu = zi_cu(be);
+    size_t ds = zi_dtype_size(dst->dtype), ss = zi_dtype_size(src->dtype);
+    if (dst->dtype == src->dtype && y == x)
+        return;
+    if (zi_overlap(y, n * ds, x, n * ss)) {
+        /* overlapping ranges (memmove semantics): go through a scratch copy of src */
+        void *t = zi_cuda_tmp(be, "copy", n * ss);
+        if (!t)
+            return;
+        if (zi_cu_ok(be, cudaMemcpyAsync(t, x, n * ss, cudaMemcpyDeviceToDevice, cu->stream),
+                     "copy"))
+            zi_cu_ok(be, zi_cu_convert(y, dst->dtype, t, src->dtype, n, cu->stream), "copy");
+        zi_cuda_mfree(be, t);
+        return;
+    }
+    if (dst->dtype == src->dtype)
+        zi_cu_ok(be, cudaMemcpyAsync(y, x, n * ds, cudaMemcpyDeviceToDevice, cu->stream), "copy");
+    else
+        zi_cu_ok(be, zi_cu_convert(y, dst->dtype, x, src->dtype, n, cu->stream), "copy");
+}
+
+static void zi_cuda_transpose(zi_backend *be, zi_tensor *out, const zi_tensor *in, int R, int C)
+{
+    if (zi_cu_dims(be, "transpose", 2, (int[]){R, C}))
+        return;
+    void *y = zi_cu_arg(be, "transpose", "out", out, (size_t)R * C);     /* [C, R] */
+    const void *x = zi_cu_arg(be, "transpose", "in", in, (size_t)R * C); /* [R, C] */
+    if (!y || !x)
+        return;
+    if (zi_overlap(y, (size_t)R * C * zi_dtype_size(out->dtype), x,
+                   (size_t)R * C * zi_dtype_size(in->dtype))) {
+        zi_backend_fail(be, ZI_EINVAL, "transpose: out aliases in");
+        return;
+    }
+    zi_cu_ok(be, zi_cu_transpose(y, out->dtype, x, in->dtype, R, C, zi_cu(be)->stream),
+             "transpose");
+}
+
+/* ---- convolution ---- */
+
+static void zi_cuda_conv2d(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
+                           const zi_tensor *b, int Ci, int Co, int h, int wd, int k)
+{
+    if (zi_cu_dims(be, "conv2d", 5, (int[]){Ci, Co, h, wd, k}))
+        return;
+    if (k % 2 == 0) {
+        zi_backend_fail(be, ZI_EINVAL, "conv2d: kernel size %d is even (pad k/2 needs odd k)", k);
+        return;
+    }
+    size_t hw = (size_t)h * wd, kk = (size_t)Ci * k * k;
+    if (hw > 0x7fffffff || kk > 0x7fffffff) {
+        zi_backend_fail(be, ZI_EINVAL, "conv2d: %zu pixels x %zu taps exceed the GEMM limits", hw,
+                        kk);
+        return;
+    }
+    void *y = zi_cu_arg(be, "conv2d", "out", out, (size_t)Co * hw);            /* [Co,h,w] */
+    const void *x = zi_cu_arg(be, "conv2d", "in", in, (size_t)Ci * hw);        /* [Ci,h,w] */
+    const void *wt = zi_cu_arg(be, "conv2d", "w", w, (size_t)Co * kk);         /* [Co,Ci,k,k] */
+    const void *bias = b ? zi_cu_arg(be, "conv2d", "b", b, (size_t)Co) : NULL; /* [Co] */
+    if (!y || !x || !wt || (b && !bias))
+        return;
+    if (zi_overlap(y, (size_t)Co * hw * zi_dtype_size(out->dtype), x,
+                   (size_t)Ci * hw * zi_dtype_size(in->dtype))) {
+        zi_backend_fail(be, ZI_EINVAL, "conv2d: out aliases in");
+        return;
+    }
+    zi_cuda *cu = zi_cu(be);
+    float beta = 0.0f;
+    if (bias) { /* out = bias, then the GEMMs accumulate onto it (one rounding) */
+        if (!zi_cu_ok(be, zi_cu_fill_channels(y, out->dtype, bias, b->dtype, Co, hw, cu->stream),
+                      "conv2d: bias"))
+            return;
+        beta = 1.0f;
+    }
+    void *tw = NULL;
+    const void *wb = zi_cu_as_bf16(be, "conv2d", w, (size_t)Co * kk, &tw);
+    if (!wb)
+        return;
+    if (k == 1) {
+        /* row-major y[Co, hw] = w[Co, Ci] x[Ci, hw]: col-major y^T = x^T w^T */
+        void *tx = NULL;
+        const void *xb = zi_cu_as_bf16(be, "conv2d", in, (size_t)Ci * hw, &tx);
+        if (xb)
+            zi_cuda_gemm_ex(be, CUBLAS_OP_N, CUBLAS_OP_N, (int)hw, Co, Ci, 1.0f, xb, (int)hw, wb,
+                            Ci, beta, y, out->dtype, (int)hw, "conv2d: 1x1 GEMM");
+        zi_cuda_mfree(be, tx);
+        zi_cuda_mfree(be, tw);
+        return;
+    }
+    size_t np = ZI_CUDA_COL_BUDGET / (kk * 2);
+    np = np < 256 ? 256 : np / 256 * 256;
+    if (np > hw)
+        np = hw;
+    uint16_t *col = zi_cuda_tmp(be, "conv2d", kk * np * 2); /* [Ci*k*k, np] bf16 */
+    if (col) {
+        for (size_t p0 = 0; p0 < hw && be->err == ZI_OK; p0 += np) {
+            size_t cnt = hw - p0 < np ? hw - p0 : np;
+            if (!zi_cu_ok(be, zi_cu_im2col(col, x, in->dtype, Ci, h, wd, k, p0, cnt, cu->stream),
+                          "conv2d: im2col"))
+                break;
+            /* row-major y[:, p0:p0+cnt] = w[Co, kk] col[kk, cnt]: col-major y^T = col^T w^T */
+            zi_cuda_gemm_ex(be, CUBLAS_OP_N, CUBLAS_OP_N, (int)cnt, Co, (int)kk, 1.0f, col,
+                            (int)cnt, wb, (int)kk, beta, (char *)y + p0 * zi_dtype_size(out->dtype),
+                            out->dtype, (int)hw, "conv2d: GEMM");
+        }
+    }
+    zi_cuda_mfree(be, col);
+    zi_cuda_mfree(be, tw);
+}
+
+static void zi_cuda_upsample2x(zi_backend *be, zi_tensor *out, const zi_tensor *in, int C, int h,
+                               int wd)
+{
+    if (zi_cu_dims(be, "upsample2x", 3, (int[]){C, h, wd}))
+        return;
+    size_t n = (size_t)C * h * wd;
+    void *y = zi_cu_arg(be, "upsample2x", "out", out, n * 4); /* [C, 2h, 2w] */
+    const void *x = zi_cu_arg(be, "upsample2x", "in", in, n); /* [C, h, w] */
+    if (!y || !x)
+        return;
+    if (zi_overlap(y, n * 4 * zi_dtype_size(out->dtype), x, n * zi_dtype_size(in->dtype))) {
+        zi_backend_fail(be, ZI_EINVAL, "upsample2x: out aliases in");
+        return;
+    }
+    zi_cu_ok(be, zi_cu_upsample2x(y, out->dtype, x, in->dtype, C, h, wd, zi_cu(be)->stream),
+             "upsample2x");
+}
+
+static int zi_cuda_to_rgb8(zi_backend *be, uint8_t *rgb, const zi_tensor *in, int h, int wd)
+{
+    if (zi_cu_dims(be, "to_rgb8", 2, (int[]){h, wd}))
+        return zi_backend_check(be);
+    size_t hw = (size_t)h * wd;
+    const void *x = zi_cu_arg(be, "to_rgb8", "in", in, 3 * hw); /* [3, h, w] */
+    if (!x)
+        return zi_backend_check(be);
+    if (!rgb) {
+        zi_backend_fail(be, ZI_EINVAL, "to_rgb8: NULL output");
+        return zi_backend_check(be);
+    }
+    zi_cuda *cu = zi_cu(be);
+    uint8_t *d = zi_cuda_tmp(be, "to_rgb8", hw * 3);
+    if (!d)
+        return zi_backend_check(be);
+    if (zi_cu_ok(be, zi_cu_to_rgb8(d, x, in->dtype, h, wd, cu->stream), "to_rgb8") &&
+        zi_cu_ok(be, cudaMemcpyAsync(rgb, d, hw * 3, cudaMemcpyDeviceToHost, cu->stream),
+                 "to_rgb8: copy"))
+        zi_cu_ok(be, cudaStreamSynchronize(cu->stream), "to_rgb8: synchronise");
+    zi_cuda_mfree(be, d);
+    return zi_backend_check(be);
+}
+
+/* ---- lifecycle ---- */
+
+static void zi_cuda_destroy(zi_backend *be)
+{
+    if (!be)
+        return;
+    zi_cuda *cu = be->impl;
+    if (cu) {
+        if (cu->stream)
+            cudaStreamSynchronize(cu->stream);
+        for (int i = 0; i < ZI_CUDA_LT_PLANS; i++)
+            zi_lt_plan_release(&cu->plans[i]);
+        if (cu->lt)
+            cublasLtDestroy(cu->lt);
+        if (cu->blas)
+            cublasDestroy(cu->blas);
+        for (int i = 0; i < 2; i++) {
+            if (cu->stage[i])
+                cudaFreeHost(cu->stage[i]);
+            if (cu->stage_ev[i])
+                cudaEventDestroy(cu->stage_ev[i]);
+        }
+        zi_alloc_destroy(cu->alloc); /* unmaps every chunk */
+        zi_vmm_close(cu->vmm);
+        for (size_t i = 0; i < cu->nplain; i++)
+            cudaFree(cu->plain[i].p);
+        free(cu->plain);
+        if (cu->lock_ok)
+            pthread_mutex_destroy(&cu->lock);
+        if (cu->stream)
+            cudaStreamDestroy(cu->stream);
+        free(cu);
+    }
+    free(be);
+}
+
+int zi_backend_cuda_available(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear the runtime's sticky "no driver" status */
+        return 0;
+    }
+    return n > 0;
+}
+
+static int zi_cuda_env_path(void)
+{
+    const char *s = getenv("ZI_CUDA_ATTENTION");
+    if (!s || !*s || strcmp(s, "auto") == 0)
+        return ZI_CUDA_ATTN_AUTO;
+    if (strcmp(s, "flash") == 0)
+        return ZI_CUDA_ATTN_FLASH;
+    if (strcmp(s, "gemm") == 0)
+        return ZI_CUDA_ATTN_GEMM;
+    return -1;
+}
+
+zi_backend *zi_backend_cuda_new(int device)
+{
+    int ndev = 0;
+    cudaError_t e = cudaGetDeviceCount(&ndev);
+    if (e != cudaSuccess || ndev == 0) {
+        zi_errorf(ZI_EBACKEND, "cuda backend: no usable GPU (%s)",
+                  e != cudaSuccess ? cudaGetErrorString(e) : "no device");
+        cudaGetLastError();
+        return NULL;
+    }
+    if (device < 0 || device >= ndev) {
+        zi_errorf(ZI_EINVAL, "cuda backend: device %d does not exist (%d visible)", device, ndev);
+        return NULL;
+    }
+    int path = zi_cuda_env_path();
+    if (path < 0) {
+        zi_errorf(ZI_EINVAL, "ZI_CUDA_ATTENTION must be auto, flash or gemm");
+        return NULL;
+    }
+    zi_backend *be = calloc(1, sizeof *be);
+    zi_cuda *cu = calloc(1, sizeof *cu);
+    if (!be || !cu) {
+        free(be);
+        free(cu);
+        zi_errorf(ZI_ENOMEM, "cuda backend: out of host memory");
+        return NULL;
+    }
+    be->impl = cu;
+    be->destroy = zi_cuda_destroy;
+    if (pthread_mutex_init(&cu->lock, NULL) != 0) {
+        zi_errorf(ZI_ENOMEM, "cuda backend: mutex");
+        goto err;
+    }
+    cu->lock_ok = 1;
+    cu->device = device;
+    cu->attn_path = (zi_cuda_attn_path)path;
+
+    be->name = "cuda";
+    int major = 0, minor = 0, l2 = 0;
+    struct cudaDeviceProp prop;
+    const char *step = "cudaSetDevice";
+    e = cudaSetDevice(device);
+    if (e == cudaSuccess) {
+        step = "context creation";
+        e = cudaFree(NULL);
+    }
+    if (e == cudaSuccess) {
+        step = "device properties";
+        e = cudaGetDeviceProperties(&prop, device);
+    }
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&cu->sm_count, cudaDevAttrMultiProcessorCount, device);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device);
+    if (e == cudaSuccess) {
+        step = "stream creation";
+        e = cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking);
+    }
+    if (e == cudaSuccess) {
+        step = "kernel attributes";
+        e = zi_cu_init_kernels();
+    }
+    if (e != cudaSuccess) {
+        zi_errorf(ZI_EBACKEND, "cuda backend: %s on device %d: %s", step, device,
+                  cudaGetErrorString(e));
+        goto err;
+    }
+    cu->l2_bytes = (size_t)l2;
+    if (major < 8) {
+        zi_errorf(ZI_EBACKEND,
+                  "cuda backend: %s has compute capability %d.%d; 8.0 or newer is needed "
+                  "(bf16 tensor cores)",
+                  prop.name, major, minor);
+        goto err;
+    }
+    snprintf(be->device_name, sizeof be->device_name, "%.127s", prop.name);
+
+    const char *mode = getenv("ZI_CUDA_ALLOCATOR");
+    if (mode && *mode && strcmp(mode, "vmm") && strcmp(mode, "cudamalloc")) {
+        zi_errorf(ZI_EINVAL, "ZI_CUDA_ALLOCATOR must be vmm or cudamalloc");
+        goto err;
+    }
+    if (!(mode && strcmp(mode, "cudamalloc") == 0)) {
+        if (zi_vmm_open(device, 0, cu->stream, &cu->vmm) != ZI_OK) {
+            if (mode) /* asked for explicitly: the failure is the answer */
+                goto err;
+            zi_error_clear(); /* no VMM on this device/driver: cudaMalloc mode */
+        }
+    }
+    if (cu->vmm) {
+        zi_alloc_config ac = {0};
+        ac.reserve = zi_vmm_reserve(cu->vmm);
+        ac.granularity = zi_vmm_granularity(cu->vmm);
+        ac.min_map = ZI_CUDA_MIN_MAP;
+        ac.align = ZI_CUDA_ALIGN;
+        const char *lim = getenv("ZI_CUDA_MEM_LIMIT_MB");
+        if (lim && *lim) {
+            char *end = NULL;
+            unsigned long long mb = strtoull(lim, &end, 10);
+            if (!end || *end || mb == 0) {
+                zi_errorf(ZI_EINVAL, "ZI_CUDA_MEM_LIMIT_MB must be a positive integer");
+                goto err;
+            }
+            ac.limit = (uint64_t)mb << 20;
+        }
+        zi_alloc_provider prov = zi_vmm_provider(cu->vmm);
+        if (zi_alloc_new(&ac, &prov, &cu->alloc) != ZI_OK)
+            goto err;
+        cu->base = zi_vmm_base(cu->vmm);
+    }
+
+    cublasStatus_t st = cublasCreate(&cu->blas);
+    step = "cublasCreate";
+    if (st == CUBLAS_STATUS_SUCCESS) {
+        step = "cublasSetStream";
+        st = cublasSetStream(cu->blas, cu->stream);
+    }
+    if (st == CUBLAS_STATUS_SUCCESS) {
+        step = "cublasLtCreate";
+        st = cublasLtCreate(&cu->lt);
+    }
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        zi_errorf(ZI_EBACKEND, "cuda backend: %s: %s", step, cublasGetStatusString(st));
+        goto err;
+    }
+    cu->ws = zi_cuda_malloc(be, ZI_CUDA_WS_BYTES, ZI_CUDA_TAG_INTERNAL);
+    cu->raw[0] = cu->ws ? zi_cuda_malloc(be, ZI_CUDA_STAGE_BYTES, ZI_CUDA_TAG_INTERNAL) : NULL;
+    cu->raw[1] = cu->raw[0] ? zi_cuda_malloc(be, ZI_CUDA_STAGE_BYTES, ZI_CUDA_TAG_INTERNAL) : NULL;
+    if (!cu->raw[1])
+        goto err; /* zi_errmsg() from the allocator */
+    if ((st = cublasSetWorkspace(cu->blas, cu->ws, ZI_CUDA_WS_BYTES)) != CUBLAS_STATUS_SUCCESS) {
+        zi_errorf(ZI_EBACKEND, "cuda backend: cublasSetWorkspace: %s", cublasGetStatusString(st));
+        goto err;
+    }
+    for (int i = 0; i < 2; i++) {
+        e = cudaHostAlloc(&cu->stage[i], ZI_CUDA_STAGE_BYTES, cudaHostAllocDefault);
+        if (e == cudaSuccess)
+            e = cudaEventCreateWithFlags(&cu->stage_ev[i], cudaEventDisableTiming);
+        if (e != cudaSuccess) {
+            zi_errorf(ZI_EBACKEND, "cuda backend: pinned staging buffer: %s",
+                      cudaGetErrorString(e));
+            goto err;
+        }
+    }
+
+    be->act_dtype = ZI_BF16;
+    be->weight_dtype = ZI_BF16;
+    be->err = ZI_OK;
+    be->alloc = zi_cuda_alloc;
+    be->alloc_f32 = zi_cuda_alloc_f32;
+    be->free = zi_cuda_free;
+    be->upload_weight = zi_cuda_upload_weight;
+    be->upload = zi_cuda_upload;
+    be->download = zi_cuda_download;
+    be->mem_stats = zi_cuda_mem_stats;
+    be->sync = zi_cuda_sync;
+    be->linear = zi_cuda_linear;
+    be->embedding = zi_cuda_embedding;
+    be->rmsnorm = zi_cuda_rmsnorm;
+    be->layernorm = zi_cuda_layernorm;
+    be->groupnorm = zi_cuda_groupnorm;
+    be->rope = zi_cuda_rope;
+    be->attention = zi_cuda_attention;
+    be->add = zi_cuda_add;
+    be->silu = zi_cuda_silu;
+    be->tanh_ = zi_cuda_tanh;
+    be->silu_mul = zi_cuda_silu_mul;
+    be->affine = zi_cuda_affine;
+    be->mul_row = zi_cuda_mul_row;
+    be->gated_add = zi_cuda_gated_add;
+    be->copy = zi_cuda_copy;
+    be->transpose = zi_cuda_transpose;
+    be->conv2d = zi_cuda_conv2d;
+    be->upsample2x = zi_cuda_upsample2x;
+    be->to_rgb8 = zi_cuda_to_rgb8;
+    return be;
+err:
+    zi_cuda_destroy(be);
+    return NULL;
+}
+
+/* ---- extras (zi_cuda.h) ---- */
+
+int zi_cuda_is(const zi_backend *be)
+{
+    return be && be->destroy == zi_cuda_destroy;
+}
+
+#define ZI_CUDA_REQUIRE(be)                                                                        \
+    do {                                                                                           \
+        if (!zi_cuda_is(be))                                                                       \
+            return zi_errorf(ZI_EINVAL, "%s: not a cuda backend", __func__);                       \
+    } while (0)
+
+int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path)
+{
+    ZI_CUDA_REQUIRE(be);
+    if (path != ZI_CUDA_ATTN_AUTO && path != ZI_CUDA_ATTN_FLASH && path != ZI_CUDA_ATTN_GEMM)
+        return zi_errorf(ZI_EINVAL, "unknown attention path %d", (int)path);
+    zi_cu(be)->attn_path = path;
+    return ZI_OK;
+}
+
+int zi_cuda_randn(zi_backend *be, zi_tensor *out, size_t n, uint64_t seed)
+{
+    ZI_CUDA_REQUIRE(be);
+    void *y = zi_cu_arg(be, "randn", "out", out, n);
+    if (!y)
+        return zi_backend_check(be);
+    if (out->dtype != ZI_F32)
+        return zi_errorf(ZI_EINVAL, "randn: output must be F32");
+    size_t stride = (size_t)ZI_RNG_CUDA_BLOCK * zi_rng_cuda_grid(n);
+    zi_cu_ok(be, zi_cu_randn_philox(y, n, seed, stride, zi_cu(be)->stream), "randn");
+    return zi_backend_check(be);
+}
+
+uint64_t zi_cuda_trim(zi_backend *be)
+{
+    if (!zi_cuda_is(be) || !zi_cu(be)->alloc)
+        return 0;
+    zi_cuda *cu = zi_cu(be);
+    pthread_mutex_lock(&cu->lock);
+    uint64_t released = zi_alloc_trim(cu->alloc);
+    pthread_mutex_unlock(&cu->lock);
+    return released;
+}
+
+void zi_cuda_reset_peak(zi_backend *be)
+{
+    if (!zi_cuda_is(be))
+        return;
+    zi_cuda *cu = zi_cu(be);
+    pthread_mutex_lock(&cu->lock);
+    if (cu->alloc)
+        zi_alloc_reset_peak(cu->alloc);
+    cu->plain_peak = cu->plain_alloc;
+    pthread_mutex_unlock(&cu->lock);
+}
+
+int zi_cuda_alloc_stats(zi_backend *be, zi_alloc_stats *out)
+{
+    ZI_CUDA_REQUIRE(be);
+    zi_cuda_get_stats(zi_cu(be), out, NULL);
+    return ZI_OK;
+}
+
+void *zi_cuda_stream(zi_backend *be)
+{
+    return zi_cuda_is(be) ? (void *)zi_cu(be)->stream : NULL;
+}
+
+int zi_cuda_flush_l2(zi_backend *be)
+{
+    ZI_CUDA_REQUIRE(be);
+    zi_cuda *cu = zi_cu(be);
+    size_t bytes = 2 * (cu->l2_bytes ? cu->l2_bytes : ((size_t)64 << 20));
+    void *p = zi_cuda_tmp(be, "flush_l2", bytes);
+    if (!p)
+        return zi_backend_check(be);
+    zi_cu_ok(be, cudaMemsetAsync(p, 0, bytes, cu->stream), "flush_l2");
+    zi_cuda_mfree(be, p);
+    return zi_backend_check(be);
+}
+
+int zi_cuda_bench_gemm(zi_backend *be, int n, int reps, double *tflops)
+{
+    ZI_CUDA_REQUIRE(be);
+    zi_cuda *cu = zi_cu(be);
+    *tflops = 0;
+    if (n <= 0 || reps <= 0)
+        return zi_errorf(ZI_EINVAL, "bench gemm: bad size %d or reps %d", n, reps);
+    size_t nn = (size_t)n * n;
+    void *a = zi_cuda_tmp(be, "bench gemm", nn * 2),
+         *b = a ? zi_cuda_tmp(be, "bench gemm", nn * 2) : NULL;
+    void *c = b ? zi_cuda_tmp(be, "bench gemm", nn * 2) : NULL;
+    float *r = c ? zi_cuda_tmp(be, "bench gemm", nn * 4) : NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    if (r) {
+        size_t stride = (size_t)ZI_RNG_CUDA_BLOCK * zi_rng_cuda_grid(nn);
+        if (zi_cu_ok(be, zi_cu_randn_philox(r, nn, 1, stride, cu->stream), "bench gemm") &&
+            zi_cu_ok(be, zi_cu_convert(a, ZI_BF16, r, ZI_F32, nn, cu->stream), "bench gemm") &&
+            zi_cu_ok(be, zi_cu_randn_philox(r, nn, 2, stride, cu->stream), "bench gemm") &&
+            zi_cu_ok(be, zi_cu_convert(b, ZI_BF16, r, ZI_F32, nn, cu->stream), "bench gemm") &&
+            zi_cu_ok(be, cudaEventCreate(&e0), "bench gemm") &&
+            zi_cu_ok(be, cudaEventCreate(&e1), "bench gemm")) {
+            double best = 0;
+            for (int i = 0; i < reps + 2 && be->err == ZI_OK; i++) {
+                zi_cu_ok(be, cudaEventRecord(e0, cu->stream), "bench gemm");
+                zi_cuda_matmul(be, c, ZI_BF16, b, a, NULL, ZI_BF16, n, n, n);
+                zi_cu_ok(be, cudaEventRecord(e1, cu->stream), "bench gemm");
+                float ms = 0;
+                if (zi_cu_ok(be, cudaEventSynchronize(e1), "bench gemm") &&
+                    zi_cu_ok(be, cudaEventElapsedTime(&ms, e0, e1), "bench gemm") && i >= 2 &&
+                    ms > 0) {
+                    double t = 2.0 * n * (double)n * n / (ms * 1e-3) / 1e12;
+                    best = t > best ? t : best;
+                }
+            }
+            *tflops = best;
+        }
+    }
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    zi_cuda_mfree(be, r);
+    zi_cuda_mfree(be, c);
+    zi_cuda_mfree(be, b);
+    zi_cuda_mfree(be, a);
+    return zi_backend_check(be);
+}
+
+int zi_cuda_bench_h2d(zi_backend *be, size_t bytes, int reps, double *gbps)
+{
+    ZI_CUDA_REQUIRE(be);
+    zi_cuda *cu = zi_cu(be);
+    *gbps = 0;
+    if (bytes == 0 || reps <= 0)
+        return zi_errorf(ZI_EINVAL, "bench h2d: bad size or reps");
+    void *host = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    void *dev = zi_cuda_tmp(be, "bench h2d", bytes);
+    if (dev && zi_cu_ok(be, cudaHostAlloc(&host, bytes, cudaHostAllocDefault), "bench h2d") &&
+        zi_cu_ok(be, cudaEventCreate(&e0), "bench h2d") &&
+        zi_cu_ok(be, cudaEventCreate(&e1), "bench h2d")) {
+        memset(host, 1, bytes);
+        double best = 0;
+        for (int i = 0; i < reps + 1 && be->err == ZI_OK; i++) {
+            float ms = 0;
+            if (zi_cu_ok(be, cudaEventRecord(e0, cu->stream), "bench h2d") &&
+                zi_cu_ok(be, cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, cu->stream),
+                         "bench h2d") &&
+                zi_cu_ok(be, cudaEventRecord(e1, cu->stream), "bench h2d") &&
+                zi_cu_ok(be, cudaEventSynchronize(e1), "bench h2d") &&
+                zi_cu_ok(be, cudaEventElapsedTime(&ms, e0, e1), "bench h2d") && i >= 1 && ms > 0) {
+                double g = (double)bytes / (ms * 1e-3) / 1e9;
+                best = g > best ? g : best;
+            }
+        }
+        *gbps = best;
+    }
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    if (host)
+        cudaFreeHost(host);
+    zi_cuda_mfree(be, dev);
+    return zi_backend_check(be);
+}

@@ -1,0 +1,241 @@
+/*
+ * test_alloc_cuda.c - the allocator on the real driver (label gpu): the VMM provider maps
+ * memory the GPU can use, a replayed job maps nothing new, trim gives memory back to the
+ * device (cudaMemGetInfo sees it), and out-of-memory is a clear ZI_ENOMEM, both for the
+ * ZI_CUDA_MEM_LIMIT_MB cap and for a request larger than the device.
+ */
+#include "zi_test.h"
+
+#ifdef ZI_HAVE_CUDA
+
+#include "backend.h"
+#include "zi_alloc.h"
+#include "zi_cuda.h"
+#include "zi_err.h"
+#include "zi_vmm.h"
+
+#include <cuda_runtime_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MIB ((uint64_t)1 << 20)
+
+static zi_backend *be;
+
+static int setup(void **state)
+{
+    (void)state;
+    if (!zi_backend_cuda_available()) {
+        fprintf(stderr, "test_alloc_cuda: no GPU visible\n");
+        return -1;
+    }
+    unsetenv("ZI_CUDA_MEM_LIMIT_MB");
+    be = zi_backend_cuda_new(0);
+    if (!be) {
+        fprintf(stderr, "test_alloc_cuda: %s\n", zi_errmsg());
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    zi_backend_destroy(be);
+    return 0;
+}
+
+/* The provider alone: map, use, unmap. */
+static void test_vmm_provider(void **state)
+{
+    (void)state;
+    zi_vmm *v = NULL;
+    assert_int_equal(zi_vmm_open(0, 1024 * MIB, zi_cuda_stream(be), &v), ZI_OK);
+    uint64_t g = zi_vmm_granularity(v);
+    assert_true(g >= 4096 && (g & (g - 1)) == 0);
+    zi_alloc_config cfg = {zi_vmm_reserve(v), g, 0, 512, 0};
+    zi_alloc_provider p = zi_vmm_provider(v);
+    zi_alloc *a = NULL;
+    assert_int_equal(zi_alloc_new(&cfg, &p, &a), ZI_OK);
+    uint64_t off = 0;
+    assert_int_equal(zi_alloc_malloc(a, 3 * g + 100, 0, &off), ZI_OK);
+    assert_int_equal(zi_vmm_handles(v), 1);
+    char *ptr = (char *)zi_vmm_base(v) + off;
+    /* the mapped memory is real device memory: write it, read it back */
+    assert_int_equal(cudaMemset(ptr, 0x5a, 3 * g + 100), cudaSuccess);
+    unsigned char probe[64];
+    assert_int_equal(cudaMemcpy(probe, ptr + 3 * g + 36, 64, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (int i = 0; i < 64; i++)
+        assert_int_equal(probe[i], 0x5a);
+    assert_int_equal(zi_alloc_free(a, off, NULL, NULL), ZI_OK);
+    assert_int_equal(zi_alloc_trim(a), 4 * g);
+    assert_int_equal(zi_vmm_handles(v), 0);
+    assert_int_equal(zi_alloc_check(a), ZI_OK);
+    zi_alloc_destroy(a);
+    zi_vmm_close(v);
+}
+
+/* A DiT-like step: activations of the real sizes, dead intermediates freed early. */
+static void run_job(zi_backend *b, int S)
+{
+    int64_t hid[2] = {S, 3840}, ffn[2] = {S, 10240}, qkv[3] = {S, 30, 128};
+    for (int layer = 0; layer < 4; layer++) {
+        zi_tensor x, q, k, v, o, g, u;
+        assert_int_equal(b->alloc(b, &x, 2, hid), ZI_OK);
+        assert_int_equal(b->alloc(b, &q, 3, qkv), ZI_OK);
+        assert_int_equal(b->alloc(b, &k, 3, qkv), ZI_OK);
+        assert_int_equal(b->alloc(b, &v, 3, qkv), ZI_OK);
+        assert_int_equal(b->alloc(b, &o, 2, hid), ZI_OK);
+        b->free(b, &q);
+        b->free(b, &k);
+        b->free(b, &v);
+        assert_int_equal(b->alloc(b, &g, 2, ffn), ZI_OK);
+        assert_int_equal(b->alloc(b, &u, 2, ffn), ZI_OK);
+        b->silu_mul(b, &g, &g, &u, (size_t)S * 10240); /* the memory is usable */
+        b->free(b, &u);
+        b->free(b, &g);
+        b->free(b, &o);
+        b->free(b, &x);
+    }
+    b->sync(b);
+    assert_int_equal(zi_backend_check(b), ZI_OK);
+}
+
+static void test_replay_maps_nothing(void **state)
+{
+    (void)state;
+    zi_tensor w;
+    int64_t ws[2] = {10240, 3840};
+    assert_int_equal(be->alloc(be, &w, 2, ws), ZI_OK); /* something resident, like weights */
+    run_job(be, 4224);
+    zi_alloc_stats s1, s2;
+    assert_int_equal(zi_cuda_alloc_stats(be, &s1), ZI_OK);
+    zi_mem_stats m;
+    be->mem_stats(be, &m);
+    assert_true(m.reserved >= m.allocated);
+    assert_true(m.peak >= m.allocated + 2 * 4224 * 10240 * 2);
+    assert_true(m.mapped_chunks >= 1);
+    assert_true(m.device_total > 0 && m.device_free > 0 && m.device_free <= m.device_total);
+    for (int rep = 0; rep < 2; rep++) {
+        run_job(be, 4224);
+        assert_int_equal(zi_cuda_alloc_stats(be, &s2), ZI_OK);
+        assert_int_equal(s2.map_calls, s1.map_calls); /* a second identical job maps nothing */
+        assert_int_equal(s2.reserved, s1.reserved);
+    }
+    printf("replay: reserved %llu in %llu chunks, peak %llu, map calls %llu\n",
+           (unsigned long long)s2.reserved, (unsigned long long)s2.mapped_chunks,
+           (unsigned long long)s2.peak, (unsigned long long)s2.map_calls);
+    be->free(be, &w);
+}
+
+static void test_trim_returns_memory(void **state)
+{
+    (void)state;
+    zi_tensor big;
+    int64_t shape[1] = {(int64_t)(1024 * MIB / 2)}; /* 1 GiB of bf16 */
+    assert_int_equal(be->alloc(be, &big, 1, shape), ZI_OK);
+    be->affine(be, &big, &big, 0.0f, 1.0f, (size_t)shape[0]); /* touch it */
+    be->sync(be);
+    be->free(be, &big);
+    size_t free0 = 0, free1 = 0, total = 0;
+    assert_int_equal(cudaMemGetInfo(&free0, &total), cudaSuccess);
+    uint64_t released = zi_cuda_trim(be);
+    assert_true(released >= 1024 * MIB);
+    assert_int_equal(cudaMemGetInfo(&free1, &total), cudaSuccess);
+    /* the device sees the memory again (allow for other processes' noise) */
+    assert_true(free1 >= free0 + released * 9 / 10);
+    zi_mem_stats m;
+    be->mem_stats(be, &m);
+    zi_alloc_stats s;
+    assert_int_equal(zi_cuda_alloc_stats(be, &s), ZI_OK);
+    assert_int_equal(m.reserved, s.reserved);
+    assert_true(m.reserved >= m.allocated);
+}
+
+static void test_oom_is_clear(void **state)
+{
+    (void)state;
+    zi_mem_stats m;
+    be->mem_stats(be, &m);
+    zi_tensor t;
+    int64_t too_big[1] = {(int64_t)(m.device_total / 2 + 64 * MIB)}; /* > device, in bf16 */
+    assert_int_equal(be->alloc(be, &t, 1, too_big), ZI_ENOMEM);
+    assert_non_null(strstr(zi_errmsg(), "out of device memory"));
+    assert_null(t.data);
+    /* the backend still works afterwards */
+    zi_tensor ok;
+    assert_int_equal(be->alloc(be, &ok, 1, (int64_t[]){1024}), ZI_OK);
+    be->free(be, &ok);
+    assert_int_equal(zi_backend_check(be), ZI_OK);
+
+    /* the configured cap */
+    setenv("ZI_CUDA_MEM_LIMIT_MB", "512", 1);
+    zi_backend *capped = zi_backend_cuda_new(0);
+    unsetenv("ZI_CUDA_MEM_LIMIT_MB");
+    assert_non_null(capped);
+    zi_tensor a, b;
+    assert_int_equal(capped->alloc(capped, &a, 1, (int64_t[]){(int64_t)(200 * MIB)}), ZI_OK);
+    assert_int_equal(capped->alloc(capped, &b, 1, (int64_t[]){(int64_t)(200 * MIB)}), ZI_ENOMEM);
+    assert_non_null(strstr(zi_errmsg(), "limit"));
+    capped->free(capped, &a);
+    /* freed memory serves the request again without passing the cap */
+    assert_int_equal(capped->alloc(capped, &b, 1, (int64_t[]){(int64_t)(200 * MIB)}), ZI_OK);
+    capped->free(capped, &b);
+    zi_backend_destroy(capped);
+}
+
+/* The checking allocator (one cudaMalloc per block) keeps the same books. */
+static void test_cudamalloc_mode(void **state)
+{
+    (void)state;
+    setenv("ZI_CUDA_ALLOCATOR", "cudamalloc", 1);
+    zi_backend *b = zi_backend_cuda_new(0);
+    unsetenv("ZI_CUDA_ALLOCATOR");
+    assert_non_null(b);
+    zi_mem_stats m0, m1;
+    b->mem_stats(b, &m0);
+    zi_tensor t, w;
+    float host[1000];
+    for (int i = 0; i < 1000; i++)
+        host[i] = (float)i;
+    assert_int_equal(b->alloc(b, &t, 1, (int64_t[]){1000}), ZI_OK);
+    assert_int_equal(b->upload_weight(b, &w, host, ZI_F32, 1, (int64_t[]){1000}), ZI_OK);
+    b->mem_stats(b, &m1);
+    assert_int_equal(m1.allocated, m0.allocated + 2 * 2048); /* 2000 bytes -> 2048 each */
+    assert_int_equal(m1.weights, 2048);
+    b->copy(b, &t, &w, 1000);
+    float back[1000];
+    assert_int_equal(b->download(b, back, &t, 1000), ZI_OK);
+    for (int i = 0; i < 1000; i++)
+        assert_true(back[i] == (float)i || i > 256); /* integers <= 256 are exact in bf16 */
+    b->free(b, &t);
+    b->free(b, &w);
+    b->mem_stats(b, &m1);
+    assert_int_equal(m1.allocated, m0.allocated);
+    assert_int_equal(m1.weights, 0);
+    assert_int_equal(zi_backend_check(b), ZI_OK);
+    zi_backend_destroy(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cudamalloc_mode),     cmocka_unit_test(test_vmm_provider),
+        cmocka_unit_test(test_replay_maps_nothing), cmocka_unit_test(test_trim_returns_memory),
+        cmocka_unit_test(test_oom_is_clear),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
+
+#else /* !ZI_HAVE_CUDA */
+
+#include <stdio.h>
+
+int main(void)
+{
+    fprintf(stderr, "test_alloc_cuda: built without CUDA\n");
+    return 1;
+}
+
+#endif

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# test_dlq_replay.sh - `zimage dlq list` / `zimage dlq replay` against the live local stack
+# (the dev broker and Redis).
+#
+# Five dead letters are produced into a private DLQ topic with the worker's zimage-* headers
+# (kcat -H): job a (s3_auth, failed after 3 attempts, plus a foreign header), b (invalid_job),
+# c (s3_auth, but its hash says succeeded), d (s3_auth, hash expired), e (invalid_job, no
+# key, not JSON). Checks:
+#   list      lists all five (source, key, error code, error), changes nothing;
+#   --dry-run lists what would be replayed, skips c, and changes nothing (the jobs topic
+#             stays empty, Redis is untouched);
+#   replay --error-code s3_auth
+#             re-produces exactly a and d to the jobs topic with the original key and value,
+#             without zimage-* headers but with zimage-replayed-from and the foreign header;
+#             resets a's hash (status queued, attempt 0, error gone, queued event), creates
+#             d's, leaves c `succeeded`; prints "replayed 2 of 5 messages";
+#   replaying again replays nothing (the position is committed), while another error code
+#             and --from-beginning still see their messages; usage errors exit 2.
+#
+# Environment: ZI_BINARY (ctest), ZIMAGE_KAFKA_BOOTSTRAP_SERVERS and ZIMAGE_REDIS_URL
+# (`deploy/local/stack.sh env`; tests/run-all.sh exports them). Missing ones fail the test.
+set -euo pipefail
+
+for v in ZI_BINARY ZIMAGE_KAFKA_BOOTSTRAP_SERVERS ZIMAGE_REDIS_URL; do
+    if [[ -z ${!v:-} ]]; then
+        echo "FAIL: $v is not set: run through 'make test', or" \
+            "eval \"\$(deploy/local/stack.sh env)\" after 'deploy/local/stack.sh up'" >&2
+        exit 1
+    fi
+done
+for t in kcat redis-cli; do
+    command -v "$t" >/dev/null || {
+        echo "FAIL: $t is not installed (deploy/local/install-deps.sh)" >&2
+        exit 1
+    }
+done
+
+BS=$ZIMAGE_KAFKA_BOOTSTRAP_SERVERS
+id=$$-$RANDOM
+JOBS=zitest.dlq-$id.jobs
+DLQ=zitest.dlq-$id.dlq
+P="zitest-dlq-$id:"
+tmp=$(mktemp -d)
+rcli() { redis-cli -u "$ZIMAGE_REDIS_URL" "$@"; }
+cleanup() {
+    rcli --scan --pattern "$P*" 2>/dev/null | xargs -r redis-cli -u "$ZIMAGE_REDIS_URL" del \
+        >/dev/null 2>&1 || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+fails=0
+check() { # NAME EXPECTED ACTUAL
+    if [[ $2 == "$3" ]]; then
+        echo "ok   $1"
+    else
+        echo "FAIL $1: expected '$2', got '$3'" >&2
+        fails=$((fails + 1))
+    fi
+}
+has() { # FILE REGEX -> yes/no
+    if grep -Eq -- "$2" "$1"; then echo yes; else echo no; fi
+}
+
+cat >"$tmp/cfg.yaml" <<EOF
+kafka:
+  topic: $JOBS
+  dlq_topic: $DLQ
+  group_id: zitest-dlq-$id
+redis:
+  key_prefix: "$P"
+EOF
+zimage() { "$ZI_BINARY" "$@"; }
+
+# the jobs topic, as "key|headers|value" lines (kcat exits at the end of every partition)
+jobs_topic() {
+    kcat -b "$BS" -C -t "$JOBS" -o beginning -e -q -f '%k|%h|%s\n' 2>"$tmp/kcat.err" |
+        LC_ALL=C sort
+}
+
+a=job-a-$id b=job-b-$id c=job-c-$id d=job-d-$id
+va="{\"job_id\":\"$a\",\"prompt\":\"a red fox\",\"steps\":2}"
+dead() { # KEY VALUE CODE ERROR SOURCE ATTEMPTS [extra kcat args]
+    local key=$1 value=$2 code=$3 err=$4 src=$5 att=$6
+    shift 6
+    local -a k=()
+    [[ -n $key ]] && k=(-k "$key")
+    printf '%s' "$value" | kcat -b "$BS" -P -t "$DLQ" "${k[@]}" -H "zimage-error-code=$code" \
+        -H "zimage-error=$err" -H "zimage-source=zimage.jobs/$src" -H "zimage-attempts=$att" "$@"
+}
+dead "$a" "$va" s3_auth "S3 refused the credentials (403 InvalidAccessKeyId)" 0/11 3 -H trace=t-a
+dead "$b" "{\"job_id\":\"$b\",\"prompt\":\"x\",\"width\":100}" invalid_job \
+    "width: 100 is not a multiple of 16" 1/12 0
+dead "$c" "{\"job_id\":\"$c\",\"prompt\":\"c\"}" s3_auth "S3 refused the credentials" 2/13 3
+dead "$d" "{\"job_id\":\"$d\",\"prompt\":\"d\"}" s3_auth "S3 refused the credentials" 3/14 3
+dead "" "not json" invalid_job "not valid JSON" 0/15 0
+
+rcli hset "${P}job:$a" status failed attempt 3 worker w1 error_code s3_auth \
+    error "S3 refused the credentials" finished_at 1 >/dev/null
+rcli hset "${P}job:$c" status succeeded attempt 1 worker w1 >/dev/null
+snapshot() { # Redis state that replays may change
+    echo "a: $(rcli hmget "${P}job:$a" status attempt error_code | xargs)"
+    echo "c: $(rcli hmget "${P}job:$c" status attempt | xargs)"
+    echo "d: $(rcli exists "${P}job:$d")"
+    echo "events: $(rcli xlen "${P}events")"
+}
+snapshot >"$tmp/redis.before"
+
+# ---- list ----
+rc=0
+zimage dlq list --config "$tmp/cfg.yaml" >"$tmp/list" 2>"$tmp/err" || rc=$?
+check "list exits 0" 0 "$rc"
+check "list: one line per message + summary" 6 "$(wc -l <"$tmp/list")"
+check "list: summary" "listed 5 of 5 messages" "$(tail -n 1 "$tmp/list")"
+check "list: a with source, key, code, attempts, error" yes "$(has "$tmp/list" \
+    "^$DLQ/[0-9]+/[0-9]+ key=$a error_code=s3_auth attempts=3 source=zimage.jobs/0/11 error=S3 refused the credentials \(403 InvalidAccessKeyId\)$")"
+check "list: b" yes "$(has "$tmp/list" "key=$b error_code=invalid_job .*error=width: 100 is not")"
+check "list: message without a key" yes \
+    "$(has "$tmp/list" 'key=\(none\) error_code=invalid_job .*source=zimage.jobs/0/15')"
+check "list --error-code" "listed 2 of 5 messages; 3 with another error code" \
+    "$(zimage dlq list --config "$tmp/cfg.yaml" --error-code invalid_job | tail -n 1)"
+
+# ---- dry run ----
+rc=0
+zimage dlq replay --config "$tmp/cfg.yaml" --dry-run >"$tmp/dry" 2>"$tmp/err" || rc=$?
+check "dry run exits 0" 0 "$rc"
+check "dry run: summary" \
+    "dry run: would replay 4 of 5 messages; 1 skipped: job already succeeded; nothing changed" \
+    "$(tail -n 1 "$tmp/dry")"
+check "dry run: lists a, b, d and the keyless one, not c" "(none) $a $b $d" \
+    "$(grep -o 'key=[^ ]*' "$tmp/dry" | cut -d= -f2 | LC_ALL=C sort | xargs)"
+check "dry run: jobs topic stays empty" "" "$(jobs_topic)"
+snapshot >"$tmp/redis.after"
+check "dry run: Redis unchanged" "$(cat "$tmp/redis.before")" "$(cat "$tmp/redis.after")"
+
+# ---- replay one error code ----
+rc=0
+zimage dlq replay --config "$tmp/cfg.yaml" --error-code s3_auth >"$tmp/replay" 2>"$tmp/err" || rc=$?
+check "replay exits 0" 0 "$rc"
+[[ $rc == 0 ]] || cat "$tmp/err" >&2
+check "replay: summary" \
+    "replayed 2 of 5 messages; 2 with another error code; 1 skipped: job already succeeded" \
+    "$(tail -n 1 "$tmp/replay")"
+check "replay: one line per replayed message" 2 "$(grep -c '^replayed [^0-9]' "$tmp/replay")"
+check "replay: says why c was skipped" yes "$(has "$tmp/replay" "^skipped .*key=$c.*already succeeded")"
+
+jobs_topic >"$tmp/jobs"
+check "jobs topic: exactly a and d" "$a $d" "$(cut -d'|' -f1 "$tmp/jobs" | xargs)"
+check "jobs topic: a's value unchanged" "$va" "$(grep "^$a|" "$tmp/jobs" | cut -d'|' -f3-)"
+ha=$(grep "^$a|" "$tmp/jobs" | cut -d'|' -f2)
+check "jobs topic: no zimage-error headers" no "$([[ $ha == *zimage-error* ]] && echo yes || echo no)"
+check "jobs topic: zimage-replayed-from names the DLQ message" yes \
+    "$([[ $ha =~ zimage-replayed-from=$DLQ/[0-9]+/[0-9]+ ]] && echo yes || echo no)"
+check "jobs topic: foreign header kept" yes "$([[ $ha == *trace=t-a* ]] && echo yes || echo no)"
+
+check "redis: a queued again with attempt 0" "queued 0" \
+    "$(rcli hmget "${P}job:$a" status attempt | xargs)"
+check "redis: a's error cleared" "0 0" \
+    "$(rcli hexists "${P}job:$a" error_code) $(rcli hexists "${P}job:$a" error)"
+check "redis: a's replayed_from" yes \
+    "$([[ $(rcli hget "${P}job:$a" replayed_from) =~ ^$DLQ/[0-9]+/[0-9]+$ ]] && echo yes || echo no)"
+ttl=$(rcli ttl "${P}job:$a")
+check "redis: a has a TTL" yes "$([[ $ttl =~ ^[0-9]+$ && $ttl -gt 0 ]] && echo yes || echo no)"
+check "redis: d recorded queued with attempt 0" "queued 0" \
+    "$(rcli hmget "${P}job:$d" status attempt | xargs)"
+check "redis: c still succeeded" "succeeded 1" "$(rcli hmget "${P}job:$c" status attempt | xargs)"
+check "redis: b untouched" 0 "$(rcli exists "${P}job:$b")"
+check "redis: queued events for a and d" "$a $d" "$(rcli xrange "${P}events" - + |
+    awk 'prev == "job_id" { id = $0 } prev == "status" && $0 == "queued" { print id } { prev = $0 }' |
+    LC_ALL=C sort | xargs)"
+
+# ---- once only; positions per error code ----
+rc=0
+zimage dlq replay --config "$tmp/cfg.yaml" --error-code s3_auth >"$tmp/again" 2>&1 || rc=$?
+check "second replay exits 0" 0 "$rc"
+check "second replay replays nothing" "replayed 0 of 0 messages" "$(tail -n 1 "$tmp/again")"
+check "jobs topic still holds 2 messages" 2 "$(jobs_topic | wc -l)"
+check "another error code keeps its own position" \
+    "dry run: would replay 2 of 5 messages; 3 with another error code; nothing changed" \
+    "$(zimage dlq replay --config "$tmp/cfg.yaml" --error-code invalid_job --dry-run | tail -n 1)"
+check "--from-beginning reads everything again" \
+    "dry run: would replay 2 of 5 messages; 2 with another error code; 1 skipped: job already succeeded; nothing changed" \
+    "$(zimage dlq replay --config "$tmp/cfg.yaml" --error-code s3_auth --from-beginning --dry-run |
+        tail -n 1)"
+zimage dlq replay --config "$tmp/cfg.yaml" --dry-run --limit 1 >"$tmp/limit"
+check "--limit: one message listed" 1 "$(grep -c ' key=' "$tmp/limit")"
+check "--limit: summary" yes \
+    "$(has "$tmp/limit" '^dry run: would replay 1 of [0-9]+ messages.*; stopped at --limit 1; nothing changed$')"
+
+# ---- usage and failures ----
+for bad in "replay" "replay --config $tmp/cfg.yaml --limit 0" "replay --config $tmp/cfg.yaml --nope" \
+    "bogus --config $tmp/cfg.yaml" "list --config $tmp/cfg.yaml --dry-run" \
+    "replay --config $tmp/cfg.yaml --error-code S3-AUTH" ""; do
+    rc=0
+    # shellcheck disable=SC2086
+    zimage dlq $bad >/dev/null 2>"$tmp/err" || rc=$?
+    check "'dlq $bad' exits 2 with an error line" "2 yes" "$rc $(has "$tmp/err" '^zimage: error: ')"
+done
+rc=0
+ZIMAGE_REDIS_URL=redis://127.0.0.1:1/0 zimage dlq replay --config "$tmp/cfg.yaml" \
+    >/dev/null 2>"$tmp/err" || rc=$?
+check "Redis unreachable exits 1" "1 yes" "$rc $(has "$tmp/err" '^zimage: error: redis .*refused')"
+rc=0
+ZIMAGE_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1 zimage dlq list --config "$tmp/cfg.yaml" \
+    --timeout-ms 1500 >/dev/null 2>"$tmp/err" || rc=$?
+check "Kafka unreachable exits 1 within the timeout" "1 yes" \
+    "$rc $(has "$tmp/err" '^zimage: error: dlq list: kafka')"
+check "jobs topic unchanged by the failures" 2 "$(jobs_topic | wc -l)"
+
+if ((fails)); then
+    echo "$fails check(s) failed" >&2
+    exit 1
+fi
+echo "all dlq replay checks passed"

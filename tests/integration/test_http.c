@@ -1,0 +1,174 @@
+/*
+ * test_http.c - the worker's HTTP endpoint on a real socket: /healthz, /readyz (flag on and
+ * off), /metrics (Prometheus text with the contract's metric names, collect hook called),
+ * 404/405, listen-address parsing, and a port that is already taken.
+ */
+#include "zi_test.h"
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+#include "metrics.h"
+#include "zi_err.h"
+
+typedef struct {
+    char buf[65536];
+    size_t len;
+} zi_body;
+
+static size_t zi_write(char *p, size_t s, size_t n, void *ud)
+{
+    zi_body *b = ud;
+    size_t k = s * n;
+    if (b->len + k >= sizeof b->buf)
+        k = sizeof b->buf - 1 - b->len;
+    memcpy(b->buf + b->len, p, k);
+    b->len += k;
+    b->buf[b->len] = '\0';
+    return s * n;
+}
+
+/* GET (or another method) http://127.0.0.1:port/path -> status, body in *b. */
+static long zi_get(int port, const char *path, const char *method, zi_body *b, char *ctype,
+                   size_t ccap)
+{
+    CURL *c = curl_easy_init();
+    assert_non_null(c);
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    b->len = 0;
+    b->buf[0] = '\0';
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, zi_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 5L);
+    if (method && strcmp(method, "HEAD") == 0)
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    else if (method)
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    CURLcode rc = curl_easy_perform(c);
+    if (rc != CURLE_OK)
+        fail_msg("GET %s: %s", url, curl_easy_strerror(rc));
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    if (ctype) {
+        char *ct = NULL;
+        curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
+        snprintf(ctype, ccap, "%s", ct ? ct : "");
+    }
+    curl_easy_cleanup(c);
+    return status;
+}
+
+static int zi_collect_calls;
+
+static void zi_collect(void *ud)
+{
+    zi_worker_metrics *wm = ud;
+    zi_collect_calls++;
+    zi_metric_set(wm->gpu_memory, "free", 12345);
+}
+
+static void test_endpoints(void **state)
+{
+    (void)state;
+    zi_metrics *m = zi_metrics_create();
+    zi_worker_metrics wm;
+    assert_int_equal(zi_metrics_register_worker(m, &wm), ZI_OK);
+    zi_http *h = NULL;
+    assert_int_equal(zi_http_start("127.0.0.1:0", m, &h), ZI_OK);
+    zi_http_set_collect(h, zi_collect, &wm);
+    int port = zi_http_port(h);
+    assert_true(port > 0 && port < 65536);
+
+    zi_body b;
+    char ct[128];
+    assert_int_equal(zi_get(port, "/healthz", NULL, &b, NULL, 0), 200);
+    assert_int_equal(zi_get(port, "/readyz", NULL, &b, NULL, 0), 503);
+    zi_http_set_ready(h, 1);
+    assert_int_equal(zi_http_ready(h), 1);
+    assert_int_equal(zi_get(port, "/readyz", NULL, &b, NULL, 0), 200);
+    zi_http_set_ready(h, 0); /* draining */
+    assert_int_equal(zi_get(port, "/readyz", NULL, &b, NULL, 0), 503);
+    assert_int_equal(zi_get(port, "/healthz", NULL, &b, NULL, 0), 200);
+
+    zi_metric_inc(wm.jobs_total, "succeeded");
+    zi_metric_observe(wm.job_duration, 1.5);
+    zi_metric_observe(wm.step_duration, 0.1);
+    zi_metric_set(wm.consumer_lag, NULL, 7);
+    zi_metric_set(wm.worker_busy, NULL, 1);
+    assert_int_equal(zi_get(port, "/metrics", NULL, &b, ct, sizeof ct), 200);
+    assert_non_null(strstr(ct, "text/plain"));
+    assert_non_null(strstr(ct, "version=0.0.4"));
+    assert_int_equal(zi_collect_calls, 1);
+    const char *want[] = {
+        "zimage_jobs_total{outcome=\"succeeded\"} 1\n",
+        "zimage_job_duration_seconds_bucket{le=\"2\"} 1\n",
+        "zimage_job_duration_seconds_count 1\n",
+        "zimage_step_duration_seconds_count 1\n",
+        "zimage_consumer_lag 7\n",
+        "zimage_gpu_memory_bytes{kind=\"free\"} 12345\n", /* set by the collect hook */
+        "zimage_gpu_memory_bytes{kind=\"reserved\"} 0\n",
+        "zimage_worker_busy 1\n",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(b.buf, want[i]))
+            fail_msg("/metrics lacks '%s':\n%s", want[i], b.buf);
+
+    assert_int_equal(zi_get(port, "/nope", NULL, &b, NULL, 0), 404);
+    assert_int_equal(zi_get(port, "/healthz", "POST", &b, NULL, 0), 405);
+    assert_int_equal(zi_get(port, "/metrics", "HEAD", &b, NULL, 0), 200);
+
+    /* the same port cannot be bound twice */
+    char spec[64];
+    snprintf(spec, sizeof spec, "127.0.0.1:%d", port);
+    zi_http *h2 = NULL;
+    assert_int_equal(zi_http_start(spec, m, &h2), ZI_EIO);
+    assert_non_null(strstr(zi_errmsg(), spec));
+
+    zi_http_stop(h);
+    zi_metrics_destroy(m);
+}
+
+static void test_parse_listen(void **state)
+{
+    (void)state;
+    char host[64];
+    int port;
+    assert_int_equal(zi_http_parse_listen("0.0.0.0:9400", host, sizeof host, &port), ZI_OK);
+    assert_string_equal(host, "0.0.0.0");
+    assert_int_equal(port, 9400);
+    assert_int_equal(zi_http_parse_listen("[::1]:0", host, sizeof host, &port), ZI_OK);
+    assert_string_equal(host, "::1");
+    assert_int_equal(port, 0);
+    assert_int_equal(zi_http_parse_listen("9400", host, sizeof host, &port), ZI_EINVAL);
+    assert_int_equal(zi_http_parse_listen(":9400", host, sizeof host, &port), ZI_EINVAL);
+    assert_int_equal(zi_http_parse_listen("h:65536", host, sizeof host, &port), ZI_EINVAL);
+    assert_int_equal(zi_http_parse_listen("h:9x", host, sizeof host, &port), ZI_EINVAL);
+    assert_int_equal(zi_http_parse_listen("::1:80", host, sizeof host, &port), ZI_EINVAL);
+    zi_http *h = NULL;
+    assert_int_equal(zi_http_start("example.com:0", NULL, &h), ZI_EINVAL);
+
+    /* no registry: /metrics is empty but 200; localhost is accepted */
+    assert_int_equal(zi_http_start("localhost:0", NULL, &h), ZI_OK);
+    zi_body b;
+    assert_int_equal(zi_get(zi_http_port(h), "/metrics", NULL, &b, NULL, 0), 200);
+    assert_int_equal(b.len, 0);
+    zi_http_stop(h);
+    zi_http_stop(NULL);
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_endpoints),
+        cmocka_unit_test(test_parse_listen),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    curl_global_cleanup();
+    return rc;
+}

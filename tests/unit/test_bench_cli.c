@@ -1,0 +1,109 @@
+/*
+ * test_bench_cli.c - `zimage bench` on the CPU backend with the tiny checkpoint (the
+ * code path the GPU benchmark uses, at a size CI can afford): usage errors, the
+ * checkpoint mode with a same-run baseline, and the random-weights mode with the tiny
+ * config. The JSON on stdout is parsed and its figures checked for sense.
+ */
+#include "zi_test.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static char out[1 << 16];
+
+static const char *bin(void)
+{
+    const char *b = getenv("ZI_BINARY");
+    return b && *b ? b : ZI_BINARY;
+}
+
+/* Runs `zimage bench ARGS` (stderr dropped); returns the exit status. */
+static int bench(const char *args)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' bench %s 2>/dev/null", bin(), args);
+    return zi_test_run(cmd, out, sizeof out);
+}
+
+static double num(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(v))
+        fail_msg("JSON key %s is missing or not a number", key);
+    return v->valuedouble;
+}
+
+static void test_usage(void **state)
+{
+    (void)state;
+    assert_int_equal(bench("--help"), 0);
+    assert_non_null(strstr(out, "--random-weights"));
+    assert_int_equal(bench(""), 2);
+    assert_int_equal(bench("--backend tpu --random-weights"), 2);
+    assert_int_equal(bench("--model x --random-weights"), 2);
+    assert_int_equal(bench("--random-weights --size 100"), 2); /* not a multiple of 16 */
+    assert_int_equal(bench("--random-weights --runs 0"), 2);
+    assert_int_equal(bench("--random-weights --bogus 1"), 2);
+}
+
+static void test_checkpoint_cpu(void **state)
+{
+    (void)state;
+    char args[4096];
+    snprintf(args, sizeof args,
+             "--backend cpu --model '%s' --steps 2 --runs 1 --width 64 --height 64 "
+             "--baseline cpu",
+             zi_test_golden("tiny-zimage"));
+    assert_int_equal(bench(args), 0);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "mode")->valuestring, "checkpoint");
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "backend")->valuestring, "cpu");
+    double e2e = num(j, "end_to_end_s"), step = num(j, "step_ms");
+    assert_true(e2e > 0 && step > 0);
+    assert_true(step * 2 <= e2e * 1e3 + 1e-6); /* two steps fit in one generation */
+    assert_true(num(j, "weights_bytes") > 0);
+    assert_true(num(j, "peak_allocated_bytes") >= num(j, "weights_bytes"));
+    const cJSON *base = cJSON_GetObjectItemCaseSensitive(j, "baseline");
+    assert_true(cJSON_IsObject(base));
+    assert_true(num(base, "end_to_end_s") > 0);
+    double sp = num(j, "speedup_end_to_end");
+    assert_true(sp > 0.05 && sp < 20); /* same backend both times: near 1 */
+    cJSON_Delete(j);
+}
+
+static void test_random_weights_cpu(void **state)
+{
+    (void)state;
+    char args[4096];
+    snprintf(args, sizeof args,
+             "--backend cpu --random-weights --config '%s' --size 64 --steps 2 "
+             "--small-size 32 --small-steps 1 --runs 1 --tokens 12",
+             zi_test_golden("tiny-zimage"));
+    assert_int_equal(bench(args), 0);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "mode")->valuestring, "random-weights");
+    assert_true(num(j, "dit_forward_64_ms") > 0);
+    assert_true(num(j, "dit_forward_32_ms") > 0);
+    assert_true(num(j, "image_64_2steps_s") > 0);
+    assert_true(num(j, "image_32_1steps_s") > 0);
+    assert_true(num(j, "peak_allocated_bytes") > 0);
+    assert_true(num(j, "peak_reserved_bytes") >= num(j, "peak_allocated_bytes"));
+    assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "gemm_bf16_tflops")));
+    assert_non_null(cJSON_GetObjectItemCaseSensitive(j, "text_encode_ms"));
+    assert_non_null(cJSON_GetObjectItemCaseSensitive(j, "vae_decode_64_ms"));
+    cJSON_Delete(j);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_usage),
+        cmocka_unit_test(test_checkpoint_cpu),
+        cmocka_unit_test(test_random_weights_cpu),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

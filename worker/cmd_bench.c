@@ -1,0 +1,609 @@
+/*
+ * cmd_bench.c - `zimage bench`: speed and memory of the pipeline, as one JSON object on
+ * stdout (progress on stderr).
+ *
+ * Two modes:
+ *  - checkpoint: `zimage bench --backend B --model DIR [--width W --height H --steps N
+ *    --runs R --baseline B2]` loads DIR and times whole generations (one warm-up, then R
+ *    timed runs): end-to-end seconds and seconds per step (from the progress callback).
+ *    With --baseline the same runs are made on a second backend in the same process and
+ *    the JSON gets speedup ratios (baseline time / our time).
+ *  - random weights: `zimage bench --backend B --random-weights [--config DIR]` builds the
+ *    real Z-Image-Turbo shapes (zi_config_zimage_turbo, or the config of DIR) with random
+ *    weights and times text encoding, one DiT forward at --size and --small-size, one VAE
+ *    decode at --size, and whole images (--size with --steps, --small-size with
+ *    --small-steps; defaults 1024/8 and 384/9), plus the peak memory and, on CUDA, a
+ *    8192^3 bf16 cuBLASLt GEMM and pinned host-to-device bandwidth. Key names carry the
+ *    sizes (dit_forward_1024_ms, image_384_9steps_s, ...). Where the GPU is an H100 or
+ *    H200, "vs_anchor" holds diffusers' figures for that GPU (docs/performance.md) over
+ *    ours; those anchors come from the issue, not from this run.
+ * Every timing is the median of --runs runs after one warm-up, with the device
+ * synchronised before the clock stops.
+ */
+#include "backend.h"
+#include "config.h"
+#include "dit.h"
+#include "pipeline.h"
+#include "pipeline_bench.h"
+#include "qwen3.h"
+#include "vae.h"
+#include "zi_err.h"
+#ifdef ZI_HAVE_CUDA
+#include "zi_cuda.h"
+#endif
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ZB_MAX_RUNS 100
+#define ZB_MAX_STEPS 64
+
+typedef struct zb_opts {
+    const char *backend, *model, *config, *baseline, *prompt;
+    int random_weights;
+    int width, height, steps, runs;
+    int size, small_size, small_steps, tokens;
+    uint64_t seed;
+} zb_opts;
+
+static void zb_usage(FILE *f)
+{
+    fprintf(f, "usage: zimage bench --model DIR [options]\n"
+               "       zimage bench --random-weights [options]\n"
+               "\n"
+               "  --backend auto|cpu|cuda  backend to measure (default auto)\n"
+               "  --runs N                 timed runs after one warm-up, median reported "
+               "(default 3)\n"
+               "  --seed S                 noise / weight seed (default 42)\n"
+               "checkpoint mode:\n"
+               "  --model DIR              checkpoint folder (diffusers layout)\n"
+               "  --width W, --height H    image size (default 64x64)\n"
+               "  --steps N                steps (default 8)\n"
+               "  --prompt TEXT            prompt (default \"a photo of a cat\")\n"
+               "  --baseline auto|cpu|cuda also run on this backend; report speedups\n"
+               "random-weights mode:\n"
+               "  --random-weights         real Z-Image-Turbo shapes, random weights\n"
+               "  --config DIR             take the shapes from DIR's config files instead\n"
+               "  --size N                 large image side (default 1024), --steps (default 8)\n"
+               "  --small-size N           small image side (default 384), --small-steps "
+               "(default 9)\n"
+               "  --tokens N               prompt tokens (random ids, default 128)\n"
+               "Prints one JSON object on stdout.\n");
+}
+
+static int zb_usage_error(const char *msg, const char *arg)
+{
+    fprintf(stderr, "zimage: error: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
+    return 2;
+}
+
+static int zb_int(const char *s, long lo, long hi, int *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static double zb_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double zb_median(double *v, int n)
+{
+    if (n <= 0)
+        return 0;
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static double zb_min(const double *v, int n)
+{
+    double m = n > 0 ? v[0] : 0;
+    for (int i = 1; i < n; i++)
+        m = v[i] < m ? v[i] : m;
+    return m;
+}
+
+/* Peak allocated and peak reserved bytes of a backend since it was made. */
+static void zb_peaks(zi_backend *be, double *alloc, double *reserved, double *weights)
+{
+    zi_mem_stats m;
+    be->mem_stats(be, &m);
+    *alloc = (double)m.peak;
+    /* a backend without a caching allocator reserves what it allocates */
+    *reserved = (double)(m.reserved > m.peak ? m.reserved : m.peak);
+    *weights = (double)m.weights;
+#ifdef ZI_HAVE_CUDA
+    zi_alloc_stats s;
+    if (zi_cuda_is(be) && zi_cuda_alloc_stats(be, &s) == ZI_OK)
+        *reserved = (double)s.peak_reserved;
+#endif
+}
+
+/* ---- whole generations ---- */
+
+typedef struct zb_steps {
+    double t[ZB_MAX_STEPS * (ZB_MAX_RUNS + 1)];
+    int n, record;
+} zb_steps;
+
+static int zb_progress(void *ud, int step, int steps, double step_seconds)
+{
+    zb_steps *s = ud;
+    (void)step;
+    (void)steps;
+    if (s->record && s->n < (int)(sizeof s->t / sizeof s->t[0]))
+        s->t[s->n++] = step_seconds;
+    return 0;
+}
+
+/* Generates one warm-up then `runs` timed images; fills the median/min end-to-end
+ * seconds and the median step seconds. */
+static int zb_images(zi_pipeline *p, const char *prompt, int w, int h, int steps, int runs,
+                     uint64_t seed, double *e2e_med, double *e2e_min, double *step_med)
+{
+    static zb_steps st;
+    double e2e[ZB_MAX_RUNS];
+    zi_gen_params g = {0};
+    g.prompt = prompt;
+    g.width = w;
+    g.height = h;
+    g.steps = steps;
+    g.guidance = 0.0f;
+    g.seed = seed;
+    g.rng = ZI_RNG_CUDA;
+    memset(&st, 0, sizeof st);
+    for (int r = -1; r < runs; r++) {
+        uint8_t *rgb = NULL;
+        st.record = r >= 0;
+        double t0 = zb_now();
+        int rc = zi_pipeline_generate(p, &g, zb_progress, &st, &rgb);
+        double t1 = zb_now();
+        free(rgb);
+        if (rc != ZI_OK)
+            return rc;
+        if (r >= 0)
+            e2e[r] = t1 - t0;
+        fprintf(stderr, "bench: %dx%d, %d steps: %.3f s%s\n", w, h, steps, t1 - t0,
+                r < 0 ? " (warm-up)" : "");
+    }
+    *e2e_min = zb_min(e2e, runs);
+    *e2e_med = zb_median(e2e, runs);
+    *step_med = zb_median(st.t, st.n);
+    return ZI_OK;
+}
+
+/* ---- checkpoint mode ---- */
+
+/* Loads DIR on a backend named `name` and times it; adds the figures to `obj`. */
+static int zb_checkpoint_on(const zb_opts *o, const char *name, cJSON *obj, double *e2e,
+                            double *step)
+{
+    zi_backend *be = zi_backend_new(name);
+    if (!be)
+        return zi_error_prefix(ZI_EINVAL, "backend %s", name);
+    zi_pipeline *p = NULL;
+    double t0 = zb_now();
+    int rc = zi_pipeline_load(o->model, be, &p);
+    double load = zb_now() - t0;
+    if (rc == ZI_OK) {
+        double e2e_min = 0;
+        rc = zb_images(p, o->prompt, o->width, o->height, o->steps, o->runs, o->seed, e2e, &e2e_min,
+                       step);
+        if (rc == ZI_OK) {
+            double pa, pr, wb;
+            zb_peaks(be, &pa, &pr, &wb);
+            cJSON_AddStringToObject(obj, "backend", be->name);
+            cJSON_AddStringToObject(obj, "device", be->device_name);
+            cJSON_AddNumberToObject(obj, "load_s", load);
+            cJSON_AddNumberToObject(obj, "end_to_end_s", *e2e);
+            cJSON_AddNumberToObject(obj, "end_to_end_min_s", e2e_min);
+            cJSON_AddNumberToObject(obj, "step_ms", *step * 1e3);
+            cJSON_AddNumberToObject(obj, "peak_allocated_bytes", pa);
+            cJSON_AddNumberToObject(obj, "peak_reserved_bytes", pr);
+            cJSON_AddNumberToObject(obj, "weights_bytes", wb);
+        }
+    }
+    zi_pipeline_free(p);
+    zi_backend_destroy(be);
+    return rc;
+}
+
+static int zb_checkpoint(const zb_opts *o, cJSON *root)
+{
+    cJSON_AddStringToObject(root, "mode", "checkpoint");
+    cJSON_AddStringToObject(root, "model", o->model);
+    cJSON_AddNumberToObject(root, "width", o->width);
+    cJSON_AddNumberToObject(root, "height", o->height);
+    cJSON_AddNumberToObject(root, "steps", o->steps);
+    cJSON_AddNumberToObject(root, "runs", o->runs);
+    double e2e = 0, step = 0;
+    int rc = zb_checkpoint_on(o, o->backend, root, &e2e, &step);
+    if (rc != ZI_OK || !o->baseline)
+        return rc;
+    cJSON *base = cJSON_AddObjectToObject(root, "baseline");
+    double be2e = 0, bstep = 0;
+    rc = zb_checkpoint_on(o, o->baseline, base, &be2e, &bstep);
+    if (rc != ZI_OK)
+        return zi_error_prefix(rc, "baseline");
+    cJSON_AddNumberToObject(root, "speedup_end_to_end", e2e > 0 ? be2e / e2e : 0);
+    cJSON_AddNumberToObject(root, "speedup_step", step > 0 ? bstep / step : 0);
+    return ZI_OK;
+}
+
+/* ---- random-weights mode ---- */
+
+typedef struct zb_anchor {
+    const char *gpu, *source;
+    double image_1024_8steps_s, dit_forward_1024_ms, vae_decode_1024_ms, text_encode_ms;
+    double image_384_9steps_s;
+} zb_anchor;
+
+/* diffusers 0.40, bf16 (the issue's anchor figures; docs/performance.md). */
+static const zb_anchor zb_anchors[] = {
+    {"H100", "diffusers 0.40 bf16 on NVIDIA H100", 1.35, 149, 90, 49, 0.51},
+    {"H200", "diffusers 0.40 bf16 on NVIDIA H200", 1.30, 141, 86, 42, 0.575},
+};
+
+/* Median milliseconds of one text-encoder forward over n_tokens random ids. */
+static int zb_time_text(zi_backend *be, zi_qwen3 *te, int n_tokens, int runs, uint64_t seed,
+                        float **emb, int *dim, double *ms)
+{
+    const zi_te_config *c = zi_qwen3_config(te);
+    int32_t *ids = malloc((size_t)n_tokens * sizeof *ids);
+    double t[ZB_MAX_RUNS];
+    if (!ids)
+        return zi_errorf(ZI_ENOMEM, "bench: out of memory");
+    uint64_t s = seed;
+    for (int i = 0; i < n_tokens; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((s >> 33) % (uint64_t)c->vocab);
+    }
+    int rc = ZI_OK;
+    for (int r = -1; r < runs && rc == ZI_OK; r++) {
+        zi_tensor out = {0};
+        double t0 = zb_now();
+        rc = zi_qwen3_forward(te, ids, n_tokens, &out, NULL);
+        be->sync(be);
+        double t1 = zb_now();
+        if (rc == ZI_OK)
+            rc = zi_backend_check(be);
+        if (rc == ZI_OK && r == runs - 1) { /* keep the last embeddings for the DiT */
+            *dim = c->hidden;
+            *emb = malloc((size_t)n_tokens * c->hidden * sizeof(float));
+            rc = *emb ? be->download(be, *emb, &out, (size_t)n_tokens * c->hidden)
+                      : zi_errorf(ZI_ENOMEM, "bench: out of memory");
+        }
+        be->free(be, &out);
+        if (r >= 0)
+            t[r] = (t1 - t0) * 1e3;
+    }
+    free(ids);
+    *ms = zb_median(t, runs);
+    return rc;
+}
+
+/* Median milliseconds of one DiT forward at side x side pixels (vs pixels per latent). */
+static int zb_time_dit(zi_dit *d, const zi_dit_caption *cap, int side, int vs, int runs, double *ms)
+{
+    const zi_dit_config *c = zi_dit_get_config(d);
+    int l = side / vs;
+    size_t n = (size_t)c->in_channels * l * l;
+    float *lat = malloc(n * sizeof(float)), *out = malloc(n * sizeof(float));
+    double t[ZB_MAX_RUNS];
+    int rc = ZI_OK;
+    if (!lat || !out)
+        rc = zi_errorf(ZI_ENOMEM, "bench: out of memory");
+    for (size_t i = 0; lat && i < n; i++)
+        lat[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
+    for (int r = -1; r < runs && rc == ZI_OK; r++) {
+        float tm = 0.1f + 0.05f * (float)(r + 1); /* a new t each call: includes adaLN prep */
+        double t0 = zb_now();
+        rc = zi_dit_forward(d, cap, tm, lat, l, l, out); /* returns host output: synced */
+        double t1 = zb_now();
+        if (r >= 0)
+            t[r] = (t1 - t0) * 1e3;
+    }
+    free(lat);
+    free(out);
+    *ms = zb_median(t, runs);
+    return rc;
+}
+
+static int zb_time_vae(zi_backend *be, zi_vae *vae, const zi_model_config *cfg, int side, int runs,
+                       double *ms)
+{
+    int s = zi_vae_scale(&cfg->vae), l = side / s;
+    size_t n = (size_t)cfg->vae.latent_channels * l * l;
+    float *lat = malloc(n * sizeof(float));
+    double t[ZB_MAX_RUNS];
+    if (!lat)
+        return zi_errorf(ZI_ENOMEM, "bench: out of memory");
+    for (size_t i = 0; i < n; i++)
+        lat[i] = (float)((i * 2246822519u) % 2001) / 1000.0f - 1.0f;
+    zi_tensor z;
+    int64_t shape[3] = {cfg->vae.latent_channels, l, l};
+    int rc = be->alloc_f32(be, &z, 3, shape);
+    if (rc == ZI_OK)
+        rc = be->upload(be, &z, lat, n);
+    for (int r = -1; r < runs && rc == ZI_OK; r++) {
+        zi_tensor img = {0};
+        double t0 = zb_now();
+        rc = zi_vae_decode(vae, &z, l, l, &img, NULL, NULL);
+        be->sync(be);
+        double t1 = zb_now();
+        if (rc == ZI_OK)
+            rc = zi_backend_check(be);
+        be->free(be, &img);
+        if (r >= 0)
+            t[r] = (t1 - t0) * 1e3;
+    }
+    if (z.data)
+        be->free(be, &z);
+    free(lat);
+    *ms = zb_median(t, runs);
+    return rc;
+}
+
+/* One JSON number, or null when the figure could not be measured. */
+static void zb_num(cJSON *o, const char *key, int have, double v)
+{
+    if (have)
+        cJSON_AddNumberToObject(o, key, v);
+    else
+        cJSON_AddNullToObject(o, key);
+}
+
+static int zb_random(const zb_opts *o, cJSON *root)
+{
+    zi_model_config cfg;
+    int rc = ZI_OK;
+    if (o->config)
+        rc = zi_config_load(o->config, &cfg);
+    else
+        zi_config_zimage_turbo(&cfg);
+    if (rc != ZI_OK)
+        return rc;
+    zi_backend *be = zi_backend_new(o->backend);
+    if (!be)
+        return zi_error_prefix(ZI_EINVAL, "backend %s", o->backend);
+    cJSON_AddStringToObject(root, "mode", "random-weights");
+    cJSON_AddStringToObject(root, "config", o->config ? o->config : "zimage-turbo");
+    cJSON_AddStringToObject(root, "backend", be->name);
+    cJSON_AddStringToObject(root, "gpu", be->device_name);
+    cJSON_AddNumberToObject(root, "tokens", o->tokens);
+    cJSON_AddNumberToObject(root, "runs", o->runs);
+    char key[96];
+    zi_pipeline *p = NULL;
+    float *emb = NULL;
+    zi_dit_caption *cap = NULL;
+    double t0 = zb_now();
+    fprintf(stderr, "bench: building random weights on %s (%s)\n", be->name, be->device_name);
+    rc = zi_pipeline_load_random(&cfg, be, o->seed, o->tokens, &p);
+    if (rc != ZI_OK)
+        goto done;
+    be->sync(be);
+    cJSON_AddNumberToObject(root, "load_s", zb_now() - t0);
+    fprintf(stderr, "bench: loaded in %.1f s\n", zb_now() - t0);
+
+    /* components */
+    int vs = zi_vae_scale(&cfg.vae); /* pixels per latent */
+    double te_ms = 0, dit_big = 0, dit_small = 0, vae_ms = 0;
+    int dim = 0;
+    rc = zb_time_text(be, zi_pipeline_text_encoder(p), o->tokens, o->runs, o->seed, &emb, &dim,
+                      &te_ms);
+    if (rc != ZI_OK)
+        goto done;
+    fprintf(stderr, "bench: text encode %.2f ms\n", te_ms);
+    zi_dit *d = zi_pipeline_dit(p);
+    rc = zi_dit_prepare_caption(d, emb, o->tokens, &cap);
+    if (rc == ZI_OK)
+        rc = zb_time_dit(d, cap, o->size, vs, o->runs, &dit_big);
+    if (rc == ZI_OK)
+        rc = zb_time_dit(d, cap, o->small_size, vs, o->runs, &dit_small);
+    if (rc != ZI_OK)
+        goto done;
+    fprintf(stderr, "bench: DiT forward %d: %.2f ms, %d: %.2f ms\n", o->size, dit_big,
+            o->small_size, dit_small);
+    rc = zb_time_vae(be, zi_pipeline_vae(p), &cfg, o->size, o->runs, &vae_ms);
+    if (rc != ZI_OK)
+        goto done;
+    fprintf(stderr, "bench: VAE decode %d: %.2f ms\n", o->size, vae_ms);
+
+    /* whole images */
+    double big_med, big_min, big_step, small_med, small_min, small_step;
+    rc = zb_images(p, "bench", o->size, o->size, o->steps, o->runs, o->seed, &big_med, &big_min,
+                   &big_step);
+    if (rc == ZI_OK)
+        rc = zb_images(p, "bench", o->small_size, o->small_size, o->small_steps, o->runs, o->seed,
+                       &small_med, &small_min, &small_step);
+    if (rc != ZI_OK)
+        goto done;
+
+    zb_num(root, "text_encode_ms", 1, te_ms);
+    snprintf(key, sizeof key, "dit_forward_%d_ms", o->size);
+    zb_num(root, key, 1, dit_big);
+    snprintf(key, sizeof key, "dit_forward_%d_ms", o->small_size);
+    zb_num(root, key, 1, dit_small);
+    snprintf(key, sizeof key, "vae_decode_%d_ms", o->size);
+    zb_num(root, key, 1, vae_ms);
+    snprintf(key, sizeof key, "image_%d_%dsteps_s", o->size, o->steps);
+    zb_num(root, key, 1, big_med);
+    snprintf(key, sizeof key, "image_%d_%dsteps_min_s", o->size, o->steps);
+    zb_num(root, key, 1, big_min);
+    snprintf(key, sizeof key, "step_%d_ms", o->size);
+    zb_num(root, key, 1, big_step * 1e3);
+    snprintf(key, sizeof key, "image_%d_%dsteps_s", o->small_size, o->small_steps);
+    zb_num(root, key, 1, small_med);
+    snprintf(key, sizeof key, "image_%d_%dsteps_min_s", o->small_size, o->small_steps);
+    zb_num(root, key, 1, small_min);
+    snprintf(key, sizeof key, "step_%d_ms", o->small_size);
+    zb_num(root, key, 1, small_step * 1e3);
+    double pa, pr, wb;
+    zb_peaks(be, &pa, &pr, &wb);
+    cJSON_AddNumberToObject(root, "peak_allocated_bytes", pa);
+    cJSON_AddNumberToObject(root, "peak_reserved_bytes", pr);
+    cJSON_AddNumberToObject(root, "weights_bytes", wb);
+
+    /* device probes (CUDA only) */
+    int have_probe = 0;
+    double tflops = 0, gbps = 0;
+#ifdef ZI_HAVE_CUDA
+    if (zi_cuda_is(be)) {
+        rc = zi_cuda_bench_gemm(be, 8192, 10, &tflops);
+        if (rc == ZI_OK)
+            rc = zi_cuda_bench_h2d(be, (size_t)256 << 20, 5, &gbps);
+        if (rc != ZI_OK)
+            goto done;
+        have_probe = 1;
+    }
+#endif
+    zb_num(root, "gemm_bf16_tflops", have_probe, tflops);
+    zb_num(root, "h2d_pinned_gbps", have_probe, gbps);
+
+    /* the issue's anchor figures for this GPU model, as anchor / ours (>1: we are faster) */
+    for (size_t i = 0; i < sizeof zb_anchors / sizeof zb_anchors[0]; i++) {
+        const zb_anchor *a = &zb_anchors[i];
+        if (!strstr(be->device_name, a->gpu) || o->config || o->size != 1024 || o->steps != 8 ||
+            o->small_size != 384 || o->small_steps != 9)
+            continue;
+        cJSON *v = cJSON_AddObjectToObject(root, "vs_anchor");
+        cJSON_AddStringToObject(v, "anchor", a->source);
+        cJSON_AddNumberToObject(v, "image_1024_8steps", a->image_1024_8steps_s / big_med);
+        cJSON_AddNumberToObject(v, "image_384_9steps", a->image_384_9steps_s / small_med);
+        cJSON_AddNumberToObject(v, "dit_forward_1024", a->dit_forward_1024_ms / dit_big);
+        zb_num(v, "vae_decode_1024", vae_ms > 0, vae_ms > 0 ? a->vae_decode_1024_ms / vae_ms : 0);
+        zb_num(v, "text_encode", te_ms > 0, te_ms > 0 ? a->text_encode_ms / te_ms : 0);
+        break;
+    }
+done:
+    zi_dit_caption_free(cap);
+    free(emb);
+    zi_pipeline_free(p);
+    zi_backend_destroy(be);
+    return rc;
+}
+
+/* ---- command ---- */
+
+int zi_cmd_bench(int argc, char **argv)
+{
+    zb_opts o = {0};
+    o.backend = "auto";
+    o.prompt = "a photo of a cat";
+    o.width = o.height = 64;
+    o.steps = -1;
+    o.runs = 3;
+    o.size = 1024;
+    o.small_size = 384;
+    o.small_steps = 9;
+    o.tokens = 128;
+    o.seed = 42;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int *ip = NULL;
+        long lo = 1, hi = 0;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            zb_usage(stdout);
+            return 0;
+        }
+        if (strcmp(a, "--random-weights") == 0) {
+            o.random_weights = 1;
+            continue;
+        }
+        if (!v)
+            return zb_usage_error(
+                strncmp(a, "--", 2) == 0 ? "missing value for option" : "unexpected argument", a);
+        if (strcmp(a, "--backend") == 0 || strcmp(a, "--baseline") == 0) {
+            if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda"))
+                return zb_usage_error("backend must be auto, cpu or cuda", v);
+            if (strcmp(a, "--backend") == 0)
+                o.backend = v;
+            else
+                o.baseline = v;
+        } else if (strcmp(a, "--model") == 0) {
+            o.model = v;
+        } else if (strcmp(a, "--config") == 0) {
+            o.config = v;
+        } else if (strcmp(a, "--prompt") == 0) {
+            o.prompt = v;
+        } else if (strcmp(a, "--seed") == 0) {
+            char *end = NULL;
+            errno = 0;
+            unsigned long long s = strtoull(v, &end, 10);
+            if (errno || end == v || *end || *v == '-')
+                return zb_usage_error("bad --seed", v);
+            o.seed = s;
+        } else if (strcmp(a, "--width") == 0) {
+            ip = &o.width, lo = 16, hi = 4096;
+        } else if (strcmp(a, "--height") == 0) {
+            ip = &o.height, lo = 16, hi = 4096;
+        } else if (strcmp(a, "--steps") == 0) {
+            ip = &o.steps, hi = ZB_MAX_STEPS;
+        } else if (strcmp(a, "--runs") == 0) {
+            ip = &o.runs, hi = ZB_MAX_RUNS;
+        } else if (strcmp(a, "--size") == 0) {
+            ip = &o.size, lo = 16, hi = 4096;
+        } else if (strcmp(a, "--small-size") == 0) {
+            ip = &o.small_size, lo = 16, hi = 4096;
+        } else if (strcmp(a, "--small-steps") == 0) {
+            ip = &o.small_steps, hi = ZB_MAX_STEPS;
+        } else if (strcmp(a, "--tokens") == 0) {
+            ip = &o.tokens, hi = 512;
+        } else {
+            return zb_usage_error("unknown option", a);
+        }
+        if (ip && zb_int(v, lo, hi, ip) != 0) {
+            fprintf(stderr, "zimage: error: %s must be an integer in [%ld, %ld], got '%s'\n", a, lo,
+                    hi, v);
+            return 2;
+        }
+        i++;
+    }
+    if (o.random_weights == (o.model != NULL))
+        return zb_usage_error("give exactly one of --model DIR and --random-weights", NULL);
+    if (o.baseline && o.random_weights)
+        return zb_usage_error("--baseline applies to --model runs", NULL);
+    if (o.steps < 0)
+        o.steps = 8;
+    int sides[4] = {o.width, o.height, o.size, o.small_size};
+    for (int i = 0; i < 4; i++)
+        if (sides[i] % 16)
+            return zb_usage_error("image sides must be multiples of 16", NULL);
+
+    cJSON *root = cJSON_CreateObject();
+    if (!root) {
+        fprintf(stderr, "zimage: error: out of memory\n");
+        return 1;
+    }
+    int rc = o.random_weights ? zb_random(&o, root) : zb_checkpoint(&o, root);
+    if (rc != ZI_OK) {
+        fprintf(stderr, "zimage: error: %s\n", zi_errmsg());
+        cJSON_Delete(root);
+        return rc == ZI_EINVAL ? 2 : 1;
+    }
+    char *text = cJSON_Print(root);
+    if (text)
+        printf("%s\n", text);
+    free(text);
+    cJSON_Delete(root);
+    return text ? 0 : 1;
+}
