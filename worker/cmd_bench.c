@@ -327,8 +327,9 @@ static int zb_time_dit(zi_dit *d, const zi_dit_caption *cap, int side, int vs, i
     return rc;
 }
 
+/* Times the VAE decoder at side x side and reports its activation peak (bytes). */
 static int zb_time_vae(zi_backend *be, zi_vae *vae, const zi_model_config *cfg, int side, int runs,
-                       double *ms)
+                       double *ms, double *peak)
 {
     int s = zi_vae_scale(&cfg->vae), l = side / s;
     size_t n = (size_t)cfg->vae.latent_channels * l * l;
@@ -359,6 +360,9 @@ static int zb_time_vae(zi_backend *be, zi_vae *vae, const zi_model_config *cfg, 
         be->free(be, &z);
     free(lat);
     *ms = zb_median(t, runs);
+    zi_vae_mem mem;
+    zi_vae_last_mem(vae, &mem);
+    *peak = (double)mem.act_peak;
     return rc;
 }
 
@@ -405,7 +409,7 @@ static int zb_random(const zb_opts *o, cJSON *root)
 
     /* components */
     int vs = zi_vae_scale(&cfg.vae); /* pixels per latent */
-    double te_ms = 0, dit_big = 0, dit_small = 0, vae_ms = 0;
+    double te_ms = 0, dit_big = 0, dit_small = 0, vae_ms = 0, vae_peak = 0;
     int dim = 0;
     rc = zb_time_text(be, zi_pipeline_text_encoder(p), o->tokens, o->runs, o->seed, &emb, &dim,
                       &te_ms);
@@ -422,7 +426,7 @@ static int zb_random(const zb_opts *o, cJSON *root)
         goto done;
     fprintf(stderr, "bench: DiT forward %d: %.2f ms, %d: %.2f ms\n", o->size, dit_big,
             o->small_size, dit_small);
-    rc = zb_time_vae(be, zi_pipeline_vae(p), &cfg, o->size, o->runs, &vae_ms);
+    rc = zb_time_vae(be, zi_pipeline_vae(p), &cfg, o->size, o->runs, &vae_ms, &vae_peak);
     if (rc != ZI_OK)
         goto done;
     fprintf(stderr, "bench: VAE decode %d: %.2f ms\n", o->size, vae_ms);
@@ -444,6 +448,8 @@ static int zb_random(const zb_opts *o, cJSON *root)
     zb_num(root, key, 1, dit_small);
     snprintf(key, sizeof key, "vae_decode_%d_ms", o->size);
     zb_num(root, key, 1, vae_ms);
+    snprintf(key, sizeof key, "vae_decode_%d_peak_bytes", o->size);
+    zb_num(root, key, 1, vae_peak);
     snprintf(key, sizeof key, "image_%d_%dsteps_s", o->size, o->steps);
     zb_num(root, key, 1, big_med);
     snprintf(key, sizeof key, "image_%d_%dsteps_min_s", o->size, o->steps);

@@ -437,8 +437,12 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
                                &wm->worker_busy)) ||
         (rc = zi_metrics_counter(m, "zimage_s3_retries_total", "S3 requests retried.", NULL,
                                  &wm->s3_retries)) ||
-        (rc = zi_metrics_counter(m, "zimage_redis_errors_total",
-                                 "Redis calls that failed transiently.", NULL, &wm->redis_errors)))
+        (rc =
+             zi_metrics_counter(m, "zimage_redis_errors_total",
+                                "Redis calls that failed transiently.", NULL, &wm->redis_errors)) ||
+        (rc = zi_metrics_counter(m, "zimage_job_failures_total",
+                                 "Jobs that ended failed, by error_code.", "error_code",
+                                 &wm->job_failures)))
         return rc;
     for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++)
         zi_metric_add(wm->jobs_total, outcomes[i], 0);

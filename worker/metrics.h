@@ -60,7 +60,9 @@ int zi_metrics_render(zi_metrics *m, char **text, size_t *len);
  *   zimage_consumer_lag                   gauge (messages behind the high watermark)
  *   zimage_gpu_memory_bytes{kind}         gauge (reserved|allocated|peak|total|free, all at 0)
  *   zimage_worker_busy                    gauge (0/1)
- *   zimage_s3_retries_total, zimage_redis_errors_total   counters (extensions) */
+ *   zimage_s3_retries_total, zimage_redis_errors_total   counters (extensions)
+ *   zimage_job_failures_total{error_code}                counter (extension: failed jobs by
+ *                                                          the contract's error_code) */
 typedef struct zi_worker_metrics {
     zi_metric *jobs_total;
     zi_metric *job_duration;
@@ -70,6 +72,7 @@ typedef struct zi_worker_metrics {
     zi_metric *worker_busy;
     zi_metric *s3_retries;
     zi_metric *redis_errors;
+    zi_metric *job_failures;
 } zi_worker_metrics;
 
 int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm);

@@ -15,13 +15,17 @@
 #             resets a's hash (status queued, attempt 0, error gone, queued event), creates
 #             d's, leaves c `succeeded`; prints "replayed 2 of 5 messages";
 #   replaying again replays nothing (the position is committed), while another error code
-#             and --from-beginning still see their messages; usage errors exit 2.
+#             and --from-beginning still see their messages; usage errors exit 2;
+#   a real worker (CPU, tiny checkpoint) limited to 2 steps dead-letters a 4-step job:
+#             `list` reads its headers, `replay` hands the job back to it (queued event,
+#             a second dead letter whose source is the replayed message).
 #
-# Environment: ZI_BINARY (ctest), ZIMAGE_KAFKA_BOOTSTRAP_SERVERS and ZIMAGE_REDIS_URL
-# (`deploy/local/stack.sh env`; tests/run-all.sh exports them). Missing ones fail the test.
+# Environment: ZI_BINARY (ctest) and the stack's variables (`deploy/local/stack.sh env`;
+# tests/run-all.sh exports them). Missing ones fail the test.
 set -euo pipefail
 
-for v in ZI_BINARY ZIMAGE_KAFKA_BOOTSTRAP_SERVERS ZIMAGE_REDIS_URL; do
+for v in ZI_BINARY ZIMAGE_KAFKA_BOOTSTRAP_SERVERS ZIMAGE_REDIS_URL ZIMAGE_S3_ENDPOINT \
+    ZIMAGE_S3_ACCESS_KEY ZIMAGE_S3_SECRET_KEY; do
     if [[ -z ${!v:-} ]]; then
         echo "FAIL: $v is not set: run through 'make test', or" \
             "eval \"\$(deploy/local/stack.sh env)\" after 'deploy/local/stack.sh up'" >&2
@@ -36,6 +40,8 @@ for t in kcat redis-cli; do
 done
 
 BS=$ZIMAGE_KAFKA_BOOTSTRAP_SERVERS
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+wpid=
 id=$$-$RANDOM
 JOBS=zitest.dlq-$id.jobs
 DLQ=zitest.dlq-$id.dlq
@@ -43,6 +49,15 @@ P="zitest-dlq-$id:"
 tmp=$(mktemp -d)
 rcli() { redis-cli -u "$ZIMAGE_REDIS_URL" "$@"; }
 cleanup() {
+    local rc=$?
+    if [[ -n $wpid ]]; then
+        kill -KILL "$wpid" 2>/dev/null || true
+        wait "$wpid" 2>/dev/null || true
+    fi
+    if ((rc != 0 || fails != 0)) && [[ -f $tmp/worker.log ]]; then
+        echo "---- worker log (last 40 lines) ----" >&2
+        tail -n 40 "$tmp/worker.log" >&2
+    fi
     rcli --scan --pattern "$P*" 2>/dev/null | xargs -r redis-cli -u "$ZIMAGE_REDIS_URL" del \
         >/dev/null 2>&1 || true
     rm -rf "$tmp"
@@ -206,6 +221,83 @@ ZIMAGE_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1 zimage dlq list --config "$tmp/cfg.ya
 check "Kafka unreachable exits 1 within the timeout" "1 yes" \
     "$rc $(has "$tmp/err" '^zimage: error: dlq list: kafka')"
 check "jobs topic unchanged by the failures" 2 "$(jobs_topic | wc -l)"
+
+# ---- with a real worker: its own dead letters, replayed back to it ----
+# A worker limited to 2 steps dead-letters a 4-step job as invalid_job; `dlq list` reads the
+# worker's real headers, and `dlq replay` hands the job back to it (it fails again: the DLQ
+# then holds a second copy whose source is the replayed message).
+J2=zitest.dlq-$id.w.jobs
+D2=zitest.dlq-$id.w.dlq
+wid=zt-dlq-$$
+cat >"$tmp/worker.yaml" <<EOF
+model:
+  path: $REPO/tests/golden/data/tiny-zimage
+device:
+  backend: cpu
+generation:
+  width: 64
+  height: 64
+  steps: 2
+  max_steps: 2
+kafka:
+  topic: $J2
+  dlq_topic: $D2
+  group_id: zitest-dlq-w-$id
+  properties:
+    session.timeout.ms: "6000"
+    heartbeat.interval.ms: "500"
+redis:
+  key_prefix: "$P"
+  job_ttl_s: 600
+s3:
+  key_template: "zitest/dlq-$id/{job_id}.png"
+worker:
+  id: $wid
+  http_listen: 127.0.0.1:0
+  heartbeat_s: 1
+EOF
+"$ZI_BINARY" worker --config "$tmp/worker.yaml" >"$tmp/worker.log" 2>&1 &
+wpid=$!
+wait_for() { # TIMEOUT_S COMMAND...: until COMMAND succeeds
+    local deadline=$(($(date +%s%3N) + $1 * 1000))
+    shift
+    while (($(date +%s%3N) < deadline)); do
+        "$@" && return 0
+        kill -0 "$wpid" 2>/dev/null || return 1
+        sleep 0.2
+    done
+    return 1
+}
+dlq_count() { kcat -b "$BS" -C -t "$D2" -o beginning -e -q -f '%o\n' 2>/dev/null | wc -l; }
+is_ready() { [[ $(rcli hget "${P}worker:$wid" state) == ready ]]; }
+has_dead() { (($(dlq_count) >= $1)); }
+jx=job-x-$id
+check "worker ready" yes "$(wait_for 30 is_ready && echo yes || echo no)"
+printf '%s' "{\"job_id\":\"$jx\",\"prompt\":\"p\",\"steps\":4}" |
+    kcat -b "$BS" -P -t "$J2" -k "$jx"
+check "worker dead-letters the 4-step job" yes "$(wait_for 20 has_dead 1 && echo yes || echo no)"
+check "job recorded failed, invalid_job" "failed invalid_job" \
+    "$(rcli hmget "${P}job:$jx" status error_code | xargs)"
+sed "s|^  dlq_topic: .*|  dlq_topic: $D2|; s|^  topic: .*|  topic: $J2|" "$tmp/cfg.yaml" >"$tmp/cfg2.yaml"
+zimage dlq list --config "$tmp/cfg2.yaml" >"$tmp/wlist"
+check "list reads the worker's headers" yes "$(has "$tmp/wlist" \
+    "^$D2/[0-9]+/0 key=$jx error_code=invalid_job attempts=[0-9]+ source=$J2/[0-9]+/0 error=.*steps")"
+rc=0
+zimage dlq replay --config "$tmp/cfg2.yaml" --error-code invalid_job >"$tmp/wreplay" 2>&1 || rc=$?
+check "replay of the worker's dead letter" "0 replayed 1 of 1 messages" "$rc $(tail -n 1 "$tmp/wreplay")"
+check "the worker took the replayed job again" yes "$(wait_for 20 has_dead 2 && echo yes || echo no)"
+kcat -b "$BS" -C -t "$D2" -o beginning -e -q -f '%o %h\n' 2>/dev/null | sort -n >"$tmp/dead"
+check "second dead letter's source is the replayed message" yes \
+    "$(has "$tmp/dead" "^1 .*zimage-source=$J2/[0-9]+/1")"
+check "events: failed, queued by the replay, failed again" "failed queued failed" \
+    "$(rcli xrange "${P}events" - + | awk -v j="$jx" '
+        prev == "job_id" { id = $0 } prev == "status" && id == j && $0 != "running" { print $0 }
+        { prev = $0 }' | xargs)"
+kill -TERM "$wpid"
+rc=0
+wait "$wpid" || rc=$?
+wpid=
+check "worker drains and exits 0" 0 "$rc"
 
 if ((fails)); then
     echo "$fails check(s) failed" >&2

@@ -22,7 +22,7 @@ for i in $(seq 1 $N); do ids+=("e2e-$i"); done
 subs=()
 for s in 0 1 2 3 4; do
     (for ((i = s; i < N; i += 5)); do
-        zt_submit --job-id "${ids[i]}" --prompt "prompt number $i" --seed "$i" >/dev/null
+        zt_submit --job-id "${ids[i]}" --prompt "prompt number $i" --seed "$((i + 1))" >/dev/null
     done) &
     subs+=($!)
 done
@@ -81,7 +81,9 @@ zt_check "zimage_jobs_total{succeeded} over both workers" $N "$((m1 + m2))"
 
 zt_kill w1 TERM
 zt_kill w2 TERM
-zt_check "w1 exit status after SIGTERM" 0 "$(zt_wait_exit w1 30)"
-zt_check "w2 exit status after SIGTERM" 0 "$(zt_wait_exit w2 30)"
+zt_wait_exit w1 30
+zt_check "w1 exit status after SIGTERM" 0 "$ZT_RC"
+zt_wait_exit w2 30
+zt_check "w2 exit status after SIGTERM" 0 "$ZT_RC"
 zt_check "nothing in the DLQ" 0 "$(zt_consume "$ZT_DLQ" '%o\n' | grep -c . || true)"
 zt_finish

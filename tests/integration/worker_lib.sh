@@ -112,8 +112,10 @@ EOF
 zt_start_worker() {
     local name=$1
     shift
-    env ZIMAGE_WORKER_ID="$name" "$@" "$ZI_BINARY" worker --config "$ZT_CFG" \
-        >>"$ZT_TMP/$name.log" 2>&1 &
+    # In a subshell of its own, so bash's "Aborted" notice of a crash test stays out of
+    # the output.
+    (exec env ZIMAGE_WORKER_ID="$name" "$@" "$ZI_BINARY" worker --config "$ZT_CFG" \
+        >>"$ZT_TMP/$name.log" 2>&1) &
     ZT_PIDS[$name]=$!
 }
 
@@ -128,20 +130,21 @@ zt_kill() {
     fi
 }
 
-# zt_wait_exit NAME TIMEOUT_S: waits for a worker to exit; prints its exit status.
+# zt_wait_exit NAME TIMEOUT_S: waits for a worker to exit; sets ZT_RC to its exit status
+# ("timeout" when it is still running). Not in a $(...) subshell: only this shell can wait.
 zt_wait_exit() {
-    local name=$1 t=$2 pid=${ZT_PIDS[$1]} i rc=0
+    local name=$1 t=$2 pid=${ZT_PIDS[$1]} i
+    ZT_RC=0
     for ((i = 0; i < t * 20; i++)); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.05
     done
     if kill -0 "$pid" 2>/dev/null; then
-        echo timeout
+        ZT_RC=timeout
         return 0
     fi
-    wait "$pid" || rc=$?
+    wait "$pid" || ZT_RC=$?
     unset "ZT_PIDS[$name]"
-    echo "$rc"
 }
 
 # zt_wait_log NAME REGEX TIMEOUT_S: waits until the worker's log matches.

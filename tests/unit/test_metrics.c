@@ -175,6 +175,7 @@ static void test_worker_metrics(void **state)
     zi_metric_set(wm.worker_busy, NULL, 1);
     zi_metric_set(wm.gpu_memory, "peak", 1073741824.0);
     zi_metric_inc(wm.jobs_total, "succeeded");
+    zi_metric_inc(wm.job_failures, "s3_auth");
     char *text = zi_render(m);
     const char *want[] = {
         "# TYPE zimage_jobs_total counter\n",
@@ -196,6 +197,8 @@ static void test_worker_metrics(void **state)
         "zimage_gpu_memory_bytes{kind=\"total\"} 0\n",
         "zimage_gpu_memory_bytes{kind=\"free\"} 0\n",
         "zimage_worker_busy 1\n",
+        "# TYPE zimage_job_failures_total counter\n",
+        "zimage_job_failures_total{error_code=\"s3_auth\"} 1\n",
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!strstr(text, want[i]))

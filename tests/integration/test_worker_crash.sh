@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# test_worker_crash.sh - workers that die mid-job lose nothing and compute nothing twice.
+#
+# A. `kill -9` of the worker running a (slowed-down) job: after the group notices, the
+#    other worker finishes it (attempt 2); every job of the batch succeeds, exactly one
+#    object per job, the killed job has two `running` events and one `succeeded`.
+# B. A job that crashes every worker that runs it (test hook ZIMAGE_FAULT_CRASH_PROMPT makes
+#    the worker abort() after the job's first step): the crashed workers are restarted, as
+#    an orchestrator would; after worker.max_attempts runs the job ends `failed` /
+#    `too_many_attempts`, is copied to the DLQ with its headers, and a job queued behind it
+#    on the same partition still succeeds.
+source "$(dirname "$0")/worker_lib.sh"
+zt_init crash
+ulimit -c 0 # abort() must not leave core files
+ZT_STEPS=8 ZT_MAX_ATTEMPTS=2 zt_config
+HOOKS=(ZIMAGE_FAULT_STEP_DELAY_MS=300 ZIMAGE_FAULT_CRASH_PROMPT=boom)
+
+zt_start_worker w1 "${HOOKS[@]}"
+zt_start_worker w2 "${HOOKS[@]}"
+zt_wait_log w1 'assigned' 30
+zt_wait_log w2 'assigned' 40
+
+# ---- A: kill -9 in the middle of a job ----
+ids=(crash-a1 crash-a2 crash-a3 crash-a4)
+for j in "${ids[@]}"; do zt_submit --job-id "$j" --prompt "slow $j" >/dev/null; done
+victim_job=
+for _ in $(seq 150); do
+    for j in "${ids[@]}"; do
+        if [[ $(zt_field "$j" status) == running && $(zt_field "$j" step) -ge 1 ]]; then
+            victim_job=$j
+            break 2
+        fi
+    done
+    sleep 0.1
+done
+[[ -n $victim_job ]] || zt_die "no job started running"
+victim=$(zt_field "$victim_job" worker)
+echo "killing $victim in the middle of $victim_job (step $(zt_field "$victim_job" step) of 8)"
+zt_kill "$victim" KILL
+zt_wait_all_final 90 "${ids[@]}"
+survivor=w1
+[[ $victim == w1 ]] && survivor=w2
+ok=0
+for j in "${ids[@]}"; do [[ $(zt_field "$j" status) == succeeded ]] && ok=$((ok + 1)); done
+zt_check "every job of the batch succeeded" 4 "$ok"
+zt_check "the killed job was finished by the other worker" "$survivor" "$(zt_field "$victim_job" worker)"
+zt_check "the killed job's attempts" 2 "$(zt_field "$victim_job" attempt)"
+zt_check "running events of the killed job" 2 "$(zt_events | grep -c "^$victim_job running" || true)"
+zt_check "succeeded events of the killed job" 1 "$(zt_events | grep -c "^$victim_job succeeded" || true)"
+zt_check "objects: exactly one per job" \
+    "$(printf "$ZT_KEYDIR/%s.png\n" "${ids[@]}" | sort)" "$(zt_s3_keys | sort)"
+
+# ---- B: a job that kills every worker that runs it ----
+zt_start_worker "$victim" "${HOOKS[@]}"
+zt_submit --job-id boom-1 --prompt boom >/dev/null
+# Same key -> same partition: this one waits behind boom-1.
+restarts=0
+for _ in $(seq 1200); do
+    s=$(zt_field boom-1 status)
+    [[ $s == failed || $s == succeeded ]] && break
+    for w in w1 w2; do
+        pid=${ZT_PIDS[$w]:-}
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" 2>/dev/null || true
+            unset "ZT_PIDS[$w]"
+            echo "$w crashed (boom-1 attempt $(zt_field boom-1 attempt)); restarting it"
+            restarts=$((restarts + 1))
+            zt_start_worker "$w" "${HOOKS[@]}"
+        fi
+    done
+    sleep 0.1
+done
+zt_check "boom-1 status" failed "$(zt_field boom-1 status)"
+zt_check "boom-1 error_code" too_many_attempts "$(zt_field boom-1 error_code)"
+zt_check "workers crashed by boom-1 (= max_attempts)" 2 "$restarts"
+zt_check "boom-1 failure event" "boom-1 failed too_many_attempts" \
+    "$(zt_events | grep '^boom-1 failed' || true)"
+# The DLQ copy is produced right after the failure is recorded: give it a moment.
+for _ in $(seq 50); do
+    dlq=$(zt_consume "$ZT_DLQ" '%k|%h|%s\n')
+    [[ -n $dlq ]] && break
+    sleep 0.2
+done
+zt_check "DLQ messages" 1 "$(grep -c . <<<"$dlq" || true)"
+zt_check "DLQ key" boom-1 "$(cut -d'|' -f1 <<<"$dlq")"
+zt_check "DLQ zimage-error-code header" yes \
+    "$(grep -q 'zimage-error-code=too_many_attempts' <<<"$dlq" && echo yes)"
+zt_check "DLQ zimage-attempts header" yes "$(grep -q 'zimage-attempts=2' <<<"$dlq" && echo yes)"
+zt_check "DLQ zimage-source header" yes \
+    "$(grep -qE "zimage-source=$ZT_TOPIC/[0-9]+/[0-9]+" <<<"$dlq" && echo yes)"
+zt_check "DLQ value is the original job" yes \
+    "$(grep -q '"prompt":"boom"' <<<"$dlq" && echo yes)"
+
+# The partition is not blocked: a job after it (same partition via the same key) succeeds.
+p=$(grep -oE "zimage-source=$ZT_TOPIC/[0-9]+" <<<"$dlq" | grep -oE '[0-9]+$')
+kcat -b "$ZI_KAFKA_BOOTSTRAP" -P -t "$ZT_TOPIC" -p "$p" -k after-boom \
+    <<<'{"job_id":"after-boom","prompt":"after the crash loop","steps":2}'
+zt_wait_status after-boom succeeded 60
+zt_check "job behind the crash loop" succeeded "$(zt_field after-boom status)"
+zt_finish
