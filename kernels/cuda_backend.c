@@ -19,6 +19,7 @@
  * ZI_CUDA_ALLOCATOR=cudamalloc) every block is its own cudaMalloc.
  */
 #include "backend.h"
+#include "backend_check.h"
 #include "rng.h"
 #include "zi_alloc.h"
 #include "zi_cuda.h"
@@ -231,18 +232,10 @@ static void *zi_cuda_tmp(zi_backend *be, const char *op, size_t bytes)
 static int zi_cuda_alloc_kind(zi_backend *be, zi_tensor *t, int ndim, const int64_t *shape,
                               zi_dtype dt, int tag)
 {
-    if (!t)
-        return zi_errorf(ZI_EINVAL, "cuda alloc: NULL tensor");
-    memset(t, 0, sizeof *t);
-    if (ndim < 0 || ndim > ZI_MAX_DIMS || (ndim > 0 && !shape))
-        return zi_errorf(ZI_EINVAL, "cuda alloc: bad ndim %d", ndim);
-    size_t n = 1;
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0 || (shape[i] > 0 && n > SIZE_MAX / 8 / (size_t)shape[i]))
-            return zi_errorf(ZI_EINVAL, "cuda alloc: bad shape (dim %d = %lld)", i,
-                             (long long)shape[i]);
-        n *= (size_t)shape[i];
-    }
+    size_t n;
+    int rc = zi_be_alloc_shape(be, t, ndim, shape, &n);
+    if (rc != ZI_OK)
+        return rc;
     size_t nbytes = n * zi_dtype_size(dt);
     void *p = zi_cuda_malloc(be, nbytes, tag);
     if (!p)
@@ -250,13 +243,7 @@ static int zi_cuda_alloc_kind(zi_backend *be, zi_tensor *t, int ndim, const int6
     if (tag == ZI_CUDA_TAG_WEIGHT) /* counted as the allocator rounds (zi_cuda_mfree) */
         zi_cu(be)->weights +=
             ((nbytes ? nbytes : 1) + ZI_CUDA_ALIGN - 1) / ZI_CUDA_ALIGN * ZI_CUDA_ALIGN;
-    t->data = p;
-    t->dtype = dt;
-    t->ndim = ndim;
-    for (int i = 0; i < ndim; i++)
-        t->shape[i] = shape[i];
-    t->be = be;
-    t->owned = 1;
+    zi_be_tensor_init(be, t, p, dt, ndim, shape);
     return ZI_OK;
 }
 
@@ -281,46 +268,8 @@ static void zi_cuda_free(zi_backend *be, zi_tensor *t)
 
 /* ---- argument checks ---- */
 
-/* The device data of `t` when it is an F32/BF16 tensor of this backend with at least
- * `need` elements; else NULL with the sticky error set. */
-static void *zi_cu_arg(zi_backend *be, const char *op, const char *what, const zi_tensor *t,
-                       size_t need)
-{
-    if (be->err != ZI_OK)
-        return NULL;
-    if (!t || !t->data) {
-        zi_backend_fail(be, ZI_EINVAL, "%s: %s has no data", op, what);
-        return NULL;
-    }
-    if (t->be != be) {
-        zi_backend_fail(be, ZI_EINVAL, "%s: %s is not a tensor of this cuda backend", op, what);
-        return NULL;
-    }
-    if (t->dtype != ZI_F32 && t->dtype != ZI_BF16) {
-        zi_backend_fail(be, ZI_EINVAL, "%s: %s has dtype %s, expected F32 or BF16", op, what,
-                        zi_dtype_name(t->dtype));
-        return NULL;
-    }
-    int64_t n = zi_tensor_numel(t);
-    if (n < 0 || (uint64_t)n < (uint64_t)need) {
-        zi_backend_fail(be, ZI_EINVAL, "%s: %s has %lld elements, needs %zu", op, what,
-                        (long long)n, need);
-        return NULL;
-    }
-    return t->data;
-}
-
-static int zi_cu_dims(zi_backend *be, const char *op, int n, const int *dims)
-{
-    if (be->err != ZI_OK)
-        return -1;
-    for (int i = 0; i < n; i++)
-        if (dims[i] <= 0) {
-            zi_backend_fail(be, ZI_EINVAL, "%s: dimension %d is %d (must be > 0)", op, i, dims[i]);
-            return -1;
-        }
-    return 0;
-}
+/* Device tensors must be this backend's: a host pointer would fault in a kernel. */
+#define ZI_CU_ARGS ZI_BE_OWN
 
 /* 1 when [a, a+na) and [b, b+nb) overlap. */
 static int zi_overlap(const void *a, size_t na, const void *b, size_t nb)
@@ -391,14 +340,12 @@ static int zi_cuda_h2d(zi_backend *be, void *dst, zi_dtype ddt, const void *src,
 static int zi_cuda_upload_weight(zi_backend *be, zi_tensor *t, const void *src, zi_dtype src_dt,
                                  int ndim, const int64_t *shape)
 {
-    if (src_dt != ZI_F32 && src_dt != ZI_BF16 && src_dt != ZI_F16 && src_dt != ZI_F8_E4M3)
-        return zi_errorf(ZI_EINVAL, "cuda upload_weight: unsupported dtype %s",
-                         zi_dtype_name(src_dt));
-    if (!src)
-        return zi_errorf(ZI_EINVAL, "cuda upload_weight: NULL source");
+    int rc = zi_be_check_upload_weight(be, src, src_dt);
+    if (rc != ZI_OK)
+        return rc;
     if (be->err != ZI_OK)
         return zi_backend_check(be);
-    int rc = zi_cuda_alloc_kind(be, t, ndim, shape, ZI_BF16, ZI_CUDA_TAG_WEIGHT);
+    rc = zi_cuda_alloc_kind(be, t, ndim, shape, ZI_BF16, ZI_CUDA_TAG_WEIGHT);
     if (rc != ZI_OK)
         return rc;
     rc = zi_cuda_h2d(be, t->data, ZI_BF16, src, src_dt, (size_t)zi_tensor_numel(t));
@@ -409,13 +356,9 @@ static int zi_cuda_upload_weight(zi_backend *be, zi_tensor *t, const void *src, 
 
 static int zi_cuda_upload(zi_backend *be, zi_tensor *dst, const float *src, size_t n)
 {
-    if (!dst || !dst->data || !src)
-        return zi_errorf(ZI_EINVAL, "cuda upload: NULL tensor or source");
-    if (dst->be != be || (dst->dtype != ZI_F32 && dst->dtype != ZI_BF16))
-        return zi_errorf(ZI_EINVAL, "cuda upload: destination is not an F32/BF16 cuda tensor");
-    if ((uint64_t)zi_tensor_numel(dst) < n)
-        return zi_errorf(ZI_EINVAL, "cuda upload: %zu elements into a tensor of %lld", n,
-                         (long long)zi_tensor_numel(dst));
+    int rc = zi_be_check_upload(be, ZI_CU_ARGS, dst, src, n);
+    if (rc != ZI_OK)
+        return rc;
     if (be->err != ZI_OK)
         return zi_backend_check(be);
     return zi_cuda_h2d(be, dst->data, dst->dtype, src, ZI_F32, n);
@@ -424,13 +367,9 @@ static int zi_cuda_upload(zi_backend *be, zi_tensor *dst, const float *src, size
 static int zi_cuda_download(zi_backend *be, float *dst, const zi_tensor *src, size_t n)
 {
     zi_cuda *cu = zi_cu(be);
-    if (!dst || !src || !src->data)
-        return zi_errorf(ZI_EINVAL, "cuda download: NULL tensor or destination");
-    if (src->be != be || (src->dtype != ZI_F32 && src->dtype != ZI_BF16))
-        return zi_errorf(ZI_EINVAL, "cuda download: source is not an F32/BF16 cuda tensor");
-    if ((uint64_t)zi_tensor_numel(src) < n)
-        return zi_errorf(ZI_EINVAL, "cuda download: %zu elements from a tensor of %lld", n,
-                         (long long)zi_tensor_numel(src));
+    int rc = zi_be_check_download(be, ZI_CU_ARGS, dst, src, n);
+    if (rc != ZI_OK)
+        return rc;
     if (be->err != ZI_OK)
         return zi_backend_check(be);
     size_t per = ZI_CUDA_STAGE_BYTES / sizeof(float);
@@ -640,14 +579,12 @@ static void zi_cuda_matmul(zi_backend *be, void *out, zi_dtype odt, const void *
 static void zi_cuda_linear(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
                            const zi_tensor *b, int M, int K, int N)
 {
-    if (zi_cu_dims(be, "linear", 3, (int[]){M, K, N}))
+    if (zi_be_check_linear(be, ZI_CU_ARGS, out, in, w, b, M, K, N))
         return;
-    void *y = zi_cu_arg(be, "linear", "out", out, (size_t)M * N);             /* [M, N] */
-    const void *x = zi_cu_arg(be, "linear", "in", in, (size_t)M * K);         /* [M, K] */
-    const void *wt = zi_cu_arg(be, "linear", "w", w, (size_t)N * K);          /* [N, K] */
-    const void *bias = b ? zi_cu_arg(be, "linear", "b", b, (size_t)N) : NULL; /* [N] */
-    if (!y || !x || !wt || (b && !bias))
-        return;
+    void *y = out->data;                   /* [M, N] */
+    const void *x = in->data;              /* [M, K] */
+    const void *wt = w->data;              /* [N, K] */
+    const void *bias = b ? b->data : NULL; /* [N] */
     size_t osz = (size_t)M * N * zi_dtype_size(out->dtype);
     if (zi_overlap(y, osz, x, (size_t)M * K * zi_dtype_size(in->dtype)) ||
         zi_overlap(y, osz, wt, (size_t)N * K * zi_dtype_size(w->dtype))) {
@@ -666,23 +603,10 @@ static void zi_cuda_linear(zi_backend *be, zi_tensor *out, const zi_tensor *in, 
 static void zi_cuda_embedding(zi_backend *be, zi_tensor *out, const zi_tensor *table,
                               const int32_t *ids, int R, int D)
 {
-    if (zi_cu_dims(be, "embedding", 2, (int[]){R, D}))
+    if (zi_be_check_embedding(be, ZI_CU_ARGS, out, table, ids, R, D))
         return;
-    void *y = zi_cu_arg(be, "embedding", "out", out, (size_t)R * D);         /* [R, D] */
-    const void *tab = zi_cu_arg(be, "embedding", "table", table, (size_t)D); /* [V, D] */
-    if (!y || !tab)
-        return;
-    if (!ids) {
-        zi_backend_fail(be, ZI_EINVAL, "embedding: NULL ids");
-        return;
-    }
-    int64_t V = zi_tensor_numel(table) / D;
-    for (int r = 0; r < R; r++)
-        if (ids[r] < 0 || ids[r] >= V) {
-            zi_backend_fail(be, ZI_EINVAL, "embedding: id %d at row %d outside [0, %lld)", ids[r],
-                            r, (long long)V);
-            return;
-        }
+    void *y = out->data;           /* [R, D] */
+    const void *tab = table->data; /* [V, D] */
     zi_cuda *cu = zi_cu(be);
     int32_t *dids = zi_cuda_tmp(be, "embedding", (size_t)R * sizeof(int32_t));
     if (!dids)
@@ -702,13 +626,11 @@ static void zi_cuda_embedding(zi_backend *be, zi_tensor *out, const zi_tensor *t
 static void zi_cuda_rmsnorm(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
                             int R, int D, float eps)
 {
-    if (zi_cu_dims(be, "rmsnorm", 2, (int[]){R, D}))
+    if (zi_be_check_rmsnorm(be, ZI_CU_ARGS, out, in, w, R, D))
         return;
-    void *y = zi_cu_arg(be, "rmsnorm", "out", out, (size_t)R * D);          /* [R, D] */
-    const void *x = zi_cu_arg(be, "rmsnorm", "in", in, (size_t)R * D);      /* [R, D] */
-    const void *g = w ? zi_cu_arg(be, "rmsnorm", "w", w, (size_t)D) : NULL; /* [D] */
-    if (!y || !x || (w && !g))
-        return;
+    void *y = out->data;                /* [R, D] */
+    const void *x = in->data;           /* [R, D] */
+    const void *g = w ? w->data : NULL; /* [D] */
     zi_cu_ok(be,
              zi_cu_rmsnorm(y, out->dtype, x, in->dtype, g, w ? w->dtype : ZI_BF16, R, D, eps,
                            zi_cu(be)->stream),
@@ -718,12 +640,10 @@ static void zi_cuda_rmsnorm(zi_backend *be, zi_tensor *out, const zi_tensor *in,
 static void zi_cuda_layernorm(zi_backend *be, zi_tensor *out, const zi_tensor *in, int R, int D,
                               float eps)
 {
-    if (zi_cu_dims(be, "layernorm", 2, (int[]){R, D}))
+    if (zi_be_check_layernorm(be, ZI_CU_ARGS, out, in, R, D))
         return;
-    void *y = zi_cu_arg(be, "layernorm", "out", out, (size_t)R * D);     /* [R, D] */
-    const void *x = zi_cu_arg(be, "layernorm", "in", in, (size_t)R * D); /* [R, D] */
-    if (!y || !x)
-        return;
+    void *y = out->data;      /* [R, D] */
+    const void *x = in->data; /* [R, D] */
     zi_cu_ok(be, zi_cu_layernorm(y, out->dtype, x, in->dtype, R, D, eps, zi_cu(be)->stream),
              "layernorm");
 }
@@ -732,19 +652,12 @@ static void zi_cuda_groupnorm(zi_backend *be, zi_tensor *out, const zi_tensor *i
                               const zi_tensor *gamma, const zi_tensor *beta, int C, int HW, int G,
                               float eps, int silu)
 {
-    if (zi_cu_dims(be, "groupnorm", 3, (int[]){C, HW, G}))
+    if (zi_be_check_groupnorm(be, ZI_CU_ARGS, out, in, gamma, beta, C, HW, G))
         return;
-    if (C % G != 0) {
-        zi_backend_fail(be, ZI_EINVAL, "groupnorm: %d channels not divisible by %d groups", C, G);
-        return;
-    }
-    size_t n = (size_t)C * HW;
-    void *y = zi_cu_arg(be, "groupnorm", "out", out, n);     /* [C, HW] */
-    const void *x = zi_cu_arg(be, "groupnorm", "in", in, n); /* [C, HW] */
-    const void *ga = gamma ? zi_cu_arg(be, "groupnorm", "gamma", gamma, (size_t)C) : NULL;
-    const void *bb = beta ? zi_cu_arg(be, "groupnorm", "beta", beta, (size_t)C) : NULL;
-    if (!y || !x || (gamma && !ga) || (beta && !bb))
-        return;
+    void *y = out->data;                         /* [C, HW] */
+    const void *x = in->data;                    /* [C, HW] */
+    const void *ga = gamma ? gamma->data : NULL; /* [C] */
+    const void *bb = beta ? beta->data : NULL;   /* [C] */
     float *ws = zi_cuda_tmp(be, "groupnorm", zi_cu_groupnorm_ws(C, (size_t)HW, G) * sizeof(float));
     if (!ws)
         return;
@@ -761,22 +674,11 @@ static void zi_cuda_groupnorm(zi_backend *be, zi_tensor *out, const zi_tensor *i
 static void zi_cuda_rope(zi_backend *be, zi_tensor *x, const zi_tensor *cos, const zi_tensor *sin,
                          int S, int H, int hd, zi_rope_layout layout)
 {
-    if (zi_cu_dims(be, "rope", 3, (int[]){S, H, hd}))
+    if (zi_be_check_rope(be, ZI_CU_ARGS, x, cos, sin, S, H, hd, layout))
         return;
-    if (hd % 2 != 0) {
-        zi_backend_fail(be, ZI_EINVAL, "rope: head dim %d is odd", hd);
-        return;
-    }
-    if (layout != ZI_ROPE_NEOX && layout != ZI_ROPE_INTERLEAVED) {
-        zi_backend_fail(be, ZI_EINVAL, "rope: unknown layout %d", (int)layout);
-        return;
-    }
-    size_t half = (size_t)hd / 2;
-    void *v = zi_cu_arg(be, "rope", "x", x, (size_t)S * H * hd);         /* [S, H, hd] */
-    const void *c = zi_cu_arg(be, "rope", "cos", cos, (size_t)S * half); /* [S, hd/2] */
-    const void *s = zi_cu_arg(be, "rope", "sin", sin, (size_t)S * half); /* [S, hd/2] */
-    if (!v || !c || !s)
-        return;
+    void *v = x->data;         /* [S, H, hd] */
+    const void *c = cos->data; /* [S, hd/2] */
+    const void *s = sin->data; /* [S, hd/2] */
     if (cos->dtype != ZI_F32 || sin->dtype != ZI_F32) {
         zi_backend_fail(be, ZI_EINVAL, "rope: cos/sin tables must be F32 (alloc_f32)");
         return;
@@ -833,23 +735,13 @@ static void zi_cuda_attention(zi_backend *be, zi_tensor *out, const zi_tensor *q
                               const zi_tensor *k, const zi_tensor *v, int Sq, int Skv, int H,
                               int KVH, int hd, float scale, int causal)
 {
-    if (zi_cu_dims(be, "attention", 5, (int[]){Sq, Skv, H, KVH, hd}))
+    if (zi_be_check_attention(be, ZI_CU_ARGS, out, q, k, v, Sq, Skv, H, KVH, hd, causal))
         return;
-    if (H % KVH != 0) {
-        zi_backend_fail(be, ZI_EINVAL, "attention: %d heads not a multiple of %d kv heads", H, KVH);
-        return;
-    }
-    if (causal && Skv < Sq) {
-        zi_backend_fail(be, ZI_EINVAL, "attention: causal with Skv %d < Sq %d", Skv, Sq);
-        return;
-    }
     size_t nq = (size_t)Sq * H * hd, nkv = (size_t)Skv * KVH * hd;
-    void *o = zi_cu_arg(be, "attention", "out", out, nq);     /* [Sq, H*hd] */
-    const void *qd = zi_cu_arg(be, "attention", "q", q, nq);  /* [Sq, H, hd] */
-    const void *kd = zi_cu_arg(be, "attention", "k", k, nkv); /* [Skv, KVH, hd] */
-    const void *vd = zi_cu_arg(be, "attention", "v", v, nkv); /* [Skv, KVH, hd] */
-    if (!o || !qd || !kd || !vd)
-        return;
+    void *o = out->data;      /* [Sq, H*hd] */
+    const void *qd = q->data; /* [Sq, H, hd] */
+    const void *kd = k->data; /* [Skv, KVH, hd] */
+    const void *vd = v->data; /* [Skv, KVH, hd] */
     size_t osz = nq * zi_dtype_size(out->dtype);
     if (zi_overlap(o, osz, qd, nq * zi_dtype_size(q->dtype)) ||
         zi_overlap(o, osz, kd, nkv * zi_dtype_size(k->dtype)) ||
@@ -893,9 +785,9 @@ static void zi_cuda_map(zi_backend *be, const char *name, int op, zi_tensor *out
 {
     if (be->err != ZI_OK)
         return;
-    void *y = zi_cu_arg(be, name, "out", out, n);
-    const void *x0 = zi_cu_arg(be, name, "a", a, n);
-    const void *x1 = b ? zi_cu_arg(be, name, "b", b, n) : NULL;
+    void *y = zi_be_arg(be, ZI_CU_ARGS, name, "out", out, n);
+    const void *x0 = zi_be_arg(be, ZI_CU_ARGS, name, "a", a, n);
+    const void *x1 = b ? zi_be_arg(be, ZI_CU_ARGS, name, "b", b, n) : NULL;
     if (!y || !x0 || (b && !x1))
         return;
     zi_cu_ok(be,
@@ -935,13 +827,11 @@ static void zi_cuda_affine(zi_backend *be, zi_tensor *out, const zi_tensor *in, 
 static void zi_cuda_mul_row(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *s,
                             int R, int D)
 {
-    if (zi_cu_dims(be, "mul_row", 2, (int[]){R, D}))
+    if (zi_be_check_mul_row(be, ZI_CU_ARGS, out, in, s, R, D))
         return;
-    void *y = zi_cu_arg(be, "mul_row", "out", out, (size_t)R * D);     /* [R, D] */
-    const void *x = zi_cu_arg(be, "mul_row", "in", in, (size_t)R * D); /* [R, D] */
-    const void *sv = zi_cu_arg(be, "mul_row", "s", s, (size_t)D);      /* [D] */
-    if (!y || !x || !sv)
-        return;
+    void *y = out->data;      /* [R, D] */
+    const void *x = in->data; /* [R, D] */
+    const void *sv = s->data; /* [D] */
     zi_cu_ok(be, zi_cu_mul_row(y, out->dtype, x, in->dtype, sv, s->dtype, R, D, zi_cu(be)->stream),
              "mul_row");
 }
@@ -949,13 +839,11 @@ static void zi_cuda_mul_row(zi_backend *be, zi_tensor *out, const zi_tensor *in,
 static void zi_cuda_gated_add(zi_backend *be, zi_tensor *x, const zi_tensor *g, const zi_tensor *y,
                               int R, int D)
 {
-    if (zi_cu_dims(be, "gated_add", 2, (int[]){R, D}))
+    if (zi_be_check_gated_add(be, ZI_CU_ARGS, x, g, y, R, D))
         return;
-    void *xv = zi_cu_arg(be, "gated_add", "x", x, (size_t)R * D);              /* [R, D] */
-    const void *gv = g ? zi_cu_arg(be, "gated_add", "g", g, (size_t)D) : NULL; /* [D] */
-    const void *yv = zi_cu_arg(be, "gated_add", "y", y, (size_t)R * D);        /* [R, D] */
-    if (!xv || !yv || (g && !gv))
-        return;
+    void *xv = x->data;                  /* [R, D] */
+    const void *gv = g ? g->data : NULL; /* [D] */
+    const void *yv = y->data;            /* [R, D] */
     zi_cu_ok(be,
              zi_cu_gated_add(xv, x->dtype, gv, g ? g->dtype : ZI_BF16, yv, y->dtype, R, D,
                              zi_cu(be)->stream),
@@ -964,8 +852,8 @@ static void zi_cuda_gated_add(zi_backend *be, zi_tensor *x, const zi_tensor *g, 
 
 static void zi_cuda_copy(zi_backend *be, zi_tensor *dst, const zi_tensor *src, size_t n)
 {
-    void *y = zi_cu_arg(be, "copy", "dst", dst, n);
-    const void *x = zi_cu_arg(be, "copy", "src", src, n);
+    void *y = zi_be_arg(be, ZI_CU_ARGS, "copy", "dst", dst, n);
+    const void *x = zi_be_arg(be, ZI_CU_ARGS, "copy", "src", src, n);
     if (!y || !x || n == 0)
         return;
     zi_cuda *cu = zi_cu(be);
@@ -991,12 +879,10 @@ static void zi_cuda_copy(zi_backend *be, zi_tensor *dst, const zi_tensor *src, s
 
 static void zi_cuda_transpose(zi_backend *be, zi_tensor *out, const zi_tensor *in, int R, int C)
 {
-    if (zi_cu_dims(be, "transpose", 2, (int[]){R, C}))
+    if (zi_be_check_transpose(be, ZI_CU_ARGS, out, in, R, C))
         return;
-    void *y = zi_cu_arg(be, "transpose", "out", out, (size_t)R * C);     /* [C, R] */
-    const void *x = zi_cu_arg(be, "transpose", "in", in, (size_t)R * C); /* [R, C] */
-    if (!y || !x)
-        return;
+    void *y = out->data;      /* [C, R] */
+    const void *x = in->data; /* [R, C] */
     if (zi_overlap(y, (size_t)R * C * zi_dtype_size(out->dtype), x,
                    (size_t)R * C * zi_dtype_size(in->dtype))) {
         zi_backend_fail(be, ZI_EINVAL, "transpose: out aliases in");
@@ -1011,24 +897,17 @@ static void zi_cuda_transpose(zi_backend *be, zi_tensor *out, const zi_tensor *i
 static void zi_cuda_conv2d(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
                            const zi_tensor *b, int Ci, int Co, int h, int wd, int k)
 {
-    if (zi_cu_dims(be, "conv2d", 5, (int[]){Ci, Co, h, wd, k}))
+    if (zi_be_check_conv2d(be, ZI_CU_ARGS, out, in, w, b, Ci, Co, h, wd, k))
         return;
-    if (k % 2 == 0) {
-        zi_backend_fail(be, ZI_EINVAL, "conv2d: kernel size %d is even (pad k/2 needs odd k)", k);
-        return;
-    }
     size_t hw = (size_t)h * wd, kk = (size_t)Ci * k * k;
     if (hw > 0x7fffffff || kk > 0x7fffffff) {
         zi_backend_fail(be, ZI_EINVAL, "conv2d: %zu pixels x %zu taps exceed the GEMM limits", hw,
                         kk);
         return;
     }
-    void *y = zi_cu_arg(be, "conv2d", "out", out, (size_t)Co * hw);            /* [Co,h,w] */
-    const void *x = zi_cu_arg(be, "conv2d", "in", in, (size_t)Ci * hw);        /* [Ci,h,w] */
-    const void *wt = zi_cu_arg(be, "conv2d", "w", w, (size_t)Co * kk);         /* [Co,Ci,k,k] */
-    const void *bias = b ? zi_cu_arg(be, "conv2d", "b", b, (size_t)Co) : NULL; /* [Co] */
-    if (!y || !x || !wt || (b && !bias))
-        return;
+    void *y = out->data;                   /* [Co, h, w] */
+    const void *x = in->data;              /* [Ci, h, w] */
+    const void *bias = b ? b->data : NULL; /* [Co] (w is read through zi_cu_as_bf16) */
     if (zi_overlap(y, (size_t)Co * hw * zi_dtype_size(out->dtype), x,
                    (size_t)Ci * hw * zi_dtype_size(in->dtype))) {
         zi_backend_fail(be, ZI_EINVAL, "conv2d: out aliases in");
@@ -1081,13 +960,11 @@ static void zi_cuda_conv2d(zi_backend *be, zi_tensor *out, const zi_tensor *in, 
 static void zi_cuda_upsample2x(zi_backend *be, zi_tensor *out, const zi_tensor *in, int C, int h,
                                int wd)
 {
-    if (zi_cu_dims(be, "upsample2x", 3, (int[]){C, h, wd}))
+    if (zi_be_check_upsample2x(be, ZI_CU_ARGS, out, in, C, h, wd))
         return;
     size_t n = (size_t)C * h * wd;
-    void *y = zi_cu_arg(be, "upsample2x", "out", out, n * 4); /* [C, 2h, 2w] */
-    const void *x = zi_cu_arg(be, "upsample2x", "in", in, n); /* [C, h, w] */
-    if (!y || !x)
-        return;
+    void *y = out->data;      /* [C, 2h, 2w] */
+    const void *x = in->data; /* [C, h, w] */
     if (zi_overlap(y, n * 4 * zi_dtype_size(out->dtype), x, n * zi_dtype_size(in->dtype))) {
         zi_backend_fail(be, ZI_EINVAL, "upsample2x: out aliases in");
         return;
@@ -1098,16 +975,10 @@ static void zi_cuda_upsample2x(zi_backend *be, zi_tensor *out, const zi_tensor *
 
 static int zi_cuda_to_rgb8(zi_backend *be, uint8_t *rgb, const zi_tensor *in, int h, int wd)
 {
-    if (zi_cu_dims(be, "to_rgb8", 2, (int[]){h, wd}))
+    if (zi_be_check_to_rgb8(be, ZI_CU_ARGS, rgb, in, h, wd))
         return zi_backend_check(be);
     size_t hw = (size_t)h * wd;
-    const void *x = zi_cu_arg(be, "to_rgb8", "in", in, 3 * hw); /* [3, h, w] */
-    if (!x)
-        return zi_backend_check(be);
-    if (!rgb) {
-        zi_backend_fail(be, ZI_EINVAL, "to_rgb8: NULL output");
-        return zi_backend_check(be);
-    }
+    const void *x = in->data; /* [3, h, w] */
     zi_cuda *cu = zi_cu(be);
     uint8_t *d = zi_cuda_tmp(be, "to_rgb8", hw * 3);
     if (!d)
@@ -1388,7 +1259,7 @@ int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path)
 int zi_cuda_randn(zi_backend *be, zi_tensor *out, size_t n, uint64_t seed)
 {
     ZI_CUDA_REQUIRE(be);
-    void *y = zi_cu_arg(be, "randn", "out", out, n);
+    void *y = zi_be_arg(be, ZI_CU_ARGS, "randn", "out", out, n);
     if (!y)
         return zi_backend_check(be);
     if (out->dtype != ZI_F32)

@@ -12,11 +12,13 @@
  * (ZI_CPU_SCORE_BUDGET floats); conv2d builds im2col for a tile of output rows whose
  * buffer stays under ZI_CPU_COL_BUDGET floats.
  *
- * Every op checks its arguments (non-NULL F32 data, enough elements, sane dims) and
- * records a sticky error with zi_backend_fail() instead of touching memory it was not
- * given. After an error every op is a no-op.
+ * Every op checks its arguments (non-NULL F32 data, enough elements, sane dims; the
+ * checks shared with every backend live in backend_check.c) and records a sticky error
+ * with zi_backend_fail() instead of touching memory it was not given. After an error
+ * every op is a no-op.
  */
 #include "backend.h"
+#include "backend_check.h"
 #include "zi_err.h"
 
 #include <cblas.h>
@@ -44,44 +46,17 @@ typedef struct zi_cpu {
     uint64_t weights;
 } zi_cpu;
 
-/* ---- argument checks ---- */
+/* ---- argument checks (backend_check.h) ---- */
+
+/* Host tensors need not have been made by this backend (views of host memory are fine). */
+#define ZI_CPU_ARGS 0u
 
 /* The f32 data of `t` when it holds at least `need` elements, else NULL with the sticky
  * error set. `what` names the argument in the message. */
 static float *zi_cpu_f32(zi_backend *be, const char *op, const char *what, const zi_tensor *t,
                          size_t need)
 {
-    if (be->err != ZI_OK)
-        return NULL;
-    if (!t || !t->data) {
-        zi_backend_fail(be, ZI_EINVAL, "%s: %s has no data", op, what);
-        return NULL;
-    }
-    if (t->dtype != ZI_F32) {
-        zi_backend_fail(be, ZI_EINVAL, "%s: %s has dtype %s, expected F32", op, what,
-                        zi_dtype_name(t->dtype));
-        return NULL;
-    }
-    int64_t n = zi_tensor_numel(t);
-    if (n < 0 || (uint64_t)n < (uint64_t)need) {
-        zi_backend_fail(be, ZI_EINVAL, "%s: %s has %lld elements, needs %zu", op, what,
-                        (long long)n, need);
-        return NULL;
-    }
-    return t->data;
-}
-
-/* 0 when every dim is positive (and the error set otherwise). */
-static int zi_cpu_dims(zi_backend *be, const char *op, int n, const int *dims)
-{
-    if (be->err != ZI_OK)
-        return -1;
-    for (int i = 0; i < n; i++)
-        if (dims[i] <= 0) {
-            zi_backend_fail(be, ZI_EINVAL, "%s: dimension %d is %d (must be > 0)", op, i, dims[i]);
-            return -1;
-        }
-    return 0;
+    return zi_be_arg(be, ZI_CPU_ARGS, op, what, t, need);
 }
 
 /* ---- memory ---- */
@@ -89,18 +64,10 @@ static int zi_cpu_dims(zi_backend *be, const char *op, int n, const int *dims)
 static int zi_cpu_alloc_kind(zi_backend *be, zi_tensor *t, int ndim, const int64_t *shape,
                              int is_weight)
 {
-    if (!t)
-        return zi_errorf(ZI_EINVAL, "cpu alloc: NULL tensor");
-    memset(t, 0, sizeof *t);
-    if (ndim < 0 || ndim > ZI_MAX_DIMS || (ndim > 0 && !shape))
-        return zi_errorf(ZI_EINVAL, "cpu alloc: bad ndim %d", ndim);
-    size_t n = 1;
-    for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0 || (shape[i] > 0 && n > SIZE_MAX / 8 / (size_t)shape[i]))
-            return zi_errorf(ZI_EINVAL, "cpu alloc: bad shape (dim %d = %lld)", i,
-                             (long long)shape[i]);
-        n *= (size_t)shape[i];
-    }
+    size_t n;
+    int rc = zi_be_alloc_shape(be, t, ndim, shape, &n);
+    if (rc != ZI_OK)
+        return rc;
     size_t nbytes = n * sizeof(float);
     void *base = NULL;
     if (posix_memalign(&base, ZI_CPU_HEADER, ZI_CPU_HEADER + (nbytes ? nbytes : 1)) != 0)
@@ -114,13 +81,7 @@ static int zi_cpu_alloc_kind(zi_backend *be, zi_tensor *t, int ndim, const int64
         cpu->weights += nbytes;
     if (cpu->allocated > cpu->peak)
         cpu->peak = cpu->allocated;
-    t->data = (char *)base + ZI_CPU_HEADER;
-    t->dtype = ZI_F32;
-    t->ndim = ndim;
-    for (int i = 0; i < ndim; i++)
-        t->shape[i] = shape[i];
-    t->be = be;
-    t->owned = 1;
+    zi_be_tensor_init(be, t, (char *)base + ZI_CPU_HEADER, ZI_F32, ndim, shape);
     return ZI_OK;
 }
 
@@ -147,12 +108,10 @@ static void zi_cpu_free(zi_backend *be, zi_tensor *t)
 static int zi_cpu_upload_weight(zi_backend *be, zi_tensor *t, const void *src, zi_dtype src_dt,
                                 int ndim, const int64_t *shape)
 {
-    if (src_dt != ZI_F32 && src_dt != ZI_BF16 && src_dt != ZI_F16 && src_dt != ZI_F8_E4M3)
-        return zi_errorf(ZI_EINVAL, "cpu upload_weight: unsupported dtype %s",
-                         zi_dtype_name(src_dt));
-    if (!src)
-        return zi_errorf(ZI_EINVAL, "cpu upload_weight: NULL source");
-    int rc = zi_cpu_alloc_kind(be, t, ndim, shape, 1);
+    int rc = zi_be_check_upload_weight(be, src, src_dt);
+    if (rc != ZI_OK)
+        return rc;
+    rc = zi_cpu_alloc_kind(be, t, ndim, shape, 1);
     if (rc != ZI_OK)
         return rc;
     rc = zi_convert_to_f32(t->data, src, src_dt, (size_t)zi_tensor_numel(t));
@@ -163,12 +122,9 @@ static int zi_cpu_upload_weight(zi_backend *be, zi_tensor *t, const void *src, z
 
 static int zi_cpu_upload(zi_backend *be, zi_tensor *dst, const float *src, size_t n)
 {
-    (void)be;
-    if (!dst || !dst->data || !src)
-        return zi_errorf(ZI_EINVAL, "cpu upload: NULL tensor or source");
-    if ((uint64_t)zi_tensor_numel(dst) < n)
-        return zi_errorf(ZI_EINVAL, "cpu upload: %zu elements into a tensor of %lld", n,
-                         (long long)zi_tensor_numel(dst));
+    int rc = zi_be_check_upload(be, ZI_CPU_ARGS, dst, src, n);
+    if (rc != ZI_OK)
+        return rc;
     switch (dst->dtype) {
     case ZI_F32:
         memcpy(dst->data, src, n * sizeof(float));
@@ -189,12 +145,9 @@ static int zi_cpu_upload(zi_backend *be, zi_tensor *dst, const float *src, size_
 
 static int zi_cpu_download(zi_backend *be, float *dst, const zi_tensor *src, size_t n)
 {
-    (void)be;
-    if (!dst || !src || !src->data)
-        return zi_errorf(ZI_EINVAL, "cpu download: NULL tensor or destination");
-    if ((uint64_t)zi_tensor_numel(src) < n)
-        return zi_errorf(ZI_EINVAL, "cpu download: %zu elements from a tensor of %lld", n,
-                         (long long)zi_tensor_numel(src));
+    int rc = zi_be_check_download(be, ZI_CPU_ARGS, dst, src, n);
+    if (rc != ZI_OK)
+        return rc;
     return zi_convert_to_f32(dst, src->data, src->dtype, n);
 }
 
@@ -218,14 +171,12 @@ static void zi_cpu_sync(zi_backend *be)
 static void zi_cpu_linear(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
                           const zi_tensor *b, int M, int K, int N)
 {
-    if (zi_cpu_dims(be, "linear", 3, (int[]){M, K, N}))
+    if (zi_be_check_linear(be, ZI_CPU_ARGS, out, in, w, b, M, K, N))
         return;
-    float *y = zi_cpu_f32(be, "linear", "out", out, (size_t)M * N);             /* [M, N] */
-    const float *x = zi_cpu_f32(be, "linear", "in", in, (size_t)M * K);         /* [M, K] */
-    const float *wt = zi_cpu_f32(be, "linear", "w", w, (size_t)N * K);          /* [N, K] */
-    const float *bias = b ? zi_cpu_f32(be, "linear", "b", b, (size_t)N) : NULL; /* [N] */
-    if (!y || !x || !wt || (b && !bias))
-        return;
+    float *y = out->data;                   /* [M, N] */
+    const float *x = in->data;              /* [M, K] */
+    const float *wt = w->data;              /* [N, K] */
+    const float *bias = b ? b->data : NULL; /* [N] */
     if (y == x || y == wt) {
         zi_backend_fail(be, ZI_EINVAL, "linear: out aliases an input");
         return;
@@ -240,25 +191,12 @@ static void zi_cpu_linear(zi_backend *be, zi_tensor *out, const zi_tensor *in, c
 static void zi_cpu_embedding(zi_backend *be, zi_tensor *out, const zi_tensor *table,
                              const int32_t *ids, int R, int D)
 {
-    if (zi_cpu_dims(be, "embedding", 2, (int[]){R, D}))
+    if (zi_be_check_embedding(be, ZI_CPU_ARGS, out, table, ids, R, D))
         return;
-    float *y = zi_cpu_f32(be, "embedding", "out", out, (size_t)R * D);         /* [R, D] */
-    const float *tab = zi_cpu_f32(be, "embedding", "table", table, (size_t)D); /* [V, D] */
-    if (!y || !tab)
-        return;
-    if (!ids) {
-        zi_backend_fail(be, ZI_EINVAL, "embedding: NULL ids");
-        return;
-    }
-    int64_t V = zi_tensor_numel(table) / D;
-    for (int r = 0; r < R; r++) {
-        if (ids[r] < 0 || ids[r] >= V) {
-            zi_backend_fail(be, ZI_EINVAL, "embedding: id %d at row %d outside [0, %lld)", ids[r],
-                            r, (long long)V);
-            return;
-        }
+    float *y = out->data;           /* [R, D] */
+    const float *tab = table->data; /* [V, D] */
+    for (int r = 0; r < R; r++)
         memcpy(y + (size_t)r * D, tab + (size_t)ids[r] * D, (size_t)D * sizeof(float));
-    }
 }
 
 /* ---- normalisation ---- */
@@ -266,13 +204,11 @@ static void zi_cpu_embedding(zi_backend *be, zi_tensor *out, const zi_tensor *ta
 static void zi_cpu_rmsnorm(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
                            int R, int D, float eps)
 {
-    if (zi_cpu_dims(be, "rmsnorm", 2, (int[]){R, D}))
+    if (zi_be_check_rmsnorm(be, ZI_CPU_ARGS, out, in, w, R, D))
         return;
-    float *y = zi_cpu_f32(be, "rmsnorm", "out", out, (size_t)R * D);          /* [R, D] */
-    const float *x = zi_cpu_f32(be, "rmsnorm", "in", in, (size_t)R * D);      /* [R, D] */
-    const float *g = w ? zi_cpu_f32(be, "rmsnorm", "w", w, (size_t)D) : NULL; /* [D] */
-    if (!y || !x || (w && !g))
-        return;
+    float *y = out->data;                /* [R, D] */
+    const float *x = in->data;           /* [R, D] */
+    const float *g = w ? w->data : NULL; /* [D] */
     for (int r = 0; r < R; r++) {
         const float *xr = x + (size_t)r * D;
         float *yr = y + (size_t)r * D;
@@ -291,12 +227,10 @@ static void zi_cpu_rmsnorm(zi_backend *be, zi_tensor *out, const zi_tensor *in, 
 static void zi_cpu_layernorm(zi_backend *be, zi_tensor *out, const zi_tensor *in, int R, int D,
                              float eps)
 {
-    if (zi_cpu_dims(be, "layernorm", 2, (int[]){R, D}))
+    if (zi_be_check_layernorm(be, ZI_CPU_ARGS, out, in, R, D))
         return;
-    float *y = zi_cpu_f32(be, "layernorm", "out", out, (size_t)R * D);     /* [R, D] */
-    const float *x = zi_cpu_f32(be, "layernorm", "in", in, (size_t)R * D); /* [R, D] */
-    if (!y || !x)
-        return;
+    float *y = out->data;      /* [R, D] */
+    const float *x = in->data; /* [R, D] */
     for (int r = 0; r < R; r++) {
         const float *xr = x + (size_t)r * D;
         float *yr = y + (size_t)r * D;
@@ -318,19 +252,12 @@ static void zi_cpu_groupnorm(zi_backend *be, zi_tensor *out, const zi_tensor *in
                              const zi_tensor *gamma, const zi_tensor *beta, int C, int HW, int G,
                              float eps, int silu)
 {
-    if (zi_cpu_dims(be, "groupnorm", 3, (int[]){C, HW, G}))
+    if (zi_be_check_groupnorm(be, ZI_CPU_ARGS, out, in, gamma, beta, C, HW, G))
         return;
-    if (C % G != 0) {
-        zi_backend_fail(be, ZI_EINVAL, "groupnorm: %d channels not divisible by %d groups", C, G);
-        return;
-    }
-    size_t n = (size_t)C * HW;
-    float *y = zi_cpu_f32(be, "groupnorm", "out", out, n);     /* [C, HW] */
-    const float *x = zi_cpu_f32(be, "groupnorm", "in", in, n); /* [C, HW] */
-    const float *ga = gamma ? zi_cpu_f32(be, "groupnorm", "gamma", gamma, (size_t)C) : NULL;
-    const float *bb = beta ? zi_cpu_f32(be, "groupnorm", "beta", beta, (size_t)C) : NULL;
-    if (!y || !x || (gamma && !ga) || (beta && !bb))
-        return;
+    float *y = out->data;                         /* [C, HW] */
+    const float *x = in->data;                    /* [C, HW] */
+    const float *ga = gamma ? gamma->data : NULL; /* [C] */
+    const float *bb = beta ? beta->data : NULL;   /* [C] */
     int cpg = C / G;
     size_t gn = (size_t)cpg * HW;
     for (int g = 0; g < G; g++) {
@@ -361,22 +288,12 @@ static void zi_cpu_groupnorm(zi_backend *be, zi_tensor *out, const zi_tensor *in
 static void zi_cpu_rope(zi_backend *be, zi_tensor *x, const zi_tensor *cos, const zi_tensor *sin,
                         int S, int H, int hd, zi_rope_layout layout)
 {
-    if (zi_cpu_dims(be, "rope", 3, (int[]){S, H, hd}))
+    if (zi_be_check_rope(be, ZI_CPU_ARGS, x, cos, sin, S, H, hd, layout))
         return;
-    if (hd % 2 != 0) {
-        zi_backend_fail(be, ZI_EINVAL, "rope: head dim %d is odd", hd);
-        return;
-    }
-    if (layout != ZI_ROPE_NEOX && layout != ZI_ROPE_INTERLEAVED) {
-        zi_backend_fail(be, ZI_EINVAL, "rope: unknown layout %d", (int)layout);
-        return;
-    }
     int half = hd / 2;
-    float *v = zi_cpu_f32(be, "rope", "x", x, (size_t)S * H * hd);         /* [S, H, hd] */
-    const float *c = zi_cpu_f32(be, "rope", "cos", cos, (size_t)S * half); /* [S, hd/2] */
-    const float *s = zi_cpu_f32(be, "rope", "sin", sin, (size_t)S * half); /* [S, hd/2] */
-    if (!v || !c || !s)
-        return;
+    float *v = x->data;         /* [S, H, hd] */
+    const float *c = cos->data; /* [S, hd/2] */
+    const float *s = sin->data; /* [S, hd/2] */
     for (int p = 0; p < S; p++) {
         const float *cp = c + (size_t)p * half, *sp = s + (size_t)p * half;
         for (int h = 0; h < H; h++) {
@@ -399,25 +316,12 @@ static void zi_cpu_attention(zi_backend *be, zi_tensor *out, const zi_tensor *q,
                              const zi_tensor *v, int Sq, int Skv, int H, int KVH, int hd,
                              float scale, int causal)
 {
-    if (zi_cpu_dims(be, "attention", 5, (int[]){Sq, Skv, H, KVH, hd}))
+    if (zi_be_check_attention(be, ZI_CPU_ARGS, out, q, k, v, Sq, Skv, H, KVH, hd, causal))
         return;
-    if (H % KVH != 0) {
-        zi_backend_fail(be, ZI_EINVAL, "attention: %d heads not a multiple of %d kv heads", H, KVH);
-        return;
-    }
-    if (causal && Skv < Sq) {
-        /* the first Sq - Skv queries would see no key at all */
-        zi_backend_fail(be, ZI_EINVAL, "attention: causal with Skv %d < Sq %d", Skv, Sq);
-        return;
-    }
-    float *o = zi_cpu_f32(be, "attention", "out", out, (size_t)Sq * H * hd);    /* [Sq, H*hd] */
-    const float *qd = zi_cpu_f32(be, "attention", "q", q, (size_t)Sq * H * hd); /* [Sq,H,hd] */
-    const float *kd =
-        zi_cpu_f32(be, "attention", "k", k, (size_t)Skv * KVH * hd); /* [Skv,KVH,hd] */
-    const float *vd =
-        zi_cpu_f32(be, "attention", "v", v, (size_t)Skv * KVH * hd); /* [Skv,KVH,hd] */
-    if (!o || !qd || !kd || !vd)
-        return;
+    float *o = out->data;      /* [Sq, H*hd] */
+    const float *qd = q->data; /* [Sq, H, hd] */
+    const float *kd = k->data; /* [Skv, KVH, hd] */
+    const float *vd = v->data; /* [Skv, KVH, hd] */
     if (o == qd || o == kd || o == vd) {
         zi_backend_fail(be, ZI_EINVAL, "attention: out aliases an input");
         return;
@@ -530,13 +434,11 @@ static void zi_cpu_affine(zi_backend *be, zi_tensor *out, const zi_tensor *in, f
 static void zi_cpu_mul_row(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *s,
                            int R, int D)
 {
-    if (zi_cpu_dims(be, "mul_row", 2, (int[]){R, D}))
+    if (zi_be_check_mul_row(be, ZI_CPU_ARGS, out, in, s, R, D))
         return;
-    float *y = zi_cpu_f32(be, "mul_row", "out", out, (size_t)R * D);     /* [R, D] */
-    const float *x = zi_cpu_f32(be, "mul_row", "in", in, (size_t)R * D); /* [R, D] */
-    const float *sv = zi_cpu_f32(be, "mul_row", "s", s, (size_t)D);      /* [D] */
-    if (!y || !x || !sv)
-        return;
+    float *y = out->data;      /* [R, D] */
+    const float *x = in->data; /* [R, D] */
+    const float *sv = s->data; /* [D] */
     for (int r = 0; r < R; r++)
         for (int d = 0; d < D; d++)
             y[(size_t)r * D + d] = x[(size_t)r * D + d] * sv[d];
@@ -545,13 +447,11 @@ static void zi_cpu_mul_row(zi_backend *be, zi_tensor *out, const zi_tensor *in, 
 static void zi_cpu_gated_add(zi_backend *be, zi_tensor *x, const zi_tensor *g, const zi_tensor *y,
                              int R, int D)
 {
-    if (zi_cpu_dims(be, "gated_add", 2, (int[]){R, D}))
+    if (zi_be_check_gated_add(be, ZI_CPU_ARGS, x, g, y, R, D))
         return;
-    float *xv = zi_cpu_f32(be, "gated_add", "x", x, (size_t)R * D);              /* [R, D] */
-    const float *gv = g ? zi_cpu_f32(be, "gated_add", "g", g, (size_t)D) : NULL; /* [D] */
-    const float *yv = zi_cpu_f32(be, "gated_add", "y", y, (size_t)R * D);        /* [R, D] */
-    if (!xv || !yv || (g && !gv))
-        return;
+    float *xv = x->data;                  /* [R, D] */
+    const float *gv = g ? g->data : NULL; /* [D] */
+    const float *yv = y->data;            /* [R, D] */
     for (int r = 0; r < R; r++)
         for (int d = 0; d < D; d++) {
             size_t i = (size_t)r * D + d;
@@ -570,12 +470,10 @@ static void zi_cpu_copy(zi_backend *be, zi_tensor *dst, const zi_tensor *src, si
 
 static void zi_cpu_transpose(zi_backend *be, zi_tensor *out, const zi_tensor *in, int R, int C)
 {
-    if (zi_cpu_dims(be, "transpose", 2, (int[]){R, C}))
+    if (zi_be_check_transpose(be, ZI_CPU_ARGS, out, in, R, C))
         return;
-    float *y = zi_cpu_f32(be, "transpose", "out", out, (size_t)R * C);     /* [C, R] */
-    const float *x = zi_cpu_f32(be, "transpose", "in", in, (size_t)R * C); /* [R, C] */
-    if (!y || !x)
-        return;
+    float *y = out->data;      /* [C, R] */
+    const float *x = in->data; /* [R, C] */
     if (y == x) {
         zi_backend_fail(be, ZI_EINVAL, "transpose: out aliases in");
         return;
@@ -593,19 +491,13 @@ static void zi_cpu_transpose(zi_backend *be, zi_tensor *out, const zi_tensor *in
 static void zi_cpu_conv2d(zi_backend *be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
                           const zi_tensor *b, int Ci, int Co, int h, int wd, int k)
 {
-    if (zi_cpu_dims(be, "conv2d", 5, (int[]){Ci, Co, h, wd, k}))
+    if (zi_be_check_conv2d(be, ZI_CPU_ARGS, out, in, w, b, Ci, Co, h, wd, k))
         return;
-    if (k % 2 == 0) {
-        zi_backend_fail(be, ZI_EINVAL, "conv2d: kernel size %d is even (pad k/2 needs odd k)", k);
-        return;
-    }
     size_t hw = (size_t)h * wd, kk = (size_t)Ci * k * k;
-    float *y = zi_cpu_f32(be, "conv2d", "out", out, (size_t)Co * hw);     /* [Co, h, w] */
-    const float *x = zi_cpu_f32(be, "conv2d", "in", in, (size_t)Ci * hw); /* [Ci, h, w] */
-    const float *wt = zi_cpu_f32(be, "conv2d", "w", w, (size_t)Co * kk);  /* [Co, Ci, k, k] */
-    const float *bias = b ? zi_cpu_f32(be, "conv2d", "b", b, (size_t)Co) : NULL; /* [Co] */
-    if (!y || !x || !wt || (b && !bias))
-        return;
+    float *y = out->data;                   /* [Co, h, w] */
+    const float *x = in->data;              /* [Ci, h, w] */
+    const float *wt = w->data;              /* [Co, Ci, k, k] */
+    const float *bias = b ? b->data : NULL; /* [Co] */
     if (y == x) {
         zi_backend_fail(be, ZI_EINVAL, "conv2d: out aliases in");
         return;
@@ -662,12 +554,10 @@ static void zi_cpu_conv2d(zi_backend *be, zi_tensor *out, const zi_tensor *in, c
 static void zi_cpu_upsample2x(zi_backend *be, zi_tensor *out, const zi_tensor *in, int C, int h,
                               int wd)
 {
-    if (zi_cpu_dims(be, "upsample2x", 3, (int[]){C, h, wd}))
+    if (zi_be_check_upsample2x(be, ZI_CPU_ARGS, out, in, C, h, wd))
         return;
-    float *y = zi_cpu_f32(be, "upsample2x", "out", out, (size_t)C * h * wd * 4); /* [C,2h,2w] */
-    const float *x = zi_cpu_f32(be, "upsample2x", "in", in, (size_t)C * h * wd); /* [C,h,w] */
-    if (!y || !x)
-        return;
+    float *y = out->data;      /* [C, 2h, 2w] */
+    const float *x = in->data; /* [C, h, w] */
     if (y == x) {
         zi_backend_fail(be, ZI_EINVAL, "upsample2x: out aliases in");
         return;
@@ -684,16 +574,10 @@ static void zi_cpu_upsample2x(zi_backend *be, zi_tensor *out, const zi_tensor *i
 
 static int zi_cpu_to_rgb8(zi_backend *be, uint8_t *rgb, const zi_tensor *in, int h, int wd)
 {
-    if (zi_cpu_dims(be, "to_rgb8", 2, (int[]){h, wd}))
+    if (zi_be_check_to_rgb8(be, ZI_CPU_ARGS, rgb, in, h, wd))
         return zi_backend_check(be);
     size_t hw = (size_t)h * wd;
-    const float *x = zi_cpu_f32(be, "to_rgb8", "in", in, 3 * hw); /* [3, h, w] */
-    if (!x)
-        return zi_backend_check(be);
-    if (!rgb) {
-        zi_backend_fail(be, ZI_EINVAL, "to_rgb8: NULL output");
-        return zi_backend_check(be);
-    }
+    const float *x = in->data; /* [3, h, w] */
     for (size_t i = 0; i < hw; i++)
         for (int c = 0; c < 3; c++) {
             float v = x[(size_t)c * hw + i] / 2.0f + 0.5f;

@@ -344,6 +344,16 @@ static int zi_model_index_check(const char *path)
     return rc;
 }
 
+/* A size one component's config repeats from another's (`other` names it, e.g. "the
+ * transformer's in_channels"): the two must agree, or the weights would not fit. */
+static int zi_cfg_agree(const char *file, const char *key, int v, const char *other, int want)
+{
+    if (v == want)
+        return ZI_OK;
+    return zi_errorf(ZI_EFORMAT, "file %s: key %s: %d differs from %s %d", file, key, v, other,
+                     want);
+}
+
 int zi_config_load(const char *dir, zi_model_config *out)
 {
     char p[4096];
@@ -360,18 +370,12 @@ int zi_config_load(const char *dir, zi_model_config *out)
     ZI_CFG_TRY(zi_te_config_load(p, &out->te));
     ZI_CFG_PATH("transformer/config.json");
     ZI_CFG_TRY(zi_dit_config_load(p, &out->dit));
-    if (out->dit.cap_feat_dim != out->te.hidden)
-        return zi_errorf(ZI_EFORMAT,
-                         "file %s: key cap_feat_dim: %d differs from the text encoder's "
-                         "hidden_size %d",
-                         p, out->dit.cap_feat_dim, out->te.hidden);
+    ZI_CFG_TRY(zi_cfg_agree(p, "cap_feat_dim", out->dit.cap_feat_dim,
+                            "the text encoder's hidden_size", out->te.hidden));
     ZI_CFG_PATH("vae/config.json");
     ZI_CFG_TRY(zi_vae_config_load(p, &out->vae));
-    if (out->vae.latent_channels != out->dit.in_channels)
-        return zi_errorf(ZI_EFORMAT,
-                         "file %s: key latent_channels: %d differs from the transformer's "
-                         "in_channels %d",
-                         p, out->vae.latent_channels, out->dit.in_channels);
+    ZI_CFG_TRY(zi_cfg_agree(p, "latent_channels", out->vae.latent_channels,
+                            "the transformer's in_channels", out->dit.in_channels));
     ZI_CFG_PATH("scheduler/scheduler_config.json");
     ZI_CFG_TRY(zi_sched_config_load(p, &out->sched));
 #undef ZI_CFG_PATH

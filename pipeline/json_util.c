@@ -98,18 +98,19 @@ int zi_json_is_u53(const cJSON *v, uint64_t *out)
     return 1;
 }
 
-/* The item for `key`: NULL (no error) when absent or null and `optional`. */
-static int zi_json_item(const cJSON *obj, const char *key, const char *file, int optional,
-                        const cJSON **out)
+/* The item for `key`, or NULL when absent or null (an optional key takes its default). */
+static const cJSON *zi_json_present(const cJSON *obj, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-    *out = NULL;
-    if (!v || cJSON_IsNull(v)) {
-        if (optional)
-            return ZI_OK;
+    return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+/* The item for a required `key`; a missing (or null) key is an error. */
+static int zi_json_item(const cJSON *obj, const char *key, const char *file, const cJSON **out)
+{
+    *out = zi_json_present(obj, key);
+    if (!*out)
         return zi_errorf(ZI_EFORMAT, "file %s: key %s: missing", file, key);
-    }
-    *out = v;
     return ZI_OK;
 }
 
@@ -128,21 +129,16 @@ static int zi_json_to_int(const cJSON *v, const char *key, const char *file, int
 int zi_json_int(const cJSON *obj, const char *key, const char *file, int *out)
 {
     const cJSON *v;
-    int rc = zi_json_item(obj, key, file, 0, &v);
+    int rc = zi_json_item(obj, key, file, &v);
     return rc ? rc : zi_json_to_int(v, key, file, out);
 }
 
 int zi_json_int_opt(const cJSON *obj, const char *key, const char *file, int def, int *out)
 {
-    const cJSON *v;
-    int rc = zi_json_item(obj, key, file, 1, &v);
-    if (rc)
-        return rc;
-    if (!v) {
+    const cJSON *v = zi_json_present(obj, key);
+    if (!v)
         *out = def;
-        return ZI_OK;
-    }
-    return zi_json_to_int(v, key, file, out);
+    return v ? zi_json_to_int(v, key, file, out) : ZI_OK;
 }
 
 static int zi_json_to_double(const cJSON *v, const char *key, const char *file, double *out)
@@ -156,21 +152,16 @@ static int zi_json_to_double(const cJSON *v, const char *key, const char *file, 
 int zi_json_double(const cJSON *obj, const char *key, const char *file, double *out)
 {
     const cJSON *v;
-    int rc = zi_json_item(obj, key, file, 0, &v);
+    int rc = zi_json_item(obj, key, file, &v);
     return rc ? rc : zi_json_to_double(v, key, file, out);
 }
 
 int zi_json_double_opt(const cJSON *obj, const char *key, const char *file, double def, double *out)
 {
-    const cJSON *v;
-    int rc = zi_json_item(obj, key, file, 1, &v);
-    if (rc)
-        return rc;
-    if (!v) {
+    const cJSON *v = zi_json_present(obj, key);
+    if (!v)
         *out = def;
-        return ZI_OK;
-    }
-    return zi_json_to_double(v, key, file, out);
+    return v ? zi_json_to_double(v, key, file, out) : ZI_OK;
 }
 
 static int zi_json_to_bool(const cJSON *v, const char *key, const char *file, int *out)
@@ -184,28 +175,23 @@ static int zi_json_to_bool(const cJSON *v, const char *key, const char *file, in
 int zi_json_bool(const cJSON *obj, const char *key, const char *file, int *out)
 {
     const cJSON *v;
-    int rc = zi_json_item(obj, key, file, 0, &v);
+    int rc = zi_json_item(obj, key, file, &v);
     return rc ? rc : zi_json_to_bool(v, key, file, out);
 }
 
 int zi_json_bool_opt(const cJSON *obj, const char *key, const char *file, int def, int *out)
 {
-    const cJSON *v;
-    int rc = zi_json_item(obj, key, file, 1, &v);
-    if (rc)
-        return rc;
-    if (!v) {
+    const cJSON *v = zi_json_present(obj, key);
+    if (!v)
         *out = def;
-        return ZI_OK;
-    }
-    return zi_json_to_bool(v, key, file, out);
+    return v ? zi_json_to_bool(v, key, file, out) : ZI_OK;
 }
 
 int zi_json_int_array(const cJSON *obj, const char *key, const char *file, int *out, int max,
                       int *n)
 {
     const cJSON *v;
-    int rc = zi_json_item(obj, key, file, 0, &v);
+    int rc = zi_json_item(obj, key, file, &v);
     if (rc)
         return rc;
     if (!cJSON_IsArray(v))
@@ -232,7 +218,7 @@ int zi_json_int_array(const cJSON *obj, const char *key, const char *file, int *
 int zi_json_string(const cJSON *obj, const char *key, const char *file, const char **out)
 {
     const cJSON *v;
-    int rc = zi_json_item(obj, key, file, 0, &v);
+    int rc = zi_json_item(obj, key, file, &v);
     if (rc)
         return rc;
     if (!cJSON_IsString(v))

@@ -167,21 +167,15 @@ int zi_convert_to_f32(float *dst, const void *src, zi_dtype dt, size_t n)
     case ZI_F32:
         memcpy(dst, src, n * 4);
         return ZI_OK;
-    case ZI_BF16: {
-        const uint8_t *p = src;
-        for (size_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, p + 2 * i, 2);
-            dst[i] = zi_bf16_to_f32(h);
-        }
-        return ZI_OK;
-    }
+    case ZI_BF16:
     case ZI_F16: {
+        /* src may be unaligned (a safetensors payload): read each half through memcpy */
         const uint8_t *p = src;
+        int bf = dt == ZI_BF16; /* loop-invariant: predicted, or unswitched by the compiler */
         for (size_t i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, p + 2 * i, 2);
-            dst[i] = zi_f16_to_f32(h);
+            dst[i] = bf ? zi_bf16_to_f32(h) : zi_f16_to_f32(h);
         }
         return ZI_OK;
     }

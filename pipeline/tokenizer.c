@@ -287,15 +287,22 @@ static int zi_tok_check_pipeline(const cJSON *root, const char *file, zi_tokeniz
     return ZI_OK;
 }
 
+/* Slots of an open-addressing table for n keys: a power of two (index = hash & (ns - 1))
+ * at least twice n, so probes stay short. */
+static size_t zi_tok_table_slots(size_t n)
+{
+    size_t ns = 1024;
+    while (ns < 2 * n)
+        ns <<= 1;
+    return ns;
+}
+
 static int zi_tok_load_vocab(zi_tokenizer *t, const cJSON *vocab, const char *file,
                              const int16_t inv[0x144])
 {
     if (!cJSON_IsObject(vocab))
         return zi_errorf(ZI_EFORMAT, "file %s: key model.vocab: missing or not an object", file);
-    size_t nv = (size_t)cJSON_GetArraySize(vocab);
-    size_t ns = 1024;
-    while (ns < 2 * nv)
-        ns <<= 1;
+    size_t ns = zi_tok_table_slots((size_t)cJSON_GetArraySize(vocab));
     t->vslots = calloc(ns, sizeof *t->vslots);
     if (!t->vslots)
         return zi_errorf(ZI_ENOMEM, "tokenizer: out of memory");
@@ -347,10 +354,7 @@ static int zi_tok_load_merges(zi_tokenizer *t, const cJSON *merges, const char *
 {
     if (!cJSON_IsArray(merges))
         return zi_errorf(ZI_EFORMAT, "file %s: key model.merges: missing or not an array", file);
-    size_t nm = (size_t)cJSON_GetArraySize(merges);
-    size_t ns = 1024;
-    while (ns < 2 * nm)
-        ns <<= 1;
+    size_t ns = zi_tok_table_slots((size_t)cJSON_GetArraySize(merges));
     t->mslots = malloc(ns * sizeof *t->mslots);
     if (!t->mslots)
         return zi_errorf(ZI_ENOMEM, "tokenizer: out of memory");

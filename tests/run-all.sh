@@ -40,7 +40,7 @@ failed=0
 failed_names=()
 stack_started=0
 
-say() { printf '\n==== %s\n' "$*"; }
+say() { printf '\n==== [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 record() { # NAME RC: one counted check
     if (($2 == 0)); then
@@ -173,7 +173,7 @@ fi
 ctest_run integration-fault build -L 'integration|fault' -j1
 stack_down
 
-say "summary ($((SECONDS / 60)) min $((SECONDS % 60)) s)"
+say "summary"
 if ((${#failed_names[@]})); then
     echo "failed:"
     printf '  %s\n' "${failed_names[@]}"

@@ -2,6 +2,7 @@
  * zi_test.c - helpers shared by the C tests.
  */
 #include "zi_test.h"
+#include "zi_err.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -89,4 +90,47 @@ int zi_test_run(const char *cmd, char *out, size_t cap)
     if (st == -1)
         return -1;
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+char *zi_test_read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    long len = -1;
+    if (fseek(f, 0, SEEK_END) == 0)
+        len = ftell(f);
+    if (len >= 0 && fseek(f, 0, SEEK_SET) == 0)
+        buf = malloc((size_t)len + 1);
+    if (buf && fread(buf, 1, (size_t)len, f) != (size_t)len) {
+        free(buf);
+        buf = NULL;
+    }
+    if (buf)
+        buf[len] = '\0';
+    fclose(f);
+    return buf;
+}
+
+float *zi_test_tensor_f32(const zi_st_tensor *t, size_t *n)
+{
+    size_t numel = 1;
+    for (int i = 0; i < t->ndim; i++)
+        numel *= (size_t)t->shape[i];
+    float *buf = malloc((numel ? numel : 1) * sizeof *buf);
+    assert_non_null(buf);
+    if (zi_st_read_f32(t, buf) != ZI_OK)
+        fail_msg("tensor %s: %s", t->name, zi_errmsg());
+    if (n)
+        *n = numel;
+    return buf;
+}
+
+float *zi_test_st_f32(const zi_st *st, const char *name, size_t *n)
+{
+    const zi_st_tensor *t = zi_st_find(st, name);
+    if (!t)
+        fail_msg("tensor %s missing", name);
+    return zi_test_tensor_f32(t, n);
 }

@@ -172,8 +172,8 @@ int zi_cmd_devbroker(int argc, char **argv)
     rd_kafka_t *rk = NULL;
     rd_kafka_mock_cluster_t *mc = NULL;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    /* The handle only hosts the mock cluster; it never connects anywhere itself. */
-    /* log_level 4 (warning) hides the notice that this handle has no bootstrap.servers. */
+    /* The handle only hosts the mock cluster and never connects anywhere itself, so
+     * log_level 4 (warning) hides its notice about having no bootstrap.servers. */
     if (rd_kafka_conf_set(conf, "client.id", "zimage-devbroker", errstr, sizeof errstr) !=
             RD_KAFKA_CONF_OK ||
         rd_kafka_conf_set(conf, "log_level", "4", errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {

@@ -98,11 +98,11 @@ int zi_cmd_submit(int argc, char **argv)
             wait = 1;
             continue;
         }
-        static const char *const opts[] = {"--config", "--prompt",   "--job-id", "--negative-prompt",
-                                           "--width",  "--height",   "--steps",  "--guidance",
-                                           "--seed",   "--deadline-ms", "--timeout"};
-        const char **dst[] = {&config, &prompt, &job_id, &negative, &width,  &height,
-                              &steps,  &guidance, &seed, &deadline, NULL};
+        static const char *const opts[] = {
+            "--config", "--prompt",   "--job-id", "--negative-prompt", "--width",  "--height",
+            "--steps",  "--guidance", "--seed",   "--deadline-ms",     "--timeout"};
+        const char **dst[] = {&config, &prompt,   &job_id, &negative, &width, &height,
+                              &steps,  &guidance, &seed,   &deadline, NULL};
         size_t k = 0;
         while (k < sizeof opts / sizeof opts[0] && strcmp(a, opts[k]) != 0)
             k++;
@@ -222,8 +222,8 @@ int zi_cmd_submit(int argc, char **argv)
         snprintf(sd, sizeof sd, "%llu", (unsigned long long)job.seed);
     else
         sd[0] = '\0';
-    const char *args[] = {"EVAL", zi_submit_lua, "3", kjob, kcancel, kevents, ttl, now,
-                          job_id, w,             h,   st,   sd};
+    const char *args[] = {"EVAL", zi_submit_lua, "3", kjob, kcancel, kevents, ttl,
+                          now,    job_id,        w,   h,    st,      sd};
     void *reply = NULL;
     int rc;
     for (int tries = 0;; tries++) {

@@ -26,21 +26,20 @@ static void zi_worker_on_signal(int sig)
 
 static void zi_worker_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: zimage worker --config FILE [--print-config]\n"
-            "\n"
-            "Consumes jobs from Kafka (kafka.topic), generates each image, uploads the PNG to\n"
-            "S3 and records the job in Redis; at least once, one job at a time. Every config\n"
-            "key can be overridden with ZIMAGE_<SECTION>_<KEY>; secrets come from the\n"
-            "environment only (ZIMAGE_S3_ACCESS_KEY, ZIMAGE_S3_SECRET_KEY,\n"
-            "ZIMAGE_REDIS_PASSWORD). SIGTERM/SIGINT drains: no new job, the current one\n"
-            "finishes within worker.drain_timeout_s or is left uncommitted; a second signal\n"
-            "stops it at once.\n"
-            "\n"
-            "options:\n"
-            "  --config FILE    the YAML configuration (docs/interfaces.md)\n"
-            "  --print-config   print the effective configuration (secrets redacted), exit\n"
-            "  --help           show this help\n");
+    fprintf(f, "usage: zimage worker --config FILE [--print-config]\n"
+               "\n"
+               "Consumes jobs from Kafka (kafka.topic), generates each image, uploads the PNG to\n"
+               "S3 and records the job in Redis; at least once, one job at a time. Every config\n"
+               "key can be overridden with ZIMAGE_<SECTION>_<KEY>; secrets come from the\n"
+               "environment only (ZIMAGE_S3_ACCESS_KEY, ZIMAGE_S3_SECRET_KEY,\n"
+               "ZIMAGE_REDIS_PASSWORD). SIGTERM/SIGINT drains: no new job, the current one\n"
+               "finishes within worker.drain_timeout_s or is left uncommitted; a second signal\n"
+               "stops it at once.\n"
+               "\n"
+               "options:\n"
+               "  --config FILE    the YAML configuration (docs/interfaces.md)\n"
+               "  --print-config   print the effective configuration (secrets redacted), exit\n"
+               "  --help           show this help\n");
 }
 
 static int zi_worker_usage_error(const char *msg, const char *arg)

@@ -153,8 +153,8 @@ static int zi_job_side(zi_job *job, const cJSON *obj, const char *name, int def,
     if (zi_job_get_int(v, INT32_MIN, INT32_MAX, &x) != 0)
         return zi_job_bad(job, "invalid_job", "%s: must be an integer", name);
     if (x % 16 != 0 || x < lim->min_side || x > lim->max_side)
-        return zi_job_bad(job, "invalid_job", "%s: %lld is not a multiple of 16 in [%d, %d]",
-                          name, (long long)x, lim->min_side, lim->max_side);
+        return zi_job_bad(job, "invalid_job", "%s: %lld is not a multiple of 16 in [%d, %d]", name,
+                          (long long)x, lim->min_side, lim->max_side);
     *out = (int)x;
     return ZI_OK;
 }

@@ -19,9 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ZI_JOB_ID_MAX 128           /* characters of a job id */
-#define ZI_JOB_PROMPT_MAX 16384     /* bytes of prompt / negative_prompt */
-#define ZI_JOB_GUIDANCE_MAX 20.0    /* guidance_scale upper bound */
+#define ZI_JOB_ID_MAX 128        /* characters of a job id */
+#define ZI_JOB_PROMPT_MAX 16384  /* bytes of prompt / negative_prompt */
+#define ZI_JOB_GUIDANCE_MAX 20.0 /* guidance_scale upper bound */
 #define ZI_JOB_SEED_INT_MAX ((UINT64_C(1) << 53) - 1)
 #define ZI_JOB_PARSE_MAX (64u << 20) /* never parse more than this (for the id) */
 #define ZI_JOB_ERROR_MAX 256

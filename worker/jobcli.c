@@ -40,8 +40,8 @@ int zi_jobcli_redis(const zi_wconfig *cfg, zi_rstatus **out)
 
 int zi_jobcli_final(const char *s)
 {
-    return s && (strcmp(s, "succeeded") == 0 || strcmp(s, "failed") == 0 ||
-                 strcmp(s, "cancelled") == 0);
+    return s &&
+           (strcmp(s, "succeeded") == 0 || strcmp(s, "failed") == 0 || strcmp(s, "cancelled") == 0);
 }
 
 int zi_jobcli_get(zi_rstatus *rs, const char *job_id, int retry_ms, zi_rstatus_hash *h)

@@ -23,9 +23,10 @@ static void zi_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, co
 {
     (void)rk;
     /* syslog levels: 0..3 error, 4 warning, 5..6 info, 7 debug */
-    zi_log_level l = level <= 3 ? ZI_LOG_ERROR : level == 4 ? ZI_LOG_WARN
-                                             : level <= 6   ? ZI_LOG_INFO
-                                                            : ZI_LOG_DEBUG;
+    zi_log_level l = level <= 3   ? ZI_LOG_ERROR
+                     : level == 4 ? ZI_LOG_WARN
+                     : level <= 6 ? ZI_LOG_INFO
+                                  : ZI_LOG_DEBUG;
     zi_logf(l, "kafka %s: %s", fac, buf);
 }
 
@@ -52,8 +53,7 @@ static void zi_kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void 
     zi_log_warn("kafka %s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
 }
 
-static int zi_kafka_set(rd_kafka_conf_t *conf, const char *key, const char *value,
-                        const char *what)
+static int zi_kafka_set(rd_kafka_conf_t *conf, const char *key, const char *value, const char *what)
 {
     char errstr[512];
     if (rd_kafka_conf_set(conf, key, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK)
@@ -77,8 +77,8 @@ int zi_kafka_conf_new(const zi_wconfig *cfg, const char *client_id, rd_kafka_con
     if (!conf)
         return zi_errorf(ZI_ENOMEM, "kafka: out of memory");
     int rc;
-    if ((rc = zi_kafka_set(conf, "bootstrap.servers", cfg->kafka_bootstrap_servers,
-                           "kafka.")) != ZI_OK ||
+    if ((rc = zi_kafka_set(conf, "bootstrap.servers", cfg->kafka_bootstrap_servers, "kafka.")) !=
+            ZI_OK ||
         (rc = zi_kafka_set(conf, "client.id", client_id, "kafka: ")) != ZI_OK)
         goto err;
     for (size_t i = 0; i < cfg->kafka_properties_n; i++) {
@@ -157,8 +157,7 @@ static void zi_consumer_pause_one(zi_consumer *c, zi_kpart *p, int paused)
         p->paused = paused;
     else
         zi_log_warn("kafka: %s %s[%d] failed: %s", paused ? "pause" : "resume", p->topic,
-                    (int)p->partition,
-                    rd_kafka_err2str(err ? err : l->elems[0].err));
+                    (int)p->partition, rd_kafka_err2str(err ? err : l->elems[0].err));
     rd_kafka_topic_partition_list_destroy(l);
 }
 
@@ -216,8 +215,7 @@ static void zi_consumer_on_assign(zi_consumer *c, rd_kafka_topic_partition_list_
     }
 }
 
-static void zi_consumer_on_revoke(zi_consumer *c, rd_kafka_topic_partition_list_t *parts,
-                                  int lost)
+static void zi_consumer_on_revoke(zi_consumer *c, rd_kafka_topic_partition_list_t *parts, int lost)
 {
     for (int i = 0; i < parts->cnt; i++) {
         const rd_kafka_topic_partition_t *tp = &parts->elems[i];
@@ -250,8 +248,8 @@ static void zi_consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             /* Partitions assigned while a job runs are paused right away. */
             if (c->paused)
                 for (int i = 0; i < parts->cnt; i++) {
-                    zi_kpart *p = zi_consumer_find(c, parts->elems[i].topic,
-                                                   parts->elems[i].partition);
+                    zi_kpart *p =
+                        zi_consumer_find(c, parts->elems[i].topic, parts->elems[i].partition);
                     if (p)
                         zi_consumer_pause_one(c, p, 1);
                 }
@@ -352,8 +350,8 @@ int zi_consumer_create(const zi_wconfig *cfg, const zi_consumer_hooks *hooks, zi
     if ((rc = zi_kafka_set(conf, "group.id", cfg->kafka_group_id, "kafka.")) != ZI_OK ||
         (rc = zi_kafka_set(conf, "enable.auto.offset.store", "false", "kafka: ")) != ZI_OK ||
         (rc = zi_kafka_default(cfg, conf, "enable.auto.commit", "true")) != ZI_OK ||
-        (rc = zi_kafka_default(cfg, conf, "partition.assignment.strategy",
-                               "cooperative-sticky")) != ZI_OK ||
+        (rc = zi_kafka_default(cfg, conf, "partition.assignment.strategy", "cooperative-sticky")) !=
+            ZI_OK ||
         (rc = zi_kafka_default(cfg, conf, "auto.offset.reset", "earliest")) != ZI_OK ||
         (rc = zi_kafka_default(cfg, conf, "statistics.interval.ms", "5000")) != ZI_OK)
         goto err;
@@ -519,8 +517,8 @@ int zi_consumer_store(zi_consumer *c, const zi_kmsg *m)
 {
     zi_kpart *p = zi_consumer_find(c, m->topic, m->partition);
     if (!p || p->epoch != m->epoch)
-        return zi_errorf(ZI_ENOTFOUND, "%s[%d]@%lld: partition no longer assigned here",
-                         m->topic, (int)m->partition, (long long)m->offset);
+        return zi_errorf(ZI_ENOTFOUND, "%s[%d]@%lld: partition no longer assigned here", m->topic,
+                         (int)m->partition, (long long)m->offset);
     if (p->stored >= m->offset + 1)
         return ZI_OK; /* never move backwards */
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
@@ -532,8 +530,8 @@ int zi_consumer_store(zi_consumer *c, const zi_kmsg *m)
         err = l->elems[0].err;
     rd_kafka_topic_partition_list_destroy(l);
     if (err == RD_KAFKA_RESP_ERR__STATE || err == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION)
-        return zi_errorf(ZI_ENOTFOUND, "%s[%d]@%lld: not stored: %s", m->topic,
-                         (int)m->partition, (long long)m->offset, rd_kafka_err2str(err));
+        return zi_errorf(ZI_ENOTFOUND, "%s[%d]@%lld: not stored: %s", m->topic, (int)m->partition,
+                         (long long)m->offset, rd_kafka_err2str(err));
     if (err)
         return zi_errorf(ZI_EIO, "%s[%d]@%lld: offset store failed: %s", m->topic,
                          (int)m->partition, (long long)m->offset, rd_kafka_err2str(err));

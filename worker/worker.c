@@ -39,8 +39,8 @@
 #define ZI_WK_STORE 1   /* final state written: store the offset */
 #define ZI_WK_NOSTORE 0 /* no final state (revoked, draining): leave the offset */
 
-#define ZI_WK_DLQ_CUT_RETRY 65536       /* DLQ value size after a "too large" refusal */
-#define ZI_WK_CANCEL_CHECK_MS 100       /* cancel flag read at most this often */
+#define ZI_WK_DLQ_CUT_RETRY 65536        /* DLQ value size after a "too large" refusal */
+#define ZI_WK_CANCEL_CHECK_MS 100        /* cancel flag read at most this often */
 #define ZI_WK_DRAIN_ABORT_GRACE_MS 15000 /* after asking a job to stop at a drain deadline */
 
 typedef struct zi_wk {
@@ -243,8 +243,13 @@ static void zi_wk_final_fields(zi_wk *w, zi_wk_run *r, zi_wk_fields *fs)
 {
     r->finished_at = zi_rstatus_now_ms();
     zi_wk_addi(fs, "finished_at", r->finished_at);
-    if (r->started_at)
+    /* started_at and attempt again: Redis may have lost the `running` record meanwhile */
+    if (r->started_at) {
+        zi_wk_addi(fs, "started_at", r->started_at);
         zi_wk_addi(fs, "duration_ms", r->finished_at - r->started_at);
+    }
+    if (r->attempt)
+        zi_wk_addi(fs, "attempt", r->attempt);
     zi_wk_add(fs, "model", w->model);
     zi_wk_add(fs, "version", ZI_VERSION);
 }
@@ -320,32 +325,33 @@ static int zi_wk_result(zi_wk *w, zi_wk_run *r, const char *status, const char *
     return rc;
 }
 
-/* A permanent failure: final state `failed`, DLQ copy when asked, result message. */
-static int zi_wk_fail(zi_wk *w, zi_wk_run *r, const char *code, const char *error, int to_dlq,
-                      int pre_run)
+/* A permanent failure: final state `failed`, the DLQ copy (every failed job is copied, so it
+ * can be replayed once the cause is fixed: docs/contract.md, "Extensions"), the result
+ * message. */
+static int zi_wk_fail(zi_wk *w, zi_wk_run *r, const char *code, const char *error, int pre_run)
 {
     zi_log_fields(ZI_LOG_WARN, r->job.job_id[0] ? r->job.job_id : NULL,
                   (const zi_log_field[]){{"error_code", code}}, 1, "job failed: %s", error);
     if (r->job.job_id[0]) {
         zi_wk_fields fs = {0};
         zi_wk_final_fields(w, r, &fs);
-        if (r->attempt)
-            zi_wk_addi(&fs, "attempt", r->attempt);
         if (zi_wk_record(w, r, "failed", code, error, &fs, pre_run) != ZI_OK)
             return ZI_WK_NOSTORE;
     }
-    if (to_dlq && zi_wk_dlq(w, r->m, code, error, r->attempt > 0 ? r->attempt - 1 : 0) != ZI_OK)
+    /* zimage-attempts: the runs started (the refused delivery of too_many_attempts is none) */
+    int64_t runs = strcmp(code, "too_many_attempts") == 0 ? r->attempt - 1 : r->attempt;
+    if (zi_wk_dlq(w, r->m, code, error, runs > 0 ? runs : 0) != ZI_OK)
         return ZI_WK_NOSTORE;
     if (zi_wk_result(w, r, "failed", code, error) != ZI_OK)
         return ZI_WK_NOSTORE;
     pthread_mutex_lock(&w->state_mu);
     w->jobs_failed++;
     pthread_mutex_unlock(&w->state_mu);
-    zi_metric_inc(w->wm.jobs_total, strcmp(code, "invalid_job") == 0 ||
-                                            strcmp(code, "too_large") == 0
-                                        ? "bad_job"
-                                    : strcmp(code, "too_many_attempts") == 0 ? "too_many_attempts"
-                                                                             : "failed");
+    zi_metric_inc(w->wm.job_failures, code);
+    zi_metric_inc(w->wm.jobs_total,
+                  strcmp(code, "invalid_job") == 0 || strcmp(code, "too_large") == 0 ? "bad_job"
+                  : strcmp(code, "too_many_attempts") == 0 ? "too_many_attempts"
+                                                           : "failed");
     return ZI_WK_STORE;
 }
 
@@ -523,7 +529,7 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
     if (rc != ZI_OK) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", zi_errmsg());
-        res = zi_wk_fail(w, r, rc == ZI_ENOMEM ? "oom" : "pipeline_error", msg, 0, 0);
+        res = zi_wk_fail(w, r, rc == ZI_ENOMEM ? "oom" : "pipeline_error", msg, 0);
         goto out;
     }
     zi_png_params pp = {
@@ -541,12 +547,18 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
         (rc = zi_png_encode(rgb, r->job.width, r->job.height, params, &png, &png_len)) != ZI_OK) {
         char msg[512];
         snprintf(msg, sizeof msg, "PNG encoding: %s", zi_errmsg());
-        res = zi_wk_fail(w, r, rc == ZI_ENOMEM ? "oom" : "pipeline_error", msg, 0, 0);
+        res = zi_wk_fail(w, r, rc == ZI_ENOMEM ? "oom" : "pipeline_error", msg, 0);
         goto out;
     }
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->seed);
+    int64_t tu = zi_wk_mono_ms();
     rc = zi_s3_put_png(w->s3, r->s3_key, png, png_len, r->job.job_id, seed);
+    tu = zi_wk_mono_ms() - tu;
+    if (tu > 2000)
+        zi_log_warn("S3 upload of %s took %lld ms (transient errors are retried for up to "
+                    "s3.retry_s = %d s)",
+                    r->s3_key, (long long)tu, w->cfg->s3_retry_s);
     if (rc == ZI_ECANCELLED) {
         zi_log_warn("upload stopped by the drain deadline; the job will be delivered again");
         res = ZI_WK_NOSTORE;
@@ -555,7 +567,7 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
     if (rc != ZI_OK) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", zi_errmsg());
-        res = zi_wk_fail(w, r, rc == ZI_EAUTH ? "s3_auth" : "s3_error", msg, 0, 0);
+        res = zi_wk_fail(w, r, rc == ZI_EAUTH ? "s3_auth" : "s3_error", msg, 0);
         goto out;
     }
     if (zi_s3_presign_get(w->s3, r->s3_key, w->cfg->s3_presign_ttl_s, 0, r->url, sizeof r->url) !=
@@ -595,7 +607,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
         /* A bad job never blocks the partition: record (with an id), DLQ, store. */
         zi_log_fields(ZI_LOG_WARN, NULL, NULL, 0, "bad job at %s[%d]@%lld: %s: %s", m->topic,
                       (int)m->partition, (long long)m->offset, r->job.error_code, r->job.error);
-        res = zi_wk_fail(w, r, r->job.error_code, r->job.error, 1, 0);
+        res = zi_wk_fail(w, r, r->job.error_code, r->job.error, 0);
         goto out;
     }
     zi_log_info("job received from %s[%d]@%lld (%dx%d, %d steps)", m->topic, (int)m->partition,
@@ -604,7 +616,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
                          sizeof r->s3_key) != ZI_OK) {
         char msg[512];
         snprintf(msg, sizeof msg, "s3 key: %s", zi_errmsg());
-        res = zi_wk_fail(w, r, "invalid_job", msg, 1, 0);
+        res = zi_wk_fail(w, r, "invalid_job", msg, 0);
         goto out;
     }
 
@@ -617,8 +629,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     /* Delivered again after it succeeded? (hash first, then the object itself) */
     zi_rstatus_hash h = {0};
     int tries = 0;
-    while ((rc = zi_rstatus_job_get(w->rs_job, r->job.job_id, &h)) != ZI_OK &&
-           rc != ZI_ENOTFOUND) {
+    while ((rc = zi_rstatus_job_get(w->rs_job, r->job.job_id, &h)) != ZI_OK && rc != ZI_ENOTFOUND) {
         if (!zi_wk_retry(w, 1, &tries, "redis: reading the job"))
             goto out;
     }
@@ -659,7 +670,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     if (rc == ZI_EAUTH) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", zi_errmsg());
-        res = zi_wk_fail(w, r, "s3_auth", msg, 0, 1);
+        res = zi_wk_fail(w, r, "s3_auth", msg, 1);
         goto out;
     }
     if (rc != ZI_OK && rc != ZI_ENOTFOUND)
@@ -682,7 +693,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
         char msg[128];
         snprintf(msg, sizeof msg, "deadline_ms %lld passed before the job was picked up",
                  (long long)r->job.deadline_ms);
-        res = zi_wk_fail(w, r, "expired", msg, 0, 1);
+        res = zi_wk_fail(w, r, "expired", msg, 1);
         goto out;
     }
 
@@ -695,7 +706,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
         char msg[160];
         snprintf(msg, sizeof msg, "gave up after %lld attempts (worker.max_attempts = %d)",
                  (long long)(r->attempt - 1), w->cfg->worker_max_attempts);
-        res = zi_wk_fail(w, r, "too_many_attempts", msg, 1, 1);
+        res = zi_wk_fail(w, r, "too_many_attempts", msg, 1);
         goto out;
     }
 

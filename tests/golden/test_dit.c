@@ -46,23 +46,6 @@ static int teardown(void **state)
     return 0;
 }
 
-/* A tensor of a vector file as malloc'ed f32 (fails the test when absent). */
-static float *vec_read(const zi_st *st, const char *name, size_t *n)
-{
-    const zi_st_tensor *t = zi_st_find(st, name);
-    if (!t)
-        fail_msg("vector %s missing", name);
-    size_t numel = 1;
-    for (int i = 0; i < t->ndim; i++)
-        numel *= (size_t)t->shape[i];
-    float *buf = malloc(numel * sizeof *buf);
-    assert_non_null(buf);
-    assert_int_equal(zi_st_read_f32(t, buf), ZI_OK);
-    if (n)
-        *n = numel;
-    return buf;
-}
-
 static zi_dit *load_dit(void)
 {
     zi_dit *d = NULL;
@@ -96,7 +79,7 @@ static int tap_compare(void *ud, const char *name, const zi_tensor *t, int rows,
     char key[96];
     snprintf(key, sizeof key, "dit.%s", name);
     size_t n = 0;
-    float *ref = vec_read(c->st, key, &n);
+    float *ref = zi_test_st_f32(c->st, key, &n);
     assert_int_equal(n, (size_t)rows * (size_t)cols);
     float *got = malloc(n * sizeof *got);
     assert_non_null(got);
@@ -119,7 +102,7 @@ static int tap_compare(void *ud, const char *name, const zi_tensor *t, int rows,
     if (!(err <= DIT_TOL))
         fail_msg("dit.%s: rel err %.3g > %g", name, err, DIT_TOL);
     if (pad_name) {
-        float *pad = vec_read(c->weights, pad_name, NULL);
+        float *pad = zi_test_st_f32(c->weights, pad_name, NULL);
         assert_true(real < rows); /* the cases pad both sequences */
         for (int r = real; r < rows; r++)
             assert_memory_equal(got + (size_t)r * cols, pad, (size_t)cols * sizeof *pad);
@@ -143,10 +126,10 @@ static void test_dit_intermediates_p0(void **state)
     zi_dit_set_tap(d, tap_compare, &ctx);
 
     size_t ncap = 0, nin = 0, nout = 0;
-    float *cap = vec_read(st, "prompt_embeds", &ncap);
-    float *in = vec_read(st, "step0.model_in.0", &nin);
-    float *ref = vec_read(st, "step0.model_out.0", &nout);
-    float *t = vec_read(st, "step0.t", NULL);
+    float *cap = zi_test_st_f32(st, "prompt_embeds", &ncap);
+    float *in = zi_test_st_f32(st, "step0.model_in.0", &nin);
+    float *ref = zi_test_st_f32(st, "step0.model_out.0", &nout);
+    float *t = zi_test_st_f32(st, "step0.t", NULL);
     const zi_st_tensor *ti = zi_st_find(st, "step0.model_in.0");
     const int lh = (int)ti->shape[2], lw = (int)ti->shape[3];
     const int L = (int)(ncap / (size_t)cfg.dit.cap_feat_dim);
@@ -213,7 +196,7 @@ static void check_case_calls(zi_dit *d, const char *file, int steps, int cfg_bra
     const char *cap_names[2] = {"prompt_embeds", "negative_prompt_embeds"};
     for (int b = 0; b < cfg_branches; b++) {
         size_t ncap = 0;
-        float *cap = vec_read(st, cap_names[b], &ncap);
+        float *cap = zi_test_st_f32(st, cap_names[b], &ncap);
         int L = (int)(ncap / (size_t)cfg.dit.cap_feat_dim);
         assert_int_equal(zi_dit_prepare_caption(d, cap, L, &caps[b]), ZI_OK);
         free(cap);
@@ -227,14 +210,14 @@ static void check_case_calls(zi_dit *d, const char *file, int steps, int cfg_bra
             snprintf(name, sizeof name, "latents_init");
         else
             snprintf(name, sizeof name, "step%d.latents", i - 1);
-        float *in = vec_read(st, name, NULL);
+        float *in = zi_test_st_f32(st, name, NULL);
         snprintf(name, sizeof name, "step%d.t", i);
-        float *t = vec_read(st, name, NULL);
+        float *t = zi_test_st_f32(st, name, NULL);
         for (int b = 0; b < cfg_branches; b++) {
             if (zi_dit_forward(d, caps[b], t[b], in, lh, lw, out) != ZI_OK)
                 fail_msg("%s call %d: %s", file, i, zi_errmsg());
             snprintf(name, sizeof name, "step%d.model_out.%d", i, b);
-            float *ref = vec_read(st, name, NULL);
+            float *ref = zi_test_st_f32(st, name, NULL);
             double err = zi_rel_err(out, ref, n);
             if (err > worst)
                 worst = err;

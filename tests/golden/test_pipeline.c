@@ -28,25 +28,6 @@ static zi_backend *be;
 static zi_pipeline *pl;
 static cJSON *manifest;
 
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    if (buf && fread(buf, 1, (size_t)len, f) != (size_t)len) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf)
-        buf[len] = '\0';
-    fclose(f);
-    return buf;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -55,7 +36,7 @@ static int setup(void **state)
         fprintf(stderr, "setup: %s\n", zi_errmsg());
         return -1;
     }
-    char *text = read_all(zi_test_golden("vectors/manifest.json"));
+    char *text = zi_test_read_file(zi_test_golden("vectors/manifest.json"));
     manifest = text ? cJSON_Parse(text) : NULL;
     free(text);
     return manifest ? 0 : -1;
@@ -68,22 +49,6 @@ static int teardown(void **state)
     zi_pipeline_free(pl);
     zi_backend_destroy(be);
     return 0;
-}
-
-static float *vec_read(const zi_st *st, const char *name, size_t *n)
-{
-    const zi_st_tensor *t = zi_st_find(st, name);
-    if (!t)
-        fail_msg("vector %s missing", name);
-    size_t numel = 1;
-    for (int i = 0; i < t->ndim; i++)
-        numel *= (size_t)t->shape[i];
-    float *buf = malloc(numel * sizeof *buf);
-    assert_non_null(buf);
-    assert_int_equal(zi_st_read_f32(t, buf), ZI_OK);
-    if (n)
-        *n = numel;
-    return buf;
 }
 
 /* ---- hooks comparing with a case file ---- */
@@ -107,7 +72,7 @@ static int on_caption(void *ud, int branch, const int32_t *ids, const float *emb
         fail_msg("%s %s: %d ids, want %lld", c->name, id_name, L, (long long)t->shape[0]);
     assert_memory_equal(ids, t->data, (size_t)L * sizeof *ids); /* I32, little-endian */
     size_t n = 0;
-    float *ref = vec_read(c->st, emb_name, &n);
+    float *ref = zi_test_st_f32(c->st, emb_name, &n);
     assert_int_equal(n, (size_t)L * (size_t)D);
     double err = zi_rel_err(emb, ref, n);
     if (err > c->emb_err)
@@ -128,7 +93,7 @@ static int on_step(void *ud, int step, const float *latents, const float *const 
     for (int b = 0; b < n_out; b++) {
         snprintf(name, sizeof name, "step%d.model_out.%d", step, b);
         size_t nr = 0;
-        float *ref = vec_read(c->st, name, &nr);
+        float *ref = zi_test_st_f32(c->st, name, &nr);
         assert_int_equal(nr, n);
         double err = zi_rel_err(model_out[b], ref, n);
         if (err > c->out_err)
@@ -139,7 +104,7 @@ static int on_step(void *ud, int step, const float *latents, const float *const 
     }
     snprintf(name, sizeof name, "step%d.latents", step);
     size_t nr = 0;
-    float *ref = vec_read(c->st, name, &nr);
+    float *ref = zi_test_st_f32(c->st, name, &nr);
     assert_int_equal(nr, n);
     double err = zi_rel_err(latents, ref, n);
     if (err > c->lat_err)
@@ -178,7 +143,7 @@ static void run_case(const cJSON *cs, int inject)
     zi_gen_debug dbg = {.on_caption = on_caption, .on_step = on_step, .ud = &ctx};
     float *init = NULL;
     if (inject)
-        dbg.latents_init = init = vec_read(st, "latents_init", NULL);
+        dbg.latents_init = init = zi_test_st_f32(st, "latents_init", NULL);
     uint8_t *rgb = NULL;
     if (zi_pipeline_generate_ex(pl, &g, NULL, NULL, &dbg, &rgb) != ZI_OK)
         fail_msg("%s: %s", name, zi_errmsg());

@@ -82,14 +82,9 @@ static int32_t *read_ids(const zi_st *st, const char *name, int *n)
 
 static float *read_f32(const zi_st *st, const char *name, size_t want)
 {
-    const zi_st_tensor *t = zi_st_find(st, name);
-    if (!t)
-        fail_msg("tensor %s missing from the case file", name);
-    size_t n = t->nbytes / zi_dtype_size(t->dtype);
+    size_t n;
+    float *p = zi_test_st_f32(st, name, &n);
     assert_int_equal(n, want);
-    float *p = malloc(n * sizeof(float));
-    assert_non_null(p);
-    assert_int_equal(zi_st_read_f32(t, p), ZI_OK);
     return p;
 }
 
@@ -439,13 +434,10 @@ static void test_random_weights(void **state)
 /* The manifest's cases (cJSON array; the caller deletes the root). */
 static cJSON *load_manifest(cJSON **root)
 {
-    FILE *fp = fopen(zi_test_golden("vectors/manifest.json"), "rb");
-    assert_non_null(fp);
-    static char buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf - 1, fp);
-    fclose(fp);
-    buf[n] = '\0';
-    *root = cJSON_Parse(buf);
+    char *text = zi_test_read_file(zi_test_golden("vectors/manifest.json"));
+    assert_non_null(text);
+    *root = cJSON_Parse(text);
+    free(text);
     assert_non_null(*root);
     cJSON *cases = cJSON_GetObjectItemCaseSensitive(*root, "cases");
     assert_true(cJSON_IsArray(cases));

@@ -55,22 +55,6 @@ static int teardown(void **state)
     return 0;
 }
 
-/* Reads a golden tensor as f32 (malloc'ed); *n its element count. */
-static float *golden_f32(const zi_st *st, const char *name, size_t *n)
-{
-    const zi_st_tensor *t = zi_st_find(st, name);
-    if (!t)
-        fail_msg("golden tensor %s missing", name);
-    size_t k = 1;
-    for (int d = 0; d < t->ndim; d++)
-        k *= (size_t)t->shape[d];
-    float *x = malloc(k * sizeof(float));
-    assert_non_null(x);
-    assert_int_equal(zi_st_read_f32(t, x), ZI_OK);
-    *n = k;
-    return x;
-}
-
 /* Uploads host f32 [C, h, w] into a new backend tensor. */
 static zi_tensor upload(zi_backend *be, const float *x, int C, int h, int w)
 {
@@ -93,7 +77,7 @@ static int tap_compare(void *ud, const char *name, const zi_tensor *t, int C, in
     char key[64];
     snprintf(key, sizeof key, "vae.decoder.%s", name);
     size_t n = 0;
-    float *ref = golden_f32(tc->st, key, &n);
+    float *ref = zi_test_st_f32(tc->st, key, &n);
     assert_int_equal(n, (size_t)C * h * w);
     float *out = malloc(n * sizeof(float));
     assert_non_null(out);
@@ -123,7 +107,7 @@ static void check_case(fixture *f, const char *name, int with_taps)
     assert_int_equal(C, f->cfg.latent_channels);
     int s = zi_vae_scale(&f->cfg), H = lh * s, W = lw * s;
     size_t n = 0;
-    float *zin = golden_f32(st, "vae.decoder.in", &n);
+    float *zin = zi_test_st_f32(st, "vae.decoder.in", &n);
     zi_tensor z = upload(f->be, zin, C, lh, lw);
 
     tap_ctx tc = {f->be, st, 0, 0};
@@ -134,7 +118,7 @@ static void check_case(fixture *f, const char *name, int with_taps)
     if (with_taps)
         assert_int_equal(tc.checked, 2 + f->cfg.n_blocks + 2);
 
-    float *ref = golden_f32(st, "vae.decoder.out", &n);
+    float *ref = zi_test_st_f32(st, "vae.decoder.out", &n);
     assert_int_equal(n, (size_t)3 * H * W);
     float *out = malloc(n * sizeof(float));
     assert_non_null(out);
@@ -205,7 +189,7 @@ static void test_vae_decode_rgb8_and_memory(void **state)
         const zi_st_tensor *tl = zi_st_find(st, key);
         int C = (int)tl->shape[1], lh = (int)tl->shape[2], lw = (int)tl->shape[3];
         size_t n;
-        float *lat = golden_f32(st, key, &n);
+        float *lat = zi_test_st_f32(st, key, &n);
         zi_tensor z = upload(f->be, lat, C, lh, lw);
 
         /* denormalize alone reproduces vae.decoder.in */
@@ -217,7 +201,7 @@ static void test_vae_decode_rgb8_and_memory(void **state)
         assert_non_null(zin);
         assert_int_equal(f->be->download(f->be, zin, &zc, n), ZI_OK);
         size_t n2;
-        float *zref = golden_f32(st, "vae.decoder.in", &n2);
+        float *zref = zi_test_st_f32(st, "vae.decoder.in", &n2);
         assert_int_equal(n, n2);
         assert_true(zi_rel_err(zin, zref, n) < 1e-6);
 

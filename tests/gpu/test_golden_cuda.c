@@ -24,25 +24,6 @@
 
 #define ZG_MIN_PSNR 38.0
 
-static char *zg_slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
-        free(s);
-        s = NULL;
-    }
-    if (s)
-        s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 /* Runs argv (argv[0] a path) and returns its exit status, -1 if it could not run. */
 static int zg_run(char *const argv[])
 {
@@ -66,7 +47,7 @@ static void test_golden_cases(void **state)
     const char *bin = getenv("ZI_BINARY");
     if (!bin || !*bin)
         bin = ZI_BINARY;
-    char *manifest = zg_slurp(zi_test_golden("vectors/manifest.json"));
+    char *manifest = zi_test_read_file(zi_test_golden("vectors/manifest.json"));
     assert_non_null(manifest);
     cJSON *root = cJSON_Parse(manifest);
     assert_non_null(root);

@@ -6,9 +6,10 @@
 # a job_id with '..'; a job whose deadline_ms has passed; then two good jobs. Checks: every
 # bad job with a readable, valid id is recorded `failed` with its error_code
 # (invalid_job / too_large) and an error naming the field, the ones without a usable id
-# leave no hash; all seven are copied to the DLQ with key, value (cut to
-# max_message_bytes) and the zimage-* headers; the expired job fails `expired` without a
-# DLQ copy; the good jobs behind them succeed; the result topic carries the outcomes.
+# leave no hash; the expired job fails `expired`; all eight are copied to the DLQ (every
+# failed job is: docs/contract.md, "Extensions") with key, value (cut to
+# max_message_bytes) and the zimage-* headers; the good jobs behind them succeed; the
+# result topic carries the outcomes.
 source "$(dirname "$0")/worker_lib.sh"
 zt_init badjobs
 ZT_MAX_MESSAGE_BYTES=4096 ZT_RESULT_TOPIC=$ZT_RESULTS zt_config
@@ -60,22 +61,22 @@ zt_check "hashes in all (5 failed, 2 good)" 7 \
 
 for _ in $(seq 50); do
     dlq=$(zt_consume "$ZT_DLQ" '%k|%h|%S\n')
-    (($(grep -c . <<<"$dlq") >= 7)) && break
+    (($(grep -c . <<<"$dlq") >= 8)) && break
     sleep 0.2
 done
-zt_check "DLQ messages (every bad job, not the expired one)" 7 "$(grep -c . <<<"$dlq")"
+zt_check "DLQ messages (every failed job)" 8 "$(grep -c . <<<"$dlq")"
 # The DLQ topic has several partitions (keys spread): order the copies by source offset.
 dlq=$(while IFS= read -r l; do
     printf '%s\t%s\n' "$(grep -oE "zimage-source=[^,|]*/[0-9]+" <<<"$l" | grep -oE '[0-9]+$')" "$l"
 done <<<"$dlq" | sort -n | cut -f2-)
-zt_check "DLQ keys in order" "k-notjson bad-noprompt bad-width bad-big bad-utf8 a/b a..b" \
+zt_check "DLQ keys in order" "k-notjson bad-noprompt bad-width bad-big bad-utf8 a/b a..b bad-expired" \
     "$(cut -d'|' -f1 <<<"$dlq" | tr '\n' ' ' | sed 's/ $//')"
-zt_check "DLQ error codes" "invalid_job invalid_job invalid_job too_large invalid_job invalid_job invalid_job" \
+zt_check "DLQ error codes" "invalid_job invalid_job invalid_job too_large invalid_job invalid_job invalid_job expired" \
     "$(grep -oE 'zimage-error-code=[a-z_]+' <<<"$dlq" | cut -d= -f2 | tr '\n' ' ' | sed 's/ $//')"
-zt_check "DLQ sources" "0 1 2 3 4 5 6" \
+zt_check "DLQ sources" "0 1 2 3 4 5 6 7" \
     "$(grep -oE "zimage-source=$ZT_TOPIC/0/[0-9]+" <<<"$dlq" | grep -oE '[0-9]+$' | tr '\n' ' ' | sed 's/ $//')"
-zt_check "DLQ attempts headers" 7 "$(grep -c 'zimage-attempts=0' <<<"$dlq")"
-zt_check "DLQ errors present" 7 "$(grep -c 'zimage-error=[^,|]' <<<"$dlq")"
+zt_check "DLQ attempts headers (no run)" 8 "$(grep -c 'zimage-attempts=0' <<<"$dlq")"
+zt_check "DLQ errors present" 8 "$(grep -c 'zimage-error=[^,|]' <<<"$dlq")"
 zt_check "DLQ copy of the large message cut to max_message_bytes" 4096 \
     "$(grep '^bad-big|' <<<"$dlq" | cut -d'|' -f3)"
 zt_check "DLQ copy of the small bad message whole" 16 "$(grep '^k-notjson|' <<<"$dlq" | cut -d'|' -f3)"

@@ -81,14 +81,14 @@ static void test_job_all_fields(void **state)
     assert_true(job.deadline_ms == 1700000000000ll);
     zi_job_clear(&job);
 
-    assert_int_equal(parse("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":\"18446744073709551615\"}",
-                           &job),
-                     ZI_OK);
+    assert_int_equal(
+        parse("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":\"18446744073709551615\"}", &job),
+        ZI_OK);
     assert_true(job.seed == 18446744073709551615ull);
     zi_job_clear(&job);
     /* null means absent for optional fields; 64.0 is an integer */
-    assert_int_equal(parse("{\"job_id\":\"n\",\"prompt\":\"p\",\"seed\":null,\"width\":64.0}", &job),
-                     ZI_OK);
+    assert_int_equal(
+        parse("{\"job_id\":\"n\",\"prompt\":\"p\",\"seed\":null,\"width\":64.0}", &job), ZI_OK);
     assert_int_equal(job.has_seed, 0);
     assert_int_equal(job.width, 64);
     zi_job_clear(&job);
@@ -196,8 +196,8 @@ static void test_job_sizes(void **state)
     expect_bad("{\"job_id\":\"w\",\"prompt\":\"p\",\"width\":4096,\"height\":2048}", "invalid_job",
                "w", "pixels");
     zi_job job = {0};
-    assert_int_equal(parse("{\"job_id\":\"w\",\"prompt\":\"p\",\"width\":4096,\"height\":1024}", &job),
-                     ZI_OK);
+    assert_int_equal(
+        parse("{\"job_id\":\"w\",\"prompt\":\"p\",\"width\":4096,\"height\":1024}", &job), ZI_OK);
     assert_int_equal(job.width * job.height, 4194304);
     zi_job_clear(&job);
 }
@@ -215,9 +215,9 @@ static void test_job_steps_guidance(void **state)
     expect_bad("{\"job_id\":\"g\",\"prompt\":\"p\",\"guidance_scale\":true}", "invalid_job", "g",
                "guidance_scale");
     zi_job job = {0};
-    assert_int_equal(parse("{\"job_id\":\"g\",\"prompt\":\"p\",\"steps\":50,\"guidance_scale\":20}",
-                           &job),
-                     ZI_OK);
+    assert_int_equal(
+        parse("{\"job_id\":\"g\",\"prompt\":\"p\",\"steps\":50,\"guidance_scale\":20}", &job),
+        ZI_OK);
     assert_int_equal(job.steps, 50);
     assert_true(job.guidance == 20.0);
     zi_job_clear(&job);
@@ -240,8 +240,8 @@ static void test_job_seed_deadline(void **state)
     expect_bad("{\"job_id\":\"d\",\"prompt\":\"p\",\"deadline_ms\":\"soon\"}", "invalid_job", "d",
                "deadline_ms");
     zi_job job = {0};
-    assert_int_equal(parse("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":0,\"deadline_ms\":0}", &job),
-                     ZI_OK);
+    assert_int_equal(
+        parse("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":0,\"deadline_ms\":0}", &job), ZI_OK);
     assert_int_equal(job.has_seed, 1);
     assert_true(job.seed == 0);
     assert_true(job.deadline_ms == 0);
@@ -310,11 +310,16 @@ static void test_job_roundtrip(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_job_defaults),       cmocka_unit_test(test_job_all_fields),
-        cmocka_unit_test(test_job_ids),            cmocka_unit_test(test_job_not_json),
-        cmocka_unit_test(test_job_prompt),         cmocka_unit_test(test_job_sizes),
-        cmocka_unit_test(test_job_steps_guidance), cmocka_unit_test(test_job_seed_deadline),
-        cmocka_unit_test(test_job_too_large),      cmocka_unit_test(test_job_roundtrip),
+        cmocka_unit_test(test_job_defaults),
+        cmocka_unit_test(test_job_all_fields),
+        cmocka_unit_test(test_job_ids),
+        cmocka_unit_test(test_job_not_json),
+        cmocka_unit_test(test_job_prompt),
+        cmocka_unit_test(test_job_sizes),
+        cmocka_unit_test(test_job_steps_guidance),
+        cmocka_unit_test(test_job_seed_deadline),
+        cmocka_unit_test(test_job_too_large),
+        cmocka_unit_test(test_job_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -64,15 +64,10 @@ static void check_golden(const char *file, const char *name, uint64_t seed)
     zi_st *st = NULL;
     if (zi_st_open(zi_test_golden(file), &st) != ZI_OK)
         fail_msg("open %s: %s", file, zi_errmsg());
-    const zi_st_tensor *t = zi_st_find(st, name);
-    assert_non_null(t);
-    size_t n = 1;
-    for (int d = 0; d < t->ndim; d++)
-        n *= (size_t)t->shape[d];
-    float *ref = malloc(n * sizeof(float)), *out = malloc(n * sizeof(float));
-    assert_non_null(ref);
+    size_t n;
+    float *ref = zi_test_st_f32(st, name, &n);
+    float *out = malloc(n * sizeof(float));
     assert_non_null(out);
-    assert_int_equal(zi_st_read_f32(t, ref), ZI_OK);
     twin_randn(out, n, seed);
     double d = max_diff(out, ref, n);
     if (!(d <= 1e-5))

@@ -12,31 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    if (buf && fread(buf, 1, (size_t)len, f) != (size_t)len) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf)
-        buf[len] = '\0';
-    fclose(f);
-    return buf;
-}
-
 static const zi_sched_config turbo = {.num_train_timesteps = 1000, .shift = 3.0f};
 
 static void test_scheduler_json_bit_exact(void **state)
 {
     (void)state;
-    char *text = read_all(zi_test_golden("vectors/scheduler.json"));
+    char *text = zi_test_read_file(zi_test_golden("vectors/scheduler.json"));
     assert_non_null(text);
     cJSON *root = cJSON_Parse(text);
     assert_non_null(root);

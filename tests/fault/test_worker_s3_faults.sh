@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# test_worker_s3_faults.sh - S3 failures during a job (stops and restarts the shared
+# stack's gateway; run-all.sh runs fault tests one at a time).
+#
+# 1. The gateway is stopped while a job computes and started again 10 s later: the upload
+#    is retried (s3.retry_s = 60) and the job succeeds in its first attempt, one object.
+# 2. A worker with a wrong S3 secret: the job fails `failed` / `s3_auth` within seconds,
+#    without retrying (403 is permanent), is copied to the DLQ, and the worker goes on.
+source "$(dirname "$0")/../integration/worker_lib.sh"
+zt_init s3faults
+ZT_STEPS=8 zt_config
+STACK=$ZT_REPO/deploy/local/stack.sh
+rgw_down=0
+restore_rgw() {
+    if ((rgw_down)); then
+        "$STACK" start-rgw || true
+    fi
+    zt_cleanup
+}
+trap restore_rgw EXIT
+
+zt_start_worker w1 ZIMAGE_FAULT_STEP_DELAY_MS=300
+zt_wait_log w1 'assigned' 30
+
+# ---- 1. gateway down for 10 s during the upload ----
+zt_submit --job-id outage-1 --prompt "upload through an outage" >/dev/null
+for _ in $(seq 300); do
+    [[ $(zt_field outage-1 status) == running && $(zt_field outage-1 step) -ge 5 ]] && break
+    sleep 0.1
+done
+zt_check "outage-1 computing when the gateway stops" running "$(zt_field outage-1 status)"
+rgw_down=1
+"$STACK" stop-rgw
+t_stop=$(date +%s%3N)
+sleep 10
+"$STACK" start-rgw
+rgw_down=0
+zt_wait_status outage-1 succeeded 90
+zt_check "outage-1 attempts (S3 retries do not count)" 1 "$(zt_field outage-1 attempt)"
+finished=$(zt_field outage-1 finished_at)
+zt_check_ge "outage-1 finished after the gateway came back (ms after the stop)" 9000 \
+    "$((finished - t_stop))"
+zt_check "outage-1 object" "$ZT_KEYDIR/outage-1.png" "$(zt_s3_keys)"
+zt_check "outage-1 upload retried" yes \
+    "$(grep -q 'S3 upload of .*outage-1.png took' "$ZT_TMP/w1.log" && echo yes || echo no)"
+
+# ---- 2. wrong secret: s3_auth, fast, no endless retries ----
+zt_kill w1 TERM
+zt_wait_exit w1 30
+zt_check "w1 exit status" 0 "$ZT_RC"
+zt_start_worker w2 ZIMAGE_S3_SECRET_KEY=wrong-secret-0000000000000000000000000
+zt_wait_log w2 'assigned' 30
+t0=$(date +%s%3N)
+zt_submit --job-id auth-1 --prompt "wrong secret" --steps 1 >/dev/null
+zt_wait_status auth-1 failed 30
+t1=$(date +%s%3N)
+zt_check "auth-1 error_code" s3_auth "$(zt_field auth-1 error_code)"
+zt_check "auth-1 error names the HTTP status" yes "$(zt_field auth-1 error | grep -q 403 && echo yes)"
+zt_check_ge "auth-1 failed within 10 s (no retry loop; ms left)" 0 "$((10000 - (t1 - t0)))"
+for _ in $(seq 50); do
+    dlq=$(zt_consume "$ZT_DLQ" '%k|%h\n')
+    [[ -n $dlq ]] && break
+    sleep 0.2
+done
+zt_check "auth-1 copied to the DLQ" yes "$(grep -q '^auth-1|.*zimage-error-code=s3_auth' <<<"$dlq" && echo yes)"
+zt_check "no object for auth-1" "" "$(zt_s3_keys | grep auth-1 || true)"
+zt_check "w2 still consuming" 200 "$(curl -s -o /dev/null -w '%{http_code}' \
+    "http://127.0.0.1:$(grep -oE 'on port [0-9]+' "$ZT_TMP/w2.log" | awk '{print $3}')/readyz")"
+zt_kill w2 TERM
+zt_wait_exit w2 30
+zt_check "w2 exit status" 0 "$ZT_RC"
+zt_finish

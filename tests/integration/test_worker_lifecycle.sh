@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# test_worker_lifecycle.sh - cancellation and the SIGTERM drain.
+#
+# 1. `zimage:cancel:{id}` set while the job runs: it stops at the next step boundary,
+#    status `cancelled`, no object uploaded, a `cancelled` event.
+# 2. SIGTERM while a job runs: /readyz turns 503, the job still finishes (`succeeded`), the
+#    worker exits 0, and its offset was committed: a new worker of the group does not get
+#    the job again.
+# 3. SIGTERM with a drain_timeout_s shorter than the job: the job is stopped WITHOUT a final
+#    state and without committing, the worker still exits 0 at once, and the next worker
+#    runs the job again (attempt 2) to `succeeded`.
+# Jobs are slowed down with the test hook ZIMAGE_FAULT_STEP_DELAY_MS.
+source "$(dirname "$0")/worker_lib.sh"
+zt_init lifecycle
+ZT_STEPS=8 zt_config
+SLOW=(ZIMAGE_FAULT_STEP_DELAY_MS=400)
+
+readyz() { # NAME -> HTTP status of /readyz
+    local port
+    port=$(grep -oE 'on port [0-9]+' "$ZT_TMP/$1.log" | head -1 | awk '{print $3}')
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$port/readyz"
+}
+wait_step() { # JOB MIN_STEP TIMEOUT_S
+    local i
+    for ((i = 0; i < $3 * 10; i++)); do
+        [[ $(zt_field "$1" status) == running && $(zt_field "$1" step) -ge $2 ]] && return 0
+        sleep 0.1
+    done
+    zt_die "$1 did not reach step $2 within $3 s"
+}
+
+zt_start_worker w1 "${SLOW[@]}"
+zt_wait_log w1 'assigned' 30
+zt_check "w1 /readyz while consuming" 200 "$(readyz w1)"
+
+# ---- 1. cancellation ----
+zt_submit --job-id cancel-1 --prompt "to be cancelled" >/dev/null
+wait_step cancel-1 1 30
+zt_redis SET "${ZT_PREFIX}cancel:cancel-1" 1 >/dev/null
+zt_wait_status cancel-1 cancelled 10
+zt_check_ge "cancel-1 stopped before the last step (steps left)" 1 "$((8 - $(zt_field cancel-1 step)))"
+zt_check "cancel-1 event" "cancel-1 cancelled -" "$(zt_events | grep '^cancel-1 cancelled' || true)"
+zt_check "no object for cancel-1" "" "$(zt_s3_keys | grep cancel-1 || true)"
+
+# ---- 2. SIGTERM during a job: it finishes, exit 0, offset committed ----
+zt_submit --job-id drain-1 --prompt "finish me" >/dev/null
+wait_step drain-1 2 30
+zt_kill w1 TERM
+sleep 0.3
+zt_check "w1 /readyz while draining" 503 "$(readyz w1)"
+zt_wait_exit w1 60
+zt_check "w1 exit status" 0 "$ZT_RC"
+zt_check "drain-1 finished during the drain" succeeded "$(zt_field drain-1 status)"
+zt_check "w1 committed before leaving" yes "$(grep -q 'left the consumer group' "$ZT_TMP/w1.log" && echo yes)"
+
+zt_start_worker w2 "${SLOW[@]}" ZIMAGE_WORKER_DRAIN_TIMEOUT_S=1
+zt_wait_log w2 'assigned' 30
+zt_submit --job-id probe-1 --prompt "probe" --steps 1 >/dev/null
+zt_wait_status probe-1 succeeded 30
+zt_check "drain-1 not delivered again" "" "$(grep 'drain-1' "$ZT_TMP/w2.log" || true)"
+zt_check "drain-1 attempts" 1 "$(zt_field drain-1 attempt)"
+
+# ---- 3. drain deadline shorter than the job: stopped, not committed, redone ----
+zt_submit --job-id slow-1 --prompt "too slow for the drain" >/dev/null
+wait_step slow-1 1 30
+t0=$(date +%s%3N)
+zt_kill w2 TERM
+zt_wait_exit w2 30
+t1=$(date +%s%3N)
+zt_check "w2 exit status" 0 "$ZT_RC"
+zt_check_ge "w2 stopped within 5 s (drain_timeout_s 1)" 0 "$((5000 - (t1 - t0)))"
+zt_check "slow-1 has no final state" running "$(zt_field slow-1 status)"
+zt_check "slow-1 stopped, not committed" yes \
+    "$(grep -q 'stopped by the drain deadline' "$ZT_TMP/w2.log" && echo yes)"
+
+zt_start_worker w3
+zt_wait_status slow-1 succeeded 60
+zt_check "slow-1 run again by w3" w3 "$(zt_field slow-1 worker)"
+zt_check "slow-1 attempts" 2 "$(zt_field slow-1 attempt)"
+zt_check "objects" "$(printf "$ZT_KEYDIR/%s.png\n" drain-1 probe-1 slow-1)" "$(zt_s3_keys | sort)"
+zt_kill w3 TERM
+zt_wait_exit w3 30
+zt_check "w3 exit status" 0 "$ZT_RC"
+zt_finish
