@@ -240,9 +240,6 @@ static int zi_cuda_alloc_kind(zi_backend *be, zi_tensor *t, int ndim, const int6
     void *p = zi_cuda_malloc(be, nbytes, tag);
     if (!p)
         return ZI_ENOMEM;
-    if (tag == ZI_CUDA_TAG_WEIGHT) /* counted as the allocator rounds (zi_cuda_mfree) */
-        zi_cu(be)->weights +=
-            ((nbytes ? nbytes : 1) + ZI_CUDA_ALIGN - 1) / ZI_CUDA_ALIGN * ZI_CUDA_ALIGN;
     zi_be_tensor_init(be, t, p, dt, ndim, shape);
     return ZI_OK;
 }

@@ -246,8 +246,10 @@ int zi_cmd_submit(int argc, char **argv)
         code = 2;
         goto out;
     }
-    rc = zi_kafka_produce_sync(producer, cfg.kafka_topic, job_id, strlen(job_id), payload,
-                               strlen(payload), NULL, 0);
+    rc = zi_kafka_wait_ready(producer, cfg.kafka_topic, 10000);
+    if (rc == ZI_OK)
+        rc = zi_kafka_produce_sync(producer, cfg.kafka_topic, job_id, strlen(job_id), payload,
+                                   strlen(payload), NULL, 0);
     if (rc != ZI_OK) {
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", zi_errmsg());

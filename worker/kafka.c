@@ -645,6 +645,23 @@ int zi_kafka_producer_new(const zi_wconfig *cfg, const char *client_id, rd_kafka
     return ZI_OK;
 }
 
+int zi_kafka_wait_ready(rd_kafka_t *rk, const char *topic, int timeout_ms)
+{
+    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
+    if (!t)
+        return zi_errorf(ZI_EINVAL, "kafka: topic %s: %s", topic,
+                         rd_kafka_err2str(rd_kafka_last_error()));
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, t, &md, timeout_ms);
+    rd_kafka_topic_destroy(t);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    if (err)
+        return zi_errorf(ZI_ETRANSIENT, "kafka: no answer from the brokers within %d ms: %s",
+                         timeout_ms, rd_kafka_err2str(err));
+    return ZI_OK;
+}
+
 static int zi_kafka_permanent(rd_kafka_resp_err_t err)
 {
     switch (err) {

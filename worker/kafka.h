@@ -119,6 +119,13 @@ rd_kafka_t *zi_consumer_handle(zi_consumer *c);
  * of kafka.max_message_bytes, message.timeout.ms=30000 unless set. */
 int zi_kafka_producer_new(const zi_wconfig *cfg, const char *client_id, rd_kafka_t **out);
 
+/* Waits until the producer has the metadata of `topic` (a broker connection is up), at most
+ * timeout_ms. ZI_ETRANSIENT when Kafka cannot be reached in time (message names the
+ * bootstrap servers). For short-lived producers such as `zimage submit`: a clear error
+ * instead of a silent 30 s delivery timeout, and a message timestamp that is not inflated
+ * by the connection set-up. */
+int zi_kafka_wait_ready(rd_kafka_t *rk, const char *topic, int timeout_ms);
+
 /* One header for zi_kafka_produce_sync (value is a string). */
 typedef struct zi_kafka_header {
     const char *name;

@@ -24,20 +24,18 @@ cat_to() { # FILE TEXT (printf format, so \x escapes work)
     # shellcheck disable=SC2059
     printf "$2" >"$1"
 }
-cd "$ZT_TMP"
-cat_to m1 'this is not JSON'
-cat_to m2 '{"job_id":"bad-noprompt","width":64}'
-cat_to m3 '{"job_id":"bad-width","prompt":"a cat","width":17}'
-python3 -c 'import json; print(json.dumps({"job_id": "bad-big", "prompt": "x" * 5000}), end="")' >m4
-cat_to m5 '{"job_id":"bad-utf8","prompt":"caf\xc3 \xff"}'
-cat_to m6 '{"job_id":"a/b","prompt":"slash"}'
-cat_to m7 '{"job_id":"a..b","prompt":"dots"}'
-cat_to m8 '{"job_id":"bad-expired","prompt":"late","deadline_ms":1000}'
-cat_to m9 '{"job_id":"good-1","prompt":"after the bad ones"}'
-cat_to m10 '{"job_id":"good-2","prompt":"also fine","seed":"18446744073709551615"}'
+cat_to "$ZT_TMP"/m1 'this is not JSON'
+cat_to "$ZT_TMP"/m2 '{"job_id":"bad-noprompt","width":64}'
+cat_to "$ZT_TMP"/m3 '{"job_id":"bad-width","prompt":"a cat","width":17}'
+python3 -c 'import json; print(json.dumps({"job_id": "bad-big", "prompt": "x" * 5000}), end="")' >"$ZT_TMP/m4"
+cat_to "$ZT_TMP"/m5 '{"job_id":"bad-utf8","prompt":"caf\xc3 \xff"}'
+cat_to "$ZT_TMP"/m6 '{"job_id":"a/b","prompt":"slash"}'
+cat_to "$ZT_TMP"/m7 '{"job_id":"a..b","prompt":"dots"}'
+cat_to "$ZT_TMP"/m8 '{"job_id":"bad-expired","prompt":"late","deadline_ms":1000}'
+cat_to "$ZT_TMP"/m9 '{"job_id":"good-1","prompt":"after the bad ones"}'
+cat_to "$ZT_TMP"/m10 '{"job_id":"good-2","prompt":"also fine","seed":"18446744073709551615"}'
 keys=(k-notjson bad-noprompt bad-width bad-big bad-utf8 a/b a..b bad-expired good-1 good-2)
-for i in $(seq 1 10); do produce "${keys[i - 1]}" "m$i"; done
-cd - >/dev/null
+for i in $(seq 1 10); do produce "${keys[i - 1]}" "$ZT_TMP/m$i"; done
 
 zt_wait_status good-2 succeeded 60
 zt_check "good-1" succeeded "$(zt_field good-1 status)"

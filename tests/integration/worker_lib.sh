@@ -1,4 +1,6 @@
-# worker_lib.sh - helpers for the worker's integration and fault tests (sourced, not a test).
+# shellcheck shell=bash disable=SC2034
+# worker_lib.sh - helpers for the worker's integration and fault tests (sourced, not a test;
+# the variables it sets are used by the tests that source it).
 #
 # Every test runs against the stack `deploy/local/stack.sh env` describes (tests/run-all.sh
 # exports it) and isolates itself inside that shared stack: its own Kafka topics and group,

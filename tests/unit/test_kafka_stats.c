@@ -14,16 +14,15 @@
 
 /* Shaped like librdkafka 2.0 statistics (trimmed): partition "-1" is the internal UA
  * partition, consumer_lag -1 means unknown (not assigned / no committed offset yet). */
-static const char *stats =
-    "{\"name\":\"rdkafka#consumer-1\",\"type\":\"consumer\",\"topics\":{"
-    "\"zimage.jobs\":{\"topic\":\"zimage.jobs\",\"partitions\":{"
-    "\"0\":{\"partition\":0,\"consumer_lag\":3,\"hi_offset\":10},"
-    "\"1\":{\"partition\":1,\"consumer_lag\":0},"
-    "\"2\":{\"partition\":2,\"consumer_lag\":-1},"
-    "\"3\":{\"partition\":3,\"consumer_lag\":7},"
-    "\"-1\":{\"partition\":-1,\"consumer_lag\":-1}}},"
-    "\"other\":{\"topic\":\"other\",\"partitions\":{"
-    "\"0\":{\"partition\":0,\"consumer_lag\":100}}}}}";
+static const char *stats = "{\"name\":\"rdkafka#consumer-1\",\"type\":\"consumer\",\"topics\":{"
+                           "\"zimage.jobs\":{\"topic\":\"zimage.jobs\",\"partitions\":{"
+                           "\"0\":{\"partition\":0,\"consumer_lag\":3,\"hi_offset\":10},"
+                           "\"1\":{\"partition\":1,\"consumer_lag\":0},"
+                           "\"2\":{\"partition\":2,\"consumer_lag\":-1},"
+                           "\"3\":{\"partition\":3,\"consumer_lag\":7},"
+                           "\"-1\":{\"partition\":-1,\"consumer_lag\":-1}}},"
+                           "\"other\":{\"topic\":\"other\",\"partitions\":{"
+                           "\"0\":{\"partition\":0,\"consumer_lag\":100}}}}}";
 
 static void test_stats_lag(void **state)
 {
@@ -58,7 +57,8 @@ static void test_job_limits(void **state)
     (void)state;
     zi_wconfig cfg = {0};
     assert_int_equal(zi_wconfig_init_defaults(&cfg), ZI_OK);
-    const char *y = "generation:\n  width: 512\n  max_steps: 12\nkafka:\n  max_message_bytes: 2048\n";
+    const char *y =
+        "generation:\n  width: 512\n  max_steps: 12\nkafka:\n  max_message_bytes: 2048\n";
     assert_int_equal(zi_wconfig_parse_buffer(&cfg, y, strlen(y), "test"), ZI_OK);
     zi_job_limits lim;
     zi_worker_job_limits(&cfg, &lim);
