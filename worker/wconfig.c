@@ -803,6 +803,8 @@ int zi_wconfig_apply_env(zi_wconfig *cfg, char *const *envp, zi_wconfig_warn_fn 
                 secret = 1;
         if (secret)
             continue; /* below, with precedence over the AWS_* fallbacks */
+        if (!row && strncmp(name, "ZIMAGE_FAULT_", 13) == 0)
+            continue; /* the worker's test-only fault hooks (docs/worker.md), not config */
         if (!row) {
             if (warn) {
                 char msg[256];

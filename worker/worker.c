@@ -563,8 +563,10 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->seed);
     int64_t tu = zi_wk_mono_ms();
+    unsigned long long retries0 = zi_s3_retry_count(w->s3);
     rc = zi_s3_put_png(w->s3, r->s3_key, png, png_len, r->job.job_id, seed);
     tu = zi_wk_mono_ms() - tu;
+    zi_metric_add(w->wm.s3_retries, NULL, (double)(zi_s3_retry_count(w->s3) - retries0));
     r->upload_ms = tu;
     if (tu > 2000)
         zi_log_warn("S3 upload of %s took %lld ms (transient errors are retried for up to "
