@@ -17,6 +17,8 @@
 # SIZE, default 512; STEPS, default 2). Uses the stack in $ZI_STACK_DIR when one is up there
 # (as `make stack-up` leaves it), else starts a private one in a temporary dir and stops it.
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../tests/lib.sh"
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 N=${1:-10}
@@ -28,20 +30,15 @@ Z=${ZI_BINARY:-$REPO/build/zimage}
     exit 1
 }
 STACK=$REPO/deploy/local/stack.sh
-tmp=$(mktemp -d)
+zt_scratch bench
+tmp=$ZT_TMP
 own_stack=0
 wpid=
 cleanup() {
-    if [[ -n $wpid ]]; then
-        kill -TERM "$wpid" 2>/dev/null || true
-        wait "$wpid" 2>/dev/null || true
-    fi
-    if ((own_stack)); then
-        "$STACK" down >/dev/null 2>&1 || true
-    fi
-    rm -rf "$tmp"
+    zt_stop_pid "$wpid" TERM
+    ((own_stack == 0)) || "$STACK" down >/dev/null 2>&1
 }
-trap cleanup EXIT
+zt_on_exit cleanup
 
 if [[ -n ${ZI_STACK_DIR:-} ]] && ZI_STACK_DIR=$ZI_STACK_DIR "$STACK" status >/dev/null 2>&1; then
     :

@@ -431,9 +431,10 @@ int zi_qwen3_forward(zi_qwen3 *m, const int32_t *ids, int L, zi_tensor *out,
     int nh = c->n_layers; /* entries of hidden_states */
     if (hidden_states)
         memset(hidden_states, 0, (size_t)nh * sizeof *hidden_states);
-    if (L <= 0 || (c->max_position > 0 && L > c->max_position))
-        return zi_errorf(ZI_EINVAL, "text encoder: %d tokens (must be 1 .. %d)", L,
-                         c->max_position);
+    /* max_position_embeddings is not a limit: transformers' default RoPE computes the
+     * angles for any position, so a config with a small value still encodes 512 tokens. */
+    if (L <= 0)
+        return zi_errorf(ZI_EINVAL, "text encoder: %d tokens (must be at least 1)", L);
     for (int i = 0; i < L; i++)
         if (ids[i] < 0 || ids[i] >= c->vocab)
             return zi_errorf(ZI_EINVAL, "text encoder: token %d is id %d, outside [0, %d)", i,

@@ -31,8 +31,9 @@ int zi_qwen3_load(zi_qwen3 **out, const zi_st *st, const zi_te_config *cfg, zi_b
 int zi_qwen3_load_random(zi_qwen3 **out, const zi_te_config *cfg, zi_backend *be, uint64_t seed);
 
 /*
- * Encodes L token ids (0 < L <= max_position). `out` receives a new [L, hidden] tensor
- * from be->alloc (the caller frees it with be->free). When `hidden_states` is not NULL it
+ * Encodes L token ids (L > 0; max_position_embeddings does not bound L: the RoPE
+ * angles are computed for every position, as transformers does). `out` receives a new [L, hidden]
+ * tensor from be->alloc (the caller frees it with be->free). When `hidden_states` is not NULL it
  * must hold n_layers entries, which receive new [L, hidden] tensors: entry i is the
  * residual stream after i layers (0 = the embeddings; entry n_layers-1 equals `out`).
  * On error nothing is left allocated in `out` / `hidden_states`.

@@ -535,9 +535,19 @@ int zi_cmd_bench(int argc, char **argv)
             o.random_weights = 1;
             continue;
         }
-        if (!v)
-            return zb_usage_error(
-                strncmp(a, "--", 2) == 0 ? "missing value for option" : "unexpected argument", a);
+        if (!v) {
+            /* An option bench does not know is "unknown", also as the last argument. */
+            static const char *const known[] = {
+                "--backend", "--baseline",   "--model",       "--config", "--prompt",
+                "--seed",    "--width",      "--height",      "--steps",  "--runs",
+                "--size",    "--small-size", "--small-steps", "--tokens"};
+            int is_known = 0;
+            for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
+                is_known |= strcmp(a, known[k]) == 0;
+            if (strncmp(a, "--", 2) != 0)
+                return zb_usage_error("unexpected argument", a);
+            return zb_usage_error(is_known ? "missing value for option" : "unknown option", a);
+        }
         if (strcmp(a, "--backend") == 0 || strcmp(a, "--baseline") == 0) {
             if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda"))
                 return zb_usage_error("backend must be auto, cpu or cuda", v);

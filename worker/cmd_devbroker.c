@@ -153,8 +153,10 @@ int zi_cmd_devbroker(int argc, char **argv)
                 n_topics++;
             }
         } else {
-            fprintf(stderr, "zimage: error: devbroker: unknown option '%s'\n", a);
-            zi_devbroker_usage(stderr);
+            fprintf(
+                stderr,
+                "zimage: error: devbroker: unknown option '%s' (see 'zimage devbroker --help')\n",
+                a);
             return 2;
         }
     }

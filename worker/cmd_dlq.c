@@ -148,8 +148,8 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
     o->limit = -1;
     o->timeout_ms = ZI_DLQ_DEFAULT_TIMEOUT_MS;
     if (argc < 2) {
-        fprintf(stderr, "zimage: error: dlq: missing subcommand (list or replay)\n");
-        zi_dlq_usage(stderr);
+        fprintf(stderr, "zimage: error: dlq: missing subcommand (list or replay; see 'zimage dlq "
+                        "--help')\n");
         return 2;
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {

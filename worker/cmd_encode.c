@@ -34,8 +34,8 @@ static void zi_encode_usage(FILE *f)
 
 static int zi_encode_usage_error(const char *msg, const char *arg)
 {
-    fprintf(stderr, "zimage: error: %s%s\n", msg, arg ? arg : "");
-    fprintf(stderr, "Run 'zimage encode --help' for usage.\n");
+    /* One line, as every error (docs/contract.md); the hint rides on it. */
+    fprintf(stderr, "zimage: error: %s%s (see 'zimage encode --help')\n", msg, arg ? arg : "");
     return 2;
 }
 

@@ -32,8 +32,8 @@ static void zi_status_usage(FILE *f)
 
 static int zi_status_usage_error(const char *msg, const char *arg)
 {
-    fprintf(stderr, "zimage: error: %s%s\n", msg, arg ? arg : "");
-    fprintf(stderr, "Run 'zimage status --help' for usage.\n");
+    /* One line, as every error (docs/contract.md); the hint rides on it. */
+    fprintf(stderr, "zimage: error: %s%s (see 'zimage status --help')\n", msg, arg ? arg : "");
     return 2;
 }
 

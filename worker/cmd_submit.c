@@ -64,8 +64,8 @@ static void zi_submit_usage(FILE *f)
 
 static int zi_submit_usage_error(const char *msg, const char *arg)
 {
-    fprintf(stderr, "zimage: error: %s%s\n", msg, arg ? arg : "");
-    fprintf(stderr, "Run 'zimage submit --help' for usage.\n");
+    /* One line, as every error (docs/contract.md); the hint rides on it. */
+    fprintf(stderr, "zimage: error: %s%s (see 'zimage submit --help')\n", msg, arg ? arg : "");
     return 2;
 }
 

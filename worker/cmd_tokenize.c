@@ -28,8 +28,7 @@ static void tok_usage(FILE *f)
 
 static int tok_usage_error(const char *msg, const char *arg)
 {
-    fprintf(stderr, "zimage: error: %s%s\nRun 'zimage tokenize --help' for usage.\n", msg,
-            arg ? arg : "");
+    fprintf(stderr, "zimage: error: %s%s (see 'zimage tokenize --help')\n", msg, arg ? arg : "");
     return 2;
 }
 

@@ -270,8 +270,8 @@ int zi_cmd_top(int argc, char **argv)
                 return 2;
             }
         } else {
-            fprintf(stderr, "zimage: error: top: unknown option '%s'\n", a);
-            zi_top_usage(stderr);
+            fprintf(stderr, "zimage: error: top: unknown option '%s' (see 'zimage top --help')\n",
+                    a);
             return 2;
         }
     }

@@ -44,8 +44,8 @@ static void zi_worker_usage(FILE *f)
 
 static int zi_worker_usage_error(const char *msg, const char *arg)
 {
-    fprintf(stderr, "zimage: error: %s%s\n", msg, arg ? arg : "");
-    fprintf(stderr, "Run 'zimage worker --help' for usage.\n");
+    /* One line, as every error (docs/contract.md); the hint rides on it. */
+    fprintf(stderr, "zimage: error: %s%s (see 'zimage worker --help')\n", msg, arg ? arg : "");
     return 2;
 }
 

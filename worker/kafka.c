@@ -120,6 +120,8 @@ struct zi_consumer {
     size_t nparts, cap;
     uint64_t epochs; /* last epoch handed out */
     int paused;
+    int assigned_once; /* the group handed us an assignment at least once */
+    int sticky;        /* partition.assignment.strategy includes cooperative-sticky */
     zi_knode *head, *tail;
     size_t pending;
 };
@@ -244,6 +246,7 @@ static void zi_consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         else
             ret = rd_kafka_assign(rk, parts);
         if (!error && !ret) {
+            c->assigned_once = 1;
             zi_consumer_on_assign(c, parts);
             /* Partitions assigned while a job runs are paused right away. */
             if (c->paused)
@@ -358,6 +361,11 @@ int zi_consumer_create(const zi_wconfig *cfg, const zi_consumer_hooks *hooks, zi
     if (cfg->kafka_static_membership &&
         (rc = zi_kafka_set(conf, "group.instance.id", cfg->worker_id, "kafka: ")) != ZI_OK)
         goto err;
+    char strategy[256];
+    size_t slen = sizeof strategy;
+    if (rd_kafka_conf_get(conf, "partition.assignment.strategy", strategy, &slen) ==
+        RD_KAFKA_CONF_OK)
+        c->sticky = strstr(strategy, "cooperative-sticky") != NULL;
     rd_kafka_conf_set_rebalance_cb(conf, zi_consumer_rebalance_cb);
     rd_kafka_conf_set_stats_cb(conf, zi_consumer_stats_cb);
     rd_kafka_conf_set_opaque(conf, c);
@@ -570,6 +578,17 @@ void zi_consumer_close(zi_consumer *c)
 {
     if (!c)
         return;
+    if (c->rk && !c->assigned_once && c->sticky) {
+        /* librdkafka < 2.3 aborts in rd_kafka_sticky_assignor_state_destroy() when a
+         * cooperative-sticky consumer is destroyed before its first assignment (its
+         * issue #4312, fixed by PR #4381). Such a consumer has consumed and stored
+         * nothing, so there is nothing to commit: leave the handle to the process exit
+         * and let the group drop the member after session.timeout.ms. */
+        zi_log_warn("kafka: stopping before the first assignment; not closing the consumer "
+                    "(librdkafka %s cooperative-sticky shutdown bug)",
+                    rd_kafka_version_str());
+        c->rk = NULL;
+    }
     if (c->rk) {
         rd_kafka_resp_err_t err = rd_kafka_consumer_close(c->rk);
         if (err)

@@ -53,7 +53,8 @@ static void zi_usage(FILE *f)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        zi_usage(stderr);
+        /* One error line (docs/contract.md); the command list is what --help prints. */
+        fprintf(stderr, "zimage: error: no command given (see 'zimage --help')\n");
         return 2;
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
@@ -68,7 +69,6 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof zi_commands / sizeof zi_commands[0]; i++)
         if (zi_commands[i].fn && strcmp(argv[1], zi_commands[i].name) == 0)
             return zi_commands[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "zimage: error: unknown command '%s'\n", argv[1]);
-    zi_usage(stderr);
+    fprintf(stderr, "zimage: error: unknown command '%s' (see 'zimage --help')\n", argv[1]);
     return 2;
 }

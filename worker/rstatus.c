@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@
 #define ZI_RS_BACKOFF_MIN_MS 100
 #define ZI_RS_BACKOFF_MAX_MS 5000
 #define ZI_RS_ERROR_MAX 1024 /* bytes of a job's `error` field */
+#define ZI_RS_NUM_MAX 24     /* a decimal int64 and its NUL */
 
 struct zi_rstatus {
     redisContext *c;
@@ -239,13 +241,19 @@ static void zi_rs_backoff(zi_rstatus *rs, int rc)
     rs->next_connect_ms = zi_rs_mono_ms() + ms;
 }
 
+/* The error of a failed read or write on the context (the caller then drops it). */
+static int zi_rs_io_error(const zi_rstatus *rs, const char *what)
+{
+    return zi_errorf(ZI_ETRANSIENT, "redis %s:%d: %s: %s", rs->url.host, rs->url.port, what,
+                     rs->c->errstr[0] ? rs->c->errstr : "connection lost");
+}
+
 /* Sends one command on a fresh context during connect; ZI_OK on a non-error reply. */
 static int zi_rs_setup_cmd(zi_rstatus *rs, int argc, const char **argv, const char *what)
 {
     redisReply *r = redisCommandArgv(rs->c, argc, argv, NULL);
     if (!r)
-        return zi_errorf(ZI_ETRANSIENT, "redis %s:%d: %s: %s", rs->url.host, rs->url.port, what,
-                         rs->c->errstr[0] ? rs->c->errstr : "connection lost");
+        return zi_rs_io_error(rs, what);
     int rc = ZI_OK;
     if (r->type == REDIS_REPLY_ERROR) {
         /* never echo the command: it may hold the password */
@@ -395,6 +403,53 @@ static void zi_rs_arg(zi_rs_batch *b, zi_rs_cmd *c, const char *a)
     c->argv[c->argc++] = a ? a : "";
 }
 
+/* Appends the arguments up to the NULL that ends the list (so none of them may be NULL). */
+static void zi_rs_vargs(zi_rs_batch *b, zi_rs_cmd *c, va_list ap)
+{
+    for (const char *a = va_arg(ap, const char *); a; a = va_arg(ap, const char *))
+        zi_rs_arg(b, c, a);
+}
+
+/* zi_rs_cmdv(b, NAME, ARG..., NULL): a new command; returned so that callers can append a
+ * variable tail. Use it through ZI_RS_CMD(), which adds the NULL. */
+static zi_rs_cmd *zi_rs_cmdv(zi_rs_batch *b, const char *name, ...)
+{
+    zi_rs_cmd *c = zi_rs_cmd_new(b);
+    zi_rs_arg(b, c, name);
+    va_list ap;
+    va_start(ap, name);
+    zi_rs_vargs(b, c, ap);
+    va_end(ap);
+    return c;
+}
+#define ZI_RS_CMD(b, ...) zi_rs_cmdv((b), __VA_ARGS__, (const char *)NULL)
+
+/* zi_rs_argsv(b, c, ARG..., NULL): appends to c; use it through ZI_RS_ARGS(). */
+static void zi_rs_argsv(zi_rs_batch *b, zi_rs_cmd *c, ...)
+{
+    va_list ap;
+    va_start(ap, c);
+    zi_rs_vargs(b, c, ap);
+    va_end(ap);
+}
+#define ZI_RS_ARGS(b, c, ...) zi_rs_argsv((b), (c), __VA_ARGS__, (const char *)NULL)
+
+/* Appends name/value pairs (a NULL value is sent as ""). */
+static void zi_rs_fields(zi_rs_batch *b, zi_rs_cmd *c, const zi_rstatus_field *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        zi_rs_arg(b, c, f[i].name);
+        zi_rs_arg(b, c, f[i].value);
+    }
+}
+
+/* Formats v into buf (ZI_RS_NUM_MAX bytes) and returns buf. */
+static const char *zi_rs_i64(char *buf, int64_t v)
+{
+    snprintf(buf, ZI_RS_NUM_MAX, "%lld", (long long)v);
+    return buf;
+}
+
 static int zi_rs_transient_error(const char *s)
 {
     static const char *const pfx[] = {"LOADING",    "BUSY",     "TRYAGAIN",
@@ -454,9 +509,19 @@ static int zi_rs_run(zi_rstatus *rs, zi_rs_batch *b, const char *what, redisRepl
     }
     return rc;
 io:
-    rc = zi_errorf(ZI_ETRANSIENT, "redis %s:%d: %s: %s", rs->url.host, rs->url.port, what,
-                   rs->c->errstr[0] ? rs->c->errstr : "connection lost");
+    rc = zi_rs_io_error(rs, what);
     zi_rs_drop(rs); /* the next call reconnects */
+    return rc;
+}
+
+/* Ends a MULTI batch with EXEC and runs it; an aborted transaction is an error. */
+static int zi_rs_exec(zi_rstatus *rs, zi_rs_batch *b, const char *what)
+{
+    ZI_RS_CMD(b, "EXEC");
+    redisReply *r = NULL;
+    int rc = zi_rs_run(rs, b, what, &r);
+    if (r)
+        freeReplyObject(r);
     return rc;
 }
 
@@ -471,8 +536,7 @@ static int zi_rs_idkey(const zi_rstatus *rs, const char *middle, const char *id,
 int zi_rstatus_ping(zi_rstatus *rs)
 {
     zi_rs_batch b = {0};
-    zi_rs_cmd *c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "PING");
+    ZI_RS_CMD(&b, "PING");
     return zi_rs_run(rs, &b, "PING", NULL);
 }
 
@@ -482,7 +546,7 @@ int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status
                           const char *error_code, const char *error, const zi_rstatus_field *extra,
                           size_t nextra)
 {
-    char jkey[ZI_RS_KEY_MAX], ekey[ZI_RS_KEY_MAX], ttl[24], maxlen[24];
+    char jkey[ZI_RS_KEY_MAX], ekey[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX], maxlen[ZI_RS_NUM_MAX];
     char err_cut[ZI_RS_ERROR_MAX + 1];
     int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
     if (!rc)
@@ -491,99 +555,40 @@ int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status
         return rc;
     if (!status || !*status)
         return zi_errorf(ZI_EINVAL, "redis: empty status");
-    snprintf(ttl, sizeof ttl, "%lld", (long long)rs->job_ttl_s);
-    snprintf(maxlen, sizeof maxlen, "%d", ZI_RSTATUS_EVENTS_MAXLEN);
+    zi_rs_i64(ttl, rs->job_ttl_s);
+    zi_rs_i64(maxlen, ZI_RSTATUS_EVENTS_MAXLEN);
     if (error)
         snprintf(err_cut, sizeof err_cut, "%s", error);
 
     zi_rs_batch b = {0};
-    zi_rs_cmd *c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "MULTI");
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "HSET");
-    zi_rs_arg(&b, c, jkey);
-    zi_rs_arg(&b, c, "status");
-    zi_rs_arg(&b, c, status);
-    zi_rs_arg(&b, c, "worker");
-    zi_rs_arg(&b, c, rs->worker_id);
-    if (error_code) {
-        zi_rs_arg(&b, c, "error_code");
-        zi_rs_arg(&b, c, error_code);
-        zi_rs_arg(&b, c, "error");
-        zi_rs_arg(&b, c, error ? err_cut : "");
-    }
-    for (size_t i = 0; i < nextra; i++) {
-        zi_rs_arg(&b, c, extra[i].name);
-        zi_rs_arg(&b, c, extra[i].value);
-    }
-    if (!error_code) {
-        /* a run after an earlier failure must not keep the stale error */
-        c = zi_rs_cmd_new(&b);
-        zi_rs_arg(&b, c, "HDEL");
-        zi_rs_arg(&b, c, jkey);
-        zi_rs_arg(&b, c, "error_code");
-        zi_rs_arg(&b, c, "error");
-    }
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "EXPIRE");
-    zi_rs_arg(&b, c, jkey);
-    zi_rs_arg(&b, c, ttl);
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "XADD");
-    zi_rs_arg(&b, c, ekey);
-    zi_rs_arg(&b, c, "MAXLEN");
-    zi_rs_arg(&b, c, "~");
-    zi_rs_arg(&b, c, maxlen);
-    zi_rs_arg(&b, c, "*");
-    zi_rs_arg(&b, c, "job_id");
-    zi_rs_arg(&b, c, job_id);
-    zi_rs_arg(&b, c, "status");
-    zi_rs_arg(&b, c, status);
-    zi_rs_arg(&b, c, "worker");
-    zi_rs_arg(&b, c, rs->worker_id);
-    if (error_code) {
-        zi_rs_arg(&b, c, "error_code");
-        zi_rs_arg(&b, c, error_code);
-    }
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "EXEC");
-    redisReply *r = NULL;
-    rc = zi_rs_run(rs, &b, "set status", &r);
-    if (r)
-        freeReplyObject(r);
-    return rc;
+    ZI_RS_CMD(&b, "MULTI");
+    zi_rs_cmd *c = ZI_RS_CMD(&b, "HSET", jkey, "status", status, "worker", rs->worker_id);
+    /* Every contract field is always present; a run after an earlier failure must not keep
+     * the stale error, so a status without one writes them empty. */
+    ZI_RS_ARGS(&b, c, "error_code", error_code ? error_code : "", "error",
+               error_code && error ? err_cut : "");
+    zi_rs_fields(&b, c, extra, nextra);
+    ZI_RS_CMD(&b, "EXPIRE", jkey, ttl);
+    c = ZI_RS_CMD(&b, "XADD", ekey, "MAXLEN", "~", maxlen, "*", "job_id", job_id, "status", status,
+                  "worker", rs->worker_id);
+    if (error_code)
+        ZI_RS_ARGS(&b, c, "error_code", error_code);
+    return zi_rs_exec(rs, &b, "set status");
 }
 
 int zi_rstatus_job_set(zi_rstatus *rs, const char *job_id, const zi_rstatus_field *fields, size_t n)
 {
-    char jkey[ZI_RS_KEY_MAX], ttl[24];
+    char jkey[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX];
     int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
     if (rc)
         return rc;
     if (n == 0)
         return ZI_OK;
-    snprintf(ttl, sizeof ttl, "%lld", (long long)rs->job_ttl_s);
     zi_rs_batch b = {0};
-    zi_rs_cmd *c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "MULTI");
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "HSET");
-    zi_rs_arg(&b, c, jkey);
-    for (size_t i = 0; i < n; i++) {
-        zi_rs_arg(&b, c, fields[i].name);
-        zi_rs_arg(&b, c, fields[i].value);
-    }
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "EXPIRE");
-    zi_rs_arg(&b, c, jkey);
-    zi_rs_arg(&b, c, ttl);
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "EXEC");
-    redisReply *r = NULL;
-    rc = zi_rs_run(rs, &b, "job set", &r);
-    if (r)
-        freeReplyObject(r);
-    return rc;
+    ZI_RS_CMD(&b, "MULTI");
+    zi_rs_fields(&b, ZI_RS_CMD(&b, "HSET", jkey), fields, n);
+    ZI_RS_CMD(&b, "EXPIRE", jkey, zi_rs_i64(ttl, rs->job_ttl_s));
+    return zi_rs_exec(rs, &b, "job set");
 }
 
 void zi_rstatus_hash_free(zi_rstatus_hash *h)
@@ -627,9 +632,7 @@ int zi_rstatus_job_get(zi_rstatus *rs, const char *job_id, zi_rstatus_hash *out)
     if (rc)
         return rc;
     zi_rs_batch b = {0};
-    zi_rs_cmd *c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "HGETALL");
-    zi_rs_arg(&b, c, jkey);
+    ZI_RS_CMD(&b, "HGETALL", jkey);
     redisReply *r = NULL;
     if ((rc = zi_rs_run(rs, &b, "HGETALL", &r)))
         return rc;
@@ -669,9 +672,7 @@ int zi_rstatus_job_field(zi_rstatus *rs, const char *job_id, const char *field, 
     if (rc)
         return rc;
     zi_rs_batch b = {0};
-    zi_rs_cmd *c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "HGET");
-    zi_rs_arg(&b, c, jkey);
+    zi_rs_cmd *c = ZI_RS_CMD(&b, "HGET", jkey);
     zi_rs_arg(&b, c, field);
     redisReply *r = NULL;
     if ((rc = zi_rs_run(rs, &b, "HGET", &r)))
@@ -693,25 +694,15 @@ int zi_rstatus_job_field(zi_rstatus *rs, const char *job_id, const char *field, 
 
 int zi_rstatus_attempt_incr(zi_rstatus *rs, const char *job_id, int64_t *attempt)
 {
-    char jkey[ZI_RS_KEY_MAX], ttl[24];
+    char jkey[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX];
     int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
     if (rc)
         return rc;
-    snprintf(ttl, sizeof ttl, "%lld", (long long)rs->job_ttl_s);
     zi_rs_batch b = {0};
-    zi_rs_cmd *c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "MULTI");
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "HINCRBY");
-    zi_rs_arg(&b, c, jkey);
-    zi_rs_arg(&b, c, "attempt");
-    zi_rs_arg(&b, c, "1");
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "EXPIRE");
-    zi_rs_arg(&b, c, jkey);
-    zi_rs_arg(&b, c, ttl);
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "EXEC");
+    ZI_RS_CMD(&b, "MULTI");
+    ZI_RS_CMD(&b, "HINCRBY", jkey, "attempt", "1");
+    ZI_RS_CMD(&b, "EXPIRE", jkey, zi_rs_i64(ttl, rs->job_ttl_s));
+    ZI_RS_CMD(&b, "EXEC");
     redisReply *r = NULL;
     if ((rc = zi_rs_run(rs, &b, "HINCRBY attempt", &r)))
         return rc;
@@ -769,16 +760,21 @@ static const char zi_rs_lua_release[] = "if redis.call('GET', KEYS[1]) == ARGV[1
                                         "end\n"
                                         "return 0\n";
 
+/* The lease key and the TTL argument of acquire and renew. */
+static int zi_rs_lease_args(const zi_rstatus *rs, const char *job_id, int64_t ttl_ms, char *key,
+                            char *ttl)
+{
+    if (ttl_ms < 1)
+        return zi_errorf(ZI_EINVAL, "redis: lease ttl must be >= 1 ms");
+    zi_rs_i64(ttl, ttl_ms);
+    return zi_rs_idkey(rs, "lease:", job_id, key);
+}
+
 static int zi_rs_eval(zi_rstatus *rs, const char *script, const char *key, const char *arg2,
                       const char *what, redisReply **r)
 {
     zi_rs_batch b = {0};
-    zi_rs_cmd *c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "EVAL");
-    zi_rs_arg(&b, c, script);
-    zi_rs_arg(&b, c, "1");
-    zi_rs_arg(&b, c, key);
-    zi_rs_arg(&b, c, rs->worker_id);
+    zi_rs_cmd *c = ZI_RS_CMD(&b, "EVAL", script, "1", key, rs->worker_id);
     if (arg2)
         zi_rs_arg(&b, c, arg2);
     return zi_rs_run(rs, &b, what, r);
@@ -790,13 +786,10 @@ int zi_rstatus_lease_acquire(zi_rstatus *rs, const char *job_id, int64_t ttl_ms,
     *acquired = 0;
     if (holder && holder_cap)
         holder[0] = '\0';
-    if (ttl_ms < 1)
-        return zi_errorf(ZI_EINVAL, "redis: lease ttl must be >= 1 ms");
-    char key[ZI_RS_KEY_MAX], ttl[24];
-    int rc = zi_rs_idkey(rs, "lease:", job_id, key);
+    char key[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX];
+    int rc = zi_rs_lease_args(rs, job_id, ttl_ms, key, ttl);
     if (rc)
         return rc;
-    snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
     redisReply *r = NULL;
     if ((rc = zi_rs_eval(rs, zi_rs_lua_acquire, key, ttl, "lease acquire", &r)))
         return rc;
@@ -816,13 +809,10 @@ int zi_rstatus_lease_acquire(zi_rstatus *rs, const char *job_id, int64_t ttl_ms,
 int zi_rstatus_lease_renew(zi_rstatus *rs, const char *job_id, int64_t ttl_ms, int *ours)
 {
     *ours = 0;
-    if (ttl_ms < 1)
-        return zi_errorf(ZI_EINVAL, "redis: lease ttl must be >= 1 ms");
-    char key[ZI_RS_KEY_MAX], ttl[24];
-    int rc = zi_rs_idkey(rs, "lease:", job_id, key);
+    char key[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX];
+    int rc = zi_rs_lease_args(rs, job_id, ttl_ms, key, ttl);
     if (rc)
         return rc;
-    snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
     redisReply *r = NULL;
     if ((rc = zi_rs_eval(rs, zi_rs_lua_renew, key, ttl, "lease renew", &r)))
         return rc;
@@ -858,9 +848,7 @@ int zi_rstatus_cancel_requested(zi_rstatus *rs, const char *job_id, int *cancell
     if (rc)
         return rc;
     zi_rs_batch b = {0};
-    zi_rs_cmd *c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "EXISTS");
-    zi_rs_arg(&b, c, key);
+    ZI_RS_CMD(&b, "EXISTS", key);
     redisReply *r = NULL;
     if ((rc = zi_rs_run(rs, &b, "EXISTS cancel", &r)))
         return rc;
@@ -871,18 +859,12 @@ int zi_rstatus_cancel_requested(zi_rstatus *rs, const char *job_id, int *cancell
 
 int zi_rstatus_cancel_request(zi_rstatus *rs, const char *job_id, int64_t ttl_s)
 {
-    char key[ZI_RS_KEY_MAX], ttl[24];
+    char key[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX];
     int rc = zi_rs_idkey(rs, "cancel:", job_id, key);
     if (rc)
         return rc;
-    snprintf(ttl, sizeof ttl, "%lld", (long long)(ttl_s > 0 ? ttl_s : rs->job_ttl_s));
     zi_rs_batch b = {0};
-    zi_rs_cmd *c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "SET");
-    zi_rs_arg(&b, c, key);
-    zi_rs_arg(&b, c, "1");
-    zi_rs_arg(&b, c, "EX");
-    zi_rs_arg(&b, c, ttl);
+    ZI_RS_CMD(&b, "SET", key, "1", "EX", zi_rs_i64(ttl, ttl_s > 0 ? ttl_s : rs->job_ttl_s));
     return zi_rs_run(rs, &b, "SET cancel", NULL);
 }
 
@@ -890,21 +872,21 @@ int zi_rstatus_cancel_request(zi_rstatus *rs, const char *job_id, int64_t ttl_s)
 
 int zi_rstatus_heartbeat(zi_rstatus *rs, const zi_rstatus_worker_info *info)
 {
-    char wkey[ZI_RS_KEY_MAX], zkey[ZI_RS_KEY_MAX], ttl[24], now[24];
-    char num[7][24];
+    char wkey[ZI_RS_KEY_MAX], zkey[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX], now[ZI_RS_NUM_MAX];
+    char num[7][ZI_RS_NUM_MAX];
     int rc = zi_rs_idkey(rs, "worker:", rs->worker_id, wkey);
     if (!rc)
         rc = zi_rstatus_key(rs, "workers", "", zkey, sizeof zkey);
     if (rc)
         return rc;
-    snprintf(ttl, sizeof ttl, "%d", 3 * rs->heartbeat_s);
-    snprintf(now, sizeof now, "%lld", (long long)zi_rstatus_now_ms());
+    zi_rs_i64(ttl, 3 * (int64_t)rs->heartbeat_s);
+    zi_rs_i64(now, zi_rstatus_now_ms());
     const int64_t nums[7] = {info->jobs_succeeded,       info->jobs_failed,
                              info->vram_total_bytes,     info->vram_free_bytes,
                              info->alloc_reserved_bytes, info->alloc_allocated_bytes,
                              info->alloc_peak_bytes};
     for (int i = 0; i < 7; i++)
-        snprintf(num[i], sizeof num[i], "%lld", (long long)nums[i]);
+        zi_rs_i64(num[i], nums[i]);
     const zi_rstatus_field f[] = {
         {"state", info->state},           {"current_job", info->current_job},
         {"jobs_succeeded", num[0]},       {"jobs_failed", num[1]},
@@ -915,31 +897,11 @@ int zi_rstatus_heartbeat(zi_rstatus *rs, const zi_rstatus_worker_info *info)
         {"version", info->version},       {"heartbeat_at", now},
     };
     zi_rs_batch b = {0};
-    zi_rs_cmd *c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "MULTI");
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "ZADD");
-    zi_rs_arg(&b, c, zkey);
-    zi_rs_arg(&b, c, now);
-    zi_rs_arg(&b, c, rs->worker_id);
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "HSET");
-    zi_rs_arg(&b, c, wkey);
-    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
-        zi_rs_arg(&b, c, f[i].name);
-        zi_rs_arg(&b, c, f[i].value ? f[i].value : "");
-    }
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "EXPIRE");
-    zi_rs_arg(&b, c, wkey);
-    zi_rs_arg(&b, c, ttl);
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "EXEC");
-    redisReply *r = NULL;
-    rc = zi_rs_run(rs, &b, "heartbeat", &r);
-    if (r)
-        freeReplyObject(r);
-    return rc;
+    ZI_RS_CMD(&b, "MULTI");
+    ZI_RS_CMD(&b, "ZADD", zkey, now, rs->worker_id);
+    zi_rs_fields(&b, ZI_RS_CMD(&b, "HSET", wkey), f, sizeof f / sizeof f[0]);
+    ZI_RS_CMD(&b, "EXPIRE", wkey, ttl);
+    return zi_rs_exec(rs, &b, "heartbeat");
 }
 
 int zi_rstatus_worker_remove(zi_rstatus *rs)
@@ -951,22 +913,10 @@ int zi_rstatus_worker_remove(zi_rstatus *rs)
     if (rc)
         return rc;
     zi_rs_batch b = {0};
-    zi_rs_cmd *c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "MULTI");
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "ZREM");
-    zi_rs_arg(&b, c, zkey);
-    zi_rs_arg(&b, c, rs->worker_id);
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "DEL");
-    zi_rs_arg(&b, c, wkey);
-    c = zi_rs_cmd_new(&b);
-    zi_rs_arg(&b, c, "EXEC");
-    redisReply *r = NULL;
-    rc = zi_rs_run(rs, &b, "worker remove", &r);
-    if (r)
-        freeReplyObject(r);
-    return rc;
+    ZI_RS_CMD(&b, "MULTI");
+    ZI_RS_CMD(&b, "ZREM", zkey, rs->worker_id);
+    ZI_RS_CMD(&b, "DEL", wkey);
+    return zi_rs_exec(rs, &b, "worker remove");
 }
 
 /* ---- raw ---- */

@@ -105,10 +105,11 @@ int zi_rstatus_ping(zi_rstatus *rs);
 /* Current unix time in ms (the clock used for every *_at field). */
 int64_t zi_rstatus_now_ms(void);
 
-/* HSET P job:{id} status <status> worker <worker_id> [error_code E] [error M] + the extra
+/* HSET P job:{id} status <status> worker <worker_id> error_code E error M + the extra
  * fields, EXPIRE job_ttl_s, and XADD P events MAXLEN ~ 100000 * job_id ID status S
- * worker W [error_code E] - all in one MULTI/EXEC. error_code/error NULL = not written
- * (for failures pass both; error is cut to 1024 bytes). */
+ * worker W [error_code E] - all in one MULTI/EXEC. error_code NULL (no failure) writes
+ * error_code and error as "" so the hash always has every field (for failures pass both;
+ * error is cut to 1024 bytes). */
 int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status,
                           const char *error_code, const char *error, const zi_rstatus_field *extra,
                           size_t nextra);

@@ -78,6 +78,8 @@ typedef struct zi_wk {
     int hb_thread_started;
     pthread_cond_t hb_cv;
     int hb_quit;
+    int hb_dirty; /* a state change not yet published (a signal alone is lost while the
+                   * heartbeat thread is busy writing) */
     pthread_mutex_t state_mu;
     char state[16];
     char current_job[ZI_JOB_ID_MAX + 1];
@@ -126,6 +128,7 @@ static void zi_wk_set_state(zi_wk *w, const char *state, const char *job)
     snprintf(w->state, sizeof w->state, "%s", state);
     if (job)
         snprintf(w->current_job, sizeof w->current_job, "%s", job);
+    w->hb_dirty = 1;
     pthread_cond_signal(&w->hb_cv); /* publish the change now */
     pthread_mutex_unlock(&w->state_mu);
 }
@@ -224,6 +227,7 @@ typedef struct zi_wk_run {
     /* progress callback state */
     int64_t last_cancel_check;
     int cancelled, aborted;
+    int valid; /* the message passed every job rule (r->job is complete) */
 } zi_wk_run;
 
 /* Writes status + fields (+ event) until it is written or the job is aborted. */
@@ -339,6 +343,17 @@ static int zi_wk_fail(zi_wk *w, zi_wk_run *r, const char *code, const char *erro
     if (r->job.job_id[0]) {
         zi_wk_fields fs = {0};
         zi_wk_final_fields(w, r, &fs);
+        if (r->valid && !r->started_at) {
+            /* Failed before its run (expired, too_many_attempts, s3_auth at the HEAD): the
+             * job's own parameters are known, so the hash shows them as for a run. */
+            zi_wk_addi(&fs, "width", r->job.width);
+            zi_wk_addi(&fs, "height", r->job.height);
+            zi_wk_addi(&fs, "steps", r->job.steps);
+            if (r->s3_key[0])
+                zi_wk_add(&fs, "s3_key", r->s3_key);
+            if (r->job.has_seed)
+                zi_wk_addu(&fs, "seed", (unsigned long long)r->job.seed);
+        }
         if (zi_wk_record(w, r, "failed", code, error, &fs, pre_run) != ZI_OK)
             return ZI_WK_NOSTORE;
     }
@@ -449,8 +464,9 @@ static int zi_wk_cancelled(zi_wk *w, zi_wk_run *r, int pre_run)
     zi_log_info("job cancelled");
     zi_wk_fields fs = {0};
     zi_wk_final_fields(w, r, &fs);
-    if (zi_wk_record(w, r, "cancelled", NULL, NULL, &fs, pre_run) != ZI_OK ||
-        zi_wk_result(w, r, "cancelled", NULL, NULL) != ZI_OK)
+    if (zi_wk_record(w, r, "cancelled", NULL, NULL, &fs, pre_run) != ZI_OK)
+        return ZI_WK_NOSTORE;
+    if (zi_wk_result(w, r, "cancelled", NULL, NULL) != ZI_OK)
         return ZI_WK_NOSTORE;
     zi_metric_inc(w->wm.jobs_total, "cancelled");
     return ZI_WK_STORE;
@@ -625,6 +641,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
         res = zi_wk_fail(w, r, r->job.error_code, r->job.error, 0);
         goto out;
     }
+    r->valid = 1;
     zi_log_info("job received from %s[%d]@%lld (%dx%d, %d steps)", m->topic, (int)m->partition,
                 (long long)m->offset, r->job.width, r->job.height, r->job.steps);
     if (zi_s3_key_expand(w->cfg->s3_key_template, r->job.job_id, m->timestamp_ms, r->s3_key,
@@ -854,6 +871,7 @@ static void *zi_wk_hb_main(void *arg)
     }
     pthread_mutex_lock(&w->state_mu);
     while (!w->hb_quit) {
+        w->hb_dirty = 0;
         pthread_mutex_unlock(&w->state_mu);
         zi_wk_heartbeat_once(w, rs);
         pthread_mutex_lock(&w->state_mu);
@@ -863,7 +881,9 @@ static void *zi_wk_hb_main(void *arg)
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += w->cfg->worker_heartbeat_s;
         /* Woken early by a state change, so `busy`/`ready` show at once. */
-        pthread_cond_timedwait(&w->hb_cv, &w->state_mu, &until);
+        while (!w->hb_dirty && !w->hb_quit)
+            if (pthread_cond_timedwait(&w->hb_cv, &w->state_mu, &until) == ETIMEDOUT)
+                break;
     }
     pthread_mutex_unlock(&w->state_mu);
     /* Clean exit: the worker leaves the fleet view. */

@@ -12,13 +12,8 @@ zt_init redisrestart
 ZT_STEPS=4 zt_config
 STACK=$ZT_REPO/deploy/local/stack.sh
 redis_down=0
-restore_redis() {
-    if ((redis_down)); then
-        "$STACK" start-redis || true
-    fi
-    zt_cleanup
-}
-trap restore_redis EXIT
+restore_redis() { ((redis_down == 0)) || "$STACK" start-redis; }
+zt_on_exit restore_redis
 N=12
 
 zt_start_worker w1 ZIMAGE_FAULT_STEP_DELAY_MS=250

@@ -11,23 +11,15 @@ zt_init s3faults
 ZT_STEPS=8 zt_config
 STACK=$ZT_REPO/deploy/local/stack.sh
 rgw_down=0
-restore_rgw() {
-    if ((rgw_down)); then
-        "$STACK" start-rgw || true
-    fi
-    zt_cleanup
-}
-trap restore_rgw EXIT
+restore_rgw() { ((rgw_down == 0)) || "$STACK" start-rgw; }
+zt_on_exit restore_rgw
 
 zt_start_worker w1 ZIMAGE_FAULT_STEP_DELAY_MS=300
 zt_wait_log w1 'assigned' 30
 
 # ---- 1. gateway down for 10 s during the upload ----
 zt_submit --job-id outage-1 --prompt "upload through an outage" >/dev/null
-for _ in $(seq 300); do
-    [[ $(zt_field outage-1 status) == running && $(zt_field outage-1 step) -ge 5 ]] && break
-    sleep 0.1
-done
+zt_wait_step outage-1 5 30 || true
 zt_check "outage-1 computing when the gateway stops" running "$(zt_field outage-1 status)"
 rgw_down=1
 "$STACK" stop-rgw
@@ -64,8 +56,7 @@ for _ in $(seq 50); do
 done
 zt_check "auth-1 copied to the DLQ" yes "$(grep -q '^auth-1|.*zimage-error-code=s3_auth' <<<"$dlq" && echo yes)"
 zt_check "no object for auth-1" "" "$(zt_s3_keys | grep auth-1 || true)"
-zt_check "w2 still consuming" 200 "$(curl -s -o /dev/null -w '%{http_code}' \
-    "http://127.0.0.1:$(grep -oE 'on port [0-9]+' "$ZT_TMP/w2.log" | awk '{print $3}')/readyz")"
+zt_check "w2 still consuming" 200 "$(zt_readyz w2)"
 zt_kill w2 TERM
 zt_wait_exit w2 30
 zt_check "w2 exit status" 0 "$ZT_RC"

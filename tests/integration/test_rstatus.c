@@ -292,7 +292,9 @@ static void test_job_hash_and_events(void **state)
     assert_string_equal(zi_rstatus_hash_get(&h, "status"), "queued");
     assert_string_equal(zi_rstatus_hash_get(&h, "worker"), wid);
     assert_string_equal(zi_rstatus_hash_get(&h, "queued_at"), now);
-    assert_null(zi_rstatus_hash_get(&h, "error_code"));
+    /* every contract field is present; no failure: empty */
+    assert_string_equal(zi_rstatus_hash_get(&h, "error_code"), "");
+    assert_string_equal(zi_rstatus_hash_get(&h, "error"), "");
     zi_rstatus_hash_free(&h);
     long long ttl = zi_ttl(rs, key);
     assert_true(ttl > 590 && ttl <= 600);
@@ -312,9 +314,12 @@ static void test_job_hash_and_events(void **state)
     /* no error_code on non-failure events */
     assert_false(zi_find_event(rs, jid, "queued", "error_code", v, sizeof v));
 
-    /* a later run drops the stale error */
+    /* a later run drops the stale error (the fields stay, empty) */
     assert_int_equal(zi_rstatus_set_status(rs, jid, "running", NULL, NULL, NULL, 0), ZI_OK);
-    assert_int_equal(zi_rstatus_job_field(rs, jid, "error_code", buf, sizeof buf), ZI_ENOTFOUND);
+    assert_int_equal(zi_rstatus_job_field(rs, jid, "error_code", buf, sizeof buf), ZI_OK);
+    assert_string_equal(buf, "");
+    assert_int_equal(zi_rstatus_job_field(rs, jid, "error", buf, sizeof buf), ZI_OK);
+    assert_string_equal(buf, "");
     assert_int_equal(zi_rstatus_job_field(rs, jid, "status", buf, sizeof buf), ZI_OK);
     assert_string_equal(buf, "running");
     assert_int_equal(zi_rstatus_job_field(rs, jid, "status", buf, 3), ZI_EINVAL);

@@ -7,27 +7,13 @@
 # Addresses and keys come from the variables `deploy/local/stack.sh env` prints
 # (tests/run-all.sh exports them). A missing variable fails the test.
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "$0")/../lib.sh"
 
-for v in ZI_S3_ENDPOINT ZI_S3_BUCKET ZI_S3_ACCESS_KEY ZI_S3_SECRET_KEY; do
-    if [[ -z ${!v:-} ]]; then
-        echo "FAIL: $v is not set: run through 'make test', or" \
-            "eval \"\$(deploy/local/stack.sh env)\" after 'deploy/local/stack.sh up'" >&2
-        exit 1
-    fi
-done
-REGION=${ZI_S3_REGION:-us-east-1}
+zt_require_env ZI_S3_ENDPOINT ZI_S3_BUCKET ZI_S3_ACCESS_KEY ZI_S3_SECRET_KEY
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() { # NAME EXPECTED ACTUAL
-    if [[ $2 == "$3" ]]; then
-        echo "ok   $1"
-    else
-        echo "FAIL $1: expected '$2', got '$3'" >&2
-        fails=$((fails + 1))
-    fi
-}
+zt_scratch stacks3
+tmp=$ZT_TMP
 
 # A binary body with every byte value, so nothing is lost in transit.
 python3 -c 'import os,sys; sys.stdout.buffer.write(bytes(range(256)) * 64 + os.urandom(1000))' \
@@ -39,35 +25,30 @@ url="$ZI_S3_ENDPOINT/$ZI_S3_BUCKET/$key"
 s3() { # SECRET curl-args...: one SigV4-signed request; prints the HTTP status
     local secret=$1
     shift
-    curl -s --max-time 30 -o "$tmp/resp" -w '%{http_code}' --aws-sigv4 "aws:amz:$REGION:s3" \
-        --user "$ZI_S3_ACCESS_KEY:$secret" "$@"
+    zt_s3 "$ZI_S3_ACCESS_KEY:$secret" -o "$tmp/resp" -w '%{http_code}' "$@"
 }
 
 code=$(s3 "$ZI_S3_SECRET_KEY" -X PUT -H "x-amz-content-sha256: $sha" \
     -H 'Content-Type: application/octet-stream' --data-binary @"$tmp/body" "$url")
-check "signed PUT" 200 "$code"
+zt_check "signed PUT" 200 "$code"
 
-empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+empty=$ZT_EMPTY_SHA256
 code=$(s3 "$ZI_S3_SECRET_KEY" -H "x-amz-content-sha256: $empty" "$url")
-check "signed GET" 200 "$code"
-check "GET body equals PUT body" "$sha" "$(sha256sum "$tmp/resp" | cut -d' ' -f1)"
+zt_check "signed GET" 200 "$code"
+zt_check "GET body equals PUT body" "$sha" "$(sha256sum "$tmp/resp" | cut -d' ' -f1)"
 
 code=$(s3 "${ZI_S3_SECRET_KEY}x" -X PUT -H "x-amz-content-sha256: $sha" \
     --data-binary @"$tmp/body" "$url.wrong")
-check "PUT with a wrong secret" 403 "$code"
-check "wrong secret error code" yes "$(grep -q SignatureDoesNotMatch "$tmp/resp" && echo yes)"
+zt_check "PUT with a wrong secret" 403 "$code"
+zt_check "wrong secret error code" yes "$(grep -q SignatureDoesNotMatch "$tmp/resp" && echo yes)"
 code=$(s3 "$ZI_S3_SECRET_KEY" -H "x-amz-content-sha256: $empty" "$url.wrong")
-check "nothing stored by the refused PUT" 404 "$code"
+zt_check "nothing stored by the refused PUT" 404 "$code"
 
 code=$(s3 "$ZI_S3_SECRET_KEY" -X PUT -H "x-amz-content-sha256: $empty" \
     --data-binary @"$tmp/body" "$url.badhash")
-check "PUT whose body does not match its signed hash" 400 "$code"
+zt_check "PUT whose body does not match its signed hash" 400 "$code"
 
 code=$(s3 "$ZI_S3_SECRET_KEY" -X DELETE -H "x-amz-content-sha256: $empty" "$url")
-check "signed DELETE" 204 "$code"
+zt_check "signed DELETE" 204 "$code"
 
-if ((fails)); then
-    echo "$fails check(s) failed" >&2
-    exit 1
-fi
-echo "all S3 checks passed"
+zt_finish S3

@@ -20,25 +20,17 @@
 # Environment: ZI_BINARY (ctest) and the stack's variables (`deploy/local/stack.sh env`;
 # tests/run-all.sh exports them). A missing variable fails the test.
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "$0")/../lib.sh"
 
-for v in ZI_BINARY ZIMAGE_REDIS_URL ZIMAGE_KAFKA_BOOTSTRAP_SERVERS ZIMAGE_S3_ENDPOINT \
-    ZIMAGE_S3_ACCESS_KEY ZIMAGE_S3_SECRET_KEY; do
-    if [[ -z ${!v:-} ]]; then
-        echo "FAIL: $v is not set: run through 'make test', or" \
-            "eval \"\$(deploy/local/stack.sh env)\" after 'deploy/local/stack.sh up'" >&2
-        exit 1
-    fi
-done
-for t in tmux redis-cli; do
-    command -v "$t" >/dev/null || {
-        echo "FAIL: $t is not installed (deploy/local/install-deps.sh)" >&2
-        exit 1
-    }
-done
+zt_require_env ZI_BINARY ZIMAGE_REDIS_URL ZIMAGE_KAFKA_BOOTSTRAP_SERVERS ZIMAGE_S3_ENDPOINT \
+    ZIMAGE_S3_ACCESS_KEY ZIMAGE_S3_SECRET_KEY
+zt_require_tools tmux redis-cli
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 unset TMUX # a private server below; never attach to the caller's
-tmp=$(mktemp -d)
+zt_scratch top
+tmp=$ZT_TMP
 wpid=
 rpid=
 sock=zitop-$$-$RANDOM # a private tmux server: never touches the user's sessions
@@ -47,39 +39,17 @@ P2="zitest-top-w-$$-$RANDOM:"
 DECOY="zitest-top-decoy-$$:"
 rcli() { redis-cli -u "$ZIMAGE_REDIS_URL" "$@"; }
 cleanup() {
-    local rc=$? p
-    for p in "$wpid" "$rpid"; do
-        if [[ -n $p ]]; then
-            kill -KILL "$p" 2>/dev/null || true
-            wait "$p" 2>/dev/null || true
-        fi
-    done
-    if ((rc != 0 || fails != 0)) && [[ -f $tmp/worker.log ]]; then
-        echo "---- worker log (last 40 lines) ----" >&2
-        tail -n 40 "$tmp/worker.log" >&2
+    zt_stop_pid "$wpid"
+    zt_stop_pid "$rpid"
+    if zt_failed; then
+        zt_tail_log 40 "$tmp/worker.log"
     fi
     tmux -L "$sock" kill-server 2>/dev/null || true
-    for p in "$P" "$P2"; do
-        rcli --scan --pattern "$p*" 2>/dev/null | xargs -r redis-cli -u "$ZIMAGE_REDIS_URL" del \
-            >/dev/null 2>&1 || true
-    done
+    zt_redis_del_prefix "$P" "$P2"
     rcli del "${DECOY}workers" >/dev/null 2>&1 || true
-    rm -rf "$tmp"
 }
-trap cleanup EXIT
+zt_on_exit cleanup
 
-fails=0
-check() { # NAME EXPECTED ACTUAL
-    if [[ $2 == "$3" ]]; then
-        echo "ok   $1"
-    else
-        echo "FAIL $1: expected '$2', got '$3'" >&2
-        fails=$((fails + 1))
-    fi
-}
-has() { # TEXT-FILE REGEX -> yes/no
-    if grep -Eq -- "$2" "$1"; then echo yes; else echo no; fi
-}
 
 HB=10 # heartbeat_s: lost after 30 s, so the fresh workers stay fresh during the test
 cat >"$tmp/cfg.yaml" <<EOF
@@ -139,46 +109,46 @@ wait_pane() { # SESSION REGEX TIMEOUT_S: until the pane shows REGEX
 tmux -L "$sock" -f /dev/null new-session -d -s live -x 160 -y 50 "$tmp/run.sh $tmp/pid.live"
 if wait_pane live "$job" 10; then
     f=$tmp/pane.live
-    check "screen: title" yes "$(has "$f" '^zimage top ')"
-    check "screen: busy worker with its job at step 3/8" yes \
-        "$(has "$f" "^w-busy +busy +cuda +H100 80GB HBM3 +$job +3/8 +38%")"
-    check "screen: busy worker's VRAM and allocator figures" yes \
-        "$(has "$f" '^w-busy .* 30G/80G +22G +21G +23G +7 +2 ')"
-    check "screen: stale heartbeat shown as lost" yes "$(has "$f" '^w-stale +lost ')"
-    check "screen: idle worker ready" yes "$(has "$f" '^w-idle +ready +cpu ')"
-    check "screen: worker silent for 2 h not shown" no "$(has "$f" 'w-old')"
-    check "screen: other prefix not shown" no "$(has "$f" 'w-decoy')"
-    check "screen: header counts" yes "$(has "$f" 'workers 3: 1 ready, 1 busy, 1 lost, 0 other')"
-    check "screen: recent failure" yes "$(has "$f" "bad-$$ +w-busy +s3_auth +S3 refused")"
+    zt_check "screen: title" yes "$(zt_has "$f" '^zimage top ')"
+    zt_check "screen: busy worker with its job at step 3/8" yes \
+        "$(zt_has "$f" "^w-busy +busy +cuda +H100 80GB HBM3 +$job +3/8 +38%")"
+    zt_check "screen: busy worker's VRAM and allocator figures" yes \
+        "$(zt_has "$f" '^w-busy .* 30G/80G +22G +21G +23G +7 +2 ')"
+    zt_check "screen: stale heartbeat shown as lost" yes "$(zt_has "$f" '^w-stale +lost ')"
+    zt_check "screen: idle worker ready" yes "$(zt_has "$f" '^w-idle +ready +cpu ')"
+    zt_check "screen: worker silent for 2 h not shown" no "$(zt_has "$f" 'w-old')"
+    zt_check "screen: other prefix not shown" no "$(zt_has "$f" 'w-decoy')"
+    zt_check "screen: header counts" yes "$(zt_has "$f" 'workers 3: 1 ready, 1 busy, 1 lost, 0 other')"
+    zt_check "screen: recent failure" yes "$(zt_has "$f" "bad-$$ +w-busy +s3_auth +S3 refused")"
 else
-    check "top shows the fleet within 10 s" yes no
+    zt_check "top shows the fleet within 10 s" yes no
 fi
-check "member older than an hour pruned from ${P}workers" "" "$(rcli zscore "${P}workers" w-old)"
-check "members of other prefixes untouched" "$now" "$(rcli zscore "${DECOY}workers" w-decoy)"
+zt_check "member older than an hour pruned from ${P}workers" "" "$(rcli zscore "${P}workers" w-old)"
+zt_check "members of other prefixes untouched" "$now" "$(rcli zscore "${DECOY}workers" w-decoy)"
 
 rcli hset "${P}job:$job" step 5 progress 0.625 >/dev/null
-check "screen refreshes in place (step 5/8)" yes \
+zt_check "screen refreshes in place (step 5/8)" yes \
     "$(wait_pane live "^w-busy .* $job +5/8 +62%" 5 && echo yes || echo no)"
-check "one frame on screen (title once)" 1 "$(grep -c '^zimage top ' "$tmp/pane.live")"
+zt_check "one frame on screen (title once)" 1 "$(grep -c '^zimage top ' "$tmp/pane.live")"
 
 tmux -L "$sock" send-keys -t live q
-check "q quits with exit 0" yes "$(wait_pane live 'top exited rc=0' 5 && echo yes || echo no)"
+zt_check "q quits with exit 0" yes "$(wait_pane live 'top exited rc=0' 5 && echo yes || echo no)"
 wait_pane live '^mode ' 3 >/dev/null || true
-check "terminal back in canonical mode after q" "mode icanon" \
+zt_check "terminal back in canonical mode after q" "mode icanon" \
     "$(grep '^mode ' "$tmp/pane.live" || true)"
-check "alternate screen left after q" no "$(has "$tmp/pane.live" '^WORKER ')"
+zt_check "alternate screen left after q" no "$(zt_has "$tmp/pane.live" '^WORKER ')"
 
 tmux -L "$sock" new-session -d -s term -x 120 -y 30 "$tmp/run.sh $tmp/pid.term"
 if wait_pane term "$job" 10; then
-    check "80+ columns: lines cut to the terminal width" yes \
+    zt_check "80+ columns: lines cut to the terminal width" yes \
         "$(awk 'length > 120 { bad = 1 } END { print bad ? "no" : "yes" }' "$tmp/pane.term")"
     kill -TERM "$(cat "$tmp/pid.term")"
-    check "SIGTERM exits 0" yes "$(wait_pane term 'top exited rc=0' 5 && echo yes || echo no)"
+    zt_check "SIGTERM exits 0" yes "$(wait_pane term 'top exited rc=0' 5 && echo yes || echo no)"
     wait_pane term '^mode ' 3 >/dev/null || true
-    check "terminal back in canonical mode after SIGTERM" "mode icanon" \
+    zt_check "terminal back in canonical mode after SIGTERM" "mode icanon" \
         "$(grep '^mode ' "$tmp/pane.term" || true)"
 else
-    check "top starts in a 120x30 terminal" yes no
+    zt_check "top starts in a 120x30 terminal" yes no
 fi
 
 # Ctrl-Z in an interactive shell: top gives the terminal back (alternate screen left, so the
@@ -190,18 +160,18 @@ wait_pane job '^PROMPT' 5 >/dev/null || true
 tmux -L "$sock" send-keys -t job "ZIMAGE_REDIS_URL=$ZIMAGE_REDIS_URL $ZI_BINARY top --config $tmp/cfg.yaml --interval 0.5" Enter
 if wait_pane job '^WORKER ' 10 >/dev/null; then
     tmux -L "$sock" send-keys -t job C-z
-    check "Ctrl-Z: shell gets the terminal back" yes \
+    zt_check "Ctrl-Z: shell gets the terminal back" yes \
         "$(wait_pane job 'Stopped' 5 && echo yes || echo no)"
-    check "Ctrl-Z: alternate screen left" no "$(has "$tmp/pane.job" '^WORKER ')"
+    zt_check "Ctrl-Z: alternate screen left" no "$(zt_has "$tmp/pane.job" '^WORKER ')"
     tmux -L "$sock" send-keys -t job fg Enter
-    check "fg: top redraws" yes "$(wait_pane job '^WORKER ' 5 && echo yes || echo no)"
+    zt_check "fg: top redraws" yes "$(wait_pane job '^WORKER ' 5 && echo yes || echo no)"
     tmux -L "$sock" send-keys -t job q
     wait_pane job '^PROMPT' 5 >/dev/null || true
     tmux -L "$sock" send-keys -t job 'echo "rc=$?"' Enter
-    check "fg: q still quits at once, exit 0" yes \
+    zt_check "fg: q still quits at once, exit 0" yes \
         "$(wait_pane job '^rc=0' 5 && echo yes || echo no)"
 else
-    check "top starts in an interactive shell" yes no
+    zt_check "top starts in an interactive shell" yes no
 fi
 
 # Redis going away while top runs (a private redis-server, not the shared stack's): the last
@@ -230,15 +200,15 @@ wait_pane outage '^w-before ' 10 >/dev/null || true
 kill -TERM "$rpid"
 wait "$rpid" 2>/dev/null || true
 rpid=
-check "Redis down: error shown over the last data" yes \
+zt_check "Redis down: error shown over the last data" yes \
     "$(wait_pane outage 'redis error: .*refused \(showing data from' 5 && echo yes || echo no)"
-check "Redis down: last data still shown" yes "$(has "$tmp/pane.outage" '^w-before ')"
+zt_check "Redis down: last data still shown" yes "$(zt_has "$tmp/pane.outage" '^w-before ')"
 start_redis
 redis-cli -p "$rport" zadd "${P}workers" "$(date +%s%3N)" w-after >/dev/null
-check "Redis back: top recovers" yes "$(wait_pane outage '^w-after ' 10 && echo yes || echo no)"
-check "Redis back: error gone" no "$(has "$tmp/pane.outage" 'redis error')"
+zt_check "Redis back: top recovers" yes "$(wait_pane outage '^w-after ' 10 && echo yes || echo no)"
+zt_check "Redis back: error gone" no "$(zt_has "$tmp/pane.outage" 'redis error')"
 tmux -L "$sock" send-keys -t outage q
-check "q after the outage exits 0" yes \
+zt_check "q after the outage exits 0" yes \
     "$(wait_pane outage 'top exited rc=0' 5 && echo yes || echo no)"
 kill -TERM "$rpid"
 wait "$rpid" 2>/dev/null || true
@@ -249,40 +219,40 @@ tmux -L "$sock" kill-server 2>/dev/null || true
 rcli zadd "${P}workers" "$((now - 2 * 3600 * 1000))" w-old >/dev/null
 rc=0
 "$ZI_BINARY" top --config "$tmp/cfg.yaml" --once >"$tmp/once" 2>"$tmp/once.err" || rc=$?
-check "--once exits 0" 0 "$rc"
+zt_check "--once exits 0" 0 "$rc"
 f=$tmp/once
-check "--once: no escape codes" no "$(has "$f" $'\x1b')"
-check "--once: busy worker, job and step" yes "$(has "$f" "^w-busy +busy +cuda .* $job +5/8 +62%")"
-check "--once: lost worker" yes "$(has "$f" '^w-stale +lost ')"
-check "--once: ready worker" yes "$(has "$f" '^w-idle +ready ')"
-check "--once: pruned member reported" yes "$(has "$f" 'pruned 1 silent > 1h')"
-check "--once: pruned member gone" "" "$(rcli zscore "${P}workers" w-old)"
-check "--once: jobs/min from the events" yes "$(has "$f" 'jobs/min 2 \(1 succeeded, 1 failed\)')"
-check "--once: recent jobs newest first" "$job done-$$" \
+zt_check "--once: no escape codes" no "$(zt_has "$f" $'\x1b')"
+zt_check "--once: busy worker, job and step" yes "$(zt_has "$f" "^w-busy +busy +cuda .* $job +5/8 +62%")"
+zt_check "--once: lost worker" yes "$(zt_has "$f" '^w-stale +lost ')"
+zt_check "--once: ready worker" yes "$(zt_has "$f" '^w-idle +ready ')"
+zt_check "--once: pruned member reported" yes "$(zt_has "$f" 'pruned 1 silent > 1h')"
+zt_check "--once: pruned member gone" "" "$(rcli zscore "${P}workers" w-old)"
+zt_check "--once: jobs/min from the events" yes "$(zt_has "$f" 'jobs/min 2 \(1 succeeded, 1 failed\)')"
+zt_check "--once: recent jobs newest first" "$job done-$$" \
     "$(awk '/^RECENT JOBS/ { on = 1; next } on && /^[0-9]/ { print $2 } /^$/ { on = 0 }' "$f" |
         grep -v "bad-$$" | head -n 2 | xargs)"
-check "--once: recent failure with its error" yes \
-    "$(has "$f" "bad-$$ +w-busy +s3_auth +S3 refused the credentials: InvalidAccessKeyId")"
-check "--once: prefix shown" yes "$(has "$f" "prefix $P")"
+zt_check "--once: recent failure with its error" yes \
+    "$(zt_has "$f" "bad-$$ +w-busy +s3_auth +S3 refused the credentials: InvalidAccessKeyId")"
+zt_check "--once: prefix shown" yes "$(zt_has "$f" "prefix $P")"
 
 # exit codes
 echo "redis: {nope: 1}" >"$tmp/bad.yaml"
 rc=0
 "$ZI_BINARY" top --config "$tmp/bad.yaml" --once >/dev/null 2>"$tmp/err" || rc=$?
-check "bad config exits 2" 2 "$rc"
-check "bad config names the key" yes "$(has "$tmp/err" "^zimage: error: .*redis.nope")"
+zt_check "bad config exits 2" 2 "$rc"
+zt_check "bad config names the key" yes "$(zt_has "$tmp/err" "^zimage: error: .*redis.nope")"
 rc=0
 "$ZI_BINARY" top --once >/dev/null 2>"$tmp/err" || rc=$?
-check "missing --config exits 2" 2 "$rc"
+zt_check "missing --config exits 2" 2 "$rc"
 rc=0
 ZIMAGE_REDIS_URL=redis://127.0.0.1:1/0 "$ZI_BINARY" top --config "$tmp/cfg.yaml" --once \
     >/dev/null 2>"$tmp/err" || rc=$?
-check "Redis unreachable exits 1" 1 "$rc"
-check "Redis unreachable: one clear error" yes \
-    "$(has "$tmp/err" '^zimage: error: redis at 127.0.0.1:1/0 is unreachable: .*refused')"
+zt_check "Redis unreachable exits 1" 1 "$rc"
+zt_check "Redis unreachable: one clear error" yes \
+    "$(zt_has "$tmp/err" '^zimage: error: redis at 127.0.0.1:1/0 is unreachable: .*refused')"
 rc=0
 "$ZI_BINARY" top --help >"$tmp/help" || rc=$?
-check "--help exits 0 with usage" "0 yes" "$rc $(has "$tmp/help" '^usage: zimage top')"
+zt_check "--help exits 0 with usage" "0 yes" "$rc $(zt_has "$tmp/help" '^usage: zimage top')"
 
 # ---- a real worker ----
 wid=zt-top-$$
@@ -326,27 +296,23 @@ once_until() { # REGEX TIMEOUT_S: polls `top --once` until it shows REGEX
     cat "$tmp/wonce" >&2
     return 1
 }
-check "real worker shown ready" yes "$(once_until "^$wid +ready +cpu " 30 && echo yes || echo no)"
+zt_check "real worker shown ready" yes "$(once_until "^$wid +ready +cpu " 30 && echo yes || echo no)"
 # The job's own outcome (S3 and all) is other tests' business: top must show whichever
 # final state the worker recorded, and count it.
 "$ZI_BINARY" submit --config "$tmp/worker.yaml" --job-id "top-job-$$" --prompt "a lighthouse" \
     >"$tmp/submit" 2>&1 || cat "$tmp/submit" >&2
-check "real worker: job's final state in recent jobs" yes \
+zt_check "real worker: job's final state in recent jobs" yes \
     "$(once_until "^[0-9:]{8} top-job-$$ +(succeeded|failed) +$wid" 60 && echo yes || echo no)"
 final=$(rcli hget "${P2}job:top-job-$$" status)
-check "real worker: recent jobs agree with the job hash" yes \
-    "$(has "$tmp/wonce" "^[0-9:]{8} top-job-$$ +$final +$wid")"
-check "real worker: ready again with the job counted" yes \
+zt_check "real worker: recent jobs agree with the job hash" yes \
+    "$(zt_has "$tmp/wonce" "^[0-9:]{8} top-job-$$ +$final +$wid")"
+zt_check "real worker: ready again with the job counted" yes \
     "$(once_until "^$wid +ready +cpu .* ($([[ $final == succeeded ]] && echo '1 +0' || echo '0 +1')) +[0-9.]+s$" 10 &&
         echo yes || echo no)"
 kill -TERM "$wpid"
 rc=0
 wait "$wpid" || rc=$?
 wpid=
-check "real worker drains and exits 0" 0 "$rc"
+zt_check "real worker drains and exits 0" 0 "$rc"
 
-if ((fails)); then
-    echo "$fails check(s) failed" >&2
-    exit 1
-fi
-echo "all top checks passed"
+zt_finish top

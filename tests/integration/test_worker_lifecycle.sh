@@ -15,23 +15,13 @@ zt_init lifecycle
 ZT_STEPS=8 zt_config
 SLOW=(ZIMAGE_FAULT_STEP_DELAY_MS=400)
 
-readyz() { # NAME -> HTTP status of /readyz
-    local port
-    port=$(grep -oE 'on port [0-9]+' "$ZT_TMP/$1.log" | head -1 | awk '{print $3}')
-    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$port/readyz"
-}
 wait_step() { # JOB MIN_STEP TIMEOUT_S
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        [[ $(zt_field "$1" status) == running && $(zt_field "$1" step) -ge $2 ]] && return 0
-        sleep 0.1
-    done
-    zt_die "$1 did not reach step $2 within $3 s"
+    zt_wait_step "$@" || zt_die "$1 did not reach step $2 within $3 s"
 }
 
 zt_start_worker w1 "${SLOW[@]}"
 zt_wait_log w1 'assigned' 30
-zt_check "w1 /readyz while consuming" 200 "$(readyz w1)"
+zt_check "w1 /readyz while consuming" 200 "$(zt_readyz w1)"
 
 # ---- 1. cancellation ----
 zt_submit --job-id cancel-1 --prompt "to be cancelled" >/dev/null
@@ -47,7 +37,7 @@ zt_submit --job-id drain-1 --prompt "finish me" >/dev/null
 wait_step drain-1 2 30
 zt_kill w1 TERM
 sleep 0.3
-zt_check "w1 /readyz while draining" 503 "$(readyz w1)"
+zt_check "w1 /readyz while draining" 503 "$(zt_readyz w1)"
 zt_wait_exit w1 60
 zt_check "w1 exit status" 0 "$ZT_RC"
 zt_check "drain-1 finished during the drain" succeeded "$(zt_field drain-1 status)"

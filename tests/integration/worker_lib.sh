@@ -11,39 +11,27 @@
 #
 # Use:  source "$(dirname "$0")/../integration/worker_lib.sh"; zt_init NAME
 #       zt_config [extra YAML appended under the sections]; zt_start_worker w1; ...
-# Only processes this file started are ever signalled (by PID).
+# Only processes this file started are ever signalled (by PID). The generic helpers
+# (zt_check, zt_finish, zt_die, zt_consume, zt_on_exit, ...) are in tests/lib.sh.
 
 set -euo pipefail
 
+# shellcheck source=tests/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 ZT_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 ZI_BINARY=${ZI_BINARY:-}
 declare -A ZT_PIDS=()
-ZT_FAILS=0
 
-zt_die() {
-    echo "FAIL: $*" >&2
-    exit 1
-}
-
-zt_require_env() {
-    local v
-    for v in ZI_STACK_DIR ZI_KAFKA_BOOTSTRAP ZI_REDIS_URL ZI_REDIS_PORT ZI_S3_ENDPOINT ZI_S3_BUCKET \
-        ZI_S3_ACCESS_KEY ZI_S3_SECRET_KEY ZIMAGE_KAFKA_BOOTSTRAP_SERVERS ZIMAGE_REDIS_URL \
-        ZIMAGE_S3_ENDPOINT ZIMAGE_S3_ACCESS_KEY ZIMAGE_S3_SECRET_KEY; do
-        if [[ -z ${!v:-} ]]; then
-            zt_die "$v is not set: run through 'make test', or eval \"\$(deploy/local/stack.sh env)\" after 'deploy/local/stack.sh up'"
-        fi
-    done
-    [[ -n $ZI_BINARY && -x $ZI_BINARY ]] || zt_die "ZI_BINARY is not set or not executable (ctest sets it)"
-    command -v kcat >/dev/null || zt_die "kcat is not installed (deploy/local/install-deps.sh)"
-    command -v redis-cli >/dev/null || zt_die "redis-cli is not installed"
-}
-
-# zt_init NAME: env checks, scratch dir, unique names, cleanup trap.
+# zt_init NAME: env checks, scratch dir, unique names, cleanup at exit (zt_on_exit hooks
+# a test adds run before it).
 zt_init() {
     ZT_NAME=$1
-    zt_require_env
-    ZT_TMP=$(mktemp -d "/tmp/zt-$ZT_NAME.XXXXXX")
+    zt_require_env ZI_STACK_DIR ZI_KAFKA_BOOTSTRAP ZI_REDIS_URL ZI_REDIS_PORT ZI_S3_ENDPOINT \
+        ZI_S3_BUCKET ZI_S3_ACCESS_KEY ZI_S3_SECRET_KEY ZIMAGE_KAFKA_BOOTSTRAP_SERVERS \
+        ZIMAGE_REDIS_URL ZIMAGE_S3_ENDPOINT ZIMAGE_S3_ACCESS_KEY ZIMAGE_S3_SECRET_KEY
+    [[ -n $ZI_BINARY && -x $ZI_BINARY ]] || zt_die "ZI_BINARY is not set or not executable (ctest sets it)"
+    zt_require_tools kcat redis-cli
+    zt_scratch "$ZT_NAME"
     ZT_RUN=$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')
     ZT_TOPIC="zt.$ZT_NAME.$ZT_RUN"
     ZT_DLQ="zt.$ZT_NAME.$ZT_RUN.dlq"
@@ -53,23 +41,20 @@ zt_init() {
     ZT_KEYDIR="zt/$ZT_NAME/$ZT_RUN"
     ZT_CFG=$ZT_TMP/worker.yaml
     ZT_T0=$(date +%s%3N)
-    trap zt_cleanup EXIT
+    zt_on_exit zt_cleanup
     echo "test $ZT_NAME: run $ZT_RUN, topic $ZT_TOPIC, scratch $ZT_TMP"
 }
 
+# Registered after the scratch dir's removal, so it runs before it: kills the workers still
+# running, shows their logs after a failure.
 zt_cleanup() {
-    local rc=$? n
+    local n
     for n in "${!ZT_PIDS[@]}"; do
         zt_kill "$n" KILL
     done
-    if ((rc != 0 || ZT_FAILS != 0)); then
-        for n in "$ZT_TMP"/*.log; do
-            [[ -f $n ]] || continue
-            echo "---- $n (last 60 lines) ----" >&2
-            tail -n 60 "$n" >&2
-        done
+    if zt_failed; then
+        zt_tail_log 60 "$ZT_TMP"/*.log
     fi
-    rm -rf "$ZT_TMP"
     echo "test $ZT_NAME: $(($(date +%s%3N) - ZT_T0)) ms"
 }
 
@@ -125,10 +110,11 @@ zt_start_worker() {
 zt_kill() {
     local name=$1 sig=${2:-TERM} pid=${ZT_PIDS[$1]:-}
     [[ -n $pid ]] || return 0
-    kill -"$sig" "$pid" 2>/dev/null || true
     if [[ $sig == KILL ]]; then
-        wait "$pid" 2>/dev/null || true
+        zt_stop_pid "$pid" KILL
         unset "ZT_PIDS[$name]"
+    else
+        kill -"$sig" "$pid" 2>/dev/null || true
     fi
 }
 
@@ -225,43 +211,17 @@ zt_wait_all_final() {
     zt_die "$left of $# jobs not final within $t s"
 }
 
-zt_check() { # NAME EXPECTED ACTUAL
-    if [[ $2 == "$3" ]]; then
-        echo "ok   $1"
-    else
-        echo "FAIL $1: expected '$2', got '$3'" >&2
-        ZT_FAILS=$((ZT_FAILS + 1))
-    fi
-}
-
-zt_check_ge() { # NAME MIN ACTUAL
-    if [[ $3 =~ ^[0-9]+$ ]] && (($3 >= $2)); then
-        echo "ok   $1 ($3)"
-    else
-        echo "FAIL $1: expected >= $2, got '$3'" >&2
-        ZT_FAILS=$((ZT_FAILS + 1))
-    fi
-}
-
-zt_finish() {
-    if ((ZT_FAILS)); then
-        echo "$ZT_FAILS check(s) failed" >&2
-        exit 1
-    fi
-    echo "all checks passed"
-}
-
 # zt_s3_keys: the object keys under this test's prefix, one per line (ListObjectsV2).
 zt_s3_keys() {
-    local empty=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 prefix token=
+    local prefix token=
     prefix=$(python3 -c 'import sys,urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$ZT_KEYDIR/")
     : >"$ZT_TMP/keys"
     while :; do
         local q="list-type=2&prefix=$prefix"
         [[ -n $token ]] && q="continuation-token=$token&$q"
-        curl -sf --max-time 10 --aws-sigv4 "aws:amz:${ZI_S3_REGION:-us-east-1}:s3" \
-            --user "$ZI_S3_ACCESS_KEY:$ZI_S3_SECRET_KEY" -H "x-amz-content-sha256: $empty" \
-            "$ZI_S3_ENDPOINT/$ZI_S3_BUCKET?$q" >"$ZT_TMP/list.xml" || zt_die "S3 list failed"
+        zt_s3 "$ZI_S3_ACCESS_KEY:$ZI_S3_SECRET_KEY" -f --max-time 10 \
+            -H "x-amz-content-sha256: $ZT_EMPTY_SHA256" "$ZI_S3_ENDPOINT/$ZI_S3_BUCKET?$q" \
+            >"$ZT_TMP/list.xml" || zt_die "S3 list failed"
         python3 - "$ZT_TMP/list.xml" >>"$ZT_TMP/keys" <<'EOF'
 import re, sys
 x = open(sys.argv[1]).read()
@@ -307,10 +267,20 @@ zt_url() {
     "$ZI_BINARY" status --config "$ZT_CFG" "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("url",""))'
 }
 
+# zt_http_port NAME: the port of the worker's HTTP server, from its log ("" before it listens).
+zt_http_port() {
+    grep -oE 'on port [0-9]+' "$ZT_TMP/$1.log" | head -1 | awk '{print $3}'
+}
+
+# zt_readyz NAME: the HTTP status of the worker's /readyz.
+zt_readyz() {
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$(zt_http_port "$1")/readyz"
+}
+
 # zt_metric NAME PATTERN: a sample of the worker's /metrics (0 when absent).
 zt_metric() {
     local port
-    port=$(grep -oE 'on port [0-9]+' "$ZT_TMP/$1.log" | head -1 | awk '{print $3}')
+    port=$(zt_http_port "$1")
     [[ -n $port ]] || {
         echo 0
         return
@@ -318,7 +288,13 @@ zt_metric() {
     curl -s --max-time 2 "http://127.0.0.1:$port/metrics" | awk -v p="$2" '$1 == p {print $2; f=1} END {if (!f) print 0}'
 }
 
-# zt_consume TOPIC FORMAT: every message of a topic so far (kcat), one per line.
-zt_consume() {
-    kcat -b "$ZI_KAFKA_BOOTSTRAP" -C -t "$1" -o beginning -e -q -f "$2" 2>/dev/null || true
+# zt_wait_step JOB MIN_STEP TIMEOUT_S: waits until the job runs at MIN_STEP or later;
+# returns 1 (does not fail the test) when it does not in time.
+zt_wait_step() {
+    local i
+    for ((i = 0; i < $3 * 10; i++)); do
+        [[ $(zt_field "$1" status) == running && $(zt_field "$1" step) -ge $2 ]] && return 0
+        sleep 0.1
+    done
+    return 1
 }

@@ -35,6 +35,19 @@ static double num(const cJSON *o, const char *key)
     return v->valuedouble;
 }
 
+/* Runs `zimage bench` with ARGS_FMT's %s replaced by the tiny checkpoint's directory;
+ * expects exit 0 and a JSON report of `mode`, returned for the caller to check and delete. */
+static cJSON *bench_json(const char *args_fmt, const char *mode)
+{
+    char args[4096];
+    snprintf(args, sizeof args, args_fmt, zi_test_golden("tiny-zimage"));
+    assert_int_equal(bench(args), 0);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "mode")->valuestring, mode);
+    return j;
+}
+
 static void test_usage(void **state)
 {
     (void)state;
@@ -51,15 +64,9 @@ static void test_usage(void **state)
 static void test_checkpoint_cpu(void **state)
 {
     (void)state;
-    char args[4096];
-    snprintf(args, sizeof args,
-             "--backend cpu --model '%s' --steps 2 --runs 1 --width 64 --height 64 "
-             "--baseline cpu",
-             zi_test_golden("tiny-zimage"));
-    assert_int_equal(bench(args), 0);
-    cJSON *j = cJSON_Parse(out);
-    assert_non_null(j);
-    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "mode")->valuestring, "checkpoint");
+    cJSON *j = bench_json("--backend cpu --model '%s' --steps 2 --runs 1 --width 64 --height 64 "
+                          "--baseline cpu",
+                          "checkpoint");
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "backend")->valuestring, "cpu");
     double e2e = num(j, "end_to_end_s"), step = num(j, "step_ms");
     assert_true(e2e > 0 && step > 0);
@@ -77,15 +84,9 @@ static void test_checkpoint_cpu(void **state)
 static void test_random_weights_cpu(void **state)
 {
     (void)state;
-    char args[4096];
-    snprintf(args, sizeof args,
-             "--backend cpu --random-weights --config '%s' --size 64 --steps 2 "
-             "--small-size 32 --small-steps 1 --runs 1 --tokens 12",
-             zi_test_golden("tiny-zimage"));
-    assert_int_equal(bench(args), 0);
-    cJSON *j = cJSON_Parse(out);
-    assert_non_null(j);
-    assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "mode")->valuestring, "random-weights");
+    cJSON *j = bench_json("--backend cpu --random-weights --config '%s' --size 64 --steps 2 "
+                          "--small-size 32 --small-steps 1 --runs 1 --tokens 12",
+                          "random-weights");
     assert_true(num(j, "dit_forward_64_ms") > 0);
     assert_true(num(j, "dit_forward_32_ms") > 0);
     assert_true(num(j, "image_64_2steps_s") > 0);

@@ -43,6 +43,14 @@ static void expect_bad(const char *text, const char *code, const char *id, const
     zi_job_clear(&job);
 }
 
+/* expect_bad() for {"job_id":ID,"prompt":"p",FIELD}: invalid_job, keeping the id. */
+static void expect_bad_field(const char *id, const char *field, const char *needle)
+{
+    char text[256];
+    snprintf(text, sizeof text, "{\"job_id\":\"%s\",\"prompt\":\"p\",%s}", id, field);
+    expect_bad(text, "invalid_job", id, needle);
+}
+
 static void test_job_defaults(void **state)
 {
     (void)state;
@@ -155,7 +163,7 @@ static void test_job_prompt(void **state)
     expect_bad("{\"job_id\":\"u3\",\"prompt\":\"\xed\xa0\x80\"}", "invalid_job", "u3", "UTF-8");
     expect_bad("{\"job_id\":\"u4\",\"prompt\":\"\xe2\x82\"}", "invalid_job", "u4", "UTF-8");
     /* invalid UTF-8 in an unknown field still makes the message bad */
-    expect_bad("{\"job_id\":\"u5\",\"prompt\":\"p\",\"x\":\"\xff\"}", "invalid_job", "u5", "UTF-8");
+    expect_bad_field("u5", "\"x\":\"\xff\"", "UTF-8");
     zi_job job = {0};
     assert_int_equal(parse("{\"job_id\":\"u6\",\"prompt\":\"caf\xc3\xa9 \xf0\x9f\x90\x88 "
                            "\\u00e9\\ud83d\\udc08\"}",
@@ -187,14 +195,13 @@ static void test_job_prompt(void **state)
 static void test_job_sizes(void **state)
 {
     (void)state;
-    expect_bad("{\"job_id\":\"w\",\"prompt\":\"p\",\"width\":17}", "invalid_job", "w", "width");
-    expect_bad("{\"job_id\":\"w\",\"prompt\":\"p\",\"width\":48}", "invalid_job", "w", "width");
-    expect_bad("{\"job_id\":\"w\",\"prompt\":\"p\",\"height\":4112}", "invalid_job", "w", "height");
-    expect_bad("{\"job_id\":\"w\",\"prompt\":\"p\",\"width\":64.5}", "invalid_job", "w", "width");
-    expect_bad("{\"job_id\":\"w\",\"prompt\":\"p\",\"width\":\"64\"}", "invalid_job", "w", "width");
-    expect_bad("{\"job_id\":\"w\",\"prompt\":\"p\",\"width\":1e300}", "invalid_job", "w", "width");
-    expect_bad("{\"job_id\":\"w\",\"prompt\":\"p\",\"width\":4096,\"height\":2048}", "invalid_job",
-               "w", "pixels");
+    expect_bad_field("w", "\"width\":17", "width");
+    expect_bad_field("w", "\"width\":48", "width");
+    expect_bad_field("w", "\"height\":4112", "height");
+    expect_bad_field("w", "\"width\":64.5", "width");
+    expect_bad_field("w", "\"width\":\"64\"", "width");
+    expect_bad_field("w", "\"width\":1e300", "width");
+    expect_bad_field("w", "\"width\":4096,\"height\":2048", "pixels");
     zi_job job = {0};
     assert_int_equal(
         parse("{\"job_id\":\"w\",\"prompt\":\"p\",\"width\":4096,\"height\":1024}", &job), ZI_OK);
@@ -205,15 +212,12 @@ static void test_job_sizes(void **state)
 static void test_job_steps_guidance(void **state)
 {
     (void)state;
-    expect_bad("{\"job_id\":\"s\",\"prompt\":\"p\",\"steps\":0}", "invalid_job", "s", "steps");
-    expect_bad("{\"job_id\":\"s\",\"prompt\":\"p\",\"steps\":51}", "invalid_job", "s", "steps");
-    expect_bad("{\"job_id\":\"s\",\"prompt\":\"p\",\"steps\":2.5}", "invalid_job", "s", "steps");
-    expect_bad("{\"job_id\":\"g\",\"prompt\":\"p\",\"guidance_scale\":-0.1}", "invalid_job", "g",
-               "guidance_scale");
-    expect_bad("{\"job_id\":\"g\",\"prompt\":\"p\",\"guidance_scale\":20.5}", "invalid_job", "g",
-               "guidance_scale");
-    expect_bad("{\"job_id\":\"g\",\"prompt\":\"p\",\"guidance_scale\":true}", "invalid_job", "g",
-               "guidance_scale");
+    expect_bad_field("s", "\"steps\":0", "steps");
+    expect_bad_field("s", "\"steps\":51", "steps");
+    expect_bad_field("s", "\"steps\":2.5", "steps");
+    expect_bad_field("g", "\"guidance_scale\":-0.1", "guidance_scale");
+    expect_bad_field("g", "\"guidance_scale\":20.5", "guidance_scale");
+    expect_bad_field("g", "\"guidance_scale\":true", "guidance_scale");
     zi_job job = {0};
     assert_int_equal(
         parse("{\"job_id\":\"g\",\"prompt\":\"p\",\"steps\":50,\"guidance_scale\":20}", &job),
@@ -226,19 +230,15 @@ static void test_job_steps_guidance(void **state)
 static void test_job_seed_deadline(void **state)
 {
     (void)state;
-    expect_bad("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":-1}", "invalid_job", "s", "seed");
-    expect_bad("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":9007199254740992}", "invalid_job", "s",
-               "seed");
-    expect_bad("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":1.5}", "invalid_job", "s", "seed");
-    expect_bad("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":\"18446744073709551616\"}",
-               "invalid_job", "s", "seed");
-    expect_bad("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":\"-5\"}", "invalid_job", "s", "seed");
-    expect_bad("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":\"\"}", "invalid_job", "s", "seed");
-    expect_bad("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":\"12a\"}", "invalid_job", "s", "seed");
-    expect_bad("{\"job_id\":\"d\",\"prompt\":\"p\",\"deadline_ms\":-3}", "invalid_job", "d",
-               "deadline_ms");
-    expect_bad("{\"job_id\":\"d\",\"prompt\":\"p\",\"deadline_ms\":\"soon\"}", "invalid_job", "d",
-               "deadline_ms");
+    expect_bad_field("s", "\"seed\":-1", "seed");
+    expect_bad_field("s", "\"seed\":9007199254740992", "seed");
+    expect_bad_field("s", "\"seed\":1.5", "seed");
+    expect_bad_field("s", "\"seed\":\"18446744073709551616\"", "seed");
+    expect_bad_field("s", "\"seed\":\"-5\"", "seed");
+    expect_bad_field("s", "\"seed\":\"\"", "seed");
+    expect_bad_field("s", "\"seed\":\"12a\"", "seed");
+    expect_bad_field("d", "\"deadline_ms\":-3", "deadline_ms");
+    expect_bad_field("d", "\"deadline_ms\":\"soon\"", "deadline_ms");
     zi_job job = {0};
     assert_int_equal(
         parse("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":0,\"deadline_ms\":0}", &job), ZI_OK);

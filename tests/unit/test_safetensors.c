@@ -104,6 +104,13 @@ static void expect_bad(const char *name, const uint8_t *buf, size_t n, const cha
         assert_msg_has(tensor);
 }
 
+/* expect_bad() on a file of the header text `hdr` and `dlen` data bytes. */
+static void expect_bad_header(const char *name, const char *hdr, size_t dlen, const char *tensor)
+{
+    uint8_t buf[4096];
+    expect_bad(name, buf, make_raw(buf, sizeof buf, hdr, dlen, 0), tensor);
+}
+
 /* ---- round trip ---- */
 
 static void test_roundtrip(void **state)
@@ -184,68 +191,62 @@ static void test_bad_files(void **state)
     expect_bad("hlen.safetensors", buf, n, NULL);
     assert_msg_has("header length");
 
-    n = make_raw(buf, sizeof buf, "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],", 8, 0);
-    expect_bad("json.safetensors", buf, n, NULL);
+    expect_bad_header("json.safetensors", "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],", 8, NULL);
     assert_msg_has("JSON");
 
-    n = make_raw(buf, sizeof buf, "[1,2,3]", 0, 0);
-    expect_bad("notobj.safetensors", buf, n, NULL);
+    expect_bad_header("notobj.safetensors", "[1,2,3]", 0, NULL);
 
-    n = make_raw(buf, sizeof buf,
-                 "{\"w.range\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8, 0);
-    expect_bad("range.safetensors", buf, n, "w.range");
+    expect_bad_header("range.safetensors",
+                      "{\"w.range\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8,
+                      "w.range");
 
-    n = make_raw(buf, sizeof buf,
-                 "{\"w.rev\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[6,2]}}", 8, 0);
-    expect_bad("rev.safetensors", buf, n, "w.rev");
+    expect_bad_header("rev.safetensors",
+                      "{\"w.rev\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[6,2]}}", 8,
+                      "w.rev");
 
-    n = make_raw(buf, sizeof buf,
-                 "{\"w.a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
-                 "\"w.b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
-                 12, 0);
-    expect_bad("overlap.safetensors", buf, n, "overlaps");
+    expect_bad_header("overlap.safetensors",
+                      "{\"w.a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                      "\"w.b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+                      12, "overlaps");
     assert_msg_has("w.a");
     assert_msg_has("w.b");
 
-    n = make_raw(buf, sizeof buf,
-                 "{\"w.size\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, 0);
-    expect_bad("size.safetensors", buf, n, "w.size");
+    expect_bad_header("size.safetensors",
+                      "{\"w.size\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8,
+                      "w.size");
     assert_msg_has("needs 12");
 
-    n = make_raw(buf, sizeof buf,
-                 "{\"w.q\":{\"dtype\":\"Q4_K\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, 0);
-    expect_bad("dtype.safetensors", buf, n, "w.q");
+    expect_bad_header("dtype.safetensors",
+                      "{\"w.q\":{\"dtype\":\"Q4_K\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+                      "w.q");
     assert_msg_has("Q4_K");
 
-    n = make_raw(buf, sizeof buf,
-                 "{\"w.neg\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, 0);
-    expect_bad("negshape.safetensors", buf, n, "w.neg");
+    expect_bad_header("negshape.safetensors",
+                      "{\"w.neg\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8,
+                      "w.neg");
 
-    n = make_raw(buf, sizeof buf,
-                 "{\"w.frac\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0.5,2.5]}}", 8, 0);
-    expect_bad("frac.safetensors", buf, n, "w.frac");
+    expect_bad_header("frac.safetensors",
+                      "{\"w.frac\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0.5,2.5]}}", 8,
+                      "w.frac");
 
-    n = make_raw(buf, sizeof buf,
-                 "{\"w.big\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],"
-                 "\"data_offsets\":[0,8]}}",
-                 8, 0);
-    expect_bad("overflow.safetensors", buf, n, "w.big");
+    expect_bad_header("overflow.safetensors",
+                      "{\"w.big\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],"
+                      "\"data_offsets\":[0,8]}}",
+                      8, "w.big");
 
-    n = make_raw(buf, sizeof buf,
-                 "{\"w.dims\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],"
-                 "\"data_offsets\":[0,1]}}",
-                 8, 0);
-    expect_bad("dims.safetensors", buf, n, "w.dims");
+    expect_bad_header("dims.safetensors",
+                      "{\"w.dims\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],"
+                      "\"data_offsets\":[0,1]}}",
+                      8, "w.dims");
 
-    n = make_raw(buf, sizeof buf,
-                 "{\"model.x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
-                 "\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}",
-                 2, 0);
-    expect_bad("dupname.safetensors", buf, n, "duplicate");
+    expect_bad_header("dupname.safetensors",
+                      "{\"model.x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+                      "\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}",
+                      2, "duplicate");
 
-    n = make_raw(buf, sizeof buf,
-                 "{\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}} junk", 2, 0);
-    expect_bad("trailing.safetensors", buf, n, NULL);
+    expect_bad_header("trailing.safetensors",
+                      "{\"w\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}} junk", 2,
+                      NULL);
 
     /* the real tiny transformer cut in half: tensors past the cut point outside the data */
     FILE *f =

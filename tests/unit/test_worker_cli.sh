@@ -4,19 +4,12 @@
 # "zimage: error:" line), a bad config key (exit 2, the key named), --print-config with
 # secrets redacted, and jobs that the worker would refuse rejected by submit (exit 2).
 set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "$0")/../lib.sh"
 
 ZI_BINARY=${ZI_BINARY:?ZI_BINARY is not set (ctest sets it)}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-check() { # NAME EXPECTED ACTUAL
-    if [[ $2 == "$3" ]]; then
-        echo "ok   $1"
-    else
-        echo "FAIL $1: expected '$2', got '$3'" >&2
-        fails=$((fails + 1))
-    fi
-}
+zt_scratch workercli
+tmp=$ZT_TMP
 run() { # ARGS... -> sets rc, out, err
     rc=0
     "$ZI_BINARY" "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
@@ -36,51 +29,47 @@ printf 'worker:\n  heartbeat_s: abc\n' >"$tmp/badtype.yaml"
 
 for c in worker submit status; do
     run "$c" --help
-    check "$c --help exit" 0 "$rc"
-    check "$c --help usage on stdout" yes "$(grep -q "^usage: zimage $c" <<<"$out" && echo yes)"
+    zt_check "$c --help exit" 0 "$rc"
+    zt_check "$c --help usage on stdout" yes "$(grep -q "^usage: zimage $c" <<<"$out" && echo yes)"
     run "$c" --bogus
-    check "$c --bogus exit" 2 "$rc"
-    check "$c --bogus error line" yes "$(grep -q '^zimage: error: ' <<<"$err" && echo yes)"
+    zt_check "$c --bogus exit" 2 "$rc"
+    zt_check "$c --bogus error line" yes "$(grep -q '^zimage: error: ' <<<"$err" && echo yes)"
 done
 
 run worker
-check "worker without --config" 2 "$rc"
+zt_check "worker without --config" 2 "$rc"
 run worker --config "$tmp/missing.yaml"
-check "worker with a missing file" 2 "$rc"
+zt_check "worker with a missing file" 2 "$rc"
 run worker --config "$tmp/badkey.yaml"
-check "worker unknown key exit" 2 "$rc"
-check "worker unknown key named" yes "$(grep -q 'kafka.topik' <<<"$err" && echo yes)"
+zt_check "worker unknown key exit" 2 "$rc"
+zt_check "worker unknown key named" yes "$(grep -q 'kafka.topik' <<<"$err" && echo yes)"
 run worker --config "$tmp/badtype.yaml"
-check "worker wrong type exit" 2 "$rc"
-check "worker wrong type named" yes "$(grep -q 'heartbeat_s' <<<"$err" && echo yes)"
+zt_check "worker wrong type exit" 2 "$rc"
+zt_check "worker wrong type named" yes "$(grep -q 'heartbeat_s' <<<"$err" && echo yes)"
 ZIMAGE_S3_SECRET_KEY=supersecret-value ZIMAGE_REDIS_URL=redis://:hunter2pw@127.0.0.1:1/0 \
     run worker --config "$tmp/good.yaml" --print-config
-check "--print-config exit" 0 "$rc"
-check "--print-config shows settings" yes "$(grep -q 'max_side: 1024' <<<"$out" && echo yes)"
-check "--print-config hides the S3 secret" no "$(grep -q 'supersecret-value' <<<"$out$err" && echo yes || echo no)"
-check "--print-config hides the Redis password" no "$(grep -q 'hunter2pw' <<<"$out$err" && echo yes || echo no)"
-check "--print-config says redacted" yes "$(grep -q 'redacted' <<<"$out" && echo yes)"
+zt_check "--print-config exit" 0 "$rc"
+zt_check "--print-config shows settings" yes "$(grep -q 'max_side: 1024' <<<"$out" && echo yes)"
+zt_check "--print-config hides the S3 secret" no "$(grep -q 'supersecret-value' <<<"$out$err" && echo yes || echo no)"
+zt_check "--print-config hides the Redis password" no "$(grep -q 'hunter2pw' <<<"$out$err" && echo yes || echo no)"
+zt_check "--print-config says redacted" yes "$(grep -q 'redacted' <<<"$out" && echo yes)"
 
 run submit --config "$tmp/good.yaml"
-check "submit without --prompt" 2 "$rc"
+zt_check "submit without --prompt" 2 "$rc"
 for bad in "--width 17" "--width 2048" "--steps 0" "--steps 51" "--guidance 21" \
     "--seed -1" "--seed 18446744073709551616" "--job-id a/b" "--job-id a..b" "--width x"; do
     # shellcheck disable=SC2086
     run submit --config "$tmp/good.yaml" --prompt cat $bad
-    check "submit $bad exit" 2 "$rc"
-    check "submit $bad error line" yes "$(grep -q '^zimage: error: ' <<<"$err" && echo yes)"
+    zt_check "submit $bad exit" 2 "$rc"
+    zt_check "submit $bad error line" yes "$(grep -q '^zimage: error: ' <<<"$err" && echo yes)"
 done
 run submit --config "$tmp/badkey.yaml" --prompt cat
-check "submit bad config exit" 2 "$rc"
+zt_check "submit bad config exit" 2 "$rc"
 run status --config "$tmp/good.yaml"
-check "status without JOB_ID" 2 "$rc"
+zt_check "status without JOB_ID" 2 "$rc"
 run status --config "$tmp/good.yaml" "a/b"
-check "status with an invalid id" 2 "$rc"
+zt_check "status with an invalid id" 2 "$rc"
 run status --config "$tmp/good.yaml" job-1 extra
-check "status with two ids" 2 "$rc"
+zt_check "status with two ids" 2 "$rc"
 
-if ((fails)); then
-    echo "$fails check(s) failed" >&2
-    exit 1
-fi
-echo "all checks passed"
+zt_finish
