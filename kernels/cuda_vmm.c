@@ -9,6 +9,7 @@
  */
 #include "zi_vmm.h"
 #include "zi_err.h"
+#include "zi_vec.h"
 
 #include <cuda.h>
 #include <cuda_runtime_api.h>
@@ -85,14 +86,10 @@ static int zi_vmm_sym(const char *name, void **fn)
 static int zi_vmm_map(void *ud, uint64_t off, uint64_t size)
 {
     zi_vmm *v = ud;
-    if (v->nhandles == v->caphandles) {
-        size_t cap = v->caphandles ? v->caphandles * 2 : 64;
-        zi_vmm_handle *nh = realloc(v->handles, cap * sizeof *nh);
-        if (!nh)
-            return zi_errorf(ZI_ENOMEM, "cuda vmm: out of host memory");
-        v->handles = nh;
-        v->caphandles = cap;
-    }
+    zi_vmm_handle *nh = zi_grow(v->handles, &v->caphandles, v->nhandles + 1, sizeof *nh, 64);
+    if (!nh)
+        return zi_errorf(ZI_ENOMEM, "cuda vmm: out of host memory");
+    v->handles = nh;
     CUmemGenericAllocationHandle h;
     CUresult r = v->fn.MemCreate(&h, (size_t)size, &v->prop, 0);
     if (r != CUDA_SUCCESS)

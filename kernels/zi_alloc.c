@@ -7,6 +7,7 @@
  */
 #include "zi_alloc.h"
 #include "zi_err.h"
+#include "zi_vec.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,14 +52,10 @@ static int zi_is_pow2(uint64_t x)
 
 static int zi_blocks_insert(zi_alloc *a, size_t at, zi_alloc_block b)
 {
-    if (a->nblocks == a->capblocks) {
-        size_t cap = a->capblocks ? a->capblocks * 2 : 64;
-        zi_alloc_block *nb = realloc(a->blocks, cap * sizeof *nb);
-        if (!nb)
-            return zi_errorf(ZI_ENOMEM, "allocator: out of host memory for the block list");
-        a->blocks = nb;
-        a->capblocks = cap;
-    }
+    zi_alloc_block *nb = zi_grow(a->blocks, &a->capblocks, a->nblocks + 1, sizeof *nb, 64);
+    if (!nb)
+        return zi_errorf(ZI_ENOMEM, "allocator: out of host memory for the block list");
+    a->blocks = nb;
     memmove(&a->blocks[at + 1], &a->blocks[at], (a->nblocks - at) * sizeof *a->blocks);
     a->blocks[at] = b;
     a->nblocks++;
@@ -144,14 +141,10 @@ static void zi_blocks_set_range(zi_alloc *a, uint64_t lo, uint64_t hi, int state
 
 static int zi_chunks_insert(zi_alloc *a, uint64_t off, uint64_t size)
 {
-    if (a->nchunks == a->capchunks) {
-        size_t cap = a->capchunks ? a->capchunks * 2 : 64;
-        zi_alloc_chunk *nc = realloc(a->chunks, cap * sizeof *nc);
-        if (!nc)
-            return zi_errorf(ZI_ENOMEM, "allocator: out of host memory for the chunk list");
-        a->chunks = nc;
-        a->capchunks = cap;
-    }
+    zi_alloc_chunk *nc = zi_grow(a->chunks, &a->capchunks, a->nchunks + 1, sizeof *nc, 64);
+    if (!nc)
+        return zi_errorf(ZI_ENOMEM, "allocator: out of host memory for the chunk list");
+    a->chunks = nc;
     size_t at = 0;
     while (at < a->nchunks && a->chunks[at].off < off)
         at++;

@@ -4,8 +4,8 @@
  * The CUDA randn kernel (zi_cuda_ops.cu) calls these functions, and the unit test
  * tests/unit/test_philox_twin.c runs the very same code on the CPU against the host
  * generator (pipeline/rng.c) and the golden torch numbers, so the thread/counter layout
- * of the device twin is checked without a GPU. On the device, Box-Muller uses the fast
- * __logf / __sincosf that curand uses (what torch gets); on the host, libm.
+ * of the device twin is checked without a GPU. On the device, Box-Muller uses what curand
+ * uses (what torch gets): accurate logf and the fast __sincosf; on the host, libm.
  * Layout (pipeline/rng.h): thread idx, draw d: counter (d, 0, idx lo, idx hi), key (seed
  * lo, seed hi); normal k of draw d goes to element idx + 4*stride*d + k*stride.
  */
@@ -47,7 +47,10 @@ ZI_PHILOX_FN void zi_philox_box_muller(uint32_t x, uint32_t y, float *a, float *
     float u = fmaf((float)x, inv, inv / 2.0f);
     float v = fmaf((float)y, inv_2pi, inv_2pi / 2.0f);
 #ifdef __CUDA_ARCH__
-    float s = sqrtf(-2.0f * __logf(u));
+    /* accurate logf as curand (curand_normal.h): __logf's absolute error (2^-21.4) would
+     * be amplified near u = 1, where s = sqrt(-2 ln u) is small (5e-5 off at u = 0.9999,
+     * NaN possible just below 1); only the sine/cosine are the fast intrinsic */
+    float s = sqrtf(-2.0f * logf(u));
     float sn, cs;
     __sincosf(v, &sn, &cs);
 #else

@@ -18,6 +18,7 @@
  */
 #include "dit.h"
 #include "zi_err.h"
+#include "zi_vec.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -119,14 +120,10 @@ static int table_add(zi_dit_table *t, zi_tensor *dst, int64_t d0, int64_t d1, co
 /* Adds one row: 1-D [d0] when d1 == 0, else 2-D [d0, d1]. */
 static int table_add(zi_dit_table *t, zi_tensor *dst, int64_t d0, int64_t d1, const char *fmt, ...)
 {
-    if (t->n == t->cap) {
-        size_t ncap = t->cap ? t->cap * 2 : 128;
-        zi_dit_entry *ne = realloc(t->e, ncap * sizeof *ne);
-        if (!ne)
-            return zi_errorf(ZI_ENOMEM, "transformer: out of memory for the tensor table");
-        t->e = ne;
-        t->cap = ncap;
-    }
+    zi_dit_entry *ne = zi_grow(t->e, &t->cap, t->n + 1, sizeof *ne, 128);
+    if (!ne)
+        return zi_errorf(ZI_ENOMEM, "transformer: out of memory for the tensor table");
+    t->e = ne;
     zi_dit_entry *e = &t->e[t->n];
     va_list ap;
     va_start(ap, fmt);
@@ -882,6 +879,29 @@ static int dit_rope_grid(zi_dit *d, int Ht, int Wt, int Lp)
     return ZI_OK;
 }
 
+/* Moves values between the latent image and its patch tokens, both on the host:
+ * tokens (N, P) with token n = h*Wt + w and feature k = ph*(p*C) + pw*C + c (the first p*p*C
+ * of the row's P features), Ht = lh/p, Wt = lw/p; latent (C, lh, lw) at [c, h*p+ph, w*p+pw].
+ * to_tokens 1 = patchify (src latent, dst tokens), 0 = unpatchify (src tokens, dst latent);
+ * one index map serves both directions so they cannot drift apart. */
+static void dit_patch_copy(float *dst, const float *src, int C, int lh, int lw, int p, int P,
+                           int to_tokens)
+{
+    const int Ht = lh / p, Wt = lw / p;
+    for (int h = 0; h < Ht; h++)
+        for (int w = 0; w < Wt; w++)
+            for (int ph = 0; ph < p; ph++)
+                for (int pw = 0; pw < p; pw++)
+                    for (int c = 0; c < C; c++) {
+                        int64_t tok = ((int64_t)h * Wt + w) * P + (ph * p + pw) * C + c;
+                        int64_t pix = ((int64_t)c * lh + h * p + ph) * lw + w * p + pw;
+                        if (to_tokens)
+                            dst[tok] = src[pix];
+                        else
+                            dst[pix] = src[tok];
+                    }
+}
+
 int zi_dit_forward(zi_dit *d, const zi_dit_caption *cap, float t, const float *latent, int lh,
                    int lw, float *out)
 {
@@ -926,14 +946,7 @@ int zi_dit_forward(zi_dit *d, const zi_dit_caption *cap, float t, const float *l
         goto done;
     }
 
-    /* patchify: token n = h*Wt + w, feature k = ph*(p*C) + pw*C + c */
-    for (int h = 0; h < Ht; h++)
-        for (int w = 0; w < Wt; w++)
-            for (int ph = 0; ph < p; ph++)
-                for (int pw = 0; pw < p; pw++)
-                    for (int c = 0; c < C; c++)
-                        host[((int64_t)h * Wt + w) * P + (ph * p + pw) * C + c] =
-                            latent[((int64_t)c * lh + h * p + ph) * lw + w * p + pw];
+    dit_patch_copy(host, latent, C, lh, lw, p, P, 1); /* patchify */
     rc = be->upload(be, &xin, host, (size_t)N * (size_t)P);
     if (rc) {
         rc = zi_backend_check(be) ? zi_backend_check(be) : rc;
@@ -988,14 +1001,7 @@ int zi_dit_forward(zi_dit *d, const zi_dit_caption *cap, float t, const float *l
     if (rc)
         goto done;
 
-    /* unpatchify: out[c, h*p+ph, w*p+pw] = y[h*Wt+w][ph*(p*C) + pw*C + c] */
-    for (int h = 0; h < Ht; h++)
-        for (int w = 0; w < Wt; w++)
-            for (int ph = 0; ph < p; ph++)
-                for (int pw = 0; pw < p; pw++)
-                    for (int c = 0; c < C; c++)
-                        out[((int64_t)c * lh + h * p + ph) * lw + w * p + pw] =
-                            host[((int64_t)h * Wt + w) * P + (ph * p + pw) * C + c];
+    dit_patch_copy(out, host, C, lh, lw, p, P, 0); /* unpatchify */
 done:
     free_owned(be, &U);
     free_owned(be, &xin);

@@ -364,6 +364,22 @@ static int zi_st_map(zi_st *st, const char *path)
     return ZI_OK;
 }
 
+/* Ends opening a one-file set: when rc (the loading step's status) is ZI_OK, parses file 0's
+ * header and builds the index, then hands st to *out; on any failure closes st. */
+static int zi_st_open_single_finish(zi_st *st, int rc, zi_st **out)
+{
+    if (!rc)
+        rc = zi_st_parse_file(st, 0);
+    if (!rc)
+        rc = zi_st_index(st);
+    if (rc) {
+        zi_st_close(st);
+        return rc;
+    }
+    *out = st;
+    return ZI_OK;
+}
+
 int zi_st_open_buffer(const void *buf, size_t len, const char *label, zi_st **out)
 {
     *out = NULL;
@@ -380,15 +396,7 @@ int zi_st_open_buffer(const void *buf, size_t len, const char *label, zi_st **ou
     f->base = buf ? buf : (const void *)"";
     f->len = buf ? len : 0;
     st->nfiles = 1;
-    rc = zi_st_parse_file(st, 0);
-    if (!rc)
-        rc = zi_st_index(st);
-    if (rc) {
-        zi_st_close(st);
-        return rc;
-    }
-    *out = st;
-    return ZI_OK;
+    return zi_st_open_single_finish(st, ZI_OK, out);
 }
 
 static int zi_st_open_single(const char *path, zi_st **out)
@@ -397,17 +405,7 @@ static int zi_st_open_single(const char *path, zi_st **out)
     int rc = zi_st_new(path, 1, &st);
     if (rc)
         return rc;
-    rc = zi_st_map(st, path);
-    if (!rc)
-        rc = zi_st_parse_file(st, 0);
-    if (!rc)
-        rc = zi_st_index(st);
-    if (rc) {
-        zi_st_close(st);
-        return rc;
-    }
-    *out = st;
-    return ZI_OK;
+    return zi_st_open_single_finish(st, zi_st_map(st, path), out);
 }
 
 /* A shard name from weight_map must be a plain file name in the index's folder. */

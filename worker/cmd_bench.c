@@ -21,6 +21,7 @@
  * synchronised before the clock stops.
  */
 #include "backend.h"
+#include "cli_util.h"
 #include "config.h"
 #include "dit.h"
 #include "pipeline.h"
@@ -80,17 +81,6 @@ static int zb_usage_error(const char *msg, const char *arg)
 {
     fprintf(stderr, "zimage: error: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
     return 2;
-}
-
-static int zb_int(const char *s, long lo, long hi, int *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = (int)v;
-    return 0;
 }
 
 static double zb_now(void)
@@ -587,7 +577,7 @@ int zi_cmd_bench(int argc, char **argv)
         } else {
             return zb_usage_error("unknown option", a);
         }
-        if (ip && zb_int(v, lo, hi, ip) != 0) {
+        if (ip && zi_cli_parse_int(v, lo, hi, ip) != 0) {
             fprintf(stderr, "zimage: error: %s must be an integer in [%ld, %ld], got '%s'\n", a, lo,
                     hi, v);
             return 2;

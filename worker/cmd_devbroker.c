@@ -21,6 +21,8 @@
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
+#include "cli_util.h"
+
 #define ZI_DEVBROKER_MAX_TOPICS 64
 #define ZI_DEVBROKER_MAX_BROKERS 16
 #define ZI_DEVBROKER_MAX_PARTITIONS 1024
@@ -60,18 +62,6 @@ static void zi_devbroker_usage(FILE *f)
             "\n"
             "Any topic a client asks about is also created on demand (4 partitions).\n",
             ZI_DEVBROKER_MAX_BROKERS);
-}
-
-/* Parses a decimal int in [lo, hi]; returns 0 on success. */
-static int zi_devbroker_parse_int(const char *s, int lo, int hi, int *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
-        return -1;
-    *out = (int)v;
-    return 0;
 }
 
 /* Writes `text` + '\n' to path through a temporary file and rename(), so a reader never
@@ -117,7 +107,7 @@ int zi_cmd_devbroker(int argc, char **argv)
             }
             const char *v = argv[++i];
             if (strcmp(a, "--brokers") == 0) {
-                if (zi_devbroker_parse_int(v, 1, ZI_DEVBROKER_MAX_BROKERS, &n_brokers) != 0) {
+                if (zi_cli_parse_int(v, 1, ZI_DEVBROKER_MAX_BROKERS, &n_brokers) != 0) {
                     fprintf(stderr, "zimage: error: devbroker: --brokers '%s': want 1..%d\n", v,
                             ZI_DEVBROKER_MAX_BROKERS);
                     return 2;
@@ -133,8 +123,8 @@ int zi_cmd_devbroker(int argc, char **argv)
                 int parts = 4;
                 const char *colon = strrchr(v, ':');
                 size_t name_len = colon ? (size_t)(colon - v) : strlen(v);
-                if (colon && zi_devbroker_parse_int(colon + 1, 1, ZI_DEVBROKER_MAX_PARTITIONS,
-                                                    &parts) != 0) {
+                if (colon &&
+                    zi_cli_parse_int(colon + 1, 1, ZI_DEVBROKER_MAX_PARTITIONS, &parts) != 0) {
                     fprintf(stderr,
                             "zimage: error: devbroker: --topic %s: partitions '%s': want 1..%d\n",
                             v, colon + 1, ZI_DEVBROKER_MAX_PARTITIONS);
@@ -162,12 +152,8 @@ int zi_cmd_devbroker(int argc, char **argv)
     }
 
     /* Handlers first, so a SIGTERM that arrives during start-up still ends us cleanly. */
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = zi_devbroker_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    static const int stop_sigs[] = {SIGTERM, SIGINT};
+    zi_cli_on_signals(zi_devbroker_on_signal, stop_sigs, sizeof stop_sigs / sizeof stop_sigs[0]);
 
     int rc = 1;
     char errstr[512];

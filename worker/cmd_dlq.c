@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_util.h"
 #include "job.h"
 #include "rstatus.h"
 #include "top.h"
@@ -129,17 +130,6 @@ static void zi_dlq_usage(FILE *f)
             ZI_DLQ_DEFAULT_TIMEOUT_MS);
 }
 
-static int zi_dlq_parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 /* Parses argv (argv[0] = "dlq", argv[1] = list|replay). Returns -1 to go on, else the
  * exit status. */
 static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
@@ -191,11 +181,11 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
                 }
                 o->error_code = v;
             } else if (strcmp(a, "--limit") == 0) {
-                if (zi_dlq_parse_long(v, 1, 1000000000L, &o->limit) != 0) {
+                if (zi_cli_parse_long(v, 1, 1000000000L, &o->limit) != 0) {
                     fprintf(stderr, "zimage: error: --limit: '%s' is not an integer >= 1\n", v);
                     return 2;
                 }
-            } else if (zi_dlq_parse_long(v, 1, 3600000L, &o->timeout_ms) != 0) {
+            } else if (zi_cli_parse_long(v, 1, 3600000L, &o->timeout_ms) != 0) {
                 fprintf(stderr, "zimage: error: --timeout-ms: '%s' is not in 1..3600000\n", v);
                 return 2;
             }
@@ -755,22 +745,12 @@ int zi_cmd_dlq(int argc, char **argv)
     snprintf(group, sizeof group, "%s-dlq-replay%s%s", cfg.kafka_group_id, o.error_code ? "-" : "",
              o.error_code ? o.error_code : "");
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = zi_dlq_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    static const int stop_sigs[] = {SIGINT, SIGTERM};
+    zi_cli_on_signals(zi_dlq_on_signal, stop_sigs, sizeof stop_sigs / sizeof stop_sigs[0]);
 
     if (o.replay) {
-        zi_rstatus_config rcfg = {
-            .url = cfg.redis_url,
-            .password = cfg.redis_password,
-            .key_prefix = cfg.redis_key_prefix,
-            .worker_id = "dlq-replay", /* required by rstatus; never written (see Lua) */
-            .job_ttl_s = cfg.redis_job_ttl_s,
-            .heartbeat_s = cfg.worker_heartbeat_s,
-        };
+        /* worker_id is required by rstatus; never written (see Lua) */
+        zi_rstatus_config rcfg = zi_wconfig_rstatus(&cfg, "dlq-replay", 0, 0);
         if (zi_rstatus_create(&rcfg, &r.rs) != ZI_OK) {
             fprintf(stderr, "zimage: error: %s\n", zi_errmsg());
             ret = 2;

@@ -8,6 +8,7 @@
  * terminal and --quiet is not given. Exit: 0 ok, 2 usage error, 1 any other failure.
  */
 #include "backend.h"
+#include "cli_util.h"
 #include "pipeline.h"
 #include "png.h"
 #include "zi_err.h"
@@ -58,17 +59,6 @@ static int gen_usage_error(const char *fmt, const char *a, const char *b)
     fprintf(stderr, fmt, a, b);
     fputc('\n', stderr);
     return 2;
-}
-
-static int parse_int(const char *s, long lo, long hi, int *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = (int)v;
-    return 0;
 }
 
 static int parse_u64(const char *s, uint64_t *out)
@@ -214,12 +204,12 @@ int zi_cmd_generate(int argc, char **argv)
             backend_name = val;
         } else if (strcmp(name, "--width") == 0 || strcmp(name, "--height") == 0) {
             int v;
-            if (parse_int(val, ZI_GEN_MIN_SIDE, ZI_GEN_MAX_SIDE, &v) || v % ZI_GEN_SIDE_MULT)
+            if (zi_cli_parse_int(val, ZI_GEN_MIN_SIDE, ZI_GEN_MAX_SIDE, &v) || v % ZI_GEN_SIDE_MULT)
                 return gen_usage_error("%s '%s': must be a multiple of 16 in [64, 4096]", name,
                                        val);
             *(strcmp(name, "--width") == 0 ? &width : &height) = v;
         } else if (strcmp(name, "--steps") == 0) {
-            if (parse_int(val, 1, ZI_GEN_MAX_STEPS, &steps))
+            if (zi_cli_parse_int(val, 1, ZI_GEN_MAX_STEPS, &steps))
                 return gen_usage_error("--steps '%s': must be an integer in [1, 50]%s", val, "");
         } else if (strcmp(name, "--guidance") == 0) {
             char *end = NULL;

@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_util.h"
 #include "rstatus.h"
 #include "top.h"
 #include "wconfig.h"
@@ -137,28 +138,6 @@ static void zi_top_usage(FILE *f)
             "Keys: q quits (when stdin is a terminal); Ctrl-C too.\n");
 }
 
-static int zi_top_parse_double(const char *s, double lo, double hi, double *out)
-{
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno != 0 || end == s || *end != '\0' || !(v >= lo && v <= hi))
-        return -1;
-    *out = v;
-    return 0;
-}
-
-static int zi_top_parse_size(const char *s, long lo, long hi, long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 /* Terminal size of fd, or 0 x 0. */
 static void zi_top_term_size(int fd, int *cols, int *rows)
 {
@@ -258,14 +237,14 @@ int zi_cmd_top(int argc, char **argv)
             if (strcmp(a, "--config") == 0) {
                 config = v;
             } else if (strcmp(a, "--interval") == 0) {
-                if (zi_top_parse_double(v, 0.1, 3600.0, &interval) != 0) {
+                if (zi_cli_parse_double(v, 0.1, 3600.0, &interval) != 0) {
                     fprintf(stderr,
                             "zimage: error: --interval: '%s' is not a number of "
                             "seconds in 0.1..3600\n",
                             v);
                     return 2;
                 }
-            } else if (zi_top_parse_size(v, 0, 10000, &events) != 0) {
+            } else if (zi_cli_parse_long(v, 0, 10000, &events) != 0) {
                 fprintf(stderr, "zimage: error: --events: '%s' is not an integer in 0..10000\n", v);
                 return 2;
             }
@@ -296,16 +275,7 @@ int zi_cmd_top(int argc, char **argv)
         goto out;
     }
     snprintf(addr, sizeof addr, "%s:%d/%d", url.host, url.port, url.db);
-    zi_rstatus_config rc_cfg = {
-        .url = cfg.redis_url,
-        .password = cfg.redis_password,
-        .key_prefix = cfg.redis_key_prefix,
-        .worker_id = "top",
-        .job_ttl_s = cfg.redis_job_ttl_s,
-        .heartbeat_s = cfg.worker_heartbeat_s,
-        .connect_timeout_ms = 2000,
-        .command_timeout_ms = 3000,
-    };
+    zi_rstatus_config rc_cfg = zi_wconfig_rstatus(&cfg, "top", 2000, 3000);
     if (zi_rstatus_create(&rc_cfg, &rs) != ZI_OK) {
         fprintf(stderr, "zimage: error: %s\n", zi_errmsg());
         ret = 2;
@@ -335,7 +305,7 @@ int zi_cmd_top(int argc, char **argv)
         if (tty_out)
             zi_top_term_size(STDOUT_FILENO, &cols, &rows);
         else if (getenv("COLUMNS"))
-            cols = zi_top_parse_size(getenv("COLUMNS"), 1, 100000, &ncols) == 0 ? (int)ncols : 0;
+            cols = zi_cli_parse_long(getenv("COLUMNS"), 1, 100000, &ncols) == 0 ? (int)ncols : 0;
         view.width = cols;
         view.max_events = view.max_failures = -1;
         fo.max_events = events >= 0 ? (size_t)events : ZI_TOP_ONCE_EVENTS;
@@ -363,15 +333,9 @@ int zi_cmd_top(int argc, char **argv)
     }
 
     /* live mode */
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = zi_top_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0; /* no SA_RESTART: poll() returns EINTR at once */
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    sigaction(SIGWINCH, &sa, NULL);
+    /* no SA_RESTART (zi_cli_on_signals): poll() returns EINTR at once */
+    static const int live_sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGWINCH};
+    zi_cli_on_signals(zi_top_on_signal, live_sigs, sizeof live_sigs / sizeof live_sigs[0]);
     atexit(zi_top_restore);
 
     int tty_in = isatty(STDIN_FILENO);
@@ -386,8 +350,8 @@ int zi_cmd_top(int argc, char **argv)
     zi_top_use_screen = tty_out;
     zi_top_enter();
     tty_in = zi_top_tio_on; /* poll stdin for keys only when it is in raw mode */
-    sa.sa_handler = zi_top_on_tstp;
-    sigaction(SIGTSTP, &sa, NULL);
+    static const int tstp_sig[] = {SIGTSTP};
+    zi_cli_on_signals(zi_top_on_tstp, tstp_sig, 1);
 
     int cols = 0, rows = 0;
     if (tty_out)

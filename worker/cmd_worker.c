@@ -5,6 +5,7 @@
  * (the message names the key), 1 when start-up fails (model, HTTP port) or the consumer
  * hits a fatal error. See worker.h and docs/worker.md.
  */
+#include "cli_util.h"
 #include "log.h"
 #include "wconfig.h"
 #include "worker.h"
@@ -93,12 +94,8 @@ int zi_cmd_worker(int argc, char **argv)
     }
     zi_log_setup(fmt, lvl, cfg.worker_id, NULL);
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = zi_worker_on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    static const int stop_sigs[] = {SIGTERM, SIGINT};
+    zi_cli_on_signals(zi_worker_on_signal, stop_sigs, sizeof stop_sigs / sizeof stop_sigs[0]);
     /* A closed HTTP peer must not kill the daemon. */
     signal(SIGPIPE, SIG_IGN);
 

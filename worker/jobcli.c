@@ -25,16 +25,8 @@ static double zi_jobcli_now_s(void)
 
 int zi_jobcli_redis(const zi_wconfig *cfg, zi_rstatus **out)
 {
-    zi_rstatus_config rc = {
-        .url = cfg->redis_url,
-        .password = cfg->redis_password,
-        .key_prefix = cfg->redis_key_prefix,
-        .worker_id = cfg->worker_id[0] ? cfg->worker_id : "cli",
-        .job_ttl_s = cfg->redis_job_ttl_s,
-        .heartbeat_s = cfg->worker_heartbeat_s,
-        .connect_timeout_ms = 2000,
-        .command_timeout_ms = 5000,
-    };
+    zi_rstatus_config rc =
+        zi_wconfig_rstatus(cfg, cfg->worker_id[0] ? cfg->worker_id : "cli", 2000, 5000);
     return zi_rstatus_create(&rc, out);
 }
 
@@ -98,16 +90,7 @@ int zi_jobcli_print(const zi_wconfig *cfg, const zi_rstatus_hash *h, FILE *out)
     const char *key = zi_rstatus_hash_get(h, "s3_key");
     int have_url = 0;
     if (status && strcmp(status, "succeeded") == 0 && key && key[0]) {
-        zi_s3_config sc = {
-            .endpoint = cfg->s3_endpoint,
-            .public_endpoint = cfg->s3_public_endpoint,
-            .region = cfg->s3_region,
-            .bucket = cfg->s3_bucket,
-            .path_style = cfg->s3_path_style,
-            .access_key = cfg->s3_access_key,
-            .secret_key = cfg->s3_secret_key,
-            .session_token = cfg->s3_session_token,
-        };
+        zi_s3_config sc = zi_wconfig_s3(cfg);
         if (zi_s3_presign_get_cfg(&sc, key, cfg->s3_presign_ttl_s, 0, url, sizeof url) == ZI_OK)
             have_url = 1;
         else

@@ -533,6 +533,21 @@ static int zi_rs_idkey(const zi_rstatus *rs, const char *middle, const char *id,
     return zi_rstatus_key(rs, middle, id, out, ZI_RS_KEY_MAX);
 }
 
+/* Runs the one-key read `CMD <prefix>MIDDLE<id> [arg]` (arg NULL = none) and hands its
+ * reply to *r (the caller frees it); key receives the full key for messages. */
+static int zi_rs_id_read(zi_rstatus *rs, const char *cmd, const char *middle, const char *id,
+                         const char *arg, const char *what, char *key, redisReply **r)
+{
+    int rc = zi_rs_idkey(rs, middle, id, key);
+    if (rc)
+        return rc;
+    zi_rs_batch b = {0};
+    zi_rs_cmd *c = ZI_RS_CMD(&b, cmd, key);
+    if (arg)
+        zi_rs_arg(&b, c, arg);
+    return zi_rs_run(rs, &b, what, r);
+}
+
 int zi_rstatus_ping(zi_rstatus *rs)
 {
     zi_rs_batch b = {0};
@@ -628,13 +643,9 @@ int zi_rstatus_job_get(zi_rstatus *rs, const char *job_id, zi_rstatus_hash *out)
 {
     memset(out, 0, sizeof *out);
     char jkey[ZI_RS_KEY_MAX];
-    int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
-    if (rc)
-        return rc;
-    zi_rs_batch b = {0};
-    ZI_RS_CMD(&b, "HGETALL", jkey);
     redisReply *r = NULL;
-    if ((rc = zi_rs_run(rs, &b, "HGETALL", &r)))
+    int rc = zi_rs_id_read(rs, "HGETALL", "job:", job_id, NULL, "HGETALL", jkey, &r);
+    if (rc)
         return rc;
     if (r->type != REDIS_REPLY_ARRAY || r->elements % 2) {
         freeReplyObject(r);
@@ -668,14 +679,9 @@ int zi_rstatus_job_field(zi_rstatus *rs, const char *job_id, const char *field, 
                          size_t cap)
 {
     char jkey[ZI_RS_KEY_MAX];
-    int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
-    if (rc)
-        return rc;
-    zi_rs_batch b = {0};
-    zi_rs_cmd *c = ZI_RS_CMD(&b, "HGET", jkey);
-    zi_rs_arg(&b, c, field);
     redisReply *r = NULL;
-    if ((rc = zi_rs_run(rs, &b, "HGET", &r)))
+    int rc = zi_rs_id_read(rs, "HGET", "job:", job_id, field ? field : "", "HGET", jkey, &r);
+    if (rc)
         return rc;
     if (r->type != REDIS_REPLY_STRING) {
         freeReplyObject(r);
@@ -760,23 +766,25 @@ static const char zi_rs_lua_release[] = "if redis.call('GET', KEYS[1]) == ARGV[1
                                         "end\n"
                                         "return 0\n";
 
-/* The lease key and the TTL argument of acquire and renew. */
-static int zi_rs_lease_args(const zi_rstatus *rs, const char *job_id, int64_t ttl_ms, char *key,
-                            char *ttl)
+/* Runs a lease script on KEYS[1] = lease:<job_id> with ARGV = this worker's id and, when
+ * with_ttl (acquire, renew), ttl_ms (>= 1). The reply goes to *r (the caller frees it); key
+ * receives the lease key for messages. */
+static int zi_rs_lease_eval(zi_rstatus *rs, const char *script, const char *job_id, int with_ttl,
+                            int64_t ttl_ms, const char *what, char *key, redisReply **r)
 {
-    if (ttl_ms < 1)
-        return zi_errorf(ZI_EINVAL, "redis: lease ttl must be >= 1 ms");
-    zi_rs_i64(ttl, ttl_ms);
-    return zi_rs_idkey(rs, "lease:", job_id, key);
-}
-
-static int zi_rs_eval(zi_rstatus *rs, const char *script, const char *key, const char *arg2,
-                      const char *what, redisReply **r)
-{
+    char ttl[ZI_RS_NUM_MAX];
+    if (with_ttl) {
+        if (ttl_ms < 1)
+            return zi_errorf(ZI_EINVAL, "redis: lease ttl must be >= 1 ms");
+        zi_rs_i64(ttl, ttl_ms);
+    }
+    int rc = zi_rs_idkey(rs, "lease:", job_id, key);
+    if (rc)
+        return rc;
     zi_rs_batch b = {0};
     zi_rs_cmd *c = ZI_RS_CMD(&b, "EVAL", script, "1", key, rs->worker_id);
-    if (arg2)
-        zi_rs_arg(&b, c, arg2);
+    if (with_ttl)
+        zi_rs_arg(&b, c, ttl);
     return zi_rs_run(rs, &b, what, r);
 }
 
@@ -786,12 +794,10 @@ int zi_rstatus_lease_acquire(zi_rstatus *rs, const char *job_id, int64_t ttl_ms,
     *acquired = 0;
     if (holder && holder_cap)
         holder[0] = '\0';
-    char key[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX];
-    int rc = zi_rs_lease_args(rs, job_id, ttl_ms, key, ttl);
-    if (rc)
-        return rc;
+    char key[ZI_RS_KEY_MAX];
     redisReply *r = NULL;
-    if ((rc = zi_rs_eval(rs, zi_rs_lua_acquire, key, ttl, "lease acquire", &r)))
+    int rc = zi_rs_lease_eval(rs, zi_rs_lua_acquire, job_id, 1, ttl_ms, "lease acquire", key, &r);
+    if (rc)
         return rc;
     if (r->type == REDIS_REPLY_INTEGER && r->integer == 1) {
         *acquired = 1;
@@ -809,12 +815,10 @@ int zi_rstatus_lease_acquire(zi_rstatus *rs, const char *job_id, int64_t ttl_ms,
 int zi_rstatus_lease_renew(zi_rstatus *rs, const char *job_id, int64_t ttl_ms, int *ours)
 {
     *ours = 0;
-    char key[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX];
-    int rc = zi_rs_lease_args(rs, job_id, ttl_ms, key, ttl);
-    if (rc)
-        return rc;
+    char key[ZI_RS_KEY_MAX];
     redisReply *r = NULL;
-    if ((rc = zi_rs_eval(rs, zi_rs_lua_renew, key, ttl, "lease renew", &r)))
+    int rc = zi_rs_lease_eval(rs, zi_rs_lua_renew, job_id, 1, ttl_ms, "lease renew", key, &r);
+    if (rc)
         return rc;
     *ours = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     freeReplyObject(r);
@@ -826,11 +830,9 @@ int zi_rstatus_lease_release(zi_rstatus *rs, const char *job_id, int *released)
     if (released)
         *released = 0;
     char key[ZI_RS_KEY_MAX];
-    int rc = zi_rs_idkey(rs, "lease:", job_id, key);
-    if (rc)
-        return rc;
     redisReply *r = NULL;
-    if ((rc = zi_rs_eval(rs, zi_rs_lua_release, key, NULL, "lease release", &r)))
+    int rc = zi_rs_lease_eval(rs, zi_rs_lua_release, job_id, 0, 0, "lease release", key, &r);
+    if (rc)
         return rc;
     if (released)
         *released = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
@@ -844,13 +846,9 @@ int zi_rstatus_cancel_requested(zi_rstatus *rs, const char *job_id, int *cancell
 {
     *cancelled = 0;
     char key[ZI_RS_KEY_MAX];
-    int rc = zi_rs_idkey(rs, "cancel:", job_id, key);
-    if (rc)
-        return rc;
-    zi_rs_batch b = {0};
-    ZI_RS_CMD(&b, "EXISTS", key);
     redisReply *r = NULL;
-    if ((rc = zi_rs_run(rs, &b, "EXISTS cancel", &r)))
+    int rc = zi_rs_id_read(rs, "EXISTS", "cancel:", job_id, NULL, "EXISTS cancel", key, &r);
+    if (rc)
         return rc;
     *cancelled = r->type == REDIS_REPLY_INTEGER && r->integer > 0;
     freeReplyObject(r);

@@ -1037,3 +1037,33 @@ int zi_wconfig_dump(const zi_wconfig *cfg, FILE *out)
     fputc('\n', out);
     return ferror(out) ? zi_errorf(ZI_EIO, "cannot write the configuration") : ZI_OK;
 }
+
+zi_rstatus_config zi_wconfig_rstatus(const zi_wconfig *cfg, const char *worker_id,
+                                     int connect_timeout_ms, int command_timeout_ms)
+{
+    return (zi_rstatus_config){
+        .url = cfg->redis_url,
+        .password = cfg->redis_password,
+        .key_prefix = cfg->redis_key_prefix,
+        .worker_id = worker_id,
+        .job_ttl_s = cfg->redis_job_ttl_s,
+        .heartbeat_s = cfg->worker_heartbeat_s,
+        .connect_timeout_ms = connect_timeout_ms,
+        .command_timeout_ms = command_timeout_ms,
+    };
+}
+
+zi_s3_config zi_wconfig_s3(const zi_wconfig *cfg)
+{
+    return (zi_s3_config){
+        .endpoint = cfg->s3_endpoint,
+        .public_endpoint = cfg->s3_public_endpoint,
+        .region = cfg->s3_region,
+        .bucket = cfg->s3_bucket,
+        .path_style = cfg->s3_path_style,
+        .access_key = cfg->s3_access_key,
+        .secret_key = cfg->s3_secret_key,
+        .session_token = cfg->s3_session_token,
+        .retry_s = cfg->s3_retry_s,
+    };
+}

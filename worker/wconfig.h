@@ -31,6 +31,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "rstatus.h"
+#include "s3.h"
+
 #define ZI_WCFG_MAX_FILE (1u << 20)
 #define ZI_WCFG_MAX_STRING 4096
 #define ZI_WCFG_MAX_PROPS 256
@@ -137,5 +140,15 @@ int zi_wconfig_dump(const zi_wconfig *cfg, FILE *out);
 
 /* The kafka.properties value for key, or NULL. */
 const char *zi_wconfig_kafka_property(const zi_wconfig *cfg, const char *key);
+
+/* The Redis client settings of cfg (redis.*, job TTL, heartbeat) for a client that writes as
+ * worker_id, with the given timeouts (0 = rstatus's defaults). The strings are borrowed from
+ * cfg and worker_id: both must outlive the result's use. */
+zi_rstatus_config zi_wconfig_rstatus(const zi_wconfig *cfg, const char *worker_id,
+                                     int connect_timeout_ms, int command_timeout_ms);
+
+/* The S3 client settings of cfg (s3.*, retry budget s3.retry_s). Strings are borrowed from
+ * cfg. */
+zi_s3_config zi_wconfig_s3(const zi_wconfig *cfg);
 
 #endif

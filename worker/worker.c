@@ -1078,29 +1078,10 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
     zi_http_set_collect(w->http, zi_wk_collect, w);
     zi_log_info("http: /metrics /healthz /readyz on port %d", zi_http_port(w->http));
 
-    w->rscfg = (zi_rstatus_config){
-        .url = cfg->redis_url,
-        .password = cfg->redis_password,
-        .key_prefix = cfg->redis_key_prefix,
-        .worker_id = cfg->worker_id,
-        .job_ttl_s = cfg->redis_job_ttl_s,
-        .heartbeat_s = cfg->worker_heartbeat_s,
-        .connect_timeout_ms = 1000,
-        .command_timeout_ms = 2000,
-    };
+    w->rscfg = zi_wconfig_rstatus(cfg, cfg->worker_id, 1000, 2000);
     if ((rc = zi_rstatus_create(&w->rscfg, &w->rs_job)) != ZI_OK)
         goto out;
-    w->s3cfg = (zi_s3_config){
-        .endpoint = cfg->s3_endpoint,
-        .public_endpoint = cfg->s3_public_endpoint,
-        .region = cfg->s3_region,
-        .bucket = cfg->s3_bucket,
-        .path_style = cfg->s3_path_style,
-        .access_key = cfg->s3_access_key,
-        .secret_key = cfg->s3_secret_key,
-        .session_token = cfg->s3_session_token,
-        .retry_s = cfg->s3_retry_s,
-    };
+    w->s3cfg = zi_wconfig_s3(cfg);
     if ((rc = zi_s3_create(&w->s3cfg, &w->s3)) != ZI_OK)
         goto out;
     zi_s3_set_abort(w->s3, zi_wk_s3_abort, w);

@@ -1,0 +1,28 @@
+/*
+ * cli_util.h - small helpers the subcommands share: strict number parsing for option values
+ * and installing one stop handler for several signals.
+ *
+ * Limits: parsers accept plain decimal text only (the whole string, no trailing junk); the
+ * caller prints its own usage error, so messages stay per command.
+ */
+#ifndef ZI_CLI_UTIL_H
+#define ZI_CLI_UTIL_H
+
+#include <stddef.h>
+
+/* Parses a decimal integer in [lo, hi] (strtol, base 10) into *out. Returns 0, or -1 (with
+ * *out untouched) on empty text, trailing characters, overflow or a value out of range. */
+int zi_cli_parse_long(const char *s, long lo, long hi, long *out);
+
+/* zi_cli_parse_long() for an int destination; lo and hi must lie within int's range. */
+int zi_cli_parse_int(const char *s, long lo, long hi, int *out);
+
+/* Parses a decimal floating-point number in [lo, hi] (strtod) into *out; NaN is refused.
+ * Returns 0 or -1 like zi_cli_parse_long(). */
+int zi_cli_parse_double(const char *s, double lo, double hi, double *out);
+
+/* Installs handler for each of the n signals in sigs with sigaction(): empty mask and no
+ * flags (no SA_RESTART, so a blocking poll()/nanosleep() returns EINTR at once). */
+void zi_cli_on_signals(void (*handler)(int), const int *sigs, size_t n);
+
+#endif
