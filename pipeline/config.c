@@ -41,6 +41,20 @@ static int zi_cfg_pos_int(const cJSON *o, const char *key, const char *file, int
     return zi_cfg_positive(file, key, *out);
 }
 
+/* Layer counts size per-layer tables before any tensor is read, so an absurd count must
+ * fail here rather than as a terabyte calloc. The bounds are far above any real model
+ * (Qwen3-4B: 36 layers, Z-Image DiT: 30, the Flux VAE: 2 per block). */
+#define ZI_CFG_MAX_LAYERS 1024
+#define ZI_CFG_MAX_LAYERS_PER_BLOCK 64
+
+static int zi_cfg_at_most(const char *file, const char *key, int v, int max)
+{
+    if (v > max)
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: %d is out of range (at most %d)", file, key,
+                         v, max);
+    return ZI_OK;
+}
+
 /* A number stored as float: finite after the conversion, and > 0 when `positive` (else
  * merely != 0 when `nonzero`), so a tiny eps cannot round to 0 behind the check. */
 static int zi_cfg_float(const cJSON *o, const char *key, const char *file, int positive,
@@ -82,6 +96,7 @@ static int zi_te_config_from(const cJSON *o, const char *file, zi_te_config *c)
     }
     ZI_CFG_TRY(zi_cfg_pos_int(o, "hidden_size", file, &c->hidden));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "num_hidden_layers", file, &c->n_layers));
+    ZI_CFG_TRY(zi_cfg_at_most(file, "num_hidden_layers", c->n_layers, ZI_CFG_MAX_LAYERS));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "num_attention_heads", file, &c->n_heads));
     /* Qwen3Config: num_key_value_heads None means multi-head attention */
     ZI_CFG_TRY(zi_json_int_opt(o, "num_key_value_heads", file, c->n_heads, &c->n_kv_heads));
@@ -152,9 +167,11 @@ static int zi_dit_config_from(const cJSON *o, const char *file, zi_dit_config *c
     ZI_CFG_TRY(zi_cfg_positive(file, "all_f_patch_size[0]", c->f_patch));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "dim", file, &c->dim));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "n_layers", file, &c->n_layers));
+    ZI_CFG_TRY(zi_cfg_at_most(file, "n_layers", c->n_layers, ZI_CFG_MAX_LAYERS));
     ZI_CFG_TRY(zi_json_int(o, "n_refiner_layers", file, &c->n_refiner_layers));
     if (c->n_refiner_layers < 0)
         return zi_errorf(ZI_EFORMAT, "file %s: key n_refiner_layers: negative", file);
+    ZI_CFG_TRY(zi_cfg_at_most(file, "n_refiner_layers", c->n_refiner_layers, ZI_CFG_MAX_LAYERS));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "n_heads", file, &c->n_heads));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "n_kv_heads", file, &c->n_kv_heads));
     if (c->dim % c->n_heads)
@@ -214,6 +231,8 @@ static int zi_vae_config_from(const cJSON *o, const char *file, zi_vae_config *c
     ZI_CFG_TRY(zi_json_int_array(o, "block_out_channels", file, c->block_out, ZI_VAE_MAX_BLOCKS,
                                  &c->n_blocks));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "layers_per_block", file, &c->layers_per_block));
+    ZI_CFG_TRY(
+        zi_cfg_at_most(file, "layers_per_block", c->layers_per_block, ZI_CFG_MAX_LAYERS_PER_BLOCK));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "norm_num_groups", file, &c->norm_groups));
     for (int i = 0; i < c->n_blocks; i++)
         if (c->block_out[i] <= 0 || c->block_out[i] % c->norm_groups)

@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #define ZB_MAX_RUNS 100
@@ -595,6 +596,26 @@ int zi_cmd_bench(int argc, char **argv)
         if (sides[i] % 16)
             return zb_usage_error("image sides must be multiples of 16", NULL);
 
+    if (o.config && o.random_weights) {
+        zi_model_config mcfg;
+        if (zi_config_load(o.config, &mcfg) != ZI_OK) {
+            fprintf(stderr, "zimage: error: --config %s: %s\n", o.config, zi_errmsg());
+            return 2;
+        }
+    }
+    if (o.model) {
+        /* Same split as generate: a missing folder or bad config files exit 2. */
+        struct stat sb;
+        zi_model_config mcfg;
+        if (stat(o.model, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "zimage: error: --model '%s': no such folder\n", o.model);
+            return 2;
+        }
+        if (zi_config_load(o.model, &mcfg) != ZI_OK) {
+            fprintf(stderr, "zimage: error: loading %s: %s\n", o.model, zi_errmsg());
+            return 2;
+        }
+    }
     cJSON *root = cJSON_CreateObject();
     if (!root) {
         fprintf(stderr, "zimage: error: out of memory\n");

@@ -69,8 +69,10 @@ static int zi_encode_run(const char *model, const char *prompt, const char *outp
     *config_error = 0;
 
     rc = zi_tokenizer_encode_prompt(tok, prompt, ZI_TOKENIZER_MAX_LEN, &ids, &n);
-    if (rc != ZI_OK)
+    if (rc != ZI_OK) {
+        *config_error = rc == ZI_EINVAL; /* a prompt that is not UTF-8: usage error, exit 2 */
         goto out;
+    }
     be = zi_backend_new(backend);
     if (!be) {
         rc = ZI_EBACKEND;

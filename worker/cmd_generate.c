@@ -9,6 +9,7 @@
  */
 #include "backend.h"
 #include "cli_util.h"
+#include "config.h"
 #include "pipeline.h"
 #include "png.h"
 #include "zi_err.h"
@@ -277,6 +278,13 @@ int zi_cmd_generate(int argc, char **argv)
     uint8_t *rgb = NULL;
     char *params_text = NULL;
 
+    /* A checkpoint whose config files are missing or invalid is a configuration error
+     * (exit 2, as `encode` does); only weight files and compute failures exit 1. */
+    zi_model_config mcfg;
+    if (zi_config_load(model, &mcfg) != ZI_OK) {
+        fprintf(stderr, "zimage: error: loading %s: %s\n", model, zi_errmsg());
+        return 2;
+    }
     be = zi_backend_new(backend_name);
     if (!be) {
         fprintf(stderr, "zimage: error: %s\n", zi_errmsg());

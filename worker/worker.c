@@ -1168,7 +1168,9 @@ out:
         pthread_mutex_unlock(&w->state_mu);
         pthread_join(w->hb_thread, NULL);
     }
-    if (w->producer) {
+    /* A stuck job thread may still wait in zi_kafka_produce_sync() on the producer: leave
+     * it to the process exit then (destroying it under that thread is a use after free). */
+    if (w->producer && !stuck) {
         rd_kafka_flush(w->producer, 5000);
         rd_kafka_destroy(w->producer);
     }
@@ -1190,6 +1192,14 @@ out:
             pthread_mutex_destroy(&w->lease_mu);
         }
         free(w);
+    }
+    if (stuck) {
+        /* The job thread ignored the drain deadline and still reads the configuration and
+         * handles the caller owns: returning would free them under it. Its job was not
+         * committed (it will be redelivered), so end the process here, as the caller would. */
+        zi_log_warn("worker stopped with a job thread still running; exiting now");
+        fflush(NULL);
+        _exit(keep_err == ZI_OK ? 0 : 1);
     }
     if (keep_err != ZI_OK)
         return zi_errorf(keep_err, "%s", errmsg);

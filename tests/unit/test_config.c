@@ -241,11 +241,44 @@ static void test_errors_name_file_and_key(void **state)
         free(s);
         cJSON_Delete(root);
     }
+    /* absurd layer counts fail here, before they size per-layer tables (once a 1e9
+     * n_layers went straight to a terabyte calloc) */
+    static const char *const dit_counts[] = {"n_layers", "n_refiner_layers"};
+    for (size_t k = 0; k < 2; k++) {
+        cJSON *root;
+        assert_int_equal(zi_json_parse(txt, len, "dit.json", &root), ZI_OK);
+        cJSON_ReplaceItemInObjectCaseSensitive(root, dit_counts[k], cJSON_CreateNumber(1e9));
+        char *s = cJSON_PrintUnformatted(root);
+        expect_err(zi_dit_config_parse(s, strlen(s), "dit_layers.json", &dit), "dit_layers.json",
+                   dit_counts[k]);
+        free(s);
+        cJSON_Delete(root);
+    }
+    free(txt);
+    assert_int_equal(zi_json_read_file(zi_test_golden("tiny-zimage/text_encoder/config.json"),
+                                       1 << 20, &txt, &len),
+                     ZI_OK);
+    {
+        cJSON *root;
+        assert_int_equal(zi_json_parse(txt, len, "te.json", &root), ZI_OK);
+        cJSON_ReplaceItemInObjectCaseSensitive(root, "num_hidden_layers", cJSON_CreateNumber(1e9));
+        char *s = cJSON_PrintUnformatted(root);
+        expect_err(zi_te_config_parse(s, strlen(s), "te_layers.json", &te), "te_layers.json",
+                   "num_hidden_layers");
+        free(s);
+        cJSON_Delete(root);
+    }
     free(txt);
 
     const char *v = "{\"in_channels\":3,\"out_channels\":3,\"latent_channels\":16,"
-                    "\"block_out_channels\":\"128\",\"layers_per_block\":2,"
+                    "\"block_out_channels\":[32],\"layers_per_block\":1000000000,"
                     "\"norm_num_groups\":32,\"scaling_factor\":0.3611}";
+    expect_err(zi_vae_config_parse(v, strlen(v), "vae_layers.json", &vae), "vae_layers.json",
+               "layers_per_block");
+
+    v = "{\"in_channels\":3,\"out_channels\":3,\"latent_channels\":16,"
+        "\"block_out_channels\":\"128\",\"layers_per_block\":2,"
+        "\"norm_num_groups\":32,\"scaling_factor\":0.3611}";
     expect_err(zi_vae_config_parse(v, strlen(v), "vae.json", &vae), "vae.json",
                "block_out_channels");
     v = "{\"in_channels\":3,\"out_channels\":3,\"latent_channels\":16,"

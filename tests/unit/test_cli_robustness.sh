@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# test_cli_robustness.sh - bad inputs to the service-free commands (tokenize, encode,
+# generate, bench) give one "zimage: error:" line on stderr, the contract's exit status
+# (2 usage or configuration error, 1 other) and no sanitizer report (this runs in the ASan
+# build, where a crash, a terabyte calloc or a leak adds lines to stderr). Each case once
+# failed: a missing --model exiting 1 (bench), config errors exiting 1, absurd layer counts
+# aborting in calloc, invalid UTF-8 to encode exiting 1. Checkpoint variants are copies of
+# tests/golden/data/tiny-zimage with the weight files symlinked, so the test stays fast.
+set -euo pipefail
+# shellcheck source=tests/lib.sh
+source "$(dirname "$0")/../lib.sh"
+
+ZI_BINARY=${ZI_BINARY:?ZI_BINARY is not set (ctest sets it)}
+ZI_SOURCE_DIR=${ZI_SOURCE_DIR:?ZI_SOURCE_DIR is not set (ctest sets it)}
+golden=$ZI_SOURCE_DIR/tests/golden/data/tiny-zimage
+zt_scratch clirobust
+tmp=$ZT_TMP
+
+# expect NAME STATUS ARGS...: exit STATUS, exactly one stderr line, starting "zimage: error:".
+expect() {
+    local name=$1 want=$2 rc=0
+    shift 2
+    "$ZI_BINARY" "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
+    zt_check "$name: exit" "$want" "$rc"
+    zt_check "$name: one stderr line" 1 "$(grep -c '' "$tmp/err")"
+    zt_check "$name: zimage: error: line" yes \
+        "$(grep -q '^zimage: error: ' "$tmp/err" && echo yes || echo no)"
+}
+
+# ckpt NAME: a checkpoint copy whose JSON files are real copies and weights symlinks.
+ckpt() {
+    local d=$tmp/$1 f
+    mkdir -p "$d"
+    (cd "$golden" && find . -type d) | while read -r f; do mkdir -p "$d/$f"; done
+    (cd "$golden" && find . -type f) | while read -r f; do
+        case $f in
+        *.json) cp "$golden/$f" "$d/$f" ;;
+        *) ln -s "$golden/$f" "$d/$f" ;;
+        esac
+    done
+    echo "$d"
+}
+# setkey FILE KEY JSON-VALUE: rewrites one top-level key of a config file.
+setkey() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, sys
+p, k, v = sys.argv[1], sys.argv[2], sys.argv[3]
+c = json.load(open(p))
+c[k] = json.loads(v)
+json.dump(c, open(p, "w"))
+PY
+}
+
+gen() { # MODEL [ARGS...]: a tiny CPU generate
+    local m=$1
+    shift
+    expect "$GEN_NAME" "$GEN_WANT" generate --model "$m" --prompt "a cat" --output "$tmp/o.png" \
+        --width 64 --height 64 --steps 1 --seed 1 --backend cpu --quiet "$@"
+}
+bench() { # MODEL: a tiny CPU bench
+    expect "$GEN_NAME (bench)" "$GEN_WANT" bench --model "$1" --backend cpu --runs 1 --steps 1 \
+        --width 64 --height 64 --size 64 --small-size 64 --small-steps 1 --tokens 8
+}
+
+# --model that is not a checkpoint folder: usage error (tokenize keeps exit 1 here, as
+# tests/golden/test_tokenizer.c requires; only its one error line is checked).
+mkdir -p "$tmp/empty"
+for m in /nonexistent/zimage-model /etc/hostname; do
+    expect "tokenize --model $m" 1 tokenize --model "$m" --prompt cat
+    expect "encode --model $m" 2 encode --model "$m" --prompt cat --output "$tmp/e.st"
+    GEN_NAME="generate --model $m" GEN_WANT=2 gen "$m"
+    GEN_NAME="bench --model $m" GEN_WANT=2 bench "$m"
+done
+GEN_NAME="generate empty folder" GEN_WANT=2 gen "$tmp/empty"
+GEN_NAME="bench empty folder" GEN_WANT=2 bench "$tmp/empty"
+expect "bench --config nonexistent" 2 bench --random-weights --config /nonexistent/x --backend cpu
+
+# tokenizer.json missing: encode calls it a configuration error (tokenize: 1, see above).
+d=$(ckpt notok)
+rm "$d/tokenizer/tokenizer.json"
+expect "tokenize without tokenizer.json" 1 tokenize --model "$d" --prompt cat
+expect "encode without tokenizer.json" 2 encode --model "$d" --prompt cat --output "$tmp/e.st"
+
+# Broken config files: exit 2, before any weight is read.
+d=$(ckpt badjson)
+printf '{"dim": ' >"$d/transformer/config.json"
+GEN_NAME="generate transformer config not JSON" GEN_WANT=2 gen "$d"
+GEN_NAME="bench transformer config not JSON" GEN_WANT=2 bench "$d"
+d=$(ckpt nokey)
+python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); del c['n_heads']; json.dump(c,open(p,'w'))" \
+    "$d/transformer/config.json"
+GEN_NAME="generate transformer config without n_heads" GEN_WANT=2 gen "$d"
+d=$(ckpt heads)
+setkey "$d/transformer/config.json" n_heads 3
+GEN_NAME="generate n_heads not dividing dim" GEN_WANT=2 gen "$d"
+
+# Absurd layer counts must fail in the config check, not as a terabyte calloc.
+d=$(ckpt ditlayers)
+setkey "$d/transformer/config.json" n_layers 1000000000
+GEN_NAME="generate n_layers 1e9" GEN_WANT=2 gen "$d"
+zt_check "n_layers 1e9 names the key" yes "$(grep -q 'n_layers' "$tmp/err" && echo yes || echo no)"
+d=$(ckpt telayers)
+setkey "$d/text_encoder/config.json" num_hidden_layers 1000000000
+expect "encode num_hidden_layers 1e9" 2 encode --model "$d" --prompt cat --output "$tmp/e.st" \
+    --backend cpu
+zt_check "num_hidden_layers 1e9 names the key" yes \
+    "$(grep -q 'num_hidden_layers' "$tmp/err" && echo yes || echo no)"
+d=$(ckpt vaelayers)
+setkey "$d/vae/config.json" layers_per_block 1000000000
+GEN_NAME="generate vae layers_per_block 1e9" GEN_WANT=2 gen "$d"
+
+# A prompt that is not UTF-8 is a usage error for every command.
+expect "tokenize invalid UTF-8" 2 tokenize --model "$golden" --prompt $'a\xff'
+expect "encode invalid UTF-8" 2 encode --model "$golden" --prompt $'a\xe2\x82' \
+    --output "$tmp/e.st" --backend cpu
+expect "generate invalid UTF-8" 2 generate --model "$golden" --prompt $'a\xff' \
+    --output "$tmp/o.png"
+
+# Weight-file damage is "other failure" (1), reported without a sanitizer trace.
+d=$(ckpt trunc)
+rm "$d/transformer/diffusion_pytorch_model.safetensors"
+head -c 100000 "$golden/transformer/diffusion_pytorch_model.safetensors" \
+    >"$d/transformer/diffusion_pytorch_model.safetensors"
+GEN_NAME="generate truncated transformer weights" GEN_WANT=1 gen "$d"
+
+zt_finish
