@@ -93,6 +93,7 @@ typedef struct zi_cuda {
     zi_lt_plan plans[ZI_CUDA_LT_PLANS];
     int plan_next;
     zi_cuda_attn_path attn_path;
+    size_t score_budget, col_budget; /* ZI_CUDA_SCORE_BUDGET, ZI_CUDA_COL_BUDGET unless set */
 } zi_cuda;
 
 static void zi_cuda_destroy(zi_backend *be);
@@ -136,9 +137,11 @@ static void *zi_cuda_plain_malloc(zi_cuda *cu, size_t bytes, int tag)
         cu->plain = nb;
         cu->capplain = cap;
     }
+    /* the exact size goes to cudaMalloc, so that compute-sanitizer sees exact bounds; the
+     * accounting uses the allocator's rounding, so both modes report the same figures */
     uint64_t size = ((bytes ? bytes : 1) + ZI_CUDA_ALIGN - 1) / ZI_CUDA_ALIGN * ZI_CUDA_ALIGN;
     void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, (size_t)size);
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
     if (e != cudaSuccess) {
         cudaGetLastError();
         zi_errorf(ZI_ENOMEM, "out of device memory: cudaMalloc(%llu bytes): %s",
@@ -692,7 +695,7 @@ static void zi_cuda_attention_gemm(zi_backend *be, uint16_t *o, const uint16_t *
                                    int KVH, int hd, float scale, int causal)
 {
     zi_cuda *cu = zi_cu(be);
-    size_t rows = ZI_CUDA_SCORE_BUDGET / ((size_t)Skv * 6);
+    size_t rows = cu->score_budget / ((size_t)Skv * 6);
     if (rows < 1)
         rows = 1;
     if (rows > (size_t)Sq)
@@ -933,7 +936,7 @@ static void zi_cuda_conv2d(zi_backend *be, zi_tensor *out, const zi_tensor *in, 
         zi_cuda_mfree(be, tw);
         return;
     }
-    size_t np = ZI_CUDA_COL_BUDGET / (kk * 2);
+    size_t np = cu->col_budget / (kk * 2);
     np = np < 256 ? 256 : np / 256 * 256;
     if (np > hw)
         np = hw;
@@ -1082,6 +1085,8 @@ zi_backend *zi_backend_cuda_new(int device)
     cu->lock_ok = 1;
     cu->device = device;
     cu->attn_path = (zi_cuda_attn_path)path;
+    cu->score_budget = ZI_CUDA_SCORE_BUDGET;
+    cu->col_budget = ZI_CUDA_COL_BUDGET;
 
     be->name = "cuda";
     int major = 0, minor = 0, l2 = 0;
@@ -1250,6 +1255,15 @@ int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path)
     if (path != ZI_CUDA_ATTN_AUTO && path != ZI_CUDA_ATTN_FLASH && path != ZI_CUDA_ATTN_GEMM)
         return zi_errorf(ZI_EINVAL, "unknown attention path %d", (int)path);
     zi_cu(be)->attn_path = path;
+    return ZI_OK;
+}
+
+int zi_cuda_set_work_budgets(zi_backend *be, size_t score_bytes, size_t col_bytes)
+{
+    ZI_CUDA_REQUIRE(be);
+    zi_cuda *cu = zi_cu(be);
+    cu->score_budget = score_bytes ? score_bytes : ZI_CUDA_SCORE_BUDGET;
+    cu->col_budget = col_bytes ? col_bytes : ZI_CUDA_COL_BUDGET;
     return ZI_OK;
 }
 

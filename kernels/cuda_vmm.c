@@ -191,13 +191,18 @@ int zi_vmm_open(int device, uint64_t reserve, void *stream, zi_vmm **out)
     v->prop.location.id = device;
     v->access.location = v->prop.location;
     v->access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    size_t gran = 0;
-    r = v->fn.MemGetAllocationGranularity(&gran, &v->prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
-    if (r != CUDA_SUCCESS || gran == 0) {
+    /* cuMemCreate/cuMemMap need multiples of the MINIMUM granularity; chunks use the
+     * RECOMMENDED one (equal on current GPUs), rounded to a multiple of the minimum */
+    size_t gran = 0, gmin = 0;
+    r = v->fn.MemGetAllocationGranularity(&gmin, &v->prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+    if (r == CUDA_SUCCESS && gmin != 0)
+        r = v->fn.MemGetAllocationGranularity(&gran, &v->prop,
+                                              CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
+    if (r != CUDA_SUCCESS || gran == 0 || gmin == 0) {
         rc = zi_errorf(ZI_EBACKEND, "cuMemGetAllocationGranularity: %s", zi_vmm_errstr(v, r));
         goto err;
     }
-    v->gran = gran;
+    v->gran = (gran + gmin - 1) / gmin * gmin;
     if (reserve == 0) {
         size_t free_b = 0, total_b = 0;
         cudaError_t e = cudaMemGetInfo(&free_b, &total_b);

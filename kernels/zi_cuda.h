@@ -30,6 +30,12 @@ int zi_cuda_is(const zi_backend *be);
 
 int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path);
 
+/* Bounds (bytes) of the scratch the backend tiles its work by: the GEMM attention path's
+ * scores of one block of query rows, and the convolution's im2col tile (at least 256
+ * pixels). 0 restores the default (96 MiB, 64 MiB). Smaller budgets mean more, smaller
+ * GEMMs, the same result; the kernel tests use them to run the tiled paths at small shapes. */
+int zi_cuda_set_work_budgets(zi_backend *be, size_t score_bytes, size_t col_bytes);
+
 /* out[n] (F32 tensor) = torch CUDA-generator randn for `seed`, computed on the GPU: the
  * device twin of zi_randn_cuda() (pipeline/rng.h), same layout and launch geometry. */
 int zi_cuda_randn(zi_backend *be, zi_tensor *out, size_t n, uint64_t seed);

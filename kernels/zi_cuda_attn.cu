@@ -24,11 +24,13 @@
  * out must be 16-byte aligned (checked by the caller); sm_80 or newer.
  * Reference: Dao, "FlashAttention-2" (2023), algorithm 1; PTX ISA 8.x, warp-level mma.
  */
+#include "zi_cuda_device.h"
 #include "zi_cuda_launch.h"
 
 #include <cuda_bf16.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 namespace
 {
@@ -41,6 +43,8 @@ constexpr int kThreads = 128;    /* 4 warps x 16 query rows */
 constexpr int kChunks = kHd / 8; /* 16-byte chunks per row */
 constexpr size_t kSmem = (size_t)(kBr + 2 * kBc) * kLd * sizeof(__nv_bfloat16);
 
+/* Under ZI_CUDA_EMU (the CPU emulator, tests/cudaemu) each helper calls the emulated
+ * instruction instead of its PTX; the emulator implements them from the PTX ISA. */
 __device__ __forceinline__ uint32_t smem_addr(const void *p)
 {
     return (uint32_t)__cvta_generic_to_shared(p);
@@ -48,44 +52,67 @@ __device__ __forceinline__ uint32_t smem_addr(const void *p)
 
 __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src_bytes)
 {
+#ifdef ZI_CUDA_EMU
+    zi_emu_cp_async16(smem, gmem, src_bytes);
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
                  "l"(gmem), "r"(src_bytes));
+#endif
 }
 
 __device__ __forceinline__ void cp_async_wait_all()
 {
+#ifdef ZI_CUDA_EMU
+    zi_emu_cp_async_commit_group();
+    zi_emu_cp_async_wait_group(0);
+#else
     asm volatile("cp.async.commit_group;\n" ::);
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#endif
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *p)
 {
+#ifdef ZI_CUDA_EMU
+    zi_emu_ldmatrix_x4(r, p, 0);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
+#endif
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *p)
 {
+#ifdef ZI_CUDA_EMU
+    zi_emu_ldmatrix_x4(r, p, 1);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
+#endif
 }
 
 /* c[4] += A(16x16) B(16x8) */
 __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
+#ifdef ZI_CUDA_EMU
+    zi_emu_mma_m16n8k16_bf16_f32(c, a, b0, b1);
+#else
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 /* Two floats -> one register of two bf16, `lo` in the low half (the lower column). */
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t *>(&v);
+    uint32_t r; /* memcpy, not a pointer cast: no type punning for a host compiler */
+    memcpy(&r, &v, sizeof r);
+    return r;
 }
 
 /* Copies rows r0 .. r0+nrows-1 (global row stride `gstride` elements, rows >= limit
@@ -107,7 +134,7 @@ __global__ void __launch_bounds__(kThreads)
                            const __nv_bfloat16 *v, int Sq, int Skv, int H, int KVH,
                            float scale_log2, int causal)
 {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    ZI_DYNAMIC_SMEM(unsigned char, smem_raw);
     __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(smem_raw); /* [kBr][kLd] */
     __nv_bfloat16 *Ks = Qs + kBr * kLd;                              /* [kBc][kLd] */
     __nv_bfloat16 *Vs = Ks + kBc * kLd;                              /* [kBc][kLd] */
@@ -280,9 +307,9 @@ extern "C" cudaError_t zi_cu_flash_attention(uint16_t *out, const uint16_t *q, c
         return cudaGetLastError();
     dim3 grid((unsigned)((Sq + kBr - 1) / kBr), (unsigned)H);
     const float log2e = 1.4426950408889634f;
-    flash_attention_kernel<<<grid, kThreads, kSmem, s>>>(
-        reinterpret_cast<__nv_bfloat16 *>(out), reinterpret_cast<const __nv_bfloat16 *>(q),
-        reinterpret_cast<const __nv_bfloat16 *>(k), reinterpret_cast<const __nv_bfloat16 *>(v), Sq,
-        Skv, H, KVH, scale * log2e, causal);
+    ZI_LAUNCH(flash_attention_kernel, grid, kThreads, kSmem, s,
+              reinterpret_cast<__nv_bfloat16 *>(out), reinterpret_cast<const __nv_bfloat16 *>(q),
+              reinterpret_cast<const __nv_bfloat16 *>(k),
+              reinterpret_cast<const __nv_bfloat16 *>(v), Sq, Skv, H, KVH, scale * log2e, causal);
     return cudaGetLastError();
 }

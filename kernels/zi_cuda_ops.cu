@@ -13,6 +13,7 @@
  * path (8 elements per thread, 16-byte accesses) is taken when every pointer is 16-byte
  * aligned and the row length / count is a multiple of 8; otherwise a scalar path runs.
  */
+#include "zi_cuda_device.h"
 #include "zi_cuda_launch.h"
 #include "zi_philox.h"
 
@@ -68,13 +69,15 @@ __device__ __forceinline__ void st(void *p, int dt, size_t i, float v)
 __device__ __forceinline__ void ld8(const void *p, int dt, size_t i, float v[8])
 {
     if (dt == ZI_BF16) {
+        /* the words of the 16-byte load, two bf16 each (the lower element in the low half);
+         * unpacked with shifts, not by viewing the uint4 as bf16x2 (type punning of a
+         * local, which a host C++ compiler may miscompile) */
         uint4 u = *reinterpret_cast<const uint4 *>(reinterpret_cast<const __nv_bfloat16 *>(p) + i);
-        const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+        const uint32_t wd[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            float2 f = __bfloat1622float2(h[k]);
-            v[2 * k] = f.x;
-            v[2 * k + 1] = f.y;
+            v[2 * k] = __uint_as_float(wd[k] << 16);
+            v[2 * k + 1] = __uint_as_float(wd[k] & 0xffff0000u);
         }
     } else {
         const float4 *q = reinterpret_cast<const float4 *>(reinterpret_cast<const float *>(p) + i);
@@ -87,12 +90,13 @@ __device__ __forceinline__ void ld8(const void *p, int dt, size_t i, float v[8])
 __device__ __forceinline__ void st8(void *p, int dt, size_t i, const float v[8])
 {
     if (dt == ZI_BF16) {
-        uint4 u;
-        __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
+        uint32_t wd[4];
 #pragma unroll
         for (int k = 0; k < 4; k++)
-            h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
-        *reinterpret_cast<uint4 *>(reinterpret_cast<__nv_bfloat16 *>(p) + i) = u;
+            wd[k] = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k])) |
+                    (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k + 1])) << 16;
+        *reinterpret_cast<uint4 *>(reinterpret_cast<__nv_bfloat16 *>(p) + i) =
+            make_uint4(wd[0], wd[1], wd[2], wd[3]);
     } else {
         float4 *q = reinterpret_cast<float4 *>(reinterpret_cast<float *>(p) + i);
         q[0] = make_float4(v[0], v[1], v[2], v[3]);
@@ -356,9 +360,11 @@ cudaError_t norm_launch(int kind, void *out, int odt, const void *in, int idt, c
     if (D <= 1024) {
         int rows_per_block = kThreads / 32;
         unsigned blocks = (unsigned)((R + rows_per_block - 1) / rows_per_block);
-        norm_warp_kernel<<<blocks, kThreads, 0, s>>>(kind, out, odt, in, idt, w, wdt, R, D, eps);
+        ZI_LAUNCH(norm_warp_kernel, blocks, kThreads, 0, s, kind, out, odt, in, idt, w, wdt, R, D,
+                  eps);
     } else {
-        norm_block_kernel<<<(unsigned)R, kThreads, 0, s>>>(kind, out, odt, in, idt, w, wdt, D, eps);
+        ZI_LAUNCH(norm_block_kernel, (unsigned)R, kThreads, 0, s, kind, out, odt, in, idt, w, wdt,
+                  D, eps);
     }
     return cudaGetLastError();
 }
@@ -578,7 +584,7 @@ extern "C" cudaError_t zi_cu_convert(void *dst, int dst_dt, const void *src, int
 {
     if (n == 0)
         return cudaGetLastError();
-    convert_kernel<<<grid_for(n, 4), kThreads, 0, s>>>(dst, dst_dt, src, src_dt, n);
+    ZI_LAUNCH(convert_kernel, grid_for(n, 4), kThreads, 0, s, dst, dst_dt, src, src_dt, n);
     return cudaGetLastError();
 }
 
@@ -588,11 +594,11 @@ extern "C" cudaError_t zi_cu_map(int op, void *out, int odt, const void *a, int 
     if (n == 0)
         return cudaGetLastError();
     if (n % 8 == 0 && aligned16(out) && aligned16(a) && (!b || aligned16(b)))
-        map8_kernel<<<grid_for(n / 8, 1), kThreads, 0, s>>>(op, out, odt, a, adt, b, bdt, alpha,
-                                                            beta, n / 8);
+        ZI_LAUNCH(map8_kernel, grid_for(n / 8, 1), kThreads, 0, s, op, out, odt, a, adt, b, bdt,
+                  alpha, beta, n / 8);
     else
-        map_kernel<<<grid_for(n, 4), kThreads, 0, s>>>(op, out, odt, a, adt, b, bdt, alpha, beta,
-                                                       n);
+        ZI_LAUNCH(map_kernel, grid_for(n, 4), kThreads, 0, s, op, out, odt, a, adt, b, bdt, alpha,
+                  beta, n);
     return cudaGetLastError();
 }
 
@@ -604,11 +610,11 @@ static cudaError_t rowvec_launch(int mode, void *out, int odt, const void *in, i
     if (n == 0)
         return cudaGetLastError();
     if (D % 8 == 0 && aligned16(out) && aligned16(in) && aligned16(v) && (!g || aligned16(g)))
-        rowvec8_kernel<<<grid_for(n / 8, 1), kThreads, 0, s>>>(mode, out, odt, in, idt, g, gdt, v,
-                                                               vdt, n / 8, D);
+        ZI_LAUNCH(rowvec8_kernel, grid_for(n / 8, 1), kThreads, 0, s, mode, out, odt, in, idt, g,
+                  gdt, v, vdt, n / 8, D);
     else
-        rowvec_kernel<<<grid_for(n, 4), kThreads, 0, s>>>(mode, out, odt, in, idt, g, gdt, v, vdt,
-                                                          n, D);
+        ZI_LAUNCH(rowvec_kernel, grid_for(n, 4), kThreads, 0, s, mode, out, odt, in, idt, g, gdt, v,
+                  vdt, n, D);
     return cudaGetLastError();
 }
 
@@ -636,7 +642,7 @@ extern "C" cudaError_t zi_cu_fill_channels(void *out, int odt, const void *b, in
     size_t n = (size_t)C * HW;
     if (n == 0)
         return cudaGetLastError();
-    fill_channels_kernel<<<grid_for(n, 4), kThreads, 0, s>>>(out, odt, b, bdt, HW, n);
+    ZI_LAUNCH(fill_channels_kernel, grid_for(n, 4), kThreads, 0, s, out, odt, b, bdt, HW, n);
     return cudaGetLastError();
 }
 
@@ -670,12 +676,12 @@ extern "C" cudaError_t zi_cu_groupnorm(void *out, int odt, const void *in, int i
     size_t gn = (size_t)cpg * HW, slice = gn_slice(gn);
     int nsplit = (int)((gn + slice - 1) / slice);
     float *part = ws, *shift = ws + (size_t)G * nsplit * 2;
-    gn_stats_kernel<<<dim3((unsigned)nsplit, (unsigned)G), kThreads, 0, s>>>(in, idt, gn, slice,
-                                                                             nsplit, part, shift);
+    ZI_LAUNCH(gn_stats_kernel, dim3((unsigned)nsplit, (unsigned)G), kThreads, 0, s, in, idt, gn,
+              slice, nsplit, part, shift);
     size_t per_block = (size_t)kThreads * kGnApplyPerThread;
     unsigned chunks = (unsigned)((HW + per_block - 1) / per_block);
-    gn_apply_kernel<<<dim3(chunks, (unsigned)C), kThreads, 0, s>>>(
-        out, odt, in, idt, gamma, gdt, beta, bdt, HW, cpg, gn, nsplit, part, shift, eps, silu);
+    ZI_LAUNCH(gn_apply_kernel, dim3(chunks, (unsigned)C), kThreads, 0, s, out, odt, in, idt, gamma,
+              gdt, beta, bdt, HW, cpg, gn, nsplit, part, shift, eps, silu);
     return cudaGetLastError();
 }
 
@@ -685,8 +691,8 @@ extern "C" cudaError_t zi_cu_rope(void *x, int xdt, const float *cos_t, const fl
     size_t npairs = (size_t)S * H * (hd / 2);
     if (npairs == 0)
         return cudaGetLastError();
-    rope_kernel<<<grid_for(npairs, 2), kThreads, 0, s>>>(x, xdt, cos_t, sin_t, H, hd,
-                                                         layout == ZI_ROPE_NEOX, npairs);
+    ZI_LAUNCH(rope_kernel, grid_for(npairs, 2), kThreads, 0, s, x, xdt, cos_t, sin_t, H, hd,
+              layout == ZI_ROPE_NEOX, npairs);
     return cudaGetLastError();
 }
 
@@ -695,7 +701,7 @@ extern "C" cudaError_t zi_cu_embedding(void *out, int odt, const void *table, in
 {
     if (R <= 0 || D <= 0)
         return cudaGetLastError();
-    embedding_kernel<<<(unsigned)R, kThreads, 0, s>>>(out, odt, table, tdt, ids, D);
+    ZI_LAUNCH(embedding_kernel, (unsigned)R, kThreads, 0, s, out, odt, table, tdt, ids, D);
     return cudaGetLastError();
 }
 
@@ -706,7 +712,7 @@ extern "C" cudaError_t zi_cu_transpose(void *out, int odt, const void *in, int i
         return cudaGetLastError();
     size_t tr = ((size_t)R + 31) / 32, tc = ((size_t)C + 31) / 32, nt = tr * tc;
     unsigned blocks = (unsigned)(nt < kMaxBlocks ? nt : kMaxBlocks);
-    transpose_kernel<<<blocks, dim3(32, 8), 0, s>>>(out, odt, in, idt, R, C, tc, nt);
+    ZI_LAUNCH(transpose_kernel, blocks, dim3(32, 8), 0, s, out, odt, in, idt, R, C, tc, nt);
     return cudaGetLastError();
 }
 
@@ -716,7 +722,7 @@ extern "C" cudaError_t zi_cu_upsample2x(void *out, int odt, const void *in, int 
     size_t n = (size_t)C * h * w * 4;
     if (n == 0)
         return cudaGetLastError();
-    upsample2x_kernel<<<grid_for(n, 4), kThreads, 0, s>>>(out, odt, in, idt, h, w, n);
+    ZI_LAUNCH(upsample2x_kernel, grid_for(n, 4), kThreads, 0, s, out, odt, in, idt, h, w, n);
     return cudaGetLastError();
 }
 
@@ -726,8 +732,8 @@ extern "C" cudaError_t zi_cu_im2col(uint16_t *col, const void *in, int idt, int 
     size_t n = (size_t)Ci * k * k * np;
     if (n == 0)
         return cudaGetLastError();
-    im2col_kernel<<<grid_for(n, 4), kThreads, 0, s>>>(reinterpret_cast<__nv_bfloat16 *>(col), in,
-                                                      idt, h, w, k, p0, np, n);
+    ZI_LAUNCH(im2col_kernel, grid_for(n, 4), kThreads, 0, s, reinterpret_cast<__nv_bfloat16 *>(col),
+              in, idt, h, w, k, p0, np, n);
     return cudaGetLastError();
 }
 
@@ -737,7 +743,7 @@ extern "C" cudaError_t zi_cu_to_rgb8(uint8_t *rgb, const void *in, int idt, int 
     size_t hw = (size_t)h * w;
     if (hw == 0)
         return cudaGetLastError();
-    to_rgb8_kernel<<<grid_for(hw, 1), kThreads, 0, s>>>(rgb, in, idt, hw);
+    ZI_LAUNCH(to_rgb8_kernel, grid_for(hw, 1), kThreads, 0, s, rgb, in, idt, hw);
     return cudaGetLastError();
 }
 
@@ -748,7 +754,7 @@ extern "C" cudaError_t zi_cu_randn_philox(float *out, size_t n, uint64_t seed, s
         return cudaGetLastError();
     size_t threads = stride < n ? stride : n;
     unsigned blocks = (unsigned)((threads + kThreads - 1) / kThreads);
-    randn_kernel<<<blocks, kThreads, 0, s>>>(out, n, seed, stride);
+    ZI_LAUNCH(randn_kernel, blocks, kThreads, 0, s, out, n, seed, stride);
     return cudaGetLastError();
 }
 
@@ -757,7 +763,7 @@ extern "C" cudaError_t zi_cu_softmax_rows(uint16_t *p, const float *scores, int 
 {
     if (nr <= 0 || nk <= 0)
         return cudaGetLastError();
-    softmax_rows_kernel<<<(unsigned)nr, kThreads, 0, s>>>(reinterpret_cast<__nv_bfloat16 *>(p),
-                                                          scores, nk, causal, vis0);
+    ZI_LAUNCH(softmax_rows_kernel, (unsigned)nr, kThreads, 0, s,
+              reinterpret_cast<__nv_bfloat16 *>(p), scores, nk, causal, vis0);
     return cudaGetLastError();
 }

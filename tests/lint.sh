@@ -8,7 +8,7 @@
 #                          checks, zero findings allowed. (.cu files are held to nvcc's
 #                          warnings-as-errors by the CUDA build instead.)
 #
-# Sources: *.c *.h *.cu *.cuh under pipeline/ kernels/ worker/ tests/ bench/, except the
+# Sources: *.c *.h *.cu *.cuh *.cpp under pipeline/ kernels/ worker/ tests/ bench/, except the
 # golden data and fuzz corpora. System headers are not read, so macros of the libraries we
 # use that cppcheck must understand (cJSON_ArrayForEach, ...) are declared in
 # tests/cppcheck/zimage.cfg. A finding that is wrong can be silenced on its line with
@@ -27,7 +27,7 @@ source_files() { # EXT-REGEX
 
 case ${1:-} in
 format-check | format)
-    mapfile -t files < <(source_files 'c|h|cu|cuh')
+    mapfile -t files < <(source_files 'c|h|cu|cuh|cpp')
     ((${#files[@]})) || exit 0
     if [[ $1 == format ]]; then
         clang-format -i "${files[@]}"

@@ -4,10 +4,16 @@
 #   1. dependencies   deploy/local/install-deps.sh (apt-get only for missing packages)
 #   2. build          build/      Release (-O2), CUDA too when nvcc is present (compile only)
 #   3. build-asan     build-asan/ Debug, ASan + UBSan, no CUDA
+#      build-emu      build-emu/ the CUDA backend on the CPU emulator of CUDA
+#                     (tests/cudaemu/), ASan + UBSan, pipeline only; needs the CUDA
+#                     toolkit's headers (with ZI_CUDA=AUTO it is left out without them)
 #   4. format         clang-format --dry-run -Werror on every C/CUDA file (tests/lint.sh)
 #   5. static-analysis cppcheck on every C file, zero findings (tests/lint.sh); .cu files
 #                     are held to nvcc's warnings-as-errors in step 2 instead
-#   6. unit tests     ctest -L unit in build-asan (includes the fuzz corpus replays)
+#   6. unit tests     ctest -L unit in build-asan (includes the fuzz corpus replays);
+#                     ctest -L 'unit|gpu' in build-emu: the CUDA backend's kernels against
+#                     the CPU backend, the golden images through it, the allocator on the
+#                     emulated driver, the emulator's own tests
 #   7. golden tests   ctest -L golden in build
 #   8. stack          deploy/local/stack.sh up, its `env` exported
 #   9. integration and fault tests: ctest -L 'integration|fault' in build, one at a time
@@ -139,6 +145,20 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DZI_SANITIZE=ON -DZI_CUDA=OFF
     cmake --build build-asan -j"$JOBS" -- -k || rc=1
 record build-asan $rc
 
+emu=0
+cuda_inc=${CUDA_HOME:-/usr/local/cuda}/include
+if [[ ${ZI_CUDA:-AUTO} != OFF && -f $cuda_inc/cuda_runtime_api.h && -f $cuda_inc/cublasLt.h ]]; then
+    emu=1
+    say "build: build-emu/ (CUDA backend on the CPU emulator, ASan+UBSan)"
+    rc=0
+    cmake -S . -B build-emu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZI_SANITIZE=ON -DZI_CUDA=EMU \
+        -DZI_WORKER=OFF -DCUDAToolkit_ROOT="${CUDA_HOME:-/usr/local/cuda}" &&
+        cmake --build build-emu -j"$JOBS" -- -k || rc=1
+    record build-emu $rc
+else
+    say "build-emu left out: no CUDA toolkit headers in $cuda_inc (or ZI_CUDA=OFF)"
+fi
+
 if [[ $fast != 1 ]]; then
     say "format: clang-format --dry-run -Werror"
     "$REPO/tests/lint.sh" format-check
@@ -152,6 +172,9 @@ fi
 # Unit and golden tests run before the stack's variables are exported: they must not
 # depend on services.
 ctest_run unit build-asan -L unit -j"$JOBS"
+if ((emu)); then
+    ctest_run emu build-emu -L 'unit|gpu' -j"$JOBS"
+fi
 ctest_run golden build -L golden -j"$JOBS"
 
 say "stack up ($ZI_STACK_DIR)"

@@ -8,7 +8,9 @@
 #   1. configure (-DZI_WORKER=OFF -DZI_CUDA=ON, this GPU's architecture only) and build
 #   2. the allocator policy and the Philox twin on the CPU (test_alloc, test_philox_twin)
 #   3. the allocator on the real driver (tests/gpu/test_alloc_cuda.c)
-#   4. the golden cases end to end with --backend cuda, >= 38 dB PSNR (test_golden_cuda.c)
+#   4. the golden cases end to end with --backend cuda, >= 38 dB PSNR (test_golden_cuda.c);
+#      the pipeline in one process: CUDA vs CPU image, determinism, a repeated job maps
+#      nothing new, trim (test_pipeline_cuda.c)
 #   5. every kernel against the CPU backend at real shapes, timed (tests/gpu/test_kernels.c)
 #   6. compute-sanitizer memcheck over one tiny generation (cudaMalloc allocator, so that
 #      every tensor has exact bounds)
@@ -209,7 +211,8 @@ if ((DEPS_OK)) && stage configure 90 cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" \
     KEEP=(-k) # keep going: one broken test binary must not stop the others
     grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja' "$BUILD/CMakeCache.txt" && KEEP=(-k 0)
     stage build 200 cmake --build "$BUILD" -j"$JOBS" --target zimage test_alloc \
-        test_philox_twin test_alloc_cuda test_kernels test_golden_cuda -- "${KEEP[@]}"
+        test_philox_twin test_alloc_cuda test_kernels test_golden_cuda test_pipeline_cuda \
+        -- "${KEEP[@]}"
     BUILT=1 # stages below check for their own binary
     grep -E 'warning:' "$LOGDIR/build.log" | sort -u >"$OUTDIR/build-warnings.txt"
     [[ -s $OUTDIR/build-warnings.txt ]] || rm -f "$OUTDIR/build-warnings.txt"
@@ -247,6 +250,7 @@ if ((BUILT)) && [[ ${ZI_GPU_BUILD_ONLY:-0} != 1 ]]; then
     have alloc-cuda test_alloc_cuda && stage alloc-cuda 45 "$BUILD/test_alloc_cuda"
     have golden test_golden_cuda zimage &&
         stage golden 75 env ZI_GOLDEN_JSON="$OUTDIR/golden.json" "$BUILD/test_golden_cuda"
+    have pipeline test_pipeline_cuda && stage pipeline 45 "$BUILD/test_pipeline_cuda"
     have kernels test_kernels &&
         stage kernels 120 env ZI_KERNELS_JSON="$OUTDIR/kernels.json" "$BUILD/test_kernels"
 

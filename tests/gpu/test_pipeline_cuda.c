@@ -1,0 +1,187 @@
+/*
+ * test_pipeline_cuda.c - the whole pipeline in one process on the CUDA backend (label gpu):
+ * the tiny checkpoint loaded once, then jobs as a worker runs them.
+ *
+ *   - the image agrees with the CPU backend's (fp32 reference) at >= 38 dB PSNR;
+ *   - the same job twice gives the same bytes (the GPU path is deterministic);
+ *   - steady state: once a job of a size has run, repeating it maps no new memory
+ *     (allocator map calls and reserved bytes unchanged), also after a job of another
+ *     size ran in between;
+ *   - memory telemetry is consistent (weights counted, allocated <= peak, allocated <=
+ *     reserved, device free <= total) and activations are all freed after a job;
+ *   - trim gives the free chunks back and the next job still works.
+ * On a GPU machine through tests/gpu/run.sh; in CI on the CPU emulator of CUDA.
+ */
+#include "zi_test.h"
+
+#ifdef ZI_HAVE_CUDA
+
+#include "backend.h"
+#include "pipeline.h"
+#include "zi_cuda.h"
+#include "zi_err.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ZP_MIN_PSNR 38.0
+
+static zi_backend *gpu, *cpu;
+static zi_pipeline *pg, *pc;
+
+static int zp_setup(void **state)
+{
+    (void)state;
+    if (!zi_backend_cuda_available()) {
+        fprintf(stderr, "test_pipeline_cuda: no GPU visible\n");
+        return -1;
+    }
+    gpu = zi_backend_cuda_new(0);
+    cpu = zi_backend_cpu_new(0);
+    if (!gpu || !cpu) {
+        fprintf(stderr, "test_pipeline_cuda: backend: %s\n", zi_errmsg());
+        return -1;
+    }
+    const char *dir = zi_test_golden("tiny-zimage");
+    if (zi_pipeline_load(dir, gpu, &pg) != ZI_OK || zi_pipeline_load(dir, cpu, &pc) != ZI_OK) {
+        fprintf(stderr, "test_pipeline_cuda: load: %s\n", zi_errmsg());
+        return -1;
+    }
+    return 0;
+}
+
+static int zp_teardown(void **state)
+{
+    (void)state;
+    zi_pipeline_free(pg);
+    zi_pipeline_free(pc);
+    zi_backend_destroy(gpu);
+    zi_backend_destroy(cpu);
+    return 0;
+}
+
+static zi_gen_params zp_params(int w, int h, float guidance)
+{
+    zi_gen_params p = {0};
+    p.prompt = "a red cube on a wooden table, studio light";
+    p.negative_prompt = "blurry";
+    p.width = w;
+    p.height = h;
+    p.steps = 4;
+    p.guidance = guidance;
+    p.seed = 1234567;
+    p.rng = ZI_RNG_CUDA;
+    return p;
+}
+
+static uint8_t *zp_generate(zi_pipeline *p, const zi_gen_params *gp)
+{
+    uint8_t *rgb = NULL;
+    if (zi_pipeline_generate(p, gp, NULL, NULL, &rgb) != ZI_OK)
+        fail_msg("generate %dx%d: %s", gp->width, gp->height, zi_errmsg());
+    return rgb;
+}
+
+static void zp_check_telemetry(const char *when)
+{
+    zi_mem_stats m;
+    gpu->mem_stats(gpu, &m);
+    printf("%-22s reserved %8.2f MiB allocated %8.2f MiB peak %8.2f MiB weights %8.2f MiB "
+           "chunks %llu\n",
+           when, m.reserved / 1048576.0, m.allocated / 1048576.0, m.peak / 1048576.0,
+           m.weights / 1048576.0, (unsigned long long)m.mapped_chunks);
+    assert_true(m.weights > 0);
+    assert_true(m.allocated >= m.weights);
+    assert_true(m.peak >= m.allocated);
+    assert_true(m.device_total > 0 && m.device_free <= m.device_total);
+    zi_alloc_stats s;
+    if (zi_cuda_alloc_stats(gpu, &s) == ZI_OK) /* VMM mode */
+        assert_true(m.reserved >= m.allocated);
+}
+
+static void test_matches_cpu_and_is_deterministic(void **state)
+{
+    (void)state;
+    const int w = 64, h = 48;
+    for (int cfg = 0; cfg < 2; cfg++) {
+        zi_gen_params gp = zp_params(w, h, cfg ? 3.5f : 0.0f);
+        uint8_t *a = zp_generate(pg, &gp), *b = zp_generate(pg, &gp), *c = zp_generate(pc, &gp);
+        size_t n = (size_t)w * h * 3;
+        double psnr = zi_psnr_u8(a, c, n);
+        printf("%s: cuda vs cpu PSNR %.2f dB\n", cfg ? "CFG 3.5" : "no CFG", psnr);
+        assert_true(psnr >= ZP_MIN_PSNR);
+        assert_memory_equal(a, b, n);
+        free(a), free(b), free(c);
+    }
+}
+
+static void test_steady_state_maps_nothing(void **state)
+{
+    (void)state;
+    zi_alloc_stats s0, s1, s2;
+    if (zi_cuda_alloc_stats(gpu, &s0) != ZI_OK)
+        fail_msg("the allocator is not in VMM mode: %s", zi_errmsg());
+    zi_gen_params big = zp_params(80, 64, 3.5f), small = zp_params(48, 32, 0.0f);
+    free(zp_generate(pg, &big)); /* warm: the largest job maps what it needs */
+    zp_check_telemetry("after the first job");
+    zi_mem_stats m0;
+    gpu->mem_stats(gpu, &m0);
+    assert_int_equal(zi_cuda_alloc_stats(gpu, &s1), ZI_OK);
+    free(zp_generate(pg, &small));
+    free(zp_generate(pg, &big));
+    free(zp_generate(pg, &big));
+    assert_int_equal(zi_cuda_alloc_stats(gpu, &s2), ZI_OK);
+    zp_check_telemetry("after three more jobs");
+    printf("map calls %llu -> %llu -> %llu, reserved %llu -> %llu\n",
+           (unsigned long long)s0.map_calls, (unsigned long long)s1.map_calls,
+           (unsigned long long)s2.map_calls, (unsigned long long)s1.reserved,
+           (unsigned long long)s2.reserved);
+    assert_int_equal(s2.map_calls, s1.map_calls); /* nothing reached the driver */
+    assert_int_equal(s2.reserved, s1.reserved);
+    zi_mem_stats m1;
+    gpu->mem_stats(gpu, &m1);
+    assert_int_equal(m1.allocated, m0.allocated); /* every activation freed after a job */
+    assert_int_equal(m1.weights, m0.weights);
+}
+
+static void test_trim_then_generate(void **state)
+{
+    (void)state;
+    zi_gen_params gp = zp_params(64, 48, 0.0f);
+    uint8_t *before = zp_generate(pg, &gp);
+    zi_mem_stats m0, m1;
+    gpu->mem_stats(gpu, &m0);
+    uint64_t released = zi_cuda_trim(gpu);
+    gpu->mem_stats(gpu, &m1);
+    printf("trim released %.2f MiB (reserved %.2f -> %.2f MiB)\n", released / 1048576.0,
+           m0.reserved / 1048576.0, m1.reserved / 1048576.0);
+    assert_int_equal(m1.reserved + released, m0.reserved);
+    assert_int_equal(m1.allocated, m0.allocated); /* weights stay */
+    uint8_t *after = zp_generate(pg, &gp);
+    assert_memory_equal(before, after, (size_t)64 * 48 * 3);
+    free(before), free(after);
+    zp_check_telemetry("after trim + job");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matches_cpu_and_is_deterministic),
+        cmocka_unit_test(test_steady_state_maps_nothing),
+        cmocka_unit_test(test_trim_then_generate),
+    };
+    return cmocka_run_group_tests(tests, zp_setup, zp_teardown);
+}
+
+#else /* !ZI_HAVE_CUDA */
+
+#include <stdio.h>
+
+int main(void)
+{
+    fprintf(stderr, "test_pipeline_cuda: built without CUDA\n");
+    return 1;
+}
+
+#endif
