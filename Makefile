@@ -10,7 +10,7 @@ JOBS ?= 2
 ZI_CUDA ?= AUTO
 export JOBS KEEP ZI_CUDA
 
-.PHONY: all deps build build-asan test demo stack-up stack-down stack-env format lint clean
+.PHONY: all deps build build-asan build-emu test demo stack-up stack-down stack-env format lint clean
 
 all: build
 
@@ -24,6 +24,11 @@ build:
 build-asan:
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DZI_SANITIZE=ON -DZI_CUDA=OFF
 	cmake --build build-asan -j$(JOBS)
+
+# The CUDA backend on the CPU emulator of CUDA (docs/cuda.md): ctest --test-dir build-emu
+build-emu:
+	cmake -S . -B build-emu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZI_SANITIZE=ON -DZI_CUDA=EMU -DZI_WORKER=OFF
+	cmake --build build-emu -j$(JOBS)
 
 # The whole suite; its last line is "N passed, N failed" (see tests/run-all.sh).
 test:
@@ -55,4 +60,4 @@ lint:
 	tests/lint.sh cppcheck
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-emu

@@ -5,8 +5,10 @@
  *
  * Work split: grid (ceil(Sq/64), H); a block of 4 warps holds a 64 x 128 Q tile; warp w
  * owns query rows 16w .. 16w+15 and keeps their Q fragments, the 16 x 128 fp32 output
- * accumulator and the row statistics in registers. For each 64-key tile the block copies
- * K and V to shared memory (cp.async, rows past Skv zero-filled), then each warp computes
+ * accumulator and the row statistics in registers. K and V tiles are double-buffered in
+ * shared memory: while the warps compute on tile j, cp.async already copies tile j+1 into
+ * the other stage (rows past Skv zero-filled; cp.async.wait_group 1 waits for tile j
+ * only), so the copy of the next tile overlaps the math of this one. Each warp computes
  * S = Q K^T with mma.sync m16n8k16 (bf16 -> fp32), masks (Skv bound, causal), rescales its
  * running output, turns the probabilities into bf16 A fragments without leaving registers
  * (the accumulator layout of two n8 tiles is the A layout of one k16 step) and adds P V.
@@ -41,7 +43,8 @@ constexpr int kBc = 64;          /* keys per tile */
 constexpr int kLd = kHd + 8;     /* smem row stride in bf16: +16 bytes, no bank conflicts */
 constexpr int kThreads = 128;    /* 4 warps x 16 query rows */
 constexpr int kChunks = kHd / 8; /* 16-byte chunks per row */
-constexpr size_t kSmem = (size_t)(kBr + 2 * kBc) * kLd * sizeof(__nv_bfloat16);
+constexpr int kStages = 2;       /* K/V tiles in flight: the one in use and the next */
+constexpr size_t kSmem = (size_t)(kBr + kStages * 2 * kBc) * kLd * sizeof(__nv_bfloat16);
 
 /* Under ZI_CUDA_EMU (the CPU emulator, tests/cudaemu) each helper calls the emulated
  * instruction instead of its PTX; the emulator implements them from the PTX ISA. */
@@ -60,14 +63,24 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int src
 #endif
 }
 
-__device__ __forceinline__ void cp_async_wait_all()
+/* Closes the group of this thread's cp.async copies issued since the last commit. */
+__device__ __forceinline__ void cp_async_commit()
 {
 #ifdef ZI_CUDA_EMU
     zi_emu_cp_async_commit_group();
-    zi_emu_cp_async_wait_group(0);
 #else
     asm volatile("cp.async.commit_group;\n" ::);
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+
+/* Waits until at most N of this thread's committed groups are still in flight (N a
+ * compile-time constant: the PTX takes an immediate). */
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+#ifdef ZI_CUDA_EMU
+    zi_emu_cp_async_wait_group(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 
@@ -136,8 +149,8 @@ __global__ void __launch_bounds__(kThreads)
 {
     ZI_DYNAMIC_SMEM(unsigned char, smem_raw);
     __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(smem_raw); /* [kBr][kLd] */
-    __nv_bfloat16 *Ks = Qs + kBr * kLd;                              /* [kBc][kLd] */
-    __nv_bfloat16 *Vs = Ks + kBc * kLd;                              /* [kBc][kLd] */
+    /* stage st: K at Qs + kBr*kLd + st*2*kBc*kLd, V right after it; each [kBc][kLd] */
+    __nv_bfloat16 *const KVs = Qs + kBr * kLd;
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
@@ -150,8 +163,21 @@ __global__ void __launch_bounds__(kThreads)
     const __nv_bfloat16 *vh = v + (size_t)kvh * kHd;
     const int off = Skv - Sq;
 
+    int kv_end = Skv;
+    if (causal) {
+        int last = q0 + kBr - 1 + off + 1; /* keys visible to the block's last row */
+        kv_end = last < Skv ? last : Skv;
+    }
+    const int ntiles = (kv_end + kBc - 1) / kBc;
+
+    /* group 0: Q and the first K/V tile */
     load_tile(Qs, qh, qstride, q0, kBr, Sq);
-    cp_async_wait_all();
+    if (ntiles > 0) {
+        load_tile(KVs, kh, kstride, 0, kBc, Skv);
+        load_tile(KVs + kBc * kLd, vh, kstride, 0, kBc, Skv);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
 
     /* Q fragments of this warp's 16 rows, 8 k-steps of 16 dims */
@@ -168,18 +194,22 @@ __global__ void __launch_bounds__(kThreads)
     float l_run[2] = {0.0f, 0.0f};           /* this thread's part of the row sums */
     const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
 
-    int kv_end = Skv;
-    if (causal) {
-        int last = q0 + kBr - 1 + off + 1; /* keys visible to the block's last row */
-        kv_end = last < Skv ? last : Skv;
-    }
-
-    for (int j0 = 0; j0 < kv_end; j0 += kBc) {
-        __syncthreads(); /* every warp is done with the previous K/V tile */
-        load_tile(Ks, kh, kstride, j0, kBc, Skv);
-        load_tile(Vs, vh, kstride, j0, kBc, Skv);
-        cp_async_wait_all();
-        __syncthreads();
+    for (int tile = 0; tile < ntiles; tile++) {
+        const int j0 = tile * kBc;
+        const __nv_bfloat16 *Ks = KVs + (size_t)(tile & 1) * 2 * kBc * kLd;
+        const __nv_bfloat16 *Vs = Ks + kBc * kLd;
+        if (tile + 1 < ntiles) {
+            /* the next tile into the other stage, whose last readers (tile - 1) finished
+             * before the barrier at the end of the previous iteration */
+            __nv_bfloat16 *Kn = KVs + (size_t)((tile + 1) & 1) * 2 * kBc * kLd;
+            load_tile(Kn, kh, kstride, j0 + kBc, kBc, Skv);
+            load_tile(Kn + kBc * kLd, vh, kstride, j0 + kBc, kBc, Skv);
+            cp_async_commit();
+            cp_async_wait<1>(); /* this tile's group is complete, the next may be in flight */
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads(); /* every thread's copies of this tile are visible */
 
         /* S = Q K^T: 8 n-tiles of 8 keys */
         float sc[kBc / 8][4];
@@ -260,6 +290,7 @@ __global__ void __launch_bounds__(kThreads)
                 mma_16816(o[2 * dp + 1], a, b[2], b[3]);
             }
         }
+        __syncthreads(); /* every warp is done with this stage before it is refilled */
     }
 
     /* finish the row sums across the 4 threads of a row, normalise, store bf16 pairs */
