@@ -26,6 +26,7 @@
 #include "dit.h"
 #include "pipeline.h"
 #include "pipeline_bench.h"
+#include "profile.h"
 #include "qwen3.h"
 #include "vae.h"
 #include "zi_err.h"
@@ -50,32 +51,36 @@ typedef struct zb_opts {
     int random_weights;
     int width, height, steps, runs;
     int size, small_size, small_steps, tokens;
+    int profile;
     uint64_t seed;
 } zb_opts;
 
 static void zb_usage(FILE *f)
 {
-    fprintf(f, "usage: zimage bench --model DIR [options]\n"
-               "       zimage bench --random-weights [options]\n"
-               "\n"
-               "  --backend auto|cpu|cuda  backend to measure (default auto)\n"
-               "  --runs N                 timed runs after one warm-up, median reported "
-               "(default 3)\n"
-               "  --seed S                 noise / weight seed (default 42)\n"
-               "checkpoint mode:\n"
-               "  --model DIR              checkpoint folder (diffusers layout)\n"
-               "  --width W, --height H    image size (default 64x64)\n"
-               "  --steps N                steps (default 8)\n"
-               "  --prompt TEXT            prompt (default \"a photo of a cat\")\n"
-               "  --baseline auto|cpu|cuda also run on this backend; report speedups\n"
-               "random-weights mode:\n"
-               "  --random-weights         real Z-Image-Turbo shapes, random weights\n"
-               "  --config DIR             take the shapes from DIR's config files instead\n"
-               "  --size N                 large image side (default 1024), --steps (default 8)\n"
-               "  --small-size N           small image side (default 384), --small-steps "
-               "(default 9)\n"
-               "  --tokens N               prompt tokens (random ids, default 128)\n"
-               "Prints one JSON object on stdout.\n");
+    fprintf(f,
+            "usage: zimage bench --model DIR [options]\n"
+            "       zimage bench --random-weights [options]\n"
+            "\n"
+            "  --backend auto|cpu|cuda  backend to measure (default auto)\n"
+            "  --runs N                 timed runs after one warm-up, median reported "
+            "(default 3)\n"
+            "  --seed S                 noise / weight seed (default 42)\n"
+            "checkpoint mode:\n"
+            "  --model DIR              checkpoint folder (diffusers layout)\n"
+            "  --width W, --height H    image size (default 64x64)\n"
+            "  --steps N                steps (default 8)\n"
+            "  --prompt TEXT            prompt (default \"a photo of a cat\")\n"
+            "  --baseline auto|cpu|cuda also run on this backend; report speedups\n"
+            "random-weights mode:\n"
+            "  --random-weights         real Z-Image-Turbo shapes, random weights\n"
+            "  --config DIR             take the shapes from DIR's config files instead\n"
+            "  --size N                 large image side (default 1024), --steps (default 8)\n"
+            "  --small-size N           small image side (default 384), --small-steps "
+            "(default 9)\n"
+            "  --tokens N               prompt tokens (random ids, default 128)\n"
+            "  --profile                add \"profile\": per-op time of one text encode, one DiT\n"
+            "                           forward and one VAE decode at the large size\n"
+            "Prints one JSON object on stdout.\n");
 }
 
 static int zb_usage_error(const char *msg, const char *arg)
@@ -318,6 +323,39 @@ static int zb_time_dit(zi_dit *d, const zi_dit_caption *cap, int side, int vs, i
     return rc;
 }
 
+/* profile[name] = the per-op breakdown of one call of `what` (a bench timing function
+ * run with runs = 0, i.e. its warm-up call only): [{"op", "calls", "ms", "share"}...],
+ * largest first; share is of the ops' summed time. */
+#define ZB_PROFILE(be, profile, name, rc, what)                                                    \
+    do {                                                                                           \
+        (rc) = zi_profile_start(be);                                                               \
+        if ((rc) == ZI_OK) {                                                                       \
+            (rc) = (what);                                                                         \
+            zi_profile_entry e_[ZI_PROFILE_MAX_OPS];                                               \
+            int n_ = 0, src_ = zi_profile_stop(be, e_, ZI_PROFILE_MAX_OPS, &n_);                   \
+            (rc) = (rc) ? (rc) : src_;                                                             \
+            zb_profile_json(profile, name, e_, n_);                                                \
+        }                                                                                          \
+    } while (0)
+
+static void zb_profile_json(cJSON *profile, const char *name, const zi_profile_entry *e, int n)
+{
+    double total = 0;
+    for (int i = 0; i < n; i++)
+        total += e[i].ms;
+    cJSON *arr = cJSON_AddArrayToObject(profile, name);
+    for (int i = 0; arr && i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        if (!o)
+            break;
+        cJSON_AddStringToObject(o, "op", e[i].op);
+        cJSON_AddNumberToObject(o, "calls", (double)e[i].calls);
+        cJSON_AddNumberToObject(o, "ms", e[i].ms);
+        cJSON_AddNumberToObject(o, "share", total > 0 ? e[i].ms / total : 0);
+        cJSON_AddItemToArray(arr, o);
+    }
+}
+
 /* Times the VAE decoder at side x side and reports its activation peak (bytes). */
 static int zb_time_vae(zi_backend *be, zi_vae *vae, const zi_model_config *cfg, int side, int runs,
                        double *ms, double *peak)
@@ -421,6 +459,27 @@ static int zb_random(const zb_opts *o, cJSON *root)
     if (rc != ZI_OK)
         goto done;
     fprintf(stderr, "bench: VAE decode %d: %.2f ms\n", o->size, vae_ms);
+
+    if (o->profile) { /* after the timed runs: every buffer and plan is warm */
+        cJSON *prof = cJSON_AddObjectToObject(root, "profile");
+        float *pemb = NULL;
+        int pdim = 0;
+        double unused = 0, upeak = 0;
+        ZB_PROFILE(be, prof, "text_encode", rc,
+                   zb_time_text(be, zi_pipeline_text_encoder(p), o->tokens, 0, o->seed, &pemb,
+                                &pdim, &unused));
+        free(pemb);
+        snprintf(key, sizeof key, "dit_forward_%d", o->size);
+        if (rc == ZI_OK)
+            ZB_PROFILE(be, prof, key, rc, zb_time_dit(d, cap, o->size, vs, 0, &unused));
+        snprintf(key, sizeof key, "vae_decode_%d", o->size);
+        if (rc == ZI_OK)
+            ZB_PROFILE(be, prof, key, rc,
+                       zb_time_vae(be, zi_pipeline_vae(p), &cfg, o->size, 0, &unused, &upeak));
+        if (rc != ZI_OK)
+            goto done;
+        fprintf(stderr, "bench: profiled one text encode, DiT forward and VAE decode\n");
+    }
 
     /* whole images */
     double big_med, big_min, big_step, small_med, small_min, small_step;
@@ -526,6 +585,10 @@ int zi_cmd_bench(int argc, char **argv)
             o.random_weights = 1;
             continue;
         }
+        if (strcmp(a, "--profile") == 0) {
+            o.profile = 1;
+            continue;
+        }
         if (!v) {
             /* An option bench does not know is "unknown", also as the last argument. */
             static const char *const known[] = {
@@ -589,6 +652,8 @@ int zi_cmd_bench(int argc, char **argv)
         return zb_usage_error("give exactly one of --model DIR and --random-weights", NULL);
     if (o.baseline && o.random_weights)
         return zb_usage_error("--baseline applies to --model runs", NULL);
+    if (o.profile && !o.random_weights)
+        return zb_usage_error("--profile applies to --random-weights runs", NULL);
     if (o.steps < 0)
         o.steps = 8;
     int sides[4] = {o.width, o.height, o.size, o.small_size};

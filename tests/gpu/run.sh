@@ -271,7 +271,7 @@ if ((BUILT)) && [[ ${ZI_GPU_BUILD_ONLY:-0} != 1 ]]; then
     RUNS=2
     (($(left) < 150)) && RUNS=1
     have bench zimage && stage bench 150 bash -c "'$BUILD/zimage' bench --backend cuda \
-        --random-weights --runs $RUNS >'$OUTDIR/bench.json'"
+        --random-weights --profile --runs $RUNS >'$OUTDIR/bench.json'"
 fi
 for f in kernels golden bench; do # no empty files back
     [[ -s $OUTDIR/$f.json ]] || rm -f "$OUTDIR/$f.json"

@@ -7,6 +7,7 @@
 #include "zi_test.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,6 +97,43 @@ static void test_random_weights_cpu(void **state)
     assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "gemm_bf16_tflops")));
     assert_non_null(cJSON_GetObjectItemCaseSensitive(j, "text_encode_ms"));
     assert_non_null(cJSON_GetObjectItemCaseSensitive(j, "vae_decode_64_ms"));
+    assert_null(cJSON_GetObjectItemCaseSensitive(j, "profile")); /* only with --profile */
+    cJSON_Delete(j);
+}
+
+/* --profile: per-op breakdowns of the three components, largest first, shares summing to 1,
+ * with the ops each component must use. */
+static void test_profile_cpu(void **state)
+{
+    (void)state;
+    assert_int_equal(bench("--profile --model x"), 2); /* random-weights runs only */
+    cJSON *j = bench_json("--backend cpu --random-weights --config '%s' --size 64 --steps 1 "
+                          "--small-size 32 --small-steps 1 --runs 1 --tokens 12 --profile",
+                          "random-weights");
+    const cJSON *prof = cJSON_GetObjectItemCaseSensitive(j, "profile");
+    assert_true(cJSON_IsObject(prof));
+    const char *parts[3] = {"text_encode", "dit_forward_64", "vae_decode_64"};
+    const char *must[3] = {"attention", "linear", "conv2d"};
+    for (int i = 0; i < 3; i++) {
+        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(prof, parts[i]);
+        assert_true(cJSON_IsArray(arr));
+        assert_true(cJSON_GetArraySize(arr) >= 3);
+        double share = 0, prev = INFINITY;
+        int found = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, arr)
+        {
+            double ms = num(e, "ms");
+            assert_true(ms >= 0 && ms <= prev); /* sorted, largest first */
+            prev = ms;
+            assert_true(num(e, "calls") >= 1);
+            share += num(e, "share");
+            found |= strcmp(cJSON_GetObjectItemCaseSensitive(e, "op")->valuestring, must[i]) == 0;
+        }
+        assert_true(fabs(share - 1.0) < 1e-6);
+        if (!found)
+            fail_msg("%s: no %s in its profile", parts[i], must[i]);
+    }
     cJSON_Delete(j);
 }
 
@@ -105,6 +143,7 @@ int main(void)
         cmocka_unit_test(test_usage),
         cmocka_unit_test(test_checkpoint_cpu),
         cmocka_unit_test(test_random_weights_cpu),
+        cmocka_unit_test(test_profile_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
