@@ -5,8 +5,10 @@
 #   2. build          build/      Release (-O2), CUDA too when nvcc is present (compile only)
 #   3. build-asan     build-asan/ Debug, ASan + UBSan, no CUDA
 #      build-emu      build-emu/ the CUDA backend on the CPU emulator of CUDA
-#                     (tests/cudaemu/), ASan + UBSan, pipeline only; needs the CUDA
-#                     toolkit's headers (with ZI_CUDA=AUTO it is left out without them)
+#                     (tests/cudaemu/), ASan + UBSan; needs the CUDA toolkit's headers
+#                     (with ZI_CUDA=AUTO it is left out without them)
+#      build-pipeline build-pipeline/ -DZI_WORKER=OFF, the pipeline-only build of GPU
+#                     machines (tests/gpu/run.sh): `zimage` must link without the worker
 #   4. format         clang-format --dry-run -Werror on every C/CUDA file (tests/lint.sh)
 #   5. static-analysis cppcheck on every C file, zero findings (tests/lint.sh); .cu files
 #                     are held to nvcc's warnings-as-errors in step 2 instead
@@ -17,7 +19,9 @@
 #   7. golden tests   ctest -L golden in build
 #   8. stack          deploy/local/stack.sh up, its `env` exported
 #   9. integration and fault tests: ctest -L 'integration|fault' in build, one at a time
-#                     (fault tests stop and start the shared stack's services)
+#                     (fault tests stop and start the shared stack's services); then
+#                     ctest -L gpu-stack in build-emu: the worker on the (emulated) CUDA
+#                     backend against the stack - GPU telemetry in Redis, out of memory
 #  10. stack down (also on failure or interrupt), unless KEEP=1 or the stack was already
 #      running before (then it is used as it is and left running)
 #
@@ -152,9 +156,16 @@ if [[ ${ZI_CUDA:-AUTO} != OFF && -f $cuda_inc/cuda_runtime_api.h && -f $cuda_inc
     say "build: build-emu/ (CUDA backend on the CPU emulator, ASan+UBSan)"
     rc=0
     cmake -S . -B build-emu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DZI_SANITIZE=ON -DZI_CUDA=EMU \
-        -DZI_WORKER=OFF -DCUDAToolkit_ROOT="${CUDA_HOME:-/usr/local/cuda}" &&
+        -DCUDAToolkit_ROOT="${CUDA_HOME:-/usr/local/cuda}" &&
         cmake --build build-emu -j"$JOBS" -- -k || rc=1
     record build-emu $rc
+
+    say "build: build-pipeline/ (-DZI_WORKER=OFF, as on GPU machines; zimage only)"
+    rc=0
+    cmake -S . -B build-pipeline -DCMAKE_BUILD_TYPE=Debug -DZI_WORKER=OFF -DZI_CUDA=EMU \
+        -DCUDAToolkit_ROOT="${CUDA_HOME:-/usr/local/cuda}" &&
+        cmake --build build-pipeline -j"$JOBS" --target zimage || rc=1
+    record build-pipeline $rc
 else
     say "build-emu left out: no CUDA toolkit headers in $cuda_inc (or ZI_CUDA=OFF)"
 fi
@@ -194,6 +205,9 @@ if ((rc == 0)); then
 fi
 # Integration and fault tests share one stack and fault tests stop its services: serial.
 ctest_run integration-fault build -L 'integration|fault' -j1
+if ((emu)); then
+    ctest_run emu-stack build-emu -L gpu-stack -j1
+fi
 stack_down
 
 say "summary"

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# test_worker_cuda.sh - the worker on the CUDA backend against the local stack (label
+# gpu-stack). In CI it runs in build-emu/, on the CPU emulator of CUDA (tests/cudaemu/);
+# on a GPU machine with the stack up it runs on the real device the same way.
+#
+# 1. A job through the CUDA backend: succeeded, a 64x64 PNG in the bucket.
+# 2. GPU telemetry (the contract's worker hash and /metrics): backend cuda, the device's
+#    name, vram_total_bytes / vram_free_bytes from cudaMemGetInfo, the allocator's
+#    reserved >= allocated > 0 and peak >= allocated, the same figures in
+#    zimage_gpu_memory_bytes{kind=...}.
+# 3. Out of device memory (a mapping cap, ZI_CUDA_MEM_LIMIT_MB, that fits the weights and a
+#    64x64 job but not a 256x256 one): the big job fails with error_code oom and goes to the
+#    DLQ, the worker keeps running, and the next small job succeeds.
+source "$(dirname "$0")/../integration/worker_lib.sh"
+zt_init worker_cuda
+ZT_STEPS=2 zt_config
+CUDA=(ZIMAGE_DEVICE_BACKEND=cuda ZI_CUDA_MEM_LIMIT_MB=136)
+
+zt_start_worker w1 "${CUDA[@]}"
+zt_wait_log w1 'assigned' 60
+
+# ---- 1. a job on the CUDA backend ----
+zt_submit --job-id cu-1 --prompt "a lighthouse at dusk" >/dev/null
+zt_wait_status cu-1 succeeded 120
+curl -s -o "$ZT_TMP/cu-1.png" --max-time 10 "$(zt_url cu-1)"
+zt_check "cu-1 image" 64x64 "$(zt_png_size "$ZT_TMP/cu-1.png")"
+
+# ---- 2. telemetry ----
+sleep 1.5 # one heartbeat (heartbeat_s 1) after the job
+h() { zt_redis HGET "${ZT_PREFIX}worker:w1" "$1"; }
+zt_check "backend" cuda "$(h backend)"
+gpu=$(h gpu_name)
+zt_check "gpu_name is the device's" yes "$([[ -n $gpu && $gpu != cpu ]] && echo yes)"
+total=$(h vram_total_bytes) free=$(h vram_free_bytes)
+res=$(h alloc_reserved_bytes) alloc=$(h alloc_allocated_bytes) peak=$(h alloc_peak_bytes)
+echo "telemetry: gpu '$gpu' total $total free $free reserved $res allocated $alloc peak $peak"
+zt_check_ge "vram_total_bytes" 1 "$total"
+zt_check_ge "vram_free_bytes <= total" 0 "$((total - free))"
+zt_check_ge "alloc_allocated_bytes (weights at least)" 1 "$alloc"
+zt_check_ge "reserved >= allocated" 0 "$((res - alloc))"
+zt_check_ge "peak >= allocated" 0 "$((peak - alloc))"
+zt_check_ge "reserved within the 136 MiB cap" 0 "$((136 * 1048576 - res))"
+zt_check "metric total" "$total" "$(zt_metric w1 'zimage_gpu_memory_bytes{kind="total"}')"
+zt_check "metric reserved" "$res" "$(zt_metric w1 'zimage_gpu_memory_bytes{kind="reserved"}')"
+
+# ---- 3. out of device memory ----
+zt_submit --job-id cu-big --prompt "too big for the cap" --width 256 --height 256 >/dev/null
+zt_wait_status cu-big failed 180
+zt_check "cu-big error_code" oom "$(zt_field cu-big error_code)"
+zt_check "cu-big error names device memory" yes \
+    "$(grep -q 'out of device memory' <<<"$(zt_field cu-big error)" && echo yes)"
+in_dlq=no # the copy may land just after the final status
+for _ in $(seq 1 50); do
+    zt_consume "$ZT_DLQ" '%k\n' | grep -qx cu-big && in_dlq=yes && break
+    sleep 0.2
+done
+zt_check "cu-big in the DLQ" yes "$in_dlq"
+zt_submit --job-id cu-2 --prompt "small again" >/dev/null
+zt_wait_status cu-2 succeeded 120
+zt_check "worker still running after oom" yes "$(kill -0 "${ZT_PIDS[w1]}" 2>/dev/null && echo yes)"
+zt_check "objects" "$(printf "$ZT_KEYDIR/%s.png\n" cu-1 cu-2)" "$(zt_s3_keys | sort)"
+
+zt_kill w1 TERM
+zt_wait_exit w1 60
+zt_check "exit status after SIGTERM" 0 "$ZT_RC"
+zt_finish
