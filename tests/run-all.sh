@@ -13,14 +13,14 @@
 #   5. static-analysis cppcheck on every C file, zero findings (tests/lint.sh); .cu files
 #                     are held to nvcc's warnings-as-errors in step 2 instead
 #   6. unit tests     ctest -L unit in build-asan (includes the fuzz corpus replays);
-#                     ctest -L 'unit|gpu' in build-emu: the CUDA backend's kernels against
+#                     ctest -L '^(unit|gpu)$' in build-emu: the CUDA backend's kernels against
 #                     the CPU backend, the golden images through it, the allocator on the
 #                     emulated driver, the emulator's own tests
 #   7. golden tests   ctest -L golden in build
 #   8. stack          deploy/local/stack.sh up, its `env` exported
 #   9. integration and fault tests: ctest -L 'integration|fault' in build, one at a time
 #                     (fault tests stop and start the shared stack's services); then
-#                     ctest -L gpu-stack in build-emu: the worker on the (emulated) CUDA
+#                     ctest -L '^gpu-stack$' in build-emu: the worker on the (emulated) CUDA
 #                     backend against the stack - GPU telemetry in Redis, out of memory
 #  10. stack down (also on failure or interrupt), unless KEEP=1 or the stack was already
 #      running before (then it is used as it is and left running)
@@ -184,7 +184,7 @@ fi
 # depend on services.
 ctest_run unit build-asan -L unit -j"$JOBS"
 if ((emu)); then
-    ctest_run emu build-emu -L 'unit|gpu' -j"$JOBS"
+    ctest_run emu build-emu -L '^(unit|gpu)$' -j"$JOBS"
 fi
 ctest_run golden build -L golden -j"$JOBS"
 
@@ -206,7 +206,7 @@ fi
 # Integration and fault tests share one stack and fault tests stop its services: serial.
 ctest_run integration-fault build -L 'integration|fault' -j1
 if ((emu)); then
-    ctest_run emu-stack build-emu -L gpu-stack -j1
+    ctest_run emu-stack build-emu -L '^gpu-stack$' -j1
 fi
 stack_down
 
