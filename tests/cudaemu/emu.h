@@ -5,12 +5,20 @@
  * kernels, the cuBLAS/cuBLASLt calls and the VMM allocator against the CPU backend:
  *   - emu_runtime.c: the host APIs the backend links - the CUDA runtime subset (memory,
  *     streams, events, device queries, errors), cuBLAS/cuBLASLt GEMMs (column-major, as
- *     documented by NVIDIA) and the driver VMM entry points (on mmap + memfd).
+ *     documented by NVIDIA) and the driver VMM entry points (on mmap + memfd) - and the
+ *     stream queues;
  *   - emu_device.cpp + zi_cuda_emu.h: the device language for the kernels/ .cu files compiled by
- * the host C++ compiler - threadIdx & co, __syncthreads, warp shuffles, ldmatrix, mma.sync,
+ *     the host C++ compiler - threadIdx & co, __syncthreads, warp shuffles, ldmatrix, mma.sync,
  *     cp.async, dynamic shared memory, <<<>>> launches (ZI_LAUNCH) - each CUDA thread a fiber.
- * Work is synchronous: a launch or a copy is done when the call returns; streams and
- * events only order and time.
+ *
+ * Work is asynchronous, as on a GPU: a kernel launch, an async copy or memset, a GEMM or an
+ * event record is queued on its stream (after the checks CUDA does at the call) and runs,
+ * in issue order, only where CUDA guarantees completion - cudaStreamSynchronize,
+ * cudaEventSynchronize, cudaDeviceSynchronize and the calls that imply them (see
+ * emu_runtime.c, "stream queues"). So a host/device ordering bug of the backend (reading a
+ * result or refilling a pinned buffer without waiting, freeing or unmapping memory queued
+ * work still uses) shows up in CI. ZI_EMU_SYNC=1 (read once) runs every piece of work at
+ * once instead, as the emulator did before, for debugging.
  */
 #ifndef ZI_EMU_H
 #define ZI_EMU_H
@@ -37,9 +45,30 @@ int zi_emu_max_optin_smem(void); /* the emulated device's limit: 227 KiB, as on 
  * accessible VMM range); used to check copy directions and kernel arguments. */
 int zi_emu_is_device_range(const void *p, size_t n);
 
-/* Kernel launches since start (for tests of the emulator itself). */
+/* 1 when [p, p + n) lies wholly inside one live cudaHostAlloc/cudaMallocHost block
+ * (page-locked host memory: with unified addressing a kernel may use it, and async copies
+ * from or to it are truly asynchronous). */
+int zi_emu_is_pinned_range(const void *p, size_t n);
+
+/* Kernel launches accepted (checked and queued) since start (for the emulator's tests). */
 unsigned long long zi_emu_launch_count(void);
 void zi_emu_count_launch(void);
+
+/* ---- stream queues ---- */
+
+/* Queues run(ctx) on `stream` (NULL / cudaStreamLegacy, cudaStreamPerThread or a live
+ * stream) after the work already queued there; destroy(ctx) (may be NULL) is called once
+ * run has returned. With ZI_EMU_SYNC=1 it runs before zi_emu_enqueue returns. `what` (a
+ * string that outlives the work, e.g. the kernel's name) names the work in messages.
+ * A dead stream: cudaErrorInvalidResourceHandle, nothing queued, destroy(ctx) called. */
+cudaError_t zi_emu_enqueue(cudaStream_t stream, const char *what, void (*run)(void *ctx),
+                           void (*destroy)(void *ctx), void *ctx);
+
+/* Pieces of work queued on all streams and not yet run (for the emulator's tests). */
+unsigned long long zi_emu_pending(void);
+
+/* 1 when ZI_EMU_SYNC=1 makes work run at once. */
+int zi_emu_sync_mode(void);
 
 #ifdef __cplusplus
 }

@@ -3,9 +3,10 @@
  * hierarchy, barriers, warp collectives and the warp-level matrix instructions used by
  * kernels/zi_cuda_*.cu, run on the CPU (declarations and contract: zi_cuda_emu.h, emu.h).
  *
- * Execution model: a launch runs synchronously on the calling OS thread, under a process
- * lock. Blocks run one after the other; the threads of a block are fibers (ucontext, pooled
- * stacks with a guard page) that switch only where CUDA threads can wait for each other:
+ * Execution model: a launch is queued on its stream (zi_emu_enqueue, emu.h) and runs on the
+ * OS thread that waits for the stream, under a process lock. Blocks run one after the other; the
+ * threads of a block are fibers (ucontext, pooled stacks with a guard page) that switch only where
+ * CUDA threads can wait for each other:
  * __syncthreads and the warp collectives (shuffles, __syncwarp, ldmatrix, mma). A fiber whose
  * thread returns without having waited starts the block's next unstarted thread itself, so a
  * kernel without barriers costs no context switch per thread. A thread arriving at a
@@ -29,16 +30,21 @@
 
 #include "zi_cuda_emu.h"
 
+#include <elf.h>
+#include <fcntl.h>
+#include <link.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <ucontext.h>
 #include <unistd.h>
 
 #include <mutex>
+#include <string>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -872,6 +878,119 @@ void *dynamic_smem(void)
  * <= (1024, 1024, 64), grid <= (2^31-1, 65535, 65535), none zero -> cudaErrorInvalidConfiguration;
  * dynamic shared memory above the function's cudaFuncAttributeMaxDynamicSharedMemorySize
  * (48 KiB until raised) -> cudaErrorInvalidValue. */
+namespace
+{
+
+/*
+ * Static __shared__ data per kernel. Here a __shared__ variable is a function-local static,
+ * so the program's symbol table has it: "_ZZ" + the kernel's mangled name without "_Z" +
+ * "E" + the variable (Itanium C++ ABI, local entities), with its size. The executable's
+ * .symtab is read once (from /proc/self/exe, mapped for the life of the process); a kernel
+ * whose symbol is not found (a stripped binary) is not checked. Function-local statics that
+ * are not __shared__ (other than __func__ & co) count too: on a GPU a kernel has no others.
+ */
+struct smem_symbols {
+    std::mutex lock;
+    bool loaded = false;
+    const Elf64_Sym *syms = nullptr;
+    size_t nsyms = 0;
+    const char *str = nullptr;
+    size_t nstr = 0;
+    uintptr_t bias = 0;
+    std::vector<std::pair<const void *, size_t>> cache;
+};
+
+smem_symbols &g_smem = *new smem_symbols;
+
+int main_program_bias(struct dl_phdr_info *info, size_t, void *data)
+{
+    *static_cast<uintptr_t *>(data) = info->dlpi_addr; /* the first object is the program */
+    return 1;
+}
+
+void smem_load(smem_symbols &t)
+{
+    t.loaded = true;
+    int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || (size_t)st.st_size < sizeof(Elf64_Ehdr)) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    size_t size = (size_t)st.st_size;
+    void *m = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED)
+        return;
+    const char *base = static_cast<const char *>(m);
+    const Elf64_Ehdr *eh = reinterpret_cast<const Elf64_Ehdr *>(base);
+    if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
+        eh->e_shentsize != sizeof(Elf64_Shdr) || eh->e_shoff > size ||
+        (size - eh->e_shoff) / sizeof(Elf64_Shdr) < eh->e_shnum)
+        return;
+    const Elf64_Shdr *sh = reinterpret_cast<const Elf64_Shdr *>(base + eh->e_shoff);
+    for (unsigned i = 0; i < eh->e_shnum; i++) {
+        if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= eh->e_shnum)
+            continue;
+        const Elf64_Shdr &ss = sh[sh[i].sh_link];
+        if (sh[i].sh_offset > size || sh[i].sh_size > size - sh[i].sh_offset ||
+            ss.sh_offset > size || ss.sh_size > size - ss.sh_offset)
+            return;
+        t.syms = reinterpret_cast<const Elf64_Sym *>(base + sh[i].sh_offset);
+        t.nsyms = sh[i].sh_size / sizeof(Elf64_Sym);
+        t.str = base + ss.sh_offset;
+        t.nstr = ss.sh_size;
+        dl_iterate_phdr(main_program_bias, &t.bias);
+        return;
+    }
+}
+
+const char *smem_name(const smem_symbols &t, const Elf64_Sym &s)
+{
+    if (s.st_name >= t.nstr || !memchr(t.str + s.st_name, 0, t.nstr - s.st_name))
+        return "";
+    return t.str + s.st_name;
+}
+
+/* Bytes of static __shared__ data kernel `fn` declares; 0 when unknown. */
+size_t static_smem(const void *fn)
+{
+    std::lock_guard<std::mutex> hold(g_smem.lock);
+    for (const auto &c : g_smem.cache)
+        if (c.first == fn)
+            return c.second;
+    if (!g_smem.loaded)
+        smem_load(g_smem);
+    const char *fname = nullptr;
+    for (size_t i = 0; i < g_smem.nsyms && !fname; i++) {
+        const Elf64_Sym &s = g_smem.syms[i];
+        if (ELF64_ST_TYPE(s.st_info) == STT_FUNC && s.st_value &&
+            s.st_value + g_smem.bias == (uintptr_t)fn &&
+            strncmp(smem_name(g_smem, s), "_Z", 2) == 0)
+            fname = smem_name(g_smem, s);
+    }
+    size_t total = 0;
+    if (fname) {
+        std::string prefix = std::string("_ZZ") + (fname + 2) + "E";
+        for (size_t i = 0; i < g_smem.nsyms; i++) {
+            const Elf64_Sym &s = g_smem.syms[i];
+            const char *n = smem_name(g_smem, s);
+            if (ELF64_ST_TYPE(s.st_info) != STT_OBJECT || strncmp(n, prefix.c_str(), prefix.size()))
+                continue;
+            const char *v = n + prefix.size(); /* <length><identifier>: skip __func__ & co */
+            while (*v >= '0' && *v <= '9')
+                v++;
+            if (strncmp(v, "__", 2) != 0)
+                total += (size_t)s.st_size;
+        }
+    }
+    g_smem.cache.emplace_back(fn, total);
+    return total;
+}
+
+} // namespace
+
 int launch_check(const launch_config &c)
 {
     unsigned long long threads = (unsigned long long)c.block.x * c.block.y * c.block.z;
@@ -886,19 +1005,56 @@ int launch_check(const launch_config &c)
         zi_emu_set_error(cudaErrorInvalidValue);
         return 0;
     }
-    return 1;
-}
-
-void check_pointer_arg(const launch_config &c, int index, const void *p)
-{
-    if (p && !zi_emu_is_device_range(p, 1)) {
+    /* Compute capabilities, sm_90: static shared memory is limited to 48 KB per block
+     * (more must be dynamic, with opt-in) - nvcc (ptxas) rejects such a kernel, so it is
+     * a bug of the source whatever the launch; and static + dynamic shared memory must fit
+     * the opt-in maximum ("The sum of this value and the function attribute sharedSizeBytes
+     * cannot exceed the device attribute cudaDevAttrMaxSharedMemoryPerBlockOptin"). */
+    size_t st = static_smem(c.fn);
+    if (st > (size_t)48 * 1024) {
         fprintf(stderr,
-                "zi_cuda_emu: kernel %s: argument %d (%p) is not device memory: the kernel "
-                "would fault on a GPU (cudaErrorIllegalAddress)\n",
-                c.name, index, p);
+                "zi_cuda_emu: kernel %s declares %zu bytes of static __shared__ data: more than "
+                "the 48 KiB per block a kernel may declare statically (ptxas would reject it; "
+                "use dynamic shared memory with cudaFuncAttributeMaxDynamicSharedMemorySize)\n",
+                c.name, st);
         fflush(stderr);
         abort();
     }
+    if (st + c.smem > (size_t)zi_emu_max_optin_smem()) {
+        zi_emu_set_error(cudaErrorInvalidValue);
+        return 0;
+    }
+    return 1;
+}
+
+/* A pointer argument must be device memory or, with unified addressing, page-locked host
+ * memory (Runtime API, "Unified Addressing": cudaHostAlloc memory "is always directly
+ * accessible from all devices that support unified addressing"). Only the address itself
+ * is checked (a kernel given an empty range may pass an end pointer). */
+void check_pointer_arg(const launch_config &c, int index, const void *p, bool running)
+{
+    if (!p || zi_emu_is_device_range(p, 1) || zi_emu_is_pinned_range(p, 1))
+        return;
+    if (running)
+        fprintf(stderr,
+                "zi_cuda_emu: kernel %s: argument %d (%p) is no longer device memory when the "
+                "queued kernel starts: it was freed or unmapped while the launch was queued "
+                "(the GPU would fault: cudaErrorIllegalAddress; synchronise before freeing)\n",
+                c.name, index, p);
+    else
+        fprintf(stderr,
+                "zi_cuda_emu: kernel %s: argument %d (%p) is not device memory (nor page-locked "
+                "host memory): the kernel would fault on a GPU (cudaErrorIllegalAddress)\n",
+                c.name, index, p);
+    fflush(stderr);
+    abort();
+}
+
+void launch_enqueue(const launch_config &c, void (*run)(void *), void (*destroy)(void *), void *ctx)
+{
+    /* zi_emu_enqueue records a dead stream as the launch error and destroys ctx */
+    if (zi_emu_enqueue(c.stream, c.name, run, destroy, ctx) == cudaSuccess)
+        zi_emu_count_launch();
 }
 
 namespace
@@ -949,7 +1105,6 @@ void run_block(void)
 void launch_run(const launch_config &c, void (*body)(void *), void *ctx)
 {
     std::lock_guard<std::mutex> hold(g.lock);
-    zi_emu_count_launch();
     g.cfg = &c;
     g.body = body;
     g.body_ctx = ctx;

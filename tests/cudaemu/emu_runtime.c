@@ -11,27 +11,32 @@
  * an exact-size 256-byte-aligned malloc (ASan sees overruns) filled with 0xff bytes (the
  * runtime does not clear memory; 0xff reads back as NaN in f32/bf16, so a kernel reading
  * memory nobody wrote shows up), the VMM maps memfd pages into PROT_NONE reservations and
- * cuMemSetAccess mprotects them. Work is synchronous: a copy or a GEMM is done when the
- * call returns; streams and events exist only to be checked and timed. GEMMs convert bf16
- * operands to fp32 and call OpenBLAS (cblas_sgemm, column-major), rounding a bf16 output
- * once, to nearest even.
+ * cuMemSetAccess mprotects them. Work is asynchronous, as on a GPU: kernel launches, async
+ * copies and memsets, GEMMs and event records are checked at the call and queued on their
+ * stream; they run in issue order when the host waits for them (cudaStreamSynchronize,
+ * cudaEventSynchronize, cudaDeviceSynchronize, cudaFree, the synchronous copy cases - see
+ * "stream queues" below), so the backend's host/device ordering bugs show. ZI_EMU_SYNC=1
+ * runs each piece of work at once instead. GEMMs convert bf16 operands to fp32 and call
+ * OpenBLAS (cblas_sgemm, column-major), rounding a bf16 output once, to nearest even.
  *
  * Strict where CUDA is strict or undefined: copies whose direction does not match the
  * pointers, ranges not wholly inside device memory, dead handles, GEMM arguments cuBLAS
  * documents as invalid, misaligned or aliased operands, VMM calls against the documented
  * rules. Each rejection prints one "zi-emu: ..." line on stderr saying why and returns the
  * documented status (cudaError_t / cublasStatus_t / CUresult); a failed runtime call also
- * becomes the thread's last error (cudaGetLastError).
+ * becomes the thread's last error (cudaGetLastError). Queued work whose memory was freed,
+ * unmapped or made inaccessible before it ran aborts with a "zi-emu: ..." message (the GPU
+ * would fault with cudaErrorIllegalAddress at that point).
  *
- * What it is not: multi-device, asynchronous, or a performance model. Only what the
+ * What it is not: multi-device, concurrent, or a performance model. Only what the
  * backend uses is emulated (bf16 A/B, fp32 compute and scale, fp32 or bf16 C/D, epilogues
  * DEFAULT and BIAS, column-major layouts, pinned device VMM allocations); anything else is
  * reported as not supported rather than approximated.
  *
- * Environment: ZI_EMU_DEVICE_MEMORY=<bytes> (read once); ZI_EMU_NO_VMM=1 makes the
- * driver's VMM entry points not found, ZI_EMU_NO_VMM=attr keeps them but reports
- * CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 0 (both read at each query, so
- * one test process can exercise the backend's cudaMalloc fallback).
+ * Environment: ZI_EMU_DEVICE_MEMORY=<bytes> and ZI_EMU_SYNC=1 (each read once);
+ * ZI_EMU_NO_VMM=1 makes the driver's VMM entry points not found, ZI_EMU_NO_VMM=attr keeps
+ * them but reports CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 0 (both read at
+ * each query, so one test process can exercise the backend's cudaMalloc fallback).
  *
  * References, cited next to each function: CUDA Runtime API and CUDA Driver API reference
  * manuals (docs.nvidia.com/cuda/cuda-runtime-api, /cuda-driver-api; the same text is the
@@ -389,6 +394,23 @@ int zi_emu_is_device_range(const void *p, size_t n)
     return p && zi_emu_dev_range(p, n, 0);
 }
 
+/* Runtime API, "Unified Addressing": "All host memory allocated through all devices using
+ * cudaMallocHost() and cudaHostAlloc() is always directly accessible from all devices that
+ * support unified addressing" - a kernel may use it. */
+int zi_emu_is_pinned_range(const void *p, size_t n)
+{
+    if (!p)
+        return 0;
+    uintptr_t a = (uintptr_t)p;
+    int ok = 0;
+    zi_emu_lock();
+    for (size_t i = 0; i < g_emu.nhost && !ok; i++)
+        ok = a >= g_emu.host[i].base && n <= g_emu.host[i].size &&
+             a - g_emu.host[i].base <= g_emu.host[i].size - n;
+    zi_emu_unlock();
+    return ok;
+}
+
 /* ---- errors ---- */
 
 void zi_emu_set_error(cudaError_t e)
@@ -396,6 +418,384 @@ void zi_emu_set_error(cudaError_t e)
     /* a success does not hide an earlier failure: only errors are recorded */
     if (e != cudaSuccess)
         g_emu_last = e;
+}
+
+/* ---- stream queues ----
+ *
+ * Each stream is a FIFO of pieces of work (a closure: run, destroy, context); the calls CUDA
+ * documents as asynchronous check their arguments, queue the work and return. Work runs,
+ * in issue order, on the thread that waits for it, only where CUDA guarantees completion:
+ *   - cudaStreamSynchronize: "Blocks until stream has completed all operations";
+ *   - cudaEventSynchronize: "Waits until the completion of all work currently captured in
+ *     event" (the stream's work up to the cudaEventRecord);
+ *   - cudaDeviceSynchronize: "Blocks until the device has completed all preceding requested
+ *     tasks"; cudaFree and cudaFreeHost first (the driver API's cuMemFree "may perform
+ *     implicit synchronization" and in practice waits for the device: the backend's
+ *     cudaMalloc mode relies on it);
+ *   - the memcpy cases that "API synchronization behavior" (Runtime API, section 2) makes
+ *     synchronous (see zi_emu_copy);
+ *   - cudaStreamQuery / cudaEventQuery answer cudaErrorNotReady while the work is queued
+ *     and run one piece of it per call, so a polling loop sees "not ready" and still ends.
+ * cuMemUnmap and cuMemRelease do not wait (the driver does not): work still queued on a
+ * range that has been unmapped or freed aborts with a message when it runs - the GPU would
+ * fault (cudaErrorIllegalAddress).
+ * Streams (Runtime API, "Stream synchronization behavior"): "When an action is taken in the
+ * legacy stream ..., the legacy stream first waits on all blocking streams, the action is
+ * queued in the legacy stream, and then all blocking streams wait on the legacy stream";
+ * cudaStreamNonBlocking streams "do not synchronize with the legacy stream". These waits
+ * are queued as wait items. cudaStreamPerThread is one blocking stream shared by all
+ * threads here. cudaStreamDestroy returns at once; the stream's work
+ * still runs at a later wait ("the resources associated with stream will be released
+ * automatically once the device has completed all work in stream").
+ * Time: an event's timestamp is when the emulated device reaches it, modelled as a device
+ * that starts each piece of work when it is queued or when the stream's previous work
+ * ends, whichever is later, and takes as long as the emulation did; so elapsed times
+ * measure the emulated work, as on a GPU, whenever the work actually runs.
+ * ZI_EMU_SYNC=1 runs each piece of work when it is queued (the emulator's old behaviour).
+ */
+
+typedef struct zi_emu_item zi_emu_item;
+struct zi_emu_item {
+    zi_emu_item *next;
+    unsigned long long seq; /* issue order over all streams */
+    double t_enq;           /* when it was queued (CLOCK_MONOTONIC, seconds) */
+    const char *what;
+    void (*run)(void *ctx);
+    void (*destroy)(void *ctx);
+    void *ctx;
+    struct CUstream_st *wait_on; /* a wait item: wait_on's work up to wait_seq first */
+    unsigned long long wait_seq;
+    struct CUevent_st *ev; /* an event record */
+    zi_emu_range use[5];   /* memory it touches, when known (copies, memsets, GEMMs) */
+    int nuse;
+};
+
+struct CUstream_st {
+    unsigned flags;
+    int dead; /* destroyed (1; 2: being freed); freed once its work has run */
+    zi_emu_item *head, *tail;
+    double vt_end; /* emulated time at which the stream's last work ended */
+};
+
+struct CUevent_st {
+    unsigned flags;
+    int recorded;           /* cudaEventRecord was called */
+    int done;               /* the latest capture has completed */
+    int dead;               /* destroyed with captures queued: the last one frees it */
+    unsigned pending;       /* record items queued */
+    unsigned long long seq; /* the latest capture's record item */
+    struct CUstream_st *stream;
+    double t; /* when the latest capture completed (emulated time) */
+};
+
+static struct {
+    pthread_mutex_t lock; /* queues, events, and running work (one drain at a time) */
+    int sync;             /* ZI_EMU_SYNC=1 */
+    unsigned long long seq, pending;
+    struct CUstream_st legacy, per_thread;
+    struct CUstream_st **made; /* cudaStreamCreate'd streams, live or dead with work */
+    size_t nmade, capmade;
+} g_q;
+
+static pthread_once_t g_q_once = PTHREAD_ONCE_INIT;
+
+static void zi_emu_q_init(void)
+{
+    pthread_mutex_init(&g_q.lock, NULL);
+    const char *s = getenv("ZI_EMU_SYNC");
+    g_q.sync = s && *s && strcmp(s, "0") != 0;
+}
+
+/* Lock order: g_q.lock before g_emu.lock (work that runs takes g_emu.lock for its checks). */
+static void zi_emu_q_lock(void)
+{
+    pthread_once(&g_q_once, zi_emu_q_init);
+    pthread_mutex_lock(&g_q.lock);
+}
+
+static void zi_emu_q_unlock(void)
+{
+    pthread_mutex_unlock(&g_q.lock);
+}
+
+int zi_emu_sync_mode(void)
+{
+    pthread_once(&g_q_once, zi_emu_q_init);
+    return g_q.sync;
+}
+
+unsigned long long zi_emu_pending(void)
+{
+    zi_emu_q_lock();
+    unsigned long long n = g_q.pending;
+    zi_emu_q_unlock();
+    return n;
+}
+
+static double zi_emu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* A fault found while queued work runs: there is no call to return an error from (the GPU
+ * would make the context unusable and report it at the next synchronisation), so say what
+ * and abort. */
+static void zi_emu_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+static void zi_emu_fatal(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("zi-emu: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    fflush(stderr);
+    abort();
+}
+
+/* The queue of a stream handle, or NULL for a dead or foreign one (q lock held). */
+static struct CUstream_st *zi_emu_q_of(cudaStream_t s)
+{
+    if (s == NULL || s == cudaStreamLegacy)
+        return &g_q.legacy;
+    if (s == cudaStreamPerThread)
+        return &g_q.per_thread;
+    return zi_emu_live_ok(ZI_EMU_K_STREAM, s) ? s : NULL;
+}
+
+static int zi_emu_q_blocking(const struct CUstream_st *q)
+{
+    return q != &g_q.legacy && !(q->flags & cudaStreamNonBlocking);
+}
+
+/* Appends an empty item to q (q lock held). */
+static zi_emu_item *zi_emu_q_push(struct CUstream_st *q, const char *what)
+{
+    zi_emu_item *it = calloc(1, sizeof *it);
+    if (!it)
+        zi_emu_fatal("out of host memory queueing %s", what);
+    it->seq = ++g_q.seq;
+    it->t_enq = zi_emu_now();
+    it->what = what;
+    if (q->tail)
+        q->tail->next = it;
+    else
+        q->head = it;
+    q->tail = it;
+    g_q.pending++;
+    return it;
+}
+
+/* q waits for the work queued on `on` so far (nothing when that is none). */
+static void zi_emu_q_wait_for(struct CUstream_st *q, struct CUstream_st *on)
+{
+    if (!on->tail)
+        return;
+    unsigned long long upto = on->tail->seq;
+    if (q->tail && q->tail->wait_on == on && q->tail->wait_seq == upto)
+        return;
+    zi_emu_item *w = zi_emu_q_push(q, "implicit wait");
+    w->wait_on = on;
+    w->wait_seq = upto;
+}
+
+/* The legacy stream's implicit synchronisation with the blocking streams. */
+static void zi_emu_q_implicit_waits(struct CUstream_st *q)
+{
+    if (q == &g_q.legacy) {
+        zi_emu_q_wait_for(q, &g_q.per_thread);
+        for (size_t i = 0; i < g_q.nmade; i++)
+            if (zi_emu_q_blocking(g_q.made[i]))
+                zi_emu_q_wait_for(q, g_q.made[i]);
+    } else if (zi_emu_q_blocking(q)) {
+        zi_emu_q_wait_for(q, &g_q.legacy);
+    }
+}
+
+static void zi_emu_q_drain_to(struct CUstream_st *q, unsigned long long upto);
+
+/* Runs q's first item (q lock held). Items are unlinked before they run, so a wait item
+ * that drains another stream never meets itself: it waits only for earlier items. */
+static void zi_emu_q_step(struct CUstream_st *q)
+{
+    zi_emu_item *it = q->head;
+    q->head = it->next;
+    if (!q->head)
+        q->tail = NULL;
+    g_q.pending--;
+    if (it->wait_on) {
+        zi_emu_q_drain_to(it->wait_on, it->wait_seq);
+        if (it->wait_on->vt_end > q->vt_end)
+            q->vt_end = it->wait_on->vt_end;
+    } else {
+        double start = it->t_enq > q->vt_end ? it->t_enq : q->vt_end;
+        if (it->ev) {
+            struct CUevent_st *e = it->ev;
+            if (e->seq == it->seq) { /* a later capture replaces this one */
+                e->t = start;
+                e->done = 1;
+            }
+            if (--e->pending == 0 && e->dead)
+                free(e);
+            q->vt_end = start;
+        } else {
+            double t0 = zi_emu_now();
+            it->run(it->ctx);
+            q->vt_end = start + (zi_emu_now() - t0);
+        }
+    }
+    if (it->destroy)
+        it->destroy(it->ctx);
+    free(it);
+}
+
+/* Runs q's items up to issue number `upto` (and what they wait for). */
+static void zi_emu_q_drain_to(struct CUstream_st *q, unsigned long long upto)
+{
+    while (q->head && q->head->seq <= upto)
+        zi_emu_q_step(q);
+}
+
+static void zi_emu_q_drain(struct CUstream_st *q)
+{
+    if (q->tail)
+        zi_emu_q_drain_to(q, q->tail->seq);
+}
+
+/* 1 when a queued wait item still names stream s. */
+static int zi_emu_q_waited_on(const struct CUstream_st *s)
+{
+    const struct CUstream_st *fixed[2] = {&g_q.legacy, &g_q.per_thread};
+    for (size_t i = 0; i < 2 + g_q.nmade; i++) {
+        const struct CUstream_st *q = i < 2 ? fixed[i] : g_q.made[i - 2];
+        for (const zi_emu_item *it = q->head; it; it = it->next)
+            if (it->wait_on == s)
+                return 1;
+    }
+    return 0;
+}
+
+/* Frees destroyed streams whose work has run (and that no wait item names any more). */
+static void zi_emu_q_sweep(void)
+{
+    for (size_t i = 0; i < g_q.nmade; i++) /* mark first: nothing is freed while scanning */
+        if (g_q.made[i]->dead && !g_q.made[i]->head && !zi_emu_q_waited_on(g_q.made[i]))
+            g_q.made[i]->dead = 2;
+    size_t keep = 0;
+    for (size_t i = 0; i < g_q.nmade; i++) {
+        struct CUstream_st *s = g_q.made[i];
+        if (s->dead == 2)
+            free(s);
+        else
+            g_q.made[keep++] = s;
+    }
+    g_q.nmade = keep;
+}
+
+/* Everything queued anywhere, in issue order (cudaDeviceSynchronize). */
+static void zi_emu_q_drain_all(void)
+{
+    for (;;) {
+        struct CUstream_st *first = NULL;
+        struct CUstream_st *fixed[2] = {&g_q.legacy, &g_q.per_thread};
+        for (size_t i = 0; i < 2 + g_q.nmade; i++) {
+            struct CUstream_st *s = i < 2 ? fixed[i] : g_q.made[i - 2];
+            if (s->head && (!first || s->head->seq < first->head->seq))
+                first = s;
+        }
+        if (!first)
+            break;
+        zi_emu_q_step(first);
+    }
+    zi_emu_q_sweep();
+}
+
+static void zi_emu_device_sync(void)
+{
+    zi_emu_q_lock();
+    zi_emu_q_drain_all();
+    zi_emu_q_unlock();
+}
+
+/* Queues run(ctx) on q after its implicit waits; with ZI_EMU_SYNC=1 (or `wait`) runs q up
+ * to it before returning (q lock held). use[nuse]: the memory it touches, when known. */
+static void zi_emu_q_submit(struct CUstream_st *q, const char *what, void (*run)(void *),
+                            void (*destroy)(void *), void *ctx, int wait, const zi_emu_range *use,
+                            int nuse)
+{
+    zi_emu_q_implicit_waits(q);
+    zi_emu_item *it = zi_emu_q_push(q, what);
+    it->run = run;
+    it->destroy = destroy;
+    it->ctx = ctx;
+    for (int i = 0; i < nuse && it->nuse < 5; i++)
+        if (use[i].size)
+            it->use[it->nuse++] = use[i];
+    if (wait || g_q.sync)
+        zi_emu_q_drain_to(q, it->seq);
+}
+
+cudaError_t zi_emu_enqueue(cudaStream_t stream, const char *what, void (*run)(void *ctx),
+                           void (*destroy)(void *ctx), void *ctx)
+{
+    zi_emu_q_lock();
+    struct CUstream_st *q = zi_emu_q_of(stream);
+    if (q)
+        zi_emu_q_submit(q, what, run, destroy, ctx, 0, NULL, 0);
+    zi_emu_q_unlock();
+    if (q)
+        return cudaSuccess;
+    if (destroy)
+        destroy(ctx);
+    return zi_emu_fail(cudaErrorInvalidResourceHandle, "%s: stream %p is not a live stream", what,
+                       (void *)stream);
+}
+
+/* cuMemUnmap of [a, a+n) while queued work still uses it: the driver does it (it does not
+ * wait for the device), and the work faults when it runs; say so here, where the missing
+ * synchronisation is. */
+static void zi_emu_q_warn_users(const char *api, uintptr_t a, size_t n)
+{
+    zi_emu_q_lock();
+    struct CUstream_st *fixed[2] = {&g_q.legacy, &g_q.per_thread};
+    for (size_t i = 0; i < 2 + g_q.nmade; i++) {
+        struct CUstream_st *s = i < 2 ? fixed[i] : g_q.made[i - 2];
+        for (const zi_emu_item *it = s->head; it; it = it->next)
+            for (int u = 0; u < it->nuse; u++)
+                if (it->use[u].base < a + n && a < it->use[u].base + it->use[u].size) {
+                    char sname[64];
+                    if (s == &g_q.legacy)
+                        snprintf(sname, sizeof sname, "the legacy default stream");
+                    else
+                        snprintf(sname, sizeof sname, "stream %p", (void *)s);
+                    zi_emu_warn("%s(%p, %zu bytes): %s queued on %s still uses [%p, +%zu "
+                                "bytes) - it will fault when it runs (synchronise before "
+                                "unmapping)",
+                                api, (void *)a, n, it->what, sname, (void *)it->use[u].base,
+                                it->use[u].size);
+                    break;
+                }
+    }
+    zi_emu_q_unlock();
+}
+
+/* A range queued work uses must still be what it was when the work was queued. */
+static void zi_emu_recheck(const char *api, const char *what, const void *p, size_t n, int dev,
+                           int pinned, int write)
+{
+    if (dev && !zi_emu_dev_range(p, n, write))
+        zi_emu_fatal("%s (queued work, now running): %s [%p, +%zu bytes) is no longer %sdevice "
+                     "memory: it was freed, unmapped or made inaccessible while the work was "
+                     "still queued (the GPU would fault: cudaErrorIllegalAddress; synchronise "
+                     "before freeing or unmapping)",
+                     api, what, p, n, write ? "writable " : "");
+    if (pinned && !zi_emu_is_pinned_range(p, n))
+        zi_emu_fatal("%s (queued work, now running): %s [%p, +%zu bytes) is no longer "
+                     "page-locked host memory: cudaFreeHost while the work was still queued",
+                     api, what, p, n);
 }
 
 /* Runtime API, "Error Handling": cudaGetLastError returns the last error and resets it to
@@ -516,9 +916,12 @@ cudaError_t cudaGetDevice(int *device)
     return cudaSuccess;
 }
 
+/* cudaDeviceSynchronize: "Blocks until the device has completed all preceding requested
+ * tasks" - everything queued on every stream runs. */
 cudaError_t cudaDeviceSynchronize(void)
 {
-    return cudaSuccess; /* work is synchronous */
+    zi_emu_device_sync();
+    return cudaSuccess;
 }
 
 cudaError_t cudaDriverGetVersion(int *driverVersion)
@@ -719,6 +1122,7 @@ cudaError_t cudaFree(void *devPtr)
 {
     if (!devPtr)
         return cudaSuccess;
+    zi_emu_device_sync(); /* "may perform implicit synchronization": it does (stream queues) */
     uintptr_t a = (uintptr_t)devPtr;
     zi_emu_lock();
     long i = zi_emu_blk_at_locked(a);
@@ -777,6 +1181,7 @@ cudaError_t cudaFreeHost(void *ptr)
 {
     if (!ptr)
         return cudaSuccess;
+    zi_emu_device_sync(); /* as cudaFree (cuMemFreeHost): queued copies may still use it */
     zi_emu_lock();
     size_t i = 0;
     while (i < g_emu.nhost && g_emu.host[i].base != (uintptr_t)ptr)
@@ -816,6 +1221,31 @@ static const char *zi_emu_kind_name(enum cudaMemcpyKind kind)
  * (cudaErrorInvalidValue, nothing copied). A device side must lie wholly in device memory,
  * a host side wholly outside it; cudaMemcpyDefault infers each side from the pointer
  * (unified addressing). Overlapping ranges are undefined (memcpy semantics): rejected. */
+typedef struct zi_emu_copy_work {
+    const char *api;
+    void *dst;
+    const void *src;
+    size_t n;
+    int dst_dev, src_dev, dst_pinned, src_pinned;
+    void *staged; /* the pageable source, read at the call */
+} zi_emu_copy_work;
+
+static void zi_emu_copy_run(void *p)
+{
+    zi_emu_copy_work *w = p;
+    zi_emu_recheck(w->api, "the destination", w->dst, w->n, w->dst_dev, w->dst_pinned, 1);
+    if (!w->staged)
+        zi_emu_recheck(w->api, "the source", w->src, w->n, w->src_dev, w->src_pinned, 0);
+    memcpy(w->dst, w->staged ? w->staged : w->src, w->n);
+}
+
+static void zi_emu_copy_free(void *p)
+{
+    zi_emu_copy_work *w = p;
+    free(w->staged);
+    free(w);
+}
+
 static cudaError_t zi_emu_copy(const char *api, void *dst, const void *src, size_t count,
                                enum cudaMemcpyKind kind, int async, cudaStream_t stream)
 {
@@ -850,24 +1280,96 @@ static cudaError_t zi_emu_copy(const char *api, void *dst, const void *src, size
     if (d < s + count && s < d + count)
         return zi_emu_fail(cudaErrorInvalidValue, "%s(%p <- %p, %zu bytes): ranges overlap", api,
                            dst, src, count);
-    memcpy(dst, src, count);
+    zi_emu_copy_work *w = calloc(1, sizeof *w);
+    if (!w)
+        return zi_emu_fail(cudaErrorMemoryAllocation, "%s: no host memory", api);
+    w->api = api;
+    w->dst = dst;
+    w->src = src;
+    w->n = count;
+    w->dst_dev = want_dst_dev;
+    w->src_dev = want_src_dev;
+    w->dst_pinned = !want_dst_dev && zi_emu_is_pinned_range(dst, count);
+    w->src_pinned = !want_src_dev && zi_emu_is_pinned_range(src, count);
+    int h2d = !w->src_dev && w->dst_dev, d2h = w->src_dev && !w->dst_dev;
+    int h2h = !w->src_dev && !w->dst_dev;
+    /* pageable -> device: the source is staged (read) now, the device write is queued */
+    int stage = h2d && !w->src_pinned;
+    /* which calls return only once the copy is done (API synchronization behavior) */
+    int wait = async ? h2h || (d2h && !w->dst_pinned) : h2h || d2h || (h2d && w->src_pinned);
+    if (stage) {
+        w->staged = malloc(count);
+        if (!w->staged) {
+            free(w);
+            return zi_emu_fail(cudaErrorMemoryAllocation, "%s: no host memory to stage %zu bytes",
+                               api, count);
+        }
+    }
+    zi_emu_q_lock();
+    struct CUstream_st *q = zi_emu_q_of(async ? stream : NULL);
+    if (!q) {
+        zi_emu_q_unlock();
+        zi_emu_copy_free(w);
+        return zi_emu_fail(cudaErrorInvalidResourceHandle, "%s: stream %p is not a live stream",
+                           api, (void *)stream);
+    }
+    if (stage && !async)
+        zi_emu_q_drain(q); /* "a stream sync is performed before the copy is initiated" */
+    if (stage)
+        memcpy(w->staged, src, count);
+    zi_emu_range use[2] = {{(uintptr_t)dst, count}, {(uintptr_t)src, stage ? 0 : count}};
+    zi_emu_q_submit(q, api, zi_emu_copy_run, zi_emu_copy_free, w, wait, use, 2);
+    zi_emu_q_unlock();
     return cudaSuccess;
 }
 
+/* cudaMemcpy goes through the legacy default stream ("The synchronous forms of these APIs
+ * issue these copies through the default stream"); Runtime API, "API synchronization
+ * behavior", Memcpy, Synchronous: pageable host -> device: "a stream sync is performed
+ * before the copy is initiated. The function will return once the pageable buffer has been
+ * copied to the staging memory ... but the DMA to final destination may not have
+ * completed"; pinned host -> device: "synchronous with respect to the host"; device -> host:
+ * "returns only once the copy has completed"; device -> device: "no host-side
+ * synchronization is performed"; host -> host: "fully synchronous". */
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind)
 {
     return zi_emu_copy("cudaMemcpy", dst, src, count, kind, 0, NULL);
 }
 
-/* cudaMemcpyAsync: as cudaMemcpy, queued on `stream` (here: done before returning). */
+/* cudaMemcpyAsync: as cudaMemcpy, queued on `stream`. "API synchronization behavior",
+ * Asynchronous: "If pageable memory must first be staged to pinned memory, the driver may
+ * synchronize with the stream and stage the copy into pinned memory" - a pageable source is
+ * read before the call returns (the stream is not waited for: that is a "may"); "For
+ * transfers between device memory and pageable host memory, the function might be
+ * synchronous" - device -> pageable host returns once done, as drivers do (and as
+ * documented up to CUDA 11: "will return only once the copy has completed"); host -> host
+ * is "fully synchronous"; "For all other transfers, the function should be fully
+ * asynchronous": pinned host memory is read or written when the stream gets there. */
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind,
                             cudaStream_t stream)
 {
     return zi_emu_copy("cudaMemcpyAsync", dst, src, count, kind, 1, stream);
 }
 
+typedef struct zi_emu_memset_work {
+    const char *api;
+    void *dst;
+    int value;
+    size_t n;
+} zi_emu_memset_work;
+
+static void zi_emu_memset_run(void *p)
+{
+    zi_emu_memset_work *w = p;
+    zi_emu_recheck(w->api, "the destination", w->dst, w->n, 1, 0, 1);
+    memset(w->dst, w->value, w->n);
+}
+
 /* cudaMemset: "Fills the first count bytes of the memory area pointed to by devPtr with the
- * constant byte value value" - device memory only. */
+ * constant byte value value" - device memory only. "API synchronization behavior", Memset:
+ * "The cudaMemset functions are asynchronous with respect to the host except when the
+ * target is pinned host memory or a Unified Memory region": both forms are queued (cudaMemset
+ * on the legacy default stream). */
 static cudaError_t zi_emu_memset(const char *api, void *devPtr, int value, size_t count, int async,
                                  cudaStream_t stream)
 {
@@ -880,7 +1382,24 @@ static cudaError_t zi_emu_memset(const char *api, void *devPtr, int value, size_
         return zi_emu_fail(cudaErrorInvalidValue,
                            "%s(%p, %zu bytes): not wholly inside writable device memory", api,
                            devPtr, count);
-    memset(devPtr, value, count);
+    zi_emu_memset_work *w = malloc(sizeof *w);
+    if (!w)
+        return zi_emu_fail(cudaErrorMemoryAllocation, "%s: no host memory", api);
+    w->api = api;
+    w->dst = devPtr;
+    w->value = value;
+    w->n = count;
+    zi_emu_q_lock();
+    struct CUstream_st *q = zi_emu_q_of(async ? stream : NULL);
+    zi_emu_range use = {(uintptr_t)devPtr, count};
+    if (q)
+        zi_emu_q_submit(q, api, zi_emu_memset_run, free, w, 0, &use, 1);
+    zi_emu_q_unlock();
+    if (!q) {
+        free(w);
+        return zi_emu_fail(cudaErrorInvalidResourceHandle, "%s: stream %p is not a live stream",
+                           api, (void *)stream);
+    }
     return cudaSuccess;
 }
 
@@ -896,21 +1415,25 @@ cudaError_t cudaMemsetAsync(void *devPtr, int value, size_t count, cudaStream_t 
 
 /* ---- streams ---- */
 
-struct CUstream_st {
-    unsigned flags;
-};
-
 /* cudaStreamCreateWithFlags: flags cudaStreamDefault or cudaStreamNonBlocking. */
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *pStream, unsigned int flags)
 {
     if (!pStream || (flags & ~(unsigned)cudaStreamNonBlocking))
         return zi_emu_fail(cudaErrorInvalidValue, "cudaStreamCreateWithFlags(flags 0x%x)", flags);
     struct CUstream_st *s = calloc(1, sizeof *s);
-    if (!s || !zi_emu_live_add(ZI_EMU_K_STREAM, s)) {
+    zi_emu_q_lock();
+    struct CUstream_st **nm =
+        s ? zi_emu_grow(g_q.made, &g_q.capmade, g_q.nmade + 1, sizeof *nm) : NULL;
+    if (nm)
+        g_q.made = nm;
+    if (!nm || !zi_emu_live_add(ZI_EMU_K_STREAM, s)) {
+        zi_emu_q_unlock();
         free(s);
         return zi_emu_fail(cudaErrorMemoryAllocation, "cudaStreamCreateWithFlags: no memory");
     }
     s->flags = flags;
+    g_q.made[g_q.nmade++] = s;
+    zi_emu_q_unlock();
     *pStream = s;
     return cudaSuccess;
 }
@@ -920,31 +1443,59 @@ cudaError_t cudaStreamCreate(cudaStream_t *pStream)
     return cudaStreamCreateWithFlags(pStream, cudaStreamDefault);
 }
 
-/* cudaStreamDestroy: a created stream only (the NULL stream cannot be destroyed). */
+/* cudaStreamDestroy: a created stream only (the NULL stream cannot be destroyed). "In case
+ * the device is still doing work in the stream stream when cudaStreamDestroy() is called,
+ * the function will return immediately and the resources associated with stream will be
+ * released automatically once the device has completed all work in stream": the queued
+ * work runs at a later wait that covers it (cudaDeviceSynchronize, an event). */
 cudaError_t cudaStreamDestroy(cudaStream_t stream)
 {
-    if (!zi_emu_live_del(ZI_EMU_K_STREAM, stream))
+    zi_emu_q_lock();
+    int ok = zi_emu_live_del(ZI_EMU_K_STREAM, stream);
+    if (ok) {
+        stream->dead = 1;
+        zi_emu_q_sweep();
+    }
+    zi_emu_q_unlock();
+    if (!ok)
         return zi_emu_fail(cudaErrorInvalidResourceHandle,
                            "cudaStreamDestroy(%p): not a live stream", (void *)stream);
-    free(stream);
     return cudaSuccess;
 }
 
+/* cudaStreamSynchronize: "Blocks until stream has completed all operations" - its queue runs
+ * (and, for the legacy stream, the blocking streams' work it waits for). */
 cudaError_t cudaStreamSynchronize(cudaStream_t stream)
 {
-    if (!zi_emu_stream_ok(stream))
+    zi_emu_q_lock();
+    struct CUstream_st *q = zi_emu_q_of(stream);
+    if (q)
+        zi_emu_q_drain(q);
+    zi_emu_q_unlock();
+    if (!q)
         return zi_emu_fail(cudaErrorInvalidResourceHandle,
                            "cudaStreamSynchronize(%p): not a live stream", (void *)stream);
     return cudaSuccess;
 }
 
-/* ---- events ---- */
+/* cudaStreamQuery: "Returns cudaSuccess if all operations in stream have completed, or
+ * cudaErrorNotReady if not" (not an error: the last error is unchanged). Each query that
+ * finds work queued runs one piece of it, so polling makes progress. */
+cudaError_t cudaStreamQuery(cudaStream_t stream)
+{
+    zi_emu_q_lock();
+    struct CUstream_st *q = zi_emu_q_of(stream);
+    int busy = q && q->head;
+    if (busy)
+        zi_emu_q_step(q);
+    zi_emu_q_unlock();
+    if (!q)
+        return zi_emu_fail(cudaErrorInvalidResourceHandle, "cudaStreamQuery(%p): not a live stream",
+                           (void *)stream);
+    return busy ? cudaErrorNotReady : cudaSuccess;
+}
 
-struct CUevent_st {
-    unsigned flags;
-    int recorded;
-    struct timespec t;
-};
+/* ---- events ---- */
 
 /* cudaEventCreateWithFlags: Default, BlockingSync, DisableTiming, Interprocess ("
  * cudaEventDisableTiming must be set" with Interprocess, driver_types.h). */
@@ -969,68 +1520,111 @@ cudaError_t cudaEventCreate(cudaEvent_t *event)
     return cudaEventCreateWithFlags(event, cudaEventDefault);
 }
 
+/* cudaEventDestroy: "In case event has been recorded but has not yet been completed when
+ * cudaEventDestroy() is called, the function will return immediately and the resources
+ * associated with event will be released automatically once the device has completed
+ * event." */
 cudaError_t cudaEventDestroy(cudaEvent_t event)
 {
-    if (!zi_emu_live_del(ZI_EMU_K_EVENT, event))
+    zi_emu_q_lock();
+    if (!zi_emu_live_del(ZI_EMU_K_EVENT, event)) {
+        zi_emu_q_unlock();
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "cudaEventDestroy(%p): not a live event",
                            (void *)event);
-    free(event);
+    }
+    event->dead = 1;
+    if (event->pending == 0)
+        free(event);
+    zi_emu_q_unlock();
     return cudaSuccess;
 }
 
-/* cudaEventRecord: "Captures in event the contents of stream at the time of this call";
- * all earlier work is done already, so the capture is the current monotonic time. */
+/* cudaEventRecord: "Captures in event the contents of stream at the time of this call ...
+ * cudaEventRecord() can be called multiple times on the same event and will overwrite the
+ * previously captured state" - a record item queued on the stream; the event completes
+ * (and takes its time) when the stream's work before it has run. */
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
 {
     if (!zi_emu_live_ok(ZI_EMU_K_EVENT, event))
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "cudaEventRecord(%p): not a live event",
                            (void *)event);
-    if (!zi_emu_stream_ok(stream))
+    zi_emu_q_lock();
+    struct CUstream_st *q = zi_emu_q_of(stream);
+    if (q) {
+        zi_emu_q_implicit_waits(q);
+        zi_emu_item *it = zi_emu_q_push(q, "cudaEventRecord");
+        it->ev = event;
+        event->recorded = 1;
+        event->done = 0;
+        event->seq = it->seq;
+        event->stream = q;
+        event->pending++;
+        if (g_q.sync)
+            zi_emu_q_drain_to(q, it->seq);
+    }
+    zi_emu_q_unlock();
+    if (!q)
         return zi_emu_fail(cudaErrorInvalidResourceHandle,
                            "cudaEventRecord: stream %p is not a live stream", (void *)stream);
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    zi_emu_lock();
-    event->t = t;
-    event->recorded = 1;
-    zi_emu_unlock();
     return cudaSuccess;
 }
 
+/* cudaEventSynchronize: "Waits until the completion of all work currently captured in
+ * event ... If cudaEventRecord() has not been called on event, cudaSuccess is returned
+ * immediately": the capture's stream runs up to the record. */
 cudaError_t cudaEventSynchronize(cudaEvent_t event)
 {
-    if (!zi_emu_live_ok(ZI_EMU_K_EVENT, event))
+    zi_emu_q_lock();
+    int ok = zi_emu_live_ok(ZI_EMU_K_EVENT, event);
+    if (ok && event->recorded && !event->done)
+        zi_emu_q_drain_to(event->stream, event->seq);
+    zi_emu_q_unlock();
+    if (!ok)
         return zi_emu_fail(cudaErrorInvalidResourceHandle,
                            "cudaEventSynchronize(%p): not a live event", (void *)event);
     return cudaSuccess;
 }
 
+/* cudaEventQuery: "Returns cudaSuccess if all captured work has been completed, or
+ * cudaErrorNotReady if any captured work is incomplete" (success when never recorded). Like
+ * cudaStreamQuery, a query that finds work pending runs one piece of it. */
 cudaError_t cudaEventQuery(cudaEvent_t event)
 {
-    if (!zi_emu_live_ok(ZI_EMU_K_EVENT, event))
+    zi_emu_q_lock();
+    int ok = zi_emu_live_ok(ZI_EMU_K_EVENT, event);
+    int busy = ok && event->recorded && !event->done;
+    if (busy)
+        zi_emu_q_step(event->stream);
+    zi_emu_q_unlock();
+    if (!ok)
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "cudaEventQuery(%p): not a live event",
                            (void *)event);
-    return cudaSuccess;
+    return busy ? cudaErrorNotReady : cudaSuccess;
 }
 
 /* cudaEventElapsedTime: ms between two recorded events. "If cudaEventRecord() has not been
- * called on either event, then cudaErrorInvalidResourceHandle is returned ... If either
- * event was created with the cudaEventDisableTiming flag, then this function will return
+ * called on either event, then cudaErrorInvalidResourceHandle is returned ... If
+ * cudaEventRecord() has been called on both events but one or both of them has not yet
+ * been completed (that is, cudaEventQuery() would return cudaErrorNotReady on at least one
+ * of the events), cudaErrorNotReady is returned. If either event was created with the
+ * cudaEventDisableTiming flag, then this function will return
  * cudaErrorInvalidResourceHandle." */
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
 {
     if (!ms)
         return zi_emu_fail(cudaErrorInvalidValue, "cudaEventElapsedTime: ms is NULL");
-    if (!zi_emu_live_ok(ZI_EMU_K_EVENT, start) || !zi_emu_live_ok(ZI_EMU_K_EVENT, end))
+    zi_emu_q_lock();
+    if (!zi_emu_live_ok(ZI_EMU_K_EVENT, start) || !zi_emu_live_ok(ZI_EMU_K_EVENT, end)) {
+        zi_emu_q_unlock();
         return zi_emu_fail(cudaErrorInvalidResourceHandle,
                            "cudaEventElapsedTime(%p, %p): not a live event", (void *)start,
                            (void *)end);
-    zi_emu_lock();
+    }
     int timing = !((start->flags | end->flags) & cudaEventDisableTiming);
     int recorded = start->recorded && end->recorded;
-    double d = (double)(end->t.tv_sec - start->t.tv_sec) * 1e3 +
-               (double)(end->t.tv_nsec - start->t.tv_nsec) * 1e-6;
-    zi_emu_unlock();
+    int done = start->done && end->done;
+    double d = (end->t - start->t) * 1e3;
+    zi_emu_q_unlock();
     if (!timing)
         return zi_emu_fail(cudaErrorInvalidResourceHandle,
                            "cudaEventElapsedTime: an event was created with "
@@ -1038,6 +1632,8 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end)
     if (!recorded)
         return zi_emu_fail(cudaErrorInvalidResourceHandle,
                            "cudaEventElapsedTime: an event was never recorded");
+    if (!done)
+        return cudaErrorNotReady;
     *ms = (float)d;
     return cudaSuccess;
 }
@@ -1543,6 +2139,7 @@ static CUresult zi_emu_cuMemUnmap(CUdeviceptr ptr, size_t size)
 {
     uintptr_t a = (uintptr_t)ptr;
     size_t first, n;
+    zi_emu_q_warn_users("cuMemUnmap", a, size);
     zi_emu_lock();
     if (!zi_emu_map_span_locked(a, size, &first, &n)) {
         zi_emu_unlock();
@@ -1848,6 +2445,55 @@ static int zi_emu_gemm_run(const zi_emu_gemm *g)
     return 1;
 }
 
+/* A queued GEMM: its operands (as values, so later changes of descriptors or scalars do
+ * not matter) and the byte spans it reads and writes (0: not touched), checked again when
+ * it runs. */
+typedef struct zi_emu_gemm_work {
+    const char *api;
+    zi_emu_gemm g;
+    size_t abytes, bbytes, cbytes, dbytes, biasbytes;
+} zi_emu_gemm_work;
+
+static void zi_emu_gemm_work_run(void *p)
+{
+    const zi_emu_gemm_work *w = p;
+    zi_emu_recheck(w->api, "A", w->g.A, w->abytes, w->abytes != 0, 0, 0);
+    zi_emu_recheck(w->api, "B", w->g.B, w->bbytes, w->bbytes != 0, 0, 0);
+    zi_emu_recheck(w->api, "C", w->g.C, w->cbytes, w->cbytes != 0, 0, 0);
+    zi_emu_recheck(w->api, "D", w->g.D, w->dbytes, w->dbytes != 0, 0, 1);
+    zi_emu_recheck(w->api, "the bias", w->g.bias, w->biasbytes, w->biasbytes != 0, 0, 0);
+    if (!zi_emu_gemm_run(&w->g))
+        zi_emu_fatal("%s (queued work, now running): out of host memory", w->api);
+}
+
+/* Queues the GEMM on `stream`. alpha and beta are values in w already: in host pointer
+ * mode (the default) cuBLAS takes the scalars at the call, so they may live on the
+ * caller's stack (cuBLAS Library, "Scalar Parameters"). */
+static cublasStatus_t zi_emu_gemm_submit(const zi_emu_gemm_work *tmpl, cudaStream_t stream)
+{
+    zi_emu_gemm_work *w = malloc(sizeof *w);
+    if (!w)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    *w = *tmpl;
+    zi_emu_q_lock();
+    struct CUstream_st *q = zi_emu_q_of(stream);
+    zi_emu_range use[5] = {{(uintptr_t)w->g.A, w->abytes},
+                           {(uintptr_t)w->g.B, w->bbytes},
+                           {(uintptr_t)w->g.C, w->cbytes},
+                           {(uintptr_t)w->g.D, w->dbytes},
+                           {(uintptr_t)w->g.bias, w->biasbytes}};
+    if (q)
+        zi_emu_q_submit(q, w->api, zi_emu_gemm_work_run, free, w, 0, use, 5);
+    zi_emu_q_unlock();
+    if (!q) {
+        zi_emu_warn("%s: stream %p is not live", tmpl->api, (void *)stream);
+        free(w);
+        g_emu_last = cudaErrorInvalidResourceHandle;
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
 /* ---- cuBLAS ---- */
 
 struct cublasContext {
@@ -2030,26 +2676,28 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
         zi_emu_warn("%s: C shares memory with A or B (undefined result)", api);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
-    zi_emu_gemm gm = {.ta = ta,
-                      .tb = tb,
-                      .m = m,
-                      .n = n,
-                      .k = k,
-                      .alpha = a,
-                      .beta = b,
-                      .A = A,
-                      .lda = (size_t)lda,
-                      .B = B,
-                      .ldb = (size_t)ldb,
-                      .C = C,
-                      .ct = Ctype,
-                      .ldc = (size_t)ldc,
-                      .D = C,
-                      .dt = Ctype,
-                      .ldd = (size_t)ldc};
-    if (!zi_emu_gemm_run(&gm))
-        return CUBLAS_STATUS_ALLOC_FAILED;
-    return CUBLAS_STATUS_SUCCESS;
+    zi_emu_gemm_work w = {.api = api,
+                          .g = {.ta = ta,
+                                .tb = tb,
+                                .m = m,
+                                .n = n,
+                                .k = k,
+                                .alpha = a,
+                                .beta = b,
+                                .A = A,
+                                .lda = (size_t)lda,
+                                .B = B,
+                                .ldb = (size_t)ldb,
+                                .C = C,
+                                .ct = Ctype,
+                                .ldc = (size_t)ldc,
+                                .D = C,
+                                .dt = Ctype,
+                                .ldd = (size_t)ldc},
+                          .abytes = reads_ab ? abytes : 0,
+                          .bbytes = reads_ab ? bbytes : 0,
+                          .dbytes = cbytes};
+    return zi_emu_gemm_submit(&w, handle->stream);
 }
 
 /* ---- cuBLASLt ---- */
@@ -2553,26 +3201,31 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
         return CUBLAS_STATUS_INVALID_VALUE;
     }
     int ta = pb.d->ta != CUBLAS_OP_N, tb = pb.d->tb != CUBLAS_OP_N;
-    zi_emu_gemm gm = {.ta = ta,
-                      .tb = tb,
-                      .m = pb.m,
-                      .n = pb.n,
-                      .k = pb.k,
-                      .alpha = a,
-                      .beta = b,
-                      .A = A,
-                      .lda = lda,
-                      .B = B,
-                      .ldb = ldb,
-                      .C = C,
-                      .ct = (cudaDataType)pb.c->type,
-                      .ldc = ldc,
-                      .D = D,
-                      .dt = (cudaDataType)pb.dl->type,
-                      .ldd = ldd,
-                      .bias = pb.d->epilogue == CUBLASLT_EPILOGUE_BIAS ? pb.d->bias : NULL,
-                      .bt = (cudaDataType)pb.dl->type};
-    if (!zi_emu_gemm_run(&gm))
-        return CUBLAS_STATUS_ALLOC_FAILED;
-    return CUBLAS_STATUS_SUCCESS;
+    int bias = pb.d->epilogue == CUBLASLT_EPILOGUE_BIAS;
+    zi_emu_gemm_work w = {.api = api,
+                          .g = {.ta = ta,
+                                .tb = tb,
+                                .m = pb.m,
+                                .n = pb.n,
+                                .k = pb.k,
+                                .alpha = a,
+                                .beta = b,
+                                .A = A,
+                                .lda = lda,
+                                .B = B,
+                                .ldb = ldb,
+                                .C = C,
+                                .ct = (cudaDataType)pb.c->type,
+                                .ldc = ldc,
+                                .D = D,
+                                .dt = (cudaDataType)pb.dl->type,
+                                .ldd = ldd,
+                                .bias = bias ? pb.d->bias : NULL,
+                                .bt = (cudaDataType)pb.dl->type},
+                          .abytes = reads_ab ? abytes : 0,
+                          .bbytes = reads_ab ? bbytes : 0,
+                          .cbytes = b != 0.0f ? cbytes : 0,
+                          .dbytes = dbytes,
+                          .biasbytes = bias ? (size_t)pb.m * cs : 0};
+    return zi_emu_gemm_submit(&w, stream);
 }

@@ -90,6 +90,7 @@ void expect_abort(void (*fn)(void), const char *needle1, const char *needle2)
         dup2(fds[1], 2);
         close(fds[0]);
         fn();
+        cudaDeviceSynchronize(); /* launches are queued: run them */
         _exit(0);
     }
     close(fds[1]);

@@ -93,13 +93,17 @@ static void *dev_alloc(size_t bytes)
     return p;
 }
 
+/* Work is queued (emu.h); these helpers wait for the whole device around their copy, so
+ * that work on any stream (the tests' GEMM streams are non-blocking) is ordered with them. */
 static void to_dev(void *d, const void *h, size_t bytes)
 {
     assert_int_equal(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 static void to_host(void *h, const void *d, size_t bytes)
 {
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
     assert_int_equal(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
 }
 
@@ -1141,6 +1145,7 @@ static void test_vmm_flow(void **state)
     assert_false(zi_emu_is_device_range(b + g, g + 1));
     /* the memory is usable: runtime copies and direct access agree */
     assert_int_equal(cudaMemset(b + g, 0x5a, g), cudaSuccess);
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess); /* the memset is queued */
     b[g + 100] = 7;
     unsigned char probe[128];
     assert_int_equal(cudaMemcpy(probe, b + g + 64, sizeof probe, cudaMemcpyDeviceToHost),
@@ -1156,7 +1161,8 @@ static void test_vmm_flow(void **state)
     assert_false(zi_emu_is_device_range(b + 2 * g, 2 * g)); /* runs into unmapped space */
     assert_int_equal((unsigned char)b[2 * g + 5], 0xff);    /* new memory is not cleared */
     assert_int_equal(cudaMemcpy(b + 2 * g - 64, probe, sizeof probe, cudaMemcpyHostToDevice),
-                     cudaSuccess); /* a copy across the two mappings */
+                     cudaSuccess);                          /* a copy across the two mappings */
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess); /* pageable: the write is queued */
     assert_memory_equal(b + 2 * g - 64, probe, sizeof probe);
 
     /* release while mapped: "The generic memory handle can be freed when there are still
@@ -1178,6 +1184,7 @@ static void test_vmm_flow(void **state)
     assert_int_equal(d.Map(base, 2 * g, 0, h1, 0), CUDA_SUCCESS);
     assert_int_equal(d.SetAccess(base, 2 * g, &acc, 1), CUDA_SUCCESS);
     assert_int_equal(cudaMemset(b, 1, 2 * g), cudaSuccess);
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess); /* the memset must be done first */
     assert_int_equal(d.Unmap(base, 2 * g), CUDA_SUCCESS);
     assert_int_equal(d.Release(h1), CUDA_SUCCESS);
     assert_int_equal(d.AddressFree(base, 4 * g), CUDA_SUCCESS);

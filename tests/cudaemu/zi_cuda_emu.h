@@ -13,15 +13,18 @@
  * ZI_LAUNCH(kernel, grid, block, smem, stream, args...).
  *
  * Semantics: a launch is checked as CUDA checks it (errors through zi_emu_set_error, the
- * kernel does not run), then runs synchronously: block after block, every CUDA thread a
- * fiber, switched only at barriers and warp collectives. Device-side undefined behaviour
- * that a GPU would not report (a collective not reached by every lane of its mask,
- * divergent __syncthreads, deadlock, misaligned or non-shared ldmatrix/cp.async addresses,
- * host pointers as kernel arguments) aborts with a message naming the kernel.
+ * kernel does not run) and queued on its stream with a copy of its arguments (emu.h: it
+ * runs when the host waits for the stream; at once with ZI_EMU_SYNC=1); then it runs
+ * block after block, every CUDA thread a fiber, switched only at barriers and warp
+ * collectives. Device-side undefined behaviour that a GPU would not report (a collective
+ * not reached by every lane of its mask, divergent __syncthreads, deadlock, misaligned or
+ * non-shared ldmatrix/cp.async addresses, pointer arguments that are neither device memory
+ * nor page-locked host memory - at the launch, or again when the queued kernel starts)
+ * aborts with a message naming the kernel. Static __shared__ data above the 48 KiB a
+ * kernel may declare (sm_90: "Maximum amount of shared memory per thread block" without
+ * opt-in) aborts at its launch, as ptxas would refuse to build it.
  * Limits: one launch at a time (a process-wide lock); no cooperative groups, atomics,
- * clusters or concurrency between streams; __launch_bounds__ and the size of static
- * __shared__ data are not checked; a kernel argument must be device memory (cudaMalloc or
- * mapped VMM), so pinned host memory passed to a kernel (legal with UVA) is reported.
+ * clusters or concurrency between streams; __launch_bounds__ is not checked.
  * ASan builds switch fibers with swapcontext, which makes ASan print a one-time warning
  * about makecontext/swapcontext support; the switches are annotated as ASan documents.
  * Reference: CUDA C++ Programming Guide (execution configuration, __syncthreads, warp
@@ -168,8 +171,13 @@ struct launch_config {
 /* Checks the configuration as cudaLaunchKernel does; 0 when the launch must not run (the
  * error is recorded with zi_emu_set_error). */
 int launch_check(const launch_config &cfg);
-/* Aborts unless `p` (kernel argument `index`) is NULL or device memory. */
-void check_pointer_arg(const launch_config &cfg, int index, const void *p);
+/* Aborts unless `p` (kernel argument `index`) is NULL, device memory or page-locked host
+ * memory; `running`: checked again when the queued launch starts. */
+void check_pointer_arg(const launch_config &cfg, int index, const void *p, bool running);
+/* Queues a checked launch on cfg.stream (zi_emu_enqueue): run(ctx) when the stream gets
+ * there, destroy(ctx) afterwards; a dead stream is a launch error. */
+void launch_enqueue(const launch_config &cfg, void (*run)(void *), void (*destroy)(void *),
+                    void *ctx);
 /* Runs every block of the grid, every thread of a block as a fiber calling body(ctx). */
 void launch_run(const launch_config &cfg, void (*body)(void *), void *ctx);
 
@@ -188,41 +196,65 @@ template <class... P> class launcher
         static_assert(sizeof...(A) == sizeof...(P), "kernel launched with a wrong argument count");
         if (!launch_check(cfg_))
             return;
-        /* converted once to the parameter types, as the launch does; every thread then
-         * gets its own copy */
-        params_t params(std::forward<A>(args)...);
-        check_args(params, std::index_sequence_for<P...>{});
-        call_t call{fn_, &params};
-        launch_run(cfg_, &invoke, &call);
+        /* converted once to the parameter types and kept by value with the queued launch,
+         * as the launch does (the caller may change its variables once it returns); every
+         * thread then gets its own copy */
+        queued *q = new queued{fn_, cfg_, params_t(std::forward<A>(args)...)};
+        check_args(*q, false);
+        launch_enqueue(q->cfg, &run, &destroy, q);
     }
 
   private:
     typedef std::tuple<typename std::decay<P>::type...> params_t;
-    struct call_t {
+    struct queued {
         kernel_fn fn;
-        const params_t *params;
+        launch_config cfg;
+        params_t params;
     };
 
     static void invoke(void *p)
     {
-        const call_t *c = static_cast<const call_t *>(p);
-        std::apply(c->fn, *c->params);
+        const queued *q = static_cast<const queued *>(p);
+        std::apply(q->fn, q->params);
     }
 
-    template <class T> void check_arg(int i, const T &v) const
+    static void run(void *p)
+    {
+        const queued *q = static_cast<const queued *>(p);
+        check_args(*q, true); /* what the arguments point to may be gone by now */
+        launch_run(q->cfg, &invoke, p);
+    }
+
+    static void destroy(void *p)
+    {
+        delete static_cast<queued *>(p);
+    }
+
+    template <class T>
+    static void check_arg(const launch_config &cfg, int i, const T &v, bool running)
     {
         if constexpr (std::is_pointer<T>::value &&
                       !std::is_function<typename std::remove_pointer<T>::type>::value)
-            check_pointer_arg(cfg_, i, static_cast<const void *>(v));
+            check_pointer_arg(cfg, i, static_cast<const void *>(v), running);
         else {
+            (void)cfg;
             (void)i;
             (void)v;
+            (void)running;
         }
     }
 
-    template <size_t... I> void check_args(const params_t &p, std::index_sequence<I...>) const
+    template <size_t... I>
+    static void check_args_at(const queued &q, bool running, std::index_sequence<I...>)
     {
-        (check_arg((int)I, std::get<I>(p)), ...);
+        (check_arg(q.cfg, (int)I, std::get<I>(q.params), running), ...);
+        (void)q;
+        (void)running;
+    }
+
+    static void check_args(const queued &q, bool running)
+    {
+        check_args_at(q, running, std::index_sequence_for<P...>{});
     }
 
     kernel_fn fn_;

@@ -1,0 +1,131 @@
+/*
+ * test_emu_smem.cpp - the CUDA emulator's shared memory limits on static __shared__ data
+ * (emu_device.cpp, launch_check): a kernel declaring up to 48 KiB statically runs; more
+ * aborts at its launch (ptxas rejects it on a real build); static plus dynamic shared memory
+ * above the opt-in maximum (227 KiB, sm_90) is a launch error (cudaErrorInvalidValue).
+ * Reference: CUDA C++ Programming Guide, "Compute capabilities" (technical specifications)
+ * and cudaFuncSetAttribute (cudaFuncAttributeMaxDynamicSharedMemorySize: "The sum of this
+ * value and the function attribute sharedSizeBytes cannot exceed the device attribute
+ * cudaDevAttrMaxSharedMemoryPerBlockOptin"). Plain checks; exit status 1 on a failure.
+ */
+#include "zi_cuda_emu.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <string>
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            exit(1);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+namespace
+{
+
+constexpr int kStatic40k = 10 * 1024; /* floats: 40 KiB */
+constexpr int kStatic52k = 13 * 1024; /* floats: 52 KiB */
+
+/* out[t] = sum of the 40 KiB array after every thread filled its share */
+__global__ void static_40k_kernel(float *out)
+{
+    __shared__ float s[kStatic40k];
+    for (int i = (int)threadIdx.x; i < kStatic40k; i += (int)blockDim.x)
+        s[i] = 1.0f;
+    __syncthreads();
+    float acc = 0.0f;
+    for (int i = 0; i < kStatic40k; i++)
+        acc += s[i];
+    out[threadIdx.x] = acc;
+}
+
+__global__ void static_52k_kernel(float *out)
+{
+    __shared__ float s[kStatic52k];
+    s[threadIdx.x] = (float)threadIdx.x;
+    __syncthreads();
+    out[threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
+}
+
+void run_static_52k(void)
+{
+    float *out = nullptr;
+    if (cudaMalloc((void **)&out, 32 * sizeof(float)) != cudaSuccess)
+        _exit(2);
+    ZI_LAUNCH(static_52k_kernel, 1, 32, 0, 0, out);
+    cudaDeviceSynchronize();
+}
+
+/* Runs fn in a child; the child must die of SIGABRT with every needle on stderr. */
+void expect_abort(void (*fn)(void), const char *needle1, const char *needle2)
+{
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(fds[1], 2);
+        close(fds[0]);
+        fn();
+        _exit(0);
+    }
+    close(fds[1]);
+    std::string err;
+    char buf[4096];
+    ssize_t k;
+    while ((k = read(fds[0], buf, sizeof buf)) > 0)
+        err.append(buf, (size_t)k);
+    close(fds[0]);
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT) || err.find(needle1) == std::string::npos ||
+        err.find(needle2) == std::string::npos) {
+        fprintf(stderr,
+                "expected an abort mentioning \"%s\" and \"%s\"; status 0x%x, stderr:\n%s\n",
+                needle1, needle2, st, err.c_str());
+        exit(1);
+    }
+}
+
+} // namespace
+
+int main(void)
+{
+    float *out = nullptr;
+    CHECK(cudaMalloc((void **)&out, 64 * sizeof(float)) == cudaSuccess);
+
+    /* 40 KiB of static shared data: within the 48 KiB */
+    ZI_LAUNCH(static_40k_kernel, 1, 64, 0, 0, out);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    float back[64];
+    CHECK(cudaMemcpy(back, out, sizeof back, cudaMemcpyDeviceToHost) == cudaSuccess);
+    for (int t = 0; t < 64; t++)
+        CHECK(back[t] == (float)kStatic40k);
+
+    /* static + dynamic above the opt-in maximum (40 KiB + 200 KiB > 227 KiB) */
+    CHECK(cudaFuncSetAttribute(static_40k_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               200 * 1024) == cudaSuccess);
+    unsigned long long launches = zi_emu_launch_count();
+    ZI_LAUNCH(static_40k_kernel, 1, 64, 200 * 1024, 0, out);
+    CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+    CHECK(zi_emu_launch_count() == launches);
+    ZI_LAUNCH(static_40k_kernel, 1, 64, (size_t)zi_emu_max_optin_smem() - 40 * 1024, 0, out);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    CHECK(zi_emu_launch_count() == launches + 1);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess);
+
+    /* 52 KiB of static shared data: not a kernel nvcc would build */
+    expect_abort(run_static_52k, "static_52k_kernel", "53248 bytes of static __shared__");
+    CHECK(cudaFree(out) == cudaSuccess);
+    printf("ok static shared memory limits\n");
+    return 0;
+}
