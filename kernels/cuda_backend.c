@@ -30,6 +30,7 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,6 +95,14 @@ typedef struct zi_cuda {
     int plan_next;
     zi_cuda_attn_path attn_path;
     size_t score_budget, col_budget; /* ZI_CUDA_SCORE_BUDGET, ZI_CUDA_COL_BUDGET unless set */
+    /* weights kept in pinned host memory once `weight_budget` bytes are resident
+     * (UINT64_MAX: no budget, every weight resident); sorted by address */
+    uint64_t weight_budget, host_weight_bytes;
+    struct zi_host_w {
+        const char *p;
+        size_t bytes;
+    } * hw;
+    size_t nhw, caphw;
 } zi_cuda;
 
 static void zi_cuda_destroy(zi_backend *be);
@@ -257,12 +266,89 @@ static int zi_cuda_alloc_f32(zi_backend *be, zi_tensor *t, int ndim, const int64
     return zi_cuda_alloc_kind(be, t, ndim, shape, ZI_F32, ZI_CUDA_TAG_ACT);
 }
 
+/* ---- weights kept on the host (a weight budget, for GPUs too small for the model) ---- */
+
+/* Index of the host weight holding p, or -1. */
+static long zi_cu_host_weight(const zi_cuda *cu, const void *p)
+{
+    const char *c = p;
+    size_t lo = 0, hi = cu->nhw;
+    while (lo < hi) { /* first entry starting after c */
+        size_t mid = (lo + hi) / 2;
+        if (cu->hw[mid].p <= c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return -1;
+    const struct zi_host_w *w = &cu->hw[lo - 1];
+    return c < w->p + w->bytes ? (long)(lo - 1) : -1;
+}
+
+/* t (zeroed, shape set by the caller) = a bf16 copy of src in pinned host memory, used by
+ * the ops through a device copy made when they run (zi_cu_stage). */
+static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src, zi_dtype src_dt,
+                                   size_t n)
+{
+    zi_cuda *cu = zi_cu(be);
+    size_t bytes = n * 2;
+    if (cu->nhw == cu->caphw) {
+        size_t cap = cu->caphw ? cu->caphw * 2 : 256;
+        struct zi_host_w *nw = realloc(cu->hw, cap * sizeof *nw);
+        if (!nw)
+            return zi_backend_fail(be, ZI_ENOMEM, "upload_weight: out of host memory");
+        cu->hw = nw;
+        cu->caphw = cap;
+    }
+    void *h = NULL;
+    cudaError_t e = cudaHostAlloc(&h, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return zi_backend_fail(be, ZI_ENOMEM,
+                               "upload_weight: out of pinned host memory for a weight kept on the "
+                               "host (%zu bytes): %s",
+                               bytes, cudaGetErrorString(e));
+    }
+    uint16_t *dst = h;
+    float tmp[4096];
+    for (size_t i = 0; i < n; i += 4096) { /* to bf16 (round to nearest even) on the host */
+        size_t cnt = n - i < 4096 ? n - i : 4096;
+        zi_convert_to_f32(tmp, (const char *)src + i * zi_dtype_size(src_dt), src_dt, cnt);
+        for (size_t j = 0; j < cnt; j++)
+            dst[i + j] = zi_f32_to_bf16(tmp[j]);
+    }
+    size_t at = cu->nhw;
+    while (at > 0 && cu->hw[at - 1].p > (const char *)h) {
+        cu->hw[at] = cu->hw[at - 1];
+        at--;
+    }
+    cu->hw[at].p = h;
+    cu->hw[at].bytes = bytes;
+    cu->nhw++;
+    cu->host_weight_bytes += bytes;
+    t->data = h;
+    t->dtype = ZI_BF16;
+    t->be = be;
+    t->owned = 1;
+    return ZI_OK;
+}
+
 static void zi_cuda_free(zi_backend *be, zi_tensor *t)
 {
     if (!t)
         return;
-    if (t->owned && t->data)
+    zi_cuda *cu = zi_cu(be);
+    long i = t->owned && t->data ? zi_cu_host_weight(cu, t->data) : -1;
+    if (i >= 0 && cu->hw[i].p == t->data) {
+        /* queued copies may still read it: cudaFreeHost waits for the device */
+        cu->host_weight_bytes -= cu->hw[i].bytes;
+        cudaFreeHost(t->data);
+        memmove(&cu->hw[i], &cu->hw[i + 1], (cu->nhw - (size_t)i - 1) * sizeof cu->hw[0]);
+        cu->nhw--;
+    } else if (t->owned && t->data) {
         zi_cuda_mfree(be, t->data);
+    }
     memset(t, 0, sizeof *t);
 }
 
@@ -345,6 +431,20 @@ static int zi_cuda_upload_weight(zi_backend *be, zi_tensor *t, const void *src, 
         return rc;
     if (be->err != ZI_OK)
         return zi_backend_check(be);
+    zi_cuda *cu = zi_cu(be);
+    if (cu->weight_budget != UINT64_MAX) {
+        int64_t n = 1;
+        for (int i = 0; i < ndim; i++)
+            n *= shape[i];
+        if (ndim < 1 || ndim > ZI_MAX_DIMS || n < 0)
+            return zi_backend_fail(be, ZI_EINVAL, "upload_weight: bad shape");
+        if (cu->weights + (uint64_t)n * 2 > cu->weight_budget) { /* over the budget: host */
+            memset(t, 0, sizeof *t);
+            t->ndim = ndim;
+            memcpy(t->shape, shape, (size_t)ndim * sizeof shape[0]);
+            return zi_cuda_host_weight_new(be, t, src, src_dt, (size_t)n);
+        }
+    }
     rc = zi_cuda_alloc_kind(be, t, ndim, shape, ZI_BF16, ZI_CUDA_TAG_WEIGHT);
     if (rc != ZI_OK)
         return rc;
@@ -993,6 +1093,166 @@ static int zi_cuda_to_rgb8(zi_backend *be, uint8_t *rgb, const zi_tensor *in, in
 
 /* ---- lifecycle ---- */
 
+/* ---- ops with weights kept on the host: each input that is such a weight is copied to a
+ * device scratch buffer on the stream right before the op, freed right after it (stream
+ * order keeps the buffer alive until the op has run). Installed in the table only when a
+ * weight budget is set, so resident weights pay nothing. ---- */
+
+#define ZI_CU_STAGE_MAX 3
+
+typedef struct zi_cu_staged {
+    zi_tensor view[ZI_CU_STAGE_MAX];
+    void *tmp[ZI_CU_STAGE_MAX];
+    int n;
+} zi_cu_staged;
+
+/* t itself, or a view of a device copy of it when t lies in a weight kept on the host. */
+static const zi_tensor *zi_cu_stage(zi_backend *be, zi_cu_staged *s, const zi_tensor *t)
+{
+    zi_cuda *cu = zi_cu(be);
+    if (!t || !t->data || be->err != ZI_OK || zi_cu_host_weight(cu, t->data) < 0 ||
+        s->n == ZI_CU_STAGE_MAX)
+        return t;
+    size_t bytes = (size_t)zi_tensor_numel(t) * zi_dtype_size(t->dtype);
+    void *d = zi_cuda_tmp(be, "weight staging", bytes);
+    if (!d)
+        return t; /* the sticky error makes the op a no-op */
+    s->tmp[s->n] = d;
+    zi_tensor *v = &s->view[s->n++];
+    *v = *t;
+    v->data = d;
+    v->owned = 0;
+    zi_cu_ok(be, cudaMemcpyAsync(d, t->data, bytes, cudaMemcpyHostToDevice, cu->stream),
+             "weight staging: copy");
+    return v;
+}
+
+static void zi_cu_unstage(zi_backend *be, zi_cu_staged *s)
+{
+    for (int i = 0; i < s->n; i++)
+        zi_cuda_mfree(be, s->tmp[i]);
+}
+
+/* The rows of a host-kept embedding table are gathered on the host, converted by the
+ * upload path: the table itself never goes to the device. */
+static void zi_cs_embedding(zi_backend *be, zi_tensor *out, const zi_tensor *table,
+                            const int32_t *ids, int R, int D)
+{
+    zi_cuda *cu = zi_cu(be);
+    if (!table || !table->data || zi_cu_host_weight(cu, table->data) < 0) {
+        zi_cuda_embedding(be, out, table, ids, R, D);
+        return;
+    }
+    if (zi_be_check_embedding(be, ZI_CU_ARGS, out, table, ids, R, D))
+        return;
+    uint16_t *rows = malloc((size_t)R * (size_t)D * 2);
+    if (!rows) {
+        zi_backend_fail(be, ZI_ENOMEM, "embedding: out of host memory");
+        return;
+    }
+    const uint16_t *tab = table->data;
+    for (int r = 0; r < R; r++)
+        memcpy(rows + (size_t)r * D, tab + (size_t)ids[r] * D, (size_t)D * 2);
+    zi_cuda_h2d(be, out->data, out->dtype, rows, ZI_BF16, (size_t)R * D);
+    free(rows);
+}
+
+/* zi_cs_NAME: the op NAME with its tensor inputs staged. */
+#define ZI_CS1(name, params, staged, rest)                                                         \
+    static void zi_cs_##name params                                                                \
+    {                                                                                              \
+        zi_cu_staged s = {0};                                                                      \
+        zi_cuda_##name(be, staged, rest);                                                          \
+        zi_cu_unstage(be, &s);                                                                     \
+    }
+#define ZI_ST(t) zi_cu_stage(be, &s, t)
+#define ZI_ARGS(...) __VA_ARGS__
+
+ZI_CS1(linear,
+       (zi_backend * be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
+        const zi_tensor *b, int M, int K, int N),
+       ZI_ARGS(out, ZI_ST(in), ZI_ST(w), ZI_ST(b)), ZI_ARGS(M, K, N))
+ZI_CS1(rmsnorm,
+       (zi_backend * be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w, int R, int D,
+        float eps),
+       ZI_ARGS(out, ZI_ST(in), ZI_ST(w)), ZI_ARGS(R, D, eps))
+ZI_CS1(layernorm, (zi_backend * be, zi_tensor *out, const zi_tensor *in, int R, int D, float eps),
+       ZI_ARGS(out, ZI_ST(in)), ZI_ARGS(R, D, eps))
+ZI_CS1(groupnorm,
+       (zi_backend * be, zi_tensor *out, const zi_tensor *in, const zi_tensor *g,
+        const zi_tensor *b, int C, int HW, int G, float eps, int silu),
+       ZI_ARGS(out, ZI_ST(in), ZI_ST(g), ZI_ST(b)), ZI_ARGS(C, HW, G, eps, silu))
+ZI_CS1(rope,
+       (zi_backend * be, zi_tensor *x, const zi_tensor *c, const zi_tensor *sn, int S, int H,
+        int hd, zi_rope_layout layout),
+       ZI_ARGS(x, ZI_ST(c), ZI_ST(sn)), ZI_ARGS(S, H, hd, layout))
+ZI_CS1(attention,
+       (zi_backend * be, zi_tensor *out, const zi_tensor *q, const zi_tensor *k, const zi_tensor *v,
+        int Sq, int Skv, int H, int KVH, int hd, float scale, int causal),
+       ZI_ARGS(out, ZI_ST(q), ZI_ST(k), ZI_ST(v)), ZI_ARGS(Sq, Skv, H, KVH, hd, scale, causal))
+ZI_CS1(add, (zi_backend * be, zi_tensor *out, const zi_tensor *a, const zi_tensor *b, size_t n),
+       ZI_ARGS(out, ZI_ST(a), ZI_ST(b)), n)
+ZI_CS1(silu, (zi_backend * be, zi_tensor *out, const zi_tensor *in, size_t n),
+       ZI_ARGS(out, ZI_ST(in)), n)
+ZI_CS1(tanh, (zi_backend * be, zi_tensor *out, const zi_tensor *in, size_t n),
+       ZI_ARGS(out, ZI_ST(in)), n)
+ZI_CS1(silu_mul,
+       (zi_backend * be, zi_tensor *out, const zi_tensor *g, const zi_tensor *u, size_t n),
+       ZI_ARGS(out, ZI_ST(g), ZI_ST(u)), n)
+ZI_CS1(affine, (zi_backend * be, zi_tensor *out, const zi_tensor *in, float a, float b, size_t n),
+       ZI_ARGS(out, ZI_ST(in)), ZI_ARGS(a, b, n))
+ZI_CS1(mul_row,
+       (zi_backend * be, zi_tensor *out, const zi_tensor *in, const zi_tensor *sv, int R, int D),
+       ZI_ARGS(out, ZI_ST(in), ZI_ST(sv)), ZI_ARGS(R, D))
+ZI_CS1(gated_add,
+       (zi_backend * be, zi_tensor *x, const zi_tensor *g, const zi_tensor *y, int R, int D),
+       ZI_ARGS(x, ZI_ST(g), ZI_ST(y)), ZI_ARGS(R, D))
+ZI_CS1(copy, (zi_backend * be, zi_tensor *dst, const zi_tensor *src, size_t n),
+       ZI_ARGS(dst, ZI_ST(src)), n)
+ZI_CS1(transpose, (zi_backend * be, zi_tensor *out, const zi_tensor *in, int R, int C),
+       ZI_ARGS(out, ZI_ST(in)), ZI_ARGS(R, C))
+ZI_CS1(conv2d,
+       (zi_backend * be, zi_tensor *out, const zi_tensor *in, const zi_tensor *w,
+        const zi_tensor *b, int Ci, int Co, int h, int wd, int k),
+       ZI_ARGS(out, ZI_ST(in), ZI_ST(w), ZI_ST(b)), ZI_ARGS(Ci, Co, h, wd, k))
+ZI_CS1(upsample2x, (zi_backend * be, zi_tensor *out, const zi_tensor *in, int C, int h, int wd),
+       ZI_ARGS(out, ZI_ST(in)), ZI_ARGS(C, h, wd))
+
+static int zi_cs_to_rgb8(zi_backend *be, uint8_t *rgb, const zi_tensor *in, int h, int wd)
+{
+    zi_cu_staged s = {0};
+    int rc = zi_cuda_to_rgb8(be, rgb, ZI_ST(in), h, wd);
+    zi_cu_unstage(be, &s);
+    return rc;
+}
+
+#undef ZI_ST
+#undef ZI_ARGS
+#undef ZI_CS1
+
+static void zi_cuda_install_staging(zi_backend *be)
+{
+    be->linear = zi_cs_linear;
+    be->embedding = zi_cs_embedding;
+    be->rmsnorm = zi_cs_rmsnorm;
+    be->layernorm = zi_cs_layernorm;
+    be->groupnorm = zi_cs_groupnorm;
+    be->rope = zi_cs_rope;
+    be->attention = zi_cs_attention;
+    be->add = zi_cs_add;
+    be->silu = zi_cs_silu;
+    be->tanh_ = zi_cs_tanh;
+    be->silu_mul = zi_cs_silu_mul;
+    be->affine = zi_cs_affine;
+    be->mul_row = zi_cs_mul_row;
+    be->gated_add = zi_cs_gated_add;
+    be->copy = zi_cs_copy;
+    be->transpose = zi_cs_transpose;
+    be->conv2d = zi_cs_conv2d;
+    be->upsample2x = zi_cs_upsample2x;
+    be->to_rgb8 = zi_cs_to_rgb8;
+}
+
 static void zi_cuda_destroy(zi_backend *be)
 {
     if (!be)
@@ -1018,6 +1278,9 @@ static void zi_cuda_destroy(zi_backend *be)
         for (size_t i = 0; i < cu->nplain; i++)
             cudaFree(cu->plain[i].p);
         free(cu->plain);
+        for (size_t i = 0; i < cu->nhw; i++) /* host weights the caller did not free */
+            cudaFreeHost((void *)cu->hw[i].p);
+        free(cu->hw);
         if (cu->lock_ok)
             pthread_mutex_destroy(&cu->lock);
         if (cu->stream)
@@ -1087,6 +1350,7 @@ zi_backend *zi_backend_cuda_new(int device)
     cu->attn_path = (zi_cuda_attn_path)path;
     cu->score_budget = ZI_CUDA_SCORE_BUDGET;
     cu->col_budget = ZI_CUDA_COL_BUDGET;
+    cu->weight_budget = UINT64_MAX;
 
     be->name = "cuda";
     int major = 0, minor = 0, l2 = 0;
@@ -1230,6 +1494,17 @@ zi_backend *zi_backend_cuda_new(int device)
     be->conv2d = zi_cuda_conv2d;
     be->upsample2x = zi_cuda_upsample2x;
     be->to_rgb8 = zi_cuda_to_rgb8;
+    const char *wb = getenv("ZI_CUDA_WEIGHT_BUDGET_MB");
+    if (wb && *wb) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long mb = strtoull(wb, &end, 10);
+        if (errno || !end || *end || *wb == '-' || mb > (UINT64_MAX >> 21)) {
+            zi_errorf(ZI_EINVAL, "ZI_CUDA_WEIGHT_BUDGET_MB must be a number of MiB (0 or more)");
+            goto err;
+        }
+        zi_cuda_set_weight_budget(be, (uint64_t)mb << 20);
+    }
     return be;
 err:
     zi_cuda_destroy(be);
@@ -1256,6 +1531,20 @@ int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path)
         return zi_errorf(ZI_EINVAL, "unknown attention path %d", (int)path);
     zi_cu(be)->attn_path = path;
     return ZI_OK;
+}
+
+int zi_cuda_set_weight_budget(zi_backend *be, uint64_t bytes)
+{
+    ZI_CUDA_REQUIRE(be);
+    zi_cu(be)->weight_budget = bytes;
+    if (bytes != UINT64_MAX)
+        zi_cuda_install_staging(be);
+    return ZI_OK;
+}
+
+uint64_t zi_cuda_host_weight_bytes(zi_backend *be)
+{
+    return zi_cuda_is(be) ? zi_cu(be)->host_weight_bytes : 0;
 }
 
 int zi_cuda_set_work_budgets(zi_backend *be, size_t score_bytes, size_t col_bytes)

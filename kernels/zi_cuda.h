@@ -30,6 +30,18 @@ int zi_cuda_is(const zi_backend *be);
 
 int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path);
 
+/* Weight budget, for GPUs smaller than the model: weights uploaded while `bytes` of
+ * weights are already resident stay in pinned host memory (bf16), and each op that reads
+ * one copies the part it uses to device scratch right before it runs (an embedding table:
+ * only the rows looked up). Results are the same bit for bit; the cost is the PCIe
+ * traffic. UINT64_MAX (the default) keeps every weight resident; 0 keeps all on the host.
+ * Set it before the weights are loaded (the environment variable ZI_CUDA_WEIGHT_BUDGET_MB
+ * sets it when the backend is created). The pipeline loads the transformer first, then the
+ * VAE, then the text encoder, so the budget goes to the weights used at every step. */
+int zi_cuda_set_weight_budget(zi_backend *be, uint64_t bytes);
+/* Bytes of weights kept in pinned host memory under the budget. */
+uint64_t zi_cuda_host_weight_bytes(zi_backend *be);
+
 /* Bounds (bytes) of the scratch the backend tiles its work by: the GEMM attention path's
  * scores of one block of query rows, and the convolution's im2col tile (at least 256
  * pixels). 0 restores the default (96 MiB, 64 MiB). Smaller budgets mean more, smaller

@@ -112,19 +112,22 @@ int zi_pipeline_load(const char *dir, zi_backend *be, zi_pipeline **out)
     rc = rc ? rc : zi_tokenizer_load(path, &p->tok);
     if (rc)
         goto err;
-    rc = join_path(path, sizeof path, dir, "text_encoder");
-    rc = rc ? rc : zi_st_open_dir(path, &st);
-    rc = rc ? rc : zi_qwen3_load(&p->te, st, &p->cfg.te, be);
-    zi_st_close(st);
-    st = NULL;
-    if (rc)
-        goto err;
+    /* The transformer first, the text encoder last: under a device weight budget
+     * (zi_cuda_set_weight_budget) the weights loaded first stay on the device, and the
+     * transformer's are used at every step, the encoder's once per prompt. */
     rc = join_path(path, sizeof path, dir, "transformer");
     rc = rc ? rc : zi_dit_load(path, &p->cfg.dit, be, &p->dit);
     if (rc)
         goto err;
     rc = join_path(path, sizeof path, dir, "vae");
     rc = rc ? rc : zi_vae_load(path, &p->cfg.vae, be, &p->vae);
+    if (rc)
+        goto err;
+    rc = join_path(path, sizeof path, dir, "text_encoder");
+    rc = rc ? rc : zi_st_open_dir(path, &st);
+    rc = rc ? rc : zi_qwen3_load(&p->te, st, &p->cfg.te, be);
+    zi_st_close(st);
+    st = NULL;
     if (rc)
         goto err;
     p->vae_scale = zi_vae_scale(&p->cfg.vae);
@@ -153,9 +156,9 @@ int zi_pipeline_load_random(const zi_model_config *cfg, zi_backend *be, uint64_t
     p->n_random_tokens = n_tokens;
     p->random_seed = seed;
     snprintf(p->name, sizeof p->name, "random");
-    rc = zi_qwen3_load_random(&p->te, &p->cfg.te, be, seed);
-    rc = rc ? rc : zi_dit_load_random(&p->cfg.dit, be, seed + 1, &p->dit);
+    rc = zi_dit_load_random(&p->cfg.dit, be, seed + 1, &p->dit); /* order: as zi_pipeline_load */
     rc = rc ? rc : zi_vae_load_random(&p->cfg.vae, be, seed + 2, &p->vae);
+    rc = rc ? rc : zi_qwen3_load_random(&p->te, &p->cfg.te, be, seed);
     if (rc) {
         zi_pipeline_free(p);
         return rc;

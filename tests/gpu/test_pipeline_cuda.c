@@ -9,7 +9,10 @@
  *     size ran in between;
  *   - memory telemetry is consistent (weights counted, allocated <= peak, allocated <=
  *     reserved, device free <= total) and activations are all freed after a job;
- *   - trim gives the free chunks back and the next job still works.
+ *   - trim gives the free chunks back and the next job still works;
+ *   - under a weight budget (weights past it kept in pinned host memory and copied in per
+ *     op: all of them, or all but the first few MiB) the image is the same bytes, and the
+ *     device holds no more weights than the budget.
  * On a GPU machine through tests/gpu/run.sh; in CI on the CPU emulator of CUDA.
  */
 #include "zi_test.h"
@@ -164,12 +167,49 @@ static void test_trim_then_generate(void **state)
     zp_check_telemetry("after trim + job");
 }
 
+/* A second backend with a weight budget: same image, bit for bit, less device memory. */
+static void zp_budget_case(uint64_t budget, const uint8_t *want, const zi_gen_params *gp)
+{
+    zi_backend *b = zi_backend_cuda_new(0);
+    assert_non_null(b);
+    assert_int_equal(zi_cuda_set_weight_budget(b, budget), ZI_OK);
+    zi_pipeline *p = NULL;
+    if (zi_pipeline_load(zi_test_golden("tiny-zimage"), b, &p) != ZI_OK)
+        fail_msg("load under a budget of %llu: %s", (unsigned long long)budget, zi_errmsg());
+    zi_mem_stats m;
+    b->mem_stats(b, &m);
+    uint64_t host = zi_cuda_host_weight_bytes(b);
+    printf("budget %8.2f MiB: weights on the device %8.2f MiB, on the host %8.2f MiB\n",
+           budget / 1048576.0, m.weights / 1048576.0, host / 1048576.0);
+    assert_true(m.weights <= budget);
+    assert_true(host > 0);
+    uint8_t *got = zp_generate(p, gp);
+    assert_memory_equal(got, want, (size_t)gp->width * gp->height * 3);
+    free(got);
+    zi_pipeline_free(p);
+    assert_int_equal(zi_cuda_host_weight_bytes(b), 0); /* every host weight freed */
+    zi_backend_destroy(b);
+}
+
+static void test_weight_budget(void **state)
+{
+    (void)state;
+    zi_gen_params gp = zp_params(64, 48, 3.5f);
+    uint8_t *want = zp_generate(pg, &gp);
+    zi_mem_stats m;
+    gpu->mem_stats(gpu, &m);
+    zp_budget_case(0, want, &gp);             /* every weight on the host */
+    zp_budget_case(m.weights / 2, want, &gp); /* about the transformer's first half resident */
+    free(want);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_cpu_and_is_deterministic),
         cmocka_unit_test(test_steady_state_maps_nothing),
         cmocka_unit_test(test_trim_then_generate),
+        cmocka_unit_test(test_weight_budget),
     };
     return cmocka_run_group_tests(tests, zp_setup, zp_teardown);
 }
