@@ -51,6 +51,9 @@
 /* Bytes of one im2col tile (bf16). */
 #define ZI_CUDA_COL_BUDGET ((size_t)64 << 20)
 #define ZI_CUDA_LT_PLANS 64
+/* Device memory the automatic weight budget leaves for activations and scratch: a 1024²
+ * image needs about 1.1 GB (docs/operations.md, "Size the GPUs"). */
+#define ZI_CUDA_ACT_HEADROOM ((uint64_t)2 << 30)
 /* Block alignment of the allocator (>= 16 for vector loads, 256 for cuBLASLt's best). */
 #define ZI_CUDA_ALIGN 512
 
@@ -1494,13 +1497,24 @@ zi_backend *zi_backend_cuda_new(int device)
     be->conv2d = zi_cuda_conv2d;
     be->upsample2x = zi_cuda_upsample2x;
     be->to_rgb8 = zi_cuda_to_rgb8;
+    /* the weight budget: auto (default) = what the device has free now, less headroom for
+     * activations; "resident" = none; N = N MiB */
     const char *wb = getenv("ZI_CUDA_WEIGHT_BUDGET_MB");
-    if (wb && *wb) {
+    if (!wb || !*wb || strcmp(wb, "auto") == 0) {
+        size_t fr = 0, tot = 0;
+        if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+            cudaGetLastError();
+            fr = 0;
+        }
+        uint64_t head = ZI_CUDA_ACT_HEADROOM;
+        zi_cuda_set_weight_budget(be, fr > head ? (uint64_t)fr - head : 0);
+    } else if (strcmp(wb, "resident") != 0) {
         char *end = NULL;
         errno = 0;
         unsigned long long mb = strtoull(wb, &end, 10);
         if (errno || !end || *end || *wb == '-' || mb > (UINT64_MAX >> 21)) {
-            zi_errorf(ZI_EINVAL, "ZI_CUDA_WEIGHT_BUDGET_MB must be a number of MiB (0 or more)");
+            zi_errorf(ZI_EINVAL,
+                      "ZI_CUDA_WEIGHT_BUDGET_MB must be auto, resident or a number of MiB");
             goto err;
         }
         zi_cuda_set_weight_budget(be, (uint64_t)mb << 20);
@@ -1540,6 +1554,11 @@ int zi_cuda_set_weight_budget(zi_backend *be, uint64_t bytes)
     if (bytes != UINT64_MAX)
         zi_cuda_install_staging(be);
     return ZI_OK;
+}
+
+uint64_t zi_cuda_weight_budget(zi_backend *be)
+{
+    return zi_cuda_is(be) ? zi_cu(be)->weight_budget : 0;
 }
 
 uint64_t zi_cuda_host_weight_bytes(zi_backend *be)

@@ -57,6 +57,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,7 @@
 #define ZI_EMU_DRIVER_VERSION 13000
 #define ZI_EMU_LT_ALIGN 16 /* operand alignment the emulated cuBLASLt algorithm needs */
 #define ZI_EMU_LT_ALGO_MAGIC 0x7a69656d754c7431ULL
+#define ZI_EMU_COUNT(arr) (sizeof(arr) / sizeof((arr)[0]))
 
 /* ---- global state ---- */
 
@@ -153,15 +155,27 @@ static pthread_once_t g_emu_once = PTHREAD_ONCE_INIT;
 static _Thread_local cudaError_t g_emu_last = cudaSuccess;
 static atomic_ullong g_emu_launches;
 
+/* Every message of the emulator is one stderr line, "zi-emu: <message>", followed by
+ * " -> <result>" when `result` is not NULL (a failed call's status). */
+static void zi_emu_vsay(const char *result, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
+static void zi_emu_vsay(const char *result, const char *fmt, va_list ap)
+{
+    fputs("zi-emu: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    if (result)
+        fprintf(stderr, " -> %s", result);
+    fputc('\n', stderr);
+}
+
 static void zi_emu_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 static void zi_emu_warn(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("zi-emu: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    zi_emu_vsay(NULL, fmt, ap);
     va_end(ap);
 }
 
@@ -176,9 +190,7 @@ static void zi_emu_note(const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
-    fputs("zi-emu: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    zi_emu_vsay(NULL, fmt, ap);
     va_end(ap);
 }
 
@@ -233,9 +245,7 @@ static cudaError_t zi_emu_fail(cudaError_t e, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("zi-emu: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " -> %s\n", cudaGetErrorName(e));
+    zi_emu_vsay(cudaGetErrorName(e), fmt, ap);
     va_end(ap);
     g_emu_last = e;
     return e;
@@ -309,6 +319,17 @@ static int zi_emu_stream_ok(cudaStream_t s)
                 hi_ = mid_;                                                                        \
         }                                                                                          \
         (out) = lo_ > 0 && (a) - (arr)[lo_ - 1].base < (arr)[lo_ - 1].size ? (long)(lo_ - 1) : -1; \
+    } while (0)
+
+/* Opens the slot for base address a in a sorted range array of n elements that has room for
+ * one more: (at) is its index, n has grown by one; the caller fills the slot. */
+#define ZI_EMU_INSERT_AT(arr, n, a, at)                                                            \
+    do {                                                                                           \
+        (at) = (n);                                                                                \
+        while ((at) > 0 && (arr)[(at)-1].base > (a))                                               \
+            (at)--;                                                                                \
+        memmove(&(arr)[(at) + 1], &(arr)[(at)], ((n) - (at)) * sizeof *(arr));                     \
+        (n)++;                                                                                     \
     } while (0)
 
 static long zi_emu_blk_at_locked(uintptr_t a)
@@ -548,9 +569,7 @@ static void zi_emu_fatal(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("zi-emu: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    zi_emu_vsay(NULL, fmt, ap);
     va_end(ap);
     fflush(stderr);
     abort();
@@ -569,6 +588,17 @@ static struct CUstream_st *zi_emu_q_of(cudaStream_t s)
 static int zi_emu_q_blocking(const struct CUstream_st *q)
 {
     return q != &g_q.legacy && !(q->flags & cudaStreamNonBlocking);
+}
+
+/* Every queue in turn, from i = 0: the legacy stream, the per-thread stream, then the created
+ * streams (live, or destroyed with work left); NULL past the last (q lock held). */
+static struct CUstream_st *zi_emu_q_nth(size_t i)
+{
+    if (i == 0)
+        return &g_q.legacy;
+    if (i == 1)
+        return &g_q.per_thread;
+    return i - 2 < g_q.nmade ? g_q.made[i - 2] : NULL;
 }
 
 /* Appends an empty item to q (q lock held). */
@@ -668,13 +698,11 @@ static void zi_emu_q_drain(struct CUstream_st *q)
 /* 1 when a queued wait item still names stream s. */
 static int zi_emu_q_waited_on(const struct CUstream_st *s)
 {
-    const struct CUstream_st *fixed[2] = {&g_q.legacy, &g_q.per_thread};
-    for (size_t i = 0; i < 2 + g_q.nmade; i++) {
-        const struct CUstream_st *q = i < 2 ? fixed[i] : g_q.made[i - 2];
+    const struct CUstream_st *q;
+    for (size_t i = 0; (q = zi_emu_q_nth(i)) != NULL; i++)
         for (const zi_emu_item *it = q->head; it; it = it->next)
             if (it->wait_on == s)
                 return 1;
-    }
     return 0;
 }
 
@@ -699,13 +727,10 @@ static void zi_emu_q_sweep(void)
 static void zi_emu_q_drain_all(void)
 {
     for (;;) {
-        struct CUstream_st *first = NULL;
-        struct CUstream_st *fixed[2] = {&g_q.legacy, &g_q.per_thread};
-        for (size_t i = 0; i < 2 + g_q.nmade; i++) {
-            struct CUstream_st *s = i < 2 ? fixed[i] : g_q.made[i - 2];
+        struct CUstream_st *first = NULL, *s;
+        for (size_t i = 0; (s = zi_emu_q_nth(i)) != NULL; i++)
             if (s->head && (!first || s->head->seq < first->head->seq))
                 first = s;
-        }
         if (!first)
             break;
         zi_emu_q_step(first);
@@ -738,13 +763,16 @@ static void zi_emu_q_submit(struct CUstream_st *q, const char *what, void (*run)
         zi_emu_q_drain_to(q, it->seq);
 }
 
-cudaError_t zi_emu_enqueue(cudaStream_t stream, const char *what, void (*run)(void *ctx),
-                           void (*destroy)(void *ctx), void *ctx)
+/* zi_emu_q_submit on the queue of a stream handle (takes the q lock). A dead stream:
+ * nothing queued, destroy(ctx) called (when not NULL), cudaErrorInvalidResourceHandle. */
+static cudaError_t zi_emu_q_submit_to(cudaStream_t stream, const char *what, void (*run)(void *),
+                                      void (*destroy)(void *), void *ctx, const zi_emu_range *use,
+                                      int nuse)
 {
     zi_emu_q_lock();
     struct CUstream_st *q = zi_emu_q_of(stream);
     if (q)
-        zi_emu_q_submit(q, what, run, destroy, ctx, 0, NULL, 0);
+        zi_emu_q_submit(q, what, run, destroy, ctx, 0, use, nuse);
     zi_emu_q_unlock();
     if (q)
         return cudaSuccess;
@@ -754,15 +782,20 @@ cudaError_t zi_emu_enqueue(cudaStream_t stream, const char *what, void (*run)(vo
                        (void *)stream);
 }
 
+cudaError_t zi_emu_enqueue(cudaStream_t stream, const char *what, void (*run)(void *ctx),
+                           void (*destroy)(void *ctx), void *ctx)
+{
+    return zi_emu_q_submit_to(stream, what, run, destroy, ctx, NULL, 0);
+}
+
 /* cuMemUnmap of [a, a+n) while queued work still uses it: the driver does it (it does not
  * wait for the device), and the work faults when it runs; say so here, where the missing
  * synchronisation is. */
 static void zi_emu_q_warn_users(const char *api, uintptr_t a, size_t n)
 {
     zi_emu_q_lock();
-    struct CUstream_st *fixed[2] = {&g_q.legacy, &g_q.per_thread};
-    for (size_t i = 0; i < 2 + g_q.nmade; i++) {
-        struct CUstream_st *s = i < 2 ? fixed[i] : g_q.made[i - 2];
+    const struct CUstream_st *s;
+    for (size_t i = 0; (s = zi_emu_q_nth(i)) != NULL; i++)
         for (const zi_emu_item *it = s->head; it; it = it->next)
             for (int u = 0; u < it->nuse; u++)
                 if (it->use[u].base < a + n && a < it->use[u].base + it->use[u].size) {
@@ -770,7 +803,7 @@ static void zi_emu_q_warn_users(const char *api, uintptr_t a, size_t n)
                     if (s == &g_q.legacy)
                         snprintf(sname, sizeof sname, "the legacy default stream");
                     else
-                        snprintf(sname, sizeof sname, "stream %p", (void *)s);
+                        snprintf(sname, sizeof sname, "stream %p", (const void *)s);
                     zi_emu_warn("%s(%p, %zu bytes): %s queued on %s still uses [%p, +%zu "
                                 "bytes) - it will fault when it runs (synchronise before "
                                 "unmapping)",
@@ -778,7 +811,6 @@ static void zi_emu_q_warn_users(const char *api, uintptr_t a, size_t n)
                                 it->use[u].size);
                     break;
                 }
-    }
     zi_emu_q_unlock();
 }
 
@@ -812,10 +844,20 @@ cudaError_t cudaPeekAtLastError(void)
     return g_emu_last;
 }
 
+/* A status code's name and the library's description of it (the runtime's and the driver's
+ * tables below). */
 typedef struct zi_emu_errname {
     int code;
     const char *name, *text;
 } zi_emu_errname;
+
+static const zi_emu_errname *zi_emu_errname_find(const zi_emu_errname *tab, size_t n, int code)
+{
+    for (size_t i = 0; i < n; i++)
+        if (tab[i].code == code)
+            return &tab[i];
+    return NULL;
+}
 
 /* Names and the runtime's descriptions of every code the emulator (both halves) returns. */
 static const zi_emu_errname zi_emu_rt_errors[] = {
@@ -869,10 +911,7 @@ static const zi_emu_errname zi_emu_rt_errors[] = {
 
 static const zi_emu_errname *zi_emu_rt_error(cudaError_t e)
 {
-    for (size_t i = 0; i < sizeof zi_emu_rt_errors / sizeof zi_emu_rt_errors[0]; i++)
-        if (zi_emu_rt_errors[i].code == (int)e)
-            return &zi_emu_rt_errors[i];
-    return NULL;
+    return zi_emu_errname_find(zi_emu_rt_errors, ZI_EMU_COUNT(zi_emu_rt_errors), (int)e);
 }
 
 /* cudaGetErrorString: "If the error code is not recognized, "unrecognized error code" is
@@ -1101,13 +1140,10 @@ cudaError_t cudaMalloc(void **devPtr, size_t size)
                            g_emu.total);
     }
     uintptr_t a = (uintptr_t)p;
-    size_t at = g_emu.nblk;
-    while (at > 0 && g_emu.blk[at - 1].base > a)
-        at--;
-    memmove(&g_emu.blk[at + 1], &g_emu.blk[at], (g_emu.nblk - at) * sizeof *g_emu.blk);
+    size_t at;
+    ZI_EMU_INSERT_AT(g_emu.blk, g_emu.nblk, a, at);
     g_emu.blk[at].base = a;
     g_emu.blk[at].size = size;
-    g_emu.nblk++;
     g_emu.used += charge;
     zi_emu_unlock();
     memset(p, ZI_EMU_POISON, size);
@@ -1385,22 +1421,9 @@ static cudaError_t zi_emu_memset(const char *api, void *devPtr, int value, size_
     zi_emu_memset_work *w = malloc(sizeof *w);
     if (!w)
         return zi_emu_fail(cudaErrorMemoryAllocation, "%s: no host memory", api);
-    w->api = api;
-    w->dst = devPtr;
-    w->value = value;
-    w->n = count;
-    zi_emu_q_lock();
-    struct CUstream_st *q = zi_emu_q_of(async ? stream : NULL);
+    *w = (zi_emu_memset_work){.api = api, .dst = devPtr, .value = value, .n = count};
     zi_emu_range use = {(uintptr_t)devPtr, count};
-    if (q)
-        zi_emu_q_submit(q, api, zi_emu_memset_run, free, w, 0, &use, 1);
-    zi_emu_q_unlock();
-    if (!q) {
-        free(w);
-        return zi_emu_fail(cudaErrorInvalidResourceHandle, "%s: stream %p is not a live stream",
-                           api, (void *)stream);
-    }
-    return cudaSuccess;
+    return zi_emu_q_submit_to(async ? stream : NULL, api, zi_emu_memset_run, free, w, &use, 1);
 }
 
 cudaError_t cudaMemset(void *devPtr, int value, size_t count)
@@ -1722,11 +1745,11 @@ static CUresult zi_emu_cu_fail(CUresult r, const char *fmt, ...)
 
 static CUresult zi_emu_cu_fail(CUresult r, const char *fmt, ...)
 {
+    char result[32];
+    snprintf(result, sizeof result, "CUresult %d", (int)r);
     va_list ap;
     va_start(ap, fmt);
-    fputs("zi-emu: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " -> CUresult %d\n", (int)r);
+    zi_emu_vsay(result, fmt, ap);
     va_end(ap);
     return r;
 }
@@ -2048,15 +2071,12 @@ static CUresult zi_emu_cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
         zi_emu_unlock();
         return r;
     }
-    size_t at = g_emu.nmap;
-    while (at > 0 && g_emu.map[at - 1].base > a)
-        at--;
-    memmove(&g_emu.map[at + 1], &g_emu.map[at], (g_emu.nmap - at) * sizeof *g_emu.map);
+    size_t at;
+    ZI_EMU_INSERT_AT(g_emu.map, g_emu.nmap, a, at);
     g_emu.map[at].base = a;
     g_emu.map[at].size = size;
     g_emu.map[at].handle = handle;
     g_emu.map[at].prot = CU_MEM_ACCESS_FLAGS_PROT_NONE;
-    g_emu.nmap++;
     g_emu.phys[h].nmaps++;
     zi_emu_unlock();
     return CUDA_SUCCESS;
@@ -2165,12 +2185,7 @@ static CUresult zi_emu_cuMemUnmap(CUdeviceptr ptr, size_t size)
     return CUDA_SUCCESS;
 }
 
-typedef struct zi_emu_cu_errname {
-    CUresult code;
-    const char *name, *text;
-} zi_emu_cu_errname;
-
-static const zi_emu_cu_errname zi_emu_cu_errors[] = {
+static const zi_emu_errname zi_emu_cu_errors[] = {
     {CUDA_SUCCESS, "CUDA_SUCCESS", "no error"},
     {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
     {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
@@ -2191,13 +2206,10 @@ static CUresult zi_emu_cu_errlookup(CUresult error, const char **pStr, int name)
 {
     if (!pStr)
         return CUDA_ERROR_INVALID_VALUE;
-    for (size_t i = 0; i < sizeof zi_emu_cu_errors / sizeof zi_emu_cu_errors[0]; i++)
-        if (zi_emu_cu_errors[i].code == error) {
-            *pStr = name ? zi_emu_cu_errors[i].name : zi_emu_cu_errors[i].text;
-            return CUDA_SUCCESS;
-        }
-    *pStr = NULL;
-    return CUDA_ERROR_INVALID_VALUE;
+    const zi_emu_errname *n =
+        zi_emu_errname_find(zi_emu_cu_errors, ZI_EMU_COUNT(zi_emu_cu_errors), (int)error);
+    *pStr = n ? (name ? n->name : n->text) : NULL;
+    return n ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
 static CUresult zi_emu_cuGetErrorString(CUresult error, const char **pStr)
@@ -2502,29 +2514,55 @@ struct cublasContext {
     size_t ws_bytes;
 };
 
-/* cuBLAS, cublasCreate(): CUBLAS_STATUS_INVALID_VALUE "if handle == NULL". */
-cublasStatus_t cublasCreate(cublasHandle_t *handle)
+/* cuBLAS and cuBLASLt handles, cuBLASLt descriptors, layouts and preferences are the
+ * emulator's own zeroed structs behind the opaque pointer types, kept in the live set under
+ * their kind. A create call fails with CUBLAS_STATUS_INVALID_VALUE when its output pointer
+ * `out` is NULL (cublasCreate(): "if handle == NULL") and with ALLOC_FAILED when host memory
+ * runs out: NULL returned, *st says which. */
+static void *zi_emu_obj_new(int kind, size_t size, const void *out, cublasStatus_t *st)
 {
-    if (!handle)
-        return CUBLAS_STATUS_INVALID_VALUE;
-    struct cublasContext *c = calloc(1, sizeof *c);
-    if (!c || !zi_emu_live_add(ZI_EMU_K_BLAS, c)) {
-        free(c);
-        return CUBLAS_STATUS_ALLOC_FAILED;
+    if (!out) {
+        *st = CUBLAS_STATUS_INVALID_VALUE;
+        return NULL;
     }
-    *handle = c;
+    void *p = calloc(1, size);
+    if (p && !zi_emu_live_add(kind, p)) {
+        free(p);
+        p = NULL;
+    }
+    *st = p ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
+    return p;
+}
+
+/* The destroy call `api` of an object of `kind`. A library handle must be live: else
+ * CUBLAS_STATUS_NOT_INITIALIZED, "the library was not initialized" (cublasDestroy()). A
+ * descriptor may be NULL (nothing to do) but not dead or foreign: INVALID_VALUE. */
+static cublasStatus_t zi_emu_obj_destroy(const char *api, int kind, void *p)
+{
+    int lib = kind == ZI_EMU_K_BLAS || kind == ZI_EMU_K_LT;
+    if (!p && !lib)
+        return CUBLAS_STATUS_SUCCESS;
+    if (!zi_emu_live_del(kind, p)) {
+        zi_emu_warn("%s(%p): not a live %s", api, p,
+                    lib ? "handle" : "descriptor (destroyed twice?)");
+        return lib ? CUBLAS_STATUS_NOT_INITIALIZED : CUBLAS_STATUS_INVALID_VALUE;
+    }
+    free(p);
     return CUBLAS_STATUS_SUCCESS;
 }
 
-/* cublasDestroy(): CUBLAS_STATUS_NOT_INITIALIZED "the library was not initialized". */
+cublasStatus_t cublasCreate(cublasHandle_t *handle)
+{
+    cublasStatus_t st;
+    struct cublasContext *c = zi_emu_obj_new(ZI_EMU_K_BLAS, sizeof *c, handle, &st);
+    if (c)
+        *handle = c;
+    return st;
+}
+
 cublasStatus_t cublasDestroy(cublasHandle_t handle)
 {
-    if (!zi_emu_live_del(ZI_EMU_K_BLAS, handle)) {
-        zi_emu_warn("cublasDestroy(%p): not a live handle", (void *)handle);
-        return CUBLAS_STATUS_NOT_INITIALIZED;
-    }
-    free(handle);
-    return CUBLAS_STATUS_SUCCESS;
+    return zi_emu_obj_destroy("cublasDestroy", ZI_EMU_K_BLAS, handle);
 }
 
 /* cublasSetStream(): any stream is accepted here (as by cuBLAS); it is checked when a
@@ -2726,47 +2764,55 @@ typedef struct zi_emu_lt_pref {
 
 cublasStatus_t cublasLtCreate(cublasLtHandle_t *lightHandle)
 {
-    if (!lightHandle)
-        return CUBLAS_STATUS_INVALID_VALUE;
-    struct cublasLtContext *c = calloc(1, sizeof *c);
-    if (!c || !zi_emu_live_add(ZI_EMU_K_LT, c)) {
-        free(c);
-        return CUBLAS_STATUS_ALLOC_FAILED;
-    }
-    *lightHandle = c;
-    return CUBLAS_STATUS_SUCCESS;
+    cublasStatus_t st;
+    struct cublasLtContext *c = zi_emu_obj_new(ZI_EMU_K_LT, sizeof *c, lightHandle, &st);
+    if (c)
+        *lightHandle = c;
+    return st;
 }
 
 cublasStatus_t cublasLtDestroy(cublasLtHandle_t lightHandle)
 {
-    if (!zi_emu_live_del(ZI_EMU_K_LT, lightHandle)) {
-        zi_emu_warn("cublasLtDestroy(%p): not a live handle", (void *)lightHandle);
-        return CUBLAS_STATUS_NOT_INITIALIZED;
-    }
-    free(lightHandle);
-    return CUBLAS_STATUS_SUCCESS;
+    return zi_emu_obj_destroy("cublasLtDestroy", ZI_EMU_K_LT, lightHandle);
 }
 
-/* Descriptors are the emulator's own structs behind the opaque pointer types. */
-static void *zi_emu_lt_new(int kind, size_t size)
-{
-    void *p = calloc(1, size);
-    if (p && !zi_emu_live_add(kind, p)) {
-        free(p);
-        p = NULL;
-    }
-    return p;
-}
+/* An attribute the emulator implements: where it is stored in the object and its size
+ * ("size of internal storage for selected attribute"). */
+typedef struct zi_emu_attr {
+    int attr;
+    size_t offset, size;
+} zi_emu_attr;
 
-static cublasStatus_t zi_emu_lt_del(int kind, void *p, const char *api)
+#define ZI_EMU_ATTR(attr, type, member)                                                            \
+    {                                                                                              \
+        (int)(attr), offsetof(type, member), sizeof(((type *)NULL)->member)                        \
+    }
+
+/* cublasLt*SetAttribute on the live object `obj` of `kind` (`what` in messages): INVALID_VALUE
+ * "if buf is NULL or sizeInBytes doesn't match size of internal storage for selected
+ * attribute" (or obj is dead). Attributes not in attrs[n] are refused (NOT_SUPPORTED) rather
+ * than ignored, so a GEMM never silently computes something else. */
+static cublasStatus_t zi_emu_attr_set(const char *api, int kind, const char *what, void *obj,
+                                      const zi_emu_attr *attrs, size_t n, int attr, const void *buf,
+                                      size_t sizeInBytes)
 {
-    if (!p)
-        return CUBLAS_STATUS_SUCCESS;
-    if (!zi_emu_live_del(kind, p)) {
-        zi_emu_warn("%s(%p): not a live descriptor (destroyed twice?)", api, p);
+    if (!zi_emu_live_ok(kind, obj) || !buf) {
+        zi_emu_warn("%s(%p, %d): dead %s or NULL buf", api, obj, attr, what);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
-    free(p);
+    size_t i = 0;
+    while (i < n && attrs[i].attr != attr)
+        i++;
+    if (i == n) {
+        zi_emu_warn("%s: attribute %d is not emulated", api, attr);
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    if (sizeInBytes != attrs[i].size) {
+        zi_emu_warn("%s(%d): %zu bytes, the attribute has %zu", api, attr, sizeInBytes,
+                    attrs[i].size);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    memcpy((char *)obj + attrs[i].offset, buf, attrs[i].size);
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -2775,11 +2821,10 @@ static cublasStatus_t zi_emu_lt_del(int kind, void *p, const char *api)
 cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *matmulDesc,
                                         cublasComputeType_t computeType, cudaDataType_t scaleType)
 {
-    if (!matmulDesc)
-        return CUBLAS_STATUS_INVALID_VALUE;
-    zi_emu_lt_desc *d = zi_emu_lt_new(ZI_EMU_K_LTDESC, sizeof *d);
+    cublasStatus_t st;
+    zi_emu_lt_desc *d = zi_emu_obj_new(ZI_EMU_K_LTDESC, sizeof *d, matmulDesc, &st);
     if (!d)
-        return CUBLAS_STATUS_ALLOC_FAILED;
+        return st;
     d->compute = (int32_t)computeType;
     d->scale = (int32_t)scaleType;
     d->pointer_mode = CUBLASLT_POINTER_MODE_HOST;
@@ -2788,75 +2833,36 @@ cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *matmulDesc,
     d->epilogue = CUBLASLT_EPILOGUE_DEFAULT;
     d->bias_type = -1;
     *matmulDesc = (cublasLtMatmulDesc_t)(void *)d;
-    return CUBLAS_STATUS_SUCCESS;
+    return st;
 }
 
 cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t matmulDesc)
 {
-    return zi_emu_lt_del(ZI_EMU_K_LTDESC, matmulDesc, "cublasLtMatmulDescDestroy");
+    return zi_emu_obj_destroy("cublasLtMatmulDescDestroy", ZI_EMU_K_LTDESC, matmulDesc);
 }
 
-/* cublasLtMatmulDescSetAttribute: CUBLAS_STATUS_INVALID_VALUE "if buf is NULL or
- * sizeInBytes doesn't match size of internal storage for selected attribute" (int32_t for
- * the types, modes and transposes, uint32_t for the epilogue, a pointer for BIAS_POINTER).
- * Attributes the emulator does not implement are refused (NOT_SUPPORTED) rather than
- * ignored, so a GEMM never silently computes something else. */
+/* cublasLtMatmulDescSetAttribute: int32_t for the types, modes and transposes, uint32_t for
+ * the epilogue, a pointer for BIAS_POINTER (cublasLt.h). */
+static const zi_emu_attr zi_emu_desc_attrs[] = {
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_DESC_COMPUTE_TYPE, zi_emu_lt_desc, compute),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_DESC_SCALE_TYPE, zi_emu_lt_desc, scale),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_DESC_POINTER_MODE, zi_emu_lt_desc, pointer_mode),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_DESC_TRANSA, zi_emu_lt_desc, ta),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_DESC_TRANSB, zi_emu_lt_desc, tb),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_DESC_TRANSC, zi_emu_lt_desc, tc),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_DESC_FILL_MODE, zi_emu_lt_desc, fill),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_DESC_EPILOGUE, zi_emu_lt_desc, epilogue),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_DESC_BIAS_POINTER, zi_emu_lt_desc, bias),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, zi_emu_lt_desc, bias_type),
+};
+
 cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmulDesc,
                                               cublasLtMatmulDescAttributes_t attr, const void *buf,
                                               size_t sizeInBytes)
 {
-    zi_emu_lt_desc *d = (zi_emu_lt_desc *)(void *)matmulDesc;
-    if (!zi_emu_live_ok(ZI_EMU_K_LTDESC, d) || !buf) {
-        zi_emu_warn("cublasLtMatmulDescSetAttribute(%p, %d): dead descriptor or NULL buf",
-                    (void *)d, (int)attr);
-        return CUBLAS_STATUS_INVALID_VALUE;
-    }
-    void *field;
-    size_t need = sizeof(int32_t);
-    switch (attr) {
-    case CUBLASLT_MATMUL_DESC_COMPUTE_TYPE:
-        field = &d->compute;
-        break;
-    case CUBLASLT_MATMUL_DESC_SCALE_TYPE:
-        field = &d->scale;
-        break;
-    case CUBLASLT_MATMUL_DESC_POINTER_MODE:
-        field = &d->pointer_mode;
-        break;
-    case CUBLASLT_MATMUL_DESC_TRANSA:
-        field = &d->ta;
-        break;
-    case CUBLASLT_MATMUL_DESC_TRANSB:
-        field = &d->tb;
-        break;
-    case CUBLASLT_MATMUL_DESC_TRANSC:
-        field = &d->tc;
-        break;
-    case CUBLASLT_MATMUL_DESC_FILL_MODE:
-        field = &d->fill;
-        break;
-    case CUBLASLT_MATMUL_DESC_EPILOGUE:
-        field = &d->epilogue;
-        need = sizeof(uint32_t);
-        break;
-    case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
-        field = &d->bias;
-        need = sizeof(void *);
-        break;
-    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE:
-        field = &d->bias_type;
-        break;
-    default:
-        zi_emu_warn("cublasLtMatmulDescSetAttribute: attribute %d is not emulated", (int)attr);
-        return CUBLAS_STATUS_NOT_SUPPORTED;
-    }
-    if (sizeInBytes != need) {
-        zi_emu_warn("cublasLtMatmulDescSetAttribute(%d): %zu bytes, the attribute has %zu",
-                    (int)attr, sizeInBytes, need);
-        return CUBLAS_STATUS_INVALID_VALUE;
-    }
-    memcpy(field, buf, need);
-    return CUBLAS_STATUS_SUCCESS;
+    return zi_emu_attr_set("cublasLtMatmulDescSetAttribute", ZI_EMU_K_LTDESC, "descriptor",
+                           matmulDesc, zi_emu_desc_attrs, ZI_EMU_COUNT(zi_emu_desc_attrs),
+                           (int)attr, buf, sizeInBytes);
 }
 
 /* cublasLtMatrixLayoutCreate: type, rows, cols and the leading dimension ("stride (in
@@ -2864,97 +2870,64 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmulDesc,
 cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *matLayout, cudaDataType type,
                                           uint64_t rows, uint64_t cols, int64_t ld)
 {
-    if (!matLayout)
-        return CUBLAS_STATUS_INVALID_VALUE;
-    zi_emu_lt_layout *l = zi_emu_lt_new(ZI_EMU_K_LTLAYOUT, sizeof *l);
+    cublasStatus_t st;
+    zi_emu_lt_layout *l = zi_emu_obj_new(ZI_EMU_K_LTLAYOUT, sizeof *l, matLayout, &st);
     if (!l)
-        return CUBLAS_STATUS_ALLOC_FAILED;
+        return st;
     l->type = (int32_t)type;
     l->rows = rows;
     l->cols = cols;
     l->ld = ld;
     *matLayout = (cublasLtMatrixLayout_t)(void *)l;
-    return CUBLAS_STATUS_SUCCESS;
+    return st;
 }
 
 cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t matLayout)
 {
-    return zi_emu_lt_del(ZI_EMU_K_LTLAYOUT, matLayout, "cublasLtMatrixLayoutDestroy");
+    return zi_emu_obj_destroy("cublasLtMatrixLayoutDestroy", ZI_EMU_K_LTLAYOUT, matLayout);
 }
 
 /* Preference defaults per cublasLt.h: MAX_WORKSPACE_BYTES 0, MIN_ALIGNMENT_*_BYTES 256. */
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *pref)
 {
-    if (!pref)
-        return CUBLAS_STATUS_INVALID_VALUE;
-    zi_emu_lt_pref *p = zi_emu_lt_new(ZI_EMU_K_LTPREF, sizeof *p);
+    cublasStatus_t st;
+    zi_emu_lt_pref *p = zi_emu_obj_new(ZI_EMU_K_LTPREF, sizeof *p, pref, &st);
     if (!p)
-        return CUBLAS_STATUS_ALLOC_FAILED;
+        return st;
     for (int i = 0; i < 4; i++)
         p->align[i] = 256;
     p->reduction = CUBLASLT_REDUCTION_SCHEME_MASK;
     p->impl = UINT64_MAX;
     *pref = (cublasLtMatmulPreference_t)(void *)p;
-    return CUBLAS_STATUS_SUCCESS;
+    return st;
 }
 
 cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t pref)
 {
-    return zi_emu_lt_del(ZI_EMU_K_LTPREF, pref, "cublasLtMatmulPreferenceDestroy");
+    return zi_emu_obj_destroy("cublasLtMatmulPreferenceDestroy", ZI_EMU_K_LTPREF, pref);
 }
 
-/* cublasLtMatmulPreferenceSetAttribute: INVALID_VALUE "if buf is NULL or sizeInBytes
- * doesn't match size of internal storage" (uint32_t SEARCH_MODE, REDUCTION_SCHEME_MASK and
- * MIN_ALIGNMENT_*; uint64_t MAX_WORKSPACE_BYTES and IMPL_MASK; float MAX_WAVES_COUNT). */
+/* cublasLtMatmulPreferenceSetAttribute: uint32_t SEARCH_MODE, REDUCTION_SCHEME_MASK and
+ * MIN_ALIGNMENT_*; uint64_t MAX_WORKSPACE_BYTES and IMPL_MASK; float MAX_WAVES_COUNT. */
+static const zi_emu_attr zi_emu_pref_attrs[] = {
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_PREF_SEARCH_MODE, zi_emu_lt_pref, search),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, zi_emu_lt_pref, max_ws),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, zi_emu_lt_pref, reduction),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, zi_emu_lt_pref, align[0]),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, zi_emu_lt_pref, align[1]),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, zi_emu_lt_pref, align[2]),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, zi_emu_lt_pref, align[3]),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_PREF_MAX_WAVES_COUNT, zi_emu_lt_pref, waves),
+    ZI_EMU_ATTR(CUBLASLT_MATMUL_PREF_IMPL_MASK, zi_emu_lt_pref, impl),
+};
+
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t pref,
                                                     cublasLtMatmulPreferenceAttributes_t attr,
                                                     const void *buf, size_t sizeInBytes)
 {
-    zi_emu_lt_pref *p = (zi_emu_lt_pref *)(void *)pref;
-    if (!zi_emu_live_ok(ZI_EMU_K_LTPREF, p) || !buf) {
-        zi_emu_warn("cublasLtMatmulPreferenceSetAttribute(%p, %d): dead preference or NULL buf",
-                    (void *)p, (int)attr);
-        return CUBLAS_STATUS_INVALID_VALUE;
-    }
-    void *field;
-    size_t need = sizeof(uint32_t);
-    switch (attr) {
-    case CUBLASLT_MATMUL_PREF_SEARCH_MODE:
-        field = &p->search;
-        break;
-    case CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES:
-        field = &p->max_ws;
-        need = sizeof(uint64_t);
-        break;
-    case CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK:
-        field = &p->reduction;
-        break;
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES:
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES:
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES:
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES:
-        field = &p->align[attr - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES];
-        break;
-    case CUBLASLT_MATMUL_PREF_MAX_WAVES_COUNT:
-        field = &p->waves;
-        need = sizeof(float);
-        break;
-    case CUBLASLT_MATMUL_PREF_IMPL_MASK:
-        field = &p->impl;
-        need = sizeof(uint64_t);
-        break;
-    default:
-        zi_emu_warn("cublasLtMatmulPreferenceSetAttribute: attribute %d is not emulated",
-                    (int)attr);
-        return CUBLAS_STATUS_NOT_SUPPORTED;
-    }
-    if (sizeInBytes != need) {
-        zi_emu_warn("cublasLtMatmulPreferenceSetAttribute(%d): %zu bytes, the attribute has %zu",
-                    (int)attr, sizeInBytes, need);
-        return CUBLAS_STATUS_INVALID_VALUE;
-    }
-    memcpy(field, buf, need);
-    return CUBLAS_STATUS_SUCCESS;
+    return zi_emu_attr_set("cublasLtMatmulPreferenceSetAttribute", ZI_EMU_K_LTPREF, "preference",
+                           pref, zi_emu_pref_attrs, ZI_EMU_COUNT(zi_emu_pref_attrs), (int)attr, buf,
+                           sizeInBytes);
 }
 
 /* The problem a descriptor and four layouts describe, checked. */

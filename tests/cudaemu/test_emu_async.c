@@ -29,38 +29,24 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "emu_test.h"
+
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_runtime_api.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #define N 4096
-
-static void *dev_alloc(size_t bytes)
-{
-    void *p = NULL;
-    assert_int_equal(cudaMalloc(&p, bytes), cudaSuccess);
-    return p;
-}
 
 static void *pinned_alloc(size_t bytes)
 {
     void *p = NULL;
     assert_int_equal(cudaHostAlloc(&p, bytes, cudaHostAllocDefault), cudaSuccess);
     return p;
-}
-
-static cudaStream_t stream_new(unsigned flags)
-{
-    cudaStream_t s = NULL;
-    assert_int_equal(cudaStreamCreateWithFlags(&s, flags), cudaSuccess);
-    return s;
 }
 
 /* 1 when all n bytes of p are v. */
@@ -84,8 +70,8 @@ static void dev_fill(void *d, int v, size_t n)
 static void test_copies(void **state)
 {
     (void)state;
-    unsigned char *d = dev_alloc(N), *pin = pinned_alloc(N), page[N];
-    cudaStream_t s = stream_new(cudaStreamNonBlocking);
+    unsigned char *d = zi_emu_test_dev_alloc(N), *pin = pinned_alloc(N), page[N];
+    cudaStream_t s = zi_emu_test_stream_new(cudaStreamNonBlocking);
     dev_fill(d, 0xa1, N);
 
     /* device -> pinned: queued until the stream is waited for */
@@ -135,8 +121,8 @@ static void test_copies(void **state)
 static void test_events(void **state)
 {
     (void)state;
-    unsigned char *d = dev_alloc(N), *p1 = pinned_alloc(N), *p2 = pinned_alloc(N);
-    cudaStream_t s = stream_new(cudaStreamNonBlocking);
+    unsigned char *d = zi_emu_test_dev_alloc(N), *p1 = pinned_alloc(N), *p2 = pinned_alloc(N);
+    cudaStream_t s = zi_emu_test_stream_new(cudaStreamNonBlocking);
     cudaEvent_t ev = NULL, e0 = NULL, e1 = NULL;
     assert_int_equal(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), cudaSuccess);
     assert_int_equal(cudaEventCreate(&e0), cudaSuccess);
@@ -168,15 +154,9 @@ static void test_events(void **state)
     assert_true(ms >= 0.0f);
     assert_int_equal(cudaGetLastError(), cudaSuccess); /* "not ready" is no error */
 
-    /* event times are the emulated device's: an idle stream reaches an event when it is
-     * recorded, so host time between two records counts */
+    /* event times are the emulated device's */
     assert_int_equal(cudaEventRecord(e0, s), cudaSuccess);
-    struct timespec nap = {0, 20 * 1000 * 1000};
-    nanosleep(&nap, NULL);
-    assert_int_equal(cudaEventRecord(e1, s), cudaSuccess);
-    assert_int_equal(cudaEventSynchronize(e1), cudaSuccess);
-    assert_int_equal(cudaEventElapsedTime(&ms, e0, e1), cudaSuccess);
-    assert_true(ms >= 19.0f && ms < 2000.0f);
+    zi_emu_test_check_nap_timed(e0, e1, s);
 
     /* a destroyed event or stream with work queued: the work still runs */
     memset(p1, 0, N);
@@ -208,13 +188,14 @@ static void test_kernels(void **state)
 {
     (void)state;
     const size_t n = 1000;
-    float *in = dev_alloc(n * sizeof(float)), *out = dev_alloc(n * sizeof(float));
+    float *in = zi_emu_test_dev_alloc(n * sizeof(float)),
+          *out = zi_emu_test_dev_alloc(n * sizeof(float));
     float *pin = pinned_alloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++)
         pin[i] = (float)i;
     assert_int_equal(cudaMemcpy(in, pin, n * sizeof(float), cudaMemcpyHostToDevice), cudaSuccess);
     dev_fill(out, 0, n * sizeof(float));
-    cudaStream_t s = stream_new(cudaStreamNonBlocking);
+    cudaStream_t s = zi_emu_test_stream_new(cudaStreamNonBlocking);
 
     /* a launch is queued: no effect until the stream is waited for */
     unsigned long long launches = zi_emu_launch_count();
@@ -236,7 +217,7 @@ static void test_kernels(void **state)
     /* cudaMemcpy goes through the legacy stream: it waits for work of the legacy stream
      * and of blocking streams, not for a cudaStreamNonBlocking stream */
     float back[4];
-    cudaStream_t blocking = stream_new(cudaStreamDefault);
+    cudaStream_t blocking = zi_emu_test_stream_new(cudaStreamDefault);
     dev_fill(out, 0, n * sizeof(float));
     affine(out, in, n, NULL);
     assert_int_equal(cudaMemcpy(back, out + 2, sizeof back, cudaMemcpyDeviceToHost), cudaSuccess);
@@ -256,7 +237,7 @@ static void test_kernels(void **state)
     assert_int_equal(cudaMemset(out, 0x7f, n * sizeof(float)), cudaSuccess);
     assert_true(out[0] == 1.0f);
     affine(pin, in, n, s);
-    void *tmp = dev_alloc(64);
+    void *tmp = zi_emu_test_dev_alloc(64);
     assert_int_equal(cudaFree(tmp), cudaSuccess);
     assert_true(all_bytes(out, 0x7f, n * sizeof(float)));
     assert_true(pin[5] == 11.0f);
@@ -272,7 +253,7 @@ static void test_kernels(void **state)
 static void test_legacy_stream(void **state)
 {
     (void)state;
-    unsigned char *d = dev_alloc(N), *d2 = dev_alloc(N), page[N];
+    unsigned char *d = zi_emu_test_dev_alloc(N), *d2 = zi_emu_test_dev_alloc(N), page[N];
     dev_fill(d, 0, N);
     dev_fill(d2, 0, N);
 
@@ -290,7 +271,7 @@ static void test_legacy_stream(void **state)
 
     /* a blocking stream's work ordered before later legacy work, and a blocking stream
      * destroyed while the legacy stream still waits for it */
-    cudaStream_t b = stream_new(cudaStreamDefault);
+    cudaStream_t b = zi_emu_test_stream_new(cudaStreamDefault);
     assert_int_equal(cudaMemsetAsync(d, 0x72, N, b), cudaSuccess);
     assert_int_equal(cudaMemcpyAsync(d2, d, N, cudaMemcpyDeviceToDevice, NULL), cudaSuccess);
     assert_int_equal(cudaStreamSynchronize(b), cudaSuccess);
@@ -300,7 +281,7 @@ static void test_legacy_stream(void **state)
     assert_int_equal(cudaStreamSynchronize(NULL), cudaSuccess);
     assert_true(all_bytes(d2, 0x72, N));
     /* and a blocking stream waits for the legacy stream's earlier work */
-    b = stream_new(cudaStreamDefault);
+    b = zi_emu_test_stream_new(cudaStreamDefault);
     assert_int_equal(cudaMemsetAsync(d, 0x73, N, NULL), cudaSuccess);
     assert_int_equal(cudaMemcpyAsync(d2, d, N, cudaMemcpyDeviceToDevice, b), cudaSuccess);
     assert_int_equal(cudaStreamSynchronize(b), cudaSuccess);
@@ -369,7 +350,7 @@ static void run_unmapped_copy(void)
     size_t g;
     char *d = vmm_map(&v, &g);
     unsigned char *pin = pinned_alloc(N);
-    cudaStream_t s = stream_new(cudaStreamNonBlocking);
+    cudaStream_t s = zi_emu_test_stream_new(cudaStreamNonBlocking);
     if (cudaMemcpyAsync(pin, d, N, cudaMemcpyDeviceToHost, s) != cudaSuccess ||
         v.Unmap((CUdeviceptr)(uintptr_t)d, g) != CUDA_SUCCESS)
         return;
@@ -382,7 +363,7 @@ static void run_unmapped_kernel(void)
     vmm v;
     size_t g;
     char *d = vmm_map(&v, &g);
-    cudaStream_t s = stream_new(cudaStreamNonBlocking);
+    cudaStream_t s = zi_emu_test_stream_new(cudaStreamNonBlocking);
     float *x = (float *)(void *)d; /* device memory viewed as floats */
     if (zi_cu_map(ZI_CU_AFFINE, x, ZI_F32, x + 64, ZI_F32, NULL, ZI_F32, 1.0f, 0.0f, 64, s) !=
             cudaSuccess ||
@@ -391,42 +372,11 @@ static void run_unmapped_kernel(void)
     cudaStreamSynchronize(s);
 }
 
-/* Runs fn in a child; the child must die of SIGABRT with both needles on stderr. */
-static void expect_abort(void (*fn)(void), const char *needle1, const char *needle2)
-{
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        fn();
-        _exit(0);
-    }
-    close(fds[1]);
-    static char err[16384];
-    size_t len = 0;
-    ssize_t k;
-    while ((k = read(fds[0], err + len, sizeof err - 1 - len)) > 0)
-        len += (size_t)k;
-    err[len] = 0;
-    close(fds[0]);
-    int st = 0;
-    assert_int_equal(waitpid(pid, &st, 0), pid);
-    if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT) || !strstr(err, needle1) ||
-        !strstr(err, needle2))
-        fail_msg("expected an abort mentioning \"%s\" and \"%s\"; status 0x%x, stderr:\n%s",
-                 needle1, needle2, st, err);
-}
-
 static void test_unmapped_while_queued(void **state)
 {
     (void)state;
-    expect_abort(run_unmapped_copy, "cudaMemcpyAsync queued on stream", "no longer");
-    expect_abort(run_unmapped_kernel, "map8_kernel", "no longer device memory");
+    zi_emu_test_expect_abort(run_unmapped_copy, "cudaMemcpyAsync queued on stream", "no longer");
+    zi_emu_test_expect_abort(run_unmapped_kernel, "map8_kernel", "no longer device memory");
 }
 
 /* ---- ZI_EMU_SYNC=1: this program again, in a child with the variable set ---- */

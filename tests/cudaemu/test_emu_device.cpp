@@ -11,24 +11,15 @@
  */
 #include "zi_cuda_emu.h"
 
-#include <math.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include "emu_test.h"
 
-#include <string>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
 #include <vector>
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#define CHECK ZI_EMU_CHECK
 
 namespace
 {
@@ -43,14 +34,6 @@ uint16_t f2bf(float f) /* round to nearest even */
     return (uint16_t)(u >> 16);
 }
 
-float bf2f(uint16_t b)
-{
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 uint32_t rng_state = 12345;
 float frand(void) /* uniform in [-1, 1) */
 {
@@ -60,9 +43,7 @@ float frand(void) /* uniform in [-1, 1) */
 
 template <class T> T *dev_alloc(size_t n)
 {
-    void *p = nullptr;
-    CHECK(cudaMalloc(&p, n * sizeof(T)) == cudaSuccess);
-    return static_cast<T *>(p);
+    return static_cast<T *>(zi_emu_test_dev_alloc(n * sizeof(T)));
 }
 
 template <class T> void upload(T *d, const std::vector<T> &h)
@@ -75,40 +56,6 @@ template <class T> std::vector<T> download(const T *d, size_t n)
     std::vector<T> h(n);
     CHECK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
     return h;
-}
-
-/* Runs fn in a child; the child must die of SIGABRT with every needle on stderr. */
-void expect_abort(void (*fn)(void), const char *needle1, const char *needle2)
-{
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        fn();
-        cudaDeviceSynchronize(); /* launches are queued: run them */
-        _exit(0);
-    }
-    close(fds[1]);
-    std::string err;
-    char buf[4096];
-    ssize_t k;
-    while ((k = read(fds[0], buf, sizeof buf)) > 0)
-        err.append(buf, (size_t)k);
-    close(fds[0]);
-    int st = 0;
-    CHECK(waitpid(pid, &st, 0) == pid);
-    if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT) || err.find(needle1) == std::string::npos ||
-        err.find(needle2) == std::string::npos) {
-        fprintf(stderr,
-                "expected an abort mentioning \"%s\" and \"%s\"; status 0x%x, stderr:\n%s\n",
-                needle1, needle2, st, err.c_str());
-        exit(1);
-    }
 }
 
 /* ---- kernels ---- */
@@ -406,8 +353,9 @@ void test_mma(void)
         for (int n = 0; n < 8; n++) {
             double ab = 0, mag = 1e-6;
             for (int k = 0; k < 16; k++) {
-                ab += (double)bf2f(A[m * 16 + k]) * bf2f(B[k * 8 + n]);
-                mag += fabs((double)bf2f(A[m * 16 + k]) * bf2f(B[k * 8 + n]));
+                double t = (double)zi_emu_test_bf2f(A[m * 16 + k]) * zi_emu_test_bf2f(B[k * 8 + n]);
+                ab += t;
+                mag += fabs(t);
             }
             double want = C[m * 8 + n] + ab, tol = 1e-6 * (mag + 1.0);
             CHECK(fabs(D1[m * 8 + n] - want) <= tol);
@@ -510,71 +458,39 @@ void test_launch_errors(void)
     printf("ok launch errors\n");
 }
 
-void run_early_exit_last(void)
-{
-    float *out = dev_alloc<float>(32);
-    ZI_LAUNCH(early_exit_kernel, 1, 32, 0, 0, out, 5); /* lanes 0-4 wait when lane 5 returns */
-}
-
-void run_early_exit_first(void)
-{
-    float *out = dev_alloc<float>(32);
-    ZI_LAUNCH(early_exit_kernel, 1, 32, 0, 0, out, 0); /* lane 0 gone before anyone arrives */
-}
-
-void run_partial_warp(void)
-{
-    float *out = dev_alloc<float>(48);
-    ZI_LAUNCH(early_exit_kernel, 1, 48, 0, 0, out, -1); /* warp 1 has 16 lanes, mask 32 */
-}
-
-void run_divergent_barrier(void)
-{
-    int *out = dev_alloc<int>(32);
-    ZI_LAUNCH(divergent_barrier_kernel, 1, 32, 0, 0, out);
-}
-
-void run_divergent_shuffle(void)
-{
-    float *out = dev_alloc<float>(32);
-    ZI_LAUNCH(divergent_shuffle_kernel, 1, 32, 0, 0, out);
-}
-
-void run_outside_mask(void)
-{
-    float *out = dev_alloc<float>(32);
-    ZI_LAUNCH(outside_mask_kernel, 1, 32, 0, 0, out);
-}
-
-void run_deadlock(void)
-{
-    int *out = dev_alloc<int>(64);
-    ZI_LAUNCH(deadlock_kernel, 1, 64, 0, 0, out);
-}
-
-void run_host_pointer(void)
-{
-    static float host[32];
-    ZI_LAUNCH(early_exit_kernel, 1, 32, 0, 0, host, -1);
-}
-
-void run_ldmatrix_global(void)
-{
-    uint16_t *g = dev_alloc<uint16_t>(64);
-    ZI_LAUNCH(ldmatrix_global_kernel, 1, 32, 0, 0, g);
-}
-
+/* Device-side undefined behaviour: each launch must abort (in a child) with a message naming
+ * the kernel and what went wrong. */
 void test_aborts(void)
 {
-    expect_abort(run_early_exit_last, "early_exit_kernel", "__shfl_xor_sync");
-    expect_abort(run_early_exit_first, "early_exit_kernel", "already returned");
-    expect_abort(run_partial_warp, "early_exit_kernel", "do not exist");
-    expect_abort(run_divergent_barrier, "divergent_barrier_kernel", "divergent __syncthreads");
-    expect_abort(run_divergent_shuffle, "divergent_shuffle_kernel", "divergent warp collectives");
-    expect_abort(run_outside_mask, "outside_mask_kernel", "not in the mask");
-    expect_abort(run_deadlock, "deadlock_kernel", "deadlock");
-    expect_abort(run_host_pointer, "early_exit_kernel", "not device memory");
-    expect_abort(run_ldmatrix_global, "ldmatrix_global_kernel", "not shared memory");
+    static float host[32]; /* pageable host memory */
+    const struct {
+        void (*launch)(void);
+        const char *kernel, *what;
+    } cases[] = {
+        /* lanes 0-4 wait when lane 5 returns */
+        {[] { ZI_LAUNCH(early_exit_kernel, 1, 32, 0, 0, dev_alloc<float>(32), 5); },
+         "early_exit_kernel", "__shfl_xor_sync"},
+        /* lane 0 gone before anyone arrives */
+        {[] { ZI_LAUNCH(early_exit_kernel, 1, 32, 0, 0, dev_alloc<float>(32), 0); },
+         "early_exit_kernel", "already returned"},
+        /* warp 1 has 16 lanes, mask 32 */
+        {[] { ZI_LAUNCH(early_exit_kernel, 1, 48, 0, 0, dev_alloc<float>(48), -1); },
+         "early_exit_kernel", "do not exist"},
+        {[] { ZI_LAUNCH(divergent_barrier_kernel, 1, 32, 0, 0, dev_alloc<int>(32)); },
+         "divergent_barrier_kernel", "divergent __syncthreads"},
+        {[] { ZI_LAUNCH(divergent_shuffle_kernel, 1, 32, 0, 0, dev_alloc<float>(32)); },
+         "divergent_shuffle_kernel", "divergent warp collectives"},
+        {[] { ZI_LAUNCH(outside_mask_kernel, 1, 32, 0, 0, dev_alloc<float>(32)); },
+         "outside_mask_kernel", "not in the mask"},
+        {[] { ZI_LAUNCH(deadlock_kernel, 1, 64, 0, 0, dev_alloc<int>(64)); }, "deadlock_kernel",
+         "deadlock"},
+        {[] { ZI_LAUNCH(early_exit_kernel, 1, 32, 0, 0, host, -1); }, "early_exit_kernel",
+         "not device memory"},
+        {[] { ZI_LAUNCH(ldmatrix_global_kernel, 1, 32, 0, 0, dev_alloc<uint16_t>(64)); },
+         "ldmatrix_global_kernel", "not shared memory"},
+    };
+    for (const auto &c : cases)
+        zi_emu_test_expect_abort(c.launch, c.kernel, c.what);
     printf("ok device-side errors abort\n");
 }
 

@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "emu_test.h"
+
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda.h>
@@ -35,20 +37,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define MIB ((size_t)1 << 20)
 #define TEST_DEVICE_MEMORY (64 * MIB)
 
 /* ---- helpers ---- */
-
-static float bf2f(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 /* Round to the nearer of the two neighbouring bf16 values, ties to the even one (written
  * from the definition, independently of the emulator's bit trick; finite inputs only). */
@@ -58,7 +51,8 @@ static uint16_t f2bf(float f)
     memcpy(&u, &f, sizeof u);
     uint32_t lo = u & 0xffff0000u;
     uint16_t lo_h = (uint16_t)(lo >> 16), hi_h = (uint16_t)(lo_h + 1);
-    double dlo = fabs((double)f - (double)bf2f(lo_h)), dhi = fabs((double)bf2f(hi_h) - (double)f);
+    double dlo = fabs((double)f - (double)zi_emu_test_bf2f(lo_h)),
+           dhi = fabs((double)zi_emu_test_bf2f(hi_h) - (double)f);
     if (dlo < dhi)
         return lo_h;
     if (dhi < dlo)
@@ -85,12 +79,19 @@ static uint16_t rnd_bf16(void)
     return f2bf(v);
 }
 
-static void *dev_alloc(size_t bytes)
+/* Element i of an array of t (CUDA_R_32F or CUDA_R_16BF) values, as f32. */
+static float elem_get(const void *x, cudaDataType t, size_t i)
 {
-    void *p = NULL;
-    assert_int_equal(cudaMalloc(&p, bytes), cudaSuccess);
-    assert_non_null(p);
-    return p;
+    return t == CUDA_R_32F ? ((const float *)x)[i] : zi_emu_test_bf2f(((const uint16_t *)x)[i]);
+}
+
+/* Stores v (rounded to nearest for bf16) as element i of an array of t values. */
+static void elem_set(void *x, cudaDataType t, size_t i, float v)
+{
+    if (t == CUDA_R_32F)
+        ((float *)x)[i] = v;
+    else
+        ((uint16_t *)x)[i] = f2bf(v);
 }
 
 /* Work is queued (emu.h); these helpers wait for the whole device around their copy, so
@@ -205,7 +206,7 @@ static void test_malloc_free_info(void **state)
     (void)state;
     size_t fr0 = 0, fr1 = 0, tot = 0;
     assert_int_equal(cudaMemGetInfo(&fr0, &tot), cudaSuccess);
-    char *p = dev_alloc(1000);
+    char *p = zi_emu_test_dev_alloc(1000);
     assert_true((uintptr_t)p % 256 == 0);
     assert_int_equal(cudaMemGetInfo(&fr1, &tot), cudaSuccess);
     assert_int_equal(fr0 - fr1, 1024); /* 1000 bytes, charged in 256-byte units */
@@ -270,7 +271,7 @@ static void test_memcpy_directions(void **state)
     unsigned char host[N], back[N], pat[N];
     for (int i = 0; i < N; i++)
         host[i] = (unsigned char)(i * 7 + 1);
-    unsigned char *d1 = dev_alloc(N), *d2 = dev_alloc(N);
+    unsigned char *d1 = zi_emu_test_dev_alloc(N), *d2 = zi_emu_test_dev_alloc(N);
     void *pinned = NULL;
     assert_int_equal(cudaHostAlloc(&pinned, N, cudaHostAllocDefault), cudaSuccess);
 
@@ -320,8 +321,7 @@ static void test_memcpy_directions(void **state)
     assert_int_equal(cudaMemset(d1, 0, 0), cudaSuccess);
 
     /* async forms check their stream */
-    cudaStream_t s = NULL;
-    assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    cudaStream_t s = zi_emu_test_stream_new(cudaStreamNonBlocking);
     assert_int_equal(cudaMemcpyAsync(d2, host, N, cudaMemcpyHostToDevice, s), cudaSuccess);
     assert_int_equal(cudaMemsetAsync(d2, 1, N, s), cudaSuccess);
     assert_int_equal(cudaStreamDestroy(s), cudaSuccess);
@@ -344,7 +344,7 @@ static void test_streams_events(void **state)
     (void)state;
     cudaStream_t s = NULL;
     assert_int_equal(cudaStreamCreateWithFlags(&s, 0x8), cudaErrorInvalidValue);
-    assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    s = zi_emu_test_stream_new(cudaStreamNonBlocking);
     assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
     assert_int_equal(cudaStreamSynchronize(NULL), cudaSuccess);
     assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
@@ -360,12 +360,7 @@ static void test_streams_events(void **state)
     assert_int_equal(cudaEventSynchronize(e0), cudaSuccess); /* nothing captured: done */
     assert_int_equal(cudaEventRecord(e0, s), cudaSuccess);
     assert_int_equal(cudaEventElapsedTime(&ms, e0, e1), cudaErrorInvalidResourceHandle);
-    struct timespec nap = {0, 20 * 1000 * 1000};
-    nanosleep(&nap, NULL);
-    assert_int_equal(cudaEventRecord(e1, s), cudaSuccess);
-    assert_int_equal(cudaEventSynchronize(e1), cudaSuccess);
-    assert_int_equal(cudaEventElapsedTime(&ms, e0, e1), cudaSuccess);
-    assert_true(ms >= 19.0f && ms < 2000.0f);
+    zi_emu_test_check_nap_timed(e0, e1, s);
     assert_int_equal(cudaEventElapsedTime(NULL, e0, e1), cudaErrorInvalidValue);
     /* DisableTiming events time nothing */
     assert_int_equal(cudaEventRecord(nt, s), cudaSuccess);
@@ -415,7 +410,8 @@ static void test_func_attributes(void **state)
 /* Column-major element (i, j) of op(X) where X is stored with leading dimension ld. */
 static float op_at(const uint16_t *x, int ld, int trans, int i, int j)
 {
-    return trans ? bf2f(x[j + (size_t)i * ld]) : bf2f(x[i + (size_t)j * ld]);
+    return trans ? zi_emu_test_bf2f(x[j + (size_t)i * ld])
+                 : zi_emu_test_bf2f(x[i + (size_t)j * ld]);
 }
 
 /* One cublasGemmEx C = alpha op(A) op(B) + beta C against the definition (cuBLAS,
@@ -434,14 +430,11 @@ static void check_gemm_ex(cublasHandle_t h, int ta, int tb, cudaDataType ct)
         A[i] = rnd_bf16();
     for (int i = 0; i < ldb * bcols; i++)
         B[i] = rnd_bf16();
-    for (int i = 0; i < ldc * n; i++) {
-        if (ct == CUDA_R_32F)
-            ((float *)C0)[i] = bf2f(rnd_bf16());
-        else
-            ((uint16_t *)C0)[i] = rnd_bf16();
-    }
-    void *dA = dev_alloc((size_t)lda * acols * 2), *dB = dev_alloc((size_t)ldb * bcols * 2);
-    void *dC = dev_alloc((size_t)ldc * n * es);
+    for (int i = 0; i < ldc * n; i++)
+        elem_set(C0, ct, (size_t)i, zi_emu_test_bf2f(rnd_bf16()));
+    void *dA = zi_emu_test_dev_alloc((size_t)lda * acols * 2),
+         *dB = zi_emu_test_dev_alloc((size_t)ldb * bcols * 2);
+    void *dC = zi_emu_test_dev_alloc((size_t)ldc * n * es);
     to_dev(dA, A, (size_t)lda * acols * 2);
     to_dev(dB, B, (size_t)ldb * bcols * 2);
     to_dev(dC, C0, (size_t)ldc * n * es);
@@ -453,8 +446,7 @@ static void check_gemm_ex(cublasHandle_t h, int ta, int tb, cudaDataType ct)
     for (int j = 0; j < n; j++) {
         for (int i = 0; i < ldc; i++) {
             size_t at = i + (size_t)j * ldc;
-            float c0 = ct == CUDA_R_32F ? ((float *)C0)[at] : bf2f(((uint16_t *)C0)[at]);
-            float c1 = ct == CUDA_R_32F ? ((float *)C1)[at] : bf2f(((uint16_t *)C1)[at]);
+            float c0 = elem_get(C0, ct, at), c1 = elem_get(C1, ct, at);
             if (i >= m) { /* rows between m and ldc are not C's: untouched */
                 assert_memory_equal((char *)C1 + at * es, (char *)C0 + at * es, es);
                 continue;
@@ -487,9 +479,8 @@ static void test_gemm_ex(void **state)
 {
     (void)state;
     cublasHandle_t h = NULL;
-    cudaStream_t s = NULL;
     assert_int_equal(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
-    assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    cudaStream_t s = zi_emu_test_stream_new(cudaStreamNonBlocking);
     assert_int_equal(cublasSetStream(h, s), CUBLAS_STATUS_SUCCESS);
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
@@ -509,8 +500,8 @@ static void test_gemm_ex_rules(void **state)
     assert_int_equal(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
     const int m = 8, n = 8, k = 8;
     float one = 1.0f, zero = 0.0f;
-    uint16_t *A = dev_alloc(64 * 2), *B = dev_alloc(64 * 2);
-    float *C = dev_alloc(64 * 4);
+    uint16_t *A = zi_emu_test_dev_alloc(64 * 2), *B = zi_emu_test_dev_alloc(64 * 2);
+    float *C = zi_emu_test_dev_alloc(64 * 4);
     uint16_t hb[64];
     for (int i = 0; i < 64; i++)
         hb[i] = f2bf((float)(i % 5));
@@ -520,53 +511,49 @@ static void test_gemm_ex_rules(void **state)
 #define GEMM(ta, tb, mm, nn, kk, al, a, at, lda, b, ldb, be, c, ct, ldc, comp)                     \
     cublasGemmEx(h, ta, tb, mm, nn, kk, al, a, at, lda, b, CUDA_R_16BF, ldb, be, c, ct, ldc, comp, \
                  CUBLAS_GEMM_DEFAULT)
-    assert_int_equal(GEMM(N, N, m, n, k, &one, A, CUDA_R_16BF, 8, B, 8, &zero, C, CUDA_R_32F, 8,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_SUCCESS);
-    /* "lda < max(1, m) if transa == CUBLAS_OP_N and lda < max(1, k) otherwise" */
-    assert_int_equal(GEMM(N, N, m, 4, 4, &one, A, CUDA_R_16BF, 7, B, 8, &zero, C, CUDA_R_32F, 8,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_INVALID_VALUE);
-    assert_int_equal(GEMM(T, N, 4, 4, k, &one, A, CUDA_R_16BF, 7, B, 8, &zero, C, CUDA_R_32F, 8,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_INVALID_VALUE);
-    assert_int_equal(GEMM(T, N, 4, 4, 4, &one, A, CUDA_R_16BF, 4, B, 4, &zero, C, CUDA_R_32F, 4,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_SUCCESS); /* lda = k < m is fine when transposed */
-    /* "ldb < max(1, k) if transb == CUBLAS_OP_N and ldb < max(1, n) otherwise" */
-    assert_int_equal(GEMM(N, N, 4, 4, k, &one, A, CUDA_R_16BF, 8, B, 7, &zero, C, CUDA_R_32F, 8,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_INVALID_VALUE);
-    assert_int_equal(GEMM(N, T, 4, n, 4, &one, A, CUDA_R_16BF, 8, B, 7, &zero, C, CUDA_R_32F, 8,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_INVALID_VALUE);
-    /* "ldc < max(1, m)", negative sizes, bad op, NULL scalars */
-    assert_int_equal(GEMM(N, N, m, 4, 4, &one, A, CUDA_R_16BF, 8, B, 8, &zero, C, CUDA_R_32F, 7,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_INVALID_VALUE);
-    assert_int_equal(GEMM(N, N, -1, 4, 4, &one, A, CUDA_R_16BF, 8, B, 8, &zero, C, CUDA_R_32F, 8,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_INVALID_VALUE);
-    assert_int_equal(GEMM((cublasOperation_t)9, N, 4, 4, 4, &one, A, CUDA_R_16BF, 8, B, 8, &zero, C,
-                          CUDA_R_32F, 8, CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_INVALID_VALUE);
-    assert_int_equal(GEMM(N, N, 4, 4, 4, NULL, A, CUDA_R_16BF, 8, B, 8, &zero, C, CUDA_R_32F, 8,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_INVALID_VALUE);
-    /* type combinations and compute types the emulator does not have */
-    assert_int_equal(GEMM(N, N, 4, 4, 4, &one, A, CUDA_R_32F, 8, B, 8, &zero, C, CUDA_R_32F, 8,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_NOT_SUPPORTED);
-    assert_int_equal(GEMM(N, N, 4, 4, 4, &one, A, CUDA_R_16BF, 8, B, 8, &zero, C, CUDA_R_16F, 8,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_NOT_SUPPORTED);
-    assert_int_equal(GEMM(N, N, 4, 4, 4, &one, A, CUDA_R_16BF, 8, B, 8, &zero, C, CUDA_R_32F, 8,
-                          CUBLAS_COMPUTE_16F),
-                     CUBLAS_STATUS_NOT_SUPPORTED);
-    /* m = 0: nothing to do, success */
-    assert_int_equal(GEMM(N, N, 0, 4, 4, &one, A, CUDA_R_16BF, 8, B, 8, &zero, C, CUDA_R_32F, 8,
-                          CUBLAS_COMPUTE_32F),
-                     CUBLAS_STATUS_SUCCESS);
+    /* argument rules (cublasGemmEx), with A and B bf16, beta = 0 */
+    const cudaDataType BF = CUDA_R_16BF, F32 = CUDA_R_32F;
+    const cublasComputeType_t C32 = CUBLAS_COMPUTE_32F;
+    const cublasStatus_t OK = CUBLAS_STATUS_SUCCESS, INVAL = CUBLAS_STATUS_INVALID_VALUE,
+                         UNSUP = CUBLAS_STATUS_NOT_SUPPORTED;
+    const struct {
+        cublasOperation_t ta, tb;
+        int m, n, k;
+        const float *alpha;
+        cudaDataType at;
+        int lda, ldb;
+        cudaDataType ct;
+        int ldc;
+        cublasComputeType_t comp;
+        cublasStatus_t want;
+    } rules[] = {
+        {N, N, m, n, k, &one, BF, 8, 8, F32, 8, C32, OK},
+        /* "lda < max(1, m) if transa == CUBLAS_OP_N and lda < max(1, k) otherwise" */
+        {N, N, m, 4, 4, &one, BF, 7, 8, F32, 8, C32, INVAL},
+        {T, N, 4, 4, k, &one, BF, 7, 8, F32, 8, C32, INVAL},
+        {T, N, 4, 4, 4, &one, BF, 4, 4, F32, 4, C32, OK}, /* lda = k < m is fine when transposed */
+        /* "ldb < max(1, k) if transb == CUBLAS_OP_N and ldb < max(1, n) otherwise" */
+        {N, N, 4, 4, k, &one, BF, 8, 7, F32, 8, C32, INVAL},
+        {N, T, 4, n, 4, &one, BF, 8, 7, F32, 8, C32, INVAL},
+        /* "ldc < max(1, m)", negative sizes, bad op, NULL scalars */
+        {N, N, m, 4, 4, &one, BF, 8, 8, F32, 7, C32, INVAL},
+        {N, N, -1, 4, 4, &one, BF, 8, 8, F32, 8, C32, INVAL},
+        {(cublasOperation_t)9, N, 4, 4, 4, &one, BF, 8, 8, F32, 8, C32, INVAL},
+        {N, N, 4, 4, 4, NULL, BF, 8, 8, F32, 8, C32, INVAL},
+        /* type combinations and compute types the emulator does not have */
+        {N, N, 4, 4, 4, &one, F32, 8, 8, F32, 8, C32, UNSUP},
+        {N, N, 4, 4, 4, &one, BF, 8, 8, CUDA_R_16F, 8, C32, UNSUP},
+        {N, N, 4, 4, 4, &one, BF, 8, 8, F32, 8, CUBLAS_COMPUTE_16F, UNSUP},
+        /* m = 0: nothing to do, success */
+        {N, N, 0, 4, 4, &one, BF, 8, 8, F32, 8, C32, OK},
+    };
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++) {
+        cublasStatus_t st = GEMM(rules[i].ta, rules[i].tb, rules[i].m, rules[i].n, rules[i].k,
+                                 rules[i].alpha, A, rules[i].at, rules[i].lda, B, rules[i].ldb,
+                                 &zero, C, rules[i].ct, rules[i].ldc, rules[i].comp);
+        if (st != rules[i].want)
+            fail_msg("GemmEx rule %zu: status %d, want %d", i, (int)st, (int)rules[i].want);
+    }
     /* beta = 0: C is not read (NaN there does not leak), k = 0: C = beta C */
     float nanv[64];
     for (int i = 0; i < 64; i++)
@@ -602,9 +589,9 @@ static void test_gemm_ex_rules(void **state)
                               3, CUBLAS_COMPUTE_32F),
                          CUBLAS_STATUS_SUCCESS);
         to_host(hc, Cb, sizeof hc);
-        assert_true(bf2f(hc[0]) == 1.0f);
-        assert_true(bf2f(hc[1]) == 1.0f + 0x1p-6f);
-        assert_true(bf2f(hc[2]) == -1.0f);
+        assert_true(zi_emu_test_bf2f(hc[0]) == 1.0f);
+        assert_true(zi_emu_test_bf2f(hc[1]) == 1.0f + 0x1p-6f);
+        assert_true(zi_emu_test_bf2f(hc[2]) == -1.0f);
         to_dev(A, hb, sizeof hb);
         to_dev(B, hb, sizeof hb);
     }
@@ -619,7 +606,7 @@ static void test_gemm_ex_rules(void **state)
     assert_int_equal(cudaGetLastError(), cudaErrorIllegalAddress);
     /* C sharing memory with A is undefined: rejected; disjoint column blocks of one buffer
      * that interleave are not */
-    uint16_t *big = dev_alloc(16 * 8 * 2);
+    uint16_t *big = zi_emu_test_dev_alloc(16 * 8 * 2);
     assert_int_equal(GEMM(N, N, 4, 4, 4, &one, big, CUDA_R_16BF, 16, B, 8, &zero, big + 2,
                           CUDA_R_16BF, 16, CUBLAS_COMPUTE_32F),
                      CUBLAS_STATUS_INVALID_VALUE);
@@ -710,21 +697,21 @@ static int lt_heuristic(cublasLtHandle_t lt, const lt_plan *p, uint32_t al_a, ui
     cublasLtMatmulPreference_t pref = NULL;
     assert_int_equal(cublasLtMatmulPreferenceCreate(&pref), CUBLAS_STATUS_SUCCESS);
     uint64_t ws = 1 << 20;
-    assert_int_equal(cublasLtMatmulPreferenceSetAttribute(
-                         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
-                     CUBLAS_STATUS_SUCCESS);
-    assert_int_equal(cublasLtMatmulPreferenceSetAttribute(
-                         pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a),
-                     CUBLAS_STATUS_SUCCESS);
-    assert_int_equal(cublasLtMatmulPreferenceSetAttribute(
-                         pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b),
-                     CUBLAS_STATUS_SUCCESS);
-    assert_int_equal(cublasLtMatmulPreferenceSetAttribute(
-                         pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_cd, sizeof al_cd),
-                     CUBLAS_STATUS_SUCCESS);
-    assert_int_equal(cublasLtMatmulPreferenceSetAttribute(
-                         pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_cd, sizeof al_cd),
-                     CUBLAS_STATUS_SUCCESS);
+    const struct {
+        cublasLtMatmulPreferenceAttributes_t attr;
+        const void *buf;
+        size_t size;
+    } set[] = {
+        {CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_cd, sizeof al_cd},
+        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_cd, sizeof al_cd},
+    };
+    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
+        assert_int_equal(
+            cublasLtMatmulPreferenceSetAttribute(pref, set[i].attr, set[i].buf, set[i].size),
+            CUBLAS_STATUS_SUCCESS);
     int nres = -1;
     memset(res, 0, sizeof *res);
     assert_int_equal(cublasLtMatmulAlgoGetHeuristic(lt, p->desc, p->la, p->lb, p->lc, p->lc, pref,
@@ -751,20 +738,14 @@ static void check_lt_tn_bias(cublasLtHandle_t lt, cudaStream_t s, cudaDataType d
         A[i] = rnd_bf16();
     for (int i = 0; i < ldb * n; i++)
         B[i] = rnd_bf16();
-    for (int i = 0; i < ldd * n; i++) {
-        if (dt == CUDA_R_32F)
-            ((float *)D0)[i] = bf2f(rnd_bf16());
-        else
-            ((uint16_t *)D0)[i] = rnd_bf16();
-    }
-    for (int i = 0; i < m; i++) {
-        if (dt == CUDA_R_32F)
-            ((float *)bias)[i] = (float)(i - 8);
-        else
-            ((uint16_t *)bias)[i] = f2bf((float)(i - 8));
-    }
-    void *dA = dev_alloc((size_t)lda * m * 2), *dB = dev_alloc((size_t)ldb * n * 2);
-    void *dD = dev_alloc((size_t)ldd * n * es), *dbias = dev_alloc((size_t)m * es);
+    for (int i = 0; i < ldd * n; i++)
+        elem_set(D0, dt, (size_t)i, zi_emu_test_bf2f(rnd_bf16()));
+    for (int i = 0; i < m; i++)
+        elem_set(bias, dt, (size_t)i, (float)(i - 8));
+    void *dA = zi_emu_test_dev_alloc((size_t)lda * m * 2),
+         *dB = zi_emu_test_dev_alloc((size_t)ldb * n * 2);
+    void *dD = zi_emu_test_dev_alloc((size_t)ldd * n * es),
+         *dbias = zi_emu_test_dev_alloc((size_t)m * es);
     to_dev(dA, A, (size_t)lda * m * 2);
     to_dev(dB, B, (size_t)ldb * n * 2);
     to_dev(dD, D0, (size_t)ldd * n * es);
@@ -786,12 +767,11 @@ static void check_lt_tn_bias(cublasLtHandle_t lt, cudaStream_t s, cudaDataType d
                 assert_memory_equal((char *)D1 + at * es, (char *)D0 + at * es, es);
                 continue;
             }
-            float d0 = dt == CUDA_R_32F ? ((float *)D0)[at] : bf2f(((uint16_t *)D0)[at]);
-            float d1 = dt == CUDA_R_32F ? ((float *)D1)[at] : bf2f(((uint16_t *)D1)[at]);
-            float bi = dt == CUDA_R_32F ? ((float *)bias)[i] : bf2f(((uint16_t *)bias)[i]);
+            float d0 = elem_get(D0, dt, at), d1 = elem_get(D1, dt, at);
+            float bi = elem_get(bias, dt, (size_t)i);
             double acc = 0, mag = 0;
-            for (int q = 0; q < k; q++) { /* op(A) = A^T: op(A)(i, q) = A(q, i) */
-                double t = (double)bf2f(A[q + (size_t)i * lda]) * bf2f(B[q + (size_t)j * ldb]);
+            for (int q = 0; q < k; q++) { /* op(A) = A^T, op(B) = B */
+                double t = (double)op_at(A, lda, 1, i, q) * op_at(B, ldb, 0, q, j);
                 acc += t;
                 mag += fabs(t);
             }
@@ -809,12 +789,11 @@ static void check_lt_tn_bias(cublasLtHandle_t lt, cudaStream_t s, cudaDataType d
                                     p.lc, NULL, NULL, 0, s),
                      CUBLAS_STATUS_SUCCESS);
     to_host(D1, dD, (size_t)ldd * n * es);
-    float d1 = dt == CUDA_R_32F ? ((float *)D1)[0] : bf2f(((uint16_t *)D1)[0]);
+    float d1 = elem_get(D1, dt, 0);
     double acc = 0;
     for (int q = 0; q < k; q++)
-        acc += (double)bf2f(A[q]) * bf2f(B[q]);
-    double want =
-        alpha * acc + (dt == CUDA_R_32F ? ((float *)bias)[0] : bf2f(((uint16_t *)bias)[0]));
+        acc += (double)op_at(A, lda, 1, 0, q) * op_at(B, ldb, 0, q, 0);
+    double want = alpha * acc + elem_get(bias, dt, 0);
     assert_true(fabs((double)d1 - want) <= 1e-4 + fabs(want) / 128.0);
     lt_plan_free(&p);
     assert_int_equal(cudaFree(dA), cudaSuccess);
@@ -832,9 +811,8 @@ static void test_lt_tn_bias(void **state)
 {
     (void)state;
     cublasLtHandle_t lt = NULL;
-    cudaStream_t s = NULL;
     assert_int_equal(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
-    assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    cudaStream_t s = zi_emu_test_stream_new(cudaStreamNonBlocking);
     check_lt_tn_bias(lt, s, CUDA_R_32F);
     check_lt_tn_bias(lt, s, CUDA_R_16BF);
     assert_int_equal(cudaStreamDestroy(s), cudaSuccess);
@@ -850,8 +828,10 @@ static void test_lt_rejections(void **state)
     const float one = 1.0f, zero = 0.0f;
     cublasLtHandle_t lt = NULL;
     assert_int_equal(cublasLtCreate(&lt), CUBLAS_STATUS_SUCCESS);
-    uint16_t *dA = dev_alloc((size_t)k * m * 2), *dB = dev_alloc((size_t)k * n * 2);
-    uint16_t *dD = dev_alloc((size_t)m * n * 2), *dbias = dev_alloc((size_t)m * 2 + 16);
+    uint16_t *dA = zi_emu_test_dev_alloc((size_t)k * m * 2),
+             *dB = zi_emu_test_dev_alloc((size_t)k * n * 2);
+    uint16_t *dD = zi_emu_test_dev_alloc((size_t)m * n * 2),
+             *dbias = zi_emu_test_dev_alloc((size_t)m * 2 + 16);
     assert_int_equal(cudaMemset(dA, 0, (size_t)k * m * 2), cudaSuccess);
     assert_int_equal(cudaMemset(dB, 0, (size_t)k * n * 2), cudaSuccess);
     uint16_t sentinel[16 * 8], back[16 * 8];

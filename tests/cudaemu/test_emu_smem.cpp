@@ -10,22 +10,11 @@
  */
 #include "zi_cuda_emu.h"
 
-#include <signal.h>
+#include "emu_test.h"
+
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <string>
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#define CHECK ZI_EMU_CHECK
 
 namespace
 {
@@ -56,52 +45,15 @@ __global__ void static_52k_kernel(float *out)
 
 void run_static_52k(void)
 {
-    float *out = nullptr;
-    if (cudaMalloc((void **)&out, 32 * sizeof(float)) != cudaSuccess)
-        _exit(2);
+    float *out = static_cast<float *>(zi_emu_test_dev_alloc(32 * sizeof(float)));
     ZI_LAUNCH(static_52k_kernel, 1, 32, 0, 0, out);
-    cudaDeviceSynchronize();
-}
-
-/* Runs fn in a child; the child must die of SIGABRT with every needle on stderr. */
-void expect_abort(void (*fn)(void), const char *needle1, const char *needle2)
-{
-    int fds[2];
-    CHECK(pipe(fds) == 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        fn();
-        _exit(0);
-    }
-    close(fds[1]);
-    std::string err;
-    char buf[4096];
-    ssize_t k;
-    while ((k = read(fds[0], buf, sizeof buf)) > 0)
-        err.append(buf, (size_t)k);
-    close(fds[0]);
-    int st = 0;
-    CHECK(waitpid(pid, &st, 0) == pid);
-    if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT) || err.find(needle1) == std::string::npos ||
-        err.find(needle2) == std::string::npos) {
-        fprintf(stderr,
-                "expected an abort mentioning \"%s\" and \"%s\"; status 0x%x, stderr:\n%s\n",
-                needle1, needle2, st, err.c_str());
-        exit(1);
-    }
 }
 
 } // namespace
 
 int main(void)
 {
-    float *out = nullptr;
-    CHECK(cudaMalloc((void **)&out, 64 * sizeof(float)) == cudaSuccess);
+    float *out = static_cast<float *>(zi_emu_test_dev_alloc(64 * sizeof(float)));
 
     /* 40 KiB of static shared data: within the 48 KiB */
     ZI_LAUNCH(static_40k_kernel, 1, 64, 0, 0, out);
@@ -124,7 +76,8 @@ int main(void)
     CHECK(cudaDeviceSynchronize() == cudaSuccess);
 
     /* 52 KiB of static shared data: not a kernel nvcc would build */
-    expect_abort(run_static_52k, "static_52k_kernel", "53248 bytes of static __shared__");
+    zi_emu_test_expect_abort(run_static_52k, "static_52k_kernel",
+                             "53248 bytes of static __shared__");
     CHECK(cudaFree(out) == cudaSuccess);
     printf("ok static shared memory limits\n");
     return 0;

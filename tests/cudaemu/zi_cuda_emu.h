@@ -89,30 +89,20 @@ int __shfl_up_sync(unsigned mask, int var, unsigned delta, int width = 32);
 float __shfl_up_sync(unsigned mask, float var, unsigned delta, int width = 32);
 
 /* ---- bit casts, conversions and math a host libm lacks ---- */
-static inline float __int_as_float(int i)
-{
-    float f;
-    memcpy(&f, &i, sizeof f);
-    return f;
-}
-static inline float __uint_as_float(unsigned u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-static inline int __float_as_int(float f)
-{
-    int i;
-    memcpy(&i, &f, sizeof i);
-    return i;
-}
-static inline unsigned __float_as_uint(float f)
-{
-    unsigned u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
+/* __T_as_U: the bits of v reinterpreted as a U (CUDA Math API, "Type Casting Intrinsics") */
+#define ZI_EMU_BIT_CAST(name, To, From)                                                            \
+    static inline To name(From v)                                                                  \
+    {                                                                                              \
+        static_assert(sizeof(To) == sizeof(From), #name ": types of different sizes");             \
+        To t;                                                                                      \
+        memcpy(&t, &v, sizeof t);                                                                  \
+        return t;                                                                                  \
+    }
+ZI_EMU_BIT_CAST(__int_as_float, float, int)
+ZI_EMU_BIT_CAST(__uint_as_float, float, unsigned)
+ZI_EMU_BIT_CAST(__float_as_int, int, float)
+ZI_EMU_BIT_CAST(__float_as_uint, unsigned, float)
+#undef ZI_EMU_BIT_CAST
 /* cvt.rni.s32.f32: nearest even, NaN -> 0, saturating */
 static inline int __float2int_rn(float x)
 {

@@ -1,0 +1,132 @@
+/*
+ * test_emu_budget.c - the CUDA backend's automatic weight budget on emulated devices of
+ * different sizes (ZI_EMU_DEVICE_MEMORY, read once per process: one child per device).
+ *
+ * On a device with room for the model plus the 2 GiB activation headroom every weight is
+ * resident; on a device just short of that, the weights past the budget stay in pinned host
+ * memory - and the image is the same bytes. ZI_CUDA_WEIGHT_BUDGET_MB=resident turns the
+ * budget off even there, and a bad value is refused when the backend is created.
+ */
+#include "zi_test.h"
+
+#include "backend.h"
+#include "pipeline.h"
+#include "zi_cuda.h"
+#include "zi_err.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MIB ((uint64_t)1 << 20)
+#define IMG (64 * 48 * 3)
+
+typedef struct result {
+    int ok;
+    uint64_t host_bytes, device_weights, budget;
+    uint8_t img[IMG];
+    char err[256];
+} result;
+
+/* In a child: device of `mem` bytes, the budget variable `budget` (NULL: unset), the tiny
+ * model loaded and one 64x48 image made; the outcome in *r (shared memory). */
+static void child(uint64_t mem, const char *budget, result *r)
+{
+    char v[32];
+    snprintf(v, sizeof v, "%llu", (unsigned long long)mem);
+    setenv("ZI_EMU_DEVICE_MEMORY", v, 1);
+    if (budget)
+        setenv("ZI_CUDA_WEIGHT_BUDGET_MB", budget, 1);
+    else
+        unsetenv("ZI_CUDA_WEIGHT_BUDGET_MB");
+    zi_backend *be = zi_backend_cuda_new(0);
+    zi_pipeline *p = NULL;
+    uint8_t *rgb = NULL;
+    zi_gen_params gp = {.prompt = "a red cube",
+                        .width = 64,
+                        .height = 48,
+                        .steps = 2,
+                        .seed = 7,
+                        .rng = ZI_RNG_CUDA};
+    if (!be || zi_pipeline_load(zi_test_golden("tiny-zimage"), be, &p) != ZI_OK ||
+        zi_pipeline_generate(p, &gp, NULL, NULL, &rgb) != ZI_OK) {
+        snprintf(r->err, sizeof r->err, "%s", zi_errmsg());
+        _exit(0);
+    }
+    zi_mem_stats m;
+    be->mem_stats(be, &m);
+    r->budget = zi_cuda_weight_budget(be);
+    r->host_bytes = zi_cuda_host_weight_bytes(be);
+    r->device_weights = m.weights;
+    memcpy(r->img, rgb, IMG);
+    r->ok = 1;
+    _exit(0);
+}
+
+static result *run(uint64_t mem, const char *budget)
+{
+    result *r = mmap(NULL, sizeof *r, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(r != MAP_FAILED);
+    memset(r, 0, sizeof *r);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        child(mem, budget, r);
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    printf("device %6.0f MiB, budget %-8s = %8.2f MiB: %s host %7.2f MiB, device weights %7.2f "
+           "MiB %s\n",
+           mem / (double)MIB, budget ? budget : "(auto)",
+           r->budget == UINT64_MAX ? -1.0 : r->budget / (double)MIB, r->ok ? "ok" : "FAILED",
+           r->host_bytes / (double)MIB, r->device_weights / (double)MIB, r->err);
+    return r;
+}
+
+static void test_auto_budget(void **state)
+{
+    (void)state;
+    /* roomy: 3 GiB less the 2 GiB headroom and the backend's own scratch - the ~20 MiB
+     * model fits */
+    result *big = run(3072 * MIB, NULL);
+    assert_true(big->ok);
+    assert_int_equal(big->host_bytes, 0);
+    uint64_t used = 1024 * MIB - big->budget; /* the backend's scratch at creation */
+    assert_true(big->budget < 1024 * MIB && used < 512 * MIB);
+    /* tight: room for half the weights after the headroom and the scratch, so part of the
+     * model stays on the host - the image does not change */
+    uint64_t tight_mem = 2048 * MIB + used + big->device_weights / 2;
+    result *tight = run(tight_mem, NULL);
+    assert_true(tight->ok);
+    assert_true(tight->host_bytes > 0);
+    assert_true(tight->device_weights < big->device_weights);
+    assert_memory_equal(tight->img, big->img, IMG);
+    /* the same device with the budget turned off: everything resident again */
+    result *res = run(tight_mem, "resident");
+    assert_true(res->ok);
+    assert_int_equal(res->host_bytes, 0);
+    assert_memory_equal(res->img, big->img, IMG);
+    /* an explicit budget of 0: every weight on the host */
+    result *zero = run(3072 * MIB, "0");
+    assert_true(zero->ok);
+    assert_int_equal(zero->device_weights, 0);
+    assert_memory_equal(zero->img, big->img, IMG);
+    /* a bad value is refused when the backend is created */
+    result *bad = run(3072 * MIB, "lots");
+    assert_false(bad->ok);
+    assert_non_null(strstr(bad->err, "ZI_CUDA_WEIGHT_BUDGET_MB"));
+    munmap(big, sizeof *big), munmap(tight, sizeof *tight), munmap(res, sizeof *res);
+    munmap(zero, sizeof *zero), munmap(bad, sizeof *bad);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_auto_budget),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
