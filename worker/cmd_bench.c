@@ -517,6 +517,10 @@ static int zb_random(const zb_opts *o, cJSON *root)
     cJSON_AddNumberToObject(root, "peak_allocated_bytes", pa);
     cJSON_AddNumberToObject(root, "peak_reserved_bytes", pr);
     cJSON_AddNumberToObject(root, "weights_bytes", wb);
+#ifdef ZI_HAVE_CUDA
+    if (zi_cuda_is(be)) /* weights the budget kept in host memory (0 when all fit) */
+        cJSON_AddNumberToObject(root, "host_weights_bytes", (double)zi_cuda_host_weight_bytes(be));
+#endif
 
     /* device probes (CUDA only) */
     int have_probe = 0;

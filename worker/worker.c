@@ -23,6 +23,9 @@
 #include "rstatus.h"
 #include "s3.h"
 #include "zi_err.h"
+#ifdef ZI_HAVE_CUDA
+#include "zi_cuda.h"
+#endif
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -1118,6 +1121,19 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
     zi_wk_snapshot_mem(w);
     zi_log_info("model %s loaded on %s in %lld ms", w->model, w->be->name,
                 (long long)(zi_wk_mono_ms() - t0));
+#ifdef ZI_HAVE_CUDA
+    if (zi_cuda_is(w->be)) { /* small cards: say how the weight budget split the model */
+        zi_mem_stats m;
+        w->be->mem_stats(w->be, &m);
+        uint64_t budget = zi_cuda_weight_budget(w->be), host = zi_cuda_host_weight_bytes(w->be);
+        char bs[48] = "no budget";
+        if (budget != UINT64_MAX)
+            snprintf(bs, sizeof bs, "budget %.2f GiB", budget / 1073741824.0);
+        zi_log_info("weights: %.2f GiB on the device, %.2f GiB kept in host memory (%s, "
+                    "ZI_CUDA_WEIGHT_BUDGET_MB)",
+                    m.weights / 1073741824.0, host / 1073741824.0, bs);
+    }
+#endif
     if (*stop) {
         zi_log_info("stopped while loading");
         goto out;

@@ -25,6 +25,10 @@ zt_wait_status cu-1 succeeded 120
 curl -s -o "$ZT_TMP/cu-1.png" --max-time 10 "$(zt_url cu-1)"
 zt_check "cu-1 image" 64x64 "$(zt_png_size "$ZT_TMP/cu-1.png")"
 
+zt_check "load log says where the weights are" yes \
+    "$(grep -qE 'weights: [0-9.]+ GiB on the device, 0\.00 GiB kept in host memory' \
+        "$ZT_TMP/w1.log" && echo yes)"
+
 # ---- 2. telemetry ----
 sleep 1.5 # one heartbeat (heartbeat_s 1) after the job
 h() { zt_redis HGET "${ZT_PREFIX}worker:w1" "$1"; }
