@@ -101,6 +101,8 @@ typedef struct zi_cuda {
     /* weights kept in pinned host memory once `weight_budget` bytes are resident
      * (UINT64_MAX: no budget, every weight resident); sorted by address */
     uint64_t weight_budget, host_weight_bytes;
+    uint64_t map_limit; /* ZI_CUDA_MEM_LIMIT_MB in bytes, 0: none */
+    int flash_stages;   /* K/V tiles in flight in the flash kernel (ZI_CUDA_FLASH_STAGES) */
     struct zi_host_w {
         const char *p;
         size_t bytes;
@@ -327,9 +329,9 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
         at--;
     }
     cu->hw[at].p = h;
-    cu->hw[at].bytes = bytes;
+    cu->hw[at].bytes = bytes ? bytes : 1; /* an empty weight still owns its pinned byte */
     cu->nhw++;
-    cu->host_weight_bytes += bytes;
+    cu->host_weight_bytes += cu->hw[at].bytes;
     t->data = h;
     t->dtype = ZI_BF16;
     t->be = be;
@@ -344,7 +346,8 @@ static void zi_cuda_free(zi_backend *be, zi_tensor *t)
     zi_cuda *cu = zi_cu(be);
     long i = t->owned && t->data ? zi_cu_host_weight(cu, t->data) : -1;
     if (i >= 0 && cu->hw[i].p == t->data) {
-        /* queued copies may still read it: cudaFreeHost waits for the device */
+        /* copies queued on the stream may still read it (weights are freed at unload) */
+        zi_cu_ok(be, cudaStreamSynchronize(cu->stream), "free: synchronise");
         cu->host_weight_bytes -= cu->hw[i].bytes;
         cudaFreeHost(t->data);
         memmove(&cu->hw[i], &cu->hw[i + 1], (cu->nhw - (size_t)i - 1) * sizeof cu->hw[0]);
@@ -435,26 +438,27 @@ static int zi_cuda_upload_weight(zi_backend *be, zi_tensor *t, const void *src, 
     if (be->err != ZI_OK)
         return zi_backend_check(be);
     zi_cuda *cu = zi_cu(be);
-    if (cu->weight_budget != UINT64_MAX) {
-        int64_t n = 1;
-        for (int i = 0; i < ndim; i++)
-            n *= shape[i];
-        if (ndim < 1 || ndim > ZI_MAX_DIMS || n < 0)
-            return zi_backend_fail(be, ZI_EINVAL, "upload_weight: bad shape");
-        if (cu->weights + (uint64_t)n * 2 > cu->weight_budget) { /* over the budget: host */
-            memset(t, 0, sizeof *t);
-            t->ndim = ndim;
-            memcpy(t->shape, shape, (size_t)ndim * sizeof shape[0]);
-            return zi_cuda_host_weight_new(be, t, src, src_dt, (size_t)n);
-        }
-    }
-    rc = zi_cuda_alloc_kind(be, t, ndim, shape, ZI_BF16, ZI_CUDA_TAG_WEIGHT);
+    size_t n = 0;
+    rc = zi_be_alloc_shape(be, t, ndim, shape, &n);
     if (rc != ZI_OK)
         return rc;
-    rc = zi_cuda_h2d(be, t->data, ZI_BF16, src, src_dt, (size_t)zi_tensor_numel(t));
-    if (rc != ZI_OK)
-        zi_cuda_free(be, t);
-    return rc;
+    int budgeted = cu->weight_budget != UINT64_MAX;
+    if (!budgeted || cu->weights + (uint64_t)n * 2 <= cu->weight_budget) {
+        rc = zi_cuda_alloc_kind(be, t, ndim, shape, ZI_BF16, ZI_CUDA_TAG_WEIGHT);
+        if (rc == ZI_OK) {
+            rc = zi_cuda_h2d(be, t->data, ZI_BF16, src, src_dt, n);
+            if (rc != ZI_OK)
+                zi_cuda_free(be, t);
+            return rc;
+        }
+        if (!budgeted || rc != ZI_ENOMEM)
+            return rc;
+        /* the device is fuller than the budget assumed (a mapping cap, another process):
+         * this weight stays on the host like those past the budget */
+        zi_error_clear();
+    }
+    zi_be_tensor_init(be, t, NULL, ZI_BF16, ndim, shape);
+    return zi_cuda_host_weight_new(be, t, src, src_dt, n);
 }
 
 static int zi_cuda_upload(zi_backend *be, zi_tensor *dst, const float *src, size_t n)
@@ -867,7 +871,7 @@ static void zi_cuda_attention(zi_backend *be, zi_tensor *out, const zi_tensor *q
         if (flash)
             zi_cu_ok(be,
                      zi_cu_flash_attention(ob, qb, kb, vb, Sq, Skv, H, KVH, hd, scale, causal,
-                                           cu->stream),
+                                           cu->flash_stages, cu->stream),
                      "attention: flash kernel");
         else
             zi_cuda_attention_gemm(be, ob, qb, kb, vb, Sq, Skv, H, KVH, hd, scale, causal);
@@ -1354,6 +1358,12 @@ zi_backend *zi_backend_cuda_new(int device)
     cu->score_budget = ZI_CUDA_SCORE_BUDGET;
     cu->col_budget = ZI_CUDA_COL_BUDGET;
     cu->weight_budget = UINT64_MAX;
+    const char *fs = getenv("ZI_CUDA_FLASH_STAGES");
+    cu->flash_stages = fs && *fs ? atoi(fs) : 2;
+    if (cu->flash_stages != 1 && cu->flash_stages != 2) {
+        zi_errorf(ZI_EINVAL, "ZI_CUDA_FLASH_STAGES must be 1 or 2");
+        goto err;
+    }
 
     be->name = "cuda";
     int major = 0, minor = 0, l2 = 0;
@@ -1426,6 +1436,7 @@ zi_backend *zi_backend_cuda_new(int device)
                 goto err;
             }
             ac.limit = (uint64_t)mb << 20;
+            cu->map_limit = ac.limit;
         }
         zi_alloc_provider prov = zi_vmm_provider(cu->vmm);
         if (zi_alloc_new(&ac, &prov, &cu->alloc) != ZI_OK)
@@ -1502,12 +1513,18 @@ zi_backend *zi_backend_cuda_new(int device)
     const char *wb = getenv("ZI_CUDA_WEIGHT_BUDGET_MB");
     if (!wb || !*wb || strcmp(wb, "auto") == 0) {
         size_t fr = 0, tot = 0;
-        if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) { /* else no budget: all resident */
+            uint64_t room = fr, head = ZI_CUDA_ACT_HEADROOM;
+            if (cu->alloc && cu->map_limit) { /* a mapping cap (ZI_CUDA_MEM_LIMIT_MB) */
+                zi_alloc_stats as;
+                zi_alloc_get_stats(cu->alloc, &as);
+                uint64_t left = cu->map_limit > as.reserved ? cu->map_limit - as.reserved : 0;
+                room = left < room ? left : room;
+            }
+            zi_cuda_set_weight_budget(be, room > head ? room - head : 0);
+        } else {
             cudaGetLastError();
-            fr = 0;
         }
-        uint64_t head = ZI_CUDA_ACT_HEADROOM;
-        zi_cuda_set_weight_budget(be, fr > head ? (uint64_t)fr - head : 0);
     } else if (strcmp(wb, "resident") != 0) {
         char *end = NULL;
         errno = 0;
@@ -1544,6 +1561,15 @@ int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path)
     if (path != ZI_CUDA_ATTN_AUTO && path != ZI_CUDA_ATTN_FLASH && path != ZI_CUDA_ATTN_GEMM)
         return zi_errorf(ZI_EINVAL, "unknown attention path %d", (int)path);
     zi_cu(be)->attn_path = path;
+    return ZI_OK;
+}
+
+int zi_cuda_set_flash_stages(zi_backend *be, int stages)
+{
+    ZI_CUDA_REQUIRE(be);
+    if (stages != 1 && stages != 2)
+        return zi_errorf(ZI_EINVAL, "flash attention stages must be 1 or 2, got %d", stages);
+    zi_cu(be)->flash_stages = stages;
     return ZI_OK;
 }
 

@@ -30,6 +30,11 @@ int zi_cuda_is(const zi_backend *be);
 
 int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path);
 
+/* K/V tiles the flash kernel keeps in flight: 2 (default: the next tile's copy overlaps
+ * this tile's math, 85 KiB of shared memory per block) or 1 (52 KiB: more blocks per SM).
+ * Which is faster depends on the GPU; ZI_CUDA_FLASH_STAGES sets it at creation. */
+int zi_cuda_set_flash_stages(zi_backend *be, int stages);
+
 /* Weight budget, for GPUs smaller than the model: weights uploaded while `bytes` of
  * weights are already resident stay in pinned host memory (bf16), and each op that reads
  * one copies the part it uses to device scratch right before it runs (an embedding table:

@@ -43,8 +43,13 @@ constexpr int kBc = 64;          /* keys per tile */
 constexpr int kLd = kHd + 8;     /* smem row stride in bf16: +16 bytes, no bank conflicts */
 constexpr int kThreads = 128;    /* 4 warps x 16 query rows */
 constexpr int kChunks = kHd / 8; /* 16-byte chunks per row */
-constexpr int kStages = 2;       /* K/V tiles in flight: the one in use and the next */
-constexpr size_t kSmem = (size_t)(kBr + kStages * 2 * kBc) * kLd * sizeof(__nv_bfloat16);
+/* Shared memory of the kernel with `stages` K/V tiles in flight: 1 (52 KiB: more blocks per
+ * SM) or 2 (85 KiB: the next tile's copy overlaps this tile's math). Which is faster
+ * depends on the GPU: the backend picks (ZI_CUDA_FLASH_STAGES, default 2). */
+constexpr size_t smem_bytes(int stages)
+{
+    return (size_t)(kBr + stages * 2 * kBc) * kLd * sizeof(__nv_bfloat16);
+}
 
 /* Under ZI_CUDA_EMU (the CPU emulator, tests/cudaemu) each helper calls the emulated
  * instruction instead of its PTX; the emulator implements them from the PTX ISA. */
@@ -142,6 +147,7 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const __nv_bfloat1
     }
 }
 
+template <int kStages>
 __global__ void __launch_bounds__(kThreads)
     flash_attention_kernel(__nv_bfloat16 *out, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
                            const __nv_bfloat16 *v, int Sq, int Skv, int H, int KVH,
@@ -196,9 +202,18 @@ __global__ void __launch_bounds__(kThreads)
 
     for (int tile = 0; tile < ntiles; tile++) {
         const int j0 = tile * kBc;
-        const __nv_bfloat16 *Ks = KVs + (size_t)(tile & 1) * 2 * kBc * kLd;
+        const __nv_bfloat16 *Ks = KVs + (size_t)(kStages == 1 ? 0 : tile & 1) * 2 * kBc * kLd;
         const __nv_bfloat16 *Vs = Ks + kBc * kLd;
-        if (tile + 1 < ntiles) {
+        if (kStages == 1) {
+            /* one stage: this tile is copied now (tile 0 came with Q); the barrier at the
+             * end of the previous iteration freed the stage */
+            if (tile > 0) {
+                load_tile(KVs, kh, kstride, j0, kBc, Skv);
+                load_tile(KVs + kBc * kLd, vh, kstride, j0, kBc, Skv);
+                cp_async_commit();
+                cp_async_wait<0>();
+            }
+        } else if (tile + 1 < ntiles) {
             /* the next tile into the other stage, whose last readers (tile - 1) finished
              * before the barrier at the end of the previous iteration */
             __nv_bfloat16 *Kn = KVs + (size_t)((tile + 1) & 1) * 2 * kBc * kLd;
@@ -324,23 +339,34 @@ extern "C" int zi_cu_flash_supported(int hd)
 
 extern "C" cudaError_t zi_cu_init_kernels(void)
 {
-    return cudaFuncSetAttribute(flash_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                (int)kSmem);
+    cudaError_t e = cudaFuncSetAttribute(
+        flash_attention_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(1));
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(flash_attention_kernel<2>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(2));
+    return e;
 }
 
 extern "C" cudaError_t zi_cu_flash_attention(uint16_t *out, const uint16_t *q, const uint16_t *k,
                                              const uint16_t *v, int Sq, int Skv, int H, int KVH,
-                                             int hd, float scale, int causal, cudaStream_t s)
+                                             int hd, float scale, int causal, int stages,
+                                             cudaStream_t s)
 {
-    if (hd != kHd || H <= 0 || KVH <= 0 || H % KVH != 0)
+    if (hd != kHd || H <= 0 || KVH <= 0 || H % KVH != 0 || (stages != 1 && stages != 2))
         return cudaErrorInvalidValue;
     if (Sq <= 0 || Skv <= 0)
         return cudaGetLastError();
     dim3 grid((unsigned)((Sq + kBr - 1) / kBr), (unsigned)H);
     const float log2e = 1.4426950408889634f;
-    ZI_LAUNCH(flash_attention_kernel, grid, kThreads, kSmem, s,
-              reinterpret_cast<__nv_bfloat16 *>(out), reinterpret_cast<const __nv_bfloat16 *>(q),
-              reinterpret_cast<const __nv_bfloat16 *>(k),
-              reinterpret_cast<const __nv_bfloat16 *>(v), Sq, Skv, H, KVH, scale * log2e, causal);
+    __nv_bfloat16 *o = reinterpret_cast<__nv_bfloat16 *>(out);
+    const __nv_bfloat16 *qb = reinterpret_cast<const __nv_bfloat16 *>(q);
+    const __nv_bfloat16 *kb = reinterpret_cast<const __nv_bfloat16 *>(k);
+    const __nv_bfloat16 *vb = reinterpret_cast<const __nv_bfloat16 *>(v);
+    if (stages == 1)
+        ZI_LAUNCH(flash_attention_kernel<1>, grid, kThreads, smem_bytes(1), s, o, qb, kb, vb, Sq,
+                  Skv, H, KVH, scale * log2e, causal);
+    else
+        ZI_LAUNCH(flash_attention_kernel<2>, grid, kThreads, smem_bytes(2), s, o, qb, kb, vb, Sq,
+                  Skv, H, KVH, scale * log2e, causal);
     return cudaGetLastError();
 }

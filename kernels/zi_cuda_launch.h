@@ -108,10 +108,11 @@ cudaError_t zi_cu_softmax_rows(uint16_t *p, const float *scores, int nr, int nk,
                                int vis0, cudaStream_t s);
 
 /* Attention, fused path (zi_cu_flash_supported(hd)): out[Sq, H*hd] from bf16 q [Sq, H, hd],
- * k, v [Skv, KVH, hd]; scale applied to q.k; causal with offset Skv - Sq. */
+ * k, v [Skv, KVH, hd]; scale applied to q.k; causal with offset Skv - Sq; `stages` K/V
+ * tiles in flight (1 or 2). */
 cudaError_t zi_cu_flash_attention(uint16_t *out, const uint16_t *q, const uint16_t *k,
                                   const uint16_t *v, int Sq, int Skv, int H, int KVH, int hd,
-                                  float scale, int causal, cudaStream_t s);
+                                  float scale, int causal, int stages, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -25,7 +25,7 @@
 #define IMG (64 * 48 * 3)
 
 typedef struct result {
-    int ok;
+    int ok, loaded;
     uint64_t host_bytes, device_weights, budget;
     uint8_t img[IMG];
     char err[256];
@@ -33,11 +33,17 @@ typedef struct result {
 
 /* In a child: device of `mem` bytes, the budget variable `budget` (NULL: unset), the tiny
  * model loaded and one 64x48 image made; the outcome in *r (shared memory). */
-static void child(uint64_t mem, const char *budget, result *r)
+static void child(uint64_t mem, const char *budget, uint64_t limit_mib, result *r)
 {
     char v[32];
     snprintf(v, sizeof v, "%llu", (unsigned long long)mem);
     setenv("ZI_EMU_DEVICE_MEMORY", v, 1);
+    if (limit_mib) {
+        snprintf(v, sizeof v, "%llu", (unsigned long long)limit_mib);
+        setenv("ZI_CUDA_MEM_LIMIT_MB", v, 1);
+    } else {
+        unsetenv("ZI_CUDA_MEM_LIMIT_MB");
+    }
     if (budget)
         setenv("ZI_CUDA_WEIGHT_BUDGET_MB", budget, 1);
     else
@@ -51,22 +57,26 @@ static void child(uint64_t mem, const char *budget, result *r)
                         .steps = 2,
                         .seed = 7,
                         .rng = ZI_RNG_CUDA};
-    if (!be || zi_pipeline_load(zi_test_golden("tiny-zimage"), be, &p) != ZI_OK ||
-        zi_pipeline_generate(p, &gp, NULL, NULL, &rgb) != ZI_OK) {
+    if (!be || zi_pipeline_load(zi_test_golden("tiny-zimage"), be, &p) != ZI_OK) {
         snprintf(r->err, sizeof r->err, "%s", zi_errmsg());
         _exit(0);
     }
+    r->loaded = 1;
     zi_mem_stats m;
     be->mem_stats(be, &m);
     r->budget = zi_cuda_weight_budget(be);
     r->host_bytes = zi_cuda_host_weight_bytes(be);
     r->device_weights = m.weights;
+    if (zi_pipeline_generate(p, &gp, NULL, NULL, &rgb) != ZI_OK) {
+        snprintf(r->err, sizeof r->err, "%s", zi_errmsg());
+        _exit(0);
+    }
     memcpy(r->img, rgb, IMG);
     r->ok = 1;
     _exit(0);
 }
 
-static result *run(uint64_t mem, const char *budget)
+static result *run_limited(uint64_t mem, const char *budget, uint64_t limit_mib)
 {
     result *r = mmap(NULL, sizeof *r, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     assert_true(r != MAP_FAILED);
@@ -75,7 +85,7 @@ static result *run(uint64_t mem, const char *budget)
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0)
-        child(mem, budget, r);
+        child(mem, budget, limit_mib, r);
     int st = 0;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
@@ -85,6 +95,11 @@ static result *run(uint64_t mem, const char *budget)
            r->budget == UINT64_MAX ? -1.0 : r->budget / (double)MIB, r->ok ? "ok" : "FAILED",
            r->host_bytes / (double)MIB, r->device_weights / (double)MIB, r->err);
     return r;
+}
+
+static result *run(uint64_t mem, const char *budget)
+{
+    return run_limited(mem, budget, 0);
 }
 
 static void test_auto_budget(void **state)
@@ -119,6 +134,20 @@ static void test_auto_budget(void **state)
     result *bad = run(3072 * MIB, "lots");
     assert_false(bad->ok);
     assert_non_null(strstr(bad->err, "ZI_CUDA_WEIGHT_BUDGET_MB"));
+    /* a mapping cap (ZI_CUDA_MEM_LIMIT_MB) counts like a smaller device for auto */
+    uint64_t lim = (2048 * MIB + used + big->device_weights / 2) / MIB;
+    result *capped = run_limited(3072 * MIB, NULL, lim);
+    assert_true(capped->ok);
+    assert_true(capped->host_bytes > 0);
+    assert_memory_equal(capped->img, big->img, IMG);
+    /* an explicit budget larger than the cap: the weights the device refuses stay on the
+     * host instead of failing the load (the job itself then has no room left: a clean out
+     * of memory, as a budget set too high deserves) */
+    result *over = run_limited(3072 * MIB, "1000", (used + big->device_weights / 2) / MIB);
+    assert_true(over->loaded);
+    assert_true(over->host_bytes > 0);
+    assert_true(over->ok || strstr(over->err, "out of device memory") != NULL);
+    munmap(capped, sizeof *capped), munmap(over, sizeof *over);
     munmap(big, sizeof *big), munmap(tight, sizeof *tight), munmap(res, sizeof *res);
     munmap(zero, sizeof *zero), munmap(bad, sizeof *bad);
 }

@@ -540,10 +540,29 @@ static void zt_attn_tiled_cases(void)
     assert_int_equal(zi_cuda_set_work_budgets(gpu, 0, 0), ZI_OK);
 }
 
+/* The flash kernel with one K/V stage (the default is two): correct on the ragged, causal
+ * and GQA cases, and timed against two stages at the DiT's shape on a GPU. */
+static void zt_attn_one_stage_cases(void)
+{
+    assert_int_equal(zi_cuda_set_flash_stages(gpu, 3), ZI_EINVAL);
+    assert_int_equal(zi_cuda_set_flash_stages(gpu, 1), ZI_OK);
+    zt_attn_case("attention flash 1-stage ragged 77x3", 77, 77, 3, 3, 128, 0, 77, 3,
+                 ZI_CUDA_ATTN_FLASH);
+    zt_attn_case("attention flash 1-stage causal gqa 130x4/2", 130, 130, 4, 2, 128, 1, 130, 4,
+                 ZI_CUDA_ATTN_FLASH);
+    zt_attn_case("attention flash 1-stage causal offset 20/150", 20, 150, 2, 1, 128, 1, 20, 2,
+                 ZI_CUDA_ATTN_FLASH);
+    if (!ZT_EMU)
+        zt_attn_case("attention dit flash 1-stage 4224x30x128", 4224, 4224, 30, 30, 128, 0, 512, 2,
+                     ZI_CUDA_ATTN_FLASH);
+    assert_int_equal(zi_cuda_set_flash_stages(gpu, 2), ZI_OK);
+}
+
 static void test_attention(void **state)
 {
     (void)state;
     zt_attn_tiled_cases();
+    zt_attn_one_stage_cases();
     if (ZT_EMU) {
         zt_attn_case("attention flash 200x2x128", 200, 200, 2, 2, 128, 0, 200, 2,
                      ZI_CUDA_ATTN_FLASH);

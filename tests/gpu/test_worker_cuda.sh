@@ -14,7 +14,8 @@
 source "$(dirname "$0")/../integration/worker_lib.sh"
 zt_init worker_cuda
 ZT_STEPS=2 zt_config
-CUDA=(ZIMAGE_DEVICE_BACKEND=cuda ZI_CUDA_MEM_LIMIT_MB=136)
+# the cap plays a small device for the oom case; the weights stay resident (no budget)
+CUDA=(ZIMAGE_DEVICE_BACKEND=cuda ZI_CUDA_MEM_LIMIT_MB=136 ZI_CUDA_WEIGHT_BUDGET_MB=resident)
 
 zt_start_worker w1 "${CUDA[@]}"
 zt_wait_log w1 'assigned' 60
