@@ -37,14 +37,16 @@ int zi_cuda_set_flash_stages(zi_backend *be, int stages);
 
 /* Weight budget, for GPUs smaller than the model: weights uploaded while `bytes` of
  * weights are already resident stay in pinned host memory (bf16), and each op that reads
- * one copies the tensor it is given (a weight or a view of one) to device scratch right before it
- * runs (an embedding table: only the rows looked up). Results are the same bit for bit; the cost is
- * the PCIe traffic. UINT64_MAX keeps every weight resident; 0 keeps all on the host. Set it before
- * the weights are loaded. At creation the backend sets it from ZI_CUDA_WEIGHT_BUDGET_MB:
- * "auto" (the default) = the device memory free then, less 2 GiB for activations, so a
- * model that fits stays resident and a smaller card keeps the rest on the host;
- * "resident" = no budget; N = N MiB. The pipeline loads the transformer first, then the
- * VAE, then the text encoder, so the budget goes to the weights used at every step. */
+ * one copies the tensor it is given (a weight or a view of one) to device scratch right
+ * before it runs (an embedding table: only the rows looked up). Results are the same bit
+ * for bit; the cost is the PCIe traffic. UINT64_MAX keeps every weight resident; 0 keeps
+ * all on the host. Set it before the weights are loaded. At creation the backend sets it
+ * from ZI_CUDA_WEIGHT_BUDGET_MB: "auto" (the default) = the device memory free then (or
+ * left under ZI_CUDA_MEM_LIMIT_MB), less 2 GiB for activations, so a model that fits stays
+ * resident and a smaller card keeps the rest on the host; "resident" = no budget; N = N
+ * MiB. A weight the device refuses while under the budget also stays on the host. The
+ * pipeline loads the transformer first, then the VAE, then the text encoder, so the budget
+ * goes to the weights used at every step. */
 int zi_cuda_set_weight_budget(zi_backend *be, uint64_t bytes);
 /* The budget in force (UINT64_MAX: none). */
 uint64_t zi_cuda_weight_budget(zi_backend *be);
