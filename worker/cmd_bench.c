@@ -51,7 +51,7 @@ typedef struct zb_opts {
     int random_weights;
     int width, height, steps, runs;
     int size, small_size, small_steps, tokens;
-    int profile;
+    int profile, gemm_size;
     uint64_t seed;
 } zb_opts;
 
@@ -78,6 +78,7 @@ static void zb_usage(FILE *f)
             "  --small-size N           small image side (default 384), --small-steps "
             "(default 9)\n"
             "  --tokens N               prompt tokens (random ids, default 128)\n"
+            "  --gemm-size N            side of the bf16 GEMM probe (default 8192; CUDA only)\n"
             "  --profile                add \"profile\": per-op time of one text encode, one DiT\n"
             "                           forward and one VAE decode at the large size\n"
             "Prints one JSON object on stdout.\n");
@@ -527,7 +528,7 @@ static int zb_random(const zb_opts *o, cJSON *root)
     double tflops = 0, gbps = 0;
 #ifdef ZI_HAVE_CUDA
     if (zi_cuda_is(be)) {
-        rc = zi_cuda_bench_gemm(be, 8192, 10, &tflops);
+        rc = zi_cuda_bench_gemm(be, o->gemm_size, 10, &tflops);
         if (rc == ZI_OK)
             rc = zi_cuda_bench_h2d(be, (size_t)256 << 20, 5, &gbps);
         if (rc != ZI_OK)
@@ -575,6 +576,7 @@ int zi_cmd_bench(int argc, char **argv)
     o.small_size = 384;
     o.small_steps = 9;
     o.tokens = 128;
+    o.gemm_size = 8192;
     o.seed = 42;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -598,7 +600,7 @@ int zi_cmd_bench(int argc, char **argv)
             static const char *const known[] = {
                 "--backend", "--baseline",   "--model",       "--config", "--prompt",
                 "--seed",    "--width",      "--height",      "--steps",  "--runs",
-                "--size",    "--small-size", "--small-steps", "--tokens"};
+                "--size",    "--small-size", "--small-steps", "--tokens", "--gemm-size"};
             int is_known = 0;
             for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
                 is_known |= strcmp(a, known[k]) == 0;
@@ -642,6 +644,8 @@ int zi_cmd_bench(int argc, char **argv)
             ip = &o.small_steps, hi = ZB_MAX_STEPS;
         } else if (strcmp(a, "--tokens") == 0) {
             ip = &o.tokens, hi = 512;
+        } else if (strcmp(a, "--gemm-size") == 0) {
+            ip = &o.gemm_size, lo = 64, hi = 32768;
         } else {
             return zb_usage_error("unknown option", a);
         }
