@@ -54,6 +54,11 @@
 /* Device memory the automatic weight budget leaves for activations and scratch: a 1024²
  * image needs about 1.1 GB (docs/operations.md, "Size the GPUs"). */
 #define ZI_CUDA_ACT_HEADROOM ((uint64_t)2 << 30)
+/* Host weights of at least this many bytes (by default) go through the prefetch slots
+ * (two), smaller ones (biases, norms) are copied right before the op on the compute
+ * stream. */
+#define ZI_CU_SLOTS 2
+#define ZI_CU_PREFETCH_MIN ((size_t)1 << 20)
 /* Block alignment of the allocator (>= 16 for vector loads, 256 for cuBLASLt's best). */
 #define ZI_CUDA_ALIGN 512
 
@@ -100,14 +105,32 @@ typedef struct zi_cuda {
     size_t score_budget, col_budget; /* ZI_CUDA_SCORE_BUDGET, ZI_CUDA_COL_BUDGET unless set */
     /* weights kept in pinned host memory once `weight_budget` bytes are resident
      * (UINT64_MAX: no budget, every weight resident); sorted by address */
-    uint64_t weight_budget, host_weight_bytes;
+    uint64_t weight_budget, host_weight_bytes, host_pageable_bytes;
     uint64_t map_limit; /* ZI_CUDA_MEM_LIMIT_MB in bytes, 0: none */
     int flash_stages;   /* K/V tiles in flight in the flash kernel (ZI_CUDA_FLASH_STAGES) */
     struct zi_host_w {
         const char *p;
         size_t bytes;
+        const char *next; /* the large host weight an op read after this one, last time */
+        int pageable;     /* malloc'd: the host had no more memory to page-lock */
     } * hw;
     size_t nhw, caphw;
+    /* prefetch of large host weights (zi_cu_slot_*): copies on `copy`, a second stream,
+     * into device slots, one weight ahead of the ops that read them */
+    int prefetch;
+    size_t pf_min; /* host weights of at least this many bytes use the slots */
+    cudaStream_t copy;
+    struct zi_cu_slot {
+        void *d;
+        size_t cap;
+        const char *w;     /* the host weight it holds or is being filled with; NULL: none */
+        cudaEvent_t ready; /* on `copy`, after the fill */
+        cudaEvent_t idle;  /* on `stream`, after the last op queued that reads it */
+        unsigned long long used;
+    } slot[ZI_CU_SLOTS];
+    const char *prev_w; /* the large host weight read last */
+    unsigned long long tick;
+    uint64_t pf_hits, pf_misses;
 } zi_cuda;
 
 static void zi_cuda_destroy(zi_backend *be);
@@ -306,14 +329,20 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
         cu->hw = nw;
         cu->caphw = cap;
     }
+    /* page-locked, so copies are DMA and overlap the compute; when the host has no more
+     * memory to lock, ordinary memory (the copies then go through the driver's staging) */
     void *h = NULL;
+    int pageable = 0;
     cudaError_t e = cudaHostAlloc(&h, bytes ? bytes : 1, cudaHostAllocDefault);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return zi_backend_fail(be, ZI_ENOMEM,
-                               "upload_weight: out of pinned host memory for a weight kept on the "
-                               "host (%zu bytes): %s",
-                               bytes, cudaGetErrorString(e));
+        h = malloc(bytes ? bytes : 1);
+        if (!h)
+            return zi_backend_fail(be, ZI_ENOMEM,
+                                   "upload_weight: out of host memory for a weight kept on the "
+                                   "host (%zu bytes; page-locked: %s)",
+                                   bytes, cudaGetErrorString(e));
+        pageable = 1;
     }
     uint16_t *dst = h;
     float tmp[4096];
@@ -330,13 +359,42 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
     }
     cu->hw[at].p = h;
     cu->hw[at].bytes = bytes ? bytes : 1; /* an empty weight still owns its pinned byte */
+    cu->hw[at].next = NULL;
+    cu->hw[at].pageable = pageable;
     cu->nhw++;
     cu->host_weight_bytes += cu->hw[at].bytes;
+    if (pageable)
+        cu->host_pageable_bytes += cu->hw[at].bytes;
     t->data = h;
     t->dtype = ZI_BF16;
     t->be = be;
     t->owned = 1;
     return ZI_OK;
+}
+
+/* Gives back the memory of host weight hw[i] (the entry stays). */
+static void zi_cu_host_weight_release(zi_cuda *cu, size_t i)
+{
+    if (cu->hw[i].pageable) {
+        cu->host_pageable_bytes -= cu->hw[i].bytes;
+        free((void *)cu->hw[i].p);
+    } else {
+        cudaFreeHost((void *)cu->hw[i].p);
+    }
+}
+
+/* A host weight about to be freed: no slot holds it, no prediction names it (a new weight
+ * may get its address). */
+static void zi_cu_forget_host_weight(zi_cuda *cu, const void *p)
+{
+    for (int s = 0; s < ZI_CU_SLOTS; s++)
+        if (cu->slot[s].w == p)
+            cu->slot[s].w = NULL;
+    for (size_t j = 0; j < cu->nhw; j++)
+        if (cu->hw[j].next == p)
+            cu->hw[j].next = NULL;
+    if (cu->prev_w == p)
+        cu->prev_w = NULL;
 }
 
 static void zi_cuda_free(zi_backend *be, zi_tensor *t)
@@ -346,10 +404,13 @@ static void zi_cuda_free(zi_backend *be, zi_tensor *t)
     zi_cuda *cu = zi_cu(be);
     long i = t->owned && t->data ? zi_cu_host_weight(cu, t->data) : -1;
     if (i >= 0 && cu->hw[i].p == t->data) {
-        /* copies queued on the stream may still read it (weights are freed at unload) */
+        /* copies queued on either stream may still read it (weights are freed at unload) */
         zi_cu_ok(be, cudaStreamSynchronize(cu->stream), "free: synchronise");
+        if (cu->copy)
+            zi_cu_ok(be, cudaStreamSynchronize(cu->copy), "free: synchronise copies");
+        zi_cu_forget_host_weight(cu, t->data);
         cu->host_weight_bytes -= cu->hw[i].bytes;
-        cudaFreeHost(t->data);
+        zi_cu_host_weight_release(cu, (size_t)i);
         memmove(&cu->hw[i], &cu->hw[i + 1], (cu->nhw - (size_t)i - 1) * sizeof cu->hw[0]);
         cu->nhw--;
     } else if (t->owned && t->data) {
@@ -527,7 +588,9 @@ static void zi_cuda_mem_stats(zi_backend *be, zi_mem_stats *out)
 
 static void zi_cuda_sync(zi_backend *be)
 {
-    zi_cu_ok(be, cudaStreamSynchronize(zi_cu(be)->stream), "synchronise");
+    zi_cuda *cu = zi_cu(be);
+    if (zi_cu_ok(be, cudaStreamSynchronize(cu->stream), "synchronise") && cu->copy)
+        zi_cu_ok(be, cudaStreamSynchronize(cu->copy), "synchronise copies");
 }
 
 /* ---- GEMM ---- */
@@ -1100,10 +1163,23 @@ static int zi_cuda_to_rgb8(zi_backend *be, uint8_t *rgb, const zi_tensor *in, in
 
 /* ---- lifecycle ---- */
 
-/* ---- ops with weights kept on the host: each input that is such a weight is copied to a
- * device scratch buffer on the stream right before the op, freed right after it (stream
- * order keeps the buffer alive until the op has run). Installed in the table only when a
- * weight budget is set, so resident weights pay nothing. ---- */
+/* ---- ops with weights kept on the host. Installed in the table only when a weight budget
+ * is set, so resident weights pay nothing. Each input that lies in such a weight is read
+ * from a device copy:
+ *   - a small weight (< ZI_CU_PREFETCH_MIN: biases, norms) is copied to scratch on the
+ *     compute stream right before the op and freed right after it (stream order keeps the
+ *     scratch alive until the op has run);
+ *   - a large one goes through ZI_CU_SLOTS device slots filled on a second stream, `copy`.
+ *     The ops read the weights in the same order at every step, so each large weight
+ *     remembers which one was read after it last time (`next`); once an op is queued, the
+ *     next weight is copied into the other slot while the op runs, and the op that reads it
+ *     finds it there (a hit) instead of waiting for the copy (a miss). Events order the
+ *     streams: the compute stream waits for a slot's `ready` (its fill) before reading it,
+ *     the copy stream waits for its `idle` (the last op queued that reads it) before
+ *     refilling it. A wrong guess costs one copy, never a wrong result.
+ * ZI_CUDA_PREFETCH=0 (or zi_cuda_set_prefetch) copies large weights like small ones; the
+ * threshold can be lowered (zi_cuda_set_prefetch, ZI_CUDA_PREFETCH_MIN_KB) so the tiny test
+ * model uses the slots. ---- */
 
 #define ZI_CU_STAGE_MAX 3
 
@@ -1111,33 +1187,144 @@ typedef struct zi_cu_staged {
     zi_tensor view[ZI_CU_STAGE_MAX];
     void *tmp[ZI_CU_STAGE_MAX];
     int n;
+    unsigned slots; /* bit s: this op reads slot s */
 } zi_cu_staged;
+
+/* The slot that holds (or is being filled with) host weight w, or -1. */
+static int zi_cu_slot_find(const zi_cuda *cu, const char *w)
+{
+    for (int s = 0; s < ZI_CU_SLOTS; s++)
+        if (cu->slot[s].w == w)
+            return s;
+    return -1;
+}
+
+/* The copy stream and the slots' events, made on first use. */
+static int zi_cu_prefetch_init(zi_backend *be)
+{
+    zi_cuda *cu = zi_cu(be);
+    if (cu->copy)
+        return 1;
+    for (int k = 0; k < ZI_CU_SLOTS; k++)
+        if ((!cu->slot[k].ready &&
+             !zi_cu_ok(be, cudaEventCreateWithFlags(&cu->slot[k].ready, cudaEventDisableTiming),
+                       "prefetch: event")) ||
+            (!cu->slot[k].idle &&
+             !zi_cu_ok(be, cudaEventCreateWithFlags(&cu->slot[k].idle, cudaEventDisableTiming),
+                       "prefetch: event")))
+            return 0;
+    return zi_cu_ok(be, cudaStreamCreateWithFlags(&cu->copy, cudaStreamNonBlocking),
+                    "prefetch: copy stream");
+}
+
+/* Queues the fill of a slot not in `avoid` (the least recently used) with host weight
+ * hw[i] on the copy stream; returns the slot, or -1 (none free, or the sticky error). */
+static int zi_cu_slot_fill(zi_backend *be, size_t i, unsigned avoid)
+{
+    zi_cuda *cu = zi_cu(be);
+    int s = -1;
+    for (int k = 0; k < ZI_CU_SLOTS; k++)
+        if (!(avoid & (1u << k)) && (s < 0 || cu->slot[k].used < cu->slot[s].used))
+            s = k;
+    if (s < 0 || be->err != ZI_OK || !zi_cu_prefetch_init(be))
+        return -1;
+    struct zi_cu_slot *sl = &cu->slot[s];
+    size_t bytes = cu->hw[i].bytes;
+    sl->w = NULL;
+    if (sl->cap < bytes) {
+        if (sl->d) {
+            /* a fill still queued writes the old buffer: later users of it wait for that */
+            if (!zi_cu_ok(be, cudaStreamWaitEvent(cu->stream, sl->ready, 0), "prefetch: wait"))
+                return -1;
+            zi_cuda_mfree(be, sl->d);
+            sl->d = NULL;
+            sl->cap = 0;
+        }
+        sl->d = zi_cuda_tmp(be, "weight prefetch slot", bytes);
+        if (!sl->d)
+            return -1;
+        sl->cap = bytes;
+        /* the new block's earlier users are ops queued on the compute stream so far */
+        if (!zi_cu_ok(be, cudaEventRecord(sl->idle, cu->stream), "prefetch: record"))
+            return -1;
+    }
+    if (!zi_cu_ok(be, cudaStreamWaitEvent(cu->copy, sl->idle, 0), "prefetch: wait") ||
+        !zi_cu_ok(be, cudaMemcpyAsync(sl->d, cu->hw[i].p, bytes, cudaMemcpyHostToDevice, cu->copy),
+                  "prefetch: copy") ||
+        !zi_cu_ok(be, cudaEventRecord(sl->ready, cu->copy), "prefetch: record"))
+        return -1;
+    sl->w = cu->hw[i].p;
+    sl->used = ++cu->tick;
+    return s;
+}
 
 /* t itself, or a view of a device copy of it when t lies in a weight kept on the host. */
 static const zi_tensor *zi_cu_stage(zi_backend *be, zi_cu_staged *s, const zi_tensor *t)
 {
     zi_cuda *cu = zi_cu(be);
-    if (!t || !t->data || be->err != ZI_OK || zi_cu_host_weight(cu, t->data) < 0 ||
+    long i;
+    if (!t || !t->data || be->err != ZI_OK || (i = zi_cu_host_weight(cu, t->data)) < 0 ||
         s->n == ZI_CU_STAGE_MAX)
         return t;
     size_t bytes = (size_t)zi_tensor_numel(t) * zi_dtype_size(t->dtype);
+    zi_tensor *v = &s->view[s->n];
+    *v = *t;
+    v->owned = 0;
+    const struct zi_host_w *w = &cu->hw[i];
+    int k = -1;
+    if (cu->prefetch && w->bytes >= cu->pf_min) {
+        k = zi_cu_slot_find(cu, w->p);
+        if (k >= 0) {
+            cu->pf_hits++;
+        } else {
+            cu->pf_misses++;
+            k = zi_cu_slot_fill(be, (size_t)i, s->slots); /* -1: every slot read by this op */
+        }
+    }
+    if (be->err != ZI_OK)
+        return t; /* the sticky error makes the op a no-op */
+    if (k >= 0) {
+        if (!zi_cu_ok(be, cudaStreamWaitEvent(cu->stream, cu->slot[k].ready, 0), "prefetch: wait"))
+            return t;
+        long prev = cu->prev_w ? zi_cu_host_weight(cu, cu->prev_w) : -1;
+        if (prev >= 0 && cu->hw[prev].p == cu->prev_w && cu->prev_w != w->p)
+            cu->hw[prev].next = w->p; /* learn the order */
+        cu->prev_w = w->p;
+        cu->slot[k].used = ++cu->tick;
+        s->slots |= 1u << k;
+        s->tmp[s->n] = NULL;
+        v->data = (char *)cu->slot[k].d + ((const char *)t->data - w->p);
+        s->n++;
+        return v;
+    }
     void *d = zi_cuda_tmp(be, "weight staging", bytes);
     if (!d)
         return t; /* the sticky error makes the op a no-op */
-    s->tmp[s->n] = d;
-    zi_tensor *v = &s->view[s->n++];
-    *v = *t;
+    s->tmp[s->n++] = d;
     v->data = d;
-    v->owned = 0;
     zi_cu_ok(be, cudaMemcpyAsync(d, t->data, bytes, cudaMemcpyHostToDevice, cu->stream),
              "weight staging: copy");
     return v;
 }
 
+/* After the op is queued: scratch freed, the slots it read marked idle after it, and the
+ * weight expected next copied into a slot this op does not read. */
 static void zi_cu_unstage(zi_backend *be, zi_cu_staged *s)
 {
+    zi_cuda *cu = zi_cu(be);
     for (int i = 0; i < s->n; i++)
         zi_cuda_mfree(be, s->tmp[i]);
+    if (!s->slots || be->err != ZI_OK)
+        return;
+    for (int k = 0; k < ZI_CU_SLOTS; k++)
+        if ((s->slots & (1u << k)) &&
+            !zi_cu_ok(be, cudaEventRecord(cu->slot[k].idle, cu->stream), "prefetch: record"))
+            return;
+    long cur = cu->prev_w ? zi_cu_host_weight(cu, cu->prev_w) : -1;
+    const char *next = cur >= 0 ? cu->hw[cur].next : NULL;
+    long ni = next ? zi_cu_host_weight(cu, next) : -1;
+    if (ni >= 0 && cu->hw[ni].p == next && zi_cu_slot_find(cu, next) < 0)
+        zi_cu_slot_fill(be, (size_t)ni, s->slots);
 }
 
 /* The rows of a host-kept embedding table are gathered on the host, converted by the
@@ -1268,6 +1455,14 @@ static void zi_cuda_destroy(zi_backend *be)
     if (cu) {
         if (cu->stream)
             cudaStreamSynchronize(cu->stream);
+        if (cu->copy)
+            cudaStreamSynchronize(cu->copy);
+        for (int i = 0; i < ZI_CU_SLOTS; i++) {
+            if (cu->slot[i].ready)
+                cudaEventDestroy(cu->slot[i].ready);
+            if (cu->slot[i].idle)
+                cudaEventDestroy(cu->slot[i].idle);
+        }
         for (int i = 0; i < ZI_CUDA_LT_PLANS; i++)
             zi_lt_plan_release(&cu->plans[i]);
         if (cu->lt)
@@ -1286,12 +1481,14 @@ static void zi_cuda_destroy(zi_backend *be)
             cudaFree(cu->plain[i].p);
         free(cu->plain);
         for (size_t i = 0; i < cu->nhw; i++) /* host weights the caller did not free */
-            cudaFreeHost((void *)cu->hw[i].p);
+            zi_cu_host_weight_release(cu, i);
         free(cu->hw);
         if (cu->lock_ok)
             pthread_mutex_destroy(&cu->lock);
         if (cu->stream)
             cudaStreamDestroy(cu->stream);
+        if (cu->copy)
+            cudaStreamDestroy(cu->copy);
         free(cu);
     }
     free(be);
@@ -1510,31 +1707,24 @@ zi_backend *zi_backend_cuda_new(int device)
     be->to_rgb8 = zi_cuda_to_rgb8;
     /* the weight budget: auto (default) = what the device has free now, less headroom for
      * activations; "resident" = none; N = N MiB */
-    const char *wb = getenv("ZI_CUDA_WEIGHT_BUDGET_MB");
-    if (!wb || !*wb || strcmp(wb, "auto") == 0) {
-        size_t fr = 0, tot = 0;
-        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) { /* else no budget: all resident */
-            uint64_t room = fr, head = ZI_CUDA_ACT_HEADROOM;
-            if (cu->alloc && cu->map_limit) { /* a mapping cap (ZI_CUDA_MEM_LIMIT_MB) */
-                zi_alloc_stats as;
-                zi_alloc_get_stats(cu->alloc, &as);
-                uint64_t left = cu->map_limit > as.reserved ? cu->map_limit - as.reserved : 0;
-                room = left < room ? left : room;
-            }
-            zi_cuda_set_weight_budget(be, room > head ? room - head : 0);
-        } else {
-            cudaGetLastError();
-        }
-    } else if (strcmp(wb, "resident") != 0) {
+    const char *pf = getenv("ZI_CUDA_PREFETCH");
+    cu->prefetch = !(pf && strcmp(pf, "0") == 0);
+    cu->pf_min = ZI_CU_PREFETCH_MIN;
+    const char *pk = getenv("ZI_CUDA_PREFETCH_MIN_KB");
+    if (pk && *pk) {
         char *end = NULL;
-        errno = 0;
-        unsigned long long mb = strtoull(wb, &end, 10);
-        if (errno || !end || *end || *wb == '-' || mb > (UINT64_MAX >> 21)) {
-            zi_errorf(ZI_EINVAL,
-                      "ZI_CUDA_WEIGHT_BUDGET_MB must be auto, resident or a number of MiB");
+        long kb = strtol(pk, &end, 10);
+        if (!end || *end || kb <= 0 || kb > (1L << 30)) {
+            zi_errorf(ZI_EINVAL, "ZI_CUDA_PREFETCH_MIN_KB must be a positive number of KiB");
             goto err;
         }
-        zi_cuda_set_weight_budget(be, (uint64_t)mb << 20);
+        cu->pf_min = (size_t)kb << 10;
+    }
+    if (zi_cuda_set_weight_budget_spec(be, getenv("ZI_CUDA_WEIGHT_BUDGET_MB")) != ZI_OK) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", zi_errmsg());
+        zi_errorf(ZI_EINVAL, "ZI_CUDA_WEIGHT_BUDGET_MB: %s", why);
+        goto err;
     }
     return be;
 err:
@@ -1582,9 +1772,68 @@ int zi_cuda_set_weight_budget(zi_backend *be, uint64_t bytes)
     return ZI_OK;
 }
 
+int zi_cuda_set_weight_budget_spec(zi_backend *be, const char *wb)
+{
+    ZI_CUDA_REQUIRE(be);
+    zi_cuda *cu = zi_cu(be);
+    if (!wb || !*wb || strcmp(wb, "auto") == 0) {
+        size_t fr = 0, tot = 0;
+        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) { /* else no budget: all resident */
+            uint64_t room = fr, head = ZI_CUDA_ACT_HEADROOM;
+            if (cu->alloc && cu->map_limit) { /* a mapping cap (ZI_CUDA_MEM_LIMIT_MB) */
+                zi_alloc_stats as;
+                zi_alloc_get_stats(cu->alloc, &as);
+                uint64_t left = cu->map_limit > as.reserved ? cu->map_limit - as.reserved : 0;
+                room = left < room ? left : room;
+            }
+            zi_cuda_set_weight_budget(be, room > head ? room - head : 0);
+        } else {
+            cudaGetLastError();
+        }
+    } else if (strcmp(wb, "resident") != 0) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long mb = strtoull(wb, &end, 10);
+        if (errno || !end || *end || *wb == '-' || mb > (UINT64_MAX >> 21))
+            return zi_errorf(ZI_EINVAL,
+                             "weight budget \"%s\" must be auto, resident or a number of MiB", wb);
+        zi_cuda_set_weight_budget(be, (uint64_t)mb << 20);
+    } else {
+        zi_cuda_set_weight_budget(be, UINT64_MAX);
+    }
+    return ZI_OK;
+}
+
+int zi_cuda_set_prefetch(zi_backend *be, int on, size_t min_bytes)
+{
+    ZI_CUDA_REQUIRE(be);
+    zi_cuda *cu = zi_cu(be);
+    cu->prefetch = on != 0;
+    cu->pf_min = min_bytes ? min_bytes : ZI_CU_PREFETCH_MIN;
+    return ZI_OK;
+}
+
+int zi_cuda_prefetch_on(zi_backend *be)
+{
+    return zi_cuda_is(be) && zi_cu(be)->prefetch;
+}
+
+int zi_cuda_prefetch_stats(zi_backend *be, uint64_t *hits, uint64_t *misses)
+{
+    ZI_CUDA_REQUIRE(be);
+    *hits = zi_cu(be)->pf_hits;
+    *misses = zi_cu(be)->pf_misses;
+    return ZI_OK;
+}
+
 uint64_t zi_cuda_weight_budget(zi_backend *be)
 {
     return zi_cuda_is(be) ? zi_cu(be)->weight_budget : 0;
+}
+
+uint64_t zi_cuda_host_pageable_bytes(zi_backend *be)
+{
+    return zi_cuda_is(be) ? zi_cu(be)->host_pageable_bytes : 0;
 }
 
 uint64_t zi_cuda_host_weight_bytes(zi_backend *be)

@@ -48,10 +48,27 @@ int zi_cuda_set_flash_stages(zi_backend *be, int stages);
  * pipeline loads the transformer first, then the VAE, then the text encoder, so the budget
  * goes to the weights used at every step. */
 int zi_cuda_set_weight_budget(zi_backend *be, uint64_t bytes);
+/* The same from a spec, as ZI_CUDA_WEIGHT_BUDGET_MB and the config key
+ * device.weight_budget_mb take it: NULL, "" or "auto", "resident", or a number of MiB;
+ * anything else is ZI_EINVAL naming the spec. */
+int zi_cuda_set_weight_budget_spec(zi_backend *be, const char *spec);
 /* The budget in force (UINT64_MAX: none). */
 uint64_t zi_cuda_weight_budget(zi_backend *be);
-/* Bytes of weights kept in pinned host memory under the budget. */
+/* Bytes of weights kept in host memory under the budget: page-locked (pinned), or, once
+ * the host has no more memory to lock, ordinary memory (the second figure; its copies are
+ * slower and do not overlap the compute as well). */
 uint64_t zi_cuda_host_weight_bytes(zi_backend *be);
+uint64_t zi_cuda_host_pageable_bytes(zi_backend *be);
+/* Prefetch of the large host-kept weights (on by default; ZI_CUDA_PREFETCH=0 turns it off
+ * at creation): the ops read the weights in the same order at every step, so once an op is
+ * queued the weight read after it last time is copied to the device on a second stream
+ * while the op runs. A weight found there is a hit; a miss (the first step, a wrong guess,
+ * prefetch off) waits for its copy. Results are the same bit for bit either way. Host
+ * weights of at least `min_bytes` (0: 1 MiB, the default) are prefetched, smaller ones are
+ * copied right before the op; tests lower it so the tiny model's weights are prefetched. */
+int zi_cuda_set_prefetch(zi_backend *be, int on, size_t min_bytes);
+int zi_cuda_prefetch_stats(zi_backend *be, uint64_t *hits, uint64_t *misses);
+int zi_cuda_prefetch_on(zi_backend *be); /* 1 when prefetch is on */
 
 /* Bounds (bytes) of the scratch the backend tiles its work by: the GEMM attention path's
  * scores of one block of query rows, and the convolution's im2col tile (at least 256

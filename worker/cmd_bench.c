@@ -17,6 +17,9 @@
  *    sizes (dit_forward_1024_ms, image_384_9steps_s, ...). Where the GPU is an H100 or
  *    H200, "vs_anchor" holds diffusers' figures for that GPU (docs/performance.md) over
  *    ours; those anchors come from the issue, not from this run.
+ * On CUDA with weights kept in host memory (a weight budget, docs/cuda.md) it also
+ * reports host_weights_bytes, weight_prefetch_hits / _misses and the small image again
+ * with prefetch off (image_384_9steps_no_prefetch_s, prefetch_speedup = that / with).
  * Every timing is the median of --runs runs after one warm-up, with the device
  * synchronised before the clock stops.
  */
@@ -491,6 +494,18 @@ static int zb_random(const zb_opts *o, cJSON *root)
                        &small_med, &small_min, &small_step);
     if (rc != ZI_OK)
         goto done;
+    double np_med = 0; /* weights kept on the host: the small image without prefetch */
+#ifdef ZI_HAVE_CUDA
+    if (zi_cuda_is(be) && zi_cuda_host_weight_bytes(be) > 0 && zi_cuda_prefetch_on(be)) {
+        double np_min, np_step;
+        zi_cuda_set_prefetch(be, 0, 0);
+        rc = zb_images(p, "bench", o->small_size, o->small_size, o->small_steps, o->runs, o->seed,
+                       &np_med, &np_min, &np_step);
+        zi_cuda_set_prefetch(be, 1, 0);
+        if (rc != ZI_OK)
+            goto done;
+    }
+#endif
 
     zb_num(root, "text_encode_ms", 1, te_ms);
     snprintf(key, sizeof key, "dit_forward_%d_ms", o->size);
@@ -513,14 +528,24 @@ static int zb_random(const zb_opts *o, cJSON *root)
     zb_num(root, key, 1, small_min);
     snprintf(key, sizeof key, "step_%d_ms", o->small_size);
     zb_num(root, key, 1, small_step * 1e3);
+    if (np_med > 0) { /* the baseline of the prefetch's gain, measured in this run */
+        snprintf(key, sizeof key, "image_%d_%dsteps_no_prefetch_s", o->small_size, o->small_steps);
+        zb_num(root, key, 1, np_med);
+        zb_num(root, "prefetch_speedup", 1, small_med > 0 ? np_med / small_med : 0);
+    }
     double pa, pr, wb;
     zb_peaks(be, &pa, &pr, &wb);
     cJSON_AddNumberToObject(root, "peak_allocated_bytes", pa);
     cJSON_AddNumberToObject(root, "peak_reserved_bytes", pr);
     cJSON_AddNumberToObject(root, "weights_bytes", wb);
 #ifdef ZI_HAVE_CUDA
-    if (zi_cuda_is(be)) /* weights the budget kept in host memory (0 when all fit) */
+    if (zi_cuda_is(be)) { /* weights the budget kept in host memory (0 when all fit) */
         cJSON_AddNumberToObject(root, "host_weights_bytes", (double)zi_cuda_host_weight_bytes(be));
+        uint64_t hits = 0, misses = 0; /* host weights found copied ahead / waited for */
+        zi_cuda_prefetch_stats(be, &hits, &misses);
+        cJSON_AddNumberToObject(root, "weight_prefetch_hits", (double)hits);
+        cJSON_AddNumberToObject(root, "weight_prefetch_misses", (double)misses);
+    }
 #endif
 
     /* device probes (CUDA only) */

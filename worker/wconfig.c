@@ -49,12 +49,15 @@ typedef struct zi_wcfg_row {
 #define ZI_WCFG_OFF(field) offsetof(zi_wconfig, field)
 #define ZI_WCFG_STRMAX ((double)ZI_WCFG_MAX_STRING)
 
-/* The contract's keys, in the order of docs/interfaces.md (dump order too). */
+/* The contract's keys, in the order of docs/interfaces.md (dump order too), and ours:
+ * device.weight_budget_mb (small GPUs, docs/cuda.md). */
 static const zi_wcfg_row zi_wcfg_rows[] = {
     {"model.path", "ZIMAGE_MODEL_PATH", ZI_WCFG_STRING, "/models/Z-Image-Turbo", 1, ZI_WCFG_STRMAX,
      NULL, ZI_WCFG_OFF(model_path)},
     {"device.backend", "ZIMAGE_DEVICE_BACKEND", ZI_WCFG_ENUM, "auto", 0, 0, "auto|cuda|cpu",
      ZI_WCFG_OFF(device_backend)},
+    {"device.weight_budget_mb", "ZIMAGE_DEVICE_WEIGHT_BUDGET_MB", ZI_WCFG_STRING, "", 0, 20, NULL,
+     ZI_WCFG_OFF(device_weight_budget_mb)},
     {"generation.width", "ZIMAGE_GENERATION_WIDTH", ZI_WCFG_INT, "1024", 16, 16384, NULL,
      ZI_WCFG_OFF(gen_width)},
     {"generation.height", "ZIMAGE_GENERATION_HEIGHT", ZI_WCFG_INT, "1024", 16, 16384, NULL,
@@ -880,6 +883,13 @@ int zi_wconfig_validate(const zi_wconfig *cfg)
                          "%s: key 'generation.steps': %d exceeds "
                          "generation.max_steps %d",
                          w, cfg->gen_steps, cfg->gen_max_steps);
+    const char *wb = cfg->device_weight_budget_mb;
+    if (*wb && strcmp(wb, "auto") != 0 && strcmp(wb, "resident") != 0 &&
+        (strspn(wb, "0123456789") != strlen(wb) || strlen(wb) > 15))
+        return zi_errorf(ZI_EFORMAT,
+                         "%s: key 'device.weight_budget_mb': '%s' must be auto, resident or a "
+                         "number of MiB",
+                         w, wb);
     zi_redis_url url;
     if (zi_redis_url_parse(cfg->redis_url, &url) != ZI_OK) {
         explicit_bzero(&url, sizeof url);

@@ -51,6 +51,8 @@ typedef struct zi_wconfig {
     char *model_path;
     /* device */
     char *device_backend; /* "auto" | "cuda" | "cpu" */
+    /* "" (ZI_CUDA_WEIGHT_BUDGET_MB, else auto) | "auto" | "resident" | MiB (digits) */
+    char *device_weight_budget_mb;
     /* generation: defaults for fields a job leaves out, and the limits */
     int gen_width;
     int gen_height;

@@ -1111,6 +1111,13 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
         rc = zi_error_prefix(ZI_EBACKEND, "device.backend %s", cfg->device_backend);
         goto out;
     }
+#ifdef ZI_HAVE_CUDA
+    if (*cfg->device_weight_budget_mb && zi_cuda_is(w->be) &&
+        (rc = zi_cuda_set_weight_budget_spec(w->be, cfg->device_weight_budget_mb)) != ZI_OK) {
+        zi_error_prefix(rc, "device.weight_budget_mb");
+        goto out;
+    }
+#endif
     if ((rc = zi_pipeline_load(cfg->model_path, w->be, &w->pipe)) != ZI_OK) {
         zi_error_prefix(rc, "model.path %s", cfg->model_path);
         goto out;
@@ -1130,8 +1137,13 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
         if (budget != UINT64_MAX)
             snprintf(bs, sizeof bs, "budget %.2f GiB", budget / 1073741824.0);
         zi_log_info("weights: %.2f GiB on the device, %.2f GiB kept in host memory (%s, "
-                    "ZI_CUDA_WEIGHT_BUDGET_MB)",
+                    "device.weight_budget_mb)",
                     m.weights / 1073741824.0, host / 1073741824.0, bs);
+        uint64_t pageable = zi_cuda_host_pageable_bytes(w->be);
+        if (pageable)
+            zi_log_warn("weights: %.2f GiB of those in pageable memory: the host could not "
+                        "page-lock more, so their copies to the GPU are slower",
+                        pageable / 1073741824.0);
     }
 #endif
     if (*stop) {

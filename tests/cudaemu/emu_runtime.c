@@ -33,7 +33,9 @@
  * DEFAULT and BIAS, column-major layouts, pinned device VMM allocations); anything else is
  * reported as not supported rather than approximated.
  *
- * Environment: ZI_EMU_DEVICE_MEMORY=<bytes> and ZI_EMU_SYNC=1 (each read once);
+ * Environment: ZI_EMU_DEVICE_MEMORY=<bytes>, ZI_EMU_PINNED_MEMORY=<bytes> (the most
+ * cudaHostAlloc hands out, live, like a host short of RAM to lock; default: no limit) and
+ * ZI_EMU_SYNC=1 (each read once);
  * ZI_EMU_NO_VMM=1 makes the driver's VMM entry points not found, ZI_EMU_NO_VMM=attr keeps
  * them but reports CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 0 (both read at
  * each query, so one test process can exercise the backend's cudaMalloc fallback).
@@ -136,7 +138,8 @@ static struct {
     size_t nblk, capblk;
     zi_emu_range *host; /* cudaHostAlloc blocks */
     size_t nhost, caphost;
-    zi_emu_range *resv; /* VMM address reservations */
+    size_t pinned_limit, pinned; /* ZI_EMU_PINNED_MEMORY (0: none), bytes in host */
+    zi_emu_range *resv;          /* VMM address reservations */
     size_t nresv, capresv;
     zi_emu_phys *phys;
     size_t nphys, capphys;
@@ -209,6 +212,17 @@ static void zi_emu_init_once(void)
             abort();
         }
         g_emu.total = (size_t)v;
+    }
+    s = getenv("ZI_EMU_PINNED_MEMORY");
+    if (s && *s) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (errno || !end || *end || v == 0 || v > SIZE_MAX / 4) {
+            zi_emu_warn("ZI_EMU_PINNED_MEMORY=%s is not a byte count > 0", s);
+            abort();
+        }
+        g_emu.pinned_limit = (size_t)v;
     }
 }
 
@@ -1193,13 +1207,16 @@ cudaError_t cudaHostAlloc(void **pHost, size_t size, unsigned int flags)
     zi_emu_range *nh = zi_emu_grow(g_emu.host, &g_emu.caphost, g_emu.nhost + 1, sizeof *nh);
     if (nh)
         g_emu.host = nh;
-    if (!nh || posix_memalign(&p, ZI_EMU_HOST_ALIGN, size) != 0) {
+    int over = g_emu.pinned_limit && size > g_emu.pinned_limit - g_emu.pinned;
+    if (!nh || over || posix_memalign(&p, ZI_EMU_HOST_ALIGN, size) != 0) {
         zi_emu_unlock();
-        return zi_emu_fail(cudaErrorMemoryAllocation, "cudaHostAlloc(%zu): out of memory", size);
+        return zi_emu_fail(cudaErrorMemoryAllocation, "cudaHostAlloc(%zu): out of %smemory", size,
+                           over ? "page-locked (ZI_EMU_PINNED_MEMORY) " : "");
     }
     g_emu.host[g_emu.nhost].base = (uintptr_t)p;
     g_emu.host[g_emu.nhost].size = size;
     g_emu.nhost++;
+    g_emu.pinned += size;
     zi_emu_unlock();
     memset(p, ZI_EMU_POISON, size);
     *pHost = p;
@@ -1227,6 +1244,7 @@ cudaError_t cudaFreeHost(void *ptr)
         return zi_emu_fail(cudaErrorInvalidValue,
                            "cudaFreeHost(%p): not from cudaHostAlloc (or freed twice)", ptr);
     }
+    g_emu.pinned -= g_emu.host[i].size;
     g_emu.host[i] = g_emu.host[--g_emu.nhost];
     zi_emu_unlock();
     free(ptr);
@@ -1589,6 +1607,36 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
     if (!q)
         return zi_emu_fail(cudaErrorInvalidResourceHandle,
                            "cudaEventRecord: stream %p is not a live stream", (void *)stream);
+    return cudaSuccess;
+}
+
+/* cudaStreamWaitEvent: "Makes all future work submitted to stream wait for all work captured
+ * in event ... event may be from a different device than stream" (one device here); "If
+ * cudaEventRecord() has not been called on event, this call acts as if the record has
+ * already completed" - a wait item for the capture's stream up to its record item, so the
+ * wait covers the capture at the time of the call, not a later re-record. flags: 0
+ * (cudaEventWaitDefault) only. */
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags)
+{
+    if (flags != 0)
+        return zi_emu_fail(cudaErrorInvalidValue, "cudaStreamWaitEvent(flags 0x%x)", flags);
+    if (!zi_emu_live_ok(ZI_EMU_K_EVENT, event))
+        return zi_emu_fail(cudaErrorInvalidResourceHandle,
+                           "cudaStreamWaitEvent(%p): not a live event", (void *)event);
+    zi_emu_q_lock();
+    struct CUstream_st *q = zi_emu_q_of(stream);
+    if (q && event->recorded && !event->done && event->stream != q) {
+        zi_emu_q_implicit_waits(q);
+        zi_emu_item *w = zi_emu_q_push(q, "cudaStreamWaitEvent");
+        w->wait_on = event->stream;
+        w->wait_seq = event->seq;
+        if (g_q.sync)
+            zi_emu_q_drain_to(q, w->seq);
+    }
+    zi_emu_q_unlock();
+    if (!q)
+        return zi_emu_fail(cudaErrorInvalidResourceHandle,
+                           "cudaStreamWaitEvent: stream %p is not a live stream", (void *)stream);
     return cudaSuccess;
 }
 

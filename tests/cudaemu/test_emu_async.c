@@ -7,7 +7,8 @@
  * and is after; a pinned source is read when the stream gets there (a host refill before
  * the wait is what gets copied) while a pageable one is read at the call; a device ->
  * pageable copy returns done; an event wait runs the stream up to the event only, queries
- * answer cudaErrorNotReady and make progress; a kernel launch's effect shows only after a
+ * answer cudaErrorNotReady and make progress; cudaStreamWaitEvent orders one stream after
+ * another's capture (not its later work); a kernel launch's effect shows only after a
  * wait (and pinned host memory is a valid kernel argument); cudaMemcpy waits for the legacy
  * stream and the blocking streams but not for a cudaStreamNonBlocking one, and its
  * pageable -> device write is queued there; cudaMemset is
@@ -171,6 +172,63 @@ static void test_events(void **state)
 
     assert_int_equal(cudaEventDestroy(e0), cudaSuccess);
     assert_int_equal(cudaEventDestroy(e1), cudaSuccess);
+    assert_int_equal(cudaFreeHost(p1), cudaSuccess);
+    assert_int_equal(cudaFreeHost(p2), cudaSuccess);
+    assert_int_equal(cudaFree(d), cudaSuccess);
+}
+
+/* cudaStreamWaitEvent: stream b's later work waits for a's work up to the capture at the
+ * time of the call, not for a's later work nor a re-record; a never recorded event is no
+ * wait. */
+static void test_stream_wait_event(void **state)
+{
+    (void)state;
+    unsigned char *d = zi_emu_test_dev_alloc(N), *p1 = pinned_alloc(N), *p2 = pinned_alloc(N);
+    cudaStream_t a = zi_emu_test_stream_new(cudaStreamNonBlocking);
+    cudaStream_t b = zi_emu_test_stream_new(cudaStreamNonBlocking);
+    cudaEvent_t ev = NULL, never = NULL;
+    assert_int_equal(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), cudaSuccess);
+    assert_int_equal(cudaEventCreateWithFlags(&never, cudaEventDisableTiming), cudaSuccess);
+    dev_fill(d, 0, N);
+    memset(p1, 0, N);
+    memset(p2, 0, N);
+
+    assert_int_equal(cudaStreamWaitEvent(b, never, 0), cudaSuccess);
+    assert_int_equal(cudaMemsetAsync(d, 0x11, N, a), cudaSuccess);
+    assert_int_equal(cudaEventRecord(ev, a), cudaSuccess);
+    assert_int_equal(cudaStreamWaitEvent(b, ev, 0), cudaSuccess);
+    assert_int_equal(cudaMemcpyAsync(p1, d, N, cudaMemcpyDeviceToHost, b), cudaSuccess);
+    assert_int_equal(cudaMemsetAsync(d, 0x22, N, a), cudaSuccess); /* after the capture */
+    assert_int_equal(cudaEventRecord(ev, a), cudaSuccess);         /* a re-record */
+    assert_true(all_bytes(p1, 0, N));                              /* nothing has run yet */
+    assert_int_equal(cudaStreamSynchronize(b), cudaSuccess);
+    assert_true(all_bytes(p1, 0x11, N)); /* a ran up to the first capture only */
+    assert_true(all_bytes(d, 0x11, N));
+    assert_int_equal(cudaEventQuery(ev), cudaErrorNotReady);
+    assert_int_equal(cudaStreamSynchronize(a), cudaSuccess);
+    assert_true(all_bytes(d, 0x22, N));
+
+    /* the other way round: a waits for b's copy before overwriting its source */
+    assert_int_equal(cudaMemcpyAsync(p2, d, N, cudaMemcpyDeviceToHost, b), cudaSuccess);
+    assert_int_equal(cudaEventRecord(ev, b), cudaSuccess);
+    assert_int_equal(cudaStreamWaitEvent(a, ev, 0), cudaSuccess);
+    assert_int_equal(cudaMemsetAsync(d, 0x33, N, a), cudaSuccess);
+    assert_int_equal(cudaStreamSynchronize(a), cudaSuccess);
+    assert_true(all_bytes(p2, 0x22, N));
+    assert_true(all_bytes(d, 0x33, N));
+
+    /* flags other than cudaEventWaitDefault, dead handles */
+    assert_int_equal(cudaStreamWaitEvent(b, ev, 1), cudaErrorInvalidValue);
+    assert_int_equal(cudaGetLastError(), cudaErrorInvalidValue);
+    assert_int_equal(cudaEventDestroy(never), cudaSuccess);
+    assert_int_equal(cudaStreamWaitEvent(b, never, 0), cudaErrorInvalidResourceHandle);
+    assert_int_equal(cudaGetLastError(), cudaErrorInvalidResourceHandle);
+
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+    assert_int_equal(zi_emu_pending(), 0);
+    assert_int_equal(cudaEventDestroy(ev), cudaSuccess);
+    assert_int_equal(cudaStreamDestroy(a), cudaSuccess);
+    assert_int_equal(cudaStreamDestroy(b), cudaSuccess);
     assert_int_equal(cudaFreeHost(p1), cudaSuccess);
     assert_int_equal(cudaFreeHost(p2), cudaSuccess);
     assert_int_equal(cudaFree(d), cudaSuccess);
@@ -449,6 +507,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_copies),
         cmocka_unit_test(test_events),
+        cmocka_unit_test(test_stream_wait_event),
         cmocka_unit_test(test_kernels),
         cmocka_unit_test(test_legacy_stream),
         cmocka_unit_test(test_unmapped_while_queued),

@@ -3,7 +3,8 @@
  * on the tiny config: the code path tests/gpu/run.sh measures the real shapes with, at a
  * size the CPU emulator of CUDA runs in CI. Every JSON key of the issue is there with a
  * sane value (component times, image times, peaks, the two device probes), the profile
- * has its three parts, and no weight is kept on the host when the model fits.
+ * has its three parts, and no weight is kept on the host when the model fits; with every
+ * weight on the host the prefetch counters and the no-prefetch baseline are there.
  */
 #include "zi_test.h"
 
@@ -22,22 +23,32 @@ static double num(const cJSON *o, const char *key)
     return v->valuedouble;
 }
 
-static void test_bench_random_weights(void **state)
+static const char *bench_bin(void)
 {
-    (void)state;
     const char *bin = getenv("ZI_BINARY");
-    if (!bin || !*bin)
-        bin = ZI_BINARY;
+    return bin && *bin ? bin : ZI_BINARY;
+}
+
+/* `zimage bench --backend cuda --random-weights --config <tiny> ARGS` with the variables
+ * ENV (may be ""), parsed; the process must succeed and print one JSON object. */
+static cJSON *bench_json(const char *env, const char *args)
+{
     char cmd[8192];
     snprintf(cmd, sizeof cmd,
-             "'%s' bench --backend cuda --random-weights --config '%s' --size 64 --steps 2 "
-             "--small-size 32 --small-steps 1 --runs 1 --tokens 8 --gemm-size 256 --profile "
-             "2>/dev/null",
-             bin, zi_test_golden("tiny-zimage"));
+             "%s '%s' bench --backend cuda --random-weights --config '%s' %s 2>/dev/null", env,
+             bench_bin(), zi_test_golden("tiny-zimage"), args);
     assert_int_equal(zi_test_run(cmd, out, sizeof out), 0);
     cJSON *j = cJSON_Parse(out);
     if (!j)
         fail_msg("bench printed no JSON: %.200s", out);
+    return j;
+}
+
+static void test_bench_random_weights(void **state)
+{
+    (void)state;
+    cJSON *j = bench_json("", "--size 64 --steps 2 --small-size 32 --small-steps 1 --runs 1 "
+                              "--tokens 8 --gemm-size 256 --profile");
     assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "backend")->valuestring, "cuda");
     const cJSON *gpu = cJSON_GetObjectItemCaseSensitive(j, "gpu");
     assert_true(cJSON_IsString(gpu) && gpu->valuestring[0]);
@@ -61,10 +72,37 @@ static void test_bench_random_weights(void **state)
     cJSON_Delete(j);
 }
 
+/* Every weight kept on the host (ZI_CUDA_WEIGHT_BUDGET_MB=0) and prefetched (threshold
+ * lowered to 4 KiB for the tiny model): the bench says so and times the small image again
+ * without prefetch, the baseline of prefetch_speedup. */
+static void test_bench_weights_on_host(void **state)
+{
+    (void)state;
+    cJSON *j = bench_json("ZI_CUDA_WEIGHT_BUDGET_MB=0 ZI_CUDA_PREFETCH_MIN_KB=4",
+                          "--size 32 --steps 1 --small-size 32 --small-steps 1 --runs 1 "
+                          "--tokens 8 --gemm-size 64");
+    assert_true(num(j, "host_weights_bytes") > 0);
+    assert_true(num(j, "weights_bytes") == 0);
+    assert_true(num(j, "weight_prefetch_hits") > 0);
+    assert_true(num(j, "weight_prefetch_misses") > 0);
+    assert_true(num(j, "image_32_1steps_no_prefetch_s") > 0);
+    assert_true(num(j, "prefetch_speedup") > 0);
+    cJSON_Delete(j);
+    /* a bad threshold is refused when the backend is created */
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd,
+             "ZI_CUDA_PREFETCH_MIN_KB=lots '%s' bench --backend cuda --random-weights "
+             "--config '%s' --runs 1 2>&1",
+             bench_bin(), zi_test_golden("tiny-zimage"));
+    assert_int_not_equal(zi_test_run(cmd, out, sizeof out), 0);
+    assert_non_null(strstr(out, "ZI_CUDA_PREFETCH_MIN_KB"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bench_random_weights),
+        cmocka_unit_test(test_bench_weights_on_host),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,7 +12,8 @@
  *   - trim gives the free chunks back and the next job still works;
  *   - under a weight budget (weights past it kept in pinned host memory and copied in per
  *     op: all of them, or all but the first few MiB) the image is the same bytes, and the
- *     device holds no more weights than the budget.
+ *     device holds no more weights than the budget; with prefetch (weights copied on a
+ *     second stream one op ahead) the same bytes too, and most weights are found copied.
  * On a GPU machine through tests/gpu/run.sh; in CI on the CPU emulator of CUDA.
  */
 #include "zi_test.h"
@@ -167,12 +168,17 @@ static void test_trim_then_generate(void **state)
     zp_check_telemetry("after trim + job");
 }
 
-/* A second backend with a weight budget: same image, bit for bit, less device memory. */
-static void zp_budget_case(uint64_t budget, const uint8_t *want, const zi_gen_params *gp)
+/* A second backend with a weight budget: same image, bit for bit, less device memory.
+ * prefetch_min: 0 = no prefetch, else host weights of at least that many bytes go through
+ * the prefetch slots, and the job runs twice: from the second forward on the weights are
+ * found already copied (hits). */
+static void zp_budget_case(uint64_t budget, size_t prefetch_min, const uint8_t *want,
+                           const zi_gen_params *gp)
 {
     zi_backend *b = zi_backend_cuda_new(0);
     assert_non_null(b);
     assert_int_equal(zi_cuda_set_weight_budget(b, budget), ZI_OK);
+    assert_int_equal(zi_cuda_set_prefetch(b, prefetch_min != 0, prefetch_min), ZI_OK);
     zi_pipeline *p = NULL;
     if (zi_pipeline_load(zi_test_golden("tiny-zimage"), b, &p) != ZI_OK)
         fail_msg("load under a budget of %llu: %s", (unsigned long long)budget, zi_errmsg());
@@ -183,9 +189,21 @@ static void zp_budget_case(uint64_t budget, const uint8_t *want, const zi_gen_pa
            budget / 1048576.0, m.weights / 1048576.0, host / 1048576.0);
     assert_true(m.weights <= budget);
     assert_true(host > 0);
-    uint8_t *got = zp_generate(p, gp);
-    assert_memory_equal(got, want, (size_t)gp->width * gp->height * 3);
-    free(got);
+    for (int run = 0; run < (prefetch_min ? 2 : 1); run++) {
+        uint8_t *got = zp_generate(p, gp);
+        assert_memory_equal(got, want, (size_t)gp->width * gp->height * 3);
+        free(got);
+    }
+    uint64_t hits = 0, misses = 0;
+    assert_int_equal(zi_cuda_prefetch_stats(b, &hits, &misses), ZI_OK);
+    printf("  prefetch (weights >= %zu bytes): %llu hits, %llu misses\n", prefetch_min,
+           (unsigned long long)hits, (unsigned long long)misses);
+    if (prefetch_min) {
+        assert_true(misses > 0);    /* the first forward learns the order */
+        assert_true(hits > misses); /* then the weights are there before the ops */
+    } else {
+        assert_true(hits == 0 && misses == 0);
+    }
     zi_pipeline_free(p);
     assert_int_equal(zi_cuda_host_weight_bytes(b), 0); /* every host weight freed */
     zi_backend_destroy(b);
@@ -198,8 +216,9 @@ static void test_weight_budget(void **state)
     uint8_t *want = zp_generate(pg, &gp);
     zi_mem_stats m;
     gpu->mem_stats(gpu, &m);
-    zp_budget_case(0, want, &gp);             /* every weight on the host */
-    zp_budget_case(m.weights / 2, want, &gp); /* about the transformer's first half resident */
+    zp_budget_case(0, 0, want, &gp);             /* every weight on the host, copied per op */
+    zp_budget_case(0, 4096, want, &gp);          /* ... prefetched on the copy stream */
+    zp_budget_case(m.weights / 2, 0, want, &gp); /* about the transformer's first half resident */
     free(want);
 }
 

@@ -11,6 +11,9 @@
 # 3. Out of device memory (a mapping cap, ZI_CUDA_MEM_LIMIT_MB, that fits the weights and a
 #    64x64 job but not a 256x256 one): the big job fails with error_code oom and goes to the
 #    DLQ, the worker keeps running, and the next small job succeeds.
+# 4. device.weight_budget_mb = 0 (every weight in host memory, copied in per op, the large
+#    ones prefetched): the load log says so and the same job gives the same PNG bytes.
+# 5. A bad device.weight_budget_mb: start-up stops with exit 2, naming the key.
 source "$(dirname "$0")/../integration/worker_lib.sh"
 zt_init worker_cuda
 ZT_STEPS=2 zt_config
@@ -60,7 +63,7 @@ for _ in $(seq 1 50); do
     sleep 0.2
 done
 zt_check "cu-big in the DLQ" yes "$in_dlq"
-zt_submit --job-id cu-2 --prompt "small again" >/dev/null
+zt_submit --job-id cu-2 --prompt "small again" --seed 7 >/dev/null
 zt_wait_status cu-2 succeeded 120
 zt_check "worker still running after oom" yes "$(kill -0 "${ZT_PIDS[w1]}" 2>/dev/null && echo yes)"
 zt_check "objects" "$(printf "$ZT_KEYDIR/%s.png\n" cu-1 cu-2)" "$(zt_s3_keys | sort)"
@@ -68,4 +71,30 @@ zt_check "objects" "$(printf "$ZT_KEYDIR/%s.png\n" cu-1 cu-2)" "$(zt_s3_keys | s
 zt_kill w1 TERM
 zt_wait_exit w1 60
 zt_check "exit status after SIGTERM" 0 "$ZT_RC"
+
+# ---- 4. a weight budget from the configuration: every weight in host memory ----
+# device.weight_budget_mb (here through its variable) wins over ZI_CUDA_WEIGHT_BUDGET_MB;
+# the weights are copied in as the ops need them, and the image is the same bytes.
+zt_start_worker w2 ZIMAGE_DEVICE_BACKEND=cuda ZI_CUDA_WEIGHT_BUDGET_MB=resident \
+    ZIMAGE_DEVICE_WEIGHT_BUDGET_MB=0
+zt_wait_log w2 'assigned' 60
+zt_check "budget 0: no weight on the device" yes \
+    "$(grep -qE 'weights: 0\.00 GiB on the device, 0\.0[0-9]* GiB kept in host memory \(budget 0\.00 GiB' \
+        "$ZT_TMP/w2.log" && echo yes)"
+zt_submit --job-id cu-3 --prompt "small again" --seed 7 >/dev/null
+zt_wait_status cu-3 succeeded 120
+curl -s -o "$ZT_TMP/cu-2.png" --max-time 10 "$(zt_url cu-2)"
+curl -s -o "$ZT_TMP/cu-3.png" --max-time 10 "$(zt_url cu-3)"
+zt_check "same image with the weights in host memory" yes \
+    "$(cmp -s "$ZT_TMP/cu-2.png" "$ZT_TMP/cu-3.png" && echo yes)"
+zt_kill w2 TERM
+zt_wait_exit w2 60
+zt_check "w2 exit status after SIGTERM" 0 "$ZT_RC"
+
+# ---- 5. a bad budget stops start-up with exit 2, naming the key ----
+zt_start_worker w3 ZIMAGE_DEVICE_BACKEND=cuda ZIMAGE_DEVICE_WEIGHT_BUDGET_MB=lots
+zt_wait_exit w3 30
+zt_check "bad budget: exit status" 2 "$ZT_RC"
+zt_check "bad budget: names the key" yes \
+    "$(grep -q 'device.weight_budget_mb' "$ZT_TMP/w3.log" && echo yes)"
 zt_finish

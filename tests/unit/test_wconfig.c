@@ -41,6 +41,7 @@ static void test_defaults(void **state)
     assert_int_equal(zi_wconfig_init_defaults(&c), ZI_OK);
     assert_string_equal(c.model_path, "/models/Z-Image-Turbo");
     assert_string_equal(c.device_backend, "auto");
+    assert_string_equal(c.device_weight_budget_mb, "");
     assert_int_equal(c.gen_width, 1024);
     assert_int_equal(c.gen_height, 1024);
     assert_int_equal(c.gen_steps, 8);
@@ -223,6 +224,21 @@ static void test_validate(void **state)
     zi_expect_invalid("worker:\n  id: \"a b\"\n", "worker.id");
     zi_expect_invalid("worker:\n  http_listen: 9400\n", "worker.http_listen");
     zi_expect_invalid("worker:\n  http_listen: \"127.0.0.1:70000\"\n", "worker.http_listen");
+    zi_expect_invalid("device:\n  weight_budget_mb: lots\n", "device.weight_budget_mb");
+    zi_expect_invalid("device:\n  weight_budget_mb: \"-1\"\n", "device.weight_budget_mb");
+    zi_expect_invalid("device:\n  weight_budget_mb: 4.5\n", "device.weight_budget_mb");
+    zi_expect_invalid("device:\n  weight_budget_mb: 1234567890123456\n", "device.weight_budget_mb");
+    /* and the values it takes: auto, resident, a number of MiB ("" = not set) */
+    const char *ok[] = {"auto", "resident", "0", "6144", "\"\""};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char yaml[128];
+        snprintf(yaml, sizeof yaml, "device:\n  weight_budget_mb: %s\n", ok[i]);
+        zi_wconfig c;
+        assert_int_equal(zi_parse(&c, yaml), ZI_OK);
+        if (zi_wconfig_validate(&c) != ZI_OK)
+            fail_msg("weight_budget_mb %s: %s", ok[i], zi_errmsg());
+        zi_wconfig_free(&c);
+    }
 }
 
 typedef struct {
@@ -335,7 +351,7 @@ static void test_every_key_has_its_env_var(void **state)
     }
     envs[n] = NULL;
     free(buf);
-    assert_true(n >= 35); /* the contract's 35 scalar keys (+ logging.level) */
+    assert_true(n >= 36); /* the contract's 35 scalar keys (+ logging.level, weight_budget_mb) */
 
     zi_warns w = {0};
     assert_int_equal(zi_wconfig_init_defaults(&c), ZI_OK);
