@@ -117,6 +117,7 @@ typedef struct zi_cuda {
     size_t nhw, caphw;
     /* prefetch of large host weights (zi_cu_slot_*): copies on `copy`, a second stream,
      * into device slots, one weight ahead of the ops that read them */
+    uint64_t host_limit; /* ZI_CUDA_HOST_MEM_LIMIT_MB in bytes, 0: what the host has */
     int prefetch;
     size_t pf_min; /* host weights of at least this many bytes use the slots */
     cudaStream_t copy;
@@ -314,6 +315,40 @@ static long zi_cu_host_weight(const zi_cuda *cu, const void *p)
     return c < w->p + w->bytes ? (long)(lo - 1) : -1;
 }
 
+/* Bytes of host memory a new allocation may still take: MemAvailable, or less under a
+ * cgroup v2 memory limit (a container's); UINT64_MAX when neither can be read. */
+static uint64_t zi_host_mem_available(void)
+{
+    uint64_t avail = UINT64_MAX;
+    char line[128];
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+                avail = (uint64_t)kb << 10;
+                break;
+            }
+        fclose(f);
+    }
+    unsigned long long max = 0, cur = 0;
+    f = fopen("/sys/fs/cgroup/memory.max", "r");
+    int have_max = f && fscanf(f, "%llu", &max) == 1; /* "max": no limit */
+    if (f)
+        fclose(f);
+    f = have_max ? fopen("/sys/fs/cgroup/memory.current", "r") : NULL;
+    if (f && fscanf(f, "%llu", &cur) == 1) {
+        uint64_t room = max > cur ? max - cur : 0;
+        avail = room < avail ? room : avail;
+    }
+    if (f)
+        fclose(f);
+    return avail;
+}
+
+/* Host memory a weight kept on the host in ordinary memory must leave free. */
+#define ZI_CUDA_HOST_RESERVE ((uint64_t)512 << 20)
+
 /* t (zeroed, shape set by the caller) = a bf16 copy of src in pinned host memory, used by
  * the ops through a device copy made when they run (zi_cu_stage). */
 static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src, zi_dtype src_dt,
@@ -336,6 +371,27 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
     cudaError_t e = cudaHostAlloc(&h, bytes ? bytes : 1, cudaHostAllocDefault);
     if (e != cudaSuccess) {
         cudaGetLastError();
+        /* the kernel would hand out the pages lazily and kill the process when they run
+         * out: refuse here, with the figures, instead */
+        uint64_t avail = zi_host_mem_available(), reserve = ZI_CUDA_HOST_RESERVE;
+        if (cu->host_limit) { /* ZI_CUDA_HOST_MEM_LIMIT_MB: at most that much */
+            uint64_t room = cu->host_limit > cu->host_pageable_bytes
+                                ? cu->host_limit - cu->host_pageable_bytes
+                                : 0;
+            if (room < avail) {
+                avail = room;
+                reserve = 0;
+            }
+        }
+        if (avail != UINT64_MAX && (uint64_t)bytes + reserve > avail)
+            return zi_backend_fail(be, ZI_ENOMEM,
+                                   "upload_weight: out of host memory for the weights kept on "
+                                   "the host: this one needs %zu bytes, %.1f MiB are available "
+                                   "(%.2f GiB already kept, %.0f MiB to be left free) and none "
+                                   "is left to page-lock (%s); give the GPU a larger weight "
+                                   "budget or the host more memory",
+                                   bytes, avail / 1048576.0, cu->host_weight_bytes / 1073741824.0,
+                                   reserve / 1048576.0, cudaGetErrorString(e));
         h = malloc(bytes ? bytes : 1);
         if (!h)
             return zi_backend_fail(be, ZI_ENOMEM,
@@ -519,7 +575,9 @@ static int zi_cuda_upload_weight(zi_backend *be, zi_tensor *t, const void *src, 
         zi_error_clear();
     }
     zi_be_tensor_init(be, t, NULL, ZI_BF16, ndim, shape);
-    return zi_cuda_host_weight_new(be, t, src, src_dt, n);
+    if (zi_cuda_host_weight_new(be, t, src, src_dt, n) != ZI_OK)
+        return zi_backend_check(be); /* the loader prefixes zi_errmsg() */
+    return ZI_OK;
 }
 
 static int zi_cuda_upload(zi_backend *be, zi_tensor *dst, const float *src, size_t n)
@@ -1710,6 +1768,16 @@ zi_backend *zi_backend_cuda_new(int device)
     const char *pf = getenv("ZI_CUDA_PREFETCH");
     cu->prefetch = !(pf && strcmp(pf, "0") == 0);
     cu->pf_min = ZI_CU_PREFETCH_MIN;
+    const char *hl = getenv("ZI_CUDA_HOST_MEM_LIMIT_MB");
+    if (hl && *hl) {
+        char *end = NULL;
+        long long mb = strtoll(hl, &end, 10);
+        if (!end || *end || mb <= 0 || mb > (1LL << 40)) {
+            zi_errorf(ZI_EINVAL, "ZI_CUDA_HOST_MEM_LIMIT_MB must be a positive number of MiB");
+            goto err;
+        }
+        cu->host_limit = (uint64_t)mb << 20;
+    }
     const char *pk = getenv("ZI_CUDA_PREFETCH_MIN_KB");
     if (pk && *pk) {
         char *end = NULL;

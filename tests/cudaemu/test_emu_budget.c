@@ -7,7 +7,8 @@
  * memory - and the image is the same bytes. ZI_CUDA_WEIGHT_BUDGET_MB=resident turns the
  * budget off even there, and a bad value is refused when the backend is created. A host
  * that cannot page-lock all the host-kept weights (ZI_EMU_PINNED_MEMORY) keeps the rest in
- * ordinary memory, and the image is still the same bytes.
+ * ordinary memory, and the image is still the same bytes; one that has too little of that
+ * as well (ZI_CUDA_HOST_MEM_LIMIT_MB) fails the load with a clear error.
  */
 #include "zi_test.h"
 
@@ -30,11 +31,12 @@ typedef struct result {
     int ok, loaded;
     uint64_t host_bytes, pageable_bytes, device_weights, budget;
     uint8_t img[IMG];
-    char err[256];
+    char err[1024];
 } result;
 
-/* Page-locked host memory the next child's emulated host has (0: no limit). */
-static uint64_t g_pinned;
+/* Page-locked host memory the next child's emulated host has (0: no limit), and the
+ * ordinary memory its backend may take for weights (ZI_CUDA_HOST_MEM_LIMIT_MB, 0: unset). */
+static uint64_t g_pinned, g_host_mib;
 
 /* In a child: device of `mem` bytes, the budget variable `budget` (NULL: unset), the tiny
  * model loaded and one 64x48 image made; the outcome in *r (shared memory). */
@@ -48,6 +50,12 @@ static void child(uint64_t mem, const char *budget, uint64_t limit_mib, result *
         setenv("ZI_EMU_PINNED_MEMORY", v, 1);
     } else {
         unsetenv("ZI_EMU_PINNED_MEMORY");
+    }
+    if (g_host_mib) {
+        snprintf(v, sizeof v, "%llu", (unsigned long long)g_host_mib);
+        setenv("ZI_CUDA_HOST_MEM_LIMIT_MB", v, 1);
+    } else {
+        unsetenv("ZI_CUDA_HOST_MEM_LIMIT_MB");
     }
     if (limit_mib) {
         snprintf(v, sizeof v, "%llu", (unsigned long long)limit_mib);
@@ -147,7 +155,13 @@ static void test_auto_budget(void **state)
      * more: the rest of the weights go to ordinary memory, the image does not change */
     g_pinned = 72 * MIB;
     result *unpinned = run(3072 * MIB, "0");
-    g_pinned = 0;
+    /* ... and with too little of that either: a clear error at load, not the kernel's OOM
+     * killer once the pages are touched */
+    g_host_mib = 4;
+    result *no_ram = run(3072 * MIB, "0");
+    g_pinned = g_host_mib = 0;
+    assert_false(no_ram->loaded);
+    assert_non_null(strstr(no_ram->err, "out of host memory for the weights kept on the host"));
     printf("  pinned limit 72 MiB: %.2f MiB of the host weights pageable\n",
            unpinned->pageable_bytes / (double)MIB);
     assert_true(unpinned->ok);
@@ -174,6 +188,7 @@ static void test_auto_budget(void **state)
     munmap(capped, sizeof *capped), munmap(over, sizeof *over);
     munmap(big, sizeof *big), munmap(tight, sizeof *tight), munmap(res, sizeof *res);
     munmap(zero, sizeof *zero), munmap(bad, sizeof *bad), munmap(unpinned, sizeof *unpinned);
+    munmap(no_ram, sizeof *no_ram);
 }
 
 int main(void)
