@@ -399,9 +399,12 @@ static int zb_time_vae(zi_backend *be, zi_vae *vae, const zi_model_config *cfg, 
     return rc;
 }
 
-/* One JSON number, or null when the figure could not be measured. */
+/* One JSON number, or null when the figure could not be measured. A key already there
+ * (--small-size equal to --size names the same figures twice) keeps its first value. */
 static void zb_num(cJSON *o, const char *key, int have, double v)
 {
+    if (cJSON_GetObjectItemCaseSensitive(o, key))
+        return;
     if (have)
         cJSON_AddNumberToObject(o, key, v);
     else

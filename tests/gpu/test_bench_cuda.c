@@ -88,6 +88,10 @@ static void test_bench_weights_on_host(void **state)
     assert_true(num(j, "image_32_1steps_no_prefetch_s") > 0);
     assert_true(num(j, "prefetch_speedup") > 0);
     cJSON_Delete(j);
+    /* --size equals --small-size here: each figure is printed once */
+    const char *first = strstr(out, "\"dit_forward_32_ms\"");
+    assert_non_null(first);
+    assert_null(strstr(first + 1, "\"dit_forward_32_ms\""));
     /* a bad threshold is refused when the backend is created */
     char cmd[8192];
     snprintf(cmd, sizeof cmd,
