@@ -1276,8 +1276,10 @@ static int zi_cu_prefetch_init(zi_backend *be)
 }
 
 /* Queues the fill of a slot not in `avoid` (the least recently used) with host weight
- * hw[i] on the copy stream; returns the slot, or -1 (none free, or the sticky error). */
-static int zi_cu_slot_fill(zi_backend *be, size_t i, unsigned avoid)
+ * hw[i] on the copy stream; returns the slot, or -1 (none free, or the sticky error). An
+ * optional fill (a prefetch) that finds no device memory for a larger slot gives up
+ * quietly: running out there must not fail the job. */
+static int zi_cu_slot_fill(zi_backend *be, size_t i, unsigned avoid, int optional)
 {
     zi_cuda *cu = zi_cu(be);
     int s = -1;
@@ -1298,9 +1300,15 @@ static int zi_cu_slot_fill(zi_backend *be, size_t i, unsigned avoid)
             sl->d = NULL;
             sl->cap = 0;
         }
-        sl->d = zi_cuda_tmp(be, "weight prefetch slot", bytes);
-        if (!sl->d)
+        sl->d = zi_cuda_malloc(be, bytes, ZI_CUDA_TAG_INTERNAL);
+        if (!sl->d) {
+            if (optional) { /* a prefetch: the op will copy the weight when it needs it */
+                zi_error_clear();
+                return -1;
+            }
+            zi_backend_fail(be, ZI_ENOMEM, "weight prefetch slot: %s", zi_errmsg());
             return -1;
+        }
         sl->cap = bytes;
         /* the new block's earlier users are ops queued on the compute stream so far */
         if (!zi_cu_ok(be, cudaEventRecord(sl->idle, cu->stream), "prefetch: record"))
@@ -1336,7 +1344,7 @@ static const zi_tensor *zi_cu_stage(zi_backend *be, zi_cu_staged *s, const zi_te
             cu->pf_hits++;
         } else {
             cu->pf_misses++;
-            k = zi_cu_slot_fill(be, (size_t)i, s->slots); /* -1: every slot read by this op */
+            k = zi_cu_slot_fill(be, (size_t)i, s->slots, 0); /* -1: every slot read by this op */
         }
     }
     if (be->err != ZI_OK)
@@ -1382,7 +1390,7 @@ static void zi_cu_unstage(zi_backend *be, zi_cu_staged *s)
     const char *next = cur >= 0 ? cu->hw[cur].next : NULL;
     long ni = next ? zi_cu_host_weight(cu, next) : -1;
     if (ni >= 0 && cu->hw[ni].p == next && zi_cu_slot_find(cu, next) < 0)
-        zi_cu_slot_fill(be, (size_t)ni, s->slots);
+        zi_cu_slot_fill(be, (size_t)ni, s->slots, 1);
 }
 
 /* The rows of a host-kept embedding table are gathered on the host, converted by the
