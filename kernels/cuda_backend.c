@@ -118,6 +118,9 @@ typedef struct zi_cuda {
     /* prefetch of large host weights (zi_cu_slot_*): copies on `copy`, a second stream,
      * into device slots, one weight ahead of the ops that read them */
     uint64_t host_limit; /* ZI_CUDA_HOST_MEM_LIMIT_MB in bytes, 0: what the host has */
+    /* ordinary memory the host weights may take in all, measured at the first one that
+     * needs it (0: not yet; measured again once none is left) */
+    uint64_t host_room;
     int prefetch;
     size_t pf_min; /* host weights of at least this many bytes use the slots */
     cudaStream_t copy;
@@ -346,8 +349,22 @@ static uint64_t zi_host_mem_available(void)
     return avail;
 }
 
-/* Host memory a weight kept on the host in ordinary memory must leave free. */
+/* Host memory the weights kept in ordinary memory must leave free. */
 #define ZI_CUDA_HOST_RESERVE ((uint64_t)512 << 20)
+
+/* What the weights kept in ordinary host memory may take in all, counting those already
+ * there: ZI_CUDA_HOST_MEM_LIMIT_MB, or what the host has available less the reserve (at
+ * least 1 byte, so that 0 keeps meaning "not measured"). */
+static uint64_t zi_cu_host_room(const zi_cuda *cu)
+{
+    if (cu->host_limit)
+        return cu->host_limit;
+    uint64_t avail = zi_host_mem_available();
+    if (avail == UINT64_MAX)
+        return UINT64_MAX;
+    avail += cu->host_pageable_bytes;
+    return avail > ZI_CUDA_HOST_RESERVE ? avail - ZI_CUDA_HOST_RESERVE : 1;
+}
 
 /* t (zeroed, shape set by the caller) = a bf16 copy of src in pinned host memory, used by
  * the ops through a device copy made when they run (zi_cu_stage). */
@@ -373,25 +390,18 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
         cudaGetLastError();
         /* the kernel would hand out the pages lazily and kill the process when they run
          * out: refuse here, with the figures, instead */
-        uint64_t avail = zi_host_mem_available(), reserve = ZI_CUDA_HOST_RESERVE;
-        if (cu->host_limit) { /* ZI_CUDA_HOST_MEM_LIMIT_MB: at most that much */
-            uint64_t room = cu->host_limit > cu->host_pageable_bytes
-                                ? cu->host_limit - cu->host_pageable_bytes
-                                : 0;
-            if (room < avail) {
-                avail = room;
-                reserve = 0;
-            }
-        }
-        if (avail != UINT64_MAX && (uint64_t)bytes + reserve > avail)
+        if (!cu->host_room)
+            cu->host_room = zi_cu_host_room(cu);
+        if ((uint64_t)bytes > cu->host_room - cu->host_pageable_bytes)
             return zi_backend_fail(be, ZI_ENOMEM,
                                    "upload_weight: out of host memory for the weights kept on "
-                                   "the host: this one needs %zu bytes, %.1f MiB are available "
-                                   "(%.2f GiB already kept, %.0f MiB to be left free) and none "
-                                   "is left to page-lock (%s); give the GPU a larger weight "
-                                   "budget or the host more memory",
-                                   bytes, avail / 1048576.0, cu->host_weight_bytes / 1073741824.0,
-                                   reserve / 1048576.0, cudaGetErrorString(e));
+                                   "the host: this one needs %zu bytes, %.1f MiB are left of "
+                                   "the %.1f MiB they may take in ordinary memory (%.2f GiB "
+                                   "kept in all) and none is left to page-lock (%s); give the "
+                                   "GPU a larger weight budget or the host more memory",
+                                   bytes, (cu->host_room - cu->host_pageable_bytes) / 1048576.0,
+                                   cu->host_room / 1048576.0, cu->host_weight_bytes / 1073741824.0,
+                                   cudaGetErrorString(e));
         h = malloc(bytes ? bytes : 1);
         if (!h)
             return zi_backend_fail(be, ZI_ENOMEM,
@@ -433,6 +443,8 @@ static void zi_cu_host_weight_release(zi_cuda *cu, size_t i)
 {
     if (cu->hw[i].pageable) {
         cu->host_pageable_bytes -= cu->hw[i].bytes;
+        if (!cu->host_pageable_bytes)
+            cu->host_room = 0; /* the next load measures the host again */
         free((void *)cu->hw[i].p);
     } else {
         cudaFreeHost((void *)cu->hw[i].p);
@@ -1246,6 +1258,7 @@ typedef struct zi_cu_staged {
     void *tmp[ZI_CU_STAGE_MAX];
     int n;
     unsigned slots; /* bit s: this op reads slot s */
+    long last;      /* 1 + the index in hw[] of the last large weight it reads; 0: none */
 } zi_cu_staged;
 
 /* The slot that holds (or is being filled with) host weight w, or -1. */
@@ -1352,10 +1365,13 @@ static const zi_tensor *zi_cu_stage(zi_backend *be, zi_cu_staged *s, const zi_te
     if (k >= 0) {
         if (!zi_cu_ok(be, cudaStreamWaitEvent(cu->stream, cu->slot[k].ready, 0), "prefetch: wait"))
             return t;
+        /* learn the order (prev_w and the `next`s are bases of live weights: freeing one
+         * forgets it, zi_cu_forget_host_weight) */
         long prev = cu->prev_w ? zi_cu_host_weight(cu, cu->prev_w) : -1;
-        if (prev >= 0 && cu->hw[prev].p == cu->prev_w && cu->prev_w != w->p)
-            cu->hw[prev].next = w->p; /* learn the order */
+        if (prev >= 0 && prev != i)
+            cu->hw[prev].next = w->p;
         cu->prev_w = w->p;
+        s->last = i + 1;
         cu->slot[k].used = ++cu->tick;
         s->slots |= 1u << k;
         s->tmp[s->n] = NULL;
@@ -1386,10 +1402,9 @@ static void zi_cu_unstage(zi_backend *be, zi_cu_staged *s)
         if ((s->slots & (1u << k)) &&
             !zi_cu_ok(be, cudaEventRecord(cu->slot[k].idle, cu->stream), "prefetch: record"))
             return;
-    long cur = cu->prev_w ? zi_cu_host_weight(cu, cu->prev_w) : -1;
-    const char *next = cur >= 0 ? cu->hw[cur].next : NULL;
+    const char *next = cu->hw[s->last - 1].next;
     long ni = next ? zi_cu_host_weight(cu, next) : -1;
-    if (ni >= 0 && cu->hw[ni].p == next && zi_cu_slot_find(cu, next) < 0)
+    if (ni >= 0 && zi_cu_slot_find(cu, next) < 0)
         zi_cu_slot_fill(be, (size_t)ni, s->slots, 1);
 }
 
@@ -1582,6 +1597,23 @@ static int zi_cuda_env_path(void)
     return -1;
 }
 
+/* *bytes = the variable `name` (a positive whole number of 2^shift bytes: MiB 20, KiB 10),
+ * left unchanged when it is unset or empty; ZI_EINVAL naming it when it is anything else. */
+static int zi_cu_env_size(const char *name, int shift, uint64_t *bytes)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return ZI_OK;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (errno || !end || *end || v[0] < '0' || v[0] > '9' || n == 0 || n > (UINT64_MAX >> shift))
+        return zi_errorf(ZI_EINVAL, "%s must be a positive number of %s", name,
+                         shift == 20 ? "MiB" : "KiB");
+    *bytes = (uint64_t)n << shift;
+    return ZI_OK;
+}
+
 zi_backend *zi_backend_cuda_new(int device)
 {
     int ndev = 0;
@@ -1690,17 +1722,10 @@ zi_backend *zi_backend_cuda_new(int device)
         ac.granularity = zi_vmm_granularity(cu->vmm);
         ac.min_map = ZI_CUDA_MIN_MAP;
         ac.align = ZI_CUDA_ALIGN;
-        const char *lim = getenv("ZI_CUDA_MEM_LIMIT_MB");
-        if (lim && *lim) {
-            char *end = NULL;
-            unsigned long long mb = strtoull(lim, &end, 10);
-            if (!end || *end || mb == 0) {
-                zi_errorf(ZI_EINVAL, "ZI_CUDA_MEM_LIMIT_MB must be a positive integer");
-                goto err;
-            }
-            ac.limit = (uint64_t)mb << 20;
-            cu->map_limit = ac.limit;
-        }
+        if (zi_cu_env_size("ZI_CUDA_MEM_LIMIT_MB", 20, &cu->map_limit) != ZI_OK)
+            goto err;
+        if (cu->map_limit)
+            ac.limit = cu->map_limit;
         zi_alloc_provider prov = zi_vmm_provider(cu->vmm);
         if (zi_alloc_new(&ac, &prov, &cu->alloc) != ZI_OK)
             goto err;
@@ -1776,26 +1801,12 @@ zi_backend *zi_backend_cuda_new(int device)
     const char *pf = getenv("ZI_CUDA_PREFETCH");
     cu->prefetch = !(pf && strcmp(pf, "0") == 0);
     cu->pf_min = ZI_CU_PREFETCH_MIN;
-    const char *hl = getenv("ZI_CUDA_HOST_MEM_LIMIT_MB");
-    if (hl && *hl) {
-        char *end = NULL;
-        long long mb = strtoll(hl, &end, 10);
-        if (!end || *end || mb <= 0 || mb > (1LL << 40)) {
-            zi_errorf(ZI_EINVAL, "ZI_CUDA_HOST_MEM_LIMIT_MB must be a positive number of MiB");
-            goto err;
-        }
-        cu->host_limit = (uint64_t)mb << 20;
-    }
-    const char *pk = getenv("ZI_CUDA_PREFETCH_MIN_KB");
-    if (pk && *pk) {
-        char *end = NULL;
-        long kb = strtol(pk, &end, 10);
-        if (!end || *end || kb <= 0 || kb > (1L << 30)) {
-            zi_errorf(ZI_EINVAL, "ZI_CUDA_PREFETCH_MIN_KB must be a positive number of KiB");
-            goto err;
-        }
-        cu->pf_min = (size_t)kb << 10;
-    }
+    uint64_t min_kb = 0;
+    if (zi_cu_env_size("ZI_CUDA_HOST_MEM_LIMIT_MB", 20, &cu->host_limit) != ZI_OK ||
+        zi_cu_env_size("ZI_CUDA_PREFETCH_MIN_KB", 10, &min_kb) != ZI_OK)
+        goto err;
+    if (min_kb)
+        cu->pf_min = (size_t)min_kb;
     if (zi_cuda_set_weight_budget_spec(be, getenv("ZI_CUDA_WEIGHT_BUDGET_MB")) != ZI_OK) {
         char why[256];
         snprintf(why, sizeof why, "%s", zi_errmsg());
@@ -1852,32 +1863,28 @@ int zi_cuda_set_weight_budget_spec(zi_backend *be, const char *wb)
 {
     ZI_CUDA_REQUIRE(be);
     zi_cuda *cu = zi_cu(be);
-    if (!wb || !*wb || strcmp(wb, "auto") == 0) {
-        size_t fr = 0, tot = 0;
-        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) { /* else no budget: all resident */
-            uint64_t room = fr, head = ZI_CUDA_ACT_HEADROOM;
-            if (cu->alloc && cu->map_limit) { /* a mapping cap (ZI_CUDA_MEM_LIMIT_MB) */
-                zi_alloc_stats as;
-                zi_alloc_get_stats(cu->alloc, &as);
-                uint64_t left = cu->map_limit > as.reserved ? cu->map_limit - as.reserved : 0;
-                room = left < room ? left : room;
-            }
-            zi_cuda_set_weight_budget(be, room > head ? room - head : 0);
-        } else {
-            cudaGetLastError();
-        }
-    } else if (strcmp(wb, "resident") != 0) {
-        char *end = NULL;
-        errno = 0;
-        unsigned long long mb = strtoull(wb, &end, 10);
-        if (errno || !end || *end || *wb == '-' || mb > (UINT64_MAX >> 21))
-            return zi_errorf(ZI_EINVAL,
-                             "weight budget \"%s\" must be auto, resident or a number of MiB", wb);
-        zi_cuda_set_weight_budget(be, (uint64_t)mb << 20);
-    } else {
-        zi_cuda_set_weight_budget(be, UINT64_MAX);
+    zi_budget_kind kind;
+    uint64_t bytes;
+    int rc = zi_weight_budget_parse(wb, &kind, &bytes);
+    if (rc != ZI_OK)
+        return rc;
+    if (kind == ZI_BUDGET_RESIDENT)
+        return zi_cuda_set_weight_budget(be, UINT64_MAX);
+    if (kind == ZI_BUDGET_BYTES)
+        return zi_cuda_set_weight_budget(be, bytes);
+    size_t fr = 0, tot = 0;                         /* auto */
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) { /* no budget: all resident */
+        cudaGetLastError();
+        return ZI_OK;
     }
-    return ZI_OK;
+    uint64_t room = fr, head = ZI_CUDA_ACT_HEADROOM;
+    if (cu->alloc && cu->map_limit) { /* a mapping cap (ZI_CUDA_MEM_LIMIT_MB) */
+        zi_alloc_stats as;
+        zi_alloc_get_stats(cu->alloc, &as);
+        uint64_t left = cu->map_limit > as.reserved ? cu->map_limit - as.reserved : 0;
+        room = left < room ? left : room;
+    }
+    return zi_cuda_set_weight_budget(be, room > head ? room - head : 0);
 }
 
 int zi_cuda_set_prefetch(zi_backend *be, int on, size_t min_bytes)
@@ -1885,7 +1892,8 @@ int zi_cuda_set_prefetch(zi_backend *be, int on, size_t min_bytes)
     ZI_CUDA_REQUIRE(be);
     zi_cuda *cu = zi_cu(be);
     cu->prefetch = on != 0;
-    cu->pf_min = min_bytes ? min_bytes : ZI_CU_PREFETCH_MIN;
+    if (min_bytes)
+        cu->pf_min = min_bytes;
     return ZI_OK;
 }
 

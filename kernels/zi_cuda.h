@@ -64,8 +64,9 @@ uint64_t zi_cuda_host_pageable_bytes(zi_backend *be);
  * queued the weight read after it last time is copied to the device on a second stream
  * while the op runs. A weight found there is a hit; a miss (the first step, a wrong guess,
  * prefetch off) waits for its copy. Results are the same bit for bit either way. Host
- * weights of at least `min_bytes` (0: 1 MiB, the default) are prefetched, smaller ones are
- * copied right before the op; tests lower it so the tiny model's weights are prefetched. */
+ * weights of at least `min_bytes` are prefetched (0 keeps the threshold in force: 1 MiB, or
+ * ZI_CUDA_PREFETCH_MIN_KB), smaller ones are copied right before the op; tests lower it so
+ * the tiny model's weights are prefetched. */
 int zi_cuda_set_prefetch(zi_backend *be, int on, size_t min_bytes);
 int zi_cuda_prefetch_stats(zi_backend *be, uint64_t *hits, uint64_t *misses);
 int zi_cuda_prefetch_on(zi_backend *be); /* 1 when prefetch is on */

@@ -1,11 +1,13 @@
 /*
  * backend.c - the parts of the backend interface shared by every backend: the sticky
- * error and the choice of backend by name.
+ * error, the choice of backend by name and the weight budget's spelling.
  */
 #include "backend.h"
 #include "zi_err.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 int zi_backend_fail(zi_backend *be, int code, const char *fmt, ...)
@@ -57,4 +59,24 @@ zi_backend *zi_backend_new(const char *name)
         return zi_backend_cuda_available() ? zi_backend_cuda_new(0) : zi_backend_cpu_new(0);
     zi_errorf(ZI_EINVAL, "unknown backend '%s' (expected auto, cpu or cuda)", name);
     return NULL;
+}
+
+int zi_weight_budget_parse(const char *spec, zi_budget_kind *kind, uint64_t *bytes)
+{
+    *bytes = 0;
+    *kind = ZI_BUDGET_AUTO;
+    if (!spec || !*spec || strcmp(spec, "auto") == 0)
+        return ZI_OK;
+    *kind = ZI_BUDGET_RESIDENT;
+    if (strcmp(spec, "resident") == 0)
+        return ZI_OK;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long mb = strtoull(spec, &end, 10);
+    if (errno || !end || *end || spec[0] < '0' || spec[0] > '9' || mb > (UINT64_MAX >> 21))
+        return zi_errorf(ZI_EINVAL,
+                         "weight budget \"%.32s\" must be auto, resident or a number of MiB", spec);
+    *kind = ZI_BUDGET_BYTES;
+    *bytes = (uint64_t)mb << 20;
+    return ZI_OK;
 }

@@ -161,6 +161,12 @@ zi_backend *zi_backend_cuda_new(int device);
 /* 1 when the CUDA backend was compiled in and a GPU is visible. */
 int zi_backend_cuda_available(void);
 
+/* A weight budget as ZI_CUDA_WEIGHT_BUDGET_MB and device.weight_budget_mb spell it: NULL,
+ * "" or "auto" -> ZI_BUDGET_AUTO; "resident" -> ZI_BUDGET_RESIDENT; a number of MiB ->
+ * ZI_BUDGET_BYTES with *bytes set. Anything else is ZI_EINVAL naming the spec. */
+typedef enum { ZI_BUDGET_AUTO, ZI_BUDGET_RESIDENT, ZI_BUDGET_BYTES } zi_budget_kind;
+int zi_weight_budget_parse(const char *spec, zi_budget_kind *kind, uint64_t *bytes);
+
 /* By name: "cpu", "cuda" or "auto" (cuda when available, else cpu). */
 zi_backend *zi_backend_new(const char *name);
 

@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include "backend.h"
 #include "http.h"
 #include "rstatus.h"
 #include "s3.h"
@@ -883,13 +884,10 @@ int zi_wconfig_validate(const zi_wconfig *cfg)
                          "%s: key 'generation.steps': %d exceeds "
                          "generation.max_steps %d",
                          w, cfg->gen_steps, cfg->gen_max_steps);
-    const char *wb = cfg->device_weight_budget_mb;
-    if (*wb && strcmp(wb, "auto") != 0 && strcmp(wb, "resident") != 0 &&
-        (strspn(wb, "0123456789") != strlen(wb) || strlen(wb) > 15))
-        return zi_errorf(ZI_EFORMAT,
-                         "%s: key 'device.weight_budget_mb': '%s' must be auto, resident or a "
-                         "number of MiB",
-                         w, wb);
+    zi_budget_kind bk;
+    uint64_t bb;
+    if (zi_weight_budget_parse(cfg->device_weight_budget_mb, &bk, &bb) != ZI_OK)
+        return zi_error_prefix(ZI_EFORMAT, "%s: key 'device.weight_budget_mb'", w);
     zi_redis_url url;
     if (zi_redis_url_parse(cfg->redis_url, &url) != ZI_OK) {
         explicit_bzero(&url, sizeof url);

@@ -197,33 +197,28 @@ static void zi_emu_note(const char *fmt, ...)
     va_end(ap);
 }
 
+/* The byte count in variable `name`, or `def` when it is unset; a test that asks for what
+ * the emulator cannot pretend to be (not a number, below `min`) is told so and stopped. */
+static size_t zi_emu_env_bytes(const char *name, size_t def, size_t min)
+{
+    const char *s = getenv(name);
+    if (!s || !*s)
+        return def;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || !end || *end || v < min || v > SIZE_MAX / 4) {
+        zi_emu_warn("%s=%s is not a byte count >= %zu", name, s, min);
+        abort();
+    }
+    return (size_t)v;
+}
+
 static void zi_emu_init_once(void)
 {
-    g_emu.total = ZI_EMU_DEFAULT_MEMORY;
+    g_emu.total = zi_emu_env_bytes("ZI_EMU_DEVICE_MEMORY", ZI_EMU_DEFAULT_MEMORY, ZI_EMU_VMM_GRAN);
+    g_emu.pinned_limit = zi_emu_env_bytes("ZI_EMU_PINNED_MEMORY", 0, 1);
     g_emu.next_handle = 1;
-    const char *s = getenv("ZI_EMU_DEVICE_MEMORY");
-    if (s && *s) {
-        char *end = NULL;
-        errno = 0;
-        unsigned long long v = strtoull(s, &end, 10);
-        if (errno || !end || *end || v < ZI_EMU_VMM_GRAN || v > SIZE_MAX / 4) {
-            /* a test asked for a device we cannot pretend to be: say so, do not guess */
-            zi_emu_warn("ZI_EMU_DEVICE_MEMORY=%s is not a byte count >= %zu", s, ZI_EMU_VMM_GRAN);
-            abort();
-        }
-        g_emu.total = (size_t)v;
-    }
-    s = getenv("ZI_EMU_PINNED_MEMORY");
-    if (s && *s) {
-        char *end = NULL;
-        errno = 0;
-        unsigned long long v = strtoull(s, &end, 10);
-        if (errno || !end || *end || v == 0 || v > SIZE_MAX / 4) {
-            zi_emu_warn("ZI_EMU_PINNED_MEMORY=%s is not a byte count > 0", s);
-            abort();
-        }
-        g_emu.pinned_limit = (size_t)v;
-    }
 }
 
 static void zi_emu_lock(void)
