@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 int zi_cli_parse_long(const char *s, long lo, long hi, long *out)
 {
@@ -49,4 +50,10 @@ void zi_cli_on_signals(void (*handler)(int), const int *sigs, size_t n)
     sa.sa_flags = 0;
     for (size_t i = 0; i < n; i++)
         sigaction(sigs[i], &sa, NULL);
+}
+
+int zi_cli_is_dir(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
 }

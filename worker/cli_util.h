@@ -21,6 +21,10 @@ int zi_cli_parse_int(const char *s, long lo, long hi, int *out);
  * Returns 0 or -1 like zi_cli_parse_long(). */
 int zi_cli_parse_double(const char *s, double lo, double hi, double *out);
 
+/* 1 when path names an existing folder (stat() follows links), else 0: the subcommands'
+ * `--model DIR` check, a usage error (exit 2) before anything is loaded. */
+int zi_cli_is_dir(const char *path);
+
 /* Installs handler for each of the n signals in sigs with sigaction(): empty mask and no
  * flags (no SA_RESTART, so a blocking poll()/nanosleep() returns EINTR at once). */
 void zi_cli_on_signals(void (*handler)(int), const int *sigs, size_t n);

@@ -43,7 +43,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #define ZB_MAX_RUNS 100
@@ -706,9 +705,8 @@ int zi_cmd_bench(int argc, char **argv)
     }
     if (o.model) {
         /* Same split as generate: a missing folder or bad config files exit 2. */
-        struct stat sb;
         zi_model_config mcfg;
-        if (stat(o.model, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+        if (!zi_cli_is_dir(o.model)) {
             fprintf(stderr, "zimage: error: --model '%s': no such folder\n", o.model);
             return 2;
         }

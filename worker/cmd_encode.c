@@ -7,6 +7,7 @@
  * feed other tools.
  */
 #include "backend.h"
+#include "cli_util.h"
 #include "config.h"
 #include "qwen3.h"
 #include "safetensors.h"
@@ -140,6 +141,10 @@ int zi_cmd_encode(int argc, char **argv)
         return zi_encode_usage_error("encode: --output is required", NULL);
     if (strcmp(backend, "auto") != 0 && strcmp(backend, "cpu") != 0 && strcmp(backend, "cuda") != 0)
         return zi_encode_usage_error("encode: --backend must be auto, cpu or cuda, not ", backend);
+    if (!zi_cli_is_dir(model)) {
+        fprintf(stderr, "zimage: error: encode: --model '%s': no such folder\n", model);
+        return 2;
+    }
     int config_error = 0;
     int rc = zi_encode_run(model, prompt, output, backend, &config_error);
     if (rc != ZI_OK) {

@@ -21,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -251,8 +250,7 @@ int zi_cmd_generate(int argc, char **argv)
                      !utf8_valid((const unsigned char *)negative, strlen(negative))))
         return gen_usage_error("--negative-prompt must be valid UTF-8 of at most 16384 bytes%s%s",
                                "", "");
-    struct stat sb;
-    if (stat(model, &sb) != 0 || !S_ISDIR(sb.st_mode))
+    if (!zi_cli_is_dir(model))
         return gen_usage_error("--model '%s': no such folder%s", model, "");
     if (!output_dir_ok(output))
         return gen_usage_error("--output '%s': its folder does not exist or is not writable%s",

@@ -4,8 +4,9 @@
  * Prints {"ids":[...],"n":L}: the templated prompt's ids as the text encoder sees them
  * (chat template applied, truncated to ZI_TOKENIZER_MAX_LEN, no padding). Only the
  * tokenizer is loaded, from DIR/tokenizer. Exit: 0 ok; 2 usage error or a prompt that is
- * not valid UTF-8; 1 when the tokenizer cannot be loaded.
+ * not valid UTF-8 or a --model that is no folder; 1 when the tokenizer cannot be loaded.
  */
+#include "cli_util.h"
 #include "tokenizer.h"
 #include "zi_err.h"
 
@@ -72,6 +73,10 @@ int zi_cmd_tokenize(int argc, char **argv)
     if (!prompt)
         return tok_usage_error("--prompt is required", NULL);
 
+    if (!zi_cli_is_dir(model)) {
+        fprintf(stderr, "zimage: error: --model '%s': no such folder\n", model);
+        return 2;
+    }
     char dir[4096];
     int w = snprintf(dir, sizeof dir, "%s/tokenizer", model);
     if (w < 0 || (size_t)w >= sizeof dir)

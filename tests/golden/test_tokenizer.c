@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static zi_tokenizer *g_tok;
 static cJSON *g_gold;
@@ -343,10 +344,17 @@ static void test_cli(void **state)
              model);
     assert_int_equal(zi_test_run(cmd, out, cap), 2);
     assert_non_null(strstr(out, "byte offset 2"));
-    /* a model folder without a tokenizer: not a usage error */
+    /* --model that is no folder: a usage error, like generate, encode and bench */
     snprintf(cmd, cap, "'%s' tokenize --model /nonexistent-zi --prompt x 2>&1", bin);
+    assert_int_equal(zi_test_run(cmd, out, cap), 2);
+    assert_non_null(strstr(out, "'/nonexistent-zi': no such folder"));
+    /* a model folder without a tokenizer: not a usage error, the missing file is named */
+    char empty[] = "/tmp/zi-tok-empty.XXXXXX";
+    assert_non_null(mkdtemp(empty));
+    snprintf(cmd, cap, "'%s' tokenize --model '%s' --prompt x 2>&1", bin, empty);
     assert_int_equal(zi_test_run(cmd, out, cap), 1);
-    assert_non_null(strstr(out, "/nonexistent-zi/tokenizer"));
+    assert_non_null(strstr(out, "/tokenizer/tokenizer.json"));
+    rmdir(empty);
     free(cmd);
     free(q);
     free(out);

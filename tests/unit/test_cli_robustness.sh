@@ -62,11 +62,10 @@ bench() { # MODEL: a tiny CPU bench
         --width 64 --height 64 --size 64 --small-size 64 --small-steps 1 --tokens 8
 }
 
-# --model that is not a checkpoint folder: usage error (tokenize keeps exit 1 here, as
-# tests/golden/test_tokenizer.c requires; only its one error line is checked).
+# --model that is not a checkpoint folder: usage error (exit 2) for every command.
 mkdir -p "$tmp/empty"
 for m in /nonexistent/zimage-model /etc/hostname; do
-    expect "tokenize --model $m" 1 tokenize --model "$m" --prompt cat
+    expect "tokenize --model $m" 2 tokenize --model "$m" --prompt cat
     expect "encode --model $m" 2 encode --model "$m" --prompt cat --output "$tmp/e.st"
     GEN_NAME="generate --model $m" GEN_WANT=2 gen "$m"
     GEN_NAME="bench --model $m" GEN_WANT=2 bench "$m"
@@ -75,7 +74,8 @@ GEN_NAME="generate empty folder" GEN_WANT=2 gen "$tmp/empty"
 GEN_NAME="bench empty folder" GEN_WANT=2 bench "$tmp/empty"
 expect "bench --config nonexistent" 2 bench --random-weights --config /nonexistent/x --backend cpu
 
-# tokenizer.json missing: encode calls it a configuration error (tokenize: 1, see above).
+# tokenizer.json missing: encode calls it a configuration error; tokenize, which loads
+# nothing else, a failure to load (1).
 d=$(ckpt notok)
 rm "$d/tokenizer/tokenizer.json"
 expect "tokenize without tokenizer.json" 1 tokenize --model "$d" --prompt cat
