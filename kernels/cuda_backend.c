@@ -106,13 +106,18 @@ typedef struct zi_cuda {
     /* weights kept in pinned host memory once `weight_budget` bytes are resident
      * (UINT64_MAX: no budget, every weight resident); sorted by address */
     uint64_t weight_budget, host_weight_bytes, host_pageable_bytes;
+    uint64_t host_pinned_bytes, host_mapped_bytes;
+    /* page-locked memory the host weights may take (ZI_CUDA_PIN_LIMIT_MB, or half the
+     * host's memory, measured at the first host weight; 0: not yet) */
+    uint64_t pin_limit;
+    int map_weights;    /* 0: never read weights from the loader's mapping (ZI_CUDA_MAP_WEIGHTS) */
     uint64_t map_limit; /* ZI_CUDA_MEM_LIMIT_MB in bytes, 0: none */
     int flash_stages;   /* K/V tiles in flight in the flash kernel (ZI_CUDA_FLASH_STAGES) */
     struct zi_host_w {
         const char *p;
         size_t bytes;
         const char *next; /* the large host weight an op read after this one, last time */
-        int pageable;     /* malloc'd: the host had no more memory to page-lock */
+        int kind;         /* ZI_HW_*: where the bytes live */
     } * hw;
     size_t nhw, caphw;
     /* prefetch of large host weights (zi_cu_slot_*): copies on `copy`, a second stream,
@@ -136,6 +141,11 @@ typedef struct zi_cuda {
     unsigned long long tick;
     uint64_t pf_hits, pf_misses;
 } zi_cuda;
+
+/* Where a weight kept on the host lives: a bf16 copy in page-locked memory (copies to the
+ * device are DMA and overlap the compute), the loader's own mapping of a bf16 checkpoint
+ * (no copy at all: the page cache holds it, evictable), or a copy in ordinary memory. */
+enum { ZI_HW_PINNED, ZI_HW_MAPPED, ZI_HW_PAGEABLE };
 
 static void zi_cuda_destroy(zi_backend *be);
 
@@ -349,6 +359,32 @@ static uint64_t zi_host_mem_available(void)
     return avail;
 }
 
+/* Half the host's physical memory (MemTotal, or the cgroup v2 limit when lower): what the
+ * host weights may page-lock unless ZI_CUDA_PIN_LIMIT_MB says otherwise; UINT64_MAX when
+ * neither can be read. */
+static uint64_t zi_host_pin_default(void)
+{
+    uint64_t total = UINT64_MAX;
+    char line[128];
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) {
+                total = (uint64_t)kb << 10;
+                break;
+            }
+        fclose(f);
+    }
+    unsigned long long max = 0;
+    f = fopen("/sys/fs/cgroup/memory.max", "r");
+    if (f && fscanf(f, "%llu", &max) == 1 && max < total) /* "max": no limit */
+        total = max;
+    if (f)
+        fclose(f);
+    return total == UINT64_MAX ? total : total / 2;
+}
+
 /* Host memory the weights kept in ordinary memory must leave free. */
 #define ZI_CUDA_HOST_RESERVE ((uint64_t)512 << 20)
 
@@ -381,13 +417,31 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
         cu->hw = nw;
         cu->caphw = cap;
     }
-    /* page-locked, so copies are DMA and overlap the compute; when the host has no more
-     * memory to lock, ordinary memory (the copies then go through the driver's staging) */
+    /* page-locked up to the pin limit, so copies are DMA and overlap the compute; past it
+     * (or once the host has no more memory to lock) a bf16 weight of a checkpoint the
+     * loader keeps mapped is read from that mapping, anything else is copied to ordinary
+     * memory (the copies then go through the driver's staging) */
     void *h = NULL;
-    int pageable = 0;
-    cudaError_t e = cudaHostAlloc(&h, bytes ? bytes : 1, cudaHostAllocDefault);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
+    int kind = ZI_HW_PINNED;
+    char why[160];
+    if (!cu->pin_limit)
+        cu->pin_limit = zi_host_pin_default();
+    if (cu->host_pinned_bytes + bytes > cu->pin_limit) {
+        snprintf(why, sizeof why, "the %.1f MiB page-lock limit is reached, ZI_CUDA_PIN_LIMIT_MB",
+                 cu->pin_limit / 1048576.0);
+    } else {
+        cudaError_t e = cudaHostAlloc(&h, bytes ? bytes : 1, cudaHostAllocDefault);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            h = NULL;
+            snprintf(why, sizeof why, "page-locking failed: %s", cudaGetErrorString(e));
+        }
+    }
+    if (!h && bytes > 0 && src_dt == ZI_BF16 && be->weight_src_stable && cu->map_weights) {
+        h = (void *)src;
+        kind = ZI_HW_MAPPED;
+    }
+    if (!h) {
         /* the kernel would hand out the pages lazily and kill the process when they run
          * out: refuse here, with the figures, instead */
         if (!cu->host_room)
@@ -401,22 +455,24 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
                                    "GPU a larger weight budget or the host more memory",
                                    bytes, (cu->host_room - cu->host_pageable_bytes) / 1048576.0,
                                    cu->host_room / 1048576.0, cu->host_weight_bytes / 1073741824.0,
-                                   cudaGetErrorString(e));
+                                   why);
         h = malloc(bytes ? bytes : 1);
         if (!h)
             return zi_backend_fail(be, ZI_ENOMEM,
                                    "upload_weight: out of host memory for a weight kept on the "
-                                   "host (%zu bytes; page-locked: %s)",
-                                   bytes, cudaGetErrorString(e));
-        pageable = 1;
+                                   "host (%zu bytes; %s)",
+                                   bytes, why);
+        kind = ZI_HW_PAGEABLE;
     }
-    uint16_t *dst = h;
-    float tmp[4096];
-    for (size_t i = 0; i < n; i += 4096) { /* to bf16 (round to nearest even) on the host */
-        size_t cnt = n - i < 4096 ? n - i : 4096;
-        zi_convert_to_f32(tmp, (const char *)src + i * zi_dtype_size(src_dt), src_dt, cnt);
-        for (size_t j = 0; j < cnt; j++)
-            dst[i + j] = zi_f32_to_bf16(tmp[j]);
+    if (kind != ZI_HW_MAPPED) {
+        uint16_t *dst = h;
+        float tmp[4096];
+        for (size_t i = 0; i < n; i += 4096) { /* to bf16 (round to nearest even) */
+            size_t cnt = n - i < 4096 ? n - i : 4096;
+            zi_convert_to_f32(tmp, (const char *)src + i * zi_dtype_size(src_dt), src_dt, cnt);
+            for (size_t j = 0; j < cnt; j++)
+                dst[i + j] = zi_f32_to_bf16(tmp[j]);
+        }
     }
     size_t at = cu->nhw;
     while (at > 0 && cu->hw[at - 1].p > (const char *)h) {
@@ -424,13 +480,19 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
         at--;
     }
     cu->hw[at].p = h;
-    cu->hw[at].bytes = bytes ? bytes : 1; /* an empty weight still owns its pinned byte */
+    cu->hw[at].bytes = bytes ? bytes : 1; /* an empty weight still owns its own byte */
     cu->hw[at].next = NULL;
-    cu->hw[at].pageable = pageable;
+    cu->hw[at].kind = kind;
     cu->nhw++;
     cu->host_weight_bytes += cu->hw[at].bytes;
-    if (pageable)
+    if (kind == ZI_HW_PINNED) {
+        cu->host_pinned_bytes += cu->hw[at].bytes;
+    } else if (kind == ZI_HW_PAGEABLE) {
         cu->host_pageable_bytes += cu->hw[at].bytes;
+    } else {
+        cu->host_mapped_bytes += cu->hw[at].bytes;
+        be->weights_borrowed += cu->hw[at].bytes;
+    }
     t->data = h;
     t->dtype = ZI_BF16;
     t->be = be;
@@ -438,16 +500,23 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
     return ZI_OK;
 }
 
-/* Gives back the memory of host weight hw[i] (the entry stays). */
-static void zi_cu_host_weight_release(zi_cuda *cu, size_t i)
+/* Gives back the memory of host weight hw[i] (the entry stays); a mapped one is the
+ * loader's to unmap. */
+static void zi_cu_host_weight_release(zi_backend *be, size_t i)
 {
-    if (cu->hw[i].pageable) {
-        cu->host_pageable_bytes -= cu->hw[i].bytes;
+    zi_cuda *cu = zi_cu(be);
+    const struct zi_host_w *w = &cu->hw[i];
+    if (w->kind == ZI_HW_PAGEABLE) {
+        cu->host_pageable_bytes -= w->bytes;
         if (!cu->host_pageable_bytes)
             cu->host_room = 0; /* the next load measures the host again */
-        free((void *)cu->hw[i].p);
+        free((void *)w->p);
+    } else if (w->kind == ZI_HW_PINNED) {
+        cu->host_pinned_bytes -= w->bytes;
+        cudaFreeHost((void *)w->p);
     } else {
-        cudaFreeHost((void *)cu->hw[i].p);
+        cu->host_mapped_bytes -= w->bytes;
+        be->weights_borrowed -= w->bytes;
     }
 }
 
@@ -478,7 +547,7 @@ static void zi_cuda_free(zi_backend *be, zi_tensor *t)
             zi_cu_ok(be, cudaStreamSynchronize(cu->copy), "free: synchronise copies");
         zi_cu_forget_host_weight(cu, t->data);
         cu->host_weight_bytes -= cu->hw[i].bytes;
-        zi_cu_host_weight_release(cu, (size_t)i);
+        zi_cu_host_weight_release(be, (size_t)i);
         memmove(&cu->hw[i], &cu->hw[i + 1], (cu->nhw - (size_t)i - 1) * sizeof cu->hw[0]);
         cu->nhw--;
     } else if (t->owned && t->data) {
@@ -1562,7 +1631,7 @@ static void zi_cuda_destroy(zi_backend *be)
             cudaFree(cu->plain[i].p);
         free(cu->plain);
         for (size_t i = 0; i < cu->nhw; i++) /* host weights the caller did not free */
-            zi_cu_host_weight_release(cu, i);
+            zi_cu_host_weight_release(be, i);
         free(cu->hw);
         if (cu->lock_ok)
             pthread_mutex_destroy(&cu->lock);
@@ -1802,7 +1871,10 @@ zi_backend *zi_backend_cuda_new(int device)
     cu->prefetch = !(pf && strcmp(pf, "0") == 0);
     cu->pf_min = ZI_CU_PREFETCH_MIN;
     uint64_t min_kb = 0;
+    const char *mw = getenv("ZI_CUDA_MAP_WEIGHTS");
+    cu->map_weights = !(mw && strcmp(mw, "0") == 0);
     if (zi_cu_env_size("ZI_CUDA_HOST_MEM_LIMIT_MB", 20, &cu->host_limit) != ZI_OK ||
+        zi_cu_env_size("ZI_CUDA_PIN_LIMIT_MB", 20, &cu->pin_limit) != ZI_OK ||
         zi_cu_env_size("ZI_CUDA_PREFETCH_MIN_KB", 10, &min_kb) != ZI_OK)
         goto err;
     if (min_kb)
@@ -1923,6 +1995,11 @@ uint64_t zi_cuda_host_pageable_bytes(zi_backend *be)
 uint64_t zi_cuda_host_weight_bytes(zi_backend *be)
 {
     return zi_cuda_is(be) ? zi_cu(be)->host_weight_bytes : 0;
+}
+
+uint64_t zi_cuda_host_mapped_bytes(zi_backend *be)
+{
+    return zi_cuda_is(be) ? zi_cu(be)->host_mapped_bytes : 0;
 }
 
 int zi_cuda_set_work_budgets(zi_backend *be, size_t score_bytes, size_t col_bytes)

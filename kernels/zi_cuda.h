@@ -54,11 +54,18 @@ int zi_cuda_set_weight_budget(zi_backend *be, uint64_t bytes);
 int zi_cuda_set_weight_budget_spec(zi_backend *be, const char *spec);
 /* The budget in force (UINT64_MAX: none). */
 uint64_t zi_cuda_weight_budget(zi_backend *be);
-/* Bytes of weights kept in host memory under the budget: page-locked (pinned), or, once
- * the host has no more memory to lock, ordinary memory (the second figure; its copies are
- * slower and do not overlap the compute as well). */
+/* Bytes of weights kept in host memory under the budget, all kinds (the first figure).
+ * Page-locked (pinned) up to the pin limit: ZI_CUDA_PIN_LIMIT_MB, or half the host's
+ * memory (MemTotal, or the cgroup limit when lower), so the host stays usable. Past it, or
+ * once the host has no more memory to lock: a bf16 weight of a checkpoint the loader keeps
+ * mapped (be->weight_src_stable, as zi_pipeline_load does) is read from that mapping - no
+ * copy, the page cache holds it (the third figure; ZI_CUDA_MAP_WEIGHTS=0 turns this off);
+ * anything else is copied to ordinary memory (the second figure), refused with a clear
+ * error when the host has not that much available (ZI_CUDA_HOST_MEM_LIMIT_MB caps it).
+ * Copies from the last two are slower and overlap the compute less. */
 uint64_t zi_cuda_host_weight_bytes(zi_backend *be);
 uint64_t zi_cuda_host_pageable_bytes(zi_backend *be);
+uint64_t zi_cuda_host_mapped_bytes(zi_backend *be);
 /* Prefetch of the large host-kept weights (on by default; ZI_CUDA_PREFETCH=0 turns it off
  * at creation): the ops read the weights in the same order at every step, so once an op is
  * queued the weight read after it last time is copied to the device on a second stream

@@ -53,6 +53,13 @@ struct zi_backend {
     char device_name[128];
     int err; /* sticky status: ZI_OK until an op fails */
     char errmsg[512];
+    /* Set by a loader while the `src` it passes to upload_weight() stays valid and
+     * unchanged until the weight is freed (an mmap'ed checkpoint it keeps open): a backend
+     * may then read a weight from there instead of keeping a copy (CUDA: weights past the
+     * weight budget that the host cannot page-lock) and adds its bytes to
+     * `weights_borrowed`, which tells the loader to keep the source open. */
+    int weight_src_stable;
+    uint64_t weights_borrowed;
 
     void (*destroy)(zi_backend *be);
 

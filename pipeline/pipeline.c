@@ -41,6 +41,9 @@ struct zi_pipeline {
     zi_qwen3 *te;
     zi_dit *dit;
     zi_vae *vae;
+    /* the checkpoint files the backend reads weights from (be->weights_borrowed): kept
+     * mapped until the models are freed; NULL for those it copied in full */
+    zi_st *kept[3];
     int vae_scale;
     int n_random_tokens; /* random weights: prompts become this many random ids */
     uint64_t random_seed;
@@ -82,15 +85,56 @@ void zi_pipeline_free(zi_pipeline *p)
     zi_vae_free(p->vae);
     zi_dit_free(p->dit);
     zi_qwen3_free(p->te);
+    for (size_t i = 0; i < sizeof p->kept / sizeof p->kept[0]; i++)
+        zi_st_close(p->kept[i]); /* after the weights that read them */
     zi_tokenizer_free(p->tok);
     free(p);
+}
+
+enum { KEPT_DIT, KEPT_VAE, KEPT_TE };
+
+/* Loads one component from the files in dir/sub with `load`; the files stay mapped in
+ * p->kept[slot] when the backend borrowed weights from them, and are closed otherwise. */
+static int load_component(zi_pipeline *p, const char *dir, const char *sub, int slot,
+                          int (*load)(zi_pipeline *p, const zi_st *st))
+{
+    char path[ZI_PIPELINE_PATH_MAX];
+    zi_st *st = NULL;
+    int rc = join_path(path, sizeof path, dir, sub);
+    rc = rc ? rc : zi_st_open_dir(path, &st);
+    if (rc)
+        return rc;
+    uint64_t borrowed = p->be->weights_borrowed;
+    int stable = p->be->weight_src_stable;
+    p->be->weight_src_stable = 1; /* st stays open while a weight reads from it */
+    rc = load(p, st);
+    p->be->weight_src_stable = stable;
+    if (p->be->weights_borrowed != borrowed)
+        p->kept[slot] = st; /* closed by zi_pipeline_free, after the weights */
+    else
+        zi_st_close(st);
+    return rc;
+}
+
+static int load_dit(zi_pipeline *p, const zi_st *st)
+{
+    return zi_dit_load_st(st, &p->cfg.dit, p->be, &p->dit);
+}
+
+static int load_vae(zi_pipeline *p, const zi_st *st)
+{
+    return zi_vae_load_st(st, &p->cfg.vae, p->be, &p->vae);
+}
+
+static int load_te(zi_pipeline *p, const zi_st *st)
+{
+    return zi_qwen3_load(&p->te, st, &p->cfg.te, p->be);
 }
 
 int zi_pipeline_load(const char *dir, zi_backend *be, zi_pipeline **out)
 {
     *out = NULL;
     char path[ZI_PIPELINE_PATH_MAX];
-    zi_st *st = NULL;
     zi_pipeline *p = calloc(1, sizeof *p);
     if (!p)
         return zi_errorf(ZI_ENOMEM, "pipeline: out of memory");
@@ -115,19 +159,9 @@ int zi_pipeline_load(const char *dir, zi_backend *be, zi_pipeline **out)
     /* The transformer first, the text encoder last: under a device weight budget
      * (zi_cuda_set_weight_budget) the weights loaded first stay on the device, and the
      * transformer's are used at every step, the encoder's once per prompt. */
-    rc = join_path(path, sizeof path, dir, "transformer");
-    rc = rc ? rc : zi_dit_load(path, &p->cfg.dit, be, &p->dit);
-    if (rc)
-        goto err;
-    rc = join_path(path, sizeof path, dir, "vae");
-    rc = rc ? rc : zi_vae_load(path, &p->cfg.vae, be, &p->vae);
-    if (rc)
-        goto err;
-    rc = join_path(path, sizeof path, dir, "text_encoder");
-    rc = rc ? rc : zi_st_open_dir(path, &st);
-    rc = rc ? rc : zi_qwen3_load(&p->te, st, &p->cfg.te, be);
-    zi_st_close(st);
-    st = NULL;
+    rc = load_component(p, dir, "transformer", KEPT_DIT, load_dit);
+    rc = rc ? rc : load_component(p, dir, "vae", KEPT_VAE, load_vae);
+    rc = rc ? rc : load_component(p, dir, "text_encoder", KEPT_TE, load_te);
     if (rc)
         goto err;
     p->vae_scale = zi_vae_scale(&p->cfg.vae);

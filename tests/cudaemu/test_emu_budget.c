@@ -5,10 +5,14 @@
  * On a device with room for the model plus the 2 GiB activation headroom every weight is
  * resident; on a device just short of that, the weights past the budget stay in pinned host
  * memory - and the image is the same bytes. ZI_CUDA_WEIGHT_BUDGET_MB=resident turns the
- * budget off even there, and a bad value is refused when the backend is created. A host
- * that cannot page-lock all the host-kept weights (ZI_EMU_PINNED_MEMORY) keeps the rest in
- * ordinary memory, and the image is still the same bytes; one that has too little of that
- * as well (ZI_CUDA_HOST_MEM_LIMIT_MB) fails the load with a clear error.
+ * budget off even there, and a bad value is refused when the backend is created. Past the
+ * page-lock limit (ZI_CUDA_PIN_LIMIT_MB) or on a host that cannot page-lock all the
+ * host-kept weights (ZI_EMU_PINNED_MEMORY), the rest of this bf16 checkpoint is read from
+ * the loader's mapping of its files, and the image is still the same bytes (a weight read
+ * after its file was unmapped would crash the child); with that turned off
+ * (ZI_CUDA_MAP_WEIGHTS=0) the rest is copied to ordinary memory, same bytes again; a host
+ * with too little of that as well (ZI_CUDA_HOST_MEM_LIMIT_MB) fails the load with a clear
+ * error.
  */
 #include "zi_test.h"
 
@@ -29,40 +33,42 @@
 
 typedef struct result {
     int ok, loaded;
-    uint64_t host_bytes, pageable_bytes, device_weights, budget;
+    uint64_t host_bytes, pageable_bytes, mapped_bytes, device_weights, budget;
     uint8_t img[IMG];
     char err[1024];
 } result;
 
-/* Page-locked host memory the next child's emulated host has (0: no limit), and the
- * ordinary memory its backend may take for weights (ZI_CUDA_HOST_MEM_LIMIT_MB, 0: unset). */
-static uint64_t g_pinned, g_host_mib;
+/* Page-locked host memory the next child's emulated host has (0: no limit), the ordinary
+ * memory its backend may take for weights (ZI_CUDA_HOST_MEM_LIMIT_MB, 0: unset), its
+ * page-lock limit (ZI_CUDA_PIN_LIMIT_MB, 0: unset), and whether it may read weights from
+ * the checkpoint's mapping (ZI_CUDA_MAP_WEIGHTS=0 when g_no_map). */
+static uint64_t g_pinned, g_host_mib, g_pin_limit_mib;
+static int g_no_map;
+
+/* Sets `name` to the decimal value v, or unsets it when v is 0. */
+static void set_or_unset(const char *name, uint64_t v)
+{
+    char s[32];
+    snprintf(s, sizeof s, "%llu", (unsigned long long)v);
+    if (v)
+        setenv(name, s, 1);
+    else
+        unsetenv(name);
+}
 
 /* In a child: device of `mem` bytes, the budget variable `budget` (NULL: unset), the tiny
  * model loaded and one 64x48 image made; the outcome in *r (shared memory). */
 static void child(uint64_t mem, const char *budget, uint64_t limit_mib, result *r)
 {
-    char v[32];
-    snprintf(v, sizeof v, "%llu", (unsigned long long)mem);
-    setenv("ZI_EMU_DEVICE_MEMORY", v, 1);
-    if (g_pinned) {
-        snprintf(v, sizeof v, "%llu", (unsigned long long)g_pinned);
-        setenv("ZI_EMU_PINNED_MEMORY", v, 1);
-    } else {
-        unsetenv("ZI_EMU_PINNED_MEMORY");
-    }
-    if (g_host_mib) {
-        snprintf(v, sizeof v, "%llu", (unsigned long long)g_host_mib);
-        setenv("ZI_CUDA_HOST_MEM_LIMIT_MB", v, 1);
-    } else {
-        unsetenv("ZI_CUDA_HOST_MEM_LIMIT_MB");
-    }
-    if (limit_mib) {
-        snprintf(v, sizeof v, "%llu", (unsigned long long)limit_mib);
-        setenv("ZI_CUDA_MEM_LIMIT_MB", v, 1);
-    } else {
-        unsetenv("ZI_CUDA_MEM_LIMIT_MB");
-    }
+    set_or_unset("ZI_EMU_DEVICE_MEMORY", mem);
+    set_or_unset("ZI_EMU_PINNED_MEMORY", g_pinned);
+    set_or_unset("ZI_CUDA_HOST_MEM_LIMIT_MB", g_host_mib);
+    set_or_unset("ZI_CUDA_PIN_LIMIT_MB", g_pin_limit_mib);
+    if (g_no_map)
+        setenv("ZI_CUDA_MAP_WEIGHTS", "0", 1);
+    else
+        unsetenv("ZI_CUDA_MAP_WEIGHTS");
+    set_or_unset("ZI_CUDA_MEM_LIMIT_MB", limit_mib);
     if (budget)
         setenv("ZI_CUDA_WEIGHT_BUDGET_MB", budget, 1);
     else
@@ -86,6 +92,7 @@ static void child(uint64_t mem, const char *budget, uint64_t limit_mib, result *
     r->budget = zi_cuda_weight_budget(be);
     r->host_bytes = zi_cuda_host_weight_bytes(be);
     r->pageable_bytes = zi_cuda_host_pageable_bytes(be);
+    r->mapped_bytes = zi_cuda_host_mapped_bytes(be);
     r->device_weights = m.weights;
     if (zi_pipeline_generate(p, &gp, NULL, NULL, &rgb) != ZI_OK) {
         snprintf(r->err, sizeof r->err, "%s", zi_errmsg());
@@ -151,23 +158,46 @@ static void test_auto_budget(void **state)
     assert_int_equal(zero->device_weights, 0);
     assert_int_equal(zero->pageable_bytes, 0);
     assert_memory_equal(zero->img, big->img, IMG);
+    assert_int_equal(zero->mapped_bytes, 0);
+    /* ... past a page-lock limit of 2 MiB: the rest is read from the checkpoint's mapping */
+    g_pin_limit_mib = 2;
+    result *pin2 = run(3072 * MIB, "0");
+    g_pin_limit_mib = 0;
     /* ... on a host that can page-lock only the backend's staging buffers and a few MiB
-     * more: the rest of the weights go to ordinary memory, the image does not change */
+     * more: the same */
     g_pinned = 72 * MIB;
     result *unpinned = run(3072 * MIB, "0");
+    /* ... with the mapping turned off: the rest goes to ordinary memory */
+    g_no_map = 1;
+    result *copied = run(3072 * MIB, "0");
     /* ... and with too little of that either: a clear error at load, not the kernel's OOM
      * killer once the pages are touched */
     g_host_mib = 4;
     result *no_ram = run(3072 * MIB, "0");
     g_pinned = g_host_mib = 0;
+    g_no_map = 0;
     assert_false(no_ram->loaded);
     assert_non_null(strstr(no_ram->err, "out of host memory for the weights kept on the host"));
-    printf("  pinned limit 72 MiB: %.2f MiB of the host weights pageable\n",
-           unpinned->pageable_bytes / (double)MIB);
+    printf("  pin limit 2 MiB: %.2f MiB of the host weights mapped; lockable 72 MiB: %.2f MiB "
+           "mapped, without the mapping %.2f MiB pageable\n",
+           pin2->mapped_bytes / (double)MIB, unpinned->mapped_bytes / (double)MIB,
+           copied->pageable_bytes / (double)MIB);
+    assert_true(pin2->ok);
+    assert_true(pin2->mapped_bytes > 0);
+    assert_int_equal(pin2->pageable_bytes, 0);
+    assert_true(pin2->host_bytes - pin2->mapped_bytes <= 2 * MIB); /* pinned: within the limit */
+    assert_int_equal(pin2->host_bytes, zero->host_bytes);
+    assert_memory_equal(pin2->img, big->img, IMG);
     assert_true(unpinned->ok);
-    assert_true(unpinned->pageable_bytes > 0);
-    assert_true(unpinned->pageable_bytes < unpinned->host_bytes);
+    assert_true(unpinned->mapped_bytes > 0);
+    assert_int_equal(unpinned->pageable_bytes, 0);
+    assert_true(unpinned->mapped_bytes < unpinned->host_bytes);
     assert_memory_equal(unpinned->img, big->img, IMG);
+    assert_true(copied->ok);
+    assert_int_equal(copied->mapped_bytes, 0);
+    assert_true(copied->pageable_bytes > 0);
+    assert_true(copied->pageable_bytes < copied->host_bytes);
+    assert_memory_equal(copied->img, big->img, IMG);
     /* a bad value is refused when the backend is created */
     result *bad = run(3072 * MIB, "lots");
     assert_false(bad->ok);
@@ -188,7 +218,7 @@ static void test_auto_budget(void **state)
     munmap(capped, sizeof *capped), munmap(over, sizeof *over);
     munmap(big, sizeof *big), munmap(tight, sizeof *tight), munmap(res, sizeof *res);
     munmap(zero, sizeof *zero), munmap(bad, sizeof *bad), munmap(unpinned, sizeof *unpinned);
-    munmap(no_ram, sizeof *no_ram);
+    munmap(no_ram, sizeof *no_ram), munmap(pin2, sizeof *pin2), munmap(copied, sizeof *copied);
 }
 
 int main(void)
