@@ -328,34 +328,52 @@ static long zi_cu_host_weight(const zi_cuda *cu, const void *p)
     return c < w->p + w->bytes ? (long)(lo - 1) : -1;
 }
 
+/* The /proc/meminfo line `key` ("MemAvailable", "MemTotal") in bytes, UINT64_MAX when it
+ * cannot be read. */
+static uint64_t zi_host_meminfo(const char *key)
+{
+    uint64_t v = UINT64_MAX;
+    char line[128];
+    size_t n = strlen(key);
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return v;
+    unsigned long long kb;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, key, n) == 0 && line[n] == ':' &&
+            sscanf(line + n + 1, " %llu kB", &kb) == 1) {
+            v = (uint64_t)kb << 10;
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+/* The number a cgroup v2 file holds (memory.max, memory.current) in *v; 0 when the file
+ * is missing or says "max" (no limit). */
+static int zi_host_cgroup(const char *file, uint64_t *v)
+{
+    char path[96];
+    unsigned long long n;
+    snprintf(path, sizeof path, "/sys/fs/cgroup/%s", file);
+    FILE *f = fopen(path, "r");
+    int ok = f && fscanf(f, "%llu", &n) == 1;
+    if (f)
+        fclose(f);
+    if (ok)
+        *v = n;
+    return ok;
+}
+
 /* Bytes of host memory a new allocation may still take: MemAvailable, or less under a
  * cgroup v2 memory limit (a container's); UINT64_MAX when neither can be read. */
 static uint64_t zi_host_mem_available(void)
 {
-    uint64_t avail = UINT64_MAX;
-    char line[128];
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (f) {
-        unsigned long long kb;
-        while (fgets(line, sizeof line, f))
-            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
-                avail = (uint64_t)kb << 10;
-                break;
-            }
-        fclose(f);
-    }
-    unsigned long long max = 0, cur = 0;
-    f = fopen("/sys/fs/cgroup/memory.max", "r");
-    int have_max = f && fscanf(f, "%llu", &max) == 1; /* "max": no limit */
-    if (f)
-        fclose(f);
-    f = have_max ? fopen("/sys/fs/cgroup/memory.current", "r") : NULL;
-    if (f && fscanf(f, "%llu", &cur) == 1) {
+    uint64_t avail = zi_host_meminfo("MemAvailable"), max, cur;
+    if (zi_host_cgroup("memory.max", &max) && zi_host_cgroup("memory.current", &cur)) {
         uint64_t room = max > cur ? max - cur : 0;
         avail = room < avail ? room : avail;
     }
-    if (f)
-        fclose(f);
     return avail;
 }
 
@@ -364,24 +382,9 @@ static uint64_t zi_host_mem_available(void)
  * neither can be read. */
 static uint64_t zi_host_pin_default(void)
 {
-    uint64_t total = UINT64_MAX;
-    char line[128];
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (f) {
-        unsigned long long kb;
-        while (fgets(line, sizeof line, f))
-            if (sscanf(line, "MemTotal: %llu kB", &kb) == 1) {
-                total = (uint64_t)kb << 10;
-                break;
-            }
-        fclose(f);
-    }
-    unsigned long long max = 0;
-    f = fopen("/sys/fs/cgroup/memory.max", "r");
-    if (f && fscanf(f, "%llu", &max) == 1 && max < total) /* "max": no limit */
+    uint64_t total = zi_host_meminfo("MemTotal"), max;
+    if (zi_host_cgroup("memory.max", &max) && max < total)
         total = max;
-    if (f)
-        fclose(f);
     return total == UINT64_MAX ? total : total / 2;
 }
 
@@ -424,9 +427,7 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
     void *h = NULL;
     int kind = ZI_HW_PINNED;
     char why[160];
-    if (!cu->pin_limit)
-        cu->pin_limit = zi_host_pin_default();
-    if (cu->host_pinned_bytes + bytes > cu->pin_limit) {
+    if (cu->host_pinned_bytes + bytes > zi_cuda_pin_limit(be)) {
         snprintf(why, sizeof why, "the %.1f MiB page-lock limit is reached, ZI_CUDA_PIN_LIMIT_MB",
                  cu->pin_limit / 1048576.0);
     } else {
@@ -2000,6 +2001,16 @@ uint64_t zi_cuda_host_weight_bytes(zi_backend *be)
 uint64_t zi_cuda_host_mapped_bytes(zi_backend *be)
 {
     return zi_cuda_is(be) ? zi_cu(be)->host_mapped_bytes : 0;
+}
+
+uint64_t zi_cuda_pin_limit(zi_backend *be)
+{
+    if (!zi_cuda_is(be))
+        return 0;
+    zi_cuda *cu = zi_cu(be);
+    if (!cu->pin_limit)
+        cu->pin_limit = zi_host_pin_default();
+    return cu->pin_limit;
 }
 
 int zi_cuda_set_work_budgets(zi_backend *be, size_t score_bytes, size_t col_bytes)

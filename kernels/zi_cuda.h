@@ -66,6 +66,8 @@ uint64_t zi_cuda_weight_budget(zi_backend *be);
 uint64_t zi_cuda_host_weight_bytes(zi_backend *be);
 uint64_t zi_cuda_host_pageable_bytes(zi_backend *be);
 uint64_t zi_cuda_host_mapped_bytes(zi_backend *be);
+/* The pin limit in force, in bytes (UINT64_MAX: the host's memory could not be read). */
+uint64_t zi_cuda_pin_limit(zi_backend *be);
 /* Prefetch of the large host-kept weights (on by default; ZI_CUDA_PREFETCH=0 turns it off
  * at creation): the ops read the weights in the same order at every step, so once an op is
  * queued the weight read after it last time is copied to the device on a second stream

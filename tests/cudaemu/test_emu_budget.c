@@ -33,7 +33,7 @@
 
 typedef struct result {
     int ok, loaded;
-    uint64_t host_bytes, pageable_bytes, mapped_bytes, device_weights, budget;
+    uint64_t host_bytes, pageable_bytes, mapped_bytes, device_weights, budget, pin_limit;
     uint8_t img[IMG];
     char err[1024];
 } result;
@@ -93,6 +93,7 @@ static void child(uint64_t mem, const char *budget, uint64_t limit_mib, result *
     r->host_bytes = zi_cuda_host_weight_bytes(be);
     r->pageable_bytes = zi_cuda_host_pageable_bytes(be);
     r->mapped_bytes = zi_cuda_host_mapped_bytes(be);
+    r->pin_limit = zi_cuda_pin_limit(be);
     r->device_weights = m.weights;
     if (zi_pipeline_generate(p, &gp, NULL, NULL, &rgb) != ZI_OK) {
         snprintf(r->err, sizeof r->err, "%s", zi_errmsg());
@@ -139,6 +140,11 @@ static void test_auto_budget(void **state)
     assert_int_equal(big->host_bytes, 0);
     uint64_t used = 1024 * MIB - big->budget; /* the backend's scratch at creation */
     assert_true(big->budget < 1024 * MIB && used < 512 * MIB);
+    /* the default pin limit: half the host's memory (or of the cgroup limit, when lower) */
+    uint64_t phys = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+    printf("  pin limit %.1f MiB (host %.1f MiB)\n", big->pin_limit / (double)MIB,
+           phys / (double)MIB);
+    assert_true(big->pin_limit > 0 && big->pin_limit <= phys / 2 + MIB);
     /* tight: room for half the weights after the headroom and the scratch, so part of the
      * model stays on the host - the image does not change */
     uint64_t tight_mem = 2048 * MIB + used + big->device_weights / 2;
@@ -183,6 +189,7 @@ static void test_auto_budget(void **state)
            pin2->mapped_bytes / (double)MIB, unpinned->mapped_bytes / (double)MIB,
            copied->pageable_bytes / (double)MIB);
     assert_true(pin2->ok);
+    assert_int_equal(pin2->pin_limit, 2 * MIB);
     assert_true(pin2->mapped_bytes > 0);
     assert_int_equal(pin2->pageable_bytes, 0);
     assert_true(pin2->host_bytes - pin2->mapped_bytes <= 2 * MIB); /* pinned: within the limit */
