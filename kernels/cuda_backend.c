@@ -2003,6 +2003,13 @@ uint64_t zi_cuda_host_mapped_bytes(zi_backend *be)
     return zi_cuda_is(be) ? zi_cu(be)->host_mapped_bytes : 0;
 }
 
+int zi_cuda_set_pin_limit(zi_backend *be, uint64_t bytes)
+{
+    ZI_CUDA_REQUIRE(be);
+    zi_cu(be)->pin_limit = bytes; /* 0: measured again at the next host weight */
+    return ZI_OK;
+}
+
 uint64_t zi_cuda_pin_limit(zi_backend *be)
 {
     if (!zi_cuda_is(be))

@@ -66,8 +66,10 @@ uint64_t zi_cuda_weight_budget(zi_backend *be);
 uint64_t zi_cuda_host_weight_bytes(zi_backend *be);
 uint64_t zi_cuda_host_pageable_bytes(zi_backend *be);
 uint64_t zi_cuda_host_mapped_bytes(zi_backend *be);
-/* The pin limit in force, in bytes (UINT64_MAX: the host's memory could not be read). */
+/* The pin limit in force, in bytes (UINT64_MAX: the host's memory could not be read), and
+ * setting it (before the weights are loaded; 0 = the default, half the host's memory). */
 uint64_t zi_cuda_pin_limit(zi_backend *be);
+int zi_cuda_set_pin_limit(zi_backend *be, uint64_t bytes);
 /* Prefetch of the large host-kept weights (on by default; ZI_CUDA_PREFETCH=0 turns it off
  * at creation): the ops read the weights in the same order at every step, so once an op is
  * queued the weight read after it last time is copied to the device on a second stream

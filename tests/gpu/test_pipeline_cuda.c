@@ -171,24 +171,34 @@ static void test_trim_then_generate(void **state)
 /* A second backend with a weight budget: same image, bit for bit, less device memory.
  * prefetch_min: 0 = no prefetch, else host weights of at least that many bytes go through
  * the prefetch slots, and the job runs twice: from the second forward on the weights are
- * found already copied (hits). */
-static void zp_budget_case(uint64_t budget, size_t prefetch_min, const uint8_t *want,
-                           const zi_gen_params *gp)
+ * found already copied (hits). pin_limit: 0 = the default, else the host weights past it
+ * are read from the checkpoint's mapping (the tiny checkpoint is bf16). */
+static void zp_budget_case(uint64_t budget, size_t prefetch_min, uint64_t pin_limit,
+                           const uint8_t *want, const zi_gen_params *gp)
 {
     zi_backend *b = zi_backend_cuda_new(0);
     assert_non_null(b);
     assert_int_equal(zi_cuda_set_weight_budget(b, budget), ZI_OK);
     assert_int_equal(zi_cuda_set_prefetch(b, prefetch_min != 0, prefetch_min), ZI_OK);
+    assert_int_equal(zi_cuda_set_pin_limit(b, pin_limit), ZI_OK);
     zi_pipeline *p = NULL;
     if (zi_pipeline_load(zi_test_golden("tiny-zimage"), b, &p) != ZI_OK)
         fail_msg("load under a budget of %llu: %s", (unsigned long long)budget, zi_errmsg());
     zi_mem_stats m;
     b->mem_stats(b, &m);
-    uint64_t host = zi_cuda_host_weight_bytes(b);
-    printf("budget %8.2f MiB: weights on the device %8.2f MiB, on the host %8.2f MiB\n",
-           budget / 1048576.0, m.weights / 1048576.0, host / 1048576.0);
+    uint64_t host = zi_cuda_host_weight_bytes(b), mapped = zi_cuda_host_mapped_bytes(b);
+    printf("budget %8.2f MiB: weights on the device %8.2f MiB, on the host %8.2f MiB (%.2f MiB "
+           "read from the mapped checkpoint)\n",
+           budget / 1048576.0, m.weights / 1048576.0, host / 1048576.0, mapped / 1048576.0);
     assert_true(m.weights <= budget);
     assert_true(host > 0);
+    assert_int_equal(zi_cuda_host_pageable_bytes(b), 0);
+    if (pin_limit) { /* pinned up to the limit, the rest mapped */
+        assert_true(mapped > 0);
+        assert_true(host - mapped <= pin_limit);
+    } else {
+        assert_int_equal(mapped, 0);
+    }
     for (int run = 0; run < (prefetch_min ? 2 : 1); run++) {
         uint8_t *got = zp_generate(p, gp);
         assert_memory_equal(got, want, (size_t)gp->width * gp->height * 3);
@@ -206,6 +216,7 @@ static void zp_budget_case(uint64_t budget, size_t prefetch_min, const uint8_t *
     }
     zi_pipeline_free(p);
     assert_int_equal(zi_cuda_host_weight_bytes(b), 0); /* every host weight freed */
+    assert_int_equal(b->weights_borrowed, 0);
     zi_backend_destroy(b);
 }
 
@@ -216,9 +227,11 @@ static void test_weight_budget(void **state)
     uint8_t *want = zp_generate(pg, &gp);
     zi_mem_stats m;
     gpu->mem_stats(gpu, &m);
-    zp_budget_case(0, 0, want, &gp);             /* every weight on the host, copied per op */
-    zp_budget_case(0, 4096, want, &gp);          /* ... prefetched on the copy stream */
-    zp_budget_case(m.weights / 2, 0, want, &gp); /* about the transformer's first half resident */
+    zp_budget_case(0, 0, 0, want, &gp);    /* every weight on the host, copied per op */
+    zp_budget_case(0, 4096, 0, want, &gp); /* ... prefetched on the copy stream */
+    /* about the transformer's first half resident, a quarter of the weights pinned, the
+     * rest read from the checkpoint's mapping, prefetched */
+    zp_budget_case(m.weights / 2, 4096, m.weights / 4, want, &gp);
     free(want);
 }
 
