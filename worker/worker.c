@@ -1140,13 +1140,18 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
                     "device.weight_budget_mb)",
                     m.weights / 1073741824.0, host / 1073741824.0, bs);
         uint64_t mapped = zi_cuda_host_mapped_bytes(w->be);
+        uint64_t pageable = zi_cuda_host_pageable_bytes(w->be);
+        if (host)
+            zi_log_info("weights: %.2f GiB of those page-locked (limit %.2f GiB, "
+                        "ZI_CUDA_PIN_LIMIT_MB)",
+                        (host - mapped - pageable) / 1073741824.0,
+                        zi_cuda_pin_limit(w->be) / 1073741824.0);
         if (mapped)
             zi_log_info("weights: %.2f GiB of those read from the mapped checkpoint files "
                         "(past the page-lock limit, ZI_CUDA_PIN_LIMIT_MB): no copy in memory; "
                         "replace a checkpoint by renaming a new folder into place, never by "
                         "rewriting its files",
                         mapped / 1073741824.0);
-        uint64_t pageable = zi_cuda_host_pageable_bytes(w->be);
         if (pageable)
             zi_log_warn("weights: %.2f GiB of those in pageable memory: the host could not "
                         "page-lock more, so their copies to the GPU are slower",

@@ -84,6 +84,9 @@ zt_wait_log w2 'assigned' 60
 zt_check "budget 0: no weight on the device" yes \
     "$(grep -qE 'weights: 0\.00 GiB on the device, 0\.0[0-9]* GiB kept in host memory \(budget 0\.00 GiB' \
         "$ZT_TMP/w2.log" && echo yes)"
+zt_check "budget 0, pin limit 2 MiB: the page-locked part and its limit logged" yes \
+    "$(grep -qE 'weights: 0\.00[0-9]* GiB of those page-locked \(limit 0\.00 GiB' \
+        "$ZT_TMP/w2.log" && echo yes)"
 zt_check "budget 0, pin limit 2 MiB: weights read from the mapped checkpoint" yes \
     "$(grep -qE 'weights: 0\.0[0-9]* GiB of those read from the mapped checkpoint files' \
         "$ZT_TMP/w2.log" && echo yes)"
