@@ -51,7 +51,7 @@ typedef struct zi_wcfg_row {
 #define ZI_WCFG_STRMAX ((double)ZI_WCFG_MAX_STRING)
 
 /* The contract's keys, in the order of docs/interfaces.md (dump order too), and ours:
- * device.weight_budget_mb (small GPUs, docs/cuda.md). */
+ * device.weight_budget_mb and device.pin_limit_mb (small GPUs, docs/cuda.md). */
 static const zi_wcfg_row zi_wcfg_rows[] = {
     {"model.path", "ZIMAGE_MODEL_PATH", ZI_WCFG_STRING, "/models/Z-Image-Turbo", 1, ZI_WCFG_STRMAX,
      NULL, ZI_WCFG_OFF(model_path)},
@@ -59,6 +59,8 @@ static const zi_wcfg_row zi_wcfg_rows[] = {
      ZI_WCFG_OFF(device_backend)},
     {"device.weight_budget_mb", "ZIMAGE_DEVICE_WEIGHT_BUDGET_MB", ZI_WCFG_STRING, "", 0, 20, NULL,
      ZI_WCFG_OFF(device_weight_budget_mb)},
+    {"device.pin_limit_mb", "ZIMAGE_DEVICE_PIN_LIMIT_MB", ZI_WCFG_INT, "0", 0, 16777216, NULL,
+     ZI_WCFG_OFF(device_pin_limit_mb)},
     {"generation.width", "ZIMAGE_GENERATION_WIDTH", ZI_WCFG_INT, "1024", 16, 16384, NULL,
      ZI_WCFG_OFF(gen_width)},
     {"generation.height", "ZIMAGE_GENERATION_HEIGHT", ZI_WCFG_INT, "1024", 16, 16384, NULL,

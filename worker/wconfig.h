@@ -53,6 +53,7 @@ typedef struct zi_wconfig {
     char *device_backend; /* "auto" | "cuda" | "cpu" */
     /* "" (ZI_CUDA_WEIGHT_BUDGET_MB, else auto) | "auto" | "resident" | MiB (digits) */
     char *device_weight_budget_mb;
+    int device_pin_limit_mb; /* 0: the backend's default (half the host's memory) */
     /* generation: defaults for fields a job leaves out, and the limits */
     int gen_width;
     int gen_height;

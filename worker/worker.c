@@ -1117,6 +1117,11 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
         zi_error_prefix(rc, "device.weight_budget_mb");
         goto out;
     }
+    if (cfg->device_pin_limit_mb && zi_cuda_is(w->be) &&
+        (rc = zi_cuda_set_pin_limit(w->be, (uint64_t)cfg->device_pin_limit_mb << 20)) != ZI_OK) {
+        zi_error_prefix(rc, "device.pin_limit_mb");
+        goto out;
+    }
 #endif
     if ((rc = zi_pipeline_load(cfg->model_path, w->be, &w->pipe)) != ZI_OK) {
         zi_error_prefix(rc, "model.path %s", cfg->model_path);
@@ -1143,12 +1148,12 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
         uint64_t pageable = zi_cuda_host_pageable_bytes(w->be);
         if (host)
             zi_log_info("weights: %.2f GiB of those page-locked (limit %.2f GiB, "
-                        "ZI_CUDA_PIN_LIMIT_MB)",
+                        "device.pin_limit_mb)",
                         (host - mapped - pageable) / 1073741824.0,
                         zi_cuda_pin_limit(w->be) / 1073741824.0);
         if (mapped)
             zi_log_info("weights: %.2f GiB of those read from the mapped checkpoint files "
-                        "(past the page-lock limit, ZI_CUDA_PIN_LIMIT_MB): no copy in memory; "
+                        "(past the page-lock limit, device.pin_limit_mb): no copy in memory; "
                         "replace a checkpoint by renaming a new folder into place, never by "
                         "rewriting its files",
                         mapped / 1073741824.0);

@@ -12,7 +12,7 @@
 #    64x64 job but not a 256x256 one): the big job fails with error_code oom and goes to the
 #    DLQ, the worker keeps running, and the next small job succeeds.
 # 4. device.weight_budget_mb = 0 (every weight in host memory, copied in per op, the large
-#    ones prefetched) and a page-lock limit of 2 MiB (ZI_CUDA_PIN_LIMIT_MB: the rest is read
+#    ones prefetched) and a page-lock limit of 2 MiB (device.pin_limit_mb: the rest is read
 #    from the mapped checkpoint files): the load log says both, and the same job gives the
 #    same PNG bytes.
 # 5. A bad device.weight_budget_mb: start-up stops with exit 2, naming the key.
@@ -79,7 +79,7 @@ zt_check "exit status after SIGTERM" 0 "$ZT_RC"
 # the weights are copied in as the ops need them, most of them straight from the mapped
 # checkpoint (past the 2 MiB page-lock limit), and the image is the same bytes.
 zt_start_worker w2 ZIMAGE_DEVICE_BACKEND=cuda ZI_CUDA_WEIGHT_BUDGET_MB=resident \
-    ZIMAGE_DEVICE_WEIGHT_BUDGET_MB=0 ZI_CUDA_PIN_LIMIT_MB=2
+    ZIMAGE_DEVICE_WEIGHT_BUDGET_MB=0 ZIMAGE_DEVICE_PIN_LIMIT_MB=2
 zt_wait_log w2 'assigned' 60
 zt_check "budget 0: no weight on the device" yes \
     "$(grep -qE 'weights: 0\.00 GiB on the device, 0\.0[0-9]* GiB kept in host memory \(budget 0\.00 GiB' \

@@ -42,6 +42,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.model_path, "/models/Z-Image-Turbo");
     assert_string_equal(c.device_backend, "auto");
     assert_string_equal(c.device_weight_budget_mb, "");
+    assert_int_equal(c.device_pin_limit_mb, 0);
     assert_int_equal(c.gen_width, 1024);
     assert_int_equal(c.gen_height, 1024);
     assert_int_equal(c.gen_steps, 8);
@@ -144,6 +145,10 @@ static void test_parse_errors(void **state)
     zi_expect_error("s3:\n  presign_ttl_s: 604801\n", "s3.presign_ttl_s", "out of range");
     zi_expect_error("s3:\n  retry_s: -1\n", "s3.retry_s", "out of range");
     zi_expect_error("worker:\n  heartbeat_s: 0\n", "worker.heartbeat_s", "out of range");
+    zi_expect_error("device:\n  pin_limit_mb: auto\n", "device.pin_limit_mb",
+                    "expected an integer");
+    zi_expect_error("device:\n  pin_limit_mb: -1\n", "device.pin_limit_mb", "out of range");
+    zi_expect_error("device:\n  pin_limit_mb: 99999999\n", "device.pin_limit_mb", "out of range");
     zi_expect_error("kafka:\n  max_message_bytes: 10\n", "kafka.max_message_bytes", "line 2");
     zi_expect_error("device:\n  backend: gpu\n", "device.backend", "auto|cuda|cpu");
     zi_expect_error("logging:\n  format: xml\n", "logging.format", NULL);
@@ -239,6 +244,11 @@ static void test_validate(void **state)
             fail_msg("weight_budget_mb %s: %s", ok[i], zi_errmsg());
         zi_wconfig_free(&c);
     }
+    zi_wconfig c;
+    assert_int_equal(zi_parse(&c, "device:\n  pin_limit_mb: 8192\n"), ZI_OK);
+    assert_int_equal(zi_wconfig_validate(&c), ZI_OK);
+    assert_int_equal(c.device_pin_limit_mb, 8192);
+    zi_wconfig_free(&c);
 }
 
 typedef struct {
@@ -351,7 +361,8 @@ static void test_every_key_has_its_env_var(void **state)
     }
     envs[n] = NULL;
     free(buf);
-    assert_true(n >= 36); /* the contract's 35 scalar keys (+ logging.level, weight_budget_mb) */
+    assert_true(n >= 37); /* the contract's 35 scalar keys (+ logging.level, weight_budget_mb,
+                             pin_limit_mb) */
 
     zi_warns w = {0};
     assert_int_equal(zi_wconfig_init_defaults(&c), ZI_OK);
