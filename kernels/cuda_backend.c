@@ -428,7 +428,9 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
     int kind = ZI_HW_PINNED;
     char why[160];
     if (cu->host_pinned_bytes + bytes > zi_cuda_pin_limit(be)) {
-        snprintf(why, sizeof why, "the %.1f MiB page-lock limit is reached, ZI_CUDA_PIN_LIMIT_MB",
+        snprintf(why, sizeof why,
+                 "the page-lock limit of %.1f MiB is reached: device.pin_limit_mb or "
+                 "ZI_CUDA_PIN_LIMIT_MB",
                  cu->pin_limit / 1048576.0);
     } else {
         cudaError_t e = cudaHostAlloc(&h, bytes ? bytes : 1, cudaHostAllocDefault);
@@ -438,7 +440,8 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
             snprintf(why, sizeof why, "page-locking failed: %s", cudaGetErrorString(e));
         }
     }
-    if (!h && bytes > 0 && src_dt == ZI_BF16 && be->weight_src_stable && cu->map_weights) {
+    if (!h && bytes > 0 && src_dt == ZI_BF16 && ((uintptr_t)src & 1) == 0 &&
+        be->weight_src_stable && cu->map_weights) {
         h = (void *)src;
         kind = ZI_HW_MAPPED;
     }
