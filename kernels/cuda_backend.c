@@ -59,6 +59,11 @@
  * stream. */
 #define ZI_CU_SLOTS 2
 #define ZI_CU_PREFETCH_MIN ((size_t)1 << 20)
+/* Where a weight kept on the host lives: a bf16 copy in page-locked memory (copies to the
+ * device are DMA and overlap the compute), the loader's own mapping of a bf16 checkpoint
+ * (no copy at all: the page cache holds it, evictable), or a copy in ordinary memory. */
+enum { ZI_HW_PINNED, ZI_HW_MAPPED, ZI_HW_PAGEABLE, ZI_HW_KINDS };
+
 /* Block alignment of the allocator (>= 16 for vector loads, 256 for cuBLASLt's best). */
 #define ZI_CUDA_ALIGN 512
 
@@ -103,10 +108,10 @@ typedef struct zi_cuda {
     int plan_next;
     zi_cuda_attn_path attn_path;
     size_t score_budget, col_budget; /* ZI_CUDA_SCORE_BUDGET, ZI_CUDA_COL_BUDGET unless set */
-    /* weights kept in pinned host memory once `weight_budget` bytes are resident
-     * (UINT64_MAX: no budget, every weight resident); sorted by address */
-    uint64_t weight_budget, host_weight_bytes, host_pageable_bytes;
-    uint64_t host_pinned_bytes, host_mapped_bytes;
+    /* weights kept in host memory once `weight_budget` bytes are resident (UINT64_MAX: no
+     * budget, every weight resident); hw[] sorted by address */
+    uint64_t weight_budget;
+    uint64_t hw_bytes[ZI_HW_KINDS]; /* bytes of the host weights, by where they live */
     /* page-locked memory the host weights may take (ZI_CUDA_PIN_LIMIT_MB, or half the
      * host's memory, measured at the first host weight; 0: not yet) */
     uint64_t pin_limit;
@@ -141,11 +146,6 @@ typedef struct zi_cuda {
     unsigned long long tick;
     uint64_t pf_hits, pf_misses;
 } zi_cuda;
-
-/* Where a weight kept on the host lives: a bf16 copy in page-locked memory (copies to the
- * device are DMA and overlap the compute), the loader's own mapping of a bf16 checkpoint
- * (no copy at all: the page cache holds it, evictable), or a copy in ordinary memory. */
-enum { ZI_HW_PINNED, ZI_HW_MAPPED, ZI_HW_PAGEABLE };
 
 static void zi_cuda_destroy(zi_backend *be);
 
@@ -401,12 +401,13 @@ static uint64_t zi_cu_host_room(const zi_cuda *cu)
     uint64_t avail = zi_host_mem_available();
     if (avail == UINT64_MAX)
         return UINT64_MAX;
-    avail += cu->host_pageable_bytes;
+    avail += cu->hw_bytes[ZI_HW_PAGEABLE];
     return avail > ZI_CUDA_HOST_RESERVE ? avail - ZI_CUDA_HOST_RESERVE : 1;
 }
 
-/* t (zeroed, shape set by the caller) = a bf16 copy of src in pinned host memory, used by
- * the ops through a device copy made when they run (zi_cu_stage). */
+/* t (zeroed, shape set by the caller) = src as bf16 in host memory (pinned, mapped or
+ * pageable: the ZI_HW_* kinds), used by the ops through a device copy made when they run
+ * (zi_cu_stage). */
 static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src, zi_dtype src_dt,
                                    size_t n)
 {
@@ -427,7 +428,7 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
     void *h = NULL;
     int kind = ZI_HW_PINNED;
     char why[160];
-    if (cu->host_pinned_bytes + bytes > zi_cuda_pin_limit(be)) {
+    if (cu->hw_bytes[ZI_HW_PINNED] + bytes > zi_cuda_pin_limit(be)) {
         snprintf(why, sizeof why,
                  "the page-lock limit of %.1f MiB is reached: device.pin_limit_mb or "
                  "ZI_CUDA_PIN_LIMIT_MB",
@@ -450,16 +451,16 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
          * out: refuse here, with the figures, instead */
         if (!cu->host_room)
             cu->host_room = zi_cu_host_room(cu);
-        if ((uint64_t)bytes > cu->host_room - cu->host_pageable_bytes)
+        uint64_t left = cu->host_room - cu->hw_bytes[ZI_HW_PAGEABLE];
+        if ((uint64_t)bytes > left)
             return zi_backend_fail(be, ZI_ENOMEM,
                                    "upload_weight: out of host memory for the weights kept on "
                                    "the host: this one needs %zu bytes, %.1f MiB are left of "
                                    "the %.1f MiB they may take in ordinary memory (%.2f GiB "
                                    "kept in all) and none is left to page-lock (%s); give the "
                                    "GPU a larger weight budget or the host more memory",
-                                   bytes, (cu->host_room - cu->host_pageable_bytes) / 1048576.0,
-                                   cu->host_room / 1048576.0, cu->host_weight_bytes / 1073741824.0,
-                                   why);
+                                   bytes, left / 1048576.0, cu->host_room / 1048576.0,
+                                   zi_cuda_host_weight_bytes(be) / 1073741824.0, why);
         h = malloc(bytes ? bytes : 1);
         if (!h)
             return zi_backend_fail(be, ZI_ENOMEM,
@@ -488,15 +489,9 @@ static int zi_cuda_host_weight_new(zi_backend *be, zi_tensor *t, const void *src
     cu->hw[at].next = NULL;
     cu->hw[at].kind = kind;
     cu->nhw++;
-    cu->host_weight_bytes += cu->hw[at].bytes;
-    if (kind == ZI_HW_PINNED) {
-        cu->host_pinned_bytes += cu->hw[at].bytes;
-    } else if (kind == ZI_HW_PAGEABLE) {
-        cu->host_pageable_bytes += cu->hw[at].bytes;
-    } else {
-        cu->host_mapped_bytes += cu->hw[at].bytes;
+    cu->hw_bytes[kind] += cu->hw[at].bytes;
+    if (kind == ZI_HW_MAPPED)
         be->weights_borrowed += cu->hw[at].bytes;
-    }
     t->data = h;
     t->dtype = ZI_BF16;
     t->be = be;
@@ -510,16 +505,14 @@ static void zi_cu_host_weight_release(zi_backend *be, size_t i)
 {
     zi_cuda *cu = zi_cu(be);
     const struct zi_host_w *w = &cu->hw[i];
+    cu->hw_bytes[w->kind] -= w->bytes;
     if (w->kind == ZI_HW_PAGEABLE) {
-        cu->host_pageable_bytes -= w->bytes;
-        if (!cu->host_pageable_bytes)
+        if (!cu->hw_bytes[ZI_HW_PAGEABLE])
             cu->host_room = 0; /* the next load measures the host again */
         free((void *)w->p);
     } else if (w->kind == ZI_HW_PINNED) {
-        cu->host_pinned_bytes -= w->bytes;
         cudaFreeHost((void *)w->p);
     } else {
-        cu->host_mapped_bytes -= w->bytes;
         be->weights_borrowed -= w->bytes;
     }
 }
@@ -550,7 +543,6 @@ static void zi_cuda_free(zi_backend *be, zi_tensor *t)
         if (cu->copy)
             zi_cu_ok(be, cudaStreamSynchronize(cu->copy), "free: synchronise copies");
         zi_cu_forget_host_weight(cu, t->data);
-        cu->host_weight_bytes -= cu->hw[i].bytes;
         zi_cu_host_weight_release(be, (size_t)i);
         memmove(&cu->hw[i], &cu->hw[i + 1], (cu->nhw - (size_t)i - 1) * sizeof cu->hw[0]);
         cu->nhw--;
@@ -1687,6 +1679,13 @@ static int zi_cu_env_size(const char *name, int shift, uint64_t *bytes)
     return ZI_OK;
 }
 
+/* A feature that is on unless the variable `name` is "0". */
+static int zi_cu_env_on(const char *name)
+{
+    const char *v = getenv(name);
+    return !(v && strcmp(v, "0") == 0);
+}
+
 zi_backend *zi_backend_cuda_new(int device)
 {
     int ndev = 0;
@@ -1871,12 +1870,10 @@ zi_backend *zi_backend_cuda_new(int device)
     be->to_rgb8 = zi_cuda_to_rgb8;
     /* the weight budget: auto (default) = what the device has free now, less headroom for
      * activations; "resident" = none; N = N MiB */
-    const char *pf = getenv("ZI_CUDA_PREFETCH");
-    cu->prefetch = !(pf && strcmp(pf, "0") == 0);
+    cu->prefetch = zi_cu_env_on("ZI_CUDA_PREFETCH");
+    cu->map_weights = zi_cu_env_on("ZI_CUDA_MAP_WEIGHTS");
     cu->pf_min = ZI_CU_PREFETCH_MIN;
     uint64_t min_kb = 0;
-    const char *mw = getenv("ZI_CUDA_MAP_WEIGHTS");
-    cu->map_weights = !(mw && strcmp(mw, "0") == 0);
     if (zi_cu_env_size("ZI_CUDA_HOST_MEM_LIMIT_MB", 20, &cu->host_limit) != ZI_OK ||
         zi_cu_env_size("ZI_CUDA_PIN_LIMIT_MB", 20, &cu->pin_limit) != ZI_OK ||
         zi_cu_env_size("ZI_CUDA_PREFETCH_MIN_KB", 10, &min_kb) != ZI_OK)
@@ -1991,19 +1988,25 @@ uint64_t zi_cuda_weight_budget(zi_backend *be)
     return zi_cuda_is(be) ? zi_cu(be)->weight_budget : 0;
 }
 
-uint64_t zi_cuda_host_pageable_bytes(zi_backend *be)
+uint64_t zi_cuda_host_pinned_bytes(zi_backend *be)
 {
-    return zi_cuda_is(be) ? zi_cu(be)->host_pageable_bytes : 0;
+    return zi_cuda_is(be) ? zi_cu(be)->hw_bytes[ZI_HW_PINNED] : 0;
 }
 
-uint64_t zi_cuda_host_weight_bytes(zi_backend *be)
+uint64_t zi_cuda_host_pageable_bytes(zi_backend *be)
 {
-    return zi_cuda_is(be) ? zi_cu(be)->host_weight_bytes : 0;
+    return zi_cuda_is(be) ? zi_cu(be)->hw_bytes[ZI_HW_PAGEABLE] : 0;
 }
 
 uint64_t zi_cuda_host_mapped_bytes(zi_backend *be)
 {
-    return zi_cuda_is(be) ? zi_cu(be)->host_mapped_bytes : 0;
+    return zi_cuda_is(be) ? zi_cu(be)->hw_bytes[ZI_HW_MAPPED] : 0;
+}
+
+uint64_t zi_cuda_host_weight_bytes(zi_backend *be)
+{
+    return zi_cuda_host_pinned_bytes(be) + zi_cuda_host_pageable_bytes(be) +
+           zi_cuda_host_mapped_bytes(be);
 }
 
 int zi_cuda_set_pin_limit(zi_backend *be, uint64_t bytes)

@@ -36,8 +36,9 @@ int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path);
 int zi_cuda_set_flash_stages(zi_backend *be, int stages);
 
 /* Weight budget, for GPUs smaller than the model: weights uploaded while `bytes` of
- * weights are already resident stay in pinned host memory (bf16), and each op that reads
- * one copies the tensor it is given (a weight or a view of one) to device scratch right
+ * weights are already resident stay in host memory (bf16; where: zi_cuda_host_weight_bytes
+ * below), and each op that reads one gets a device copy of it: the large ones prefetched
+ * into slots on a second stream (zi_cuda_set_prefetch), the others copied to scratch right
  * before it runs (an embedding table: only the rows looked up). Results are the same bit
  * for bit; the cost is the PCIe traffic. UINT64_MAX keeps every weight resident; 0 keeps
  * all on the host. Set it before the weights are loaded. At creation the backend sets it
@@ -54,16 +55,18 @@ int zi_cuda_set_weight_budget(zi_backend *be, uint64_t bytes);
 int zi_cuda_set_weight_budget_spec(zi_backend *be, const char *spec);
 /* The budget in force (UINT64_MAX: none). */
 uint64_t zi_cuda_weight_budget(zi_backend *be);
-/* Bytes of weights kept in host memory under the budget, all kinds (the first figure).
- * Page-locked (pinned) up to the pin limit: ZI_CUDA_PIN_LIMIT_MB, or half the host's
- * memory (MemTotal, or the cgroup limit when lower), so the host stays usable. Past it, or
- * once the host has no more memory to lock: a bf16 weight of a checkpoint the loader keeps
- * mapped (be->weight_src_stable, as zi_pipeline_load does) is read from that mapping - no
- * copy, the page cache holds it (the third figure; ZI_CUDA_MAP_WEIGHTS=0 turns this off);
- * anything else is copied to ordinary memory (the second figure), refused with a clear
- * error when the host has not that much available (ZI_CUDA_HOST_MEM_LIMIT_MB caps it).
+/* Bytes of weights kept in host memory under the budget, in all and by kind:
+ *   pinned    page-locked, up to the pin limit (ZI_CUDA_PIN_LIMIT_MB, or half the host's
+ *             memory: MemTotal, or the cgroup limit when lower), so the host stays usable;
+ *   mapped    past it, or once the host has no more memory to lock: a bf16 weight of a
+ *             checkpoint the loader keeps mapped (be->weight_src_stable, as
+ *             zi_pipeline_load does) is read from that mapping - no copy, the page cache
+ *             holds it (ZI_CUDA_MAP_WEIGHTS=0 turns this off);
+ *   pageable  anything else, copied to ordinary memory; refused with a clear error when
+ *             the host has not that much available (ZI_CUDA_HOST_MEM_LIMIT_MB caps it).
  * Copies from the last two are slower and overlap the compute less. */
 uint64_t zi_cuda_host_weight_bytes(zi_backend *be);
+uint64_t zi_cuda_host_pinned_bytes(zi_backend *be);
 uint64_t zi_cuda_host_pageable_bytes(zi_backend *be);
 uint64_t zi_cuda_host_mapped_bytes(zi_backend *be);
 /* The pin limit in force, in bytes (UINT64_MAX: the host's memory could not be read), and

@@ -1149,7 +1149,7 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
         if (host)
             zi_log_info("weights: %.2f GiB of those page-locked (limit %.2f GiB, "
                         "device.pin_limit_mb)",
-                        (host - mapped - pageable) / 1073741824.0,
+                        zi_cuda_host_pinned_bytes(w->be) / 1073741824.0,
                         zi_cuda_pin_limit(w->be) / 1073741824.0);
         if (mapped)
             zi_log_info("weights: %.2f GiB of those read from the mapped checkpoint files "
