@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #ifndef ZI_SOURCE_DIR
 #define ZI_SOURCE_DIR "."
@@ -26,9 +27,102 @@ const char *zi_test_path(const char *rel)
 
 const char *zi_test_golden(const char *rel)
 {
+    const char *dir = getenv("ZI_GOLDEN_DIR");
+    if (dir && *dir) {
+        static _Thread_local char buf[4096];
+        snprintf(buf, sizeof buf, "%s/%s", dir, rel);
+        return buf;
+    }
     char tmp[2048];
     snprintf(tmp, sizeof tmp, "tests/golden/data/%s", rel);
     return zi_test_path(tmp);
+}
+
+cJSON *zi_test_manifest(void)
+{
+    const char *path = zi_test_golden("vectors/manifest.json");
+    char *text = zi_test_read_file(path);
+    if (!text)
+        fail_msg("cannot read %s", path);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    if (!root)
+        fail_msg("vectors/manifest.json: not valid JSON");
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases");
+    if (!cJSON_IsArray(cases) || cJSON_GetArraySize(cases) < 1) {
+        cJSON_Delete(root);
+        fail_msg("vectors/manifest.json: \"cases\" missing or empty");
+    }
+    return root;
+}
+
+const cJSON *zi_test_manifest_cases(const cJSON *manifest)
+{
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(manifest, "cases");
+    assert_true(cJSON_IsArray(cases));
+    assert_true(cJSON_GetArraySize(cases) >= 1);
+    return cases;
+}
+
+const char *zi_test_case_str(const cJSON *cs, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cs, key);
+    if (!cJSON_IsString(v))
+        fail_msg("manifest case: \"%s\" missing or not a string", key);
+    return v->valuestring;
+}
+
+double zi_test_case_num(const cJSON *cs, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cs, key);
+    if (!cJSON_IsNumber(v))
+        fail_msg("manifest case: \"%s\" missing or not a number", key);
+    return v->valuedouble;
+}
+
+int zi_test_case_branches(const cJSON *cs)
+{
+    return zi_test_case_num(cs, "guidance") > 0 ? 2 : 1;
+}
+
+zi_st *zi_test_case_open(const cJSON *cs)
+{
+    char rel[1024];
+    snprintf(rel, sizeof rel, "vectors/%s", zi_test_case_str(cs, "file"));
+    zi_st *st = NULL;
+    if (zi_st_open(zi_test_golden(rel), &st) != ZI_OK)
+        fail_msg("%s: %s", rel, zi_errmsg());
+    return st;
+}
+
+const char *zi_test_case_png(const cJSON *cs)
+{
+    char rel[1024];
+    snprintf(rel, sizeof rel, "vectors/%s.png", zi_test_case_str(cs, "name"));
+    const char *path = zi_test_golden(rel);
+    if (access(path, R_OK) == 0)
+        return path;
+    const char *file = zi_test_case_str(cs, "file"); /* x.safetensors -> x.png */
+    size_t stem = strlen(file);
+    if (stem > 12 && strcmp(file + stem - 12, ".safetensors") == 0)
+        stem -= 12;
+    snprintf(rel, sizeof rel, "vectors/%.*s.png", (int)stem, file);
+    return zi_test_golden(rel);
+}
+
+const cJSON *zi_test_case_with(const cJSON *manifest, const char *tensor)
+{
+    const cJSON *cs;
+    cJSON_ArrayForEach(cs, zi_test_manifest_cases(manifest))
+    {
+        zi_st *st = zi_test_case_open(cs);
+        int has = zi_st_find(st, tensor) != NULL;
+        zi_st_close(st);
+        if (has)
+            return cs;
+    }
+    fail_msg("no case file of vectors/manifest.json holds the tensor %s", tensor);
+    return NULL;
 }
 
 double zi_rel_err(const float *out, const float *ref, size_t n)

@@ -10,14 +10,46 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <cjson/cJSON.h>
+
 #include "safetensors.h"
 
 /* Path of a file under the source tree: zi_test_path("tests/golden/data/x") (static buffer,
  * valid until the next call on the thread). */
 const char *zi_test_path(const char *rel);
 
-/* The golden data folder: tests/golden/data (tiny-zimage/ and vectors/). */
+/* Path of `rel` in the golden data folder (tiny-zimage/ and vectors/): tests/golden/data
+ * under the source tree, or the folder named by the environment variable ZI_GOLDEN_DIR when
+ * it is set and not empty (another reference set with the same layout, e.g. a held-out one;
+ * the golden tests take every case, size, step count and file name from its
+ * vectors/manifest.json). Same buffer rules as zi_test_path. */
 const char *zi_test_golden(const char *rel);
+
+/* The golden set's vectors/manifest.json, parsed (the caller cJSON_Delete()s it). Fails the
+ * test when it cannot be read or parsed, or when its "cases" array is missing or empty. */
+cJSON *zi_test_manifest(void);
+
+/* The manifest's "cases" array (never empty: zi_test_manifest checked it). */
+const cJSON *zi_test_manifest_cases(const cJSON *manifest);
+
+/* A case's string / number field `key`; a missing or mistyped one fails the test. */
+const char *zi_test_case_str(const cJSON *cs, const char *key);
+double zi_test_case_num(const cJSON *cs, const char *key);
+
+/* DiT calls per step of a case: 2 under classifier-free guidance (guidance > 0), else 1. */
+int zi_test_case_branches(const cJSON *cs);
+
+/* Opens the case's file (vectors/<"file">); a failure fails the test. */
+zi_st *zi_test_case_open(const cJSON *cs);
+
+/* Path of the case's reference PNG: vectors/<"name">.png, else the case file's name with
+ * .png for .safetensors (same buffer rules as zi_test_golden). */
+const char *zi_test_case_png(const cJSON *cs);
+
+/* The first case of the manifest whose file holds the tensor `tensor`: the per-layer
+ * intermediates (te.*, dit.*, vae.decoder.*) are in one case file only, whichever it is.
+ * Fails the test when no case has it. */
+const cJSON *zi_test_case_with(const cJSON *manifest, const char *tensor);
 
 /* max |a-b| / max |ref|: the parity metric of the golden README. */
 double zi_rel_err(const float *out, const float *ref, size_t n);

@@ -2,9 +2,11 @@
  * test_dit.c - the DiT on the CPU backend against the float32 reference vectors.
  *
  * Inputs are the reference's own prompt_embeds and model inputs, so this checks the
- * transformer alone: call-0 intermediates of p0 (dit.*, padded sequences, unified = image
- * rows then caption rows) and every call's raw output of every case (input = the previous
- * step's latents), within the README's 1e-4 relative. Also: the typed tensor table
+ * transformer alone: call-0 intermediates (dit.*, padded sequences, unified = image rows
+ * then caption rows) of the case file that has them (found by its tensors, not its name) and
+ * every call's raw output of every case of vectors/manifest.json (input = the previous
+ * step's latents; steps and CFG branches from the manifest), within the README's 1e-4
+ * relative. Also: the typed tensor table
  * (missing / extra / mis-shaped tensors are load errors naming the tensor) and the
  * random-weights constructor.
  */
@@ -14,6 +16,7 @@
 #include "zi_err.h"
 #include "zi_test.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +26,7 @@
 
 static zi_backend *be;
 static zi_model_config cfg;
+static cJSON *manifest;
 
 static int setup(void **state)
 {
@@ -36,12 +40,14 @@ static int setup(void **state)
         fprintf(stderr, "config: %s\n", zi_errmsg());
         return -1;
     }
+    manifest = zi_test_manifest();
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
+    cJSON_Delete(manifest);
     zi_backend_destroy(be);
     return 0;
 }
@@ -55,7 +61,7 @@ static zi_dit *load_dit(void)
     return d;
 }
 
-/* ---- intermediates of call 0 (p0) ---- */
+/* ---- intermediates of call 0 (the case file that has dit.*) ---- */
 
 typedef struct tap_ctx {
     const zi_st *st;      /* the case's vectors */
@@ -102,8 +108,9 @@ static int tap_compare(void *ud, const char *name, const zi_tensor *t, int rows,
     if (!(err <= DIT_TOL))
         fail_msg("dit.%s: rel err %.3g > %g", name, err, DIT_TOL);
     if (pad_name) {
+        /* pad rows exist only when the sequence is not a multiple of the pad length */
+        assert_true(real >= 1 && real <= rows);
         float *pad = zi_test_st_f32(c->weights, pad_name, NULL);
-        assert_true(real < rows); /* the cases pad both sequences */
         for (int r = real; r < rows; r++)
             assert_memory_equal(got + (size_t)r * cols, pad, (size_t)cols * sizeof *pad);
         free(pad);
@@ -114,11 +121,12 @@ static int tap_compare(void *ud, const char *name, const zi_tensor *t, int rows,
     return 0;
 }
 
-static void test_dit_intermediates_p0(void **state)
+static void test_dit_intermediates(void **state)
 {
     (void)state;
-    zi_st *st = NULL;
-    assert_int_equal(zi_st_open(zi_test_golden("vectors/p0_cat_64.safetensors"), &st), ZI_OK);
+    const cJSON *cs = zi_test_case_with(manifest, "dit.t_embedder");
+    const char *file = zi_test_case_str(cs, "file");
+    zi_st *st = zi_test_case_open(cs);
     zi_st *wst = NULL;
     assert_int_equal(zi_st_open_dir(zi_test_golden("tiny-zimage/transformer"), &wst), ZI_OK);
     zi_dit *d = load_dit();
@@ -146,8 +154,8 @@ static void test_dit_intermediates_p0(void **state)
     int expect = 4 + 2 * cfg.dit.n_refiner_layers + cfg.dit.n_layers;
     assert_int_equal(ctx.seen, expect);
     double err = zi_rel_err(out, ref, nout);
-    printf("  model_out.0 rel err %.3g (worst intermediate %s %.3g)\n", err, ctx.worst_name,
-           ctx.worst);
+    printf("  %s model_out.0 rel err %.3g (worst intermediate %s %.3g)\n", file, err,
+           ctx.worst_name, ctx.worst);
     assert_true(err <= DIT_TOL);
 
     /* The same call again, caption and per-time state reused, without a tap. Only the GEMM
@@ -181,12 +189,22 @@ static void test_dit_intermediates_p0(void **state)
 
 /* ---- every call of every case: input = previous latents, output = model_out.{b} ---- */
 
-static void check_case_calls(zi_dit *d, const char *file, int steps, int cfg_branches)
+static void check_case_calls(zi_dit *d, const cJSON *cs)
 {
-    zi_st *st = NULL;
-    char path[256];
-    snprintf(path, sizeof path, "vectors/%s", file);
-    assert_int_equal(zi_st_open(zi_test_golden(path), &st), ZI_OK);
+    const char *file = zi_test_case_str(cs, "file");
+    const int steps = (int)zi_test_case_num(cs, "steps");
+    const int cfg_branches = zi_test_case_branches(cs);
+    assert_true(steps >= 1);
+    zi_st *st = zi_test_case_open(cs);
+    /* every raw output of the file is compared: none beyond the manifest's branches/steps */
+    char name[64];
+    snprintf(name, sizeof name, "step0.model_out.%d", cfg_branches);
+    if (zi_st_find(st, name))
+        fail_msg("%s has %s but guidance %g means %d branch(es)", file, name,
+                 zi_test_case_num(cs, "guidance"), cfg_branches);
+    snprintf(name, sizeof name, "step%d.model_out.0", steps);
+    if (zi_st_find(st, name))
+        fail_msg("%s has %s but the manifest says %d steps", file, name, steps);
     const zi_st_tensor *li = zi_st_find(st, "latents_init");
     assert_non_null(li);
     const int lh = (int)li->shape[2], lw = (int)li->shape[3];
@@ -205,14 +223,15 @@ static void check_case_calls(zi_dit *d, const char *file, int steps, int cfg_bra
     assert_non_null(out);
     double worst = 0;
     for (int i = 0; i < steps; i++) {
-        char name[64];
         if (i == 0)
             snprintf(name, sizeof name, "latents_init");
         else
             snprintf(name, sizeof name, "step%d.latents", i - 1);
         float *in = zi_test_st_f32(st, name, NULL);
         snprintf(name, sizeof name, "step%d.t", i);
-        float *t = zi_test_st_f32(st, name, NULL);
+        size_t nt = 0;
+        float *t = zi_test_st_f32(st, name, &nt);
+        assert_true(nt >= (size_t)cfg_branches);
         for (int b = 0; b < cfg_branches; b++) {
             if (zi_dit_forward(d, caps[b], t[b], in, lh, lw, out) != ZI_OK)
                 fail_msg("%s call %d: %s", file, i, zi_errmsg());
@@ -240,10 +259,14 @@ static void test_dit_all_calls(void **state)
 {
     (void)state;
     zi_dit *d = load_dit();
-    check_case_calls(d, "p0_cat_64.safetensors", 8, 1);
-    check_case_calls(d, "p1_zh_128x96.safetensors", 9, 1);
-    check_case_calls(d, "p2_astro_96x160.safetensors", 4, 1);
-    check_case_calls(d, "p3_cfg_64.safetensors", 3, 2);
+    const cJSON *cs;
+    int ncases = 0;
+    cJSON_ArrayForEach(cs, zi_test_manifest_cases(manifest))
+    {
+        check_case_calls(d, cs);
+        ncases++;
+    }
+    assert_true(ncases >= 1);
     zi_dit_free(d);
 }
 
@@ -333,7 +356,7 @@ static void test_dit_random(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dit_intermediates_p0),
+        cmocka_unit_test(test_dit_intermediates),
         cmocka_unit_test(test_dit_all_calls),
         cmocka_unit_test(test_dit_table_errors),
         cmocka_unit_test(test_dit_random),

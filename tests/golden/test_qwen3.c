@@ -1,10 +1,11 @@
 /*
  * test_qwen3.c - the Qwen3 text encoder on the CPU backend against the golden vectors.
  *
- * For every case file (vectors/p*_*.safetensors, the fp32 runs): input_ids -> forward ->
- * prompt_embeds (and negative_input_ids -> negative_prompt_embeds) within 1e-4 relative
- * error; for p0 every te.hidden_states.i, i < n_layers (the last entry is after the final
- * norm, which the encoder never computes). Also: a sharded copy with "model." names gives
+ * For every case of vectors/manifest.json (the fp32 runs): input_ids -> forward ->
+ * prompt_embeds (and, under CFG, negative_input_ids -> negative_prompt_embeds) within 1e-4
+ * relative error; for the case file that has them (found by its tensors, not its name) every
+ * te.hidden_states.i, i < n_layers (the last entry is after the final norm, which the
+ * encoder never computes). Also: a sharded copy with "model." names gives
  * bit-identical output; missing, mis-shaped and unexpected tensors are load errors naming
  * the tensor. From the manifest's prompt text through the tokenizer, and through the
  * `zimage encode` command, the same figures hold.
@@ -18,7 +19,6 @@
 #include "zi_test.h"
 
 #include <cjson/cJSON.h>
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +32,7 @@ typedef struct fixture {
     zi_te_config cfg;
     zi_st *st;
     zi_qwen3 *m;
+    cJSON *manifest;
 } fixture;
 
 static char te_dir[4096];
@@ -51,6 +52,7 @@ static int setup(void **state)
         fail_msg("open: %s", zi_errmsg());
     if (zi_qwen3_load(&f->m, f->st, &f->cfg, f->be) != ZI_OK)
         fail_msg("load: %s", zi_errmsg());
+    f->manifest = zi_test_manifest();
     *state = f;
     return 0;
 }
@@ -58,6 +60,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
+    cJSON_Delete(f->manifest);
     zi_qwen3_free(f->m);
     zi_st_close(f->st);
     zi_backend_destroy(f->be);
@@ -124,54 +127,36 @@ static double check_embeds(fixture *f, const zi_st *vc, const char *ids_name, co
     return e;
 }
 
-/* The fp32 case files: p<digit>_*.safetensors without another dot-suffix (the
- * .bf16cuda run is not a float32 reference). */
-static int is_case_file(const char *nm)
-{
-    size_t n = strlen(nm);
-    const char *ext = ".safetensors";
-    if (nm[0] != 'p' || nm[1] < '0' || nm[1] > '9' || n <= strlen(ext) ||
-        strcmp(nm + n - strlen(ext), ext) != 0)
-        return 0;
-    return memchr(nm, '.', n - strlen(ext)) == NULL;
-}
-
+/* The fp32 case files of the manifest (the .bf16cuda run is not listed: it is not a
+ * float32 reference). Under CFG (guidance > 0) the negative prompt's ids and embeddings
+ * must be there and are checked too. */
 static void test_cases(void **state)
 {
     fixture *f = *state;
-    char vdir[4096];
-    snprintf(vdir, sizeof vdir, "%s", zi_test_golden("vectors"));
-    DIR *d = opendir(vdir);
-    assert_non_null(d);
-    struct dirent *de;
-    int ncases = 0, nneg = 0;
-    while ((de = readdir(d)) != NULL) {
-        if (!is_case_file(de->d_name))
-            continue;
-        char path[4400];
-        snprintf(path, sizeof path, "%s/%s", vdir, de->d_name);
-        zi_st *vc;
-        if (zi_st_open(path, &vc) != ZI_OK)
-            fail_msg("%s", zi_errmsg());
-        check_embeds(f, vc, "input_ids", "prompt_embeds", de->d_name);
-        if (zi_st_find(vc, "negative_input_ids")) {
-            check_embeds(f, vc, "negative_input_ids", "negative_prompt_embeds", de->d_name);
-            nneg++;
-        }
+    int ncases = 0;
+    const cJSON *cs;
+    cJSON_ArrayForEach(cs, zi_test_manifest_cases(f->manifest))
+    {
+        const char *file = zi_test_case_str(cs, "file");
+        zi_st *vc = zi_test_case_open(cs);
+        check_embeds(f, vc, "input_ids", "prompt_embeds", file);
+        int has_neg = zi_st_find(vc, "negative_input_ids") != NULL;
+        if (zi_test_case_branches(cs) == 2 && !has_neg)
+            fail_msg("%s: guidance > 0 but no negative_input_ids", file);
+        if (has_neg)
+            check_embeds(f, vc, "negative_input_ids", "negative_prompt_embeds", file);
         ncases++;
         zi_st_close(vc);
     }
-    closedir(d);
-    assert_true(ncases >= 4);
-    assert_true(nneg >= 1);
+    assert_true(ncases >= 1);
 }
 
 static void test_hidden_states(void **state)
 {
     fixture *f = *state;
-    zi_st *vc;
-    if (zi_st_open(zi_test_golden("vectors/p0_cat_64.safetensors"), &vc) != ZI_OK)
-        fail_msg("%s", zi_errmsg());
+    const cJSON *cs = zi_test_case_with(f->manifest, "te.hidden_states.0");
+    const char *cname = zi_test_case_str(cs, "name");
+    zi_st *vc = zi_test_case_open(cs);
     int L = 0, n = f->cfg.n_layers;
     int32_t *ids = read_ids(vc, "input_ids", &L);
     assert_non_null(ids);
@@ -187,7 +172,7 @@ static void test_hidden_states(void **state)
         float *got = download(f->be, &hs[i]);
         float *ref = read_f32(vc, name, cnt);
         double e = zi_rel_err(got, ref, cnt);
-        printf("  p0 %s rel err %.3g\n", name, e);
+        printf("  %s %s rel err %.3g\n", cname, name, e);
         if (!(e <= ZI_TOL))
             fail_msg("%s: rel err %g > %g", name, e, ZI_TOL);
         if (i == n - 1) /* the last computed state is the output */
@@ -320,10 +305,10 @@ static void test_sharded(void **state)
         fail_msg("load sharded: %s", zi_errmsg());
     zi_st_close(st2); /* weights were uploaded: the mapping is no longer needed */
 
-    zi_st *vc;
-    assert_int_equal(zi_st_open(zi_test_golden("vectors/p0_cat_64.safetensors"), &vc), ZI_OK);
+    zi_st *vc = zi_test_case_open(cJSON_GetArrayItem(zi_test_manifest_cases(f->manifest), 0));
     int L = 0;
     int32_t *ids = read_ids(vc, "input_ids", &L);
+    assert_non_null(ids);
     zi_tensor a, b;
     assert_int_equal(zi_qwen3_forward(f->m, ids, L, &a, NULL), ZI_OK);
     assert_int_equal(zi_qwen3_forward(m2, ids, L, &b, NULL), ZI_OK);
@@ -431,32 +416,6 @@ static void test_random_weights(void **state)
 
 /* ---- from the prompt text ---- */
 
-/* The manifest's cases (cJSON array; the caller deletes the root). */
-static cJSON *load_manifest(cJSON **root)
-{
-    char *text = zi_test_read_file(zi_test_golden("vectors/manifest.json"));
-    assert_non_null(text);
-    *root = cJSON_Parse(text);
-    free(text);
-    assert_non_null(*root);
-    cJSON *cases = cJSON_GetObjectItemCaseSensitive(*root, "cases");
-    assert_true(cJSON_IsArray(cases));
-    assert_true(cJSON_GetArraySize(cases) >= 4);
-    return cases;
-}
-
-static zi_st *open_case(const cJSON *c)
-{
-    const cJSON *file = cJSON_GetObjectItemCaseSensitive(c, "file");
-    assert_true(cJSON_IsString(file));
-    char rel[512];
-    snprintf(rel, sizeof rel, "vectors/%s", file->valuestring);
-    zi_st *vc;
-    if (zi_st_open(zi_test_golden(rel), &vc) != ZI_OK)
-        fail_msg("%s", zi_errmsg());
-    return vc;
-}
-
 /* Tokenizes `text`, checks the ids equal the case's `ids_name`, runs the encoder and
  * compares with `ref_name`. */
 static void check_text(fixture *f, const zi_tokenizer *tok, const zi_st *vc, const char *text,
@@ -494,25 +453,21 @@ static void test_from_text(void **state)
     zi_tokenizer *tok;
     if (zi_tokenizer_load(zi_test_golden("tiny-zimage/tokenizer"), &tok) != ZI_OK)
         fail_msg("tokenizer: %s", zi_errmsg());
-    cJSON *root;
-    const cJSON *cases = load_manifest(&root), *c;
-    int nneg = 0;
-    cJSON_ArrayForEach(c, cases)
+    const cJSON *c;
+    int ncases = 0;
+    cJSON_ArrayForEach(c, zi_test_manifest_cases(f->manifest))
     {
-        zi_st *vc = open_case(c);
-        const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(c, "prompt");
-        assert_true(cJSON_IsString(prompt));
-        check_text(f, tok, vc, prompt->valuestring, "input_ids", "prompt_embeds");
+        zi_st *vc = zi_test_case_open(c);
+        check_text(f, tok, vc, zi_test_case_str(c, "prompt"), "input_ids", "prompt_embeds");
+        /* under CFG the negative prompt (the pipeline's default: empty) */
         const cJSON *neg = cJSON_GetObjectItemCaseSensitive(c, "negative");
-        if (cJSON_IsString(neg) && zi_st_find(vc, "negative_input_ids")) {
-            check_text(f, tok, vc, neg->valuestring, "negative_input_ids",
-                       "negative_prompt_embeds");
-            nneg++;
-        }
+        if (zi_test_case_branches(c) == 2)
+            check_text(f, tok, vc, cJSON_IsString(neg) ? neg->valuestring : "",
+                       "negative_input_ids", "negative_prompt_embeds");
         zi_st_close(vc);
+        ncases++;
     }
-    assert_true(nneg >= 1);
-    cJSON_Delete(root);
+    assert_true(ncases >= 1);
     zi_tokenizer_free(tok);
 }
 
@@ -550,14 +505,14 @@ static void test_cli_encode(void **state)
     make_tmp();
     char model[4096];
     snprintf(model, sizeof model, "%s", zi_test_golden("tiny-zimage"));
-    cJSON *root;
-    const cJSON *cases = load_manifest(&root), *c;
+    const cJSON *c;
     int ncases = 0;
-    cJSON_ArrayForEach(c, cases)
+    cJSON_ArrayForEach(c, zi_test_manifest_cases(f->manifest))
     {
-        if (ncases == 2) /* two prompts (one Chinese) are enough for the command */
+        if (ncases == 2) /* two prompts (one Chinese in the public set) are enough */
             break;
         const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(c, "prompt");
+        assert_true(cJSON_IsString(prompt));
         char outp[512], cmd[16384] = "";
         snprintf(outp, sizeof outp, "%s/embeds%d.safetensors", tmp_dir, ncases);
         sh_quote(cmd, sizeof cmd, binary());
@@ -569,7 +524,7 @@ static void test_cli_encode(void **state)
         sh_quote(cmd, sizeof cmd, outp);
         assert_int_equal(zi_test_run(cmd, NULL, 0), 0);
 
-        zi_st *got_st, *vc = open_case(c);
+        zi_st *got_st, *vc = zi_test_case_open(c);
         if (zi_st_open(outp, &got_st) != ZI_OK)
             fail_msg("%s", zi_errmsg());
         const zi_st_tensor *g = zi_st_find(got_st, "prompt_embeds");
@@ -593,7 +548,7 @@ static void test_cli_encode(void **state)
         zi_st_close(vc);
         ncases++;
     }
-    cJSON_Delete(root);
+    assert_true(ncases >= 1);
 
     /* usage */
     char cmd[8192] = "", out[4096];

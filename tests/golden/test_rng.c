@@ -1,9 +1,10 @@
 /*
  * test_rng.c - torch-compatible randn against the golden vectors.
  *
- * Every cuda.* and cpu.* tensor of vectors/rng.safetensors and every tensor of
- * vectors/rng_large.safetensors (grid-capped CUDA sizes) must match within 1e-5 absolute
- * (golden README, "What matches means"). Plus known answers for the building blocks:
+ * Every cuda.* and cpu.* tensor of vectors/rng.safetensors (both generators must be there)
+ * and every tensor of vectors/rng_large.safetensors (at least one a grid-capped CUDA size)
+ * must match within 1e-5 absolute (golden README, "What matches means"); how many seeds and
+ * shapes a set holds is its own business. Plus known answers for the building blocks:
  * Philox4x32-10 (Random123 KAT), mt19937 (10000th draw of the default seed) and torch's
  * scalar CPU path (n < 16), whose values for seeds 0 and 42 are widely published.
  */
@@ -39,14 +40,15 @@ static int parse_name(const char *name, zi_rng_kind *kind, uint64_t *seed)
     return end != p && *end == '_';
 }
 
-/* Checks every rng tensor of one file; returns how many were checked. */
-static int check_file(const char *rel, int want_cpu)
+/* Checks every rng tensor of one file; returns how many were checked. *capped (when not
+ * NULL) is set to how many of them are CUDA sizes past the grid cap. */
+static int check_file(const char *rel, int want_cpu, int *capped)
 {
     zi_st *st = NULL;
     int rc = zi_st_open(zi_test_golden(rel), &st);
     if (rc != ZI_OK)
         fail_msg("open %s: %s", rel, zi_errmsg());
-    int checked = 0, saw_cpu = 0;
+    int checked = 0, saw_cpu = 0, saw_cuda = 0, n_capped = 0;
     double worst = 0;
     for (size_t i = 0; i < zi_st_count(st); i++) {
         const zi_st_tensor *t = zi_st_at(st, i);
@@ -66,6 +68,9 @@ static int check_file(const char *rel, int want_cpu)
         if (d > worst)
             worst = d;
         saw_cpu += kind == ZI_RNG_CPU;
+        saw_cuda += kind == ZI_RNG_CUDA;
+        /* past 1056 blocks x 256 threads each thread loops: the capped grid */
+        n_capped += kind == ZI_RNG_CUDA && n > (size_t)1056 * 256;
         checked++;
         free(ref);
         free(out);
@@ -73,6 +78,9 @@ static int check_file(const char *rel, int want_cpu)
     printf("%s: %d tensors, worst max abs diff %.3g\n", rel, checked, worst);
     if (want_cpu)
         assert_true(saw_cpu > 0);
+    assert_true(saw_cuda > 0); /* the latents' generator */
+    if (capped)
+        *capped = n_capped;
     zi_st_close(st);
     return checked;
 }
@@ -80,14 +88,16 @@ static int check_file(const char *rel, int want_cpu)
 static void test_rng_vectors(void **state)
 {
     (void)state;
-    /* 3 seeds x 3 shapes x 2 generators */
-    assert_int_equal(check_file("vectors/rng.safetensors", 1), 18);
+    /* seeds x shapes x 2 generators (3 x 3 x 2 = 18 in the public set) */
+    assert_true(check_file("vectors/rng.safetensors", 1, NULL) >= 2);
 }
 
 static void test_rng_large_vectors(void **state)
 {
     (void)state;
-    assert_true(check_file("vectors/rng_large.safetensors", 0) >= 3);
+    int capped = 0;
+    assert_true(check_file("vectors/rng_large.safetensors", 0, &capped) >= 1);
+    assert_true(capped >= 1); /* the file exists for the grid-capped sizes */
 }
 
 /* Random123 known-answer vectors for philox4x32_10. */

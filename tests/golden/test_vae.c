@@ -1,11 +1,12 @@
 /*
  * test_vae.c - the VAE decoder on the CPU backend against the golden vectors.
  *
- * For every case p*: vae.decoder.in -> decoder output within 1e-4 relative of
- * vae.decoder.out, and the uint8 image >= 40 dB PSNR, <= 3 max abs against image_u8.
- * For p0 also every intermediate (conv_in, mid_block, up_blocks.i, conv_norm_out,
- * conv_out). Then the whole tail from the sampler's final latents, the memory plan
- * (measured peak == zi_vae_peak_estimate), load errors that name the tensor, and random
+ * For every case of vectors/manifest.json: vae.decoder.in -> decoder output within 1e-4
+ * relative of vae.decoder.out, and the uint8 image >= 40 dB PSNR, <= 3 max abs against
+ * image_u8. For the case file that has them (found by its tensors, not its name) also every
+ * intermediate (conv_in, mid_block, up_blocks.i, conv_norm_out, conv_out). Then the whole
+ * tail from the sampler's final latents (step{steps-1} of the manifest's steps), the memory
+ * plan (measured peak == zi_vae_peak_estimate), load errors that name the tensor, and random
  * weights of other shapes (nothing depends on the tiny sizes).
  */
 #include "zi_test.h"
@@ -16,6 +17,7 @@
 #include "vae.h"
 #include "zi_err.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,12 +26,11 @@
 
 #define ZI_VAE_TOL 1e-4
 
-static const char *const cases[] = {"p0_cat_64", "p1_zh_128x96", "p2_astro_96x160", "p3_cfg_64"};
-
 typedef struct fixture {
     zi_backend *be;
     zi_vae_config cfg;
     zi_vae *vae;
+    cJSON *manifest;
 } fixture;
 
 static int setup(void **state)
@@ -42,6 +43,7 @@ static int setup(void **state)
         fail_msg("config: %s", zi_errmsg());
     if (zi_vae_load(zi_test_golden("tiny-zimage/vae"), &f->cfg, f->be, &f->vae) != ZI_OK)
         fail_msg("load: %s", zi_errmsg());
+    f->manifest = zi_test_manifest();
     *state = f;
     return 0;
 }
@@ -49,6 +51,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
+    cJSON_Delete(f->manifest);
     zi_vae_free(f->vae);
     zi_backend_destroy(f->be);
     free(f);
@@ -93,13 +96,10 @@ static int tap_compare(void *ud, const char *name, const zi_tensor *t, int C, in
     return 0;
 }
 
-static void check_case(fixture *f, const char *name, int with_taps)
+static void check_case(fixture *f, const cJSON *cs, int with_taps)
 {
-    char rel[128];
-    snprintf(rel, sizeof rel, "vectors/%s.safetensors", name);
-    zi_st *st = NULL;
-    if (zi_st_open(zi_test_golden(rel), &st) != ZI_OK)
-        fail_msg("%s", zi_errmsg());
+    const char *name = zi_test_case_str(cs, "name");
+    zi_st *st = zi_test_case_open(cs);
     const zi_st_tensor *tin = zi_st_find(st, "vae.decoder.in");
     assert_non_null(tin);
     assert_int_equal(tin->ndim, 4);
@@ -155,15 +155,23 @@ static void check_case(fixture *f, const char *name, int with_taps)
     zi_st_close(st);
 }
 
-static void test_vae_p0_intermediates(void **state)
+static void test_vae_intermediates(void **state)
 {
-    check_case(*state, "p0_cat_64", 1);
+    fixture *f = *state;
+    check_case(f, zi_test_case_with(f->manifest, "vae.decoder.conv_in"), 1);
 }
 
 static void test_vae_all_cases(void **state)
 {
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        check_case(*state, cases[i], 0);
+    fixture *f = *state;
+    const cJSON *cs;
+    int ncases = 0;
+    cJSON_ArrayForEach(cs, zi_test_manifest_cases(f->manifest))
+    {
+        check_case(f, cs, 0);
+        ncases++;
+    }
+    assert_true(ncases >= 1);
 }
 
 /* The pipeline's path: final F32 latents -> denormalise -> decode -> uint8, and the
@@ -171,22 +179,23 @@ static void test_vae_all_cases(void **state)
 static void test_vae_decode_rgb8_and_memory(void **state)
 {
     fixture *f = *state;
-    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        char rel[128];
-        snprintf(rel, sizeof rel, "vectors/%s.safetensors", cases[c]);
-        zi_st *st = NULL;
-        assert_int_equal(zi_st_open(zi_test_golden(rel), &st), ZI_OK);
-        /* the last Euler step's latents */
+    const cJSON *cs;
+    int ncases = 0;
+    cJSON_ArrayForEach(cs, zi_test_manifest_cases(f->manifest))
+    {
+        const char *name = zi_test_case_str(cs, "name");
+        zi_st *st = zi_test_case_open(cs);
+        /* the last Euler step's latents: step{steps-1}, and no step after it */
+        const int steps = (int)zi_test_case_num(cs, "steps");
+        assert_true(steps >= 1);
         char key[32];
-        int last = -1;
-        for (int i = 0; i < 100; i++) {
-            snprintf(key, sizeof key, "step%d.latents", i);
-            if (zi_st_find(st, key))
-                last = i;
-        }
-        assert_true(last >= 0);
-        snprintf(key, sizeof key, "step%d.latents", last);
+        snprintf(key, sizeof key, "step%d.latents", steps);
+        if (zi_st_find(st, key))
+            fail_msg("%s has %s but the manifest says %d steps", name, key, steps);
+        snprintf(key, sizeof key, "step%d.latents", steps - 1);
         const zi_st_tensor *tl = zi_st_find(st, key);
+        if (!tl)
+            fail_msg("%s: tensor %s missing", name, key);
         int C = (int)tl->shape[1], lh = (int)tl->shape[2], lw = (int)tl->shape[3];
         size_t n;
         float *lat = zi_test_st_f32(st, key, &n);
@@ -219,7 +228,7 @@ static void test_vae_decode_rgb8_and_memory(void **state)
         uint64_t plan = zi_vae_peak_estimate(&f->cfg, lh, lw, sizeof(float));
         printf("  %-18s from %s: PSNR %.1f dB; act peak %llu B (plan %llu B), backend peak "
                "%llu B, weights %llu B\n",
-               cases[c], key, psnr, (unsigned long long)mem.act_peak, (unsigned long long)plan,
+               name, key, psnr, (unsigned long long)mem.act_peak, (unsigned long long)plan,
                (unsigned long long)mem.backend_peak, (unsigned long long)mem.weights);
         assert_int_equal(mem.act_peak, plan);
         assert_true(mem.backend_peak >= mem.act_peak);
@@ -232,7 +241,9 @@ static void test_vae_decode_rgb8_and_memory(void **state)
         free(zin);
         free(zref);
         zi_st_close(st);
+        ncases++;
     }
+    assert_true(ncases >= 1);
 }
 
 /* The real decoder's plan: 1024^2 (latent 128^2) peaks at up_blocks.3.resnets.0 with
@@ -428,7 +439,7 @@ static void test_vae_random_other_shapes(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vae_p0_intermediates),
+        cmocka_unit_test(test_vae_intermediates),
         cmocka_unit_test(test_vae_all_cases),
         cmocka_unit_test(test_vae_decode_rgb8_and_memory),
         cmocka_unit_test(test_vae_peak_estimate_real),
