@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 /* Largest side accepted on either path (the service limit is 4096). */
 #define ZI_PNG_MAX_SIDE 65535
@@ -73,8 +74,38 @@ static int zi_png_check_size(const char *what, int width, int height)
     return ZI_OK;
 }
 
-int zi_png_encode(const uint8_t *rgb, int width, int height, const char *parameters, uint8_t **png,
-                  size_t *len)
+int zi_png_compression_parse(const char *name, zi_png_compression *out)
+{
+    if (name && strcmp(name, "fast") == 0)
+        *out = ZI_PNG_FAST;
+    else if (name && strcmp(name, "small") == 0)
+        *out = ZI_PNG_SMALL;
+    else
+        return zi_errorf(ZI_EINVAL, "png compression '%s': expected fast or small",
+                         name ? name : "(null)");
+    return ZI_OK;
+}
+
+const char *zi_png_compression_name(zi_png_compression c)
+{
+    return c == ZI_PNG_SMALL ? "small" : "fast";
+}
+
+/* zlib settings of each zi_png_compression (png.h). */
+static int zi_png_set_compression(spng_ctx *ctx, zi_png_compression c)
+{
+    int level = c == ZI_PNG_SMALL ? Z_DEFAULT_COMPRESSION : Z_BEST_SPEED;
+    int strategy = c == ZI_PNG_SMALL ? Z_FILTERED : Z_RLE;
+    int e = spng_set_option(ctx, SPNG_IMG_COMPRESSION_LEVEL, level);
+    if (!e)
+        e = spng_set_option(ctx, SPNG_IMG_COMPRESSION_STRATEGY, strategy);
+    if (!e)
+        e = spng_set_option(ctx, SPNG_FILTER_CHOICE, SPNG_FILTER_CHOICE_ALL);
+    return e;
+}
+
+int zi_png_encode(const uint8_t *rgb, int width, int height, const char *parameters,
+                  zi_png_compression compression, uint8_t **png, size_t *len)
 {
     *png = NULL;
     *len = 0;
@@ -92,6 +123,8 @@ int zi_png_encode(const uint8_t *rgb, int width, int height, const char *paramet
     if (!ctx)
         return zi_errorf(ZI_ENOMEM, "png encode: out of memory");
     int e = spng_set_option(ctx, SPNG_ENCODE_TO_BUFFER, 1);
+    if (!e)
+        e = zi_png_set_compression(ctx, compression);
     struct spng_ihdr ihdr = {
         .width = (uint32_t)width,
         .height = (uint32_t)height,
@@ -137,7 +170,7 @@ int zi_png_write(const char *path, const uint8_t *rgb, int width, int height,
 {
     uint8_t *buf = NULL;
     size_t len = 0;
-    int rc = zi_png_encode(rgb, width, height, parameters, &buf, &len);
+    int rc = zi_png_encode(rgb, width, height, parameters, ZI_PNG_FAST, &buf, &len);
     if (rc != ZI_OK)
         return rc;
     FILE *f = fopen(path, "wb");

@@ -34,12 +34,25 @@ typedef struct zi_png_params {
  * exceed ZI_PNG_MAX_TEXT. */
 int zi_png_params_text(const zi_png_params *p, char **out);
 
+/* How hard the encoder compresses; the pixels are the same either way.
+ *  ZI_PNG_FAST: zlib's run-length strategy (Z_RLE) over adaptively filtered rows. On
+ *    photographic images - what the model makes - filtered rows are noise-like and long
+ *    matches are rare, so this is about 4x faster than ZI_PNG_SMALL for files within about
+ *    1% of its size (docs/performance.md, "PNG encoding"; zimage bench: png_*).
+ *  ZI_PNG_SMALL: zlib's default level with the filtered strategy (libspng's defaults):
+ *    smaller files where the image has long repeats (flat areas, drawn graphics). */
+typedef enum zi_png_compression { ZI_PNG_FAST = 0, ZI_PNG_SMALL = 1 } zi_png_compression;
+
+/* "fast" or "small" -> *out; ZI_EINVAL naming the word otherwise. */
+int zi_png_compression_parse(const char *name, zi_png_compression *out);
+const char *zi_png_compression_name(zi_png_compression c);
+
 /* Encodes rgb [height, width, 3] to a PNG in memory; *png is malloc'ed (caller frees),
  * *len its size. parameters may be NULL (no iTXt chunk). */
-int zi_png_encode(const uint8_t *rgb, int width, int height, const char *parameters, uint8_t **png,
-                  size_t *len);
+int zi_png_encode(const uint8_t *rgb, int width, int height, const char *parameters,
+                  zi_png_compression compression, uint8_t **png, size_t *len);
 
-/* Same, written to `path` (created or truncated). */
+/* Same (ZI_PNG_FAST), written to `path` (created or truncated). */
 int zi_png_write(const char *path, const uint8_t *rgb, int width, int height,
                  const char *parameters);
 

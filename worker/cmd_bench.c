@@ -20,6 +20,9 @@
  * On CUDA with weights kept in host memory (a weight budget, docs/cuda.md) it also
  * reports host_weights_bytes, weight_prefetch_hits / _misses and the small image again
  * with prefetch off (image_384_9steps_no_prefetch_s, prefetch_speedup = that / with).
+ * Both modes also time the worker's PNG encoding of the last image (--size, or the
+ * checkpoint's WxH) in both s3.png_compression settings: png_encode_ms / png_bytes (fast),
+ * png_small_encode_ms / png_small_bytes, png_fast_speedup (small's time / fast's).
  * Every timing is the median of --runs runs after one warm-up, with the device
  * synchronised before the clock stops.
  */
@@ -29,6 +32,7 @@
 #include "dit.h"
 #include "pipeline.h"
 #include "pipeline_bench.h"
+#include "png.h"
 #include "profile.h"
 #include "qwen3.h"
 #include "vae.h"
@@ -154,9 +158,11 @@ static int zb_progress(void *ud, int step, int steps, double step_seconds)
 }
 
 /* Generates one warm-up then `runs` timed images; fills the median/min end-to-end
- * seconds and the median step seconds. */
+ * seconds and the median step seconds; *last (when not NULL) receives the last image
+ * (malloc'ed RGB8, the caller frees). */
 static int zb_images(zi_pipeline *p, const char *prompt, int w, int h, int steps, int runs,
-                     uint64_t seed, double *e2e_med, double *e2e_min, double *step_med)
+                     uint64_t seed, double *e2e_med, double *e2e_min, double *step_med,
+                     uint8_t **last)
 {
     static zb_steps st;
     double e2e[ZB_MAX_RUNS];
@@ -175,6 +181,11 @@ static int zb_images(zi_pipeline *p, const char *prompt, int w, int h, int steps
         double t0 = zb_now();
         int rc = zi_pipeline_generate(p, &g, zb_progress, &st, &rgb);
         double t1 = zb_now();
+        if (rc == ZI_OK && last && r == runs - 1) {
+            free(*last);
+            *last = rgb;
+            rgb = NULL;
+        }
         free(rgb);
         if (rc != ZI_OK)
             return rc;
@@ -186,6 +197,36 @@ static int zb_images(zi_pipeline *p, const char *prompt, int w, int h, int steps
     *e2e_min = zb_min(e2e, runs);
     *e2e_med = zb_median(e2e, runs);
     *step_med = zb_median(st.t, st.n);
+    return ZI_OK;
+}
+
+/* The PNG encoding of the worker (s3.png_compression "fast", the default) against "small"
+ * on the same image, in this run: png_encode_ms, png_bytes, png_small_encode_ms,
+ * png_small_bytes and png_fast_speedup (small's time / fast's). Medians of `runs`. */
+static int zb_png(cJSON *obj, const uint8_t *rgb, int w, int h, int runs)
+{
+    static const char *const names[2][2] = {{"png_encode_ms", "png_bytes"},
+                                            {"png_small_encode_ms", "png_small_bytes"}};
+    double med[2] = {0, 0};
+    for (int c = 0; c < 2; c++) {
+        double t[ZB_MAX_RUNS];
+        size_t len = 0;
+        for (int r = 0; r < runs; r++) {
+            uint8_t *png = NULL;
+            double t0 = zb_now();
+            int rc = zi_png_encode(rgb, w, h, NULL, (zi_png_compression)c, &png, &len);
+            t[r] = zb_now() - t0;
+            free(png);
+            if (rc != ZI_OK)
+                return rc;
+        }
+        med[c] = zb_median(t, runs);
+        cJSON_AddNumberToObject(obj, names[c][0], med[c] * 1e3);
+        cJSON_AddNumberToObject(obj, names[c][1], (double)len);
+    }
+    cJSON_AddNumberToObject(obj, "png_fast_speedup", med[0] > 0 ? med[1] / med[0] : 0);
+    fprintf(stderr, "bench: PNG %dx%d: fast %.1f ms, small %.1f ms\n", w, h, med[0] * 1e3,
+            med[1] * 1e3);
     return ZI_OK;
 }
 
@@ -204,8 +245,12 @@ static int zb_checkpoint_on(const zb_opts *o, const char *name, cJSON *obj, doub
     double load = zb_now() - t0;
     if (rc == ZI_OK) {
         double e2e_min = 0;
+        uint8_t *rgb = NULL;
         rc = zb_images(p, o->prompt, o->width, o->height, o->steps, o->runs, o->seed, e2e, &e2e_min,
-                       step);
+                       step, &rgb);
+        if (rc == ZI_OK)
+            rc = zb_png(obj, rgb, o->width, o->height, o->runs);
+        free(rgb);
         if (rc == ZI_OK) {
             double pa, pr, wb;
             zb_peaks(be, &pa, &pr, &wb);
@@ -489,11 +534,15 @@ static int zb_random(const zb_opts *o, cJSON *root)
 
     /* whole images */
     double big_med, big_min, big_step, small_med, small_min, small_step;
+    uint8_t *big_rgb = NULL;
     rc = zb_images(p, "bench", o->size, o->size, o->steps, o->runs, o->seed, &big_med, &big_min,
-                   &big_step);
+                   &big_step, &big_rgb);
+    if (rc == ZI_OK)
+        rc = zb_png(root, big_rgb, o->size, o->size, o->runs);
+    free(big_rgb);
     if (rc == ZI_OK)
         rc = zb_images(p, "bench", o->small_size, o->small_size, o->small_steps, o->runs, o->seed,
-                       &small_med, &small_min, &small_step);
+                       &small_med, &small_min, &small_step, NULL);
     if (rc != ZI_OK)
         goto done;
     double np_med = 0; /* weights kept on the host: the small image without prefetch */
@@ -502,7 +551,7 @@ static int zb_random(const zb_opts *o, cJSON *root)
         double np_min, np_step;
         zi_cuda_set_prefetch(be, 0, 0);
         rc = zb_images(p, "bench", o->small_size, o->small_size, o->small_steps, o->runs, o->seed,
-                       &np_med, &np_min, &np_step);
+                       &np_med, &np_min, &np_step, NULL);
         zi_cuda_set_prefetch(be, 1, 0);
         if (rc != ZI_OK)
             goto done;

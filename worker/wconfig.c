@@ -114,6 +114,8 @@ static const zi_wcfg_row zi_wcfg_rows[] = {
     {"s3.presign_ttl_s", "ZIMAGE_S3_PRESIGN_TTL_S", ZI_WCFG_INT, "3600", 1, ZI_S3_MAX_PRESIGN_S,
      NULL, ZI_WCFG_OFF(s3_presign_ttl_s)},
     {"s3.retry_s", "ZIMAGE_S3_RETRY_S", ZI_WCFG_INT, "60", 0, 86400, NULL, ZI_WCFG_OFF(s3_retry_s)},
+    {"s3.png_compression", "ZIMAGE_S3_PNG_COMPRESSION", ZI_WCFG_ENUM, "fast", 0, 0, "fast|small",
+     ZI_WCFG_OFF(s3_png_compression)},
     {"worker.id", "ZIMAGE_WORKER_ID", ZI_WCFG_STRING, "", 0, 128, NULL, ZI_WCFG_OFF(worker_id)},
     {"worker.http_listen", "ZIMAGE_WORKER_HTTP_LISTEN", ZI_WCFG_STRING, "0.0.0.0:9400", 1, 300,
      NULL, ZI_WCFG_OFF(worker_http_listen)},

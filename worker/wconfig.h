@@ -86,6 +86,7 @@ typedef struct zi_wconfig {
     int s3_path_style; /* bool */
     int s3_presign_ttl_s;
     int s3_retry_s;
+    char *s3_png_compression; /* "fast" | "small" (extension; default fast) */
     /* worker */
     char *worker_id; /* default (and when set to ""): the host name */
     char *worker_http_listen;

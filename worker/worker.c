@@ -52,6 +52,7 @@ typedef struct zi_wk {
     zi_job_limits lim;
     char model[256];
     char seed_buf[32];
+    zi_png_compression png_compression; /* s3.png_compression */
 
     zi_backend *be;
     zi_pipeline *pipe;
@@ -571,7 +572,8 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
     };
     int64_t tp = zi_wk_mono_ms();
     if ((rc = zi_png_params_text(&pp, &params)) == ZI_OK)
-        rc = zi_png_encode(rgb, r->job.width, r->job.height, params, &png, &png_len);
+        rc = zi_png_encode(rgb, r->job.width, r->job.height, params, w->png_compression, &png,
+                           &png_len);
     r->png_ms = zi_wk_mono_ms() - tp;
     if (rc != ZI_OK) {
         char msg[512];
@@ -1045,6 +1047,10 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
     char tmp[1024];
     snprintf(w->model, sizeof w->model, "%s", zi_wk_basename(cfg->model_path, tmp, sizeof tmp));
     snprintf(w->state, sizeof w->state, "starting");
+    if (zi_png_compression_parse(cfg->s3_png_compression, &w->png_compression) != ZI_OK) {
+        free(w);
+        return ZI_EINVAL; /* the config table allows only the names it knows */
+    }
     w->lease_ttl_ms = 3000LL * cfg->worker_heartbeat_s;
     const char *crash = getenv("ZIMAGE_FAULT_CRASH_PROMPT");
     w->crash_prompt = crash && crash[0] ? crash : NULL;

@@ -62,6 +62,20 @@ static void test_usage(void **state)
     assert_int_equal(bench("--random-weights --bogus 1"), 2);
 }
 
+/* Both PNG settings timed on the last image: a 64x64 RGB8 PNG is at least its
+ * signature, header and end chunks, and at most the raw pixels plus zlib's overhead. */
+static void check_png_figures(const cJSON *j)
+{
+    assert_true(num(j, "png_encode_ms") > 0);
+    assert_true(num(j, "png_small_encode_ms") > 0);
+    assert_true(num(j, "png_fast_speedup") > 0);
+    const char *keys[] = {"png_bytes", "png_small_bytes"};
+    for (int i = 0; i < 2; i++) {
+        double b = num(j, keys[i]);
+        assert_true(b > 57 && b < 64 * (64 * 3 + 1) + 1024);
+    }
+}
+
 static void test_checkpoint_cpu(void **state)
 {
     (void)state;
@@ -79,6 +93,7 @@ static void test_checkpoint_cpu(void **state)
     assert_true(num(base, "end_to_end_s") > 0);
     double sp = num(j, "speedup_end_to_end");
     assert_true(sp > 0.05 && sp < 20); /* same backend both times: near 1 */
+    check_png_figures(j);
     cJSON_Delete(j);
 }
 
@@ -98,6 +113,7 @@ static void test_random_weights_cpu(void **state)
     assert_non_null(cJSON_GetObjectItemCaseSensitive(j, "text_encode_ms"));
     assert_non_null(cJSON_GetObjectItemCaseSensitive(j, "vae_decode_64_ms"));
     assert_null(cJSON_GetObjectItemCaseSensitive(j, "profile")); /* only with --profile */
+    check_png_figures(j);
     cJSON_Delete(j);
 }
 

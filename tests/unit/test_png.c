@@ -25,13 +25,14 @@ static uint8_t *make_image(int w, int h)
     return rgb;
 }
 
-static void roundtrip(const uint8_t *rgb, int w, int h, const char *params)
+static void roundtrip_with(const uint8_t *rgb, int w, int h, const char *params,
+                           zi_png_compression c)
 {
     uint8_t *png = NULL, *back = NULL;
     size_t len = 0;
     char *text = NULL;
     int bw = 0, bh = 0;
-    assert_int_equal(zi_png_encode(rgb, w, h, params, &png, &len), ZI_OK);
+    assert_int_equal(zi_png_encode(rgb, w, h, params, c, &png, &len), ZI_OK);
     assert_true(len > 8);
     assert_memory_equal(png, "\x89PNG\r\n\x1a\n", 8);
     assert_int_equal(zi_png_decode(png, len, &back, &bw, &bh, &text), ZI_OK);
@@ -52,6 +53,13 @@ static void roundtrip(const uint8_t *rgb, int w, int h, const char *params)
     free(png);
     free(back);
     free(text);
+}
+
+/* Every compression setting gives back the same pixels and text. */
+static void roundtrip(const uint8_t *rgb, int w, int h, const char *params)
+{
+    roundtrip_with(rgb, w, h, params, ZI_PNG_FAST);
+    roundtrip_with(rgb, w, h, params, ZI_PNG_SMALL);
 }
 
 static void test_png_roundtrip_pixels(void **state)
@@ -168,7 +176,7 @@ static void test_png_errors(void **state)
     uint8_t px[3] = {1, 2, 3}, *png = NULL, *rgb = NULL;
     size_t len = 0;
     int w, h;
-    assert_int_equal(zi_png_encode(px, 0, 1, NULL, &png, &len), ZI_EINVAL);
+    assert_int_equal(zi_png_encode(px, 0, 1, NULL, ZI_PNG_FAST, &png, &len), ZI_EINVAL);
     assert_null(png);
     assert_int_equal(zi_png_decode("not a png at all", 16, &rgb, &w, &h, NULL), ZI_EFORMAT);
     assert_null(rgb);
@@ -177,42 +185,78 @@ static void test_png_errors(void **state)
     assert_int_equal(zi_png_write("/nonexistent/dir/x.png", px, 1, 1, NULL), ZI_EIO);
 
     /* a truncated PNG is a format error, not a crash */
-    assert_int_equal(zi_png_encode(px, 1, 1, "x", &png, &len), ZI_OK);
+    assert_int_equal(zi_png_encode(px, 1, 1, "x", ZI_PNG_FAST, &png, &len), ZI_OK);
     assert_int_equal(zi_png_decode(png, len / 2, &rgb, &w, &h, NULL), ZI_EFORMAT);
     free(png);
 }
 
-/* The golden PNG (written by diffusers/PIL) decodes to the image_u8 tensor. */
+/* The two settings really differ: on an image with long runs and repeats (what the
+ * filtered strategy's longer matches catch and run-length coding does not), "small" is
+ * smaller; both decode to the same pixels (roundtrip above). And the names. */
+static void test_png_compression(void **state)
+{
+    (void)state;
+    const int w = 256, h = 64;
+    uint8_t *rgb = malloc((size_t)w * h * 3);
+    assert_non_null(rgb);
+    for (int y = 0; y < h; y++) /* a repeating 24-pixel motif, shifted per row */
+        for (int x = 0; x < w; x++)
+            for (int c = 0; c < 3; c++)
+                rgb[((size_t)y * w + x) * 3 + c] = (uint8_t)(((x + 5 * y) % 24) * 7 + c * 50);
+    uint8_t *fast = NULL, *small = NULL;
+    size_t nfast = 0, nsmall = 0;
+    assert_int_equal(zi_png_encode(rgb, w, h, NULL, ZI_PNG_FAST, &fast, &nfast), ZI_OK);
+    assert_int_equal(zi_png_encode(rgb, w, h, NULL, ZI_PNG_SMALL, &small, &nsmall), ZI_OK);
+    printf("  %dx%d motif: fast %zu bytes, small %zu bytes\n", w, h, nfast, nsmall);
+    assert_true(nsmall < nfast);
+    roundtrip(rgb, w, h, "motif");
+    free(fast);
+    free(small);
+    free(rgb);
+
+    zi_png_compression c = ZI_PNG_SMALL;
+    assert_int_equal(zi_png_compression_parse("fast", &c), ZI_OK);
+    assert_int_equal(c, ZI_PNG_FAST);
+    assert_string_equal(zi_png_compression_name(c), "fast");
+    assert_int_equal(zi_png_compression_parse("small", &c), ZI_OK);
+    assert_int_equal(c, ZI_PNG_SMALL);
+    assert_string_equal(zi_png_compression_name(c), "small");
+    assert_int_equal(zi_png_compression_parse("zlib9", &c), ZI_EINVAL);
+    assert_non_null(strstr(zi_errmsg(), "zlib9"));
+    assert_int_equal(zi_png_compression_parse(NULL, &c), ZI_EINVAL);
+}
+
+/* Every golden PNG (written by diffusers/PIL) decodes to its case's image_u8 tensor, and
+ * our encoder gives back the same pixels in both settings. */
 static void test_png_golden_decode(void **state)
 {
     (void)state;
-    uint8_t *rgb = NULL;
-    int w = 0, h = 0;
-    assert_int_equal(zi_png_read(zi_test_golden("vectors/p0_cat_64.png"), &rgb, &w, &h, NULL),
-                     ZI_OK);
-    zi_st *st = NULL;
-    assert_int_equal(zi_st_open(zi_test_golden("vectors/p0_cat_64.safetensors"), &st), ZI_OK);
-    const zi_st_tensor *t = zi_st_find(st, "image_u8");
-    assert_non_null(t);
-    assert_int_equal(t->dtype, ZI_U8);
-    assert_int_equal(t->ndim, 3);
-    assert_int_equal(t->shape[0], h);
-    assert_int_equal(t->shape[1], w);
-    assert_int_equal(t->shape[2], 3);
-    assert_int_equal(t->nbytes, (size_t)w * h * 3);
-    assert_memory_equal(rgb, t->data, t->nbytes);
-
-    /* and our encoder reproduces the same pixels */
-    uint8_t *png = NULL, *back = NULL;
-    size_t len = 0;
-    int bw, bh;
-    assert_int_equal(zi_png_encode(t->data, w, h, NULL, &png, &len), ZI_OK);
-    assert_int_equal(zi_png_decode(png, len, &back, &bw, &bh, NULL), ZI_OK);
-    assert_memory_equal(back, t->data, t->nbytes);
-    free(png);
-    free(back);
-    zi_st_close(st);
-    free(rgb);
+    cJSON *manifest = zi_test_manifest();
+    const cJSON *cs;
+    int n = 0;
+    cJSON_ArrayForEach(cs, zi_test_manifest_cases(manifest))
+    {
+        uint8_t *rgb = NULL;
+        int w = 0, h = 0;
+        if (zi_png_read(zi_test_case_png(cs), &rgb, &w, &h, NULL) != ZI_OK)
+            fail_msg("%s", zi_errmsg());
+        zi_st *st = zi_test_case_open(cs);
+        const zi_st_tensor *t = zi_st_find(st, "image_u8");
+        assert_non_null(t);
+        assert_int_equal(t->dtype, ZI_U8);
+        assert_int_equal(t->ndim, 3);
+        assert_int_equal(t->shape[0], h);
+        assert_int_equal(t->shape[1], w);
+        assert_int_equal(t->shape[2], 3);
+        assert_int_equal(t->nbytes, (size_t)w * h * 3);
+        assert_memory_equal(rgb, t->data, t->nbytes);
+        roundtrip(t->data, w, h, NULL);
+        zi_st_close(st);
+        free(rgb);
+        n++;
+    }
+    assert_true(n >= 1);
+    cJSON_Delete(manifest);
 }
 
 int main(void)
@@ -220,7 +264,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_png_roundtrip_pixels),      cmocka_unit_test(test_png_params_text),
         cmocka_unit_test(test_png_params_utf8_roundtrip), cmocka_unit_test(test_png_errors),
-        cmocka_unit_test(test_png_golden_decode),
+        cmocka_unit_test(test_png_golden_decode),         cmocka_unit_test(test_png_compression),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -70,6 +70,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.s3_path_style, 1);
     assert_int_equal(c.s3_presign_ttl_s, 3600);
     assert_int_equal(c.s3_retry_s, 60);
+    assert_string_equal(c.s3_png_compression, "fast");
     char host[256];
     assert_int_equal(gethostname(host, sizeof host), 0);
     host[128] = '\0';
@@ -98,7 +99,7 @@ static void test_parse_values(void **state)
                        "kafka:\n  static_membership: yes\n  result_topic: res\n"
                        "  properties:\n    security.protocol: SASL_SSL\n    linger.ms: 5\n"
                        "redis:\n  key_prefix: \"zi:\"\n"
-                       "s3:\n  path_style: false\n  public_endpoint:\n"
+                       "s3:\n  path_style: false\n  public_endpoint:\n  png_compression: small\n"
                        "worker:\n  id: w-1\n"
                        "logging: {format: json}\n";
     assert_int_equal(zi_parse(&c, yaml), ZI_OK);
@@ -117,6 +118,7 @@ static void test_parse_values(void **state)
     assert_string_equal(c.redis_key_prefix, "zi:");
     assert_int_equal(c.s3_path_style, 0);
     assert_string_equal(c.s3_public_endpoint, "");
+    assert_string_equal(c.s3_png_compression, "small");
     assert_string_equal(c.worker_id, "w-1");
     assert_string_equal(c.logging_format, "json");
     assert_int_equal(zi_wconfig_validate(&c), ZI_OK);
@@ -152,6 +154,7 @@ static void test_parse_errors(void **state)
     zi_expect_error("kafka:\n  max_message_bytes: 10\n", "kafka.max_message_bytes", "line 2");
     zi_expect_error("device:\n  backend: gpu\n", "device.backend", "auto|cuda|cpu");
     zi_expect_error("logging:\n  format: xml\n", "logging.format", NULL);
+    zi_expect_error("s3:\n  png_compression: zlib9\n", "s3.png_compression", "fast|small");
     zi_expect_error("s3:\n  path_style: maybe\n", "s3.path_style", "true or false");
     zi_expect_error("s3:\n  path_style: \"true\"\n", "s3.path_style", NULL);
     zi_expect_error("generation:\n  guidance_scale: 25\n", "generation.guidance_scale",
@@ -361,8 +364,8 @@ static void test_every_key_has_its_env_var(void **state)
     }
     envs[n] = NULL;
     free(buf);
-    assert_true(n >= 37); /* the contract's 35 scalar keys (+ logging.level, weight_budget_mb,
-                             pin_limit_mb) */
+    assert_true(n >= 38); /* the contract's 35 scalar keys (+ logging.level, weight_budget_mb,
+                             pin_limit_mb, png_compression) */
 
     zi_warns w = {0};
     assert_int_equal(zi_wconfig_init_defaults(&c), ZI_OK);
