@@ -121,8 +121,9 @@ static void test_golden_ids(void **state)
                 size_t pl = strlen(p);
                 if (len + pl + 2 > cap) {
                     cap = 2 * (len + pl + 2);
-                    longp = realloc(longp, cap);
-                    assert_non_null(longp);
+                    char *grown = realloc(longp, cap);
+                    assert_non_null(grown);
+                    longp = grown;
                 }
                 memcpy(longp + len, p, pl);
                 len += pl;
