@@ -243,7 +243,7 @@ static void test_generate_drawn_seed(void **state)
               "seed.png", 64, 64, NULL, NULL, out, sizeof out);
     unsigned long long seed = 0;
     assert_int_equal(sscanf(out, "seed: %llu", &seed), 1);
-    char path[256], want[512];
+    char path[256], want[4096];
     snprintf(path, sizeof path, "%s/seed.png", tmpdir);
     uint8_t *rgb = NULL;
     int w, h;
