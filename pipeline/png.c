@@ -86,11 +86,6 @@ int zi_png_compression_parse(const char *name, zi_png_compression *out)
     return ZI_OK;
 }
 
-const char *zi_png_compression_name(zi_png_compression c)
-{
-    return c == ZI_PNG_SMALL ? "small" : "fast";
-}
-
 /* zlib settings of each zi_png_compression (png.h). */
 static int zi_png_set_compression(spng_ctx *ctx, zi_png_compression c)
 {

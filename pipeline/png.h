@@ -45,7 +45,6 @@ typedef enum zi_png_compression { ZI_PNG_FAST = 0, ZI_PNG_SMALL = 1 } zi_png_com
 
 /* "fast" or "small" -> *out; ZI_EINVAL naming the word otherwise. */
 int zi_png_compression_parse(const char *name, zi_png_compression *out);
-const char *zi_png_compression_name(zi_png_compression c);
 
 /* Encodes rgb [height, width, 3] to a PNG in memory; *png is malloc'ed (caller frees),
  * *len its size. parameters may be NULL (no iTXt chunk). */

@@ -217,10 +217,8 @@ static void test_png_compression(void **state)
     zi_png_compression c = ZI_PNG_SMALL;
     assert_int_equal(zi_png_compression_parse("fast", &c), ZI_OK);
     assert_int_equal(c, ZI_PNG_FAST);
-    assert_string_equal(zi_png_compression_name(c), "fast");
     assert_int_equal(zi_png_compression_parse("small", &c), ZI_OK);
     assert_int_equal(c, ZI_PNG_SMALL);
-    assert_string_equal(zi_png_compression_name(c), "small");
     assert_int_equal(zi_png_compression_parse("zlib9", &c), ZI_EINVAL);
     assert_non_null(strstr(zi_errmsg(), "zlib9"));
     assert_int_equal(zi_png_compression_parse(NULL, &c), ZI_EINVAL);
