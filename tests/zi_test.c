@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,6 +38,55 @@ const char *zi_test_golden(const char *rel)
     char tmp[2048];
     snprintf(tmp, sizeof tmp, "tests/golden/data/%s", rel);
     return zi_test_path(tmp);
+}
+
+/* The golden set's checkpoint folder name: "tiny-zimage" when the set has it, else its one
+ * subfolder holding a model_index.json. Looked up once per thread. */
+static const char *golden_model_name(void)
+{
+    static _Thread_local char name[256];
+    if (name[0])
+        return name;
+    char root[4096], probe[sizeof root + sizeof name + 32];
+    snprintf(root, sizeof root, "%s", zi_test_golden(""));
+    size_t rl = strlen(root);
+    if (rl > 1 && root[rl - 1] == '/')
+        root[rl - 1] = '\0'; /* "<set>/" -> "<set>" */
+    snprintf(probe, sizeof probe, "%s/tiny-zimage/model_index.json", root);
+    if (access(probe, R_OK) == 0) {
+        snprintf(name, sizeof name, "tiny-zimage");
+        return name;
+    }
+    DIR *d = opendir(root);
+    if (!d)
+        fail_msg("golden set %s: cannot list it", root);
+    int found = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.' || strlen(e->d_name) >= sizeof name)
+            continue;
+        snprintf(probe, sizeof probe, "%s/%s/model_index.json", root, e->d_name);
+        if (access(probe, R_OK) != 0)
+            continue;
+        if (found++ == 0)
+            snprintf(name, sizeof name, "%s", e->d_name);
+    }
+    closedir(d);
+    if (found != 1) {
+        name[0] = '\0';
+        fail_msg("golden set %s: %s checkpoint folder (a subfolder with model_index.json)", root,
+                 found ? "more than one" : "no");
+    }
+    return name;
+}
+
+const char *zi_test_model(const char *rel)
+{
+    char tmp[2048];
+    if (rel && *rel)
+        snprintf(tmp, sizeof tmp, "%s/%s", golden_model_name(), rel);
+    else
+        snprintf(tmp, sizeof tmp, "%s", golden_model_name());
+    return zi_test_golden(tmp);
 }
 
 cJSON *zi_test_manifest(void)

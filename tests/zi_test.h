@@ -25,6 +25,12 @@ const char *zi_test_path(const char *rel);
  * vectors/manifest.json). Same buffer rules as zi_test_path. */
 const char *zi_test_golden(const char *rel);
 
+/* Path of `rel` inside the golden set's checkpoint folder (rel "" or NULL: the folder
+ * itself): tiny-zimage/ when the set has one, else the set's only subfolder holding a
+ * model_index.json (a held-out set may name its checkpoint otherwise). No such folder, or
+ * more than one, fails the test. Same buffer rules as zi_test_golden. */
+const char *zi_test_model(const char *rel);
+
 /* The golden set's vectors/manifest.json, parsed (the caller cJSON_Delete()s it). Fails the
  * test when it cannot be read or parsed, or when its "cases" array is missing or empty. */
 cJSON *zi_test_manifest(void);

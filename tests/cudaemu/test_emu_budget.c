@@ -82,7 +82,7 @@ static void child(uint64_t mem, const char *budget, uint64_t limit_mib, result *
                         .steps = 2,
                         .seed = 7,
                         .rng = ZI_RNG_CUDA};
-    if (!be || zi_pipeline_load(zi_test_golden("tiny-zimage"), be, &p) != ZI_OK) {
+    if (!be || zi_pipeline_load(zi_test_model(""), be, &p) != ZI_OK) {
         snprintf(r->err, sizeof r->err, "%s", zi_errmsg());
         _exit(0);
     }

@@ -36,7 +36,7 @@ static int setup(void **state)
         fprintf(stderr, "cpu backend: %s\n", zi_errmsg());
         return -1;
     }
-    if (zi_config_load(zi_test_golden("tiny-zimage"), &cfg) != ZI_OK) {
+    if (zi_config_load(zi_test_model(""), &cfg) != ZI_OK) {
         fprintf(stderr, "config: %s\n", zi_errmsg());
         return -1;
     }
@@ -55,7 +55,7 @@ static int teardown(void **state)
 static zi_dit *load_dit(void)
 {
     zi_dit *d = NULL;
-    int rc = zi_dit_load(zi_test_golden("tiny-zimage/transformer"), &cfg.dit, be, &d);
+    int rc = zi_dit_load(zi_test_model("transformer"), &cfg.dit, be, &d);
     if (rc)
         fail_msg("load: %s", zi_errmsg());
     return d;
@@ -128,7 +128,7 @@ static void test_dit_intermediates(void **state)
     const char *file = zi_test_case_str(cs, "file");
     zi_st *st = zi_test_case_open(cs);
     zi_st *wst = NULL;
-    assert_int_equal(zi_st_open_dir(zi_test_golden("tiny-zimage/transformer"), &wst), ZI_OK);
+    assert_int_equal(zi_st_open_dir(zi_test_model("transformer"), &wst), ZI_OK);
     zi_dit *d = load_dit();
     tap_ctx ctx = {.st = st, .weights = wst};
     zi_dit_set_tap(d, tap_compare, &ctx);
@@ -275,7 +275,7 @@ static void test_dit_all_calls(void **state)
 static void expect_load_error(const zi_dit_config *dc, const char *needle)
 {
     zi_dit *d = NULL;
-    int rc = zi_dit_load(zi_test_golden("tiny-zimage/transformer"), dc, be, &d);
+    int rc = zi_dit_load(zi_test_model("transformer"), dc, be, &d);
     assert_int_not_equal(rc, ZI_OK);
     assert_null(d);
     if (!strstr(zi_errmsg(), needle))

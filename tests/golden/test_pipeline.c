@@ -33,7 +33,7 @@ static int setup(void **state)
 {
     (void)state;
     be = zi_backend_cpu_new(1);
-    if (!be || zi_pipeline_load(zi_test_golden("tiny-zimage"), be, &pl) != ZI_OK) {
+    if (!be || zi_pipeline_load(zi_test_model(""), be, &pl) != ZI_OK) {
         fprintf(stderr, "setup: %s\n", zi_errmsg());
         return -1;
     }

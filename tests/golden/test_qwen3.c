@@ -41,7 +41,7 @@ static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    snprintf(te_dir, sizeof te_dir, "%s", zi_test_golden("tiny-zimage/text_encoder"));
+    snprintf(te_dir, sizeof te_dir, "%s", zi_test_model("text_encoder"));
     char cfgp[4200];
     snprintf(cfgp, sizeof cfgp, "%s/config.json", te_dir);
     if (zi_te_config_load(cfgp, &f->cfg) != ZI_OK)
@@ -451,7 +451,7 @@ static void test_from_text(void **state)
 {
     fixture *f = *state;
     zi_tokenizer *tok;
-    if (zi_tokenizer_load(zi_test_golden("tiny-zimage/tokenizer"), &tok) != ZI_OK)
+    if (zi_tokenizer_load(zi_test_model("tokenizer"), &tok) != ZI_OK)
         fail_msg("tokenizer: %s", zi_errmsg());
     const cJSON *c;
     int ncases = 0;
@@ -504,7 +504,7 @@ static void test_cli_encode(void **state)
     fixture *f = *state;
     make_tmp();
     char model[4096];
-    snprintf(model, sizeof model, "%s", zi_test_golden("tiny-zimage"));
+    snprintf(model, sizeof model, "%s", zi_test_model(""));
     const cJSON *c;
     int ncases = 0;
     cJSON_ArrayForEach(c, zi_test_manifest_cases(f->manifest))

@@ -518,9 +518,9 @@ static void build_model(int ci)
     write_text(p, sch);
     const char *tk[] = {"tokenizer.json", "tokenizer_config.json"};
     for (int i = 0; i < 2; i++) {
-        snprintf(p, sizeof p, "tiny-zimage/tokenizer/%s", tk[i]);
+        snprintf(p, sizeof p, "tokenizer/%s", tk[i]);
         snprintf(p2, sizeof p2, "%s/tokenizer/%s", d, tk[i]);
-        copy_file(zi_test_golden(p), p2);
+        copy_file(zi_test_model(p), p2);
     }
     rng_state = 1000 + (uint64_t)ci;
     snprintf(p, sizeof p, "%s/text_encoder", d);

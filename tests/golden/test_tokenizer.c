@@ -23,7 +23,7 @@ static int g_max_len;
 static int setup(void **state)
 {
     (void)state;
-    if (zi_tokenizer_load(zi_test_golden("tiny-zimage/tokenizer"), &g_tok) != ZI_OK) {
+    if (zi_tokenizer_load(zi_test_model("tokenizer"), &g_tok) != ZI_OK) {
         fprintf(stderr, "load: %s\n", zi_errmsg());
         return -1;
     }
@@ -338,7 +338,7 @@ static void test_cli(void **state)
 {
     (void)state;
     const char *bin = getenv("ZI_BINARY") ? getenv("ZI_BINARY") : ZI_BINARY;
-    const char *model = zi_test_golden("tiny-zimage");
+    const char *model = zi_test_model("");
     size_t cap = 1 << 16;
     char *cmd = malloc(cap), *q = malloc(cap), *out = malloc(cap), *want = malloc(cap);
     assert_non_null(cmd);

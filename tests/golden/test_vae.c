@@ -39,9 +39,9 @@ static int setup(void **state)
     assert_non_null(f);
     f->be = zi_backend_cpu_new(0);
     assert_non_null(f->be);
-    if (zi_vae_config_load(zi_test_golden("tiny-zimage/vae/config.json"), &f->cfg) != ZI_OK)
+    if (zi_vae_config_load(zi_test_model("vae/config.json"), &f->cfg) != ZI_OK)
         fail_msg("config: %s", zi_errmsg());
-    if (zi_vae_load(zi_test_golden("tiny-zimage/vae"), &f->cfg, f->be, &f->vae) != ZI_OK)
+    if (zi_vae_load(zi_test_model("vae"), &f->cfg, f->be, &f->vae) != ZI_OK)
         fail_msg("load: %s", zi_errmsg());
     f->manifest = zi_test_manifest();
     *state = f;
@@ -270,7 +270,7 @@ static void test_vae_peak_estimate_real(void **state)
 static void write_vae_variant(const char *path, const char *target, char mutate, const char *extra)
 {
     zi_st *st = NULL;
-    assert_int_equal(zi_st_open_dir(zi_test_golden("tiny-zimage/vae"), &st), ZI_OK);
+    assert_int_equal(zi_st_open_dir(zi_test_model("vae"), &st), ZI_OK);
     size_t n = zi_st_count(st), k = 0;
     const char **names = calloc(n + 1, sizeof *names);
     zi_tensor *ts = calloc(n + 1, sizeof *ts);

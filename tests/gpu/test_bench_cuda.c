@@ -36,7 +36,7 @@ static cJSON *bench_json(const char *env, const char *args)
     char cmd[8192];
     snprintf(cmd, sizeof cmd,
              "%s '%s' bench --backend cuda --random-weights --config '%s' %s 2>/dev/null", env,
-             bench_bin(), zi_test_golden("tiny-zimage"), args);
+             bench_bin(), zi_test_model(""), args);
     assert_int_equal(zi_test_run(cmd, out, sizeof out), 0);
     cJSON *j = cJSON_Parse(out);
     if (!j)
@@ -97,7 +97,7 @@ static void test_bench_weights_on_host(void **state)
     snprintf(cmd, sizeof cmd,
              "ZI_CUDA_PREFETCH_MIN_KB=lots '%s' bench --backend cuda --random-weights "
              "--config '%s' --runs 1 2>&1",
-             bench_bin(), zi_test_golden("tiny-zimage"));
+             bench_bin(), zi_test_model(""));
     assert_int_not_equal(zi_test_run(cmd, out, sizeof out), 0);
     assert_non_null(strstr(out, "ZI_CUDA_PREFETCH_MIN_KB"));
 }

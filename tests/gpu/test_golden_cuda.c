@@ -51,7 +51,7 @@ static void test_golden_cases(void **state)
     cJSON *root = zi_test_manifest();
     const cJSON *cases = zi_test_manifest_cases(root);
     char model[4096];
-    snprintf(model, sizeof model, "%s", zi_test_golden("tiny-zimage"));
+    snprintf(model, sizeof model, "%s", zi_test_model(""));
     char dir[] = "/tmp/zi_golden_cuda_XXXXXX";
     assert_non_null(mkdtemp(dir));
     FILE *js = NULL;

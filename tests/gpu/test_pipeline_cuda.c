@@ -47,7 +47,7 @@ static int zp_setup(void **state)
         fprintf(stderr, "test_pipeline_cuda: backend: %s\n", zi_errmsg());
         return -1;
     }
-    const char *dir = zi_test_golden("tiny-zimage");
+    const char *dir = zi_test_model("");
     if (zi_pipeline_load(dir, gpu, &pg) != ZI_OK || zi_pipeline_load(dir, cpu, &pc) != ZI_OK) {
         fprintf(stderr, "test_pipeline_cuda: load: %s\n", zi_errmsg());
         return -1;
@@ -182,7 +182,7 @@ static void zp_budget_case(uint64_t budget, size_t prefetch_min, uint64_t pin_li
     assert_int_equal(zi_cuda_set_prefetch(b, prefetch_min != 0, prefetch_min), ZI_OK);
     assert_int_equal(zi_cuda_set_pin_limit(b, pin_limit), ZI_OK);
     zi_pipeline *p = NULL;
-    if (zi_pipeline_load(zi_test_golden("tiny-zimage"), b, &p) != ZI_OK)
+    if (zi_pipeline_load(zi_test_model(""), b, &p) != ZI_OK)
         fail_msg("load under a budget of %llu: %s", (unsigned long long)budget, zi_errmsg());
     zi_mem_stats m;
     b->mem_stats(b, &m);

@@ -41,7 +41,7 @@ static double num(const cJSON *o, const char *key)
 static cJSON *bench_json(const char *args_fmt, const char *mode)
 {
     char args[4096];
-    snprintf(args, sizeof args, args_fmt, zi_test_golden("tiny-zimage"));
+    snprintf(args, sizeof args, args_fmt, zi_test_model(""));
     assert_int_equal(bench(args), 0);
     cJSON *j = cJSON_Parse(out);
     assert_non_null(j);

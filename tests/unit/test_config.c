@@ -20,7 +20,7 @@
 static cJSON *load_json(const char *rel)
 {
     cJSON *j = NULL;
-    assert_int_equal(zi_json_load_file(zi_test_golden(rel), 1 << 20, &j), ZI_OK);
+    assert_int_equal(zi_json_load_file(zi_test_model(rel), 1 << 20, &j), ZI_OK);
     return j;
 }
 
@@ -48,9 +48,9 @@ static void test_tiny_checkpoint(void **state)
 {
     (void)state;
     zi_model_config c;
-    assert_int_equal(zi_config_load(zi_test_golden("tiny-zimage"), &c), ZI_OK);
+    assert_int_equal(zi_config_load(zi_test_model(""), &c), ZI_OK);
 
-    cJSON *te = load_json("tiny-zimage/text_encoder/config.json");
+    cJSON *te = load_json("text_encoder/config.json");
     assert_int_equal(c.te.hidden, jint(te, "hidden_size"));
     assert_int_equal(c.te.n_layers, jint(te, "num_hidden_layers"));
     assert_int_equal(c.te.n_heads, jint(te, "num_attention_heads"));
@@ -64,7 +64,7 @@ static void test_tiny_checkpoint(void **state)
     assert_true(c.te.rope_theta == jnum(rp, "rope_theta"));
     cJSON_Delete(te);
 
-    cJSON *dit = load_json("tiny-zimage/transformer/config.json");
+    cJSON *dit = load_json("transformer/config.json");
     assert_int_equal(c.dit.dim, jint(dit, "dim"));
     assert_int_equal(c.dit.n_layers, jint(dit, "n_layers"));
     assert_int_equal(c.dit.n_refiner_layers, jint(dit, "n_refiner_layers"));
@@ -89,7 +89,7 @@ static void test_tiny_checkpoint(void **state)
     assert_int_equal(c.dit.adaln_dim, c.dit.dim < 256 ? c.dit.dim : 256);
     cJSON_Delete(dit);
 
-    cJSON *vae = load_json("tiny-zimage/vae/config.json");
+    cJSON *vae = load_json("vae/config.json");
     const cJSON *boc = cJSON_GetObjectItem(vae, "block_out_channels");
     assert_int_equal(c.vae.n_blocks, cJSON_GetArraySize(boc));
     for (int i = 0; i < c.vae.n_blocks; i++)
@@ -103,7 +103,7 @@ static void test_tiny_checkpoint(void **state)
     assert_int_equal(c.vae.mid_attention, 1);
     cJSON_Delete(vae);
 
-    cJSON *sc = load_json("tiny-zimage/scheduler/scheduler_config.json");
+    cJSON *sc = load_json("scheduler/scheduler_config.json");
     assert_int_equal(c.sched.num_train_timesteps, jint(sc, "num_train_timesteps"));
     assert_true(c.sched.shift == (float)jnum(sc, "shift"));
     assert_int_equal(c.sched.use_dynamic_shifting, 0);
@@ -206,9 +206,8 @@ static void test_errors_name_file_and_key(void **state)
     /* DiT: start from the tiny config and break one key at a time */
     char *txt;
     size_t len;
-    assert_int_equal(zi_json_read_file(zi_test_golden("tiny-zimage/transformer/config.json"),
-                                       1 << 20, &txt, &len),
-                     ZI_OK);
+    assert_int_equal(
+        zi_json_read_file(zi_test_model("transformer/config.json"), 1 << 20, &txt, &len), ZI_OK);
     assert_int_equal(zi_dit_config_parse(txt, len, "dit.json", &dit), ZI_OK);
     static const char *const dit_keys[] = {"dim",       "n_heads",      "axes_dims",
                                            "axes_lens", "cap_feat_dim", "all_patch_size",
@@ -255,9 +254,8 @@ static void test_errors_name_file_and_key(void **state)
         cJSON_Delete(root);
     }
     free(txt);
-    assert_int_equal(zi_json_read_file(zi_test_golden("tiny-zimage/text_encoder/config.json"),
-                                       1 << 20, &txt, &len),
-                     ZI_OK);
+    assert_int_equal(
+        zi_json_read_file(zi_test_model("text_encoder/config.json"), 1 << 20, &txt, &len), ZI_OK);
     {
         cJSON *root;
         assert_int_equal(zi_json_parse(txt, len, "te.json", &root), ZI_OK);
@@ -318,8 +316,8 @@ static void test_folder_errors(void **state)
     for (size_t i = 0; i < 5; i++) {
         char *txt;
         size_t len;
-        snprintf(q, sizeof q, "tiny-zimage/%s", files[i]);
-        assert_int_equal(zi_json_read_file(zi_test_golden(q), 1 << 20, &txt, &len), ZI_OK);
+        snprintf(q, sizeof q, "%s", files[i]);
+        assert_int_equal(zi_json_read_file(zi_test_model(q), 1 << 20, &txt, &len), ZI_OK);
         snprintf(p, sizeof p, "%s/%s", dir, files[i]);
         FILE *f = fopen(p, "wb");
         assert_non_null(f);

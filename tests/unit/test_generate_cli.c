@@ -25,7 +25,7 @@ static int setup(void **state)
     snprintf(tmpdir, sizeof tmpdir, "/tmp/zi_gen_cli_XXXXXX");
     if (!mkdtemp(tmpdir))
         return -1;
-    snprintf(model, sizeof model, "%s", zi_test_golden("tiny-zimage"));
+    snprintf(model, sizeof model, "%s", zi_test_model(""));
     return 0;
 }
 

@@ -249,8 +249,7 @@ static void test_bad_files(void **state)
                       NULL);
 
     /* the real tiny transformer cut in half: tensors past the cut point outside the data */
-    FILE *f =
-        fopen(zi_test_golden("tiny-zimage/transformer/diffusion_pytorch_model.safetensors"), "rb");
+    FILE *f = fopen(zi_test_model("transformer/diffusion_pytorch_model.safetensors"), "rb");
     assert_non_null(f);
     static uint8_t half[1 << 20];
     size_t got = fread(half, 1, sizeof half, f);
@@ -269,8 +268,7 @@ static void test_lookup_errors(void **state)
 {
     (void)state;
     zi_st *st;
-    const char *path =
-        zi_test_golden("tiny-zimage/transformer/diffusion_pytorch_model.safetensors");
+    const char *path = zi_test_model("transformer/diffusion_pytorch_model.safetensors");
     assert_int_equal(zi_st_open(path, &st), ZI_OK);
     const zi_st_tensor *t = zi_st_at(st, 0);
     assert_non_null(t);
@@ -301,7 +299,7 @@ static void test_lookup_errors(void **state)
 static void test_sharded(void **state)
 {
     (void)state;
-    const char *src = zi_test_golden("tiny-zimage/transformer/diffusion_pytorch_model.safetensors");
+    const char *src = zi_test_model("transformer/diffusion_pytorch_model.safetensors");
     zi_st *one;
     assert_int_equal(zi_st_open(src, &one), ZI_OK);
     size_t n = zi_st_count(one), half = n / 2;
@@ -440,10 +438,9 @@ static void test_open_dir(void **state)
     zi_st_close(st);
 
     /* every golden component folder opens */
-    static const char *comps[] = {"tiny-zimage/text_encoder", "tiny-zimage/transformer",
-                                  "tiny-zimage/vae"};
+    static const char *comps[] = {"text_encoder", "transformer", "vae"};
     for (size_t i = 0; i < 3; i++) {
-        assert_int_equal(zi_st_open_dir(zi_test_golden(comps[i]), &st), ZI_OK);
+        assert_int_equal(zi_st_open_dir(zi_test_model(comps[i]), &st), ZI_OK);
         assert_true(zi_st_count(st) > 0);
         zi_st_close(st);
     }
