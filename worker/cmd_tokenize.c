@@ -1,15 +1,22 @@
 /*
- * cmd_tokenize.c - `zimage tokenize --model DIR --prompt TEXT` (docs/interfaces.md).
+ * cmd_tokenize.c - `zimage tokenize --model DIR --prompt TEXT` (docs/interfaces.md), and
+ * `--prompts-file FILE` for many prompts with one load of the tokenizer.
  *
  * Prints {"ids":[...],"n":L}: the templated prompt's ids as the text encoder sees them
  * (chat template applied, truncated to ZI_TOKENIZER_MAX_LEN, no padding). Only the
- * tokenizer is loaded, from DIR/tokenizer. Exit: 0 ok; 2 usage error or a prompt that is
- * not valid UTF-8 or a --model that is no folder; 1 when the tokenizer cannot be loaded.
+ * tokenizer is loaded, from DIR/tokenizer. FILE ("-": stdin) holds one JSON string per line
+ * (any prompt, newlines and all, fits on one line that way); one output line per prompt,
+ * in order. Exit: 0 ok; 2 usage error, a prompt that is not valid UTF-8, a FILE line that
+ * is not one JSON string (or holds \u0000, or is longer than ZI_TOK_MAX_LINE) or a --model
+ * that is no folder - the file's name and line number are named, the lines before it are
+ * printed; 1 when the tokenizer or the file cannot be read.
  */
 #include "cli_util.h"
+#include "job.h"
 #include "tokenizer.h"
 #include "zi_err.h"
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,13 +24,16 @@
 static void tok_usage(FILE *f)
 {
     fprintf(f,
-            "usage: zimage tokenize --model DIR --prompt TEXT\n"
+            "usage: zimage tokenize --model DIR (--prompt TEXT | --prompts-file FILE)\n"
             "\n"
             "Prints the prompt's token ids as JSON {\"ids\":[...],\"n\":L}: the chat template\n"
             "applied, truncated to %d ids, no padding.\n"
             "\n"
             "  --model DIR    checkpoint folder in the diffusers layout (reads DIR/tokenizer)\n"
-            "  --prompt TEXT  the prompt (UTF-8)\n",
+            "  --prompt TEXT  the prompt (UTF-8)\n"
+            "  --prompts-file FILE\n"
+            "                 one prompt per line, each a JSON string (\"-\": stdin); prints\n"
+            "                 one line of ids per prompt, in order\n",
             ZI_TOKENIZER_MAX_LEN);
 }
 
@@ -51,9 +61,79 @@ static int tok_opt(int argc, char **argv, int *i, const char *name, const char *
     return 1;
 }
 
+/* Encodes one prompt and prints its line. Returns 0, or the exit status after printing
+ * the error (prefixed with `where` when not NULL). */
+static int tok_print(const zi_tokenizer *tok, const char *prompt, const char *where)
+{
+    int32_t *ids;
+    size_t n;
+    int rc = zi_tokenizer_encode_prompt(tok, prompt, ZI_TOKENIZER_MAX_LEN, &ids, &n);
+    if (rc) {
+        fprintf(stderr, "zimage: error: %s%s\n", where ? where : "", zi_errmsg());
+        return rc == ZI_EINVAL ? 2 : 1;
+    }
+    fputs("{\"ids\":[", stdout);
+    for (size_t i = 0; i < n; i++)
+        printf(i ? ",%d" : "%d", ids[i]);
+    printf("],\"n\":%zu}\n", n);
+    free(ids);
+    return 0;
+}
+
+#define ZI_TOK_MAX_LINE (4u << 20) /* a line of --prompts-file, bytes */
+
+/* --prompts-file: one JSON string per line. */
+static int tok_file(const zi_tokenizer *tok, const char *path)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "zimage: error: --prompts-file '%s': cannot open it\n", path);
+        return 1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int rc = 0;
+    for (long no = 1; rc == 0 && (len = getline(&line, &cap, f)) >= 0; no++) {
+        char where[256];
+        snprintf(where, sizeof where, "%.200s:%ld: ", path, no);
+        if ((size_t)len > ZI_TOK_MAX_LINE) {
+            fprintf(stderr, "zimage: error: %sline longer than %u bytes\n", where, ZI_TOK_MAX_LINE);
+            rc = 2;
+            break;
+        }
+        const char *end = NULL;
+        cJSON *v = cJSON_ParseWithLengthOpts(line, (size_t)len, &end, 0);
+        while (v && end < line + len &&
+               (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
+            end++;
+        if (!cJSON_IsString(v) || !v->valuestring || end != line + len) {
+            fprintf(stderr,
+                    "zimage: error: %snot one JSON string (a prompt per line, e.g. "
+                    "\"a cat\")\n",
+                    where);
+            rc = 2;
+        } else if (zi_job_json_has_escaped_nul(line, (size_t)len)) {
+            fprintf(stderr, "zimage: error: %sthe prompt holds a NUL character (\\u0000)\n", where);
+            rc = 2;
+        } else {
+            rc = tok_print(tok, v->valuestring, where);
+        }
+        cJSON_Delete(v);
+    }
+    if (rc == 0 && ferror(f)) {
+        fprintf(stderr, "zimage: error: --prompts-file '%s': read error\n", path);
+        rc = 1;
+    }
+    free(line);
+    if (f != stdin)
+        fclose(f);
+    return rc;
+}
+
 int zi_cmd_tokenize(int argc, char **argv)
 {
-    const char *model = NULL, *prompt = NULL;
+    const char *model = NULL, *prompt = NULL, *file = NULL;
     for (int i = 1; i < argc; i++) {
         int r;
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -61,7 +141,8 @@ int zi_cmd_tokenize(int argc, char **argv)
             return 0;
         }
         if ((r = tok_opt(argc, argv, &i, "--model", &model)) != 0 ||
-            (r = tok_opt(argc, argv, &i, "--prompt", &prompt)) != 0) {
+            (r = tok_opt(argc, argv, &i, "--prompt", &prompt)) != 0 ||
+            (r = tok_opt(argc, argv, &i, "--prompts-file", &file)) != 0) {
             if (r < 0)
                 return tok_usage_error("missing value for ", argv[i]);
             continue;
@@ -70,8 +151,8 @@ int zi_cmd_tokenize(int argc, char **argv)
     }
     if (!model)
         return tok_usage_error("--model is required", NULL);
-    if (!prompt)
-        return tok_usage_error("--prompt is required", NULL);
+    if (!prompt == !file)
+        return tok_usage_error("give one of --prompt and --prompts-file", NULL);
 
     if (!zi_cli_is_dir(model)) {
         fprintf(stderr, "zimage: error: --model '%s': no such folder\n", model);
@@ -82,27 +163,15 @@ int zi_cmd_tokenize(int argc, char **argv)
     if (w < 0 || (size_t)w >= sizeof dir)
         return tok_usage_error("--model path too long", NULL);
     zi_tokenizer *tok;
-    int rc = zi_tokenizer_load(dir, &tok);
-    if (rc) {
+    if (zi_tokenizer_load(dir, &tok) != ZI_OK) {
         fprintf(stderr, "zimage: error: %s\n", zi_errmsg());
         return 1;
     }
-    int32_t *ids;
-    size_t n;
-    rc = zi_tokenizer_encode_prompt(tok, prompt, ZI_TOKENIZER_MAX_LEN, &ids, &n);
+    int rc = prompt ? tok_print(tok, prompt, NULL) : tok_file(tok, file);
     zi_tokenizer_free(tok);
-    if (rc) {
-        fprintf(stderr, "zimage: error: %s\n", zi_errmsg());
-        return rc == ZI_EINVAL ? 2 : 1;
-    }
-    fputs("{\"ids\":[", stdout);
-    for (size_t i = 0; i < n; i++)
-        printf(i ? ",%d" : "%d", ids[i]);
-    printf("],\"n\":%zu}\n", n);
-    free(ids);
     if (fflush(stdout) != 0) {
         fprintf(stderr, "zimage: error: cannot write to stdout\n");
         return 1;
     }
-    return 0;
+    return rc;
 }

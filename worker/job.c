@@ -77,10 +77,9 @@ int zi_job_utf8_valid(const char *s, size_t n)
     return zi_job_utf8_bad_at(s, n) == n;
 }
 
-/* 1 when the raw JSON text holds an escaped NUL (\u0000). Backslashes only occur inside
- * strings in valid JSON, so stepping over every escape pair is enough to tell "\\u0000"
- * (an escaped backslash, then text) from "\u0000". */
-static int zi_job_has_escaped_nul(const char *s, size_t n)
+/* Backslashes only occur inside strings in valid JSON, so stepping over every escape pair
+ * is enough to tell "\\u0000" (an escaped backslash, then text) from "\u0000". */
+int zi_job_json_has_escaped_nul(const char *s, size_t n)
 {
     for (size_t i = 0; i + 1 < n; i++) {
         if (s[i] != '\\')
@@ -225,7 +224,7 @@ int zi_job_parse(const void *data, size_t len, const zi_job_limits *lim, zi_job 
         rc = zi_job_bad(job, "invalid_job", "message: JSON value is not an object");
         goto out;
     }
-    int has_nul = zi_job_has_escaped_nul(buf, len);
+    int has_nul = zi_job_json_has_escaped_nul(buf, len);
 
     /* The id first, so every later failure can be recorded under it. */
     const cJSON *id = zi_job_member(root, "job_id");

@@ -12,7 +12,7 @@ PACKAGES=(
     libcurl4-openssl-dev libssl-dev libpcre2-dev libutf8proc-dev libspng-dev libpng-dev
     zlib1g-dev libcjson-dev libyaml-dev libmicrohttpd-dev libopenblas-dev libcmocka-dev
     ceph-mon ceph-osd radosgw ceph-common
-    tmux jq curl python3 uuid-runtime util-linux
+    tmux jq curl python3 python3-regex uuid-runtime util-linux
 )
 
 missing=()

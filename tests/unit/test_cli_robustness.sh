@@ -116,6 +116,33 @@ expect "encode invalid UTF-8" 2 encode --model "$golden" --prompt $'a\xe2\x82' \
 expect "generate invalid UTF-8" 2 generate --model "$golden" --prompt $'a\xff' \
     --output "$tmp/o.png"
 
+# tokenize --prompts-file: a bad line is a usage error naming the file and line; the lines
+# before it are still printed.
+printf '"a cat"\n' >"$tmp/ok.jsonl"
+expect "tokenize --prompt and --prompts-file" 2 tokenize --model "$golden" --prompt cat \
+    --prompts-file "$tmp/ok.jsonl"
+expect "tokenize --prompts-file missing" 1 tokenize --model "$golden" \
+    --prompts-file "$tmp/none.jsonl"
+bad_line() { # NAME LINE2: line 1 is fine, line 2 is LINE2
+    printf '"first"\n%s\n"third"\n' "$2" >"$tmp/bad.jsonl"
+    expect "tokenize --prompts-file $1" 2 tokenize --model "$golden" \
+        --prompts-file "$tmp/bad.jsonl"
+    zt_check "tokenize --prompts-file $1: names line 2" yes \
+        "$(grep -q 'bad.jsonl:2: ' "$tmp/err" && echo yes || echo no)"
+    zt_check "tokenize --prompts-file $1: line 1 printed" 1 "$(grep -c '"ids"' "$tmp/out")"
+}
+bad_line "bare text" 'a cat'
+bad_line "a number" '42'
+bad_line "two strings" '"a" "b"'
+bad_line "escaped NUL" '"a\u0000b"'
+bad_line "invalid UTF-8" $'"a\xffb"'
+bad_line "empty line" ''
+printf '"a cat"\n"a\\nnew line"\n""\n' | "$ZI_BINARY" tokenize --model "$golden" \
+    --prompts-file - >"$tmp/out"
+zt_check "tokenize --prompts-file -: a line per prompt" 3 "$(grep -c '"ids"' "$tmp/out")"
+zt_check "tokenize --prompts-file: same ids as --prompt" \
+    "$("$ZI_BINARY" tokenize --model "$golden" --prompt 'a cat')" "$(head -n 1 "$tmp/out")"
+
 # Weight-file damage is "other failure" (1), reported without a sanitizer trace.
 d=$(ckpt trunc)
 rm "$d/transformer/diffusion_pytorch_model.safetensors"
