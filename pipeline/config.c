@@ -11,6 +11,7 @@
  */
 #include "config.h"
 #include "json_util.h"
+#include "tokenizer.h"
 #include "zi_err.h"
 
 #include <math.h>
@@ -70,7 +71,67 @@ static int zi_cfg_float(const cJSON *o, const char *key, const char *file, int p
     return ZI_OK;
 }
 
+/* A key whose only implemented value is the string `want`: absent or null is fine (the
+ * library's default is `want`), anything else is refused by name. */
+static int zi_cfg_only_str(const cJSON *o, const char *key, const char *file, const char *want)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v || cJSON_IsNull(v) || (cJSON_IsString(v) && strcmp(v->valuestring, want) == 0))
+        return ZI_OK;
+    if (cJSON_IsString(v))
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: \"%.32s\" is not supported (only \"%s\")",
+                         file, key, v->valuestring, want);
+    return zi_errorf(ZI_EFORMAT, "file %s: key %s: expected the string \"%s\"", file, key, want);
+}
+
+/* A flag whose "true" the pipeline does not implement (absent, null or false is fine). */
+static int zi_cfg_only_false(const cJSON *o, const char *key, const char *file, const char *what)
+{
+    int on = 0;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (v && !cJSON_IsNull(v))
+        ZI_CFG_TRY(zi_json_bool(o, key, file, &on));
+    if (on)
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: true is not supported (%s)", file, key,
+                         what);
+    return ZI_OK;
+}
+
 /* ---- text encoder (Qwen3) ---- */
+
+/* Qwen3 sliding-window attention: transformers 5's layer_types says which layers use it
+ * ("sliding_attention"); without layer_types (transformers 4) the layers from
+ * max_window_layers (default 28) on do when use_sliding_window is true. It changes nothing
+ * when the window covers every prompt (ZI_TOKENIZER_MAX_LEN ids); a shorter one is
+ * refused. */
+static int zi_te_sliding_window(const cJSON *o, const char *file, int n_layers)
+{
+    int sliding = 0;
+    const cJSON *types = cJSON_GetObjectItemCaseSensitive(o, "layer_types"), *t;
+    if (cJSON_IsArray(types)) {
+        cJSON_ArrayForEach(t, types)
+        {
+            if (cJSON_IsString(t) && strcmp(t->valuestring, "sliding_attention") == 0)
+                sliding = 1;
+        }
+    } else {
+        int use = 0, from = 28;
+        ZI_CFG_TRY(zi_json_bool_opt(o, "use_sliding_window", file, 0, &use));
+        ZI_CFG_TRY(zi_json_int_opt(o, "max_window_layers", file, 28, &from));
+        sliding = use && from < n_layers;
+    }
+    const cJSON *win = cJSON_GetObjectItemCaseSensitive(o, "sliding_window");
+    if (!sliding || !win || cJSON_IsNull(win))
+        return ZI_OK;
+    if (!cJSON_IsNumber(win))
+        return zi_errorf(ZI_EFORMAT, "file %s: key sliding_window: expected a number", file);
+    if (win->valuedouble < ZI_TOKENIZER_MAX_LEN)
+        return zi_errorf(ZI_EFORMAT,
+                         "file %s: key sliding_window: %g is not supported (sliding-window "
+                         "attention over fewer than %d tokens)",
+                         file, win->valuedouble, ZI_TOKENIZER_MAX_LEN);
+    return ZI_OK;
+}
 
 static int zi_te_config_from(const cJSON *o, const char *file, zi_te_config *c)
 {
@@ -149,7 +210,9 @@ static int zi_te_config_from(const cJSON *o, const char *file, zi_te_config *c)
                          file);
     if (!(c->rope_theta > 0.0) || !isfinite(c->rope_theta))
         return zi_errorf(ZI_EFORMAT, "file %s: key rope_theta: expected a positive number", file);
-    return ZI_OK;
+    ZI_CFG_TRY(zi_cfg_only_str(o, "hidden_act", file, "silu"));
+    ZI_CFG_TRY(zi_cfg_only_false(o, "attention_bias", file, "q/k/v/o projections with biases"));
+    return zi_te_sliding_window(o, file, c->n_layers);
 }
 
 /* ---- transformer (ZImageTransformer2DModel) ---- */
@@ -246,8 +309,26 @@ static int zi_vae_config_from(const cJSON *o, const char *file, zi_vae_config *c
     c->shift_factor = 0.0f;
     if (sh && !cJSON_IsNull(sh))
         ZI_CFG_TRY(zi_cfg_float(o, "shift_factor", file, 0, 0, &c->shift_factor));
-    /* AutoencoderKL: mid_block_add_attention defaults to True */
+    /* AutoencoderKL: mid_block_add_attention and use_post_quant_conv default to True */
     ZI_CFG_TRY(zi_json_bool_opt(o, "mid_block_add_attention", file, 1, &c->mid_attention));
+    ZI_CFG_TRY(zi_json_bool_opt(o, "use_post_quant_conv", file, 1, &c->post_quant_conv));
+    ZI_CFG_TRY(zi_cfg_only_str(o, "act_fn", file, "silu"));
+    const cJSON *ub = cJSON_GetObjectItemCaseSensitive(o, "up_block_types"), *t;
+    if (ub && !cJSON_IsNull(ub)) {
+        if (!cJSON_IsArray(ub) || cJSON_GetArraySize(ub) != c->n_blocks)
+            return zi_errorf(ZI_EFORMAT,
+                             "file %s: key up_block_types: expected %d names (one per "
+                             "block_out_channels entry)",
+                             file, c->n_blocks);
+        cJSON_ArrayForEach(t, ub)
+        {
+            if (!cJSON_IsString(t) || strcmp(t->valuestring, "UpDecoderBlock2D") != 0)
+                return zi_errorf(ZI_EFORMAT,
+                                 "file %s: key up_block_types: only \"UpDecoderBlock2D\" is "
+                                 "supported",
+                                 file);
+        }
+    }
     return ZI_OK;
 }
 

@@ -58,6 +58,7 @@ typedef struct zi_vae_config {
     float scaling_factor;
     float shift_factor;
     int mid_attention;
+    int post_quant_conv; /* use_post_quant_conv: a 1x1 conv latent -> latent before conv_in */
 } zi_vae_config;
 
 typedef struct zi_sched_config {

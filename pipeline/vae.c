@@ -3,6 +3,8 @@
  *
  * Structure (diffusers Decoder; all sizes from zi_vae_config, B = n_blocks,
  * ch[i] = block_out[B-1-i], the reversed block_out_channels):
+ *   [post_quant_conv]      1x1, Clat -> Clat, when use_post_quant_conv (AutoencoderKL's
+ *                          default; Z-Image's VAE has none)
  *   conv_in                3x3, Clat -> ch[0]
  *   mid_block              R(ch[0]) [-> Attn(ch[0])] -> R(ch[0])
  *   up_blocks.i, i < B     (layers_per_block + 1) resnets, the first ch[i-1] -> ch[i]
@@ -71,6 +73,7 @@ struct zi_vae {
     zi_vae_config cfg;
     zi_backend *be;
     int n_res;                      /* resnets per up block: layers_per_block + 1 */
+    zi_tensor pq_w, pq_b;           /* post_quant_conv [Clat, Clat, 1, 1], [Clat] (cfg) */
     zi_tensor conv_in_w, conv_in_b; /* [ch0, Clat, 3, 3], [ch0] */
     zi_vae_resnet mid_res[2];
     zi_vae_attn attn; /* only when cfg.mid_attention */
@@ -185,6 +188,9 @@ static int zi_vae_build(zi_vae *v)
 
     int B = c->n_blocks;
     int ch0 = c->block_out[B - 1];
+    if (c->post_quant_conv)
+        ZI_VAE_TRY(zi_vae_add_conv(v, cap, &v->pq_w, &v->pq_b, c->latent_channels,
+                                   c->latent_channels, 1, "post_quant_conv"));
     ZI_VAE_TRY(zi_vae_add_conv(v, cap, &v->conv_in_w, &v->conv_in_b, ch0, c->latent_channels, 3,
                                "decoder.conv_in"));
     char p[ZI_VAE_NAME_MAX];
@@ -568,8 +574,21 @@ int zi_vae_decode(zi_vae *v, const zi_tensor *z, int lh, int lw, zi_tensor *img,
     int h = lh, w = lw, C = v->up[0].cin;
     char name[32];
 
-    ZI_VAE_ALLOC(&x, C, h, w);
-    be->conv2d(be, &x, z, &v->conv_in_w, &v->conv_in_b, c->latent_channels, C, h, w, 3);
+    if (c->post_quant_conv) {
+        /* AutoencoderKL._decode: post_quant_conv (1x1) before the decoder */
+        zi_tensor q = {0};
+        ZI_VAE_ALLOC(&q, c->latent_channels, h, w);
+        be->conv2d(be, &q, z, &v->pq_w, &v->pq_b, c->latent_channels, c->latent_channels, h, w, 1);
+        rc = zi_vae_alloc(v, &x, C, h, w);
+        if (rc == ZI_OK)
+            be->conv2d(be, &x, &q, &v->conv_in_w, &v->conv_in_b, c->latent_channels, C, h, w, 3);
+        zi_vae_release(v, &q);
+        if (rc != ZI_OK)
+            goto out;
+    } else {
+        ZI_VAE_ALLOC(&x, C, h, w);
+        be->conv2d(be, &x, z, &v->conv_in_w, &v->conv_in_b, c->latent_channels, C, h, w, 3);
+    }
     if ((rc = zi_vae_stage(v, &x, "conv_in", C, h, w, tap, ud)) != ZI_OK)
         goto out;
 
@@ -728,7 +747,11 @@ uint64_t zi_vae_peak_estimate(const zi_vae_config *cfg, int lh, int lw, size_t e
     const int B = cfg->n_blocks;
     uint64_t hw = (uint64_t)lh * (uint64_t)lw;
     uint64_t C = (uint64_t)cfg->block_out[B - 1];
+    if (cfg->post_quant_conv)
+        zi_plan_alloc(&p, (uint64_t)cfg->latent_channels, hw);
     zi_plan_alloc(&p, C, hw); /* conv_in */
+    if (cfg->post_quant_conv)
+        zi_plan_free(&p, (uint64_t)cfg->latent_channels, hw);
     zi_plan_resnet(&p, C, C, hw);
     if (cfg->mid_attention)
         zi_plan_attn(&p, C, hw);

@@ -7,7 +7,8 @@
  * head_dim != hidden / heads, 1 kv head and kv heads = heads, small
  * max_position_embeddings; DiT: axes_dims 16/24/24 and 16/16/16, 4 heads, 2 refiner
  * layers, 1 main layer, cap_feat_dim != dim, other rope_theta and t_scale; VAE: 3 blocks,
- * layers_per_block 1, 8 groups, unequal channels, no mid attention; scheduler shift 1 and
+ * layers_per_block 1, 8 groups, unequal channels, no mid attention, post_quant_conv by
+ * AutoencoderKL's default (the key left out); scheduler shift 1 and
  * 6; weights BF16, F16 and F32), copies the real tokenizer, and runs zi_pipeline_generate
  * for a matrix of sizes (token counts that need image pad rows, non-square), steps
  * (1, 2, 5, 50), guidance (CFG with the empty negative prompt), seeds (0, 2^32+5, 2^63,
@@ -199,6 +200,7 @@ typedef struct tcase {
     zi_dtype dit_dt;
     /* VAE */
     int nb, bo[4], lpb, groups, mid_attn;
+    int pqc; /* post_quant_conv: 1 = the key left out (AutoencoderKL's default, true) */
     double scaling, shift_f;
     zi_dtype vae_dt;
     double sched_shift;
@@ -257,6 +259,7 @@ static const tcase CASES[2] = {
      .lpb = 2,
      .groups = 4,
      .mid_attn = 0,
+     .pqc = 1,
      .scaling = 0.3611,
      .shift_f = 0.1159,
      .vae_dt = ZI_BF16,
@@ -437,6 +440,10 @@ static void build_vae(const tcase *c, wset *s, const char *dir)
     /* a few encoder tensors, which the decoder-only loader must ignore */
     wadd(s, 0, 4, S4(c->bo[0], 3, 3, 3), "encoder.conv_in.weight");
     wadd(s, 2, 1, S1(c->bo[0]), "encoder.conv_in.bias");
+    if (c->pqc) {
+        wadd(s, 0, 4, S4(16, 16, 1, 1), "post_quant_conv.weight");
+        wadd(s, 2, 1, S1(16), "post_quant_conv.bias");
+    }
     wadd(s, 0, 4, S4(top, 16, 3, 3), "decoder.conv_in.weight");
     wadd(s, 2, 1, S1(top), "decoder.conv_in.bias");
     for (int k = 0; k < 2; k++) {
@@ -484,9 +491,10 @@ static void build_vae(const tcase *c, wset *s, const char *dir)
              "\"latent_channels\": 16, \"layers_per_block\": %d, "
              "\"mid_block_add_attention\": %s, \"norm_num_groups\": %d, \"out_channels\": 3, "
              "\"sample_size\": 256, \"scaling_factor\": %.4f, \"shift_factor\": %.4f, "
-             "\"up_block_types\": [%s], \"use_post_quant_conv\": false, "
+             "\"up_block_types\": [%s], %s"
              "\"use_quant_conv\": false}\n",
-             bo, c->lpb, c->mid_attn ? "true" : "false", c->groups, c->scaling, c->shift_f, types);
+             bo, c->lpb, c->mid_attn ? "true" : "false", c->groups, c->scaling, c->shift_f, types,
+             c->pqc ? "" : "\"use_post_quant_conv\": false, ");
     jp(p, sizeof p, dir, "config.json");
     write_text(p, cfg);
 }
@@ -971,6 +979,13 @@ static double *ref_vae(const tcase *c, const wset *s, const float *lat, int lh, 
     double *z = dalloc((size_t)16 * lh * lw);
     for (size_t i = 0; i < (size_t)16 * lh * lw; i++)
         z[i] = (double)lat[i] / c->scaling + c->shift_f;
+    if (c->pqc) { /* AutoencoderKL._decode: post_quant_conv before the decoder */
+        double *q = dalloc((size_t)16 * lh * lw);
+        r_conv(q, z, W(s, "post_quant_conv.weight"), W(s, "post_quant_conv.bias"), 16, 16, H, Wd,
+               1);
+        free(z);
+        z = q;
+    }
     double *x = dalloc((size_t)C * H * Wd);
     r_conv(x, z, W(s, "decoder.conv_in.weight"), W(s, "decoder.conv_in.bias"), 16, C, H, Wd, 3);
     free(z);

@@ -361,6 +361,14 @@ static void test_vae_load_errors(void **state)
     assert_int_not_equal(zi_vae_load_st(st, &bad, f->be, &v), ZI_OK);
     assert_non_null(strstr(zi_errmsg(), "resnets.2"));
     zi_st_close(st);
+
+    /* use_post_quant_conv (AutoencoderKL's default) with a file that has none */
+    bad = f->cfg;
+    bad.post_quant_conv = 1;
+    assert_int_equal(zi_st_open(path, &st), ZI_OK);
+    assert_int_not_equal(zi_vae_load_st(st, &bad, f->be, &v), ZI_OK);
+    assert_non_null(strstr(zi_errmsg(), "post_quant_conv.weight"));
+    zi_st_close(st);
     unlink(path);
 }
 

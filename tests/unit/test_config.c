@@ -298,6 +298,134 @@ static void test_errors_name_file_and_key(void **state)
                "num_train_timesteps");
 }
 
+/* The component's tiny config with key set to the JSON `value` ("" = the key removed),
+ * parsed by `parse`. */
+typedef int (*parse_fn)(const char *json, size_t len, const char *file, void *out);
+
+static int parse_te(const char *j, size_t n, const char *f, void *o)
+{
+    return zi_te_config_parse(j, n, f, o);
+}
+
+static int parse_vae(const char *j, size_t n, const char *f, void *o)
+{
+    return zi_vae_config_parse(j, n, f, o);
+}
+
+static int parse_with(const char *rel, parse_fn parse, const char *key, const char *value,
+                      void *out)
+{
+    char *txt;
+    size_t len;
+    cJSON *root;
+    assert_int_equal(zi_json_read_file(zi_test_model(rel), 1 << 20, &txt, &len), ZI_OK);
+    assert_int_equal(zi_json_parse(txt, len, rel, &root), ZI_OK);
+    free(txt);
+    cJSON_DeleteItemFromObjectCaseSensitive(root, key);
+    if (*value) {
+        cJSON *v = cJSON_Parse(value);
+        assert_non_null(v);
+        cJSON_AddItemToObject(root, key, v);
+    }
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    zi_error_clear();
+    int rc = parse(s, strlen(s), "cfg.json", out);
+    free(s);
+    return rc;
+}
+
+/* Settings the pipeline does not implement are refused by key, not run wrongly; those
+ * that change nothing (a window covering every prompt, the default values) load. */
+static void test_unsupported_features(void **state)
+{
+    (void)state;
+    zi_te_config te;
+    zi_vae_config vae;
+    const char *te_json = "text_encoder/config.json", *vae_json = "vae/config.json";
+    static const struct {
+        const char *key, *value;
+    } te_bad[] = {
+        {"hidden_act", "\"gelu\""},
+        {"hidden_act", "1"},
+        {"attention_bias", "true"},
+        {"attention_bias", "\"yes\""},
+    };
+    for (size_t i = 0; i < sizeof te_bad / sizeof te_bad[0]; i++)
+        expect_err(parse_with(te_json, parse_te, te_bad[i].key, te_bad[i].value, &te), "cfg.json",
+                   te_bad[i].key);
+    assert_int_equal(parse_with(te_json, parse_te, "hidden_act", "", &te), ZI_OK);
+    assert_int_equal(parse_with(te_json, parse_te, "attention_bias", "false", &te), ZI_OK);
+
+    /* sliding windows: refused only when shorter than the longest prompt (512 ids);
+     * layer_types (transformers 5) says which layers slide, else (transformers 4)
+     * use_sliding_window from max_window_layers on */
+    cJSON *root;
+    char *txt;
+    size_t len;
+    assert_int_equal(zi_json_read_file(zi_test_model(te_json), 1 << 20, &txt, &len), ZI_OK);
+    assert_int_equal(zi_json_parse(txt, len, te_json, &root), ZI_OK);
+    free(txt);
+#define ZI_T_SLIDE "[\"full_attention\",\"sliding_attention\",\"full_attention\"]"
+#define ZI_T_FULL "[\"full_attention\",\"full_attention\",\"full_attention\"]"
+    static const struct {
+        const char *types, *use, *from, *window; /* types NULL: no layer_types */
+        int ok;
+    } sw[] = {
+        {NULL, "true", "1", "256", 0},
+        {NULL, "true", "28", "256", 1}, /* 3 layers < 28 */
+        {NULL, "true", "1", "4096", 1},
+        {NULL, "false", "1", "256", 1},
+        {NULL, "true", "1", "null", 1},
+        {ZI_T_SLIDE, "false", "28", "511", 0},
+        {ZI_T_SLIDE, "false", "28", "512", 1},
+        {ZI_T_FULL, "true", "1", "16", 1},
+        {ZI_T_SLIDE, "false", "28", "\"wide\"", 0},
+    };
+    for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {
+        cJSON *r = cJSON_Duplicate(root, 1);
+        if (sw[i].types)
+            cJSON_ReplaceItemInObjectCaseSensitive(r, "layer_types", cJSON_Parse(sw[i].types));
+        else
+            cJSON_DeleteItemFromObjectCaseSensitive(r, "layer_types");
+        cJSON_ReplaceItemInObjectCaseSensitive(r, "use_sliding_window", cJSON_Parse(sw[i].use));
+        cJSON_ReplaceItemInObjectCaseSensitive(r, "max_window_layers", cJSON_Parse(sw[i].from));
+        cJSON_ReplaceItemInObjectCaseSensitive(r, "sliding_window", cJSON_Parse(sw[i].window));
+        char *s = cJSON_PrintUnformatted(r);
+        zi_error_clear();
+        int rc = zi_te_config_parse(s, strlen(s), "sw.json", &te);
+        if (sw[i].ok)
+            assert_int_equal(rc, ZI_OK);
+        else
+            expect_err(rc, "sw.json", "sliding_window");
+        free(s);
+        cJSON_Delete(r);
+    }
+#undef ZI_T_SLIDE
+#undef ZI_T_FULL
+    cJSON_Delete(root);
+
+    static const struct {
+        const char *key, *value;
+    } vae_bad[] = {
+        {"act_fn", "\"relu\""},
+        {"up_block_types", "[\"UpDecoderBlock2D\"]"}, /* one name for four blocks */
+        {"up_block_types", "[\"UpDecoderBlock2D\",\"UpDecoderBlock2D\","
+                           "\"AttnUpDecoderBlock2D\",\"UpDecoderBlock2D\"]"},
+        {"up_block_types", "\"UpDecoderBlock2D\""},
+        {"use_post_quant_conv", "\"no\""},
+    };
+    for (size_t i = 0; i < sizeof vae_bad / sizeof vae_bad[0]; i++)
+        expect_err(parse_with(vae_json, parse_vae, vae_bad[i].key, vae_bad[i].value, &vae),
+                   "cfg.json", vae_bad[i].key);
+    /* use_post_quant_conv: AutoencoderKL's default is true; Z-Image's VAE says false */
+    assert_int_equal(parse_with(vae_json, parse_vae, "use_post_quant_conv", "", &vae), ZI_OK);
+    assert_int_equal(vae.post_quant_conv, 1);
+    assert_int_equal(parse_with(vae_json, parse_vae, "use_post_quant_conv", "false", &vae), ZI_OK);
+    assert_int_equal(vae.post_quant_conv, 0);
+    assert_int_equal(parse_with(vae_json, parse_vae, "act_fn", "", &vae), ZI_OK);
+}
+
 /* a checkpoint folder whose one component file is broken: the error names that path */
 static void test_folder_errors(void **state)
 {
@@ -424,11 +552,9 @@ static void test_turbo_builtin(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tiny_checkpoint),
-        cmocka_unit_test(test_te_transformers4),
-        cmocka_unit_test(test_errors_name_file_and_key),
-        cmocka_unit_test(test_folder_errors),
-        cmocka_unit_test(test_turbo_builtin),
+        cmocka_unit_test(test_tiny_checkpoint),          cmocka_unit_test(test_te_transformers4),
+        cmocka_unit_test(test_errors_name_file_and_key), cmocka_unit_test(test_folder_errors),
+        cmocka_unit_test(test_unsupported_features),     cmocka_unit_test(test_turbo_builtin),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
