@@ -236,13 +236,12 @@ static int zi_dit_config_from(const cJSON *o, const char *file, zi_dit_config *c
         return zi_errorf(ZI_EFORMAT, "file %s: key n_refiner_layers: negative", file);
     ZI_CFG_TRY(zi_cfg_at_most(file, "n_refiner_layers", c->n_refiner_layers, ZI_CFG_MAX_LAYERS));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "n_heads", file, &c->n_heads));
-    ZI_CFG_TRY(zi_cfg_pos_int(o, "n_kv_heads", file, &c->n_kv_heads));
+    /* n_kv_heads is recorded only: diffusers passes it to every block, which ignores it
+     * (keys and values have n_heads heads), so any value gives the same model */
+    ZI_CFG_TRY(zi_json_int_opt(o, "n_kv_heads", file, c->n_heads, &c->n_kv_heads));
     if (c->dim % c->n_heads)
         return zi_errorf(ZI_EFORMAT, "file %s: key n_heads: %d does not divide dim %d", file,
                          c->n_heads, c->dim);
-    if (c->n_heads % c->n_kv_heads)
-        return zi_errorf(ZI_EFORMAT, "file %s: key n_kv_heads: %d does not divide n_heads %d", file,
-                         c->n_kv_heads, c->n_heads);
     c->head_dim = c->dim / c->n_heads;
     /* diffusers: FeedForward(hidden_dim=int(dim / 3 * 8)), float division then truncation */
     c->ffn_hidden = (int)((double)c->dim / 3.0 * 8.0);

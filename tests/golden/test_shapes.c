@@ -411,7 +411,8 @@ static void build_dit(const tcase *c, wset *s, const char *dir)
              "\"n_kv_heads\": %d, \"n_layers\": %d, \"n_refiner_layers\": %d, "
              "\"norm_eps\": 1e-05, \"qk_norm\": true, \"rope_theta\": %.1f, "
              "\"t_scale\": %.1f}\n",
-             c->axes[0], c->axes[1], c->axes[2], c->te_hidden, D, c->n_heads, c->n_heads,
+             c->axes[0], c->axes[1], c->axes[2], c->te_hidden, D, c->n_heads,
+             c->n_heads + 1, /* n_kv_heads: diffusers ignores it, so must we */
              c->n_layers, c->n_ref, c->dit_theta, c->t_scale);
     jp(p, sizeof p, dir, "config.json");
     write_text(p, cfg);
