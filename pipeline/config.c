@@ -333,13 +333,50 @@ static int zi_vae_config_from(const cJSON *o, const char *file, zi_vae_config *c
 
 /* ---- scheduler (FlowMatchEulerDiscreteScheduler) ---- */
 
+void zi_sched_config_defaults(zi_sched_config *c)
+{
+    c->base_shift = 0.5;
+    c->max_shift = 1.15;
+    c->base_seq_len = 256;
+    c->max_seq_len = 4096;
+    c->time_shift_linear = 0;
+}
+
 static int zi_sched_config_from(const cJSON *o, const char *file, zi_sched_config *c)
 {
     memset(c, 0, sizeof *c);
+    zi_sched_config_defaults(c);
     ZI_CFG_TRY(zi_cfg_pos_int(o, "num_train_timesteps", file, &c->num_train_timesteps));
     ZI_CFG_TRY(zi_cfg_float(o, "shift", file, 1, 0, &c->shift));
     /* FlowMatchEulerDiscreteScheduler: use_dynamic_shifting defaults to False */
     ZI_CFG_TRY(zi_json_bool_opt(o, "use_dynamic_shifting", file, 0, &c->use_dynamic_shifting));
+    ZI_CFG_TRY(zi_json_double_opt(o, "base_shift", file, c->base_shift, &c->base_shift));
+    ZI_CFG_TRY(zi_json_double_opt(o, "max_shift", file, c->max_shift, &c->max_shift));
+    ZI_CFG_TRY(
+        zi_json_double_opt(o, "base_image_seq_len", file, c->base_seq_len, &c->base_seq_len));
+    ZI_CFG_TRY(zi_json_double_opt(o, "max_image_seq_len", file, c->max_seq_len, &c->max_seq_len));
+    if (!isfinite(c->base_shift) || !isfinite(c->max_shift) || !isfinite(c->base_seq_len) ||
+        !isfinite(c->max_seq_len) || c->max_seq_len == c->base_seq_len)
+        return zi_errorf(ZI_EFORMAT,
+                         "file %s: key max_image_seq_len: base_/max_shift and "
+                         "base_/max_image_seq_len must be finite, the two lengths different",
+                         file);
+    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(o, "time_shift_type");
+    if (ts && !cJSON_IsNull(ts)) {
+        if (cJSON_IsString(ts) && strcmp(ts->valuestring, "linear") == 0)
+            c->time_shift_linear = 1;
+        else
+            ZI_CFG_TRY(zi_cfg_only_str(o, "time_shift_type", file, "exponential"));
+    }
+    /* sigma schedules other than the shifted linspace, and their modifiers, are refused */
+    static const char *const flags[] = {"use_karras_sigmas", "use_exponential_sigmas",
+                                        "use_beta_sigmas", "invert_sigmas", "stochastic_sampling"};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        ZI_CFG_TRY(zi_cfg_only_false(o, flags[i], file, "only the shifted linear sigmas"));
+    const cJSON *term = cJSON_GetObjectItemCaseSensitive(o, "shift_terminal");
+    if (term && !cJSON_IsNull(term) && !(cJSON_IsNumber(term) && term->valuedouble == 0.0))
+        return zi_errorf(ZI_EFORMAT, "file %s: key shift_terminal: not supported (only null)",
+                         file);
     return ZI_OK;
 }
 
@@ -539,4 +576,5 @@ void zi_config_zimage_turbo(zi_model_config *out)
     out->sched.num_train_timesteps = 1000;
     out->sched.shift = 3.0f;
     out->sched.use_dynamic_shifting = 0;
+    zi_sched_config_defaults(&out->sched);
 }

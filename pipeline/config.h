@@ -65,7 +65,15 @@ typedef struct zi_sched_config {
     int num_train_timesteps;
     float shift;
     int use_dynamic_shifting;
+    /* dynamic shifting only: mu = calculate_shift(image_seq_len, base_image_seq_len,
+     * max_image_seq_len, base_shift, max_shift), time_shift_type exponential or linear */
+    double base_shift, max_shift;     /* 0.5, 1.15 */
+    double base_seq_len, max_seq_len; /* base_image_seq_len 256, max_image_seq_len 4096 */
+    int time_shift_linear;            /* time_shift_type == "linear" */
 } zi_sched_config;
+
+/* The diffusers defaults of the dynamic-shifting keys (FlowMatchEulerDiscreteScheduler). */
+void zi_sched_config_defaults(zi_sched_config *c);
 
 typedef struct zi_model_config {
     zi_te_config te;

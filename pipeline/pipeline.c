@@ -353,7 +353,9 @@ int zi_pipeline_generate_ex(zi_pipeline *p, const zi_gen_params *g, zi_progress_
         rc = zi_errorf(ZI_ENOMEM, "pipeline: out of memory for a %dx%d image", g->width, g->height);
         goto done;
     }
-    rc = zi_sched_sigmas(&p->cfg.sched, N, sigmas, timesteps);
+    /* pipeline_z_image.py: image_seq_len = (latent_h // 2) * (latent_w // 2), a literal 2
+     * there whatever the transformer's patch size (only dynamic shifting reads it) */
+    rc = zi_sched_sigmas(&p->cfg.sched, N, (int64_t)(lh / 2) * (lw / 2), sigmas, timesteps);
     if (rc)
         goto done;
 

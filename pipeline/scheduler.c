@@ -31,29 +31,53 @@ void zi_sched_linspace_f32(float start, float end, int n, float *out)
     }
 }
 
-int zi_sched_sigmas(const zi_sched_config *cfg, int n, float *sigmas, float *timesteps)
+double zi_sched_mu(const zi_sched_config *cfg, int64_t image_seq_len)
+{
+    /* pipeline_z_image.calculate_shift, in Python floats */
+    double m = (cfg->max_shift - cfg->base_shift) / (cfg->max_seq_len - cfg->base_seq_len);
+    double b = cfg->base_shift - m * cfg->base_seq_len;
+    double ms = (double)image_seq_len * m;
+    return ms + b;
+}
+
+int zi_sched_sigmas(const zi_sched_config *cfg, int n, int64_t image_seq_len, float *sigmas,
+                    float *timesteps)
 {
     if (n < 1 || n > ZI_SCHED_MAX_STEPS)
         return zi_errorf(ZI_EINVAL, "scheduler: steps must be in [1, %d], got %d",
                          ZI_SCHED_MAX_STEPS, n);
-    if (cfg->use_dynamic_shifting)
-        return zi_errorf(ZI_EINVAL, "scheduler: use_dynamic_shifting is not supported");
     if (!(cfg->shift > 0.0f) || cfg->num_train_timesteps <= 0)
         return zi_errorf(ZI_EINVAL, "scheduler: bad shift %g or num_train_timesteps %d",
                          (double)cfg->shift, cfg->num_train_timesteps);
+    if (cfg->use_dynamic_shifting && image_seq_len <= 0)
+        return zi_errorf(ZI_EINVAL, "scheduler: dynamic shifting needs the image sequence length");
     /* The pipeline passes sigmas = linspace(1.0, 1/N, N); the end point is the double
      * 1/N rounded to fp32 by torch. */
     zi_sched_linspace_f32(1.0f, (float)(1.0 / (double)n), n, sigmas);
-    const float shift = cfg->shift;
-    const float shift_m1 = (float)((double)shift - 1.0);
     const float ntt = (float)cfg->num_train_timesteps;
-    for (int i = 0; i < n; i++) {
-        float s = sigmas[i];
-        float num = shift * s;
-        float ms = shift_m1 * s;
-        float den = 1.0f + ms;
-        sigmas[i] = num / den;
-        timesteps[i] = sigmas[i] * ntt;
+    if (cfg->use_dynamic_shifting) {
+        /* time_shift(mu, 1.0, s) on the fp32 numpy array, the Python float scalar rounded to
+         * fp32: exponential e^mu / (e^mu + (1/s - 1)^1), linear mu / (mu + (1/s - 1)^1) */
+        double mu = zi_sched_mu(cfg, image_seq_len);
+        const float a = (float)(cfg->time_shift_linear ? mu : exp(mu));
+        for (int i = 0; i < n; i++) {
+            float inv = 1.0f / sigmas[i];
+            float x = inv - 1.0f;
+            float den = a + x;
+            sigmas[i] = a / den;
+            timesteps[i] = sigmas[i] * ntt;
+        }
+    } else {
+        const float shift = cfg->shift;
+        const float shift_m1 = (float)((double)shift - 1.0);
+        for (int i = 0; i < n; i++) {
+            float s = sigmas[i];
+            float num = shift * s;
+            float ms = shift_m1 * s;
+            float den = 1.0f + ms;
+            sigmas[i] = num / den;
+            timesteps[i] = sigmas[i] * ntt;
+        }
     }
     sigmas[n] = 0.0f;
     return ZI_OK;

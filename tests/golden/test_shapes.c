@@ -8,11 +8,11 @@
  * max_position_embeddings; DiT: axes_dims 16/24/24 and 16/16/16, 4 heads, 2 refiner
  * layers, 1 main layer, cap_feat_dim != dim, other rope_theta and t_scale; VAE: 3 blocks,
  * layers_per_block 1, 8 groups, unequal channels, no mid attention, post_quant_conv by
- * AutoencoderKL's default (the key left out); scheduler shift 1 and
- * 6; weights BF16, F16 and F32), copies the real tokenizer, and runs zi_pipeline_generate
- * for a matrix of sizes (token counts that need image pad rows, non-square), steps
- * (1, 2, 5, 50), guidance (CFG with the empty negative prompt), seeds (0, 2^32+5, 2^63,
- * 2^64-1) and both RNGs, and the CLI once.
+ * AutoencoderKL's default (the key left out); scheduler: static shift 6, and dynamic
+ * shifting with base/max_shift 0.3/1.6 (mu from the image size); weights BF16, F16 and F32), copies
+ * the real tokenizer, and runs zi_pipeline_generate for a matrix of sizes (token counts that need
+ * image pad rows, non-square), steps (1, 2, 5, 50), guidance (CFG with the empty negative prompt),
+ * seeds (0, 2^32+5, 2^63, 2^64-1) and both RNGs, and the CLI once.
  *
  * Checks that can fail: each run is finite and deterministic; the two RNGs differ; and
  * every stage is compared with independent double-precision references written here from
@@ -204,6 +204,8 @@ typedef struct tcase {
     double scaling, shift_f;
     zi_dtype vae_dt;
     double sched_shift;
+    int dyn; /* use_dynamic_shifting, with base_shift / max_shift below */
+    double base_shift, max_shift;
 } tcase;
 
 static const tcase CASES[2] = {
@@ -263,7 +265,10 @@ static const tcase CASES[2] = {
      .scaling = 0.3611,
      .shift_f = 0.1159,
      .vae_dt = ZI_BF16,
-     .sched_shift = 1.0},
+     .sched_shift = 1.0,
+     .dyn = 1,
+     .base_shift = 0.3,
+     .max_shift = 1.6},
 };
 
 static char tmpdir[256];
@@ -520,9 +525,11 @@ static void build_model(int ci)
     char sch[512];
     snprintf(sch, sizeof sch,
              "{\"_class_name\": \"FlowMatchEulerDiscreteScheduler\", \"num_train_timesteps\": "
-             "1000, \"shift\": %.1f, \"use_dynamic_shifting\": false, \"base_shift\": 0.5, "
-             "\"max_shift\": 1.15, \"shift_terminal\": null}\n",
-             c->sched_shift);
+             "1000, \"shift\": %.1f, \"use_dynamic_shifting\": %s, \"base_shift\": %.2f, "
+             "\"max_shift\": %.2f, \"base_image_seq_len\": 256, \"max_image_seq_len\": 4096, "
+             "\"time_shift_type\": \"exponential\", \"shift_terminal\": null}\n",
+             c->sched_shift, c->dyn ? "true" : "false", c->dyn ? c->base_shift : 0.5,
+             c->dyn ? c->max_shift : 1.15);
     snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", d);
     write_text(p, sch);
     const char *tk[] = {"tokenizer.json", "tokenizer_config.json"};
@@ -1074,6 +1081,8 @@ typedef struct run_ctx {
     float guidance;
     int C, lh, lw, steps;
     double shift;
+    int dyn;   /* dynamic shifting: sigma = e^mu / (e^mu + 1/s - 1) */
+    double mu; /* calculate_shift((lh/2) * (lw/2)) */
     /* captured */
     int32_t *ids[2];
     float *emb[2];
@@ -1099,26 +1108,41 @@ static int on_caption(void *ud, int branch, const int32_t *ids, const float *emb
     return 0;
 }
 
-/* Sigma i of N with the static shift (spec §4.1), in double. */
-static double ref_sigma(int i, int N, double shift)
+/* Base sigma i of N: linspace(1, 1/N, N), in double. */
+static double base_sigma(int i, int N)
 {
-    if (i >= N)
+    return N == 1 ? 1.0 : 1.0 + (double)i * (1.0 / N - 1.0) / (double)(N - 1);
+}
+
+/* Sigma i of N (spec §4.1: the static shift; or dynamic shifting with mu), in double. */
+static double ref_sigma(int i, const run_ctx *r)
+{
+    if (i >= r->steps)
         return 0.0;
-    double s = N == 1 ? 1.0 : 1.0 + (double)i * (1.0 / N - 1.0) / (double)(N - 1);
-    return shift * s / (1.0 + (shift - 1.0) * s);
+    double s = base_sigma(i, r->steps);
+    if (r->dyn)
+        return exp(r->mu) / (exp(r->mu) + (1.0 / s - 1.0));
+    return r->shift * s / (1.0 + (r->shift - 1.0) * s);
 }
 
 /* Model time of step i as diffusers computes it in fp32 (golden README: torch's linspace,
- * then the static shift, timestep = sigma * 1000, t = (1000 - timestep) / 1000). */
-static float model_time(int i, int N, double shift)
+ * then the shift on the fp32 array, timestep = sigma * 1000, t = (1000 - timestep) / 1000). */
+static float model_time(int i, const run_ctx *r)
 {
-    float s = 1.0f;
+    const int N = r->steps;
+    float s = 1.0f, sig;
     if (N > 1) {
         float start = 1.0f, end = (float)(1.0 / N), step = (end - start) / (float)(N - 1);
         s = i < N / 2 ? fmaf(step, (float)i, start) : fmaf(-step, (float)(N - 1 - i), end);
     }
-    float num = (float)shift * s, den = 1.0f + (float)(shift - 1.0) * s;
-    float ts = num / den * 1000.0f;
+    if (r->dyn) {
+        float e = (float)exp(r->mu), x = 1.0f / s - 1.0f;
+        sig = e / (e + x);
+    } else {
+        float num = (float)r->shift * s, den = 1.0f + (float)(r->shift - 1.0) * s;
+        sig = num / den;
+    }
+    float ts = sig * 1000.0f;
     return (1000.0f - ts) / 1000.0f;
 }
 
@@ -1137,7 +1161,7 @@ static int on_step(void *ud, int step, const float *lat, const float *const *mo,
             memcpy(r->out0[b], mo[b], n * sizeof(float));
         }
     /* Euler with v = -(pos + g (pos - neg)), from the pipeline's own DiT outputs */
-    double dt = ref_sigma(step + 1, r->steps, r->shift) - ref_sigma(step, r->steps, r->shift);
+    double dt = ref_sigma(step + 1, r) - ref_sigma(step, r);
     double mx = 0, md = 0;
     for (size_t k = 0; k < n; k++) {
         double pred = mo[0][k];
@@ -1184,6 +1208,10 @@ static uint8_t *run(int ci, const char *prompt, int w, int h, int steps, float g
     r->lw = w / scale;
     r->steps = steps;
     r->shift = CASES[ci].sched_shift;
+    r->dyn = CASES[ci].dyn;
+    /* pipeline_z_image.calculate_shift with base/max_image_seq_len 256 / 4096 */
+    r->mu = CASES[ci].base_shift + (double)((r->lh / 2) * (r->lw / 2) - 256) *
+                                       (CASES[ci].max_shift - CASES[ci].base_shift) / 3840.0;
     size_t n = (size_t)16 * r->lh * r->lw;
     r->x = malloc(n * sizeof(float));
     r->prev = malloc(n * sizeof(float));
@@ -1250,13 +1278,12 @@ static void check_run(run_ctx *r, const uint8_t *rgb, int w, int h, uint64_t see
             fail_msg("%s: text encoder branch %d (L %d): rel err %.3g", c->name, b, r->L[b], err);
         assert_non_null(r->out0[b]);
         double *o = dalloc(n);
-        ref_dit(c, &dit_w[ci], x0, r->lh, r->lw, r->emb[b], r->L[b],
-                model_time(0, r->steps, r->shift), o);
+        ref_dit(c, &dit_w[ci], x0, r->lh, r->lw, r->emb[b], r->L[b], model_time(0, r), o);
         err = rel_err_d(r->out0[b], o, n);
         if (!(err <= TOL))
             fail_msg("%s %dx%d: DiT call 0 branch %d: rel err %.3g", c->name, w, h, b, err);
         if (r->last_in) { /* a call with t > 0: checks t_scale and the sinusoid */
-            float tl = model_time(r->steps - 1, r->steps, r->shift);
+            float tl = model_time(r->steps - 1, r);
             assert_true(tl > 0.0f);
             ref_dit(c, &dit_w[ci], r->last_in, r->lh, r->lw, r->emb[b], r->L[b], tl, o);
             err = rel_err_d(r->last_out[b], o, n);
@@ -1267,7 +1294,8 @@ static void check_run(run_ctx *r, const uint8_t *rgb, int w, int h, uint64_t see
         free(o);
     }
     if (!(r->worst_step <= 1e-5))
-        fail_msg("%s: Euler step (shift %g) off by %.3g", c->name, r->shift, r->worst_step);
+        fail_msg("%s: Euler step (shift %g%s) off by %.3g", c->name, r->shift,
+                 r->dyn ? ", dynamic" : "", r->worst_step);
     if (check_vae) {
         int oh, ow;
         double *img = ref_vae(c, &vae_w[ci], r->final, r->lh, r->lw, &oh, &ow);
@@ -1363,6 +1391,9 @@ static void test_load(void **state)
         assert_int_equal(m->vae.n_blocks, c->nb);
         assert_int_equal(zi_vae_scale(&m->vae), 1 << (c->nb - 1));
         assert_true(fabs(m->sched.shift - c->sched_shift) < 1e-6);
+        assert_int_equal(m->sched.use_dynamic_shifting, c->dyn);
+        if (c->dyn)
+            assert_true(m->sched.base_shift == c->base_shift && m->sched.max_shift == c->max_shift);
     }
 }
 

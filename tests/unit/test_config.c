@@ -312,6 +312,11 @@ static int parse_vae(const char *j, size_t n, const char *f, void *o)
     return zi_vae_config_parse(j, n, f, o);
 }
 
+static int parse_sched(const char *j, size_t n, const char *f, void *o)
+{
+    return zi_sched_config_parse(j, n, f, o);
+}
+
 static int parse_with(const char *rel, parse_fn parse, const char *key, const char *value,
                       void *out)
 {
@@ -424,6 +429,36 @@ static void test_unsupported_features(void **state)
     assert_int_equal(parse_with(vae_json, parse_vae, "use_post_quant_conv", "false", &vae), ZI_OK);
     assert_int_equal(vae.post_quant_conv, 0);
     assert_int_equal(parse_with(vae_json, parse_vae, "act_fn", "", &vae), ZI_OK);
+
+    /* scheduler: dynamic shifting's keys take diffusers' defaults; other sigma schedules
+     * are refused */
+    zi_sched_config sc;
+    const char *sc_json = "scheduler/scheduler_config.json";
+    assert_int_equal(parse_with(sc_json, parse_sched, "base_shift", "", &sc), ZI_OK);
+    assert_true(sc.base_shift == 0.5 && sc.max_shift == 1.15 && sc.base_seq_len == 256 &&
+                sc.max_seq_len == 4096 && sc.time_shift_linear == 0);
+    assert_int_equal(parse_with(sc_json, parse_sched, "max_shift", "2.5", &sc), ZI_OK);
+    assert_true(sc.max_shift == 2.5);
+    assert_int_equal(parse_with(sc_json, parse_sched, "time_shift_type", "\"linear\"", &sc), ZI_OK);
+    assert_int_equal(sc.time_shift_linear, 1);
+    assert_int_equal(parse_with(sc_json, parse_sched, "shift_terminal", "null", &sc), ZI_OK);
+    assert_int_equal(parse_with(sc_json, parse_sched, "use_karras_sigmas", "false", &sc), ZI_OK);
+    static const struct {
+        const char *key, *value;
+    } sc_bad[] = {
+        {"time_shift_type", "\"cosine\""},
+        {"use_karras_sigmas", "true"},
+        {"use_exponential_sigmas", "true"},
+        {"use_beta_sigmas", "true"},
+        {"invert_sigmas", "true"},
+        {"stochastic_sampling", "true"},
+        {"shift_terminal", "0.02"},
+        {"max_image_seq_len", "256"}, /* = base */
+        {"base_shift", "\"x\""},
+    };
+    for (size_t i = 0; i < sizeof sc_bad / sizeof sc_bad[0]; i++)
+        expect_err(parse_with(sc_json, parse_sched, sc_bad[i].key, sc_bad[i].value, &sc),
+                   "cfg.json", sc_bad[i].key);
 }
 
 /* a checkpoint folder whose one component file is broken: the error names that path */

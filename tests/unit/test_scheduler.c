@@ -1,7 +1,9 @@
 /*
- * test_scheduler.c - the flow-matching sigma table against scheduler.json, bit for bit,
- * plus the fp32 forms of the model time and the Euler step.
+ * test_scheduler.c - the flow-matching sigma table against scheduler.json, bit for bit (with
+ * the golden checkpoint's own scheduler config), plus the fp32 forms of the model time and
+ * the Euler step, and dynamic shifting against a double-precision twin.
  */
+#include "config.h"
 #include "scheduler.h"
 #include "zi_err.h"
 #include "zi_test.h"
@@ -12,7 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const zi_sched_config turbo = {.num_train_timesteps = 1000, .shift = 3.0f};
+static const zi_sched_config turbo = {.num_train_timesteps = 1000,
+                                      .shift = 3.0f,
+                                      .base_shift = 0.5,
+                                      .max_shift = 1.15,
+                                      .base_seq_len = 256,
+                                      .max_seq_len = 4096};
 
 static void test_scheduler_json_bit_exact(void **state)
 {
@@ -21,6 +28,9 @@ static void test_scheduler_json_bit_exact(void **state)
     assert_non_null(text);
     cJSON *root = cJSON_Parse(text);
     assert_non_null(root);
+    zi_model_config mc;
+    if (zi_config_load(zi_test_model(""), &mc) != ZI_OK)
+        fail_msg("golden checkpoint config: %s", zi_errmsg());
     int cases = 0;
     const cJSON *c;
     cJSON_ArrayForEach(c, root)
@@ -33,7 +43,8 @@ static void test_scheduler_json_bit_exact(void **state)
         assert_int_equal(cJSON_GetArraySize(sg), n + 1);
         float *sig = malloc(sizeof(float) * (size_t)(n + 1));
         float *tim = malloc(sizeof(float) * (size_t)n);
-        assert_int_equal(zi_sched_sigmas(&turbo, n, sig, tim), ZI_OK);
+        /* seq is the image sequence length, which only dynamic shifting reads */
+        assert_int_equal(zi_sched_sigmas(&mc.sched, n, seq, sig, tim), ZI_OK);
         for (int i = 0; i <= n; i++) {
             float want = (float)cJSON_GetArrayItem(sg, i)->valuedouble;
             if (sig[i] != want)
@@ -60,7 +71,7 @@ static void test_turbo_table(void **state)
 {
     (void)state;
     float sig[9], tim[8];
-    assert_int_equal(zi_sched_sigmas(&turbo, 8, sig, tim), ZI_OK);
+    assert_int_equal(zi_sched_sigmas(&turbo, 8, 4096, sig, tim), ZI_OK);
     assert_true(sig[0] == 1.0f && sig[4] == 0.75f && sig[6] == 0.5f && sig[8] == 0.0f);
     assert_true(zi_sched_model_time(tim[0]) == 0.0f);
     assert_true(zi_sched_model_time(tim[2]) == 0.1f);
@@ -95,11 +106,59 @@ static void test_bad_steps(void **state)
 {
     (void)state;
     float sig[2], tim[1];
-    assert_int_equal(zi_sched_sigmas(&turbo, 0, sig, tim), ZI_EINVAL);
+    assert_int_equal(zi_sched_sigmas(&turbo, 0, 16, sig, tim), ZI_EINVAL);
     assert_true(strstr(zi_errmsg(), "steps") != NULL);
     zi_sched_config dyn = turbo;
     dyn.use_dynamic_shifting = 1;
-    assert_int_equal(zi_sched_sigmas(&dyn, 1, sig, tim), ZI_EINVAL);
+    assert_int_equal(zi_sched_sigmas(&dyn, 1, 0, sig, tim), ZI_EINVAL); /* no length */
+    assert_int_equal(zi_sched_sigmas(&turbo, 1, 0, sig, tim), ZI_OK);   /* static: unused */
+}
+
+/* Dynamic shifting (FlowMatchEulerDiscreteScheduler with use_dynamic_shifting, as
+ * ZImagePipeline drives it): mu = calculate_shift(seq), sigma = e^mu / (e^mu + 1/s - 1)
+ * (linear: mu / (mu + 1/s - 1)), checked against the same formulas in double (the fp32
+ * forms differ from them by rounding only), and the mu end points. */
+static void test_dynamic_shifting(void **state)
+{
+    (void)state;
+    zi_sched_config dyn = turbo;
+    dyn.use_dynamic_shifting = 1;
+    dyn.shift = 1.0f; /* unused by dynamic shifting */
+    assert_true(fabs(zi_sched_mu(&dyn, 256) - 0.5) < 1e-15);
+    assert_true(fabs(zi_sched_mu(&dyn, 4096) - 1.15) < 1e-15);
+    assert_true(fabs(zi_sched_mu(&dyn, 8192) - (0.5 + 0.65 * 7936.0 / 3840.0)) < 1e-12);
+    static const int64_t seqs[] = {16, 256, 576, 1024, 4096, 16384};
+    static const int steps[] = {1, 2, 8, 9, 50};
+    float sig[51], tim[50];
+    for (int lin = 0; lin < 2; lin++)
+        for (size_t a = 0; a < sizeof seqs / sizeof seqs[0]; a++)
+            for (size_t b = 0; b < sizeof steps / sizeof steps[0]; b++) {
+                dyn.time_shift_linear = lin;
+                int n = steps[b];
+                assert_int_equal(zi_sched_sigmas(&dyn, n, seqs[a], sig, tim), ZI_OK);
+                double mu = 0.5 + (double)(seqs[a] - 256) * 0.65 / 3840.0;
+                double e = lin ? mu : exp(mu);
+                for (int i = 0; i < n; i++) {
+                    double s = n == 1 ? 1.0 : 1.0 - (double)i * (1.0 - 1.0 / n) / (n - 1);
+                    double want = e / (e + (1.0 / s - 1.0));
+                    if (fabs(sig[i] - want) > 4e-7)
+                        fail_msg("seq %lld n %d %s: sigma[%d] = %.9g, want %.9g",
+                                 (long long)seqs[a], n, lin ? "linear" : "exponential", i,
+                                 (double)sig[i], want);
+                    assert_true(tim[i] == sig[i] * 1000.0f);
+                    if (i)
+                        assert_true(sig[i] < sig[i - 1]);
+                }
+                assert_true(sig[0] == 1.0f);
+                assert_true(sig[n] == 0.0f);
+            }
+    /* a longer image shifts harder (exponential, 8 steps) */
+    float lo[9], hi[9], t8[8];
+    dyn.time_shift_linear = 0;
+    assert_int_equal(zi_sched_sigmas(&dyn, 8, 256, lo, t8), ZI_OK);
+    assert_int_equal(zi_sched_sigmas(&dyn, 8, 4096, hi, t8), ZI_OK);
+    for (int i = 1; i < 8; i++)
+        assert_true(hi[i] > lo[i]);
 }
 
 int main(void)
@@ -108,6 +167,7 @@ int main(void)
         cmocka_unit_test(test_scheduler_json_bit_exact),
         cmocka_unit_test(test_turbo_table),
         cmocka_unit_test(test_linspace_halves),
+        cmocka_unit_test(test_dynamic_shifting),
         cmocka_unit_test(test_euler_step),
         cmocka_unit_test(test_bad_steps),
     };
