@@ -239,6 +239,11 @@ static int zi_dit_config_from(const cJSON *o, const char *file, zi_dit_config *c
     /* n_kv_heads is recorded only: diffusers passes it to every block, which ignores it
      * (keys and values have n_heads heads), so any value gives the same model */
     ZI_CFG_TRY(zi_json_int_opt(o, "n_kv_heads", file, c->n_heads, &c->n_kv_heads));
+    /* siglip_feat_dim (Omni checkpoints): image-conditioning modules that text-to-image
+     * never calls; their tensors are accepted and left unread */
+    ZI_CFG_TRY(zi_json_int_opt(o, "siglip_feat_dim", file, 0, &c->siglip_feat_dim));
+    if (c->siglip_feat_dim < 0)
+        return zi_errorf(ZI_EFORMAT, "file %s: key siglip_feat_dim: negative", file);
     if (c->dim % c->n_heads)
         return zi_errorf(ZI_EFORMAT, "file %s: key n_heads: %d does not divide dim %d", file,
                          c->n_heads, c->dim);

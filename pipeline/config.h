@@ -34,8 +34,9 @@ typedef struct zi_dit_config {
     int n_layers;
     int n_refiner_layers;
     int n_heads;
-    int n_kv_heads; /* recorded, unused: diffusers ignores it (K/V have n_heads heads) */
-    int head_dim;   /* dim / n_heads */
+    int n_kv_heads;      /* recorded, unused: diffusers ignores it (K/V have n_heads heads) */
+    int siglip_feat_dim; /* Omni variants (0 = null): their siglip_* weights are unused here */
+    int head_dim;        /* dim / n_heads */
     int cap_feat_dim;
     int ffn_hidden; /* int(dim / 3 * 8) */
     int adaln_dim;  /* min(dim, 256) */

@@ -391,6 +391,8 @@ int zi_dit_load_st(const zi_st *st, const zi_dit_config *cfg, zi_backend *be, zi
     /* An extra tensor means the checkpoint is not the model the config describes. */
     for (size_t i = 0; i < zi_st_count(st); i++) {
         const char *name = strip_model_prefix(zi_st_at(st, i)->name);
+        if (cfg->siglip_feat_dim > 0 && strncmp(name, "siglip_", 7) == 0)
+            continue; /* Omni's image-conditioning modules: unused by text-to-image */
         size_t j = 0;
         while (j < tab.n && strcmp(tab.e[j].name, name) != 0)
             j++;

@@ -226,3 +226,17 @@ int zi_json_string(const cJSON *obj, const char *key, const char *file, const ch
     *out = v->valuestring;
     return ZI_OK;
 }
+
+/* Backslashes only occur inside strings in valid JSON, so stepping over every escape pair
+ * is enough to tell "\\u0000" (an escaped backslash, then text) from "\u0000". */
+int zi_json_has_escaped_nul(const char *s, size_t n)
+{
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (s[i] != '\\')
+            continue;
+        if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0)
+            return 1;
+        i++; /* skip the escaped character */
+    }
+    return 0;
+}

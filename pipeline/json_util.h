@@ -42,4 +42,8 @@ int zi_json_int_array(const cJSON *obj, const char *key, const char *file, int *
 /* A JSON string (pointer into the tree). */
 int zi_json_string(const cJSON *obj, const char *key, const char *file, const char **out);
 
+/* 1 when the n bytes of JSON text hold an escaped NUL (\u0000) inside a string: cJSON would
+ * cut the parsed string there silently (a job id "a\u0000/.." would read as "a"). */
+int zi_json_has_escaped_nul(const char *s, size_t n);
+
 #endif

@@ -12,7 +12,7 @@
  * printed; 1 when the tokenizer or the file cannot be read.
  */
 #include "cli_util.h"
-#include "job.h"
+#include "json_util.h"
 #include "tokenizer.h"
 #include "zi_err.h"
 
@@ -113,7 +113,7 @@ static int tok_file(const zi_tokenizer *tok, const char *path)
                     "\"a cat\")\n",
                     where);
             rc = 2;
-        } else if (zi_job_json_has_escaped_nul(line, (size_t)len)) {
+        } else if (zi_json_has_escaped_nul(line, (size_t)len)) {
             fprintf(stderr, "zimage: error: %sthe prompt holds a NUL character (\\u0000)\n", where);
             rc = 2;
         } else {

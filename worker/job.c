@@ -7,6 +7,7 @@
  * (cJSON copies string bytes as they are), numbers that are not integers or out of range.
  */
 #include "job.h"
+#include "json_util.h"
 #include "zi_err.h"
 
 #include <cjson/cJSON.h>
@@ -75,20 +76,6 @@ static size_t zi_job_utf8_bad_at(const char *str, size_t n)
 int zi_job_utf8_valid(const char *s, size_t n)
 {
     return zi_job_utf8_bad_at(s, n) == n;
-}
-
-/* Backslashes only occur inside strings in valid JSON, so stepping over every escape pair
- * is enough to tell "\\u0000" (an escaped backslash, then text) from "\u0000". */
-int zi_job_json_has_escaped_nul(const char *s, size_t n)
-{
-    for (size_t i = 0; i + 1 < n; i++) {
-        if (s[i] != '\\')
-            continue;
-        if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0)
-            return 1;
-        i++; /* skip the escaped character */
-    }
-    return 0;
 }
 
 static int zi_job_bad(zi_job *job, const char *code, const char *fmt, ...)
@@ -224,7 +211,7 @@ int zi_job_parse(const void *data, size_t len, const zi_job_limits *lim, zi_job 
         rc = zi_job_bad(job, "invalid_job", "message: JSON value is not an object");
         goto out;
     }
-    int has_nul = zi_job_json_has_escaped_nul(buf, len);
+    int has_nul = zi_json_has_escaped_nul(buf, len);
 
     /* The id first, so every later failure can be recorded under it. */
     const cJSON *id = zi_job_member(root, "job_id");

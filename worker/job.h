@@ -56,10 +56,6 @@ int zi_job_id_valid(const char *s);
 /* 1 when the n bytes are well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 int zi_job_utf8_valid(const char *s, size_t n);
 
-/* 1 when the n bytes of JSON text hold an escaped NUL (\u0000) inside a string: cJSON
- * would cut the parsed string there silently. */
-int zi_job_json_has_escaped_nul(const char *s, size_t n);
-
 /* Parses and validates one message value of `len` bytes (need not be NUL-terminated).
  * ZI_OK: *job holds a good job. ZI_EINVAL: a bad job (error_code, error, and job_id when
  * it could be read). ZI_ENOMEM: allocation failure. *job is reset first; release it with

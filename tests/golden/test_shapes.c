@@ -6,7 +6,8 @@
  * rope_theta, Qwen3ForCausalLM, "model." names, lm_head.weight, two shards + index json,
  * head_dim != hidden / heads, 1 kv head and kv heads = heads, small
  * max_position_embeddings; DiT: axes_dims 16/24/24 and 16/16/16, 4 heads, 2 refiner
- * layers, 1 main layer, cap_feat_dim != dim, other rope_theta and t_scale; VAE: 3 blocks,
+ * layers, 1 main layer, cap_feat_dim != dim, other rope_theta and t_scale, an Omni
+ * checkpoint's siglip_* tensors (unused by text-to-image); VAE: 3 blocks,
  * layers_per_block 1, 8 groups, unequal channels, no mid attention, post_quant_conv by
  * AutoencoderKL's default (the key left out); scheduler: static shift 6, and dynamic
  * shifting with base/max_shift 0.3/1.6 (mu from the image size); weights BF16, F16 and F32), copies
@@ -196,6 +197,7 @@ typedef struct tcase {
     zi_dtype te_dt;
     /* DiT */
     int dim, n_heads, n_layers, n_ref, axes[3];
+    int siglip; /* siglip_feat_dim (Omni): its siglip_* tensors are stored and must be unused */
     double dit_theta, t_scale;
     zi_dtype dit_dt;
     /* VAE */
@@ -228,6 +230,7 @@ static const tcase CASES[2] = {
      .dit_theta = 100.0,
      .t_scale = 700.0,
      .dit_dt = ZI_F16,
+     .siglip = 24,
      .nb = 3,
      .bo = {8, 16, 24},
      .lpb = 1,
@@ -405,7 +408,16 @@ static void build_dit(const tcase *c, wset *s, const char *dir)
         snprintf(pf, sizeof pf, "layers.%d", i);
         dit_block_w(s, c, pf, 1);
     }
-    char p[700], cfg[2048];
+    if (c->siglip) { /* an Omni checkpoint's image-conditioning modules */
+        wadd(s, 1, 1, S1(c->siglip), "siglip_embedder.0.weight");
+        wadd(s, 0, 2, S2(D, c->siglip), "siglip_embedder.1.weight");
+        wadd(s, 2, 1, S1(D), "siglip_embedder.1.bias");
+        wadd(s, 3, 2, S2(1, D), "siglip_pad_token");
+        dit_block_w(s, c, "siglip_refiner.0", 0);
+    }
+    char p[700], cfg[2048], sig[32] = "null";
+    if (c->siglip)
+        snprintf(sig, sizeof sig, "%d", c->siglip);
     jp(p, sizeof p, dir, "diffusion_pytorch_model.safetensors");
     write_st(p, s, 0, s->n, c->dit_dt);
     snprintf(cfg, sizeof cfg,
@@ -415,10 +427,10 @@ static void build_dit(const tcase *c, wset *s, const char *dir)
              "\"cap_feat_dim\": %d, \"dim\": %d, \"in_channels\": 16, \"n_heads\": %d, "
              "\"n_kv_heads\": %d, \"n_layers\": %d, \"n_refiner_layers\": %d, "
              "\"norm_eps\": 1e-05, \"qk_norm\": true, \"rope_theta\": %.1f, "
-             "\"t_scale\": %.1f}\n",
+             "\"siglip_feat_dim\": %s, \"t_scale\": %.1f}\n",
              c->axes[0], c->axes[1], c->axes[2], c->te_hidden, D, c->n_heads,
              c->n_heads + 1, /* n_kv_heads: diffusers ignores it, so must we */
-             c->n_layers, c->n_ref, c->dit_theta, c->t_scale);
+             c->n_layers, c->n_ref, c->dit_theta, sig, c->t_scale);
     jp(p, sizeof p, dir, "config.json");
     write_text(p, cfg);
 }
