@@ -347,18 +347,43 @@ static void test_unsupported_features(void **state)
     (void)state;
     zi_te_config te;
     zi_vae_config vae;
+    zi_sched_config sc;
     const char *te_json = "text_encoder/config.json", *vae_json = "vae/config.json";
+    const char *sc_json = "scheduler/scheduler_config.json";
+    union {
+        zi_te_config te;
+        zi_vae_config vae;
+        zi_sched_config sc;
+    } any;
     static const struct {
+        const char *rel;
+        parse_fn parse;
         const char *key, *value;
-    } te_bad[] = {
-        {"hidden_act", "\"gelu\""},
-        {"hidden_act", "1"},
-        {"attention_bias", "true"},
-        {"attention_bias", "\"yes\""},
+    } bad[] = {
+        {"text_encoder/config.json", parse_te, "hidden_act", "\"gelu\""},
+        {"text_encoder/config.json", parse_te, "hidden_act", "1"},
+        {"text_encoder/config.json", parse_te, "attention_bias", "true"},
+        {"text_encoder/config.json", parse_te, "attention_bias", "\"yes\""},
+        {"vae/config.json", parse_vae, "act_fn", "\"relu\""},
+        {"vae/config.json", parse_vae, "up_block_types", "[\"UpDecoderBlock2D\"]"}, /* 1 of 4 */
+        {"vae/config.json", parse_vae, "up_block_types",
+         "[\"UpDecoderBlock2D\",\"UpDecoderBlock2D\",\"AttnUpDecoderBlock2D\","
+         "\"UpDecoderBlock2D\"]"},
+        {"vae/config.json", parse_vae, "up_block_types", "\"UpDecoderBlock2D\""},
+        {"vae/config.json", parse_vae, "use_post_quant_conv", "\"no\""},
+        {"scheduler/scheduler_config.json", parse_sched, "time_shift_type", "\"cosine\""},
+        {"scheduler/scheduler_config.json", parse_sched, "use_karras_sigmas", "true"},
+        {"scheduler/scheduler_config.json", parse_sched, "use_exponential_sigmas", "true"},
+        {"scheduler/scheduler_config.json", parse_sched, "use_beta_sigmas", "true"},
+        {"scheduler/scheduler_config.json", parse_sched, "invert_sigmas", "true"},
+        {"scheduler/scheduler_config.json", parse_sched, "stochastic_sampling", "true"},
+        {"scheduler/scheduler_config.json", parse_sched, "shift_terminal", "0.02"},
+        {"scheduler/scheduler_config.json", parse_sched, "max_image_seq_len", "256"}, /* = base */
+        {"scheduler/scheduler_config.json", parse_sched, "base_shift", "\"x\""},
     };
-    for (size_t i = 0; i < sizeof te_bad / sizeof te_bad[0]; i++)
-        expect_err(parse_with(te_json, parse_te, te_bad[i].key, te_bad[i].value, &te), "cfg.json",
-                   te_bad[i].key);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        expect_err(parse_with(bad[i].rel, bad[i].parse, bad[i].key, bad[i].value, &any), "cfg.json",
+                   bad[i].key);
     assert_int_equal(parse_with(te_json, parse_te, "hidden_act", "", &te), ZI_OK);
     assert_int_equal(parse_with(te_json, parse_te, "attention_bias", "false", &te), ZI_OK);
 
@@ -410,19 +435,6 @@ static void test_unsupported_features(void **state)
 #undef ZI_T_FULL
     cJSON_Delete(root);
 
-    static const struct {
-        const char *key, *value;
-    } vae_bad[] = {
-        {"act_fn", "\"relu\""},
-        {"up_block_types", "[\"UpDecoderBlock2D\"]"}, /* one name for four blocks */
-        {"up_block_types", "[\"UpDecoderBlock2D\",\"UpDecoderBlock2D\","
-                           "\"AttnUpDecoderBlock2D\",\"UpDecoderBlock2D\"]"},
-        {"up_block_types", "\"UpDecoderBlock2D\""},
-        {"use_post_quant_conv", "\"no\""},
-    };
-    for (size_t i = 0; i < sizeof vae_bad / sizeof vae_bad[0]; i++)
-        expect_err(parse_with(vae_json, parse_vae, vae_bad[i].key, vae_bad[i].value, &vae),
-                   "cfg.json", vae_bad[i].key);
     /* use_post_quant_conv: AutoencoderKL's default is true; Z-Image's VAE says false */
     assert_int_equal(parse_with(vae_json, parse_vae, "use_post_quant_conv", "", &vae), ZI_OK);
     assert_int_equal(vae.post_quant_conv, 1);
@@ -430,10 +442,7 @@ static void test_unsupported_features(void **state)
     assert_int_equal(vae.post_quant_conv, 0);
     assert_int_equal(parse_with(vae_json, parse_vae, "act_fn", "", &vae), ZI_OK);
 
-    /* scheduler: dynamic shifting's keys take diffusers' defaults; other sigma schedules
-     * are refused */
-    zi_sched_config sc;
-    const char *sc_json = "scheduler/scheduler_config.json";
+    /* scheduler: dynamic shifting's keys take diffusers' defaults */
     assert_int_equal(parse_with(sc_json, parse_sched, "base_shift", "", &sc), ZI_OK);
     assert_true(sc.base_shift == 0.5 && sc.max_shift == 1.15 && sc.base_seq_len == 256 &&
                 sc.max_seq_len == 4096 && sc.time_shift_linear == 0);
@@ -443,22 +452,6 @@ static void test_unsupported_features(void **state)
     assert_int_equal(sc.time_shift_linear, 1);
     assert_int_equal(parse_with(sc_json, parse_sched, "shift_terminal", "null", &sc), ZI_OK);
     assert_int_equal(parse_with(sc_json, parse_sched, "use_karras_sigmas", "false", &sc), ZI_OK);
-    static const struct {
-        const char *key, *value;
-    } sc_bad[] = {
-        {"time_shift_type", "\"cosine\""},
-        {"use_karras_sigmas", "true"},
-        {"use_exponential_sigmas", "true"},
-        {"use_beta_sigmas", "true"},
-        {"invert_sigmas", "true"},
-        {"stochastic_sampling", "true"},
-        {"shift_terminal", "0.02"},
-        {"max_image_seq_len", "256"}, /* = base */
-        {"base_shift", "\"x\""},
-    };
-    for (size_t i = 0; i < sizeof sc_bad / sizeof sc_bad[0]; i++)
-        expect_err(parse_with(sc_json, parse_sched, sc_bad[i].key, sc_bad[i].value, &sc),
-                   "cfg.json", sc_bad[i].key);
 }
 
 /* a checkpoint folder whose one component file is broken: the error names that path */
