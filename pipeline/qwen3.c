@@ -100,10 +100,10 @@ static void zi_qwen3_shape(const zi_te_config *c, const zi_qwen3_entry *e, int64
 
 static int zi_qwen3_check_config(const zi_te_config *c)
 {
-    if (c->hidden <= 0 || c->n_layers < 2 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
+    if (c->hidden <= 0 || c->n_layers < 1 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
         c->head_dim <= 0 || c->intermediate <= 0 || c->vocab <= 0)
         return zi_errorf(ZI_EINVAL,
-                         "text encoder: bad config (hidden %d, layers %d (need >= 2), heads %d, "
+                         "text encoder: bad config (hidden %d, layers %d (need >= 1), heads %d, "
                          "kv heads %d, head_dim %d, intermediate %d, vocab %d)",
                          c->hidden, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim,
                          c->intermediate, c->vocab);
@@ -130,9 +130,11 @@ static int zi_qwen3_new(zi_qwen3 **out, const zi_te_config *cfg, zi_backend *be)
         return zi_errorf(ZI_ENOMEM, "text encoder: out of memory");
     m->cfg = *cfg;
     m->be = be;
+    /* hidden_states[-2]: the last layer never runs; with one layer the prompt embeddings are
+     * the token embeddings themselves (n_run 0), as in transformers */
     m->n_run = cfg->n_layers - 1;
-    m->layers = calloc((size_t)m->n_run, sizeof *m->layers);
-    if (!m->layers) {
+    m->layers = m->n_run ? calloc((size_t)m->n_run, sizeof *m->layers) : NULL;
+    if (m->n_run && !m->layers) {
         free(m);
         return zi_errorf(ZI_ENOMEM, "text encoder: out of memory");
     }

@@ -4,7 +4,8 @@
  * Builds, in a temporary folder, complete diffusers-layout checkpoints with random weights
  * and shapes unlike the public one (text encoder: transformers-4 config with top-level
  * rope_theta, Qwen3ForCausalLM, "model." names, lm_head.weight, two shards + index json,
- * head_dim != hidden / heads, 1 kv head and kv heads = heads, small
+ * head_dim != hidden / heads, 1 kv head and kv heads = heads, a single layer (no layer
+ * runs: hidden_states[-2] is the embeddings), small
  * max_position_embeddings; DiT: axes_dims 16/24/24 and 16/16/16, 4 heads, 2 refiner
  * layers, 1 main layer, cap_feat_dim != dim, other rope_theta and t_scale, an Omni
  * checkpoint's siglip_* tensors (unused by text-to-image); VAE: 3 blocks,
@@ -242,7 +243,7 @@ static const tcase CASES[2] = {
      .sched_shift = 6.0},
     {.name = "shapesB",
      .te_hidden = 32,
-     .te_layers = 2,
+     .te_layers = 1, /* hidden_states[-2] is then the token embeddings */
      .te_heads = 2,
      .te_kv = 2,
      .te_hd = 24,
