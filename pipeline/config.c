@@ -87,10 +87,8 @@ static int zi_cfg_only_str(const cJSON *o, const char *key, const char *file, co
 /* A flag whose "true" the pipeline does not implement (absent, null or false is fine). */
 static int zi_cfg_only_false(const cJSON *o, const char *key, const char *file, const char *what)
 {
-    int on = 0;
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (v && !cJSON_IsNull(v))
-        ZI_CFG_TRY(zi_json_bool(o, key, file, &on));
+    int on;
+    ZI_CFG_TRY(zi_json_bool_opt(o, key, file, 0, &on));
     if (on)
         return zi_errorf(ZI_EFORMAT, "file %s: key %s: true is not supported (%s)", file, key,
                          what);

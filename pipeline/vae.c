@@ -570,25 +570,20 @@ int zi_vae_decode(zi_vae *v, const zi_tensor *z, int lh, int lw, zi_tensor *img,
                          c->latent_channels, lh, lw);
     v->live = 0;
     v->peak = 0;
-    zi_tensor x = {0}, y = {0};
+    zi_tensor x = {0}, y = {0}, q = {0}; /* q: post_quant_conv's output */
     int h = lh, w = lw, C = v->up[0].cin;
     char name[32];
 
+    /* AutoencoderKL._decode: post_quant_conv (1x1), when there is one, before the decoder */
+    const zi_tensor *in = z;
     if (c->post_quant_conv) {
-        /* AutoencoderKL._decode: post_quant_conv (1x1) before the decoder */
-        zi_tensor q = {0};
         ZI_VAE_ALLOC(&q, c->latent_channels, h, w);
         be->conv2d(be, &q, z, &v->pq_w, &v->pq_b, c->latent_channels, c->latent_channels, h, w, 1);
-        rc = zi_vae_alloc(v, &x, C, h, w);
-        if (rc == ZI_OK)
-            be->conv2d(be, &x, &q, &v->conv_in_w, &v->conv_in_b, c->latent_channels, C, h, w, 3);
-        zi_vae_release(v, &q);
-        if (rc != ZI_OK)
-            goto out;
-    } else {
-        ZI_VAE_ALLOC(&x, C, h, w);
-        be->conv2d(be, &x, z, &v->conv_in_w, &v->conv_in_b, c->latent_channels, C, h, w, 3);
+        in = &q;
     }
+    ZI_VAE_ALLOC(&x, C, h, w);
+    be->conv2d(be, &x, in, &v->conv_in_w, &v->conv_in_b, c->latent_channels, C, h, w, 3);
+    zi_vae_release(v, &q);
     if ((rc = zi_vae_stage(v, &x, "conv_in", C, h, w, tap, ud)) != ZI_OK)
         goto out;
 
@@ -641,6 +636,7 @@ int zi_vae_decode(zi_vae *v, const zi_tensor *z, int lh, int lw, zi_tensor *img,
     *img = y;
     y = (zi_tensor){0};
 out:
+    zi_vae_release(v, &q);
     zi_vae_release(v, &x);
     zi_vae_release(v, &y);
     v->mem.act_peak = v->peak;

@@ -107,7 +107,7 @@ static int tok_file(const zi_tokenizer *tok, const char *path)
         while (v && end < line + len &&
                (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
             end++;
-        if (!cJSON_IsString(v) || !v->valuestring || end != line + len) {
+        if (!cJSON_IsString(v) || end != line + len) {
             fprintf(stderr,
                     "zimage: error: %snot one JSON string (a prompt per line, e.g. "
                     "\"a cat\")\n",
