@@ -215,17 +215,43 @@ static int zi_te_config_from(const cJSON *o, const char *file, zi_te_config *c)
 
 /* ---- transformer (ZImageTransformer2DModel) ---- */
 
+/* all_patch_size[i] / all_f_patch_size[i] name the embedder and final layer "p-f" of each
+ * pair. ZImagePipeline calls the transformer with its defaults, patch_size 2 and
+ * f_patch_size 1, so the pair 2-1 is the one that runs, wherever the lists hold it (the
+ * transformer asserts that it is there). */
+static int zi_dit_patch_pair(const cJSON *o, const char *file, zi_dit_config *c)
+{
+    int ps[ZI_DIT_MAX_PATCH_PAIRS], fs[ZI_DIT_MAX_PATCH_PAIRS], np, nf;
+    ZI_CFG_TRY(zi_json_int_array(o, "all_patch_size", file, ps, ZI_DIT_MAX_PATCH_PAIRS, &np));
+    ZI_CFG_TRY(zi_json_int_array(o, "all_f_patch_size", file, fs, ZI_DIT_MAX_PATCH_PAIRS, &nf));
+    if (np != nf)
+        return zi_errorf(ZI_EFORMAT,
+                         "file %s: keys all_patch_size / all_f_patch_size: %d and %d elements, "
+                         "expected one f_patch per patch",
+                         file, np, nf);
+    c->n_pairs = np;
+    for (int i = 0; i < np; i++) {
+        c->pairs[i][0] = ps[i];
+        c->pairs[i][1] = fs[i];
+    }
+    for (int i = 0; i < np; i++)
+        if (ps[i] == ZI_DIT_RUN_PATCH && fs[i] == ZI_DIT_RUN_F_PATCH) {
+            c->patch = ps[i];
+            c->f_patch = fs[i];
+            return ZI_OK;
+        }
+    return zi_errorf(ZI_EFORMAT,
+                     "file %s: keys all_patch_size / all_f_patch_size: no pair %d-%d (the "
+                     "patch sizes ZImagePipeline runs the transformer with)",
+                     file, ZI_DIT_RUN_PATCH, ZI_DIT_RUN_F_PATCH);
+}
+
 static int zi_dit_config_from(const cJSON *o, const char *file, zi_dit_config *c)
 {
     memset(c, 0, sizeof *c);
     int arr[8], n;
     ZI_CFG_TRY(zi_cfg_pos_int(o, "in_channels", file, &c->in_channels));
-    ZI_CFG_TRY(zi_json_int_array(o, "all_patch_size", file, arr, 8, &n));
-    c->patch = arr[0];
-    ZI_CFG_TRY(zi_cfg_positive(file, "all_patch_size[0]", c->patch));
-    ZI_CFG_TRY(zi_json_int_array(o, "all_f_patch_size", file, arr, 8, &n));
-    c->f_patch = arr[0];
-    ZI_CFG_TRY(zi_cfg_positive(file, "all_f_patch_size[0]", c->f_patch));
+    ZI_CFG_TRY(zi_dit_patch_pair(o, file, c));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "dim", file, &c->dim));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "n_layers", file, &c->n_layers));
     ZI_CFG_TRY(zi_cfg_at_most(file, "n_layers", c->n_layers, ZI_CFG_MAX_LAYERS));
@@ -541,6 +567,9 @@ void zi_config_zimage_turbo(zi_model_config *out)
     d->in_channels = 16;
     d->patch = 2;
     d->f_patch = 1;
+    d->n_pairs = 1;
+    d->pairs[0][0] = 2;
+    d->pairs[0][1] = 1;
     d->dim = 3840;
     d->n_layers = 30;
     d->n_refiner_layers = 2;

@@ -12,6 +12,10 @@
 #include <stddef.h>
 
 #define ZI_VAE_MAX_BLOCKS 8
+/* ZImagePipeline calls the transformer with its default patch_size / f_patch_size */
+#define ZI_DIT_RUN_PATCH 2
+#define ZI_DIT_RUN_F_PATCH 1
+#define ZI_DIT_MAX_PATCH_PAIRS 8
 
 typedef struct zi_te_config {
     int hidden;       /* hidden_size */
@@ -28,8 +32,10 @@ typedef struct zi_te_config {
 
 typedef struct zi_dit_config {
     int in_channels;
-    int patch;   /* all_patch_size[0] */
-    int f_patch; /* all_f_patch_size[0] */
+    int patch;   /* the pair that runs: ZI_DIT_RUN_PATCH ... */
+    int f_patch; /* ... and ZI_DIT_RUN_F_PATCH, found in all_patch_size / all_f_patch_size */
+    int n_pairs; /* every pair the checkpoint has (embedder + final layer "p-f" each) */
+    int pairs[ZI_DIT_MAX_PATCH_PAIRS][2];
     int dim;
     int n_layers;
     int n_refiner_layers;

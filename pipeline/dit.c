@@ -210,6 +210,26 @@ static const char *strip_model_prefix(const char *name)
     return strncmp(name, "model.", 6) == 0 ? name + 6 : name;
 }
 
+/* 1 when `name` is a tensor of all_x_embedder / all_final_layer for one of the config's
+ * patch pairs other than the one that runs (all_x_embedder.1-1.weight, ...). */
+static int other_patch_pair(const zi_dit_config *c, const char *name)
+{
+    static const char *const mods[] = {"all_x_embedder.", "all_final_layer."};
+    for (size_t m = 0; m < sizeof mods / sizeof mods[0]; m++) {
+        size_t n = strlen(mods[m]);
+        if (strncmp(name, mods[m], n) != 0)
+            continue;
+        for (int i = 0; i < c->n_pairs; i++) {
+            char key[32];
+            int k = snprintf(key, sizeof key, "%d-%d.", c->pairs[i][0], c->pairs[i][1]);
+            if ((c->pairs[i][0] != c->patch || c->pairs[i][1] != c->f_patch) &&
+                strncmp(name + n, key, (size_t)k) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* construction                                                                         */
 
@@ -393,6 +413,8 @@ int zi_dit_load_st(const zi_st *st, const zi_dit_config *cfg, zi_backend *be, zi
         const char *name = strip_model_prefix(zi_st_at(st, i)->name);
         if (cfg->siglip_feat_dim > 0 && strncmp(name, "siglip_", 7) == 0)
             continue; /* Omni's image-conditioning modules: unused by text-to-image */
+        if (other_patch_pair(cfg, name))
+            continue; /* the config's other patch sizes: ZImagePipeline runs 2-1 only */
         size_t j = 0;
         while (j < tab.n && strcmp(tab.e[j].name, name) != 0)
             j++;

@@ -8,7 +8,8 @@
  * runs: hidden_states[-2] is the embeddings), small
  * max_position_embeddings; DiT: axes_dims 16/24/24 and 16/16/16, 4 heads, 2 refiner
  * layers, 1 main layer, cap_feat_dim != dim, other rope_theta and t_scale, an Omni
- * checkpoint's siglip_* tensors (unused by text-to-image); VAE: 3 blocks,
+ * checkpoint's siglip_* tensors (unused by text-to-image), a second patch pair 1-1 listed
+ * before 2-1 (only 2-1 runs, as in ZImagePipeline); VAE: 3 blocks,
  * layers_per_block 1, 8 groups, unequal channels, no mid attention, post_quant_conv by
  * AutoencoderKL's default (the key left out); scheduler: static shift 6, and dynamic
  * shifting with base/max_shift 0.3/1.6 (mu from the image size); weights BF16, F16 and F32), copies
@@ -199,6 +200,7 @@ typedef struct tcase {
     /* DiT */
     int dim, n_heads, n_layers, n_ref, axes[3];
     int siglip; /* siglip_feat_dim (Omni): its siglip_* tensors are stored and must be unused */
+    int pair11; /* the patch pair 1-1 listed before 2-1, with its tensors: 2-1 must run */
     double dit_theta, t_scale;
     zi_dtype dit_dt;
     /* VAE */
@@ -232,6 +234,7 @@ static const tcase CASES[2] = {
      .t_scale = 700.0,
      .dit_dt = ZI_F16,
      .siglip = 24,
+     .pair11 = 1,
      .nb = 3,
      .bo = {8, 16, 24},
      .lpb = 1,
@@ -416,6 +419,14 @@ static void build_dit(const tcase *c, wset *s, const char *dir)
         wadd(s, 3, 2, S2(1, D), "siglip_pad_token");
         dit_block_w(s, c, "siglip_refiner.0", 0);
     }
+    if (c->pair11) { /* patch 1, f_patch 1: P = 16 */
+        wadd(s, 0, 2, S2(D, 16), "all_x_embedder.1-1.weight");
+        wadd(s, 2, 1, S1(D), "all_x_embedder.1-1.bias");
+        wadd(s, 0, 2, S2(D, A), "all_final_layer.1-1.adaLN_modulation.1.weight");
+        wadd(s, 2, 1, S1(D), "all_final_layer.1-1.adaLN_modulation.1.bias");
+        wadd(s, 0, 2, S2(16, D), "all_final_layer.1-1.linear.weight");
+        wadd(s, 2, 1, S1(16), "all_final_layer.1-1.linear.bias");
+    }
     char p[700], cfg[2048], sig[32] = "null";
     if (c->siglip)
         snprintf(sig, sizeof sig, "%d", c->siglip);
@@ -423,13 +434,14 @@ static void build_dit(const tcase *c, wset *s, const char *dir)
     write_st(p, s, 0, s->n, c->dit_dt);
     snprintf(cfg, sizeof cfg,
              "{\"_class_name\": \"ZImageTransformer2DModel\", \"_diffusers_version\": "
-             "\"0.36.0.dev0\", \"all_f_patch_size\": [1], \"all_patch_size\": [2], "
+             "\"0.36.0.dev0\", \"all_f_patch_size\": %s, \"all_patch_size\": %s, "
              "\"axes_dims\": [%d, %d, %d], \"axes_lens\": [1536, 512, 512], "
              "\"cap_feat_dim\": %d, \"dim\": %d, \"in_channels\": 16, \"n_heads\": %d, "
              "\"n_kv_heads\": %d, \"n_layers\": %d, \"n_refiner_layers\": %d, "
              "\"norm_eps\": 1e-05, \"qk_norm\": true, \"rope_theta\": %.1f, "
              "\"siglip_feat_dim\": %s, \"t_scale\": %.1f}\n",
-             c->axes[0], c->axes[1], c->axes[2], c->te_hidden, D, c->n_heads,
+             c->pair11 ? "[1, 1]" : "[1]", c->pair11 ? "[1, 2]" : "[2]", c->axes[0], c->axes[1],
+             c->axes[2], c->te_hidden, D, c->n_heads,
              c->n_heads + 1, /* n_kv_heads: diffusers ignores it, so must we */
              c->n_layers, c->n_ref, c->dit_theta, sig, c->t_scale);
     jp(p, sizeof p, dir, "config.json");

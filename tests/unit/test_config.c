@@ -312,6 +312,11 @@ static int parse_vae(const char *j, size_t n, const char *f, void *o)
     return zi_vae_config_parse(j, n, f, o);
 }
 
+static int parse_dit(const char *j, size_t n, const char *f, void *o)
+{
+    return zi_dit_config_parse(j, n, f, o);
+}
+
 static int parse_sched(const char *j, size_t n, const char *f, void *o)
 {
     return zi_sched_config_parse(j, n, f, o);
@@ -352,6 +357,7 @@ static void test_unsupported_features(void **state)
     const char *sc_json = "scheduler/scheduler_config.json";
     union {
         zi_te_config te;
+        zi_dit_config dit;
         zi_vae_config vae;
         zi_sched_config sc;
     } any;
@@ -364,6 +370,9 @@ static void test_unsupported_features(void **state)
         {"text_encoder/config.json", parse_te, "hidden_act", "1"},
         {"text_encoder/config.json", parse_te, "attention_bias", "true"},
         {"text_encoder/config.json", parse_te, "attention_bias", "\"yes\""},
+        {"transformer/config.json", parse_dit, "all_patch_size", "[1]"}, /* no 2-1 pair */
+        {"transformer/config.json", parse_dit, "all_f_patch_size", "[2]"},
+        {"transformer/config.json", parse_dit, "all_f_patch_size", "[1, 1]"}, /* 2 f for 1 p */
         {"vae/config.json", parse_vae, "act_fn", "\"relu\""},
         {"vae/config.json", parse_vae, "up_block_types", "[\"UpDecoderBlock2D\"]"}, /* 1 of 4 */
         {"vae/config.json", parse_vae, "up_block_types",
@@ -434,6 +443,27 @@ static void test_unsupported_features(void **state)
 #undef ZI_T_SLIDE
 #undef ZI_T_FULL
     cJSON_Delete(root);
+
+    /* several patch pairs: the 2-1 pair runs, wherever it is in the lists */
+    static const char *const pairs[][2] = {
+        {"[1, 2]", "[1, 1]"}, {"[2, 2]", "[2, 1]"}, {"[2]", "[1]"}};
+    for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
+        char *txt;
+        size_t len;
+        cJSON *r;
+        const char *rel = "transformer/config.json";
+        assert_int_equal(zi_json_read_file(zi_test_model(rel), 1 << 20, &txt, &len), ZI_OK);
+        assert_int_equal(zi_json_parse(txt, len, rel, &r), ZI_OK);
+        free(txt);
+        cJSON_ReplaceItemInObjectCaseSensitive(r, "all_patch_size", cJSON_Parse(pairs[i][0]));
+        cJSON_ReplaceItemInObjectCaseSensitive(r, "all_f_patch_size", cJSON_Parse(pairs[i][1]));
+        char *s = cJSON_PrintUnformatted(r);
+        assert_int_equal(zi_dit_config_parse(s, strlen(s), "pairs.json", &any.dit), ZI_OK);
+        assert_int_equal(any.dit.patch, 2);
+        assert_int_equal(any.dit.f_patch, 1);
+        free(s);
+        cJSON_Delete(r);
+    }
 
     /* use_post_quant_conv: AutoencoderKL's default is true; Z-Image's VAE says false */
     assert_int_equal(parse_with(vae_json, parse_vae, "use_post_quant_conv", "", &vae), ZI_OK);
