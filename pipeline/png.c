@@ -1,5 +1,6 @@
 /*
- * png.c - RGB8 PNG encode/decode with libspng and the "parameters" iTXt chunk.
+ * png.c - RGB8 PNG encoding (zlib, on several threads) and decoding (libspng), with the
+ * "parameters" iTXt chunk.
  *
  * The encoder writes IHDR, one uncompressed iTXt "parameters" chunk (before IDAT, so
  * a reader that stops at the image data still sees it), IDAT, IEND. The decoder is for
@@ -11,7 +12,10 @@
 #include "zi_err.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <spng.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,21 +90,295 @@ int zi_png_compression_parse(const char *name, zi_png_compression *out)
     return ZI_OK;
 }
 
-/* zlib settings of each zi_png_compression (png.h). */
-static int zi_png_set_compression(spng_ctx *ctx, zi_png_compression c)
+/* ---- encoder ----
+ * libspng and libpng deflate an image as one stream on one core, and the worker encodes
+ * while the GPU waits (docs/performance.md, "PNG encoding"). Here the rows are filtered
+ * and then deflated in bands on several threads, as pigz does for gzip: each band is a raw
+ * deflate stream primed with the 32 KiB of filtered data before it (so matches may reach
+ * back across the band boundary, as in one stream) and ended by a sync flush (byte-aligned,
+ * not final), except the last, which finishes; the bands concatenate into one zlib stream
+ * whose Adler-32 is combined from theirs. Bands are cut from the image size alone, so the
+ * file is the same whatever the thread count. zlib does the deflating and the checksums;
+ * the chunks around them (PNG 1.2 sections 5 and 11) are written here.
+ * Reference: PNG 1.2 (ISO 15948) 5.3 chunk layout, 9 filters (12.8: the minimum sum of
+ * absolute differences heuristic, libpng's and libspng's choice), 11.2.2 IHDR, 11.3.4.5
+ * iTXt; RFC 1950 (zlib header, Adler-32); zlib.h (deflateSetDictionary, Z_SYNC_FLUSH). */
+
+#define ZI_PNG_BAND_BYTES (128u << 10) /* filtered bytes per band (the last may be longer) */
+#define ZI_PNG_WINDOW 32768u           /* deflate's window: the dictionary of a band */
+#define ZI_PNG_MAX_THREADS 8
+
+typedef struct zi_png_enc {
+    const uint8_t *rgb;
+    int width, height;
+    size_t rowbytes; /* width * 3 */
+    uint8_t *filt;   /* height rows of 1 + rowbytes: filter type, then residuals */
+    int rows_per_band;
+    int nbands;
+    int level, strategy;
+    uint8_t **out;     /* [nbands] deflated bands */
+    size_t *out_len;   /* [nbands] */
+    uLong *adler;      /* [nbands] Adler-32 of each band's filtered bytes */
+    atomic_int next;   /* the next item a thread takes */
+    atomic_int failed; /* ZI_ENOMEM, ZI_EINVAL, or 0 */
+} zi_png_enc;
+
+static uint8_t zi_png_paeth(int a, int b, int c)
 {
-    int level = c == ZI_PNG_SMALL ? Z_DEFAULT_COMPRESSION : Z_BEST_SPEED;
-    int strategy = c == ZI_PNG_SMALL ? Z_FILTERED : Z_RLE;
-    int e = spng_set_option(ctx, SPNG_IMG_COMPRESSION_LEVEL, level);
-    if (!e)
-        e = spng_set_option(ctx, SPNG_IMG_COMPRESSION_STRATEGY, strategy);
-    if (!e)
-        e = spng_set_option(ctx, SPNG_FILTER_CHOICE, SPNG_FILTER_CHOICE_ALL);
-    return e;
+    int p = a + b - c;
+    int pa = abs(p - a), pb = abs(p - b), pc = abs(p - c);
+    if (pa <= pb && pa <= pc)
+        return (uint8_t)a;
+    return (uint8_t)(pb <= pc ? b : c);
 }
 
-int zi_png_encode(const uint8_t *rgb, int width, int height, const char *parameters,
-                  zi_png_compression compression, uint8_t **png, size_t *len)
+/* Sum of the residuals' magnitudes, read as signed bytes (the heuristic's measure; for
+ * filter "none" the bytes themselves). */
+static unsigned long zi_png_cost(const uint8_t *r, size_t n)
+{
+    unsigned long sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += (unsigned long)abs((int)(int8_t)r[i]);
+    return sum;
+}
+
+/* Row y into its filtered form: each of the five filters is tried and the one whose
+ * residuals have the smallest zi_png_cost is kept. cand holds 4 rows (sub, up, average,
+ * Paeth; "none" is the row itself); `zero` is a row of zeros, the "previous row" of the
+ * first. One loop per filter, so that the compiler vectorises them. */
+static void zi_png_filter_row(const zi_png_enc *e, int y, uint8_t *cand, const uint8_t *zero)
+{
+    const size_t n = e->rowbytes, bpp = 3;
+    const uint8_t *x = e->rgb + (size_t)y * n;
+    const uint8_t *b = y > 0 ? x - n : zero; /* above */
+    uint8_t *sub = cand, *up = cand + n, *avg = cand + 2 * n, *pae = cand + 3 * n;
+    for (size_t i = 0; i < bpp; i++) { /* no left neighbour: a = c = 0 */
+        sub[i] = x[i];
+        avg[i] = (uint8_t)(x[i] - (b[i] >> 1));
+        pae[i] = (uint8_t)(x[i] - b[i]);
+    }
+    for (size_t i = bpp; i < n; i++)
+        sub[i] = (uint8_t)(x[i] - x[i - bpp]);
+    for (size_t i = 0; i < n; i++)
+        up[i] = (uint8_t)(x[i] - b[i]);
+    for (size_t i = bpp; i < n; i++)
+        avg[i] = (uint8_t)(x[i] - ((x[i - bpp] + b[i]) >> 1));
+    for (size_t i = bpp; i < n; i++)
+        pae[i] = (uint8_t)(x[i] - zi_png_paeth(x[i - bpp], b[i], b[i - bpp]));
+    int best = 0;
+    const uint8_t *best_row = x;
+    unsigned long best_cost = zi_png_cost(x, n);
+    for (int f = 1; f < 5; f++) {
+        const uint8_t *r = cand + (size_t)(f - 1) * n;
+        unsigned long c = zi_png_cost(r, n);
+        if (c < best_cost) {
+            best = f;
+            best_row = r;
+            best_cost = c;
+        }
+    }
+    uint8_t *dst = e->filt + (size_t)y * (n + 1);
+    dst[0] = (uint8_t)best;
+    memcpy(dst + 1, best_row, n);
+}
+
+static size_t zi_png_band_start(const zi_png_enc *e, int b)
+{
+    return (size_t)b * (size_t)e->rows_per_band * (e->rowbytes + 1);
+}
+
+static size_t zi_png_band_len(const zi_png_enc *e, int b)
+{
+    size_t end =
+        b + 1 < e->nbands ? zi_png_band_start(e, b + 1) : (size_t)e->height * (e->rowbytes + 1);
+    return end - zi_png_band_start(e, b);
+}
+
+/* Band b's rows, filtered. */
+static int zi_png_filter_band(zi_png_enc *e, int b)
+{
+    uint8_t *cand = malloc(4 * e->rowbytes), *zero = calloc(1, e->rowbytes);
+    int y1 = b + 1 < e->nbands ? (b + 1) * e->rows_per_band : e->height;
+    for (int y = b * e->rows_per_band; cand && zero && y < y1; y++)
+        zi_png_filter_row(e, y, cand, zero);
+    int rc = cand && zero ? ZI_OK : ZI_ENOMEM;
+    free(cand);
+    free(zero);
+    return rc;
+}
+
+/* Band b deflated as a raw stream, primed with the window before it. */
+static int zi_png_deflate_band(zi_png_enc *e, int b)
+{
+    const size_t start = zi_png_band_start(e, b), len = zi_png_band_len(e, b);
+    const int last = b + 1 == e->nbands;
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (deflateInit2(&z, e->level, Z_DEFLATED, -15, 8, e->strategy) != Z_OK)
+        return ZI_ENOMEM;
+    int rc = ZI_OK;
+    if (start > 0) {
+        size_t dict = start < ZI_PNG_WINDOW ? start : ZI_PNG_WINDOW;
+        if (deflateSetDictionary(&z, e->filt + start - dict, (uInt)dict) != Z_OK)
+            rc = ZI_EINVAL;
+    }
+    /* deflateBound covers the finished stream; a sync flush adds at most 5 bytes and the
+     * dictionary nothing, and the loop grows the buffer should that ever be short */
+    size_t cap = deflateBound(&z, (uLong)len) + 64, have = 0;
+    uint8_t *out = rc == ZI_OK ? malloc(cap) : NULL;
+    if (!out && rc == ZI_OK)
+        rc = ZI_ENOMEM;
+    z.next_in = e->filt + start;
+    z.avail_in = (uInt)len; /* a band is at most ZI_PNG_BAND_BYTES + one row < 4 GiB */
+    for (int zrc = Z_OK; rc == ZI_OK;) {
+        if (have == cap) {
+            uint8_t *grown = realloc(out, cap * 2);
+            if (!grown) {
+                rc = ZI_ENOMEM;
+                break;
+            }
+            out = grown;
+            cap *= 2;
+        }
+        z.next_out = out + have;
+        z.avail_out = (uInt)(cap - have);
+        zrc = deflate(&z, last ? Z_FINISH : Z_SYNC_FLUSH);
+        have = cap - z.avail_out;
+        if (zrc == Z_STREAM_ERROR || (zrc == Z_BUF_ERROR && z.avail_out > 0))
+            rc = ZI_EINVAL; /* misuse, or no progress with room to write: never loop */
+        else if (last ? zrc == Z_STREAM_END : z.avail_in == 0 && z.avail_out > 0)
+            break; /* finished, or flushed with room to spare (so nothing is pending) */
+    }
+    deflateEnd(&z);
+    if (rc != ZI_OK) {
+        free(out);
+        return rc;
+    }
+    e->out[b] = out;
+    e->out_len[b] = have;
+    e->adler[b] = adler32(adler32(0L, Z_NULL, 0), e->filt + start, (uInt)len);
+    return ZI_OK;
+}
+
+typedef int (*zi_png_item_fn)(zi_png_enc *e, int item);
+
+typedef struct zi_png_task {
+    zi_png_enc *e;
+    zi_png_item_fn fn;
+} zi_png_task;
+
+static void *zi_png_thread(void *arg)
+{
+    zi_png_task *t = arg;
+    for (int i; (i = atomic_fetch_add(&t->e->next, 1)) < t->e->nbands;) {
+        int rc = t->fn(t->e, i);
+        if (rc != ZI_OK) {
+            int zero = 0;
+            atomic_compare_exchange_strong(&t->e->failed, &zero, rc);
+        }
+    }
+    return NULL;
+}
+
+/* fn over every band, on up to `threads` threads (the caller's included). */
+static int zi_png_each_band(zi_png_enc *e, zi_png_item_fn fn, int threads)
+{
+    pthread_t tid[ZI_PNG_MAX_THREADS];
+    zi_png_task task = {e, fn};
+    int started = 0;
+    atomic_store(&e->next, 0);
+    if (threads > e->nbands)
+        threads = e->nbands;
+    while (started < threads - 1 && pthread_create(&tid[started], NULL, zi_png_thread, &task) == 0)
+        started++; /* a thread that cannot start leaves its share to the others */
+    zi_png_thread(&task);
+    for (int i = 0; i < started; i++)
+        pthread_join(tid[i], NULL);
+    return atomic_load(&e->failed);
+}
+
+int zi_png_threads(void)
+{
+    cpu_set_t set;
+    int n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+    return n < 1 ? 1 : n > ZI_PNG_MAX_THREADS ? ZI_PNG_MAX_THREADS : n;
+}
+
+static uint8_t *zi_png_put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+    return p + 4;
+}
+
+/* A chunk at p: length, type, the data (already at p + 8 when data is NULL), CRC. */
+static uint8_t *zi_png_chunk(uint8_t *p, const char type[4], const void *data, size_t len)
+{
+    zi_png_put32(p, (uint32_t)len);
+    memcpy(p + 4, type, 4);
+    if (data && len)
+        memcpy(p + 8, data, len);
+    uLong crc = crc32(crc32(0L, Z_NULL, 0), p + 4, (uInt)(len + 4));
+    return zi_png_put32(p + 8 + len, (uint32_t)crc);
+}
+
+/* Signature, IHDR, the iTXt "parameters" chunk, one IDAT per band, IEND. The zlib stream
+ * runs through the IDATs: its header (deflate, 32 KiB window, FLEVEL as zlib writes it)
+ * opens the first, the Adler-32 of all filtered bytes closes the last. */
+static int zi_png_assemble(const zi_png_enc *e, const char *parameters, uint8_t **png, size_t *len)
+{
+    size_t text_len = parameters ? strlen(parameters) : 0;
+    size_t itxt = parameters ? sizeof ZI_PNG_KEYWORD + 4 + text_len : 0;
+    size_t total = 8 + (12 + 13) + (parameters ? 12 + itxt : 0) + 2 + 4 + 12;
+    for (int b = 0; b < e->nbands; b++)
+        total += 12 + e->out_len[b];
+    uint8_t *buf = malloc(total);
+    if (!buf)
+        return zi_errorf(ZI_ENOMEM, "png encode: out of memory");
+    uint8_t *p = buf;
+    memcpy(p, "\x89PNG\r\n\x1a\n", 8);
+    p += 8;
+    uint8_t ihdr[13];
+    zi_png_put32(ihdr, (uint32_t)e->width);
+    zi_png_put32(ihdr + 4, (uint32_t)e->height);
+    memcpy(ihdr + 8, "\x08\x02\x00\x00\x00", 5); /* 8 bits, RGB, deflate, adaptive, none */
+    p = zi_png_chunk(p, "IHDR", ihdr, sizeof ihdr);
+    if (parameters) {
+        /* keyword NUL, compression flag 0, method 0, language tag "" NUL, translated
+         * keyword "" NUL, UTF-8 text */
+        uint8_t *d = p + 8;
+        memcpy(d, ZI_PNG_KEYWORD, sizeof ZI_PNG_KEYWORD);
+        d += sizeof ZI_PNG_KEYWORD;
+        memset(d, 0, 4);
+        memcpy(d + 4, parameters, text_len);
+        p = zi_png_chunk(p, "iTXt", NULL, itxt);
+    }
+    uLong adler = adler32(0L, Z_NULL, 0);
+    for (int b = 0; b < e->nbands; b++) {
+        uint8_t *d = p + 8, *d0 = d;
+        if (b == 0) {
+            unsigned flg = (e->level == Z_BEST_SPEED ? 0u : 2u) << 6;
+            flg += 31u - (0x78u * 256u + flg) % 31u;
+            *d++ = 0x78;
+            *d++ = (uint8_t)flg;
+        }
+        memcpy(d, e->out[b], e->out_len[b]);
+        d += e->out_len[b];
+        adler = adler32_combine(adler, e->adler[b], (z_off_t)zi_png_band_len(e, b));
+        if (b + 1 == e->nbands)
+            d = zi_png_put32(d, (uint32_t)adler);
+        p = zi_png_chunk(p, "IDAT", NULL, (size_t)(d - d0));
+    }
+    p = zi_png_chunk(p, "IEND", NULL, 0);
+    *png = buf;
+    *len = (size_t)(p - buf);
+    return ZI_OK;
+}
+
+int zi_png_encode_threads(const uint8_t *rgb, int width, int height, const char *parameters,
+                          zi_png_compression compression, int threads, uint8_t **png, size_t *len)
 {
     *png = NULL;
     *len = 0;
@@ -109,55 +387,55 @@ int zi_png_encode(const uint8_t *rgb, int width, int height, const char *paramet
         return rc;
     if (!rgb)
         return zi_errorf(ZI_EINVAL, "png encode: NULL pixels");
-    size_t text_len = parameters ? strlen(parameters) : 0;
-    if (text_len >= ZI_PNG_MAX_TEXT)
+    if (parameters && strlen(parameters) >= ZI_PNG_MAX_TEXT)
         return zi_errorf(ZI_EINVAL, "png encode: parameters text longer than %u bytes",
                          (unsigned)ZI_PNG_MAX_TEXT);
-
-    spng_ctx *ctx = spng_ctx_new(SPNG_CTX_ENCODER);
-    if (!ctx)
-        return zi_errorf(ZI_ENOMEM, "png encode: out of memory");
-    int e = spng_set_option(ctx, SPNG_ENCODE_TO_BUFFER, 1);
-    if (!e)
-        e = zi_png_set_compression(ctx, compression);
-    struct spng_ihdr ihdr = {
-        .width = (uint32_t)width,
-        .height = (uint32_t)height,
-        .bit_depth = 8,
-        .color_type = SPNG_COLOR_TYPE_TRUECOLOR,
+    if (threads < 0 || threads > ZI_PNG_MAX_THREADS)
+        return zi_errorf(ZI_EINVAL, "png encode: %d threads (expected 0 to %d)", threads,
+                         ZI_PNG_MAX_THREADS);
+    zi_png_enc e = {
+        .rgb = rgb,
+        .width = width,
+        .height = height,
+        .rowbytes = (size_t)width * 3,
+        .level = compression == ZI_PNG_SMALL ? Z_DEFAULT_COMPRESSION : Z_BEST_SPEED,
+        .strategy = compression == ZI_PNG_SMALL ? Z_FILTERED : Z_RLE,
     };
-    if (!e)
-        e = spng_set_ihdr(ctx, &ihdr);
-    if (!e && parameters) {
-        /* spng copies nothing here: text, language tag and translated keyword must stay
-         * alive until the image is encoded (they do: caller's string and literals). */
-        struct spng_text text;
-        memset(&text, 0, sizeof text);
-        memcpy(text.keyword, ZI_PNG_KEYWORD, sizeof ZI_PNG_KEYWORD);
-        text.type = SPNG_ITXT;
-        text.length = text_len;
-        text.text = (char *)parameters;
-        text.compression_flag = 0;
-        text.language_tag = "";
-        text.translated_keyword = "";
-        e = spng_set_text(ctx, &text, 1);
+    size_t rows = ZI_PNG_BAND_BYTES / (e.rowbytes + 1);
+    e.rows_per_band = rows < 1 ? 1 : rows > (size_t)height ? height : (int)rows;
+    e.nbands = height / e.rows_per_band; /* the remainder rows join the last band */
+    e.filt = malloc((size_t)height * (e.rowbytes + 1));
+    e.out = calloc((size_t)e.nbands, sizeof *e.out);
+    e.out_len = calloc((size_t)e.nbands, sizeof *e.out_len);
+    e.adler = calloc((size_t)e.nbands, sizeof *e.adler);
+    if (!e.filt || !e.out || !e.out_len || !e.adler)
+        rc = zi_errorf(ZI_ENOMEM, "png encode: out of memory");
+    if (threads == 0)
+        threads = zi_png_threads();
+    if (rc == ZI_OK) {
+        /* all rows are filtered before any band is deflated: a band's dictionary is the
+         * filtered data before it */
+        rc = zi_png_each_band(&e, zi_png_filter_band, threads);
+        if (rc == ZI_OK)
+            rc = zi_png_each_band(&e, zi_png_deflate_band, threads);
+        if (rc != ZI_OK)
+            zi_errorf(rc, "png encode: %s", rc == ZI_ENOMEM ? "out of memory" : "zlib failed");
     }
-    size_t img_len = (size_t)width * (size_t)height * 3;
-    if (!e)
-        e = spng_encode_image(ctx, rgb, img_len, SPNG_FMT_PNG, SPNG_ENCODE_FINALIZE);
-    void *buf = NULL;
-    size_t buf_len = 0;
-    if (!e)
-        buf = spng_get_png_buffer(ctx, &buf_len, &e);
-    spng_ctx_free(ctx);
-    if (e || !buf) {
-        free(buf);
-        return zi_errorf(e == SPNG_EMEM ? ZI_ENOMEM : ZI_EINVAL, "png encode: %s",
-                         e ? spng_strerror(e) : "no output");
-    }
-    *png = buf;
-    *len = buf_len;
-    return ZI_OK;
+    if (rc == ZI_OK)
+        rc = zi_png_assemble(&e, parameters, png, len);
+    for (int b = 0; e.out && b < e.nbands; b++)
+        free(e.out[b]);
+    free(e.out);
+    free(e.out_len);
+    free(e.adler);
+    free(e.filt);
+    return rc;
+}
+
+int zi_png_encode(const uint8_t *rgb, int width, int height, const char *parameters,
+                  zi_png_compression compression, uint8_t **png, size_t *len)
+{
+    return zi_png_encode_threads(rgb, width, height, parameters, compression, 0, png, len);
 }
 
 int zi_png_write(const char *path, const uint8_t *rgb, int width, int height,

@@ -1,5 +1,6 @@
 /*
- * png.h - PNG output (RGB8, libspng) with the generation parameters in an iTXt chunk.
+ * png.h - PNG output (RGB8; zlib on several threads, libspng to read back) with the generation
+ * parameters in an iTXt chunk.
  *
  * The chunk has keyword "parameters" and UTF-8 text (docs/interfaces.md, "S3 object"):
  *   <prompt>
@@ -50,6 +51,15 @@ int zi_png_compression_parse(const char *name, zi_png_compression *out);
  * *len its size. parameters may be NULL (no iTXt chunk). */
 int zi_png_encode(const uint8_t *rgb, int width, int height, const char *parameters,
                   zi_png_compression compression, uint8_t **png, size_t *len);
+
+/* The same with `threads` encoder threads (0: one per core this process may run on, at
+ * most 8; 1: the calling thread only). The bytes written do not depend on the thread
+ * count: the image is cut into bands by its size alone. */
+int zi_png_encode_threads(const uint8_t *rgb, int width, int height, const char *parameters,
+                          zi_png_compression compression, int threads, uint8_t **png, size_t *len);
+
+/* The encoder threads of `threads` 0: the cores this process may run on, at most 8. */
+int zi_png_threads(void);
 
 /* Same (ZI_PNG_FAST), written to `path` (created or truncated). */
 int zi_png_write(const char *path, const uint8_t *rgb, int width, int height,

@@ -22,7 +22,8 @@
  * with prefetch off (image_384_9steps_no_prefetch_s, prefetch_speedup = that / with).
  * Both modes also time the worker's PNG encoding of the last image (--size, or the
  * checkpoint's WxH) in both s3.png_compression settings: png_encode_ms / png_bytes (fast),
- * png_small_encode_ms / png_small_bytes, png_fast_speedup (small's time / fast's).
+ * png_small_encode_ms / png_small_bytes, png_fast_speedup (small's time / fast's), and
+ * png_threads / png_serial_encode_ms / png_threads_speedup (one thread against several).
  * Every timing is the median of --runs runs after one warm-up, with the device
  * synchronised before the clock stops.
  */
@@ -201,7 +202,9 @@ static int zb_images(zi_pipeline *p, const char *prompt, int w, int h, int steps
 
 /* The PNG encoding of the worker (s3.png_compression "fast", the default) against "small"
  * on the same image, in this run: png_encode_ms, png_bytes, png_small_encode_ms,
- * png_small_bytes and png_fast_speedup (small's time / fast's). Medians of `runs`. */
+ * png_small_bytes and png_fast_speedup (small's time / fast's); and "fast" on one thread:
+ * png_threads (the encoder's threads), png_serial_encode_ms, png_threads_speedup (one
+ * thread's time / the threads'). Medians of `runs`. */
 static int zb_png(cJSON *obj, const uint8_t *rgb, int w, int h, int runs)
 {
     static const char *const names[2][2] = {{"png_encode_ms", "png_bytes"},
@@ -224,8 +227,24 @@ static int zb_png(cJSON *obj, const uint8_t *rgb, int w, int h, int runs)
         cJSON_AddNumberToObject(obj, names[c][1], (double)len);
     }
     cJSON_AddNumberToObject(obj, "png_fast_speedup", med[0] > 0 ? med[1] / med[0] : 0);
-    fprintf(stderr, "bench: PNG %dx%d: fast %.1f ms, small %.1f ms\n", w, h, med[0] * 1e3,
-            med[1] * 1e3);
+    /* the same "fast" encoding on the calling thread alone: what the threads bring */
+    double t[ZB_MAX_RUNS];
+    for (int r = 0; r < runs; r++) {
+        uint8_t *png = NULL;
+        size_t len = 0;
+        double t0 = zb_now();
+        int rc = zi_png_encode_threads(rgb, w, h, NULL, ZI_PNG_FAST, 1, &png, &len);
+        t[r] = zb_now() - t0;
+        free(png);
+        if (rc != ZI_OK)
+            return rc;
+    }
+    double serial = zb_median(t, runs);
+    cJSON_AddNumberToObject(obj, "png_threads", zi_png_threads());
+    cJSON_AddNumberToObject(obj, "png_serial_encode_ms", serial * 1e3);
+    cJSON_AddNumberToObject(obj, "png_threads_speedup", med[0] > 0 ? serial / med[0] : 0);
+    fprintf(stderr, "bench: PNG %dx%d: fast %.1f ms (%d threads; %.1f ms on one), small %.1f ms\n",
+            w, h, med[0] * 1e3, zi_png_threads(), serial * 1e3, med[1] * 1e3);
     return ZI_OK;
 }
 

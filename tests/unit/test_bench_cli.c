@@ -69,6 +69,9 @@ static void check_png_figures(const cJSON *j)
     assert_true(num(j, "png_encode_ms") > 0);
     assert_true(num(j, "png_small_encode_ms") > 0);
     assert_true(num(j, "png_fast_speedup") > 0);
+    assert_true(num(j, "png_threads") >= 1 && num(j, "png_threads") <= 8);
+    assert_true(num(j, "png_serial_encode_ms") > 0);
+    assert_true(num(j, "png_threads_speedup") > 0);
     const char *keys[] = {"png_bytes", "png_small_bytes"};
     for (int i = 0; i < 2; i++) {
         double b = num(j, keys[i]);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 /* A deterministic test pattern [h, w, 3] that uses every byte value. */
 static uint8_t *make_image(int w, int h)
@@ -257,12 +258,147 @@ static void test_png_golden_decode(void **state)
     cJSON_Delete(manifest);
 }
 
+/* The chunks of a PNG in order (types concatenated, "IHDRIDATIEND"), every CRC checked
+ * with zlib's crc32; *zs / *zlen receive the IDAT data joined (the zlib stream). */
+static void walk_chunks(const uint8_t *png, size_t len, char *types, size_t cap, uint8_t **zs,
+                        size_t *zlen)
+{
+    size_t off = 8, nt = 0;
+    *zs = malloc(len);
+    *zlen = 0;
+    assert_non_null(*zs);
+    types[0] = '\0';
+    while (off + 12 <= len) {
+        const uint8_t *c = png + off;
+        size_t n = (size_t)c[0] << 24 | (size_t)c[1] << 16 | (size_t)c[2] << 8 | c[3];
+        assert_true(off + 12 + n <= len);
+        uLong crc = crc32(crc32(0L, Z_NULL, 0), c + 4, (uInt)(n + 4));
+        const uint8_t *e = c + 8 + n;
+        assert_int_equal((uint32_t)crc,
+                         (uint32_t)e[0] << 24 | (uint32_t)e[1] << 16 | (uint32_t)e[2] << 8 | e[3]);
+        assert_true(nt + 5 < cap);
+        memcpy(types + nt, c + 4, 4);
+        types[nt += 4] = '\0';
+        if (memcmp(c + 4, "IDAT", 4) == 0) {
+            memcpy(*zs + *zlen, c + 8, n);
+            *zlen += n;
+        }
+        off += 12 + n;
+    }
+    assert_int_equal(off, len);
+}
+
+/* The encoder cuts the rows into bands deflated on several threads: the file is the same
+ * for every thread count; its IDATs (one per band) join into one zlib stream that zlib
+ * itself inflates (Adler-32 checked) to h rows of a filter type 0..4 and 3w bytes; a
+ * band's deflate starts from the window before it, so the file is as small as one stream
+ * of the same filtered rows (the "small" setting on an image of repeats, where matches
+ * reach back across band boundaries). */
+/* Size of one zlib stream of `raw` at the settings of `c`. */
+static size_t one_stream_size(const uint8_t *raw, size_t rawlen, zi_png_compression c)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    assert_int_equal(deflateInit2(&z, c ? Z_DEFAULT_COMPRESSION : Z_BEST_SPEED, Z_DEFLATED, 15, 8,
+                                  c ? Z_FILTERED : Z_RLE),
+                     Z_OK);
+    uLong bound = deflateBound(&z, (uLong)rawlen);
+    uint8_t *out = malloc(bound);
+    assert_non_null(out);
+    z.next_in = (uint8_t *)raw;
+    z.avail_in = (uInt)rawlen;
+    z.next_out = out;
+    z.avail_out = (uInt)bound;
+    assert_int_equal(deflate(&z, Z_FINISH), Z_STREAM_END);
+    size_t n = bound - z.avail_out;
+    deflateEnd(&z);
+    free(out);
+    return n;
+}
+
+static void check_threads(const uint8_t *rgb, int w, int h, zi_png_compression c)
+{
+    uint8_t *one = NULL;
+    size_t n1 = 0;
+    assert_int_equal(zi_png_encode_threads(rgb, w, h, "p", c, 1, &one, &n1), ZI_OK);
+    static const int threads[] = {2, 3, 8, 0};
+    for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
+        uint8_t *png = NULL;
+        size_t n = 0;
+        assert_int_equal(zi_png_encode_threads(rgb, w, h, "p", c, threads[t], &png, &n), ZI_OK);
+        assert_int_equal(n, n1);
+        assert_memory_equal(png, one, n);
+        free(png);
+    }
+    char types[4096];
+    uint8_t *zs, *raw;
+    size_t zlen;
+    walk_chunks(one, n1, types, sizeof types, &zs, &zlen);
+    assert_memory_equal(types, "IHDRiTXtIDAT", 12);
+    assert_string_equal(types + strlen(types) - 8, "IDATIEND");
+    int nidat = 0;
+    for (const char *p = types; (p = strstr(p, "IDAT")); p += 4)
+        nidat++;
+    if ((size_t)w * 3 * h > (256u << 10))
+        assert_true(nidat > 1); /* the image is cut into bands */
+    uLongf rawlen = (uLongf)h * (1 + 3 * (uLongf)w), got = rawlen + 1;
+    raw = malloc(rawlen + 1);
+    assert_non_null(raw);
+    assert_int_equal(uncompress(raw, &got, zs, (uLong)zlen), Z_OK);
+    assert_int_equal(got, rawlen);
+    for (int y = 0; y < h; y++)
+        assert_true(raw[(size_t)y * (1 + 3 * (size_t)w)] <= 4);
+    size_t single = one_stream_size(raw, rawlen, c);
+    printf("  %dx%d %s: %zu bytes of zlib stream in %d IDAT (one stream: %zu)\n", w, h,
+           c ? "small" : "fast", zlen, nidat, single);
+    assert_true(zlen <= single + single / 100 + 64);
+    free(raw);
+    free(zs);
+    free(one);
+}
+
+static void test_png_threads(void **state)
+{
+    (void)state;
+    static const int sizes[][2] = {{64, 64}, {1024, 200}, {20000, 7}, {1, 65535}, {7, 3}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        uint8_t *rgb = make_image(sizes[i][0], sizes[i][1]);
+        check_threads(rgb, sizes[i][0], sizes[i][1], ZI_PNG_FAST);
+        check_threads(rgb, sizes[i][0], sizes[i][1], ZI_PNG_SMALL);
+        free(rgb);
+    }
+    /* random rows repeating every 8 rows (24 KiB back, inside deflate's window): a band
+     * that did not start from the window before it could not match its first rows */
+    const int w = 1024, h = 200;
+    uint8_t *rgb = malloc((size_t)w * h * 3);
+    assert_non_null(rgb);
+    uint32_t s = 7;
+    for (size_t i = 0; i < (size_t)w * 3 * 8; i++) {
+        s = s * 1664525u + 1013904223u;
+        rgb[i] = (uint8_t)(s >> 24);
+    }
+    for (int y = 8; y < h; y++)
+        memcpy(rgb + (size_t)y * w * 3, rgb + (size_t)(y - 8) * w * 3, (size_t)w * 3);
+    check_threads(rgb, w, h, ZI_PNG_SMALL);
+    free(rgb);
+    uint8_t px[3] = {1, 2, 3}, *png = NULL;
+    size_t len = 0;
+    assert_int_equal(zi_png_encode_threads(px, 1, 1, NULL, ZI_PNG_FAST, 9, &png, &len), ZI_EINVAL);
+    assert_non_null(strstr(zi_errmsg(), "threads"));
+    assert_null(png);
+    assert_true(zi_png_threads() >= 1 && zi_png_threads() <= 8);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_png_roundtrip_pixels),      cmocka_unit_test(test_png_params_text),
-        cmocka_unit_test(test_png_params_utf8_roundtrip), cmocka_unit_test(test_png_errors),
-        cmocka_unit_test(test_png_golden_decode),         cmocka_unit_test(test_png_compression),
+        cmocka_unit_test(test_png_roundtrip_pixels),
+        cmocka_unit_test(test_png_params_text),
+        cmocka_unit_test(test_png_params_utf8_roundtrip),
+        cmocka_unit_test(test_png_errors),
+        cmocka_unit_test(test_png_golden_decode),
+        cmocka_unit_test(test_png_compression),
+        cmocka_unit_test(test_png_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
