@@ -28,11 +28,16 @@
             return zi_cfg_rc_;                                                                     \
     } while (0)
 
+/* Sizes (widths, channels, vocabulary, positions) are bounded far above any real model
+ * (Qwen3-4B's vocabulary: 151936), so that sizes derived from them (the DiT's
+ * int(dim / 3 * 8), products in size_t) never overflow. */
+#define ZI_CFG_MAX_SIZE (1 << 24)
+
 static int zi_cfg_positive(const char *file, const char *key, int v)
 {
-    if (v <= 0)
-        return zi_errorf(ZI_EFORMAT, "file %s: key %s: %d, expected a positive integer", file, key,
-                         v);
+    if (v <= 0 || v > ZI_CFG_MAX_SIZE)
+        return zi_errorf(ZI_EFORMAT, "file %s: key %s: %d, expected a positive integer up to %d",
+                         file, key, v, ZI_CFG_MAX_SIZE);
     return ZI_OK;
 }
 
@@ -326,7 +331,8 @@ static int zi_vae_config_from(const cJSON *o, const char *file, zi_vae_config *c
         zi_cfg_at_most(file, "layers_per_block", c->layers_per_block, ZI_CFG_MAX_LAYERS_PER_BLOCK));
     ZI_CFG_TRY(zi_cfg_pos_int(o, "norm_num_groups", file, &c->norm_groups));
     for (int i = 0; i < c->n_blocks; i++)
-        if (c->block_out[i] <= 0 || c->block_out[i] % c->norm_groups)
+        if (c->block_out[i] <= 0 || c->block_out[i] > ZI_CFG_MAX_SIZE ||
+            c->block_out[i] % c->norm_groups)
             return zi_errorf(ZI_EFORMAT,
                              "file %s: key block_out_channels[%d]: %d is not a positive multiple "
                              "of norm_num_groups %d",

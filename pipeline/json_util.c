@@ -227,16 +227,89 @@ int zi_json_string(const cJSON *obj, const char *key, const char *file, const ch
     return ZI_OK;
 }
 
-/* Backslashes only occur inside strings in valid JSON, so stepping over every escape pair
- * is enough to tell "\\u0000" (an escaped backslash, then text) from "\u0000". */
-int zi_json_has_escaped_nul(const char *s, size_t n)
+static int zi_json_watched(const char *key, const char *const *watch)
 {
-    for (size_t i = 0; i + 1 < n; i++) {
-        if (s[i] != '\\')
-            continue;
-        if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0)
+    if (!watch)
+        return 1;
+    for (; *watch; watch++)
+        if (strcmp(key, *watch) == 0)
             return 1;
-        i++; /* skip the escaped character */
+    return 0;
+}
+
+/* One pass with the structure JSON text has: strings (escapes stepped over in pairs, so that
+ * "\\u0000", an escaped backslash and text, is not an escaped NUL), nesting depth, and at
+ * depth 1 of an object which member's name or value the scan is in. */
+int zi_json_find_cut(const char *s, size_t n, const char *const *watch, zi_json_cut *out)
+{
+    int depth = 0, in_str = 0, str_is_name = 0, want_name = 0, in_value = 0, name_ok = 0;
+    size_t name_at = 0;
+    char name[sizeof out->key] = "";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        int raw = c < 0x20 && c != '\t' && c != '\n' && c != '\r';
+        int nul = in_str && c == '\\' && i + 5 < n && s[i + 1] == 'u' &&
+                  memcmp(s + i + 2, "0000", 4) == 0;
+        if (raw || nul) {
+            int member = depth >= 1 && in_value && name_ok && !(in_str && str_is_name);
+            if (raw || !member || zi_json_watched(name, watch)) {
+                out->at = i;
+                out->raw = raw;
+                snprintf(out->key, sizeof out->key, "%s", member ? name : "");
+                return 1;
+            }
+        }
+        if (in_str) {
+            if (c == '\\') {
+                if (str_is_name)
+                    name_ok = 0; /* an escaped name: not comparable with plain names */
+                i++;
+            } else if (c == '"') {
+                in_str = 0;
+                if (str_is_name && name_ok) {
+                    size_t len = i - name_at;
+                    if (len >= sizeof name)
+                        name_ok = 0;
+                    else {
+                        memcpy(name, s + name_at, len);
+                        name[len] = '\0';
+                    }
+                }
+            }
+            continue;
+        }
+        switch (c) {
+        case '"':
+            in_str = 1;
+            str_is_name = depth == 1 && want_name;
+            if (str_is_name) {
+                want_name = 0;
+                name_ok = 1;
+                name_at = i + 1;
+            }
+            break;
+        case '{':
+        case '[':
+            if (++depth == 1 && c == '{')
+                want_name = 1;
+            break;
+        case '}':
+        case ']':
+            depth--;
+            break;
+        case ':':
+            if (depth == 1)
+                in_value = 1;
+            break;
+        case ',':
+            if (depth == 1) {
+                in_value = 0;
+                want_name = 1;
+            }
+            break;
+        default:
+            break;
+        }
     }
     return 0;
 }

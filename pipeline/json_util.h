@@ -42,8 +42,24 @@ int zi_json_int_array(const cJSON *obj, const char *key, const char *file, int *
 /* A JSON string (pointer into the tree). */
 int zi_json_string(const cJSON *obj, const char *key, const char *file, const char **out);
 
-/* 1 when the n bytes of JSON text hold an escaped NUL (\u0000) inside a string: cJSON would
- * cut the parsed string there silently (a job id "a\u0000/.." would read as "a"). */
-int zi_json_has_escaped_nul(const char *s, size_t n);
+/* A character of a JSON text that cJSON accepts but that would cut a parsed string short or
+ * that JSON does not allow: the escape \u0000 inside a string (cJSON ends the string there:
+ * a job id "a\u0000/.." reads as "a"), or a raw byte below 0x20 other than tab, LF and CR
+ * (cJSON takes such bytes, a raw NUL included, as whitespace or as string content). */
+typedef struct zi_json_cut {
+    size_t at; /* byte offset */
+    int raw;   /* 1: a raw control byte, s[at]; 0: the escape \u0000 */
+    /* the top-level object member whose value holds it; "" when it lies elsewhere (in a
+     * member name, between members, in a text that is not an object) or when the member's
+     * name holds an escape (so that it cannot be compared with a plain name) */
+    char key[64];
+} zi_json_cut;
+
+/* Scans the n bytes of a JSON text cJSON has parsed for the characters above: 1 with *out
+ * describing the first one reported, 0 when there is none. Raw control bytes are always
+ * reported; an escaped NUL inside the value of a top-level member is reported only when the
+ * member's name is in `watch` (a NULL-terminated list; NULL: every member), so that callers
+ * can ignore members they do not read. */
+int zi_json_find_cut(const char *s, size_t n, const char *const *watch, zi_json_cut *out);
 
 #endif

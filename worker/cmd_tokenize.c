@@ -103,6 +103,7 @@ static int tok_file(const zi_tokenizer *tok, const char *path)
             break;
         }
         const char *end = NULL;
+        zi_json_cut cut;
         cJSON *v = cJSON_ParseWithLengthOpts(line, (size_t)len, &end, 0);
         while (v && end < line + len &&
                (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
@@ -113,8 +114,15 @@ static int tok_file(const zi_tokenizer *tok, const char *path)
                     "\"a cat\")\n",
                     where);
             rc = 2;
-        } else if (zi_json_has_escaped_nul(line, (size_t)len)) {
-            fprintf(stderr, "zimage: error: %sthe prompt holds a NUL character (\\u0000)\n", where);
+        } else if (zi_json_find_cut(line, (size_t)len, NULL, &cut)) {
+            if (cut.raw)
+                fprintf(stderr,
+                        "zimage: error: %sa raw control byte 0x%02x at byte %zu (JSON strings "
+                        "must escape it)\n",
+                        where, (unsigned)(unsigned char)line[cut.at], cut.at);
+            else
+                fprintf(stderr, "zimage: error: %sthe prompt holds a NUL character (\\u0000)\n",
+                        where);
             rc = 2;
         } else {
             rc = tok_print(tok, v->valuestring, where);

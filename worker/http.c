@@ -78,6 +78,8 @@ static enum MHD_Result zi_http_send(struct MHD_Connection *conn, unsigned status
     }
     MHD_add_response_header(r, "Content-Type", ctype);
     MHD_add_response_header(r, "Cache-Control", "no-store");
+    if (status == MHD_HTTP_METHOD_NOT_ALLOWED) /* RFC 9110 15.5.6: a 405 lists what is */
+        MHD_add_response_header(r, "Allow", "GET, HEAD");
     enum MHD_Result ret = MHD_queue_response(conn, status, r);
     MHD_destroy_response(r);
     return ret;

@@ -2,9 +2,10 @@
  * job.c - parsing and validation of job messages (see job.h for the contract).
  *
  * cJSON does the JSON syntax; everything cJSON lets through that the contract forbids is
- * checked here: trailing bytes after the object, escaped NUL characters (cJSON would cut
- * the string there silently, so "a\u0000/.." could pass as the id "a"), malformed UTF-8
- * (cJSON copies string bytes as they are), numbers that are not integers or out of range.
+ * checked here: trailing bytes after the object, escaped NUL characters in the members the
+ * job reads and raw control bytes anywhere (cJSON would cut the string there silently, so
+ * "a\u0000/.." could pass as the id "a"; zi_json_find_cut), malformed UTF-8 (cJSON copies
+ * string bytes as they are), numbers that are not integers or out of range.
  */
 #include "job.h"
 #include "json_util.h"
@@ -104,6 +105,19 @@ static int zi_job_get_int(const cJSON *v, int64_t lo, int64_t hi, int64_t *out)
 }
 
 /* An optional member: NULL when absent or JSON null. */
+/* The bad job of a zi_json_find_cut finding, naming the member when there is one. */
+static int zi_job_bad_cut(zi_job *job, const zi_json_cut *cut, const char *buf)
+{
+    const char *in = cut->key[0] ? cut->key : "message";
+    if (cut->raw)
+        return zi_job_bad(job, "invalid_job",
+                          "%s: not valid JSON (raw control byte 0x%02x at byte %zu; JSON "
+                          "strings must escape it)",
+                          in, (unsigned)(unsigned char)buf[cut->at], cut->at);
+    return zi_job_bad(job, "invalid_job",
+                      "%s: contains an escaped NUL character (\\u0000) at byte %zu", in, cut->at);
+}
+
 static const cJSON *zi_job_member(const cJSON *obj, const char *key)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
@@ -185,19 +199,23 @@ int zi_job_parse(const void *data, size_t len, const zi_job_limits *lim, zi_job 
 {
     const char *buf = data;
     zi_job_clear(job);
+    /* Larger than allowed is too_large whatever else is wrong; the id is still read, for the
+     * record, from messages this worker parses at all. */
+    int too_big = lim->max_message_bytes > 0 && (uint64_t)len > (uint64_t)lim->max_message_bytes;
     if (len > ZI_JOB_PARSE_MAX)
         return zi_job_bad(job, "too_large", "message: %zu bytes, more than the %lld allowed", len,
-                          (long long)lim->max_message_bytes);
+                          (long long)(too_big ? lim->max_message_bytes : ZI_JOB_PARSE_MAX));
     if (len == 0 || !buf)
         return zi_job_bad(job, "invalid_job", "message: empty, not a JSON object");
 
     const char *end = NULL;
+    int rc = ZI_OK;
     cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
     if (!root) {
         size_t off = (end && end >= buf && end <= buf + len) ? (size_t)(end - buf) : 0;
-        return zi_job_bad(job, "invalid_job", "message: not valid JSON (near byte %zu)", off);
+        rc = zi_job_bad(job, "invalid_job", "message: not valid JSON (near byte %zu)", off);
+        goto out;
     }
-    int rc = ZI_OK;
     /* cJSON stops after the first value; anything but whitespace after it is an error. */
     size_t used = (end && end >= buf && end <= buf + len) ? (size_t)(end - buf) : len;
     for (size_t i = used; i < len; i++) {
@@ -211,7 +229,16 @@ int zi_job_parse(const void *data, size_t len, const zi_job_limits *lim, zi_job 
         rc = zi_job_bad(job, "invalid_job", "message: JSON value is not an object");
         goto out;
     }
-    int has_nul = zi_json_has_escaped_nul(buf, len);
+    /* Characters cJSON takes but that cut a string short or are not JSON: found before the
+     * id is read, since one in the id would make it read as another id. An escaped NUL in
+     * a member the job does not read is ignored with the member. */
+    static const char *const read_members[] = {"job_id", "prompt", "negative_prompt", NULL};
+    zi_json_cut cut;
+    int has_cut = zi_json_find_cut(buf, len, read_members, &cut);
+    if (has_cut && (cut.key[0] == '\0' || strcmp(cut.key, "job_id") == 0)) {
+        rc = zi_job_bad_cut(job, &cut, buf);
+        goto out;
+    }
 
     /* The id first, so every later failure can be recorded under it. */
     const cJSON *id = zi_job_member(root, "job_id");
@@ -223,22 +250,19 @@ int zi_job_parse(const void *data, size_t len, const zi_job_limits *lim, zi_job 
         rc = zi_job_bad(job, "invalid_job", "job_id: must be a string");
         goto out;
     }
-    if (has_nul) {
-        rc = zi_job_bad(job, "invalid_job", "message: contains an escaped NUL character (\\u0000)");
-        goto out;
-    }
     if (!zi_job_id_valid(id->valuestring)) {
         rc = zi_job_bad(job, "invalid_job",
                         "job_id: must match [A-Za-z0-9][A-Za-z0-9._-]{0,127} without '..'");
         goto out;
     }
     snprintf(job->job_id, sizeof job->job_id, "%s", id->valuestring);
-
-    if (lim->max_message_bytes > 0 && (uint64_t)len > (uint64_t)lim->max_message_bytes) {
-        rc = zi_job_bad(job, "too_large", "message: %zu bytes, more than the %lld allowed", len,
-                        (long long)lim->max_message_bytes);
+    if (has_cut) {
+        rc = zi_job_bad_cut(job, &cut, buf);
         goto out;
     }
+
+    if (too_big)
+        goto out; /* the code and text are set below */
 
     const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     if (!prompt || cJSON_IsNull(prompt)) {
@@ -310,6 +334,9 @@ int zi_job_parse(const void *data, size_t len, const zi_job_limits *lim, zi_job 
     }
 out:
     cJSON_Delete(root);
+    if (too_big)
+        rc = zi_job_bad(job, "too_large", "message: %zu bytes, more than the %lld allowed", len,
+                        (long long)lim->max_message_bytes);
     if (rc == ZI_OK) {
         job->error_code[0] = '\0';
         job->error[0] = '\0';

@@ -7,7 +7,10 @@
  * rule is a "bad job": the parse returns ZI_EINVAL and fills error_code (`invalid_job` or
  * `too_large`) and a one-line error naming the field. The job id is extracted whenever the
  * JSON `job_id` can be read and is itself valid, even when another field is bad, so the
- * worker can record the failure under that id.
+ * worker can record the failure under that id. A message larger than max_message_bytes is
+ * `too_large` whatever else is wrong with it. An escaped NUL (\u0000) in job_id, prompt or
+ * negative_prompt, or a raw control byte anywhere (cJSON would cut the string there), is
+ * `invalid_job` naming the member; in a member the job does not read it is ignored.
  *
  * Limits: the parse never reads past `len`; messages larger than ZI_JOB_PARSE_MAX bytes
  * are not parsed at all (too_large, no id); nesting depth is cJSON's (1000).

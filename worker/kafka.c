@@ -681,20 +681,26 @@ int zi_kafka_wait_ready(rd_kafka_t *rk, const char *topic, int timeout_ms)
     return ZI_OK;
 }
 
-static int zi_kafka_permanent(rd_kafka_resp_err_t err)
+/* The zi_status of a produce error: ZI_EBACKEND once the producer has hit a fatal error
+ * (every later produce fails: only a new producer, i.e. a restart, helps), ZI_EINVAL for a
+ * message the broker refuses as too large (or an invalid argument), ZI_EAUTH for a refused
+ * authorization, ZI_ETRANSIENT for the rest (librdkafka retries and reconnects). */
+static int zi_kafka_produce_status(rd_kafka_t *rk, rd_kafka_resp_err_t err)
 {
+    if (err == RD_KAFKA_RESP_ERR__FATAL || rd_kafka_fatal_error(rk, NULL, 0))
+        return ZI_EBACKEND;
     switch (err) {
     case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
     case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
     case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
-    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
-    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
     case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
     case RD_KAFKA_RESP_ERR__INVALID_ARG:
-    case RD_KAFKA_RESP_ERR__FATAL:
-        return 1;
+        return ZI_EINVAL;
+    case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+    case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+        return ZI_EAUTH;
     default:
-        return 0;
+        return ZI_ETRANSIENT;
     }
 }
 
@@ -714,14 +720,14 @@ int zi_kafka_produce_sync(rd_kafka_t *rk, const char *topic, const void *key, si
         RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(&st), RD_KAFKA_V_END);
     if (err) {
         rd_kafka_headers_destroy(hdrs); /* not taken over on failure */
-        return zi_errorf(zi_kafka_permanent(err) ? ZI_EINVAL : ZI_ETRANSIENT,
-                         "kafka: produce to %s: %s", topic, rd_kafka_err2str(err));
+        return zi_errorf(zi_kafka_produce_status(rk, err), "kafka: produce to %s: %s", topic,
+                         rd_kafka_err2str(err));
     }
     /* The delivery report always comes, at the latest after message.timeout.ms. */
     while (!st.done)
         rd_kafka_poll(rk, 50);
     if (st.err)
-        return zi_errorf(zi_kafka_permanent(st.err) ? ZI_EINVAL : ZI_ETRANSIENT,
-                         "kafka: delivery to %s failed: %s", topic, rd_kafka_err2str(st.err));
+        return zi_errorf(zi_kafka_produce_status(rk, st.err), "kafka: delivery to %s failed: %s",
+                         topic, rd_kafka_err2str(st.err));
     return ZI_OK;
 }

@@ -133,8 +133,10 @@ typedef struct zi_kafka_header {
 } zi_kafka_header;
 
 /* Produces one message and waits for its delivery report (at most message.timeout.ms).
- * ZI_OK when the broker acknowledged it; ZI_ETRANSIENT on a retriable failure;
- * ZI_EINVAL on a permanent one (e.g. message too large); the message names the topic. */
+ * ZI_OK when the broker acknowledged it; ZI_ETRANSIENT on a retriable failure; ZI_EINVAL
+ * when the message is refused as too large; ZI_EAUTH when the authorization is refused;
+ * ZI_EBACKEND once the producer has hit a fatal error (no later produce can succeed); the
+ * message names the topic. */
 int zi_kafka_produce_sync(rd_kafka_t *rk, const char *topic, const void *key, size_t key_len,
                           const void *value, size_t len, const zi_kafka_header *headers,
                           size_t nheaders);

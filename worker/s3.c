@@ -195,8 +195,13 @@ int zi_s3_key_expand(const char *tmpl, const char *job_id, int64_t msg_ts_ms, ch
     out[n] = '\0';
     if (n == 0)
         return zi_errorf(ZI_EINVAL, "s3: key template '%.128s' gives an empty key", tmpl);
-    if (out[0] == '/' || strstr(out, "//") || strstr(out, ".."))
-        return zi_errorf(ZI_EINVAL, "s3: key '%.128s': no leading '/', '//' or '..' allowed", out);
+    /* "." segments too: curl would remove them from the request's path (so the object's key
+     * would differ from the one recorded) while presigned URLs sign them */
+    if (out[0] == '/' || strstr(out, "//") || strstr(out, "..") || strcmp(out, ".") == 0 ||
+        strncmp(out, "./", 2) == 0 || strstr(out, "/./") ||
+        (n >= 2 && strcmp(out + n - 2, "/.") == 0))
+        return zi_errorf(
+            ZI_EINVAL, "s3: key '%.128s': no leading '/', '//', '..' or '.' segments allowed", out);
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)out[i] < 0x20 || out[i] == 0x7F)
             return zi_errorf(ZI_EINVAL, "s3: key template '%.128s': control character", tmpl);
@@ -532,6 +537,18 @@ static size_t zi_s3_read_cb(char *buf, size_t size, size_t nitems, void *ud)
     return n;
 }
 
+/* curl rewinds the body when it sends a request again (a kept-alive connection that the
+ * server closed after the body went out): without this callback that is
+ * CURLE_SEND_FAIL_REWIND, a failed upload. */
+static int zi_s3_seek_cb(void *ud, curl_off_t off, int origin)
+{
+    zi_s3_upload *u = ud;
+    if (origin != SEEK_SET || off < 0 || (uint64_t)off > (uint64_t)u->len)
+        return CURL_SEEKFUNC_CANTSEEK;
+    u->pos = (size_t)off;
+    return CURL_SEEKFUNC_OK;
+}
+
 static void zi_s3_copy_hdr(char *dst, size_t cap, const char *v, size_t n)
 {
     if (n >= cap)
@@ -631,6 +648,7 @@ static int zi_s3_curl_transient(CURLcode c)
     case CURLE_HTTP2:
     case CURLE_HTTP2_STREAM:
     case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_SEND_FAIL_REWIND:
         return 1;
     default:
         return 0;
@@ -715,6 +733,8 @@ static int zi_s3_once(zi_s3 *s, zi_s3_req *r)
         curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
         curl_easy_setopt(c, CURLOPT_READFUNCTION, zi_s3_read_cb);
         curl_easy_setopt(c, CURLOPT_READDATA, &up);
+        curl_easy_setopt(c, CURLOPT_SEEKFUNCTION, zi_s3_seek_cb);
+        curl_easy_setopt(c, CURLOPT_SEEKDATA, &up);
         curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)r->len);
     } else if (strcmp(r->method, "HEAD") == 0) {
         curl_easy_setopt(c, CURLOPT_NOBODY, 1L);

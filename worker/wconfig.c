@@ -432,6 +432,20 @@ static int zi_wcfg_next(zi_wcfg_yaml *y)
     return ZI_OK;
 }
 
+/* A double-quoted "\0" decodes to a NUL byte, which would cut the C string short: refused
+ * for the scalar just read, the key it belongs to named (NULL: the scalar is a key). */
+static int zi_wcfg_no_nul(const zi_wcfg_yaml *y, const char *key)
+{
+    if (y->ev.type != YAML_SCALAR_EVENT ||
+        strlen((const char *)y->ev.data.scalar.value) == y->ev.data.scalar.length)
+        return ZI_OK;
+    if (key)
+        return zi_errorf(ZI_EFORMAT, "%s: line %zu: key '%s': the value holds a NUL character",
+                         y->label, (size_t)y->ev.start_mark.line + 1, key);
+    return zi_errorf(ZI_EFORMAT, "%s: line %zu: a key holds a NUL character", y->label,
+                     (size_t)y->ev.start_mark.line + 1);
+}
+
 static int zi_wcfg_line(const zi_wcfg_yaml *y)
 {
     return (int)y->ev.start_mark.line + 1;
@@ -480,7 +494,7 @@ static int zi_wcfg_expect_key(zi_wcfg_yaml *y, const char *parent)
         return zi_errorf(ZI_EFORMAT, "%s: line %d: %s%s: keys must be plain names, got %s",
                          y->label, zi_wcfg_line(y), parent ? "key " : "top level",
                          parent ? parent : "", zi_wcfg_event_kind(y->ev.type));
-    return ZI_OK;
+    return zi_wcfg_no_nul(y, NULL);
 }
 
 /* Rows are tracked per parse so a duplicate key is reported rather than silently won. */
@@ -534,7 +548,9 @@ static int zi_wcfg_parse_props(zi_wconfig *cfg, zi_wcfg_yaml *y)
             goto done;
         }
         name = names[nnames++];
-        if ((rc = zi_wcfg_next(y)))
+        char pkey[96];
+        snprintf(pkey, sizeof pkey, "kafka.properties.%.64s", name);
+        if ((rc = zi_wcfg_next(y)) || (rc = zi_wcfg_no_nul(y, pkey)))
             goto done;
         if (y->ev.type != YAML_SCALAR_EVENT || zi_wcfg_scalar_null(y)) {
             rc = zi_errorf(ZI_EFORMAT,
@@ -593,7 +609,7 @@ static int zi_wcfg_parse_section(zi_wconfig *cfg, zi_wcfg_yaml *y, const char *s
             return zi_errorf(ZI_EFORMAT, "%s: line %d: key '%s': duplicate key", y->label, line,
                              key);
         seen->row[idx] = 1;
-        if ((rc = zi_wcfg_next(y)))
+        if ((rc = zi_wcfg_next(y)) || (rc = zi_wcfg_no_nul(y, key)))
             return rc;
         if (row->type == ZI_WCFG_MAP) {
             if ((rc = zi_wcfg_parse_props(cfg, y)))

@@ -74,6 +74,7 @@ typedef struct zi_wk {
     int job_posted, job_done, job_result, job_quit;
     atomic_int job_revoked; /* the running job's partition was revoked or lost */
     atomic_int job_abort;   /* stop now without a final state (drain deadline) */
+    atomic_int fatal;       /* the job thread met an error only a restart cures */
     zi_rstatus *rs_job;
     zi_s3 *s3;
 
@@ -126,10 +127,13 @@ void zi_worker_job_limits(const zi_wconfig *cfg, struct zi_job_limits *lim)
     lim->max_message_bytes = cfg->kafka_max_message_bytes;
 }
 
+/* The worker's state in its heartbeat. Once draining it stays draining: the job thread's
+ * "busy" (a job it took before the drain began) only updates the current job. */
 static void zi_wk_set_state(zi_wk *w, const char *state, const char *job)
 {
     pthread_mutex_lock(&w->state_mu);
-    snprintf(w->state, sizeof w->state, "%s", state);
+    if (strcmp(w->state, "draining") != 0 || strcmp(state, "busy") != 0)
+        snprintf(w->state, sizeof w->state, "%s", state);
     if (job)
         snprintf(w->current_job, sizeof w->current_job, "%s", job);
     w->hb_dirty = 1;
@@ -280,6 +284,14 @@ static int zi_wk_produce(zi_wk *w, const char *topic, const void *key, size_t ke
             zi_log_warn("%s; sending the first %d bytes only", zi_errmsg(), ZI_WK_DLQ_CUT_RETRY);
             len = ZI_WK_DLQ_CUT_RETRY;
             continue;
+        }
+        if (rc == ZI_EBACKEND) {
+            /* a fatal producer error: nothing can be produced any more, so no failed job
+             * can be finished; the main thread stops the worker (a restart makes a new
+             * producer), and the job is delivered again */
+            zi_log_error("%s: stopping the worker", zi_errmsg());
+            atomic_store(&w->fatal, 1);
+            return rc;
         }
         if (!zi_wk_retry(w, 0, &tries, "kafka: producing"))
             return rc;
@@ -678,6 +690,10 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
         res = ZI_WK_STORE;
         goto out;
     }
+    /* Runs started before (a redelivery after a crash, a drain or a rebalance): such a job
+     * was first picked up earlier, so its deadline no longer applies. */
+    const char *ha = zi_rstatus_hash_get(&h, "attempt");
+    int ran_before = ha && strtoll(ha, NULL, 10) > 0;
     /* A job without a seed keeps the one drawn on its first attempt. */
     const char *hs = zi_rstatus_hash_get(&h, "seed");
     int have_seed = r->job.has_seed;
@@ -726,7 +742,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
         res = zi_wk_cancelled(w, r, 1);
         goto out;
     }
-    if (r->job.deadline_ms >= 0 && zi_rstatus_now_ms() > r->job.deadline_ms) {
+    if (r->job.deadline_ms >= 0 && !ran_before && zi_rstatus_now_ms() > r->job.deadline_ms) {
         char msg[128];
         snprintf(msg, sizeof msg, "deadline_ms %lld passed before the job was picked up",
                  (long long)r->job.deadline_ms);
@@ -951,6 +967,10 @@ static int zi_wk_loop(zi_wk *w, int *stuck)
             rc = prc;
             *w->stop = 2;
         }
+        if (atomic_load(&w->fatal) && rc == ZI_OK) {
+            rc = zi_errorf(ZI_EBACKEND, "kafka: the producer hit a fatal error");
+            *w->stop = 2;
+        }
         if (cur) {
             pthread_mutex_lock(&w->mu);
             int done = w->job_done, res = w->job_result;
@@ -964,6 +984,17 @@ static int zi_wk_loop(zi_wk *w, int *stuck)
                                     cur->topic, (int)cur->partition, (long long)cur->offset);
                     else if (zi_consumer_store(w->consumer, cur) != ZI_OK)
                         zi_log_info("offset not stored: %s", zi_errmsg());
+                } else if (!atomic_load(&w->job_revoked) && !draining && rc == ZI_OK) {
+                    /* No final state although the partition is still ours and no drain
+                     * stopped it (out of memory, a fatal producer): the next message's
+                     * offset would commit past this one, so stop instead; it is delivered
+                     * again after the restart. */
+                    zi_log_error("%s[%d]@%lld ended without a final state: stopping, so that "
+                                 "no later offset of its partition is stored past it",
+                                 cur->topic, (int)cur->partition, (long long)cur->offset);
+                    rc = zi_errorf(ZI_EBACKEND, "%s[%d]@%lld ended without a final state",
+                                   cur->topic, (int)cur->partition, (long long)cur->offset);
+                    *w->stop = 2;
                 }
                 zi_wk_running_msg = NULL;
                 zi_kmsg_free(cur);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "http.h"
 #include "metrics.h"
@@ -31,6 +32,21 @@ static size_t zi_write(char *p, size_t s, size_t n, void *ud)
     return s * n;
 }
 
+static char zi_allow[64]; /* the last response's Allow header, "" when none */
+
+static size_t zi_header(char *p, size_t s, size_t n, void *ud)
+{
+    (void)ud;
+    size_t k = s * n;
+    if (k > 6 && strncasecmp(p, "Allow:", 6) == 0) {
+        size_t v = k - 6 < sizeof zi_allow ? k - 6 : sizeof zi_allow - 1;
+        memcpy(zi_allow, p + 6, v);
+        zi_allow[v] = '\0';
+        zi_allow[strcspn(zi_allow, "\r\n")] = '\0';
+    }
+    return k;
+}
+
 /* GET (or another method) http://127.0.0.1:port/path -> status, body in *b. */
 static long zi_get(int port, const char *path, const char *method, zi_body *b, char *ctype,
                    size_t ccap)
@@ -45,6 +61,8 @@ static long zi_get(int port, const char *path, const char *method, zi_body *b, c
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, zi_write);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 5L);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, zi_header);
+    zi_allow[0] = '\0';
     if (method && strcmp(method, "HEAD") == 0)
         curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
     else if (method)
@@ -120,6 +138,9 @@ static void test_endpoints(void **state)
 
     assert_int_equal(zi_get(port, "/nope", NULL, &b, NULL, 0), 404);
     assert_int_equal(zi_get(port, "/healthz", "POST", &b, NULL, 0), 405);
+    assert_string_equal(zi_allow, " GET, HEAD");
+    assert_int_equal(zi_get(port, "/healthz", NULL, &b, NULL, 0), 200);
+    assert_string_equal(zi_allow, "");
     assert_int_equal(zi_get(port, "/metrics", "HEAD", &b, NULL, 0), 200);
 
     /* the same port cannot be bound twice */

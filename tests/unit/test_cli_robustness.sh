@@ -135,6 +135,7 @@ bad_line "bare text" 'a cat'
 bad_line "a number" '42'
 bad_line "two strings" '"a" "b"'
 bad_line "escaped NUL" '"a\u0000b"'
+bad_line "raw control byte" $'"a\x01b"'
 bad_line "invalid UTF-8" $'"a\xffb"'
 bad_line "empty line" ''
 printf '"a cat"\n"a\\nnew line"\n""\n' | "$ZI_BINARY" tokenize --model "$golden" \

@@ -240,13 +240,15 @@ static void test_errors_name_file_and_key(void **state)
         free(s);
         cJSON_Delete(root);
     }
-    /* absurd layer counts fail here, before they size per-layer tables (once a 1e9
-     * n_layers went straight to a terabyte calloc) */
-    static const char *const dit_counts[] = {"n_layers", "n_refiner_layers"};
-    for (size_t k = 0; k < 2; k++) {
+    /* absurd layer counts and sizes fail here, before they size per-layer tables (once a
+     * 1e9 n_layers went straight to a terabyte calloc) or overflow derived sizes */
+    static const char *const dit_counts[] = {"n_layers", "n_refiner_layers", "dim", "cap_feat_dim"};
+    for (size_t k = 0; k < sizeof dit_counts / sizeof dit_counts[0]; k++) {
         cJSON *root;
         assert_int_equal(zi_json_parse(txt, len, "dit.json", &root), ZI_OK);
-        cJSON_ReplaceItemInObjectCaseSensitive(root, dit_counts[k], cJSON_CreateNumber(1e9));
+        /* 805306368: its int(dim / 3 * 8) would not fit an int */
+        cJSON_ReplaceItemInObjectCaseSensitive(root, dit_counts[k],
+                                               cJSON_CreateNumber(k < 2 ? 1e9 : 805306368));
         char *s = cJSON_PrintUnformatted(root);
         expect_err(zi_dit_config_parse(s, strlen(s), "dit_layers.json", &dit), "dit_layers.json",
                    dit_counts[k]);

@@ -136,6 +136,65 @@ static void test_job_ids(void **state)
     zi_job_clear(&job);
 }
 
+/* Characters cJSON accepts that would cut a string short: an escaped NUL in a member the job
+ * reads is a bad job under the (readable) id, naming the member; in the id itself, or in a
+ * member name, there is no id; in a member the job does not read it is ignored with the
+ * member. A raw control byte is not JSON wherever it is (cJSON would take a raw NUL as the
+ * end of the prompt, or as whitespace). */
+static void test_job_cut_strings(void **state)
+{
+    (void)state;
+    expect_bad("{\"job_id\":\"k1\",\"prompt\":\"x\\u0000y\"}", "invalid_job", "k1",
+               "prompt: contains an escaped NUL");
+    expect_bad("{\"prompt\":\"x\\u0000y\",\"job_id\":\"k2\"}", "invalid_job", "k2", "prompt");
+    expect_bad("{\"job_id\":\"k3\",\"prompt\":\"p\",\"negative_prompt\":\"\\u0000\"}",
+               "invalid_job", "k3", "negative_prompt");
+    expect_bad("{\"job_id\":\"k4\\u0000\",\"prompt\":\"p\"}", "invalid_job", "", "job_id");
+    /* a member name holding the NUL ("job_id\u0000x" reads as job_id) */
+    expect_bad("{\"job_id\\u0000x\":\"k5\",\"prompt\":\"p\"}", "invalid_job", "", "NUL");
+    /* an escaped member name cannot be told from job_id: no id */
+    expect_bad("{\"job\\u005fid\":\"k6\\u0000\",\"prompt\":\"p\"}", "invalid_job", "", "NUL");
+    zi_job job = {0};
+    assert_int_equal(parse("{\"job_id\":\"k7\",\"prompt\":\"p\",\"meta\":{\"a\":[\"\\u0000\"]},"
+                           "\"note\":\"\\u0000\"}",
+                           &job),
+                     ZI_OK);
+    assert_string_equal(job.prompt, "p");
+    zi_job_clear(&job);
+    /* an ignored member's NUL does not hide a later one in the prompt */
+    expect_bad("{\"job_id\":\"k8\",\"note\":\"\\u0000\",\"prompt\":\"a\\u0000\"}", "invalid_job",
+               "k8", "prompt");
+
+    /* raw control bytes: in the prompt (with the id), between members, in the id */
+    static const struct {
+        const char *text;
+        size_t len;
+        const char *id, *needle;
+    } raw[] = {
+#define ZI_T(s) s, sizeof s - 1
+        {ZI_T("{\"job_id\":\"r1\",\"prompt\":\"cat\0 rest\"}"), "r1", "raw control byte 0x00"},
+        {ZI_T("{\"job_id\":\"r2\",\"prompt\":\"a\x01"
+              "b\"}"),
+         "r2", "prompt: not valid JSON"},
+        {ZI_T("{\"job_id\":\"r3\",\x1f\"prompt\":\"p\"}"), "", "message: not valid JSON"},
+        {ZI_T("{\"job_id\":\"r4\0x\",\"prompt\":\"p\"}"), "", "raw control byte 0x00"},
+#undef ZI_T
+    };
+    for (size_t i = 0; i < sizeof raw / sizeof raw[0]; i++) {
+        assert_int_equal(zi_job_parse(raw[i].text, raw[i].len, &lim, &job), ZI_EINVAL);
+        assert_string_equal(job.error_code, "invalid_job");
+        assert_string_equal(job.job_id, raw[i].id);
+        if (!strstr(job.error, raw[i].needle))
+            fail_msg("case %zu: error '%s' does not name '%s'", i, job.error, raw[i].needle);
+        zi_job_clear(&job);
+    }
+    /* raw tab, LF and CR stay accepted (whitespace, and inside strings as cJSON reads them) */
+    const char ok[] = "{\"job_id\":\"t1\",\r\n\t\"prompt\":\"a\tb\"}";
+    assert_int_equal(zi_job_parse(ok, sizeof ok - 1, &lim, &job), ZI_OK);
+    assert_string_equal(job.prompt, "a\tb");
+    zi_job_clear(&job);
+}
+
 static void test_job_not_json(void **state)
 {
     (void)state;
@@ -264,10 +323,31 @@ static void test_job_too_large(void **state)
     assert_string_equal(job.job_id, "big");
     assert_non_null(strstr(job.error, "more than the 100 allowed"));
     zi_job_clear(&job);
-    /* too large and not JSON: no id */
+    /* too large and not JSON: no id, still too_large */
     memset(t, 'z', 200);
     assert_int_equal(zi_job_parse(t, 200, &small, &job), ZI_EINVAL);
     assert_string_equal(job.job_id, "");
+    assert_string_equal(job.error_code, "too_large");
+    zi_job_clear(&job);
+    /* too large whatever else is wrong: a bad id, a missing prompt (the id kept) */
+    snprintf(t, sizeof t, "{\"job_id\":\"a/b\",\"prompt\":\"p\",\"pad\":\"%s\"}", pad);
+    assert_int_equal(zi_job_parse(t, strlen(t), &small, &job), ZI_EINVAL);
+    assert_string_equal(job.error_code, "too_large");
+    assert_string_equal(job.job_id, "");
+    zi_job_clear(&job);
+    snprintf(t, sizeof t, "{\"job_id\":\"big2\",\"pad\":\"%s\"}", pad);
+    assert_int_equal(zi_job_parse(t, strlen(t), &small, &job), ZI_EINVAL);
+    assert_string_equal(job.error_code, "too_large");
+    assert_string_equal(job.job_id, "big2");
+    zi_job_clear(&job);
+    /* past what any worker parses: the message names that limit, not a larger setting */
+    zi_job_limits huge = lim;
+    huge.max_message_bytes = 1000000000;
+    assert_int_equal(zi_job_parse(t, (size_t)ZI_JOB_PARSE_MAX + 1, &huge, &job), ZI_EINVAL);
+    assert_string_equal(job.error_code, "too_large");
+    char want[64];
+    snprintf(want, sizeof want, "more than the %u allowed", (unsigned)ZI_JOB_PARSE_MAX);
+    assert_non_null(strstr(job.error, want));
     zi_job_clear(&job);
 }
 
@@ -319,6 +399,7 @@ int main(void)
         cmocka_unit_test(test_job_steps_guidance),
         cmocka_unit_test(test_job_seed_deadline),
         cmocka_unit_test(test_job_too_large),
+        cmocka_unit_test(test_job_cut_strings),
         cmocka_unit_test(test_job_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

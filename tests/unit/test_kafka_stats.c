@@ -104,6 +104,30 @@ static void test_kafka_conf_property_error(void **state)
     zi_wconfig_free(&cfg);
 }
 
+/* Once the (idempotent) producer has hit a fatal error, every produce fails: that is
+ * ZI_EBACKEND (the worker stops and is restarted), not a permanent refusal of this one
+ * message (ZI_EINVAL, on which the worker cuts a DLQ copy) nor a transient error (on which it
+ * retries for ever). librdkafka's rd_kafka_test_fatal_error() raises one; no broker is
+ * needed (the bootstrap address is never reached). */
+static void test_producer_fatal_error(void **state)
+{
+    (void)state;
+    zi_wconfig cfg = {0};
+    assert_int_equal(zi_wconfig_init_defaults(&cfg), ZI_OK);
+    const char *y = "kafka:\n  bootstrap_servers: \"127.0.0.1:1\"\n";
+    assert_int_equal(zi_wconfig_parse_buffer(&cfg, y, strlen(y), "test"), ZI_OK);
+    rd_kafka_t *p = NULL;
+    assert_int_equal(zi_kafka_producer_new(&cfg, "t", &p), ZI_OK);
+    assert_int_equal(
+        rd_kafka_test_fatal_error(p, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, "test"),
+        RD_KAFKA_RESP_ERR_NO_ERROR);
+    assert_int_equal(zi_kafka_produce_sync(p, "zimage.jobs.dlq", "k", 1, "v", 1, NULL, 0),
+                     ZI_EBACKEND);
+    assert_non_null(strstr(zi_errmsg(), "zimage.jobs.dlq"));
+    rd_kafka_destroy(p);
+    zi_wconfig_free(&cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -111,6 +135,7 @@ int main(void)
         cmocka_unit_test(test_stats_bad),
         cmocka_unit_test(test_job_limits),
         cmocka_unit_test(test_kafka_conf_property_error),
+        cmocka_unit_test(test_producer_fatal_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -105,6 +105,8 @@ static enum MHD_Result zi_fake_handler(void *cls, struct MHD_Connection *c, cons
     }
     zi_fake.nreqs++;
     pthread_mutex_unlock(&zi_fake.mu);
+    if (resp.status == 0)
+        return MHD_NO; /* status 0: close the connection without an answer */
     const char *body = resp.body ? resp.body : "";
     struct MHD_Response *mr =
         MHD_create_response_from_buffer(strlen(body), (void *)body, MHD_RESPMEM_PERSISTENT);
@@ -264,6 +266,27 @@ static void test_slowdown_and_5xx_are_retried(void **state)
     zi_s3_destroy(s3);
 }
 
+/* A kept-alive connection that the server closes once the body went out, without an
+ * answer: the request goes out again on a new connection with the whole body (here as a
+ * transient error retried by us, since the 100 Continue was received; when curl resends by
+ * itself, its rewind uses our seek callback). */
+static void test_dropped_connection_is_resent(void **state)
+{
+    (void)state;
+    const zi_fake_resp script[] = {{200, ""}, {0, NULL}};
+    zi_fake_resp ok = {200, ""};
+    zi_script(script, 2, ok);
+    zi_s3 *s3 = zi_open(30, NULL);
+    assert_int_equal(zi_s3_put_png(s3, "a.png", "abc", 3, "j", NULL), ZI_OK);
+    assert_int_equal(zi_s3_put_png(s3, "b.png", "defg", 4, "j", NULL), ZI_OK);
+    assert_int_equal(zi_fake.nreqs, 3);
+    assert_int_equal(zi_fake.reqs[1].body_len, 4);
+    assert_int_equal(zi_fake.reqs[2].body_len, 4);
+    assert_string_equal(zi_fake.reqs[2].body_sha, zi_fake.reqs[1].body_sha);
+    assert_true(zi_s3_retry_count(s3) <= 1);
+    zi_s3_destroy(s3);
+}
+
 static void test_retry_budget(void **state)
 {
     (void)state;
@@ -390,6 +413,7 @@ int main(void)
         cmocka_unit_test(test_permanent_errors_fail_fast),
         cmocka_unit_test(test_not_found_and_caps),
         cmocka_unit_test(test_connection_refused_is_transient),
+        cmocka_unit_test(test_dropped_connection_is_resent),
     };
     return cmocka_run_group_tests(tests, zi_setup, zi_teardown);
 }

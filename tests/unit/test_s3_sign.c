@@ -174,6 +174,16 @@ static void test_key_expand(void **state)
     assert_int_equal(zi_s3_key_expand("a//{job_id}", "x", 0, key, sizeof key), ZI_EINVAL);
     assert_int_equal(zi_s3_key_expand("{job_id}", "", 0, key, sizeof key), ZI_EINVAL);
     assert_int_equal(zi_s3_key_expand("../{job_id}", "x", 0, key, sizeof key), ZI_EINVAL);
+    /* "." segments: curl would drop them from the request while presigned URLs sign them */
+    static const char *const dots[] = {"out/./{job_id}.png", "./{job_id}", "{job_id}/.", "."};
+    for (size_t i = 0; i < sizeof dots / sizeof dots[0]; i++) {
+        assert_int_equal(zi_s3_key_expand(dots[i], "x", 0, key, sizeof key), ZI_EINVAL);
+        assert_non_null(strstr(zi_errmsg(), "'.' segments"));
+    }
+    /* dots inside names stay fine */
+    assert_int_equal(zi_s3_key_expand("a.b/.hidden/{job_id}.x.png", "j.1", 0, key, sizeof key),
+                     ZI_OK);
+    assert_string_equal(key, "a.b/.hidden/j.1.x.png");
     char small[8];
     assert_int_equal(zi_s3_key_expand("{job_id}.png", "abcdef", 0, small, sizeof small), ZI_EINVAL);
     assert_int_equal(zi_s3_key_template_check("{date}/{job_id}.png"), ZI_OK);

@@ -171,6 +171,11 @@ static void test_parse_errors(void **state)
     zi_expect_error("generation:\n  width: &w 64\n  height: *w\n", "aliases", "line 3");
     zi_expect_error("kafka:\n  topic: \"unterminated\n", "t.yaml", "YAML");
     zi_expect_error("kafka: [\n", "kafka", NULL);
+    /* a "\0" escape would cut the value short: refused, naming the key */
+    zi_expect_error("s3:\n  key_template: \"{job_id}\\0.png\"\n", "s3.key_template", "NUL");
+    zi_expect_error("kafka:\n  properties:\n    client.id: \"a\\0b\"\n",
+                    "kafka.properties.client.id", "NUL");
+    zi_expect_error("s3:\n  \"bucket\\0x\": b\n", "line 2", "NUL");
     zi_expect_error("kafka:\n  topic: a\n bad indent\n", "t.yaml", "line");
     zi_expect_error("hello\n", "must be a mapping", NULL);
     zi_expect_error("- a\n- b\n", "must be a mapping", NULL);
