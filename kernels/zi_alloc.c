@@ -247,8 +247,10 @@ static int zi_carve(zi_alloc *a, uint64_t off, uint64_t size, int tag)
     int rc = zi_blocks_split_at(a, off);
     if (rc == ZI_OK)
         rc = zi_blocks_split_at(a, off + size);
-    if (rc != ZI_OK)
+    if (rc != ZI_OK) { /* host out of memory: undo a first split, neighbours stay coalesced */
+        zi_blocks_merge(a, zi_blocks_find(a, off));
         return rc;
+    }
     size_t i = zi_blocks_find(a, off);
     a->blocks[i].state = ZI_BLK_ALLOCATED;
     a->blocks[i].tag = tag;
@@ -305,7 +307,17 @@ static int zi_find_growth(const zi_alloc *a, uint64_t size, uint64_t *off, uint6
         if (hi - lo > *span_max)
             *span_max = hi - lo;
         if (has_front && hi - lo >= size) {
+            /* the run's two ends, and the start of each FREE block in it that fits (mapped
+             * already: nothing new to map, e.g. a free chunk between two trimmed ones) */
             uint64_t cand[2] = {lo, hi - size};
+            for (size_t k = i; k < j; k++) {
+                const zi_alloc_block *b = &a->blocks[k];
+                if (b->state == ZI_BLK_FREE && b->size >= size && (!found || *cost > 0)) {
+                    found = 1;
+                    *cost = 0;
+                    *off = b->off;
+                }
+            }
             for (int c = 0; c < 2; c++) {
                 uint64_t need = zi_unmapped_bytes(a, cand[c], cand[c] + size);
                 if (a->reserved + need > limit) {

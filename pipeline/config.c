@@ -382,7 +382,11 @@ static int zi_sched_config_from(const cJSON *o, const char *file, zi_sched_confi
     memset(c, 0, sizeof *c);
     zi_sched_config_defaults(c);
     ZI_CFG_TRY(zi_cfg_pos_int(o, "num_train_timesteps", file, &c->num_train_timesteps));
-    ZI_CFG_TRY(zi_cfg_float(o, "shift", file, 1, 0, &c->shift));
+    ZI_CFG_TRY(zi_json_double(o, "shift", file, &c->shift));
+    if (!(c->shift > 0.0) || !isfinite((float)c->shift))
+        return zi_errorf(ZI_EFORMAT,
+                         "file %s: key shift: %g is out of range (expected a positive float)", file,
+                         c->shift);
     /* FlowMatchEulerDiscreteScheduler: use_dynamic_shifting defaults to False */
     ZI_CFG_TRY(zi_json_bool_opt(o, "use_dynamic_shifting", file, 0, &c->use_dynamic_shifting));
     ZI_CFG_TRY(zi_json_double_opt(o, "base_shift", file, c->base_shift, &c->base_shift));
@@ -612,7 +616,7 @@ void zi_config_zimage_turbo(zi_model_config *out)
     v->mid_attention = 1;
 
     out->sched.num_train_timesteps = 1000;
-    out->sched.shift = 3.0f;
+    out->sched.shift = 3.0;
     out->sched.use_dynamic_shifting = 0;
     zi_sched_config_defaults(&out->sched);
 }

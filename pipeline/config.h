@@ -70,7 +70,7 @@ typedef struct zi_vae_config {
 
 typedef struct zi_sched_config {
     int num_train_timesteps;
-    float shift;
+    double shift; /* kept in double: set_timesteps takes shift - 1 in Python floats */
     int use_dynamic_shifting;
     /* dynamic shifting only: mu = calculate_shift(image_seq_len, base_image_seq_len,
      * max_image_seq_len, base_shift, max_shift), time_shift_type exponential or linear */

@@ -46,7 +46,7 @@ int zi_sched_sigmas(const zi_sched_config *cfg, int n, int64_t image_seq_len, fl
     if (n < 1 || n > ZI_SCHED_MAX_STEPS)
         return zi_errorf(ZI_EINVAL, "scheduler: steps must be in [1, %d], got %d",
                          ZI_SCHED_MAX_STEPS, n);
-    if (!(cfg->shift > 0.0f) || cfg->num_train_timesteps <= 0)
+    if (!(cfg->shift > 0.0) || cfg->num_train_timesteps <= 0)
         return zi_errorf(ZI_EINVAL, "scheduler: bad shift %g or num_train_timesteps %d",
                          (double)cfg->shift, cfg->num_train_timesteps);
     if (cfg->use_dynamic_shifting && image_seq_len <= 0)
@@ -68,8 +68,10 @@ int zi_sched_sigmas(const zi_sched_config *cfg, int n, int64_t image_seq_len, fl
             timesteps[i] = sigmas[i] * ntt;
         }
     } else {
-        const float shift = cfg->shift;
-        const float shift_m1 = (float)((double)shift - 1.0);
+        /* numpy: self.shift * s / (1 + (self.shift - 1) * s) on the fp32 array, with the
+         * Python floats shift and shift - 1 (computed in double) each rounded to fp32 */
+        const float shift = (float)cfg->shift;
+        const float shift_m1 = (float)(cfg->shift - 1.0);
         for (int i = 0; i < n; i++) {
             float s = sigmas[i];
             float num = shift * s;

@@ -6,6 +6,7 @@
  * hits a fatal error. See worker.h and docs/worker.md.
  */
 #include "cli_util.h"
+#include "kafka.h"
 #include "log.h"
 #include "wconfig.h"
 #include "worker.h"
@@ -93,6 +94,15 @@ int zi_cmd_worker(int argc, char **argv)
         return 2;
     }
     zi_log_setup(fmt, lvl, cfg.worker_id, NULL);
+    /* kafka.properties are checked by librdkafka itself: a refused one is a config error
+     * (exit 2, naming the key) like any other, not a run-time failure */
+    rd_kafka_conf_t *kconf = NULL;
+    if (zi_kafka_conf_new(&cfg, cfg.worker_id, &kconf) != ZI_OK) {
+        fprintf(stderr, "zimage: error: %s\n", zi_errmsg());
+        zi_wconfig_free(&cfg);
+        return 2;
+    }
+    rd_kafka_conf_destroy(kconf);
 
     static const int stop_sigs[] = {SIGTERM, SIGINT};
     zi_cli_on_signals(zi_worker_on_signal, stop_sigs, sizeof stop_sigs / sizeof stop_sigs[0]);

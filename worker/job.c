@@ -151,7 +151,8 @@ static int zi_job_side(zi_job *job, const cJSON *obj, const char *name, int def,
     }
     int64_t x;
     if (zi_job_get_int(v, INT32_MIN, INT32_MAX, &x) != 0)
-        return zi_job_bad(job, "invalid_job", "%s: must be an integer", name);
+        return zi_job_bad(job, "invalid_job", "%s: must be an integer multiple of 16 in [%d, %d]",
+                          name, lim->min_side, lim->max_side);
     if (x % 16 != 0 || x < lim->min_side || x > lim->max_side)
         return zi_job_bad(job, "invalid_job", "%s: %lld is not a multiple of 16 in [%d, %d]", name,
                           (long long)x, lim->min_side, lim->max_side);
@@ -320,7 +321,8 @@ int zi_job_parse(const void *data, size_t len, const zi_job_limits *lim, zi_job 
     if (v) {
         int64_t x;
         if (zi_job_get_int(v, 0, (int64_t)ZI_JOB_SEED_INT_MAX, &x) != 0) {
-            rc = zi_job_bad(job, "invalid_job", "deadline_ms: must be a non-negative integer");
+            rc = zi_job_bad(job, "invalid_job",
+                            "deadline_ms: must be an integer in [0, 9007199254740991] (unix ms)");
             goto out;
         }
         job->deadline_ms = x;

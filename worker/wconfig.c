@@ -827,8 +827,17 @@ int zi_wconfig_apply_env(zi_wconfig *cfg, char *const *envp, zi_wconfig_warn_fn 
                 secret = 1;
         if (secret)
             continue; /* below, with precedence over the AWS_* fallbacks */
-        if (!row && strncmp(name, "ZIMAGE_FAULT_", 13) == 0)
-            continue; /* the worker's test-only fault hooks (docs/worker.md), not config */
+        if (!row && strncmp(name, "ZIMAGE_FAULT_", 13) == 0) {
+            /* the worker's test-only fault hooks (docs/worker.md), not config */
+            if (warn) {
+                char msg[256];
+                snprintf(msg, sizeof msg,
+                         "%.64s is a test fault hook of the worker: never set it in production",
+                         name);
+                warn(ud, msg);
+            }
+            continue;
+        }
         if (!row) {
             if (warn) {
                 char msg[256];

@@ -43,7 +43,6 @@
 #define ZI_WK_NOSTORE 0 /* no final state (revoked, draining): leave the offset */
 
 #define ZI_WK_DLQ_CUT_RETRY 65536        /* DLQ value size after a "too large" refusal */
-#define ZI_WK_CANCEL_CHECK_MS 100        /* cancel flag read at most this often */
 #define ZI_WK_DRAIN_ABORT_GRACE_MS 15000 /* after asking a job to stop at a drain deadline */
 
 typedef struct zi_wk {
@@ -75,6 +74,7 @@ typedef struct zi_wk {
     atomic_int job_revoked; /* the running job's partition was revoked or lost */
     atomic_int job_abort;   /* stop now without a final state (drain deadline) */
     atomic_int fatal;       /* the job thread met an error only a restart cures */
+    atomic_int lease_lost;  /* another worker took the running job's lease */
     zi_rstatus *rs_job;
     zi_s3 *s3;
 
@@ -233,7 +233,6 @@ typedef struct zi_wk_run {
     int64_t pipeline_ms, png_ms, upload_ms;
     int64_t finished_at;
     /* progress callback state */
-    int64_t last_cancel_check;
     int cancelled, aborted;
     int valid; /* the message passed every job rule (r->job is complete) */
 } zi_wk_run;
@@ -332,7 +331,7 @@ static int zi_wk_result(zi_wk *w, zi_wk_run *r, const char *status, const char *
     char *text = NULL;
     if (o && cJSON_AddStringToObject(o, "job_id", r->job.job_id) &&
         cJSON_AddStringToObject(o, "status", status) &&
-        cJSON_AddStringToObject(o, "s3_key", r->url[0] ? r->s3_key : "") &&
+        cJSON_AddStringToObject(o, "s3_key", strcmp(status, "succeeded") == 0 ? r->s3_key : "") &&
         cJSON_AddStringToObject(o, "url", r->url) &&
         cJSON_AddStringToObject(o, "error_code", code ? code : "") &&
         cJSON_AddStringToObject(o, "error", error ? error : "") &&
@@ -373,8 +372,9 @@ static int zi_wk_fail(zi_wk *w, zi_wk_run *r, const char *code, const char *erro
         if (zi_wk_record(w, r, "failed", code, error, &fs, pre_run) != ZI_OK)
             return ZI_WK_NOSTORE;
     }
-    /* zimage-attempts: the runs started (the refused delivery of too_many_attempts is none) */
-    int64_t runs = strcmp(code, "too_many_attempts") == 0 ? r->attempt - 1 : r->attempt;
+    /* zimage-attempts: the runs started (the refused delivery of too_many_attempts was
+     * counted before it was refused, and is taken off already: see the call) */
+    int64_t runs = r->attempt;
     if (zi_wk_dlq(w, r->m, code, error, runs > 0 ? runs : 0) != ZI_OK)
         return ZI_WK_NOSTORE;
     if (zi_wk_result(w, r, "failed", code, error) != ZI_OK)
@@ -463,14 +463,12 @@ static int zi_wk_progress(void *ud, int step, int steps, double step_seconds)
     }
     /* Progress is best effort: a failed write is not retried (the final state is). */
     zi_rstatus_progress(w->rs_job, r->job.job_id, step, steps, 0, NULL);
-    int64_t now = zi_wk_mono_ms();
-    if (now - r->last_cancel_check >= ZI_WK_CANCEL_CHECK_MS || step == steps) {
-        r->last_cancel_check = now;
-        int cancel = 0;
-        if (zi_rstatus_cancel_requested(w->rs_job, r->job.job_id, &cancel) == ZI_OK && cancel) {
-            r->cancelled = 1;
-            return 1;
-        }
+    /* The cancel flag at every step boundary (one EXISTS): the contract stops a cancelled
+     * job at the next one. */
+    int cancel = 0;
+    if (zi_rstatus_cancel_requested(w->rs_job, r->job.job_id, &cancel) == ZI_OK && cancel) {
+        r->cancelled = 1;
+        return 1;
     }
     return 0;
 }
@@ -551,13 +549,13 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
     char *params = NULL;
     size_t png_len = 0;
     int64_t t0 = zi_wk_mono_ms();
-    r->last_cancel_check = t0;
     int rc = zi_pipeline_generate(w->pipe, &gp, zi_wk_progress, &pc, &rgb);
     r->pipeline_ms = zi_wk_mono_ms() - t0;
     zi_wk_snapshot_mem(w);
     int res;
     if (rc == ZI_ECANCELLED && r->aborted) {
-        zi_log_warn("job stopped by the drain deadline; it will be delivered again");
+        zi_log_warn("job stopped by %s; it will be delivered again",
+                    atomic_load(&w->lease_lost) ? "the loss of its lease" : "the drain deadline");
         res = ZI_WK_NOSTORE;
         goto out;
     }
@@ -694,6 +692,10 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
      * was first picked up earlier, so its deadline no longer applies. */
     const char *ha = zi_rstatus_hash_get(&h, "attempt");
     int ran_before = ha && strtoll(ha, NULL, 10) > 0;
+    /* A job produced by another service has no `queued` record: queued_at is then when
+     * it was produced (the Kafka timestamp), else when it was received. */
+    const char *hq = zi_rstatus_hash_get(&h, "queued_at");
+    int64_t queued_at = hq && hq[0] ? 0 : m->timestamp_ms >= 0 ? m->timestamp_ms : r->received_at;
     /* A job without a seed keeps the one drawn on its first attempt. */
     const char *hs = zi_rstatus_hash_get(&h, "seed");
     int have_seed = r->job.has_seed;
@@ -756,9 +758,11 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
         if (!zi_wk_retry(w, 1, &tries, "redis: counting the attempt"))
             goto out;
     if (r->attempt > w->cfg->worker_max_attempts) {
+        /* this delivery is refused, not run: the hash keeps the number of runs */
+        r->attempt--;
         char msg[160];
         snprintf(msg, sizeof msg, "gave up after %lld attempts (worker.max_attempts = %d)",
-                 (long long)(r->attempt - 1), w->cfg->worker_max_attempts);
+                 (long long)r->attempt, w->cfg->worker_max_attempts);
         res = zi_wk_fail(w, r, "too_many_attempts", msg, 1);
         goto out;
     }
@@ -770,6 +774,8 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     zi_wk_addi(&fs, "received_at", r->received_at);
     if (m->timestamp_ms >= 0)
         zi_wk_addi(&fs, "produced_at", m->timestamp_ms);
+    if (queued_at)
+        zi_wk_addi(&fs, "queued_at", queued_at);
     zi_wk_addi(&fs, "step", 0);
     zi_wk_addi(&fs, "steps", r->job.steps);
     zi_wk_add(&fs, "progress", "0");
@@ -875,8 +881,15 @@ static void zi_wk_heartbeat_once(zi_wk *w, zi_rstatus *rs)
             char holder[256] = "";
             if (zi_rstatus_lease_acquire(rs, w->lease_job, w->lease_ttl_ms, &acquired, holder,
                                          sizeof holder) == ZI_OK &&
-                !acquired)
-                zi_log_warn("lease of %s is held by %s", w->lease_job, holder);
+                !acquired) {
+                /* Another worker runs the job now (ours expired while Redis was away, or
+                 * Redis lost it): one job never runs twice at once, so ours stops here,
+                 * without a final state, and the other finishes it. */
+                zi_log_error("lease of %s is held by %s: stopping this run of the job",
+                             w->lease_job, holder);
+                atomic_store(&w->lease_lost, 1);
+                atomic_store(&w->job_abort, 1);
+            }
         }
     }
     pthread_mutex_unlock(&w->lease_mu);
@@ -1017,6 +1030,7 @@ static int zi_wk_loop(zi_wk *w, int *stuck)
                 zi_wk_running_msg = m;
                 atomic_store(&w->job_revoked, 0);
                 atomic_store(&w->job_abort, 0);
+                atomic_store(&w->lease_lost, 0);
                 zi_metric_set(w->wm.worker_busy, NULL, 1);
                 zi_wk_set_state(w, "busy", NULL);
                 pthread_mutex_lock(&w->mu);

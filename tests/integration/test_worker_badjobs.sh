@@ -86,6 +86,18 @@ zt_check "result of good-1" yes \
 zt_check "result of bad-width" yes \
     "$(grep '"job_id":"bad-width"' <<<"$res" | grep -q '"error_code":"invalid_job"' && echo yes)"
 zt_check "metrics: bad jobs" 7 "$(zt_metric w1 'zimage_jobs_total{outcome="bad_job"}')"
+# a job produced straight to Kafka (no `queued` record) still gets queued_at: the Kafka
+# timestamp of its message
+zt_check_ge "good-1 queued_at (unix ms)" 1700000000000 "$(zt_field good-1 queued_at)"
+
+# An escaped NUL in the prompt (cJSON would cut the prompt there): a bad job recorded
+# under its id, naming the prompt; in a field the job does not read it is ignored.
+cat_to "$ZT_TMP"/m11 '{"job_id":"bad-nul","prompt":"a\\u0000b"}'
+cat_to "$ZT_TMP"/m12 '{"job_id":"good-3","prompt":"p","note":"\\u0000"}'
+produce bad-nul "$ZT_TMP/m11"
+produce good-3 "$ZT_TMP/m12"
+zt_wait_status good-3 succeeded 60
+expect_failed bad-nul invalid_job "prompt: contains an escaped NUL"
 
 zt_kill w1 TERM
 zt_wait_exit w1 30

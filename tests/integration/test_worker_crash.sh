@@ -73,6 +73,7 @@ done
 zt_check "boom-1 status" failed "$(zt_field boom-1 status)"
 zt_check "boom-1 error_code" too_many_attempts "$(zt_field boom-1 error_code)"
 zt_check "workers crashed by boom-1 (= max_attempts)" 2 "$restarts"
+zt_check "boom-1 attempt (the runs; the refused delivery is not one)" 2 "$(zt_field boom-1 attempt)"
 zt_check "boom-1 failure event" "boom-1 failed too_many_attempts" \
     "$(zt_events | grep '^boom-1 failed' || true)"
 # The DLQ copy is produced right after the failure is recorded: give it a moment.

@@ -9,6 +9,10 @@
 # 3. SIGTERM with a drain_timeout_s shorter than the job: the job is stopped WITHOUT a final
 #    state and without committing, the worker still exits 0 at once, and the next worker
 #    runs the job again (attempt 2) to `succeeded`.
+# 4. A job picked up before its deadline_ms and stopped by a drain still runs when it is
+#    delivered again after the deadline (expired is for a job first picked up late).
+# 5. Another worker takes the running job's lease: the run stops without a final state, the
+#    worker exits 1 without committing, the next worker runs the job.
 # Jobs are slowed down with the test hook ZIMAGE_FAULT_STEP_DELAY_MS.
 source "$(dirname "$0")/worker_lib.sh"
 zt_init lifecycle
@@ -71,4 +75,44 @@ zt_check "objects" "$(printf "$ZT_KEYDIR/%s.png\n" drain-1 probe-1 slow-1)" "$(z
 zt_kill w3 TERM
 zt_wait_exit w3 30
 zt_check "w3 exit status" 0 "$ZT_RC"
+
+# ---- 4. deadline_ms applies to the first pick-up only ----
+zt_start_worker w4 "${SLOW[@]}" ZIMAGE_WORKER_DRAIN_TIMEOUT_S=1
+zt_wait_log w4 'assigned' 30
+dl=$(($(date +%s%3N) + 2500))
+zt_submit --job-id dl-1 --prompt "picked up in time" --deadline-ms "$dl" >/dev/null
+wait_step dl-1 1 30
+zt_kill w4 TERM
+zt_wait_exit w4 30
+zt_check "w4 exit status" 0 "$ZT_RC"
+zt_check "dl-1 stopped by the drain, no final state" running "$(zt_field dl-1 status)"
+while (($(date +%s%3N) <= dl)); do sleep 0.1; done
+zt_start_worker w5
+zt_wait_status dl-1 succeeded 60
+zt_check "dl-1 redelivered after its deadline still runs (attempt 2)" 2 "$(zt_field dl-1 attempt)"
+zt_kill w5 TERM
+zt_wait_exit w5 30
+zt_check "w5 exit status" 0 "$ZT_RC"
+
+# ---- 5. the running job's lease taken by another worker: this run stops ----
+# (one job never runs twice at once; the worker exits 1, since its partition is still its
+# own and the job has no final state, and the job is delivered again)
+zt_start_worker w6 "${SLOW[@]}"
+zt_wait_log w6 'assigned' 30
+zt_submit --job-id lease-1 --prompt "lease taken" >/dev/null
+wait_step lease-1 1 30
+zt_redis SET "${ZT_PREFIX}lease:lease-1" intruder PX 60000 >/dev/null
+zt_wait_exit w6 30
+zt_check "w6 stops when its job's lease is taken (exit 1)" 1 "$ZT_RC"
+zt_check "w6 names the holder" yes "$(zt_has "$ZT_TMP/w6.log" 'lease of lease-1 is held by intruder')"
+zt_check "lease-1 has no final state" running "$(zt_field lease-1 status)"
+zt_redis DEL "${ZT_PREFIX}lease:lease-1" >/dev/null
+zt_start_worker w7
+zt_wait_status lease-1 succeeded 60
+zt_check "lease-1 run again by w7" w7 "$(zt_field lease-1 worker)"
+zt_check "objects after 4 and 5" "$(printf "$ZT_KEYDIR/%s.png\n" dl-1 drain-1 lease-1 probe-1 slow-1)" \
+    "$(zt_s3_keys | sort)"
+zt_kill w7 TERM
+zt_wait_exit w7 30
+zt_check "w7 exit status" 0 "$ZT_RC"
 zt_finish

@@ -288,6 +288,32 @@ static void test_trim(void **state)
     finish(&fx);
 }
 
+/* A mapped FREE block that fits is used before new pages are mapped, also when it lies
+ * between unmapped ranges (after a trim): no growth, no driver call. */
+static void test_free_block_between_trimmed_chunks(void **state)
+{
+    (void)state;
+    fixture fx;
+    make(&fx, 64 * MIB, 2 * MIB, 0, 0, 0);
+    uint64_t a = take(&fx, 2 * MIB), b = take(&fx, 2 * MIB), c = take(&fx, 2 * MIB);
+    uint64_t d = take(&fx, 2 * MIB);
+    assert_int_equal(b, 2 * MIB);
+    give(&fx, a);
+    give(&fx, c);
+    assert_int_equal(zi_alloc_trim(fx.a), 4 * MIB); /* [0, 2M) and [4M, 6M) unmapped */
+    give(&fx, b); /* [2M, 4M): mapped, free, between two unmapped ranges */
+    zi_alloc_stats s0 = stats(&fx);
+    assert_int_equal(s0.reserved, 4 * MIB);
+    uint64_t maps = fx.prov.map_calls;
+    uint64_t e = take(&fx, 2 * MIB);
+    assert_int_equal(e, 2 * MIB);
+    assert_int_equal(fx.prov.map_calls, maps);
+    assert_int_equal(stats(&fx).reserved, 4 * MIB);
+    give(&fx, e);
+    give(&fx, d);
+    finish(&fx);
+}
+
 static void test_fragmentation_stats(void **state)
 {
     (void)state;
@@ -520,6 +546,7 @@ int main(void)
         cmocka_unit_test(test_bad_free),
         cmocka_unit_test(test_second_job_maps_nothing),
         cmocka_unit_test(test_random_stress),
+        cmocka_unit_test(test_free_block_between_trimmed_chunks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

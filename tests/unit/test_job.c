@@ -260,6 +260,9 @@ static void test_job_sizes(void **state)
     expect_bad_field("w", "\"width\":64.5", "width");
     expect_bad_field("w", "\"width\":\"64\"", "width");
     expect_bad_field("w", "\"width\":1e300", "width");
+    /* an integer past int range still gets the rule, not "must be an integer" */
+    expect_bad_field("w", "\"width\":4294967296",
+                     "width: must be an integer multiple of 16 in [64, 4096]");
     expect_bad_field("w", "\"width\":4096,\"height\":2048", "pixels");
     zi_job job = {0};
     assert_int_equal(
@@ -298,6 +301,7 @@ static void test_job_seed_deadline(void **state)
     expect_bad_field("s", "\"seed\":\"12a\"", "seed");
     expect_bad_field("d", "\"deadline_ms\":-3", "deadline_ms");
     expect_bad_field("d", "\"deadline_ms\":\"soon\"", "deadline_ms");
+    expect_bad_field("d", "\"deadline_ms\":9007199254740992", "[0, 9007199254740991]");
     zi_job job = {0};
     assert_int_equal(
         parse("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":0,\"deadline_ms\":0}", &job), ZI_OK);

@@ -15,7 +15,7 @@
 #include <string.h>
 
 static const zi_sched_config turbo = {.num_train_timesteps = 1000,
-                                      .shift = 3.0f,
+                                      .shift = 3.0,
                                       .base_shift = 0.5,
                                       .max_shift = 1.15,
                                       .base_seq_len = 256,
@@ -102,6 +102,36 @@ static void test_euler_step(void **state)
     assert_true(x[2] == 0.5f - 0.75f);
 }
 
+/* A static shift between 1 and 2: diffusers computes shift - 1 in Python floats (double)
+ * before numpy rounds it to fp32, which differs from fp32(shift) - 1 (1.3: 0.3 against
+ * 0.29999995). The expected bits are numpy 1.24's for shift * s / (1 + (shift - 1) * s)
+ * on the fp32 base sigmas. */
+static void test_static_shift_in_double(void **state)
+{
+    (void)state;
+    static const struct {
+        double shift;
+        int n, i;
+        uint32_t bits;
+    } want[] = {
+        {1.3, 3, 1, 1060692876u}, /* 0.722222089767456 (fp32 shift - 1: ...1493...) */
+        {1.3, 9, 4, 1058961895u}, /* 0.6190475821495056 */
+        {1.7, 9, 2, 1062939228u}, /* 0.8561151027679443 */
+        {1.1, 3, 1, 1060110336u}, /* 0.6875 */
+    };
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+        zi_sched_config c = turbo;
+        c.shift = want[k].shift;
+        float sig[ZI_SCHED_MAX_STEPS + 1], tim[ZI_SCHED_MAX_STEPS];
+        assert_int_equal(zi_sched_sigmas(&c, want[k].n, 16, sig, tim), ZI_OK);
+        uint32_t got;
+        memcpy(&got, &sig[want[k].i], sizeof got);
+        if (got != want[k].bits)
+            fail_msg("shift %g, %d steps, sigma[%d]: bits %u, numpy %u", want[k].shift, want[k].n,
+                     want[k].i, got, want[k].bits);
+    }
+}
+
 static void test_bad_steps(void **state)
 {
     (void)state;
@@ -168,6 +198,7 @@ int main(void)
         cmocka_unit_test(test_turbo_table),
         cmocka_unit_test(test_linspace_halves),
         cmocka_unit_test(test_dynamic_shifting),
+        cmocka_unit_test(test_static_shift_in_double),
         cmocka_unit_test(test_euler_step),
         cmocka_unit_test(test_bad_steps),
     };

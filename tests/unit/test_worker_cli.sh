@@ -46,6 +46,14 @@ zt_check "worker unknown key named" yes "$(grep -q 'kafka.topik' <<<"$err" && ec
 run worker --config "$tmp/badtype.yaml"
 zt_check "worker wrong type exit" 2 "$rc"
 zt_check "worker wrong type named" yes "$(grep -q 'heartbeat_s' <<<"$err" && echo yes)"
+# a kafka.properties entry librdkafka refuses is a configuration error too (before any
+# connection: the ports are closed)
+printf 'kafka:\n  properties:\n    no.such.property: "1"\n' >"$tmp/badprop.yaml"
+run worker --config "$tmp/badprop.yaml"
+zt_check "worker refused kafka property exit" 2 "$rc"
+zt_check "worker refused kafka property named" yes \
+    "$(grep -q 'kafka.properties.no.such.property' <<<"$err" && echo yes)"
+zt_check "worker refused kafka property: one error line" 1 "$(grep -c '^zimage: error: ' <<<"$err")"
 ZIMAGE_S3_SECRET_KEY=supersecret-value ZIMAGE_REDIS_URL=redis://:hunter2pw@127.0.0.1:1/0 \
     run worker --config "$tmp/good.yaml" --print-config
 zt_check "--print-config exit" 0 "$rc"
