@@ -61,10 +61,11 @@ static int zi_cfg_at_most(const char *file, const char *key, int v, int max)
     return ZI_OK;
 }
 
-/* A number stored as float: finite after the conversion, and > 0 when `positive` (else
- * merely != 0 when `nonzero`), so a tiny eps cannot round to 0 behind the check. */
-static int zi_cfg_float(const cJSON *o, const char *key, const char *file, int positive,
-                        int nonzero, float *out)
+/* A number the pipeline uses as a float: finite after the conversion to float, and > 0
+ * when `positive` (else merely != 0 when `nonzero`), so a tiny eps cannot round to 0 behind
+ * the check. *out keeps the double (for values the reference computes with in double). */
+static int zi_cfg_number(const cJSON *o, const char *key, const char *file, int positive,
+                         int nonzero, double *out)
 {
     double d;
     ZI_CFG_TRY(zi_json_double(o, key, file, &d));
@@ -72,7 +73,17 @@ static int zi_cfg_float(const cJSON *o, const char *key, const char *file, int p
     if (!isfinite(f) || (positive && !(f > 0.0f)) || (nonzero && f == 0.0f))
         return zi_errorf(ZI_EFORMAT, "file %s: key %s: %g is out of range%s", file, key, d,
                          positive ? " (expected a positive float)" : "");
-    *out = f;
+    *out = d;
+    return ZI_OK;
+}
+
+/* zi_cfg_number, stored as float. */
+static int zi_cfg_float(const cJSON *o, const char *key, const char *file, int positive,
+                        int nonzero, float *out)
+{
+    double d = 0;
+    ZI_CFG_TRY(zi_cfg_number(o, key, file, positive, nonzero, &d));
+    *out = (float)d;
     return ZI_OK;
 }
 
@@ -382,11 +393,7 @@ static int zi_sched_config_from(const cJSON *o, const char *file, zi_sched_confi
     memset(c, 0, sizeof *c);
     zi_sched_config_defaults(c);
     ZI_CFG_TRY(zi_cfg_pos_int(o, "num_train_timesteps", file, &c->num_train_timesteps));
-    ZI_CFG_TRY(zi_json_double(o, "shift", file, &c->shift));
-    if (!(c->shift > 0.0) || !isfinite((float)c->shift))
-        return zi_errorf(ZI_EFORMAT,
-                         "file %s: key shift: %g is out of range (expected a positive float)", file,
-                         c->shift);
+    ZI_CFG_TRY(zi_cfg_number(o, "shift", file, 1, 0, &c->shift));
     /* FlowMatchEulerDiscreteScheduler: use_dynamic_shifting defaults to False */
     ZI_CFG_TRY(zi_json_bool_opt(o, "use_dynamic_shifting", file, 0, &c->use_dynamic_shifting));
     ZI_CFG_TRY(zi_json_double_opt(o, "base_shift", file, c->base_shift, &c->base_shift));

@@ -200,6 +200,25 @@ static int zb_images(zi_pipeline *p, const char *prompt, int w, int h, int steps
     return ZI_OK;
 }
 
+/* Median seconds of `runs` encodings of rgb with `c` on `threads` threads (0: the
+ * encoder's default); *len receives the PNG's size. */
+static int zb_png_time(const uint8_t *rgb, int w, int h, zi_png_compression c, int threads,
+                       int runs, double *med, size_t *len)
+{
+    double t[ZB_MAX_RUNS];
+    for (int r = 0; r < runs; r++) {
+        uint8_t *png = NULL;
+        double t0 = zb_now();
+        int rc = zi_png_encode_threads(rgb, w, h, NULL, c, threads, &png, len);
+        t[r] = zb_now() - t0;
+        free(png);
+        if (rc != ZI_OK)
+            return rc;
+    }
+    *med = zb_median(t, runs);
+    return ZI_OK;
+}
+
 /* The PNG encoding of the worker (s3.png_compression "fast", the default) against "small"
  * on the same image, in this run: png_encode_ms, png_bytes, png_small_encode_ms,
  * png_small_bytes and png_fast_speedup (small's time / fast's); and "fast" on one thread:
@@ -209,37 +228,20 @@ static int zb_png(cJSON *obj, const uint8_t *rgb, int w, int h, int runs)
 {
     static const char *const names[2][2] = {{"png_encode_ms", "png_bytes"},
                                             {"png_small_encode_ms", "png_small_bytes"}};
-    double med[2] = {0, 0};
+    double med[2] = {0, 0}, serial = 0;
+    size_t len = 0;
     for (int c = 0; c < 2; c++) {
-        double t[ZB_MAX_RUNS];
-        size_t len = 0;
-        for (int r = 0; r < runs; r++) {
-            uint8_t *png = NULL;
-            double t0 = zb_now();
-            int rc = zi_png_encode(rgb, w, h, NULL, (zi_png_compression)c, &png, &len);
-            t[r] = zb_now() - t0;
-            free(png);
-            if (rc != ZI_OK)
-                return rc;
-        }
-        med[c] = zb_median(t, runs);
+        int rc = zb_png_time(rgb, w, h, (zi_png_compression)c, 0, runs, &med[c], &len);
+        if (rc != ZI_OK)
+            return rc;
         cJSON_AddNumberToObject(obj, names[c][0], med[c] * 1e3);
         cJSON_AddNumberToObject(obj, names[c][1], (double)len);
     }
     cJSON_AddNumberToObject(obj, "png_fast_speedup", med[0] > 0 ? med[1] / med[0] : 0);
     /* the same "fast" encoding on the calling thread alone: what the threads bring */
-    double t[ZB_MAX_RUNS];
-    for (int r = 0; r < runs; r++) {
-        uint8_t *png = NULL;
-        size_t len = 0;
-        double t0 = zb_now();
-        int rc = zi_png_encode_threads(rgb, w, h, NULL, ZI_PNG_FAST, 1, &png, &len);
-        t[r] = zb_now() - t0;
-        free(png);
-        if (rc != ZI_OK)
-            return rc;
-    }
-    double serial = zb_median(t, runs);
+    int rc = zb_png_time(rgb, w, h, ZI_PNG_FAST, 1, runs, &serial, &len);
+    if (rc != ZI_OK)
+        return rc;
     cJSON_AddNumberToObject(obj, "png_threads", zi_png_threads());
     cJSON_AddNumberToObject(obj, "png_serial_encode_ms", serial * 1e3);
     cJSON_AddNumberToObject(obj, "png_threads_speedup", med[0] > 0 ? serial / med[0] : 0);

@@ -73,7 +73,6 @@ typedef struct zi_wk {
     int job_posted, job_done, job_result, job_quit;
     atomic_int job_revoked; /* the running job's partition was revoked or lost */
     atomic_int job_abort;   /* stop now without a final state (drain deadline) */
-    atomic_int fatal;       /* the job thread met an error only a restart cures */
     atomic_int lease_lost;  /* another worker took the running job's lease */
     zi_rstatus *rs_job;
     zi_s3 *s3;
@@ -285,11 +284,10 @@ static int zi_wk_produce(zi_wk *w, const char *topic, const void *key, size_t ke
             continue;
         }
         if (rc == ZI_EBACKEND) {
-            /* a fatal producer error: nothing can be produced any more, so no failed job
-             * can be finished; the main thread stops the worker (a restart makes a new
-             * producer), and the job is delivered again */
-            zi_log_error("%s: stopping the worker", zi_errmsg());
-            atomic_store(&w->fatal, 1);
+            /* a fatal producer error: nothing can be produced any more, so this job ends
+             * without a final state and the main thread stops the worker (a restart makes
+             * a new producer); the job is delivered again */
+            zi_log_error("%s: the job cannot be finished", zi_errmsg());
             return rc;
         }
         if (!zi_wk_retry(w, 0, &tries, "kafka: producing"))
@@ -695,7 +693,9 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     /* A job produced by another service has no `queued` record: queued_at is then when
      * it was produced (the Kafka timestamp), else when it was received. */
     const char *hq = zi_rstatus_hash_get(&h, "queued_at");
-    int64_t queued_at = hq && hq[0] ? 0 : m->timestamp_ms >= 0 ? m->timestamp_ms : r->received_at;
+    int64_t queued_at = 0; /* 0: the hash has one */
+    if (!hq || !hq[0])
+        queued_at = m->timestamp_ms >= 0 ? m->timestamp_ms : r->received_at;
     /* A job without a seed keeps the one drawn on its first attempt. */
     const char *hs = zi_rstatus_hash_get(&h, "seed");
     int have_seed = r->job.has_seed;
@@ -978,10 +978,6 @@ static int zi_wk_loop(zi_wk *w, int *stuck)
              * the job at once, store nothing more, leave. */
             zi_log_error("%s: stopping", zi_errmsg());
             rc = prc;
-            *w->stop = 2;
-        }
-        if (atomic_load(&w->fatal) && rc == ZI_OK) {
-            rc = zi_errorf(ZI_EBACKEND, "kafka: the producer hit a fatal error");
             *w->stop = 2;
         }
         if (cur) {
