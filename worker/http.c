@@ -1,8 +1,9 @@
 /*
  * http.c - /healthz, /readyz and /metrics on libmicrohttpd's internal polling thread.
  *
- * Limits: GET/HEAD only, no request bodies, at most 16 concurrent connections and a
- * 10 s connection timeout, so a misbehaving scraper cannot pin the worker. Binds exactly
+ * Limits: GET/HEAD only, no request bodies, at most 16 concurrent connections, at most
+ * ZI_HTTP_PER_IP of them from one address, and a 10 s connection timeout, so a misbehaving
+ * scraper cannot pin the worker nor lock the kubelet's probes out. Binds exactly
  * the configured address (tests and the local stack use 127.0.0.1).
  */
 #include "http.h"
@@ -18,6 +19,9 @@
 #include <sys/socket.h>
 
 #include "zi_err.h"
+
+#define ZI_HTTP_MAX_CONN 16
+#define ZI_HTTP_PER_IP 4 /* a probe pair and a scrape, with room to spare */
 
 struct zi_http {
     struct MHD_Daemon *daemon;
@@ -167,10 +171,11 @@ int zi_http_start(const char *listen, zi_metrics *metrics, zi_http **out)
         return zi_errorf(ZI_ENOMEM, "http: out of memory");
     h->metrics = metrics;
     atomic_init(&h->ready, 0);
-    h->daemon =
-        MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, zi_http_handle, h, MHD_OPTION_SOCK_ADDR,
-                         (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)16,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+    h->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, zi_http_handle, h,
+                                 MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)ZI_HTTP_MAX_CONN,
+                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)ZI_HTTP_PER_IP,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
     if (!h->daemon) {
         rc = zi_errorf(ZI_EIO, "http: cannot listen on %s (address in use or not available)",
                        listen);

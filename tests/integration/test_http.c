@@ -1,11 +1,18 @@
 /*
  * test_http.c - the worker's HTTP endpoint on a real socket: /healthz, /readyz (flag on and
  * off), /metrics (Prometheus text with the contract's metric names, collect hook called),
- * 404/405, listen-address parsing, and a port that is already taken.
+ * 404/405, listen-address parsing, a port that is already taken, and the per-address
+ * connection limit (idle clients from 127.0.0.2 cannot take the slots 127.0.0.1 needs).
  */
 #include "zi_test.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,12 +189,97 @@ static void test_parse_listen(void **state)
     zi_http_stop(NULL);
 }
 
+/* A TCP connection to 127.0.0.1:port whose source address is `src`; -1 on failure. */
+static int zi_connect_from(const char *src, int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    inet_pton(AF_INET, src, &a.sin_addr);
+    struct sockaddr_in d = a;
+    inet_pton(AF_INET, "127.0.0.1", &d.sin_addr);
+    d.sin_port = htons((uint16_t)port);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        connect(fd, (struct sockaddr *)&d, sizeof d) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Sends a GET /healthz on fd and reads the answer: 1 when it is an HTTP 200, 0 when the
+ * server closed the connection without answering (or answered otherwise). */
+static int zi_raw_healthz(int fd)
+{
+    const char req[] = "GET /healthz HTTP/1.0\r\n\r\n";
+    if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof req - 1))
+        return 0;
+    char buf[256];
+    size_t len = 0;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (len < sizeof buf - 1 && poll(&p, 1, 5000) == 1) {
+        ssize_t n = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+    return strncmp(buf, "HTTP/1.0 200", 12) == 0 || strncmp(buf, "HTTP/1.1 200", 12) == 0;
+}
+
+static void test_per_address_limit(void **state)
+{
+    (void)state;
+    zi_metrics *m = zi_metrics_create();
+    zi_http *h = NULL;
+    assert_int_equal(zi_http_start("127.0.0.1:0", m, &h), ZI_OK);
+    int port = zi_http_port(h);
+    zi_body b;
+
+    /* four idle connections from one address: the most it may hold */
+    int idle[4];
+    for (int i = 0; i < 4; i++) {
+        idle[i] = zi_connect_from("127.0.0.2", port);
+        assert_true(idle[i] >= 0);
+    }
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL); /* let the server accept them */
+
+    /* a fifth from that address is closed unanswered ... */
+    int fifth = zi_connect_from("127.0.0.2", port);
+    assert_true(fifth >= 0);
+    assert_int_equal(zi_raw_healthz(fifth), 0);
+    close(fifth);
+    /* ... while another address still gets through */
+    assert_int_equal(zi_get(port, "/healthz", NULL, &b, NULL, 0), 200);
+
+    /* once the idle ones are gone, the address is served again */
+    for (int i = 0; i < 4; i++)
+        close(idle[i]);
+    int ok = 0;
+    for (int tries = 0; tries < 50 && !ok; tries++) {
+        nanosleep(&ts, NULL);
+        int fd = zi_connect_from("127.0.0.2", port);
+        assert_true(fd >= 0);
+        ok = zi_raw_healthz(fd);
+        close(fd);
+    }
+    assert_true(ok);
+
+    zi_http_stop(h);
+    zi_metrics_destroy(m);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_endpoints),
         cmocka_unit_test(test_parse_listen),
+        cmocka_unit_test(test_per_address_limit),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
