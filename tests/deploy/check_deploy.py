@@ -151,10 +151,70 @@ sm = k8s.get("ServiceMonitor", {})
 check(any(e.get("path") == "/metrics" for e in sm.get("spec", {}).get("endpoints", [])),
       "ServiceMonitor must scrape /metrics")
 
-# overlays
-for ov in ("l40s", "h100"):
+# overlays: each builds on the base; its JSON patches (add/replace, as kustomize applies
+# them) are applied here to copies of the base objects, and the result is checked again:
+# every path exists, env names are the worker's configuration variables, the grace period
+# still covers the drain (an env override of the drain timeout included), requests <= limits.
+def json_patch(obj, ops, where):
+    for op in ops:
+        parts = [x.replace("~1", "/").replace("~0", "~") for x in op.get("path", "").split("/")[1:]]
+        parent = obj
+        for k in parts[:-1]:
+            parent = parent[int(k)] if isinstance(parent, list) else parent.get(k)
+            if parent is None:
+                check(False, f"{where}: patch path {op.get('path')} does not exist")
+                break
+        else:
+            last = parts[-1] if parts else ""
+            kind = op.get("op")
+            if isinstance(parent, list):
+                if last == "-" and kind == "add":
+                    parent.append(op.get("value"))
+                elif last.isdigit() and int(last) < len(parent) + (kind == "add"):
+                    (parent.insert if kind == "add" else parent.__setitem__)(int(last), op.get("value"))
+                else:
+                    check(False, f"{where}: patch path {op.get('path')} does not exist")
+            elif kind == "add" or (kind == "replace" and check(
+                    last in parent, f"{where}: replace of missing {op.get('path')}")):
+                parent[last] = op.get("value")
+            check(kind in ("add", "replace"), f"{where}: unsupported patch op {kind}")
+
+
+env_table = ""
+with open(os.path.join(ROOT, "worker", "wconfig.c"), encoding="utf-8") as f:
+    env_table = f.read()
+
+
+def mem_gi(v):
+    m = re.fullmatch(r"(\d+)Gi", str(v))
+    return int(m.group(1)) if m else -1
+
+
+overlays = sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(
+    os.path.join(ROOT, "k8s/overlays/*/kustomization.yaml")))
+check({"l40s", "h100", "small-gpu"} <= set(overlays), f"k8s/overlays: expected l40s, h100, small-gpu; found {overlays}")
+for ov in overlays:
     p = f"k8s/overlays/{ov}/kustomization.yaml"
-    check(p in docs and "../../base" in docs[p][0].get("resources", []), f"{p}: must build on ../../base")
+    if not check(p in docs and "../../base" in docs[p][0].get("resources", []), f"{p}: must build on ../../base"):
+        continue
+    objs = json.loads(json.dumps(k8s))
+    for pt in docs[p][0].get("patches", []):
+        kind = pt.get("target", {}).get("kind")
+        if check(kind in objs, f"{p}: patch targets {kind}, which the base lacks"):
+            json_patch(objs[kind], yaml.safe_load(pt.get("patch", "[]")) or [], p)
+    ocfg = yaml.safe_load(objs.get("ConfigMap", {}).get("data", {}).get("worker.yaml", "")) or {}
+    opod = objs.get("StatefulSet", {}).get("spec", {}).get("template", {}).get("spec", {})
+    oc0 = (opod.get("containers") or [{}])[0]
+    env = {e.get("name"): e.get("value") for e in oc0.get("env", [])}
+    for name in env:
+        check(f'"{name}"' in env_table, f"{p}: env {name} is not a worker configuration variable")
+    odrain = int(env.get("ZIMAGE_WORKER_DRAIN_TIMEOUT_S") or ocfg.get("worker", {}).get("drain_timeout_s", 120))
+    oretry = int(env.get("ZIMAGE_S3_RETRY_S") or ocfg.get("s3", {}).get("retry_s", 60))
+    check(opod.get("terminationGracePeriodSeconds", 0) > odrain + oretry,
+          f"{p}: terminationGracePeriodSeconds must exceed drain_timeout_s + s3.retry_s ({odrain} + {oretry})")
+    res = oc0.get("resources", {})
+    check(0 < mem_gi(res.get("requests", {}).get("memory")) <= mem_gi(res.get("limits", {}).get("memory")),
+          f"{p}: memory request must be <= limit")
 
 # 3. Grafana queries name exported metrics
 dash = jsons.get("deploy/grafana/zimage-dashboard.json", {})
