@@ -1643,10 +1643,15 @@ static void zi_cuda_destroy(zi_backend *be)
 int zi_backend_cuda_available(void)
 {
     int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
         cudaGetLastError(); /* clear the runtime's sticky "no driver" status */
+        /* the reason for whoever asks (an old driver reads differently from no GPU) */
+        zi_errorf(ZI_EBACKEND, "cudaGetDeviceCount: %s", cudaGetErrorString(e));
         return 0;
     }
+    if (n == 0)
+        zi_errorf(ZI_EBACKEND, "cudaGetDeviceCount: no CUDA device");
     return n > 0;
 }
 

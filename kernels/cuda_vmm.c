@@ -76,17 +76,36 @@ static int zi_vmm_sym(const char *name, void **fn)
 {
     enum cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
     cudaError_t e = cudaGetDriverEntryPointByVersion(name, fn, 12000, cudaEnableDefault, &q);
-    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !*fn)
+    if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !*fn) {
+        cudaGetLastError(); /* the caller falls back to cudaMalloc: leave no error pending */
         return zi_errorf(ZI_EBACKEND, "cuda vmm: driver entry point %s not available (%s)", name,
                          e != cudaSuccess ? cudaGetErrorString(e) : "symbol not found");
+    }
     return ZI_OK;
 }
 
 #define ZI_VMM_SYM(v, name) zi_vmm_sym("cu" #name, (void **)&(v)->fn.name)
 
+/* The driver calls below act on the calling thread's current context. The worker maps and
+ * trims on its job thread, which did not create the backend and may not have made a
+ * runtime call yet: cudaSetDevice makes the device's primary context current there. */
+static int zi_vmm_bind(const zi_vmm *v)
+{
+    cudaError_t e = cudaSetDevice(v->device);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return zi_errorf(ZI_EBACKEND, "cuda vmm: cudaSetDevice(%d): %s", v->device,
+                         cudaGetErrorString(e));
+    }
+    return ZI_OK;
+}
+
 static int zi_vmm_map(void *ud, uint64_t off, uint64_t size)
 {
     zi_vmm *v = ud;
+    int brc = zi_vmm_bind(v);
+    if (brc)
+        return brc;
     zi_vmm_handle *nh = zi_grow(v->handles, &v->caphandles, v->nhandles + 1, sizeof *nh, 64);
     if (!nh)
         return zi_errorf(ZI_ENOMEM, "cuda vmm: out of host memory");
@@ -125,6 +144,9 @@ static int zi_vmm_map(void *ud, uint64_t off, uint64_t size)
 static int zi_vmm_unmap(void *ud, uint64_t off, uint64_t size)
 {
     zi_vmm *v = ud;
+    int brc = zi_vmm_bind(v);
+    if (brc)
+        return brc;
     size_t lo = 0, hi = v->nhandles;
     while (lo < hi) { /* binary search for the handle mapped at `off` */
         size_t mid = lo + (hi - lo) / 2;
@@ -211,6 +233,7 @@ int zi_vmm_open(int device, uint64_t reserve, void *stream, zi_vmm **out)
         size_t free_b = 0, total_b = 0;
         cudaError_t e = cudaMemGetInfo(&free_b, &total_b);
         if (e != cudaSuccess) {
+            cudaGetLastError();
             rc = zi_errorf(ZI_EBACKEND, "cudaMemGetInfo: %s", cudaGetErrorString(e));
             goto err;
         }

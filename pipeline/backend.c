@@ -45,6 +45,7 @@ zi_backend *zi_backend_cuda_new(int device)
 
 int zi_backend_cuda_available(void)
 {
+    zi_errorf(ZI_EINVAL, "this zimage was built without the CUDA backend");
     return 0;
 }
 #endif

@@ -165,7 +165,8 @@ zi_backend *zi_backend_cpu_new(int threads);
 
 /* CUDA backend on `device`; NULL with zi_errmsg() set when CUDA is not built in or no GPU. */
 zi_backend *zi_backend_cuda_new(int device);
-/* 1 when the CUDA backend was compiled in and a GPU is visible. */
+/* 1 when the CUDA backend was compiled in and a GPU is visible; otherwise 0 with the reason
+ * in zi_errmsg() (not built in, no device, a driver older than the runtime). */
 int zi_backend_cuda_available(void);
 
 /* A weight budget as ZI_CUDA_WEIGHT_BUDGET_MB and device.weight_budget_mb spell it: NULL,

@@ -257,8 +257,10 @@ int zi_cmd_generate(int argc, char **argv)
                                output, "");
 
     if (strcmp(backend_name, "cuda") == 0 && !zi_backend_cuda_available()) {
-        fprintf(stderr, "zimage: error: --backend cuda: no CUDA backend in this build or no GPU "
-                        "visible\n");
+        fprintf(stderr,
+                "zimage: error: --backend cuda: no CUDA backend in this build or no GPU "
+                "visible (%s)\n",
+                zi_errmsg());
         return 2;
     }
     if (!have_seed) {

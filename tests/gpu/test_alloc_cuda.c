@@ -2,7 +2,9 @@
  * test_alloc_cuda.c - the allocator on the real driver (label gpu): the VMM provider maps
  * memory the GPU can use, a replayed job maps nothing new, trim gives memory back to the
  * device (cudaMemGetInfo sees it), and out-of-memory is a clear ZI_ENOMEM, both for the
- * ZI_CUDA_MEM_LIMIT_MB cap and for a request larger than the device.
+ * ZI_CUDA_MEM_LIMIT_MB cap and for a request larger than the device; and growth and trim
+ * from a thread that made no CUDA call before (the worker's job thread, which did not
+ * create the backend).
  */
 #include "zi_test.h"
 
@@ -15,6 +17,7 @@
 #include "zi_vmm.h"
 
 #include <cuda_runtime_api.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +39,7 @@ static int setup(void **state)
 {
     (void)state;
     if (!zi_backend_cuda_available()) {
-        fprintf(stderr, "test_alloc_cuda: no GPU visible\n");
+        fprintf(stderr, "test_alloc_cuda: no GPU visible (%s)\n", zi_errmsg());
         return -1;
     }
     unsetenv("ZI_CUDA_MEM_LIMIT_MB");
@@ -162,6 +165,49 @@ static void test_trim_returns_memory(void **state)
     assert_true(m.reserved >= m.allocated);
 }
 
+/* What a job thread does first: map new memory, use it, free it, trim it. */
+typedef struct {
+    int alloc_rc;
+    uint64_t maps_before, maps_after, released;
+    char err[256];
+} zi_thread_job;
+
+static void *zi_thread_job_main(void *arg)
+{
+    zi_thread_job *j = arg;
+    zi_alloc_stats s;
+    j->maps_before = zi_cuda_alloc_stats(be, &s) == ZI_OK ? s.map_calls : 0;
+    zi_tensor big;
+    int64_t shape[1] = {(int64_t)(BIG_MIB * MIB / 2)};
+    j->alloc_rc = be->alloc(be, &big, 1, shape);
+    if (j->alloc_rc != ZI_OK) {
+        snprintf(j->err, sizeof j->err, "%s", zi_errmsg());
+        return NULL;
+    }
+    j->maps_after = zi_cuda_alloc_stats(be, &s) == ZI_OK ? s.map_calls : 0;
+    be->affine(be, &big, &big, 0.0f, 1.0f, (size_t)shape[0]);
+    be->sync(be);
+    be->free(be, &big);
+    j->released = zi_cuda_trim(be);
+    return NULL;
+}
+
+static void test_other_thread(void **state)
+{
+    (void)state;
+    zi_cuda_trim(be); /* nothing mapped is free: the thread's allocation must map */
+    zi_thread_job j;
+    memset(&j, 0, sizeof j);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, zi_thread_job_main, &j), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    if (j.alloc_rc != ZI_OK)
+        fail_msg("allocation on a new thread: %s", j.err);
+    assert_true(j.maps_after > j.maps_before);
+    assert_true(j.released >= BIG_MIB * MIB);
+    assert_int_equal(zi_backend_check(be), ZI_OK);
+}
+
 static void test_oom_is_clear(void **state)
 {
     (void)state;
@@ -232,7 +278,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cudamalloc_mode),     cmocka_unit_test(test_vmm_provider),
         cmocka_unit_test(test_replay_maps_nothing), cmocka_unit_test(test_trim_returns_memory),
-        cmocka_unit_test(test_oom_is_clear),
+        cmocka_unit_test(test_oom_is_clear),        cmocka_unit_test(test_other_thread),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

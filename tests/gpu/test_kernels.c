@@ -209,7 +209,7 @@ static int zt_setup(void **state)
 {
     (void)state;
     if (!zi_backend_cuda_available()) {
-        fprintf(stderr, "test_kernels: no GPU visible\n");
+        fprintf(stderr, "test_kernels: no GPU visible (%s)\n", zi_errmsg());
         return -1;
     }
     gpu = zi_backend_cuda_new(0);

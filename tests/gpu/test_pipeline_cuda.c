@@ -38,7 +38,7 @@ static int zp_setup(void **state)
 {
     (void)state;
     if (!zi_backend_cuda_available()) {
-        fprintf(stderr, "test_pipeline_cuda: no GPU visible\n");
+        fprintf(stderr, "test_pipeline_cuda: no GPU visible (%s)\n", zi_errmsg());
         return -1;
     }
     gpu = zi_backend_cuda_new(0);

@@ -114,8 +114,11 @@ static void test_usage_errors(void **state)
              tmpdir);
     expect_usage_error(args, "not writable");
     if (!zi_backend_cuda_available()) {
+        char reason[256]; /* the error names why (here: the same reason as in this process) */
+        snprintf(reason, sizeof reason, "(%s)", zi_errmsg());
         snprintf(args, sizeof args, "%s --prompt a --backend cuda", base);
         expect_usage_error(args, "--backend cuda");
+        expect_usage_error(args, reason);
     }
 }
 
