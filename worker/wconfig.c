@@ -7,7 +7,7 @@
  * document must be a mapping of sections to mappings of scalars (kafka.properties: a
  * mapping of scalars); anything else is an error that names the key and the line.
  *
- * Reference: docs/interfaces.md "Configuration"; the row-table idea follows Redis config.c.
+ * Reference: docs/contract.md "Configuration"; the row-table idea follows Redis config.c.
  */
 #include "wconfig.h"
 
@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <utf8proc.h>
 #include <yaml.h>
 
 #include "backend.h"
@@ -50,7 +51,7 @@ typedef struct zi_wcfg_row {
 #define ZI_WCFG_OFF(field) offsetof(zi_wconfig, field)
 #define ZI_WCFG_STRMAX ((double)ZI_WCFG_MAX_STRING)
 
-/* The contract's keys, in the order of docs/interfaces.md (dump order too), and ours:
+/* The contract's keys, in the order of docs/contract.md (dump order too), and ours:
  * device.weight_budget_mb and device.pin_limit_mb (small GPUs, docs/cuda.md). */
 static const zi_wcfg_row zi_wcfg_rows[] = {
     {"model.path", "ZIMAGE_MODEL_PATH", ZI_WCFG_STRING, "/models/Z-Image-Turbo", 1, ZI_WCFG_STRMAX,
@@ -997,16 +998,32 @@ static int zi_wcfg_prop_secret(const char *key)
            strstr(key, "token") || strstr(key, "ssl.key.pem") || strstr(key, "credentials");
 }
 
+/* A double-quoted YAML scalar that libyaml reads back to the same string: characters YAML
+ * does not allow in a stream (C0/C1 controls, DEL, U+FEFF, U+FFFE/U+FFFF) are escaped by
+ * code point. A byte that is not UTF-8 (only from an environment variable, e.g. a path)
+ * is shown as \xNN, which reads back as U+00NN: YAML strings are Unicode. */
 static void zi_wcfg_yaml_quote(FILE *out, const char *s)
 {
     fputc('"', out);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(out, "\\%c", *p);
-        else if (*p < 0x20 || *p == 0x7F)
+    const utf8proc_uint8_t *p = (const utf8proc_uint8_t *)s;
+    utf8proc_ssize_t left = (utf8proc_ssize_t)strlen(s);
+    while (left > 0) {
+        utf8proc_int32_t cp = -1;
+        utf8proc_ssize_t n = utf8proc_iterate(p, left, &cp);
+        if (n <= 0 || cp < 0) { /* not UTF-8 */
             fprintf(out, "\\x%02x", *p);
-        else
-            fputc(*p, out);
+            n = 1;
+        } else if (cp == '"' || cp == '\\') {
+            fprintf(out, "\\%c", (char)cp);
+        } else if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F)) {
+            fprintf(out, "\\x%02x", (unsigned)cp);
+        } else if (cp == 0xFEFF || cp == 0xFFFE || cp == 0xFFFF) {
+            fprintf(out, "\\u%04x", (unsigned)cp);
+        } else {
+            fwrite(p, 1, (size_t)n, out);
+        }
+        p += n;
+        left -= n;
     }
     fputc('"', out);
 }

@@ -440,8 +440,12 @@ static void test_dump_round_trip(void **state)
     assert_int_equal(zi_parse(&a, "kafka:\n  properties:\n    linger.ms: 5\n"
                                   "    client.id: \"a \\\"q\\\" b\"\n"
                                   "generation:\n  guidance_scale: 0.1\n"
-                                  "worker:\n  id: w1\n"),
+                                  "worker:\n  id: w1\n"
+                                  /* characters a YAML stream may not carry raw (a C1
+                                   * control, BOM, U+FFFF) and a tab: escaped in the dump */
+                                  "model:\n  path: \"m\\x88\\t\\ufeff\\uffff\\u00e9/\"\n"),
                      ZI_OK);
+    assert_string_equal(a.model_path, "m\xc2\x88\t\xef\xbb\xbf\xef\xbf\xbf\xc3\xa9/");
     char *out = zi_dump(&a);
     assert_int_equal(zi_wconfig_init_defaults(&b), ZI_OK);
     if (zi_wconfig_parse_buffer(&b, out, strlen(out), "dump") != ZI_OK)
@@ -450,6 +454,8 @@ static void test_dump_round_trip(void **state)
     assert_string_equal(out, out2);
     assert_true(b.gen_guidance_scale == 0.1);
     assert_string_equal(zi_wconfig_kafka_property(&b, "client.id"), "a \"q\" b");
+    assert_string_equal(b.model_path, a.model_path);
+    assert_non_null(strstr(out, "\xc3\xa9/")); /* printable non-ASCII stays as it is */
     free(out);
     free(out2);
     zi_wconfig_free(&a);
