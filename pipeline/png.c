@@ -6,7 +6,7 @@
  * a reader that stops at the image data still sees it), IDAT, IEND. The decoder is for
  * tests and tools: it converts any PNG to RGB8 and returns the "parameters" text from
  * an iTXt or tEXt chunk. Images are bounded by ZI_PNG_MAX_SIDE per side.
- * Reference: PNG 1.2 / ISO 15948 (iTXt), libspng 0.7 API; docs/interfaces.md.
+ * Reference: PNG 1.2 / ISO 15948 (iTXt), libspng 0.7 API; docs/contract.md.
  */
 #include "png.h"
 #include "zi_err.h"

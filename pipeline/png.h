@@ -2,7 +2,7 @@
  * png.h - PNG output (RGB8; zlib on several threads, libspng to read back) with the generation
  * parameters in an iTXt chunk.
  *
- * The chunk has keyword "parameters" and UTF-8 text (docs/interfaces.md, "S3 object"):
+ * The chunk has keyword "parameters" and UTF-8 text (docs/contract.md, "S3 object"):
  *   <prompt>
  *   Negative prompt: <negative>            (only when a negative prompt was used)
  *   Steps: N, Sampler: flow-euler, CFG scale: G, Seed: S, Size: WxH, Model: NAME, Version: V

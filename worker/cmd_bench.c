@@ -93,7 +93,8 @@ static void zb_usage(FILE *f)
 
 static int zb_usage_error(const char *msg, const char *arg)
 {
-    fprintf(stderr, "zimage: error: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
+    fprintf(stderr, "zimage: error: %s%s%s (see 'zimage bench --help')\n", msg, arg ? ": " : "",
+            arg ? arg : "");
     return 2;
 }
 
@@ -747,8 +748,10 @@ int zi_cmd_bench(int argc, char **argv)
             return zb_usage_error("unknown option", a);
         }
         if (ip && zi_cli_parse_int(v, lo, hi, ip) != 0) {
-            fprintf(stderr, "zimage: error: %s must be an integer in [%ld, %ld], got '%s'\n", a, lo,
-                    hi, v);
+            fprintf(stderr,
+                    "zimage: error: %s must be an integer in [%ld, %ld], got '%s' (see 'zimage "
+                    "bench --help')\n",
+                    a, lo, hi, v);
             return 2;
         }
         i++;

@@ -149,7 +149,10 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
     if (strcmp(argv[1], "replay") == 0) {
         o->replay = 1;
     } else if (strcmp(argv[1], "list") != 0) {
-        fprintf(stderr, "zimage: error: dlq: unknown subcommand '%s' (list or replay)\n", argv[1]);
+        fprintf(stderr,
+                "zimage: error: dlq: unknown subcommand '%s' (list or replay; see 'zimage dlq "
+                "--help')\n",
+                argv[1]);
         return 2;
     }
     for (int i = 2; i < argc; i++) {
@@ -164,7 +167,7 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
         } else if (strcmp(a, "--config") == 0 || strcmp(a, "--error-code") == 0 ||
                    strcmp(a, "--limit") == 0 || strcmp(a, "--timeout-ms") == 0) {
             if (i + 1 >= argc) {
-                fprintf(stderr, "zimage: error: %s needs a value\n", a);
+                fprintf(stderr, "zimage: error: %s needs a value (see 'zimage dlq --help')\n", a);
                 return 2;
             }
             const char *v = argv[++i];
@@ -175,27 +178,37 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
                 if (n == 0 || n > 64 || strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789_") != n) {
                     fprintf(stderr,
                             "zimage: error: --error-code: '%s' is not an error code "
-                            "([a-z0-9_], e.g. s3_auth)\n",
+                            "([a-z0-9_], e.g. s3_auth; see 'zimage dlq --help')\n",
                             v);
                     return 2;
                 }
                 o->error_code = v;
             } else if (strcmp(a, "--limit") == 0) {
                 if (zi_cli_parse_long(v, 1, 1000000000L, &o->limit) != 0) {
-                    fprintf(stderr, "zimage: error: --limit: '%s' is not an integer >= 1\n", v);
+                    fprintf(stderr,
+                            "zimage: error: --limit: '%s' is not an integer >= 1 (see 'zimage dlq "
+                            "--help')\n",
+                            v);
                     return 2;
                 }
             } else if (zi_cli_parse_long(v, 1, 3600000L, &o->timeout_ms) != 0) {
-                fprintf(stderr, "zimage: error: --timeout-ms: '%s' is not in 1..3600000\n", v);
+                fprintf(stderr,
+                        "zimage: error: --timeout-ms: '%s' is not in 1..3600000 (see 'zimage dlq "
+                        "--help')\n",
+                        v);
                 return 2;
             }
         } else {
-            fprintf(stderr, "zimage: error: dlq %s: unknown option '%s'\n", argv[1], a);
+            fprintf(stderr,
+                    "zimage: error: dlq %s: unknown option '%s' (see 'zimage dlq --help')\n",
+                    argv[1], a);
             return 2;
         }
     }
     if (!o->config) {
-        fprintf(stderr, "zimage: error: dlq %s: --config FILE is required\n", argv[1]);
+        fprintf(stderr,
+                "zimage: error: dlq %s: --config FILE is required (see 'zimage dlq --help')\n",
+                argv[1]);
         return 2;
     }
     if (o->error_code) {

@@ -1,5 +1,5 @@
 /*
- * cmd_generate.c - `zimage generate`: one prompt to one PNG (docs/interfaces.md).
+ * cmd_generate.c - `zimage generate`: one prompt to one PNG (docs/contract.md).
  *
  * Options follow the job rules: sides multiples of 16 in [64, 4096], width x height at most
  * 4194304, steps 1..50, guidance 0..20, prompt at most 16384 bytes of UTF-8. A seed is
@@ -57,7 +57,7 @@ static int gen_usage_error(const char *fmt, const char *a, const char *b)
 {
     fprintf(stderr, "zimage: error: ");
     fprintf(stderr, fmt, a, b);
-    fputc('\n', stderr);
+    fputs(" (see 'zimage generate --help')\n", stderr);
     return 2;
 }
 

@@ -1,5 +1,5 @@
 /*
- * cmd_tokenize.c - `zimage tokenize --model DIR --prompt TEXT` (docs/interfaces.md), and
+ * cmd_tokenize.c - `zimage tokenize --model DIR --prompt TEXT` (docs/contract.md), and
  * `--prompts-file FILE` for many prompts with one load of the tokenizer.
  *
  * Prints {"ids":[...],"n":L}: the templated prompt's ids as the text encoder sees them

@@ -120,7 +120,7 @@ static void zi_top_warn(void *ud, const char *msg)
 static void zi_top_usage(FILE *f)
 {
     fprintf(f,
-            "usage: zimage top --config FILE [--interval S] [--once] [--no-color]\n"
+            "usage: zimage top --config FILE [--interval S] [--once] [--no-color] [--events N]\n"
             "\n"
             "Live view of the worker fleet from Redis: workers (state, backend, GPU, current\n"
             "job and step, VRAM and allocator figures, jobs done, heartbeat age), recent jobs\n"

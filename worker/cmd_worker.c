@@ -39,7 +39,7 @@ static void zi_worker_usage(FILE *f)
                "stops it at once.\n"
                "\n"
                "options:\n"
-               "  --config FILE    the YAML configuration (docs/interfaces.md)\n"
+               "  --config FILE    the YAML configuration (docs/contract.md)\n"
                "  --print-config   print the effective configuration (secrets redacted), exit\n"
                "  --help           show this help\n");
 }

@@ -1,7 +1,7 @@
 /*
  * job.h - the job message of the Kafka topic: parsing and validation.
  *
- * A job message is a UTF-8 JSON object (docs/interfaces.md, "Job message"). zi_job_parse()
+ * A job message is a UTF-8 JSON object (docs/contract.md, "Job message"). zi_job_parse()
  * checks every rule of the contract and fills a zi_job with the effective parameters
  * (defaults from the generation section of the configuration). A message that breaks a
  * rule is a "bad job": the parse returns ZI_EINVAL and fills error_code (`invalid_job` or
@@ -14,7 +14,7 @@
  *
  * Limits: the parse never reads past `len`; messages larger than ZI_JOB_PARSE_MAX bytes
  * are not parsed at all (too_large, no id); nesting depth is cJSON's (1000).
- * Reference: docs/interfaces.md; docs/job.schema.json.
+ * Reference: docs/contract.md; docs/job.schema.json.
  */
 #ifndef ZI_JOB_H
 #define ZI_JOB_H

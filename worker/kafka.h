@@ -30,7 +30,7 @@
  * The producer is thread-safe; zi_kafka_produce_sync() must not be called by two threads
  * at once on the same producer (it serves delivery reports with rd_kafka_poll()).
  *
- * Reference: librdkafka 2.0.2 rdkafka.h, examples/consumer.c; docs/interfaces.md.
+ * Reference: librdkafka 2.0.2 rdkafka.h, examples/consumer.c; docs/contract.md.
  */
 #ifndef ZI_KAFKA_H
 #define ZI_KAFKA_H

@@ -1,7 +1,7 @@
 /*
  * rstatus.h - job status, events, heartbeats, leases and cancel flags in Redis.
  *
- * Keys (docs/interfaces.md, "Redis"; P = key_prefix, default "zimage:"):
+ * Keys (docs/contract.md, "Redis"; P = key_prefix, default "zimage:"):
  *   P job:{id}     hash, EXPIRE job_ttl_s after every write
  *   P events       stream, XADD P events MAXLEN ~ 100000 * job_id .. status .. worker ..
  *                  [error_code ..]

@@ -3,7 +3,7 @@
  *
  * The configuration is one declarative table of rows (key path, environment variable,
  * type, default, bounds, target field in zi_wconfig), see wconfig.c. Every key of the
- * contract (docs/interfaces.md, "Configuration") is a row. Order of precedence, lowest
+ * contract (docs/contract.md, "Configuration") is a row. Order of precedence, lowest
  * first: built-in defaults, the YAML file, ZIMAGE_<SECTION>_<KEY> environment variables.
  *
  * Errors (all ZI_EFORMAT, message names the key and, for the file, the line):

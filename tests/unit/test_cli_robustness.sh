@@ -144,6 +144,15 @@ zt_check "tokenize --prompts-file -: a line per prompt" 3 "$(grep -c '"ids"' "$t
 zt_check "tokenize --prompts-file: same ids as --prompt" \
     "$("$ZI_BINARY" tokenize --model "$golden" --prompt 'a cat')" "$(head -n 1 "$tmp/out")"
 
+# Every command's usage error ends by pointing at that command's --help (docs/contract.md).
+for c in tokenize encode generate bench submit status worker top devbroker dlq "dlq list" \
+    "dlq replay"; do
+    # shellcheck disable=SC2086 # "dlq list" is two words on purpose
+    expect "$c --bogus" 2 $c --bogus
+    zt_check "$c --bogus: points at its --help" yes \
+        "$(grep -q "(.*see 'zimage ${c%% *} --help')\$" "$tmp/err" && echo yes || echo no)"
+done
+
 # Weight-file damage is "other failure" (1), reported without a sanitizer trace.
 d=$(ckpt trunc)
 rm "$d/transformer/diffusion_pytorch_model.safetensors"

@@ -1,6 +1,6 @@
 /*
  * test_job.c - job message validation (worker/job.c) against every rule of the contract
- * (docs/interfaces.md, "Job message"): ids, prompts, sizes, steps, guidance, seeds,
+ * (docs/contract.md, "Job message"): ids, prompts, sizes, steps, guidance, seeds,
  * deadlines, message size, UTF-8, and that the id is kept for bad jobs when readable.
  */
 #include "job.h"
