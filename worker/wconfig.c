@@ -999,9 +999,10 @@ static int zi_wcfg_prop_secret(const char *key)
 }
 
 /* A double-quoted YAML scalar that libyaml reads back to the same string: characters YAML
- * does not allow in a stream (C0/C1 controls, DEL, U+FEFF, U+FFFE/U+FFFF) are escaped by
- * code point. A byte that is not UTF-8 (only from an environment variable, e.g. a path)
- * is shown as \xNN, which reads back as U+00NN: YAML strings are Unicode. */
+ * does not allow in a stream (C0/C1 controls, DEL, U+FEFF, U+FFFE/U+FFFF) and the line
+ * breaks U+2028/U+2029 (which a quoted scalar would fold) are escaped by code point. A byte that is
+ * not UTF-8 (only from an environment variable, e.g. a path) is shown as \xNN, which reads back as
+ * U+00NN: YAML strings are Unicode. */
 static void zi_wcfg_yaml_quote(FILE *out, const char *s)
 {
     fputc('"', out);
@@ -1017,7 +1018,7 @@ static void zi_wcfg_yaml_quote(FILE *out, const char *s)
             fprintf(out, "\\%c", (char)cp);
         } else if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F)) {
             fprintf(out, "\\x%02x", (unsigned)cp);
-        } else if (cp == 0xFEFF || cp == 0xFFFE || cp == 0xFFFF) {
+        } else if (cp == 0x2028 || cp == 0x2029 || cp == 0xFEFF || cp == 0xFFFE || cp == 0xFFFF) {
             fprintf(out, "\\u%04x", (unsigned)cp);
         } else {
             fwrite(p, 1, (size_t)n, out);

@@ -442,10 +442,12 @@ static void test_dump_round_trip(void **state)
                                   "generation:\n  guidance_scale: 0.1\n"
                                   "worker:\n  id: w1\n"
                                   /* characters a YAML stream may not carry raw (a C1
-                                   * control, BOM, U+FFFF) and a tab: escaped in the dump */
-                                  "model:\n  path: \"m\\x88\\t\\ufeff\\uffff\\u00e9/\"\n"),
+                                   * control, BOM, U+FFFF), line breaks U+2028/2029 and a
+                                   * tab: escaped in the dump */
+                                  "model:\n  path: \"m\\x88\\t\\ufeff\\uffff\\L\\P\\u00e9/\"\n"),
                      ZI_OK);
-    assert_string_equal(a.model_path, "m\xc2\x88\t\xef\xbb\xbf\xef\xbf\xbf\xc3\xa9/");
+    assert_string_equal(a.model_path,
+                        "m\xc2\x88\t\xef\xbb\xbf\xef\xbf\xbf\xe2\x80\xa8\xe2\x80\xa9\xc3\xa9/");
     char *out = zi_dump(&a);
     assert_int_equal(zi_wconfig_init_defaults(&b), ZI_OK);
     if (zi_wconfig_parse_buffer(&b, out, strlen(out), "dump") != ZI_OK)
