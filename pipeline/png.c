@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 #include <zlib.h>
 
 /* Largest side accepted on either path (the service limit is 4096). */
@@ -67,6 +68,19 @@ int zi_png_params_text(const zi_png_params *p, char **out)
         return zi_errorf(ZI_ENOMEM, "png parameters: out of memory");
     snprintf(s, (size_t)need + 1, fmt, prompt, has_neg ? neg : "", p->steps, cfg,
              (unsigned long long)p->seed, p->width, p->height, model, version);
+    /* iTXt text is UTF-8. Prompts are checked before they get here; the model name is a
+     * folder's name, which Linux lets be any bytes: a byte that is not UTF-8 becomes '?'. */
+    utf8proc_ssize_t left = need;
+    for (utf8proc_uint8_t *q = (utf8proc_uint8_t *)s; left > 0;) {
+        utf8proc_int32_t cp = -1;
+        utf8proc_ssize_t n = utf8proc_iterate(q, left, &cp);
+        if (n <= 0 || cp < 0) {
+            *q = '?';
+            n = 1;
+        }
+        q += n;
+        left -= n;
+    }
     *out = s;
     return ZI_OK;
 }

@@ -32,7 +32,7 @@ typedef struct zi_png_params {
 } zi_png_params;
 
 /* Builds the parameters text; *out is malloc'ed (caller frees). ZI_EINVAL when it would
- * exceed ZI_PNG_MAX_TEXT. */
+ * exceed ZI_PNG_MAX_TEXT. Always valid UTF-8: a byte of the inputs that is not becomes '?'. */
 int zi_png_params_text(const zi_png_params *p, char **out);
 
 /* How hard the encoder compresses; the pixels are the same either way.

@@ -120,6 +120,12 @@ static void test_png_params_text(void **state)
     assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
     assert_non_null(strstr(t, "CFG scale: 0.1, "));
     free(t);
+
+    /* a model folder named with bytes that are not UTF-8 (Linux allows it): iTXt is UTF-8 */
+    p.model = "m\xff\xc0\xafx\xc3\xa9";
+    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
+    assert_non_null(strstr(t, "Model: m???x\xc3\xa9, Version"));
+    free(t);
 }
 
 static void test_png_params_utf8_roundtrip(void **state)
