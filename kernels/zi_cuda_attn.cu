@@ -44,10 +44,11 @@ constexpr int kLd = kHd + 8;     /* smem row stride in bf16: +16 bytes, no bank 
 constexpr int kThreads = 128;    /* 4 warps x 16 query rows */
 constexpr int kChunks = kHd / 8; /* 16-byte chunks per row */
 /* Shared memory of the kernel with `stages` K/V tiles in flight: 1 (52 KiB) or 2 (85 KiB:
- * the next tile's copy overlaps this tile's math). ptxas (CUDA 13, sm_90) gives both about
- * 170 registers, so on sm_90 (228 KiB per SM) 1 stage fits 3 blocks per SM and 2 stages 2;
- * on sm_86/89 (100 KiB per SM) either fits one. Which is faster is for a GPU run to tell:
- * the backend picks (ZI_CUDA_FLASH_STAGES, default 2). */
+ * the next tile's copy overlaps this tile's math). ptxas (CUDA 13): sm_90 168 / 173
+ * registers, so 3 / 2 blocks per SM (at 169+ registers 1 stage would drop to 2); sm_80
+ * (176 registers both, 164 KiB per SM) 2 / 1; sm_86/89 (100 KiB per SM) one either way.
+ * Which is faster is for a GPU run to tell: the backend picks (ZI_CUDA_FLASH_STAGES,
+ * default 2). */
 constexpr size_t smem_bytes(int stages)
 {
     return (size_t)(kBr + stages * 2 * kBc) * kLd * sizeof(__nv_bfloat16);

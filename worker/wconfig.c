@@ -22,6 +22,7 @@
 
 #include "backend.h"
 #include "http.h"
+#include "job.h"
 #include "rstatus.h"
 #include "s3.h"
 #include "zi_err.h"
@@ -328,6 +329,13 @@ static int zi_wcfg_prop_set(zi_wconfig *cfg, const char *key, const char *value,
     if (strlen(key) > 256 || strlen(value) > ZI_WCFG_MAX_STRING)
         return zi_errorf(ZI_EFORMAT, "%s: key 'kafka.properties': property '%.64s' too long", where,
                          key);
+    /* librdkafka's property names are all of [A-Za-z0-9._-] */
+    if (strspn(key, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
+        strlen(key))
+        return zi_errorf(ZI_EFORMAT,
+                         "%s: key 'kafka.properties': '%.64s' is not a property name "
+                         "([A-Za-z0-9._-])",
+                         where, key);
     for (size_t i = 0; i < cfg->kafka_properties_n; i++)
         if (strcmp(cfg->kafka_properties[i].key, key) == 0)
             return zi_wcfg_set_str(&cfg->kafka_properties[i].value, value);
@@ -847,6 +855,9 @@ int zi_wconfig_apply_env(zi_wconfig *cfg, char *const *envp, zi_wconfig_warn_fn 
             }
             continue;
         }
+        /* the configuration is YAML text (--print-config must read back): no raw bytes */
+        if (!zi_job_utf8_valid(value, strlen(value)))
+            return zi_errorf(ZI_EFORMAT, "environment %s: not valid UTF-8", name);
         if (row->type == ZI_WCFG_MAP)
             rc = zi_wcfg_env_props(cfg, value, src);
         else
@@ -1000,9 +1011,9 @@ static int zi_wcfg_prop_secret(const char *key)
 
 /* A double-quoted YAML scalar that libyaml reads back to the same string: characters YAML
  * does not allow in a stream (C0/C1 controls, DEL, U+FEFF, U+FFFE/U+FFFF) and the line
- * breaks U+2028/U+2029 (which a quoted scalar would fold) are escaped by code point. A byte that is
- * not UTF-8 (only from an environment variable, e.g. a path) is shown as \xNN, which reads back as
- * U+00NN: YAML strings are Unicode. */
+ * breaks U+2028/U+2029 (which a quoted scalar would fold) are escaped by code point. Values
+ * are UTF-8 (YAML is; environment values are checked); a byte that is not would be shown
+ * as \xNN. */
 static void zi_wcfg_yaml_quote(FILE *out, const char *s)
 {
     fputc('"', out);

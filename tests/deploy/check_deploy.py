@@ -201,7 +201,10 @@ for ov in overlays:
     for pt in docs[p][0].get("patches", []):
         kind = pt.get("target", {}).get("kind")
         if check(kind in objs, f"{p}: patch targets {kind}, which the base lacks"):
-            json_patch(objs[kind], yaml.safe_load(pt.get("patch", "[]")) or [], p)
+            try:
+                json_patch(objs[kind], yaml.safe_load(pt.get("patch", "[]")) or [], p)
+            except (AttributeError, IndexError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
+                check(False, f"{p}: a patch does not apply to the base {kind}: {e!r}")
     ocfg = yaml.safe_load(objs.get("ConfigMap", {}).get("data", {}).get("worker.yaml", "")) or {}
     opod = objs.get("StatefulSet", {}).get("spec", {}).get("template", {}).get("spec", {})
     oc0 = (opod.get("containers") or [{}])[0]

@@ -165,7 +165,9 @@ static void test_trim_returns_memory(void **state)
     assert_true(m.reserved >= m.allocated);
 }
 
-/* What a job thread does first: map new memory, use it, free it, trim it. */
+/* What a job thread does first: map new memory, use it, free it, trim it. Meaningful on a
+ * real driver, where a new thread has no current context until the backend binds one (the
+ * CUDA emulator has no per-thread contexts: there it only checks the bookkeeping). */
 typedef struct {
     int alloc_rc;
     uint64_t maps_before, maps_after, released;

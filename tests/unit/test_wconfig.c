@@ -316,6 +316,9 @@ static void test_env_overrides(void **state)
         {"ZIMAGE_KAFKA_PROPERTIES=novalue", "ZIMAGE_KAFKA_PROPERTIES"},
         {"ZIMAGE_KAFKA_PROPERTIES==v", "ZIMAGE_KAFKA_PROPERTIES"},
         {"ZIMAGE_KAFKA_TOPIC=", "ZIMAGE_KAFKA_TOPIC"},
+        /* the configuration is YAML text: raw bytes would not survive --print-config */
+        {"ZIMAGE_MODEL_PATH=/models/\xe9t\xe9", "ZIMAGE_MODEL_PATH: not valid UTF-8"},
+        {"ZIMAGE_KAFKA_PROPERTIES=a b=1", "'a b' is not a property name"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(zi_wconfig_init_defaults(&c), ZI_OK);
