@@ -96,6 +96,7 @@ typedef struct zi_wk {
 
     /* fault hooks (tests) */
     const char *crash_prompt;
+    const char *crash_result_prompt; /* abort between `succeeded` and the result message */
     int step_delay_ms;
 } zi_wk;
 
@@ -346,6 +347,25 @@ static int zi_wk_result(zi_wk *w, zi_wk_run *r, const char *status, const char *
     return rc;
 }
 
+/* The result message of a job recorded `succeeded`, then `result_sent` in its hash, so a
+ * redelivery knows whether the worker that wrote `succeeded` lived to send it. A crash
+ * between the two sends it twice: results are at least once (keyed by job_id). */
+static int zi_wk_result_succeeded(zi_wk *w, zi_wk_run *r)
+{
+    if (!w->cfg->kafka_result_topic[0])
+        return ZI_OK;
+    int rc = zi_wk_result(w, r, "succeeded", NULL, NULL);
+    if (rc != ZI_OK)
+        return rc;
+    zi_rstatus_field f = {"result_sent", "1"};
+    int tries = 0;
+    while (zi_rstatus_job_set(w->rs_job, r->job.job_id, &f, 1) != ZI_OK) {
+        if (!zi_wk_retry(w, 0, &tries, "redis: marking the result message sent"))
+            break; /* aborted: at worst the message is sent again on redelivery */
+    }
+    return ZI_OK;
+}
+
 /* A permanent failure: final state `failed`, the DLQ copy (every failed job is copied, so it
  * can be replayed once the cause is fixed: docs/contract.md, "Extensions"), the result
  * message. */
@@ -506,7 +526,11 @@ static int zi_wk_succeeded(zi_wk *w, zi_wk_run *r, int duplicate)
     }
     if (zi_wk_record(w, r, "succeeded", NULL, NULL, &fs, 0) != ZI_OK)
         return ZI_WK_NOSTORE;
-    if (zi_wk_result(w, r, "succeeded", NULL, NULL) != ZI_OK)
+    if (w->crash_result_prompt && strcmp(r->job.prompt, w->crash_result_prompt) == 0) {
+        zi_log_error("ZIMAGE_FAULT_CRASH_BEFORE_RESULT matched: aborting the process (test hook)");
+        abort();
+    }
+    if (zi_wk_result_succeeded(w, r) != ZI_OK)
         return ZI_WK_NOSTORE;
     if (!duplicate) {
         pthread_mutex_lock(&w->state_mu);
@@ -629,6 +653,28 @@ out:
     return res;
 }
 
+/* An unsigned decimal hash field, or 0. */
+static uint64_t zi_wk_hash_u64(const zi_rstatus_hash *h, const char *field)
+{
+    const char *v = zi_rstatus_hash_get(h, field);
+    if (!v || !v[0] || strspn(v, "0123456789") != strlen(v) || strlen(v) > 20)
+        return 0;
+    return strtoull(v, NULL, 10);
+}
+
+/* What a result message says of a job that succeeded earlier, read back from its hash. */
+static void zi_wk_run_from_hash(zi_wk_run *r, const zi_rstatus_hash *h)
+{
+    const char *k = zi_rstatus_hash_get(h, "s3_key");
+    const char *u = zi_rstatus_hash_get(h, "url");
+    if (k && k[0])
+        snprintf(r->s3_key, sizeof r->s3_key, "%s", k);
+    snprintf(r->url, sizeof r->url, "%s", u ? u : "");
+    r->seed = zi_wk_hash_u64(h, "seed");
+    r->started_at = (int64_t)zi_wk_hash_u64(h, "started_at");
+    r->finished_at = (int64_t)zi_wk_hash_u64(h, "finished_at");
+}
+
 /* The whole life of one message on the job thread: ZI_WK_STORE or ZI_WK_NOSTORE. */
 static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
 {
@@ -680,10 +726,19 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     }
     const char *st = zi_rstatus_hash_get(&h, "status");
     if (st && strcmp(st, "succeeded") == 0) {
-        zi_log_info("job already succeeded: not computed again");
+        const char *sent = zi_rstatus_hash_get(&h, "result_sent");
+        res = ZI_WK_STORE;
+        if (w->cfg->kafka_result_topic[0] && !(sent && strcmp(sent, "1") == 0)) {
+            /* the worker that wrote `succeeded` stopped before its result message */
+            zi_log_info("job already succeeded: not computed again; sending its result message");
+            zi_wk_run_from_hash(r, &h);
+            if (zi_wk_result_succeeded(w, r) != ZI_OK)
+                res = ZI_WK_NOSTORE;
+        } else {
+            zi_log_info("job already succeeded: not computed again");
+        }
         zi_rstatus_hash_free(&h);
         zi_metric_inc(w->wm.jobs_total, "duplicate");
-        res = ZI_WK_STORE;
         goto out;
     }
     /* Runs started before (a redelivery after a crash, a drain or a rebalance): such a job
@@ -1095,6 +1150,8 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
     w->lease_ttl_ms = 3000LL * cfg->worker_heartbeat_s;
     const char *crash = getenv("ZIMAGE_FAULT_CRASH_PROMPT");
     w->crash_prompt = crash && crash[0] ? crash : NULL;
+    crash = getenv("ZIMAGE_FAULT_CRASH_BEFORE_RESULT");
+    w->crash_result_prompt = crash && crash[0] ? crash : NULL;
     const char *delay = getenv("ZIMAGE_FAULT_STEP_DELAY_MS");
     if (delay && delay[0]) {
         char *end = NULL;
@@ -1102,7 +1159,7 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
         if (end && *end == '\0' && v >= 0 && v <= 600000)
             w->step_delay_ms = (int)v;
     }
-    if (w->crash_prompt || w->step_delay_ms)
+    if (w->crash_prompt || w->crash_result_prompt || w->step_delay_ms)
         zi_log_warn("test fault hooks active (ZIMAGE_FAULT_*): not for production");
 
     if (pthread_mutex_init(&w->mu, NULL) || pthread_cond_init(&w->cv, NULL) ||

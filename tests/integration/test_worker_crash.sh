@@ -9,11 +9,15 @@
 #    an orchestrator would; after worker.max_attempts runs the job ends `failed` /
 #    `too_many_attempts`, is copied to the DLQ with its headers, and a job queued behind it
 #    on the same partition still succeeds.
+# C. A worker that dies after writing `succeeded` but before its result message (test hook
+#    ZIMAGE_FAULT_CRASH_BEFORE_RESULT): the redelivered job is not computed again, but its
+#    result message is sent by the next worker - one per job, `result_sent` in the hash.
 source "$(dirname "$0")/worker_lib.sh"
 zt_init crash
 ulimit -c 0 # abort() must not leave core files
-ZT_STEPS=8 ZT_MAX_ATTEMPTS=2 zt_config
-HOOKS=(ZIMAGE_FAULT_STEP_DELAY_MS=300 ZIMAGE_FAULT_CRASH_PROMPT=boom)
+ZT_STEPS=8 ZT_MAX_ATTEMPTS=2 ZT_RESULT_TOPIC=$ZT_RESULTS zt_config
+HOOKS=(ZIMAGE_FAULT_STEP_DELAY_MS=300 ZIMAGE_FAULT_CRASH_PROMPT=boom
+    ZIMAGE_FAULT_CRASH_BEFORE_RESULT=halfway)
 
 zt_start_worker w1 "${HOOKS[@]}"
 zt_start_worker w2 "${HOOKS[@]}"
@@ -98,4 +102,51 @@ kcat -b "$ZI_KAFKA_BOOTSTRAP" -P -t "$ZT_TOPIC" -p "$p" -k after-boom \
     <<<'{"job_id":"after-boom","prompt":"after the crash loop","steps":2}'
 zt_wait_status after-boom succeeded 60
 zt_check "job behind the crash loop" succeeded "$(zt_field after-boom status)"
+
+# ---- C: killed between the `succeeded` record and the result message ----
+zt_submit --job-id half-1 --prompt halfway >/dev/null
+zt_wait_status half-1 succeeded 60
+crashed=
+for _ in $(seq 100); do
+    for w in w1 w2; do
+        pid=${ZT_PIDS[$w]:-}
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" 2>/dev/null || true
+            unset "ZT_PIDS[$w]"
+            crashed=$w
+            break 2
+        fi
+    done
+    sleep 0.1
+done
+zt_check "a worker died between succeeded and the result message" yes \
+    "$([[ -n $crashed ]] && grep -q 'CRASH_BEFORE_RESULT matched' "$ZT_TMP/$crashed.log" && echo yes)"
+zt_check "no result message yet" 0 \
+    "$(zt_consume "$ZT_RESULTS" '%k\n' | grep -c '^half-1$' || true)"
+zt_start_worker "$crashed" "${HOOKS[@]}"
+res=
+for _ in $(seq 300); do
+    res=$(zt_consume "$ZT_RESULTS" '%k|%s\n' | grep '^half-1|' || true)
+    [[ -n $res ]] && break
+    sleep 0.2
+done
+zt_check "result messages of half-1 after the redelivery" 1 "$(grep -c . <<<"$res" || true)"
+zt_check "its status and key" yes "$(grep -q '"status":"succeeded","s3_key":"'"$ZT_KEYDIR"'/half-1.png"' \
+    <<<"$res" && echo yes)"
+zt_check "its seed" "$(zt_field half-1 seed)" "$(sed -E 's/.*"seed":"([0-9]*)".*/\1/' <<<"$res")"
+for _ in $(seq 50); do
+    [[ $(zt_field half-1 result_sent) == 1 ]] && break
+    sleep 0.1
+done
+zt_check "result_sent in the hash" 1 "$(zt_field half-1 result_sent)"
+zt_check "half-1 computed once (running events)" 1 \
+    "$(zt_events | grep -c '^half-1 running' || true)"
+# every job that succeeded has exactly one result message (A's killed job included); a
+# failed job is run again when delivered again (only `succeeded` is done), so boom-1 may
+# have been failed - and reported - more than once by the rebalances of the crash loop
+for j in "${ids[@]}" after-boom; do
+    zt_check "result messages of $j" 1 "$(zt_consume "$ZT_RESULTS" '%k\n' | grep -c "^$j\$" || true)"
+done
+zt_check "boom-1 reported failed too_many_attempts" yes \
+    "$(zt_consume "$ZT_RESULTS" '%k|%s\n' | grep '^boom-1|' | grep -q '"error_code":"too_many_attempts"' && echo yes)"
 zt_finish
