@@ -653,13 +653,25 @@ out:
     return res;
 }
 
-/* An unsigned decimal hash field, or 0. */
+/* 1 and *out when v (a hash field, an S3 metadata value) is a decimal 0..2^64-1. */
+static int zi_wk_u64(const char *v, uint64_t *out)
+{
+    size_t n = v ? strlen(v) : 0;
+    if (n == 0 || n > 20 || strspn(v, "0123456789") != n)
+        return 0;
+    errno = 0;
+    unsigned long long x = strtoull(v, NULL, 10);
+    if (errno == ERANGE)
+        return 0;
+    *out = (uint64_t)x;
+    return 1;
+}
+
+/* A decimal hash field, or 0. */
 static uint64_t zi_wk_hash_u64(const zi_rstatus_hash *h, const char *field)
 {
-    const char *v = zi_rstatus_hash_get(h, field);
-    if (!v || !v[0] || strspn(v, "0123456789") != strlen(v) || strlen(v) > 20)
-        return 0;
-    return strtoull(v, NULL, 10);
+    uint64_t x = 0;
+    return zi_wk_u64(zi_rstatus_hash_get(h, field), &x) ? x : 0;
 }
 
 /* What a result message says of a job that succeeded earlier, read back from its hash. */
@@ -755,10 +767,8 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     const char *hs = zi_rstatus_hash_get(&h, "seed");
     int have_seed = r->job.has_seed;
     r->seed = r->job.seed;
-    if (!have_seed && hs && hs[0] && strspn(hs, "0123456789") == strlen(hs) && strlen(hs) < 21) {
-        r->seed = strtoull(hs, NULL, 10);
+    if (!have_seed && zi_wk_u64(hs, &r->seed))
         have_seed = 1;
-    }
     zi_rstatus_hash_free(&h);
     if (!have_seed)
         r->seed = zi_wk_draw_seed();
@@ -767,8 +777,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     rc = zi_s3_head(w->s3, r->s3_key, &hi);
     if (rc == ZI_OK && strcmp(hi.job_id, r->job.job_id) == 0) {
         zi_log_info("object %s already uploaded for this job: not computed again", r->s3_key);
-        if (hi.seed[0] && strspn(hi.seed, "0123456789") == strlen(hi.seed))
-            r->seed = strtoull(hi.seed, NULL, 10);
+        (void)zi_wk_u64(hi.seed, &r->seed); /* else the seed drawn above */
         if (zi_s3_presign_get(w->s3, r->s3_key, w->cfg->s3_presign_ttl_s, 0, r->url,
                               sizeof r->url) != ZI_OK)
             r->url[0] = '\0';

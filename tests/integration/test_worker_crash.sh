@@ -19,6 +19,22 @@ ZT_STEPS=8 ZT_MAX_ATTEMPTS=2 ZT_RESULT_TOPIC=$ZT_RESULTS zt_config
 HOOKS=(ZIMAGE_FAULT_STEP_DELAY_MS=300 ZIMAGE_FAULT_CRASH_PROMPT=boom
     ZIMAGE_FAULT_CRASH_BEFORE_RESULT=halfway)
 
+# reap_dead: the first of w1, w2 that has exited (reaped, forgotten) in $DEAD, else "".
+# Not in $(...): only this shell can wait for them.
+reap_dead() {
+    local w pid
+    DEAD=
+    for w in w1 w2; do
+        pid=${ZT_PIDS[$w]:-}
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            wait "$pid" 2>/dev/null || true
+            unset "ZT_PIDS[$w]"
+            DEAD=$w
+            return
+        fi
+    done
+}
+
 zt_start_worker w1 "${HOOKS[@]}"
 zt_start_worker w2 "${HOOKS[@]}"
 zt_wait_log w1 'assigned' 30
@@ -62,16 +78,12 @@ restarts=0
 for _ in $(seq 1200); do
     s=$(zt_field boom-1 status)
     [[ $s == failed || $s == succeeded ]] && break
-    for w in w1 w2; do
-        pid=${ZT_PIDS[$w]:-}
-        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
-            wait "$pid" 2>/dev/null || true
-            unset "ZT_PIDS[$w]"
-            echo "$w crashed (boom-1 attempt $(zt_field boom-1 attempt)); restarting it"
-            restarts=$((restarts + 1))
-            zt_start_worker "$w" "${HOOKS[@]}"
-        fi
-    done
+    reap_dead
+    if [[ -n $DEAD ]]; then
+        echo "$DEAD crashed (boom-1 attempt $(zt_field boom-1 attempt)); restarting it"
+        restarts=$((restarts + 1))
+        zt_start_worker "$DEAD" "${HOOKS[@]}"
+    fi
     sleep 0.1
 done
 zt_check "boom-1 status" failed "$(zt_field boom-1 status)"
@@ -108,15 +120,9 @@ zt_submit --job-id half-1 --prompt halfway >/dev/null
 zt_wait_status half-1 succeeded 60
 crashed=
 for _ in $(seq 100); do
-    for w in w1 w2; do
-        pid=${ZT_PIDS[$w]:-}
-        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
-            wait "$pid" 2>/dev/null || true
-            unset "ZT_PIDS[$w]"
-            crashed=$w
-            break 2
-        fi
-    done
+    reap_dead
+    crashed=$DEAD
+    [[ -n $crashed ]] && break
     sleep 0.1
 done
 zt_check "a worker died between succeeded and the result message" yes \

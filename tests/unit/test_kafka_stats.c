@@ -52,14 +52,19 @@ static void test_stats_bad(void **state)
     assert_int_equal(zi_kafka_stats_lag(stats, 40, NULL, &lag, &n), ZI_EFORMAT);
 }
 
+/* cfg = the defaults with the YAML text y applied. */
+static void zi_cfg_from(zi_wconfig *cfg, const char *y)
+{
+    assert_int_equal(zi_wconfig_init_defaults(cfg), ZI_OK);
+    assert_int_equal(zi_wconfig_parse_buffer(cfg, y, strlen(y), "test"), ZI_OK);
+}
+
 static void test_job_limits(void **state)
 {
     (void)state;
     zi_wconfig cfg = {0};
-    assert_int_equal(zi_wconfig_init_defaults(&cfg), ZI_OK);
-    const char *y =
-        "generation:\n  width: 512\n  max_steps: 12\nkafka:\n  max_message_bytes: 2048\n";
-    assert_int_equal(zi_wconfig_parse_buffer(&cfg, y, strlen(y), "test"), ZI_OK);
+    zi_cfg_from(&cfg,
+                "generation:\n  width: 512\n  max_steps: 12\nkafka:\n  max_message_bytes: 2048\n");
     zi_job_limits lim;
     zi_worker_job_limits(&cfg, &lim);
     assert_int_equal(lim.def_width, 512);
@@ -83,18 +88,14 @@ static void test_kafka_conf_property_error(void **state)
 {
     (void)state;
     zi_wconfig cfg = {0};
-    assert_int_equal(zi_wconfig_init_defaults(&cfg), ZI_OK);
-    const char *y = "kafka:\n  properties:\n    no.such.property: \"1\"\n";
-    assert_int_equal(zi_wconfig_parse_buffer(&cfg, y, strlen(y), "test"), ZI_OK);
+    zi_cfg_from(&cfg, "kafka:\n  properties:\n    no.such.property: \"1\"\n");
     rd_kafka_conf_t *conf = NULL;
     assert_int_equal(zi_kafka_conf_new(&cfg, "t", &conf), ZI_EINVAL);
     assert_null(conf);
     assert_non_null(strstr(zi_errmsg(), "kafka.properties.no.such.property"));
     zi_wconfig_free(&cfg);
 
-    assert_int_equal(zi_wconfig_init_defaults(&cfg), ZI_OK);
-    y = "kafka:\n  properties:\n    session.timeout.ms: \"6000\"\n";
-    assert_int_equal(zi_wconfig_parse_buffer(&cfg, y, strlen(y), "test"), ZI_OK);
+    zi_cfg_from(&cfg, "kafka:\n  properties:\n    session.timeout.ms: \"6000\"\n");
     assert_int_equal(zi_kafka_conf_new(&cfg, "t", &conf), ZI_OK);
     char v[64];
     size_t vn = sizeof v;
@@ -113,9 +114,7 @@ static void test_producer_fatal_error(void **state)
 {
     (void)state;
     zi_wconfig cfg = {0};
-    assert_int_equal(zi_wconfig_init_defaults(&cfg), ZI_OK);
-    const char *y = "kafka:\n  bootstrap_servers: \"127.0.0.1:1\"\n";
-    assert_int_equal(zi_wconfig_parse_buffer(&cfg, y, strlen(y), "test"), ZI_OK);
+    zi_cfg_from(&cfg, "kafka:\n  bootstrap_servers: \"127.0.0.1:1\"\n");
     rd_kafka_t *p = NULL;
     assert_int_equal(zi_kafka_producer_new(&cfg, "t", &p), ZI_OK);
     assert_int_equal(
