@@ -70,6 +70,11 @@ unsigned long long zi_emu_pending(void);
 /* 1 when ZI_EMU_SYNC=1 makes work run at once. */
 int zi_emu_sync_mode(void);
 
+/* 1 when ZI_EMU_ORDER=ahead: before each piece of work runs, every other stream runs as far
+ * as its queue goes (a write-after-read hazard between streams shows); 0 for the default,
+ * ZI_EMU_ORDER=late (other streams run only when waited for: read-after-write shows). */
+int zi_emu_order_ahead(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -34,8 +34,9 @@
  * reported as not supported rather than approximated.
  *
  * Environment: ZI_EMU_DEVICE_MEMORY=<bytes>, ZI_EMU_PINNED_MEMORY=<bytes> (the most
- * cudaHostAlloc hands out, live, like a host short of RAM to lock; default: no limit) and
- * ZI_EMU_SYNC=1 (each read once);
+ * cudaHostAlloc hands out, live, like a host short of RAM to lock; default: no limit),
+ * ZI_EMU_SYNC=1 and ZI_EMU_ORDER=late|ahead (when other streams run; "stream queues") (each
+ * read once);
  * ZI_EMU_NO_VMM=1 makes the driver's VMM entry points not found, ZI_EMU_NO_VMM=attr keeps
  * them but reports CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 0 (both read at
  * each query, so one test process can exercise the backend's cudaMalloc fallback).
@@ -482,6 +483,15 @@ void zi_emu_set_error(cudaError_t e)
  * ends, whichever is later, and takes as long as the emulation did; so elapsed times
  * measure the emulated work, as on a GPU, whenever the work actually runs.
  * ZI_EMU_SYNC=1 runs each piece of work when it is queued (the emulator's old behaviour).
+ * Order between streams: by default a stream runs late - only when the host waits for it or
+ * another stream's wait item needs it - so work that reads what another stream writes
+ * without waiting for it (read after write) runs before the write and reads stale data.
+ * The opposite hazard, a stream overwriting memory that earlier work of another stream
+ * still reads (write after read, e.g. a copy stream refilling a buffer without waiting for
+ * the kernel that reads it), needs the other stream to run early: ZI_EMU_ORDER=ahead runs,
+ * before each piece of work, every other stream as far as its queue goes (its own waits
+ * still respected), the most a GPU is allowed to run ahead. Run a suite in both orders to
+ * see both hazards.
  */
 
 typedef struct zi_emu_item zi_emu_item;
@@ -521,6 +531,9 @@ struct CUevent_st {
 static struct {
     pthread_mutex_t lock; /* queues, events, and running work (one drain at a time) */
     int sync;             /* ZI_EMU_SYNC=1 */
+    int ahead;            /* ZI_EMU_ORDER=ahead */
+    int in_ahead;         /* other streams are being run ahead (no nesting) */
+    int in_wait;          /* a wait item is running another stream's work */
     unsigned long long seq, pending;
     struct CUstream_st legacy, per_thread;
     struct CUstream_st **made; /* cudaStreamCreate'd streams, live or dead with work */
@@ -529,11 +542,17 @@ static struct {
 
 static pthread_once_t g_q_once = PTHREAD_ONCE_INIT;
 
+static void zi_emu_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
 static void zi_emu_q_init(void)
 {
     pthread_mutex_init(&g_q.lock, NULL);
     const char *s = getenv("ZI_EMU_SYNC");
     g_q.sync = s && *s && strcmp(s, "0") != 0;
+    const char *o = getenv("ZI_EMU_ORDER");
+    if (o && *o && strcmp(o, "ahead") != 0 && strcmp(o, "late") != 0)
+        zi_emu_fatal("ZI_EMU_ORDER=%s: expected 'late' (the default) or 'ahead'", o);
+    g_q.ahead = o && strcmp(o, "ahead") == 0;
 }
 
 /* Lock order: g_q.lock before g_emu.lock (work that runs takes g_emu.lock for its checks). */
@@ -554,6 +573,12 @@ int zi_emu_sync_mode(void)
     return g_q.sync;
 }
 
+int zi_emu_order_ahead(void)
+{
+    pthread_once(&g_q_once, zi_emu_q_init);
+    return g_q.ahead;
+}
+
 unsigned long long zi_emu_pending(void)
 {
     zi_emu_q_lock();
@@ -572,8 +597,6 @@ static double zi_emu_now(void)
 /* A fault found while queued work runs: there is no call to return an error from (the GPU
  * would make the context unusable and report it at the next synchronisation), so say what
  * and abort. */
-static void zi_emu_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-
 static void zi_emu_fatal(const char *fmt, ...)
 {
     va_list ap;
@@ -655,18 +678,34 @@ static void zi_emu_q_implicit_waits(struct CUstream_st *q)
 }
 
 static void zi_emu_q_drain_to(struct CUstream_st *q, unsigned long long upto);
+static void zi_emu_q_drain(struct CUstream_st *q);
 
 /* Runs q's first item (q lock held). Items are unlinked before they run, so a wait item
  * that drains another stream never meets itself: it waits only for earlier items. */
 static void zi_emu_q_step(struct CUstream_st *q)
 {
     zi_emu_item *it = q->head;
+    if (g_q.ahead && !g_q.in_ahead && !g_q.in_wait && it->run) {
+        /* ZI_EMU_ORDER=ahead: the other streams first, as far as they go (a wait of theirs
+         * on q runs q's work in order, this item included). Not inside a wait item: the
+         * waiting stream's next work must not run before the work it waits for. */
+        g_q.in_ahead = 1;
+        struct CUstream_st *s;
+        for (size_t i = 0; (s = zi_emu_q_nth(i)) != NULL; i++)
+            if (s != q)
+                zi_emu_q_drain(s);
+        g_q.in_ahead = 0;
+        if (q->head != it)
+            return; /* it ran */
+    }
     q->head = it->next;
     if (!q->head)
         q->tail = NULL;
     g_q.pending--;
     if (it->wait_on) {
+        g_q.in_wait++;
         zi_emu_q_drain_to(it->wait_on, it->wait_seq);
+        g_q.in_wait--;
         if (it->wait_on->vt_end > q->vt_end)
             q->vt_end = it->wait_on->vt_end;
     } else {

@@ -15,7 +15,11 @@
  * queued; cudaFree waits for the device; a destroyed stream's work still runs; event times
  * measure the emulated device; queued work on memory unmapped meanwhile aborts with a
  * message; ZI_EMU_SYNC=1 (this program run again in a child) makes everything immediate
- * (when the whole program runs with ZI_EMU_SYNC=1, only that is checked).
+ * (when the whole program runs with ZI_EMU_SYNC=1, only that is checked). Order between
+ * streams: by default a read that does not wait for another stream's write runs first (the
+ * bug shows) while an overwrite that does not wait for another stream's read runs late (it
+ * hides); ZI_EMU_ORDER=ahead (a child) runs the other streams first, so that one shows and
+ * waits still order both; an unknown ZI_EMU_ORDER aborts.
  * Device memory is host memory in the emulator: the tests peek at it directly to see
  * whether queued work has run. Reference: CUDA Runtime API, "API synchronization
  * behavior" and "Stream synchronization behavior".
@@ -36,6 +40,7 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime_api.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -437,6 +442,137 @@ static void test_unmapped_while_queued(void **state)
     zi_emu_test_expect_abort(run_unmapped_kernel, "map8_kernel", "no longer device memory");
 }
 
+/* ---- ZI_EMU_ORDER: when other streams run ---- */
+
+/* Stream a copies d to the pinned p while stream b overwrites d - without waiting for a
+ * (a write-after-read hazard between streams) when `ordered` is 0, after a's event when 1;
+ * then the host waits for a. Returns the byte p got (d held 0x11 before). */
+static int war_copy(int ordered)
+{
+    unsigned char *d = NULL, *p = NULL;
+    cudaStream_t a = NULL, b = NULL;
+    cudaEvent_t ev = NULL;
+    if (cudaMalloc((void **)&d, N) != cudaSuccess ||
+        cudaHostAlloc((void **)&p, N, cudaHostAllocDefault) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess ||
+        cudaMemset(d, 0x11, N) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess)
+        return -1;
+    memset(p, 0, N);
+    if (cudaMemcpyAsync(p, d, N, cudaMemcpyDeviceToHost, a) != cudaSuccess ||
+        cudaEventRecord(ev, a) != cudaSuccess ||
+        (ordered && cudaStreamWaitEvent(b, ev, 0) != cudaSuccess) ||
+        cudaMemsetAsync(d, 0x22, N, b) != cudaSuccess || cudaStreamSynchronize(a) != cudaSuccess)
+        return -1;
+    int got = all_bytes(p, p[0], N) ? p[0] : -2;
+    if (cudaDeviceSynchronize() != cudaSuccess || !all_bytes(d, 0x22, N))
+        return -3;
+    cudaEventDestroy(ev);
+    cudaStreamDestroy(a);
+    cudaStreamDestroy(b);
+    cudaFreeHost(p);
+    cudaFree(d);
+    return got;
+}
+
+/* Stream b writes d, stream a copies it to p without waiting for b (read after write) when
+ * `ordered` is 0, after b's event when 1; the host waits for a. Returns the byte p got (d
+ * held 0x11 before, b writes 0x22). */
+static int raw_copy(int ordered)
+{
+    unsigned char *d = NULL, *p = NULL;
+    cudaStream_t a = NULL, b = NULL;
+    cudaEvent_t ev = NULL;
+    if (cudaMalloc((void **)&d, N) != cudaSuccess ||
+        cudaHostAlloc((void **)&p, N, cudaHostAllocDefault) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess ||
+        cudaMemset(d, 0x11, N) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess)
+        return -1;
+    memset(p, 0, N);
+    if (cudaMemsetAsync(d, 0x22, N, b) != cudaSuccess || cudaEventRecord(ev, b) != cudaSuccess ||
+        (ordered && cudaStreamWaitEvent(a, ev, 0) != cudaSuccess) ||
+        cudaMemcpyAsync(p, d, N, cudaMemcpyDeviceToHost, a) != cudaSuccess ||
+        cudaStreamSynchronize(a) != cudaSuccess)
+        return -1;
+    int got = all_bytes(p, p[0], N) ? p[0] : -2;
+    if (cudaDeviceSynchronize() != cudaSuccess)
+        return -3;
+    cudaEventDestroy(ev);
+    cudaStreamDestroy(a);
+    cudaStreamDestroy(b);
+    cudaFreeHost(p);
+    cudaFree(d);
+    return got;
+}
+
+/* The default order (late): a missing wait shows as a read before the write; a missing wait
+ * before an overwrite does not show (the other stream has not run yet). */
+static void test_order_late(void **state)
+{
+    (void)state;
+    assert_false(zi_emu_order_ahead());
+    assert_int_equal(raw_copy(0), 0x11); /* read before the write: the bug shows */
+    assert_int_equal(raw_copy(1), 0x22);
+    assert_int_equal(war_copy(0), 0x11); /* hidden in this order */
+    assert_int_equal(war_copy(1), 0x11);
+}
+
+/* ZI_EMU_ORDER=ahead (in a child): the overwrite without a wait runs first - the bug shows;
+ * with the wait it does not; a correct read after a wait still reads the write. */
+static int ahead_child(void)
+{
+    if (!zi_emu_order_ahead())
+        return 10;
+    if (war_copy(0) != 0x22)
+        return 11;
+    if (war_copy(1) != 0x11)
+        return 12;
+    if (raw_copy(1) != 0x22)
+        return 13;
+    if (zi_emu_pending() != 0)
+        return 14;
+    return 0;
+}
+
+/* Runs this program with `arg` in a child with ZI_EMU_ORDER=order; its wait status. */
+static int run_order_child(const char *order, const char *arg)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setenv("ZI_EMU_ORDER", order, 1);
+        unsetenv("ZI_EMU_SYNC");
+        execl("/proc/self/exe", "test_emu_async", arg, (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    return st;
+}
+
+static void test_order_ahead(void **state)
+{
+    (void)state;
+    int st = run_order_child("ahead", "--ahead-child");
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    /* a value it does not know stops the program at its first stream operation */
+    st = run_order_child("early", "--ahead-child");
+    assert_true(WIFSIGNALED(st));
+    assert_int_equal(WTERMSIG(st), SIGABRT);
+}
+
+static void test_ahead_env(void **state)
+{
+    (void)state;
+    assert_int_equal(ahead_child(), 0);
+}
+
 /* ---- ZI_EMU_SYNC=1: this program again, in a child with the variable set ---- */
 
 /* The child's checks (exit status 0 when all hold): everything runs at once. */
@@ -500,6 +636,13 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--sync-child") == 0)
         return sync_child();
+    if (argc > 1 && strcmp(argv[1], "--ahead-child") == 0)
+        return ahead_child();
+    if (!zi_emu_sync_mode() && zi_emu_order_ahead()) {
+        /* the whole program under ZI_EMU_ORDER=ahead: the rest assumes the default order */
+        const struct CMUnitTest ahead_tests[] = {cmocka_unit_test(test_ahead_env)};
+        return cmocka_run_group_tests(ahead_tests, NULL, NULL);
+    }
     if (zi_emu_sync_mode()) {
         const struct CMUnitTest sync_tests[] = {cmocka_unit_test(test_sync_env)};
         return cmocka_run_group_tests(sync_tests, NULL, NULL);
@@ -512,6 +655,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_legacy_stream),
         cmocka_unit_test(test_unmapped_while_queued),
         cmocka_unit_test(test_sync_mode),
+        cmocka_unit_test(test_order_late),
+        cmocka_unit_test(test_order_ahead),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -237,6 +237,11 @@ static void test_weight_budget(void **state)
 
 int main(void)
 {
+    /* ZI_TEST_ONLY=test_weight_budget: one test (the second-stream order check of the
+     * emulated run, test_pipeline_cuda_ahead, needs only that one) */
+    const char *only = getenv("ZI_TEST_ONLY");
+    if (only && *only)
+        cmocka_set_test_filter(only);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_cpu_and_is_deterministic),
         cmocka_unit_test(test_steady_state_maps_nothing),
