@@ -442,7 +442,11 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
                                 "Redis calls that failed transiently.", NULL, &wm->redis_errors)) ||
         (rc = zi_metrics_counter(m, "zimage_job_failures_total",
                                  "Jobs that ended failed, by error_code.", "error_code",
-                                 &wm->job_failures)))
+                                 &wm->job_failures)) ||
+        (rc = zi_metrics_counter(m, "zimage_worker_id_conflicts_total",
+                                 "Heartbeats that found this worker's hash written by another "
+                                 "process with the same worker.id.",
+                                 NULL, &wm->id_conflicts)))
         return rc;
     for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++)
         zi_metric_add(wm->jobs_total, outcomes[i], 0);

@@ -62,7 +62,9 @@ int zi_metrics_render(zi_metrics *m, char **text, size_t *len);
  *   zimage_worker_busy                    gauge (0/1)
  *   zimage_s3_retries_total, zimage_redis_errors_total   counters (extensions)
  *   zimage_job_failures_total{error_code}                counter (extension: failed jobs by
- *                                                          the contract's error_code) */
+ *                                                          the contract's error_code)
+ *   zimage_worker_id_conflicts_total      counter (extension: heartbeats that found the worker
+ *                                                    hash written by another process) */
 typedef struct zi_worker_metrics {
     zi_metric *jobs_total;
     zi_metric *job_duration;
@@ -73,6 +75,7 @@ typedef struct zi_worker_metrics {
     zi_metric *s3_retries;
     zi_metric *redis_errors;
     zi_metric *job_failures;
+    zi_metric *id_conflicts;
 } zi_worker_metrics;
 
 int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm);

@@ -868,8 +868,11 @@ int zi_rstatus_cancel_request(zi_rstatus *rs, const char *job_id, int64_t ttl_s)
 
 /* ---- workers ---- */
 
-int zi_rstatus_heartbeat(zi_rstatus *rs, const zi_rstatus_worker_info *info)
+int zi_rstatus_heartbeat(zi_rstatus *rs, const zi_rstatus_worker_info *info, char *prev,
+                         size_t prev_len)
 {
+    if (prev && prev_len)
+        prev[0] = '\0';
     char wkey[ZI_RS_KEY_MAX], zkey[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX], now[ZI_RS_NUM_MAX];
     char num[7][ZI_RS_NUM_MAX];
     int rc = zi_rs_idkey(rs, "worker:", rs->worker_id, wkey);
@@ -893,13 +896,23 @@ int zi_rstatus_heartbeat(zi_rstatus *rs, const zi_rstatus_worker_info *info)
         {"alloc_reserved_bytes", num[4]}, {"alloc_allocated_bytes", num[5]},
         {"alloc_peak_bytes", num[6]},     {"model", info->model},
         {"version", info->version},       {"heartbeat_at", now},
+        {"instance", info->instance},
     };
     zi_rs_batch b = {0};
     ZI_RS_CMD(&b, "MULTI");
+    ZI_RS_CMD(&b, "HGET", wkey, "instance");
     ZI_RS_CMD(&b, "ZADD", zkey, now, rs->worker_id);
     zi_rs_fields(&b, ZI_RS_CMD(&b, "HSET", wkey), f, sizeof f / sizeof f[0]);
     ZI_RS_CMD(&b, "EXPIRE", wkey, ttl);
-    return zi_rs_exec(rs, &b, "heartbeat");
+    ZI_RS_CMD(&b, "EXEC");
+    redisReply *r = NULL;
+    rc = zi_rs_run(rs, &b, "heartbeat", &r);
+    if (rc == ZI_OK && r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+        r->element[0]->type == REDIS_REPLY_STRING && prev && prev_len)
+        snprintf(prev, prev_len, "%s", r->element[0]->str);
+    if (r)
+        freeReplyObject(r);
+    return rc;
 }
 
 int zi_rstatus_worker_remove(zi_rstatus *rs)

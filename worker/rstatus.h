@@ -92,6 +92,7 @@ typedef struct zi_rstatus_worker_info {
     int64_t alloc_peak_bytes;
     const char *model;
     const char *version;
+    const char *instance; /* this process's token (worker.id must be unique: see heartbeat) */
 } zi_rstatus_worker_info;
 
 /* Copies cfg and tries to connect once. Returns ZI_OK even when Redis is down (calls then
@@ -159,8 +160,11 @@ int zi_rstatus_cancel_requested(zi_rstatus *rs, const char *job_id, int *cancell
 int zi_rstatus_cancel_request(zi_rstatus *rs, const char *job_id, int64_t ttl_s);
 
 /* ZADD P workers <now ms> <worker_id>; HSET P worker:{id} every contract field +
- * heartbeat_at; EXPIRE 3 x heartbeat_s - in one MULTI/EXEC. */
-int zi_rstatus_heartbeat(zi_rstatus *rs, const zi_rstatus_worker_info *info);
+ * heartbeat_at + instance; EXPIRE 3 x heartbeat_s - in one MULTI/EXEC, which first reads
+ * the hash's `instance`: prev (prev_len bytes, may be NULL) receives it ("" when none), so
+ * a worker sees when another process wrote its hash since its last heartbeat. */
+int zi_rstatus_heartbeat(zi_rstatus *rs, const zi_rstatus_worker_info *info, char *prev,
+                         size_t prev_len);
 
 /* ZREM P workers <id> and DEL P worker:{id} (clean shutdown). */
 int zi_rstatus_worker_remove(zi_rstatus *rs);

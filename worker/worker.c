@@ -85,6 +85,11 @@ typedef struct zi_wk {
     int hb_dirty; /* a state change not yet published (a signal alone is lost while the
                    * heartbeat thread is busy writing) */
     pthread_mutex_t state_mu;
+    /* heartbeat thread only: this process's token in the worker hash, whether a heartbeat
+     * has been written, when a worker.id conflict was last logged */
+    char instance[24];
+    int hb_written;
+    int64_t id_conflict_logged_ms;
     char state[16];
     char current_job[ZI_JOB_ID_MAX + 1];
     int64_t jobs_succeeded, jobs_failed;
@@ -932,8 +937,29 @@ static void zi_wk_heartbeat_once(zi_wk *w, zi_rstatus *rs)
     info.alloc_peak_bytes = (int64_t)ms.peak;
     info.model = model;
     info.version = ZI_VERSION;
-    if (zi_rstatus_heartbeat(rs, &info) != ZI_OK)
+    info.instance = w->instance;
+    char prev[64];
+    if (zi_rstatus_heartbeat(rs, &info, prev, sizeof prev) != ZI_OK) {
         zi_log_debug("heartbeat not written: %s", zi_errmsg());
+    } else {
+        /* Another process wrote our hash since our last heartbeat: a second worker with
+         * this worker.id. (At the first heartbeat the token may be a crashed predecessor's.)
+         * Leases, the fleet view and the consumer's client id are keyed by the id. */
+        if (w->hb_written && prev[0] && strcmp(prev, w->instance) != 0) {
+            if (w->wm.id_conflicts)
+                zi_metric_inc(w->wm.id_conflicts, NULL);
+            int64_t now = zi_wk_mono_ms();
+            if (!w->id_conflict_logged_ms || now - w->id_conflict_logged_ms >= 60000) {
+                w->id_conflict_logged_ms = now;
+                zi_log_error("another process runs with worker.id %s (its heartbeat token %s, "
+                             "ours %s): worker.id must be unique per worker - job leases and "
+                             "the fleet view in Redis are keyed by it; give each worker its "
+                             "own (ZIMAGE_WORKER_ID)",
+                             w->cfg->worker_id, prev, w->instance);
+            }
+        }
+        w->hb_written = 1;
+    }
 
     pthread_mutex_lock(&w->lease_mu);
     if (w->lease_job[0]) {
@@ -1206,6 +1232,10 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
     if ((rc = zi_kafka_producer_new(cfg, client_id, &w->producer)) != ZI_OK)
         goto out;
 
+    uint64_t tok = 0;
+    if (getrandom(&tok, sizeof tok, GRND_NONBLOCK) != (ssize_t)sizeof tok)
+        tok = (uint64_t)zi_wk_mono_ms() ^ ((uint64_t)getpid() << 32);
+    snprintf(w->instance, sizeof w->instance, "%016llx", (unsigned long long)tok);
     if (pthread_create(&w->hb_thread, NULL, zi_wk_hb_main, w) != 0) {
         rc = zi_errorf(ZI_ENOMEM, "cannot start the heartbeat thread");
         goto out;

@@ -1,8 +1,9 @@
 /*
  * test_rstatus.c - worker/rstatus.c against a real Redis: every contract key and field,
  * TTLs, the events stream, attempts, rate-limited progress, lease exclusivity between two
- * connections, renew/release only while ours, lease expiry, cancel flags, heartbeats,
- * AUTH + SELECT, and surviving a Redis restart (ZI_ETRANSIENT meanwhile, then reconnect).
+ * connections, renew/release only while ours, lease expiry, cancel flags, heartbeats
+ * (and the token each reads back), AUTH + SELECT, and surviving a Redis restart
+ * (ZI_ETRANSIENT meanwhile, then reconnect).
  *
  * Redis: the local stack's (ZI_REDIS_URL + ZI_STACK_DIR from `deploy/local/stack.sh env`;
  * restarted with stack.sh stop-redis/start-redis), else a private redis-server started
@@ -514,9 +515,12 @@ static void test_heartbeat(void **state)
                                    .alloc_allocated_bytes = 1500,
                                    .alloc_peak_bytes = 1800,
                                    .model = "Z-Image-Turbo",
-                                   .version = "0.1.0"};
+                                   .version = "0.1.0",
+                                   .instance = "aaaa1111"};
     int64_t before = zi_rstatus_now_ms();
-    assert_int_equal(zi_rstatus_heartbeat(rs, &info), ZI_OK);
+    char prev[32] = "x";
+    assert_int_equal(zi_rstatus_heartbeat(rs, &info, prev, sizeof prev), ZI_OK);
+    assert_string_equal(prev, ""); /* no hash before */
     int64_t after = zi_rstatus_now_ms();
     const char *zs[] = {"ZSCORE", "zimage:workers", wid};
     redisReply *r = zi_cmd(rs, 3, zs);
@@ -540,6 +544,7 @@ static void test_heartbeat(void **state)
                              {"alloc_peak_bytes", "1800"},
                              {"model", "Z-Image-Turbo"},
                              {"version", "0.1.0"},
+                             {"instance", "aaaa1111"},
                              {"heartbeat_at", NULL}};
     assert_int_equal(r->elements, 2 * (sizeof want / sizeof want[0]));
     for (size_t w = 0; w < sizeof want / sizeof want[0]; w++) {
@@ -559,9 +564,19 @@ static void test_heartbeat(void **state)
     long long t = zi_ttl(rs, wkey);
     assert_true(t > 10 && t <= 15);
 
+    /* the token the hash held before each write: ours, then another process's */
+    assert_int_equal(zi_rstatus_heartbeat(rs, &info, prev, sizeof prev), ZI_OK);
+    assert_string_equal(prev, "aaaa1111");
+    zi_rstatus_worker_info twin = info;
+    twin.instance = "bbbb2222";
+    assert_int_equal(zi_rstatus_heartbeat(rs, &twin, NULL, 0), ZI_OK);
+    assert_int_equal(zi_rstatus_heartbeat(rs, &info, prev, 4), ZI_OK);
+    assert_string_equal(prev, "bbb"); /* cut to the buffer */
+
     /* NULL strings are written as "" */
     zi_rstatus_worker_info idle = {.state = "ready"};
-    assert_int_equal(zi_rstatus_heartbeat(rs, &idle), ZI_OK);
+    assert_int_equal(zi_rstatus_heartbeat(rs, &idle, prev, sizeof prev), ZI_OK);
+    assert_string_equal(prev, "aaaa1111");
     const char *hcur[] = {"HGET", wkey, "current_job"};
     r = zi_cmd(rs, 3, hcur);
     assert_int_equal(r->type, REDIS_REPLY_STRING);
