@@ -4,7 +4,7 @@ cluster on the build machines, so the files are parsed and cross-checked instead
 
 Checks: every YAML/JSON file under deploy/, k8s/, config/, docs/ parses; each Kubernetes
 object has what it needs; the KEDA trigger names the configured topic and group; the
-probes hit paths the worker serves on the port it listens on; the Grafana queries name
+probes hit paths the worker serves on the port it listens on; the alert rules and the Grafana queries name
 metrics the worker exports; the Dockerfile is multi-stage, non-root, with a HEALTHCHECK;
 the compose stack has Kafka in KRaft mode, Redis, MinIO, an init step and a GPU worker.
 Prints one line per failed check and exits 1 if any failed."""
@@ -77,7 +77,8 @@ for path, ds in docs.items():
             k8s[d["kind"]] = d
 
 for kind in ("Namespace", "ConfigMap", "Secret", "StatefulSet", "PodDisruptionBudget",
-             "ServiceMonitor", "ScaledObject", "Service", "PersistentVolumeClaim"):
+             "ServiceMonitor", "PrometheusRule", "ScaledObject", "Service",
+             "PersistentVolumeClaim"):
     check(kind in k8s, f"k8s/base: no {kind}")
 
 cfg = {}
@@ -150,6 +151,39 @@ check(pdb.get("spec", {}).get("selector", {}).get("matchLabels") ==
 sm = k8s.get("ServiceMonitor", {})
 check(any(e.get("path") == "/metrics" for e in sm.get("spec", {}).get("endpoints", [])),
       "ServiceMonitor must scrape /metrics")
+
+# alerts: each rule has an alert name, an expression naming only metrics the worker exports
+# (or `up` of the Service the ServiceMonitor scrapes) with balanced brackets and quotes, a
+# severity, a summary, and a duration where it has one; every label a summary uses is kept
+# by the expression's aggregation.
+pr = k8s.get("PrometheusRule", {})
+rules = [r for g in pr.get("spec", {}).get("groups", []) for r in g.get("rules", [])]
+check(len(rules) >= 6, "PrometheusRule: expected the worker's alerts")
+svc_name = k8s.get("Service", {}).get("metadata", {}).get("name")
+for r in rules:
+    a, e = r.get("alert", "?"), str(r.get("expr", ""))
+    check(bool(re.fullmatch(r"Zimage[A-Za-z0-9]+", a)), f"PrometheusRule: bad alert name {a}")
+    depth = 0
+    for ch in re.sub(r'"[^"]*"', "", e):
+        depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            break
+    check(depth == 0 and e.count('"') % 2 == 0, f"PrometheusRule {a}: unbalanced expression")
+    names = set(re.findall(r"\bzimage_[a-z0-9_]+", e))
+    check(bool(names) or f'up{{job="{svc_name}"}}' in e,
+          f"PrometheusRule {a}: names no zimage metric nor up of the Service {svc_name}")
+    for n in sorted(names):
+        check(f'"{n}"' in worker_src, f"PrometheusRule {a} uses {n}, which the worker does not export")
+    check(r.get("labels", {}).get("severity") in ("warning", "critical"),
+          f"PrometheusRule {a}: severity must be warning or critical")
+    summary = r.get("annotations", {}).get("summary", "")
+    check(bool(summary), f"PrometheusRule {a}: no summary")
+    if "for" in r:
+        check(bool(re.fullmatch(r"\d+[smh]", str(r["for"]))), f"PrometheusRule {a}: bad duration")
+    for lab in re.findall(r"\$labels\.([a-z_]+)", summary):
+        agg = re.findall(r"\b(?:sum|max|min|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(", e)
+        check(not agg or all(lab in [x.strip() for x in g.split(",")] for g in agg),
+              f"PrometheusRule {a}: the summary uses $labels.{lab}, which the aggregation drops")
 
 # overlays: each builds on the base; its JSON patches (add/replace, as kustomize applies
 # them) are applied here to copies of the base objects, and the result is checked again:
@@ -225,7 +259,7 @@ check(bool(dash.get("panels")), "Grafana dashboard has no panels")
 exprs = [t.get("expr", "") for p in dash.get("panels", []) for t in p.get("targets", [])]
 names = set()
 for e in exprs:
-    for n in re.findall(r"\bzimage_[a-z_]+", e):
+    for n in re.findall(r"\bzimage_[a-z0-9_]+", e):
         names.add(re.sub(r"_(bucket|sum|count)$", "", n))
 check(len(names) >= 6, "Grafana dashboard queries too few zimage metrics")
 for n in sorted(names):
