@@ -74,6 +74,7 @@ typedef struct zi_wk {
     atomic_int job_revoked; /* the running job's partition was revoked or lost */
     atomic_int job_abort;   /* stop now without a final state (drain deadline) */
     atomic_int lease_lost;  /* another worker took the running job's lease */
+    atomic_int draining;    /* the main loop began the drain: a job not yet run is left */
     zi_rstatus *rs_job;
     zi_s3 *s3;
 
@@ -159,11 +160,23 @@ static void zi_wk_snapshot_mem(zi_wk *w)
 
 /* ---- retries ---- */
 
-/* 1 when the job must stop without a final state. pre_run: a revoked partition also
- * stops it (before the run; a running job finishes, see docs/worker.md). */
+/* 1 when the job must stop without a final state. pre_run: a revoked partition or the
+ * drain also stops it (before the run, so it is delivered again; a running job finishes,
+ * see docs/worker.md). */
 static int zi_wk_aborted(zi_wk *w, int pre_run)
 {
-    return atomic_load(&w->job_abort) || (pre_run && atomic_load(&w->job_revoked));
+    return atomic_load(&w->job_abort) ||
+           (pre_run && (atomic_load(&w->job_revoked) || atomic_load(&w->draining)));
+}
+
+/* Says why a job stops before its run without a final state (zi_wk_aborted(w, 1)). */
+static void zi_wk_log_left(zi_wk *w)
+{
+    if (atomic_load(&w->job_abort))
+        zi_log_info("stopped before the run: the job is left to be delivered again");
+    else
+        zi_log_info("%s before the run: the job is left to be delivered again",
+                    atomic_load(&w->job_revoked) ? "partition revoked" : "draining");
 }
 
 /* After a failed Redis/Kafka call: logs (the first time and then every 10th), sleeps an
@@ -729,8 +742,10 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     }
 
     /* One run at a time per job, fleet-wide. */
-    if (zi_wk_lease_take(w, r->job.job_id) != 0)
+    if (zi_wk_lease_take(w, r->job.job_id) != 0) {
+        zi_wk_log_left(w);
         goto out;
+    }
     held = 1;
     zi_wk_set_state(w, "busy", r->job.job_id);
 
@@ -800,7 +815,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     if (rc != ZI_OK && rc != ZI_ENOTFOUND)
         zi_log_warn("checking for an earlier upload failed (%s); running the job", zi_errmsg());
     if (zi_wk_aborted(w, 1)) {
-        zi_log_info("partition revoked before the run: leaving the job to its new owner");
+        zi_wk_log_left(w);
         goto out;
     }
 
@@ -1104,6 +1119,7 @@ static int zi_wk_loop(zi_wk *w, int *stuck)
         }
         if (*w->stop && !draining) {
             draining = 1;
+            atomic_store(&w->draining, 1); /* a job still in its checks stops there */
             zi_http_set_ready(w->http, 0);
             zi_wk_set_state(w, "draining", NULL);
             drain_deadline = zi_wk_mono_ms() + (int64_t)w->cfg->worker_drain_timeout_s * 1000;

@@ -132,7 +132,8 @@ done
 zt_check "lease holder while running" w1 "$(zt_redis GET "${ZT_PREFIX}lease:c-cancel")"
 zt_check_ge "lease expires (PTTL > 0)" 1 "$(zt_redis PTTL "${ZT_PREFIX}lease:c-cancel")"
 wh=$(zt_redis HGETALL "${ZT_PREFIX}worker:w1" | paste - - | awk -F'\t' '{print $1}' | sort | tr '\n' ' ')
-zt_check "worker hash fields" "$(tr ' ' '\n' <<<"alloc_allocated_bytes alloc_peak_bytes alloc_reserved_bytes backend current_job gpu_name heartbeat_at jobs_failed jobs_succeeded model state version vram_free_bytes vram_total_bytes" | sort | tr '\n' ' ')" "$wh"
+# (the contract's fields and one extension, `instance`: docs/contract.md)
+zt_check "worker hash fields" "$(tr ' ' '\n' <<<"alloc_allocated_bytes alloc_peak_bytes alloc_reserved_bytes backend current_job gpu_name heartbeat_at instance jobs_failed jobs_succeeded model state version vram_free_bytes vram_total_bytes" | sort | tr '\n' ' ')" "$wh"
 zt_check "worker state busy" busy "$(zt_redis HGET "${ZT_PREFIX}worker:w1" state)"
 zt_check "worker current_job" c-cancel "$(zt_redis HGET "${ZT_PREFIX}worker:w1" current_job)"
 ttl=$(zt_redis TTL "${ZT_PREFIX}worker:w1")

@@ -13,6 +13,8 @@
 #    delivered again after the deadline (expired is for a job first picked up late).
 # 5. Another worker takes the running job's lease: the run stops without a final state, the
 #    worker exits 1 without committing, the next worker runs the job.
+# 6. SIGTERM while a job still waits for its lease (before its run): the worker leaves it at
+#    once (exit 0, no wait for drain_timeout_s), uncommitted; the next worker runs it once.
 # Jobs are slowed down with the test hook ZIMAGE_FAULT_STEP_DELAY_MS.
 source "$(dirname "$0")/worker_lib.sh"
 zt_init lifecycle
@@ -115,4 +117,29 @@ zt_check "objects after 4 and 5" "$(printf "$ZT_KEYDIR/%s.png\n" dl-1 drain-1 le
 zt_kill w7 TERM
 zt_wait_exit w7 30
 zt_check "w7 exit status" 0 "$ZT_RC"
+
+# ---- 6. the drain begins while a job waits for its lease: it is left at once ----
+# (its run has not started: no final state, not committed, delivered again; the worker does
+# not wait out drain_timeout_s, 120 s here)
+zt_redis SET "${ZT_PREFIX}lease:wait-1" elsewhere PX 120000 >/dev/null
+zt_start_worker w8
+zt_wait_log w8 'assigned' 30
+zt_submit --job-id wait-1 --prompt "waits for its lease" >/dev/null
+zt_wait_log w8 'job is running on worker elsewhere: waiting for its lease' 30
+t0=$(date +%s%3N)
+zt_kill w8 TERM
+zt_wait_exit w8 30
+t1=$(date +%s%3N)
+zt_check "w8 exit status" 0 "$ZT_RC"
+zt_check_ge "w8 left within 5 s" 0 "$((5000 - (t1 - t0)))"
+zt_check "w8 left the job before its run" yes \
+    "$(zt_has "$ZT_TMP/w8.log" 'draining before the run: the job is left to be delivered again')"
+zt_check "wait-1 not run" "queued 0" "$(zt_field wait-1 status) $(zt_field wait-1 attempt)"
+zt_redis DEL "${ZT_PREFIX}lease:wait-1" >/dev/null
+zt_start_worker w9
+zt_wait_status wait-1 succeeded 60
+zt_check "wait-1 run once, by w9" "w9 1" "$(zt_field wait-1 worker) $(zt_field wait-1 attempt)"
+zt_kill w9 TERM
+zt_wait_exit w9 30
+zt_check "w9 exit status" 0 "$ZT_RC"
 zt_finish
