@@ -77,9 +77,13 @@ zt_check "exit status after SIGTERM" 0 "$ZT_RC"
 # ---- 4. a weight budget from the configuration: every weight in host memory ----
 # device.weight_budget_mb (here through its variable) wins over ZI_CUDA_WEIGHT_BUDGET_MB;
 # the weights are copied in as the ops need them, most of them straight from the mapped
-# checkpoint (past the 2 MiB page-lock limit), and the image is the same bytes.
+# checkpoint (past the 2 MiB page-lock limit), and the image is the same bytes. The tiny
+# model's weights from 4 KiB up go through the prefetch slots on the copy stream, and on
+# the emulator the other streams run ahead (ZI_EMU_ORDER=ahead; ignored on a GPU), so a
+# slot refilled before the job thread's ops that read it ran would change the image.
 zt_start_worker w2 ZIMAGE_DEVICE_BACKEND=cuda ZI_CUDA_WEIGHT_BUDGET_MB=resident \
-    ZIMAGE_DEVICE_WEIGHT_BUDGET_MB=0 ZIMAGE_DEVICE_PIN_LIMIT_MB=2
+    ZIMAGE_DEVICE_WEIGHT_BUDGET_MB=0 ZIMAGE_DEVICE_PIN_LIMIT_MB=2 ZI_CUDA_PREFETCH_MIN_KB=4 \
+    ZI_EMU_ORDER=ahead
 zt_wait_log w2 'assigned' 60
 zt_check "budget 0: no weight on the device" yes \
     "$(grep -qE 'weights: 0\.00 GiB on the device, 0\.0[0-9]* GiB kept in host memory \(budget 0\.00 GiB' \
