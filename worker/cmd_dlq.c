@@ -55,10 +55,6 @@
 #define ZI_DLQ_SHOW_MAX 1024 /* bytes of a key or error shown in a line */
 #define ZI_DLQ_JSON_MAX (64u << 20)
 
-static const char *const zi_dlq_codes[] = {"invalid_job",    "too_large",        "expired",
-                                           "s3_auth",        "s3_error",         "oom",
-                                           "pipeline_error", "too_many_attempts"};
-
 static volatile sig_atomic_t zi_dlq_stop;
 
 static void zi_dlq_on_signal(int sig)
@@ -213,8 +209,8 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
     }
     if (o->error_code) {
         int known = 0;
-        for (size_t i = 0; i < sizeof zi_dlq_codes / sizeof zi_dlq_codes[0]; i++)
-            known |= strcmp(o->error_code, zi_dlq_codes[i]) == 0;
+        for (size_t i = 0; i < ZI_JOB_N_ERROR_CODES; i++)
+            known |= strcmp(o->error_code, zi_job_error_codes[i]) == 0;
         if (!known)
             fprintf(stderr,
                     "zimage: warning: --error-code %s is not one of the documented "

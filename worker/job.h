@@ -53,6 +53,10 @@ typedef struct zi_job {
     char error[ZI_JOB_ERROR_MAX + 1]; /* one line, names the field */
 } zi_job;
 
+/* The contract's error_code values (docs/contract.md), in its order. */
+#define ZI_JOB_N_ERROR_CODES 8
+extern const char *const zi_job_error_codes[ZI_JOB_N_ERROR_CODES];
+
 /* 1 when s (NUL-terminated) matches [A-Za-z0-9][A-Za-z0-9._-]{0,127} and has no "..". */
 int zi_job_id_valid(const char *s);
 

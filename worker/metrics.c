@@ -7,6 +7,7 @@
  * contention is not a concern; a scrape holds it only while formatting.
  */
 #include "metrics.h"
+#include "job.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -452,5 +453,8 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
         zi_metric_add(wm->jobs_total, outcomes[i], 0);
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         zi_metric_set(wm->gpu_memory, kinds[i], 0);
+    /* every error_code at 0 from the start: a series first seen at 1 has no increase() */
+    for (size_t i = 0; i < ZI_JOB_N_ERROR_CODES; i++)
+        zi_metric_add(wm->job_failures, zi_job_error_codes[i], 0);
     return ZI_OK;
 }

@@ -75,6 +75,7 @@ typedef struct zi_wk {
     atomic_int job_abort;   /* stop now without a final state (drain deadline) */
     atomic_int lease_lost;  /* another worker took the running job's lease */
     atomic_int draining;    /* the main loop began the drain: a job not yet run is left */
+    atomic_int in_checks;   /* the job thread is in a job's checks before its run */
     zi_rstatus *rs_job;
     zi_s3 *s3;
 
@@ -715,6 +716,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     }
     r->m = m;
     r->received_at = zi_rstatus_now_ms();
+    atomic_store(&w->in_checks, 1);
     int res = ZI_WK_NOSTORE;
     int held = 0;
     int rc = zi_job_parse(m->payload, m->len, &w->lim, &r->job);
@@ -804,8 +806,10 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
         res = zi_wk_succeeded(w, r, 1);
         goto out;
     }
-    if (rc == ZI_ECANCELLED)
+    if (rc == ZI_ECANCELLED) {
+        zi_wk_log_left(w);
         goto out;
+    }
     if (rc == ZI_EAUTH) {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", zi_errmsg());
@@ -874,12 +878,15 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     zi_wk_add(&fs, "duration_ms", "");
     zi_wk_add(&fs, "error_code", "");
     zi_wk_add(&fs, "error", "");
-    if (zi_wk_record(w, r, "running", NULL, NULL, &fs, 1) != ZI_OK)
+    /* the attempt is counted: from here on it is a run, which a drain lets finish */
+    atomic_store(&w->in_checks, 0);
+    if (zi_wk_record(w, r, "running", NULL, NULL, &fs, 0) != ZI_OK)
         goto out;
     zi_log_info("job running (attempt %lld, seed %llu)", (long long)r->attempt,
                 (unsigned long long)r->seed);
     res = zi_wk_compute(w, r);
 out:
+    atomic_store(&w->in_checks, 0);
     /* After the final state (when there is one), so a worker waiting for the lease finds
      * the job finished. */
     if (held)
@@ -890,10 +897,12 @@ out:
     return res;
 }
 
+/* S3 retries stop at an abort, and in a job's checks before its run (the HEAD of an
+ * earlier upload) also at a drain or a revoked partition, as zi_wk_aborted(w, 1). */
 static int zi_wk_s3_abort(void *ud)
 {
     zi_wk *w = ud;
-    return atomic_load(&w->job_abort);
+    return zi_wk_aborted(w, atomic_load(&w->in_checks));
 }
 
 static void *zi_wk_job_main(void *arg)

@@ -6,6 +6,9 @@
 #    is retried (s3.retry_s = 60) and the job succeeds in its first attempt, one object.
 # 2. A worker with a wrong S3 secret: the job fails `failed` / `s3_auth` within seconds,
 #    without retrying (403 is permanent), is copied to the DLQ, and the worker goes on.
+# 3. SIGTERM while a job's check for an earlier upload retries against a stopped gateway
+#    (before its run): the worker leaves the job at once (exit 0, not after s3.retry_s),
+#    uncommitted and not counted; with the gateway back the next worker runs it once.
 source "$(dirname "$0")/../integration/worker_lib.sh"
 zt_init s3faults
 ZT_STEPS=8 zt_config
@@ -60,4 +63,28 @@ zt_check "w2 still consuming" 200 "$(zt_readyz w2)"
 zt_kill w2 TERM
 zt_wait_exit w2 30
 zt_check "w2 exit status" 0 "$ZT_RC"
+
+# ---- 3. the drain begins while the pre-run S3 check retries ----
+zt_start_worker w3
+zt_wait_log w3 'assigned' 30
+rgw_down=1
+"$STACK" stop-rgw
+zt_submit --job-id head-1 --prompt "checked while S3 is down" >/dev/null
+zt_wait_log w3 'job_id=head-1 job received' 30
+sleep 2 # the HEAD of an earlier upload is retrying now
+t0=$(date +%s%3N)
+zt_kill w3 TERM
+zt_wait_exit w3 30
+t1=$(date +%s%3N)
+zt_check "w3 exit status" 0 "$ZT_RC"
+zt_check_ge "w3 left within 5 s, not after s3.retry_s (ms left)" 0 "$((5000 - (t1 - t0)))"
+zt_check "head-1 not run" "queued 0" "$(zt_field head-1 status) $(zt_field head-1 attempt)"
+"$STACK" start-rgw
+rgw_down=0
+zt_start_worker w4
+zt_wait_status head-1 succeeded 60
+zt_check "head-1 run once, by w4" "w4 1" "$(zt_field head-1 worker) $(zt_field head-1 attempt)"
+zt_kill w4 TERM
+zt_wait_exit w4 30
+zt_check "w4 exit status" 0 "$ZT_RC"
 zt_finish

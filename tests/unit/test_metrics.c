@@ -199,6 +199,12 @@ static void test_worker_metrics(void **state)
         "zimage_worker_busy 1\n",
         "# TYPE zimage_job_failures_total counter\n",
         "zimage_job_failures_total{error_code=\"s3_auth\"} 1\n",
+        /* every error_code from the start (an alert's increase() sees the first one) */
+        "zimage_job_failures_total{error_code=\"invalid_job\"} 0\n",
+        "zimage_job_failures_total{error_code=\"oom\"} 0\n",
+        "zimage_job_failures_total{error_code=\"too_many_attempts\"} 0\n",
+        "# TYPE zimage_worker_id_conflicts_total counter\n",
+        "zimage_worker_id_conflicts_total 0\n",
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!strstr(text, want[i]))
