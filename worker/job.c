@@ -119,8 +119,8 @@ static int zi_job_bad_cut(zi_job *job, const zi_json_cut *cut, const char *buf)
 }
 
 const char *const zi_job_error_codes[ZI_JOB_N_ERROR_CODES] = {
-    "invalid_job", "too_large",      "expired",          "s3_auth",
-    "s3_error",    "oom",            "pipeline_error",   "too_many_attempts"};
+    "invalid_job", "too_large", "expired",        "s3_auth",
+    "s3_error",    "oom",       "pipeline_error", "too_many_attempts"};
 
 static const cJSON *zi_job_member(const cJSON *obj, const char *key)
 {

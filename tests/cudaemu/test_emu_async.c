@@ -444,68 +444,72 @@ static void test_unmapped_while_queued(void **state)
 
 /* ---- ZI_EMU_ORDER: when other streams run ---- */
 
-/* Stream a copies d to the pinned p while stream b overwrites d - without waiting for a
- * (a write-after-read hazard between streams) when `ordered` is 0, after a's event when 1;
- * then the host waits for a. Returns the byte p got (d held 0x11 before). */
-static int war_copy(int ordered)
+/* Two non-blocking streams a and b, an event, device memory d holding 0x11 and the pinned
+ * p holding 0 (n = N bytes each); 0 when all were made. */
+typedef struct two_streams {
+    unsigned char *d, *p;
+    cudaStream_t a, b;
+    cudaEvent_t ev;
+} two_streams;
+
+static int two_streams_new(two_streams *t)
 {
-    unsigned char *d = NULL, *p = NULL;
-    cudaStream_t a = NULL, b = NULL;
-    cudaEvent_t ev = NULL;
-    if (cudaMalloc((void **)&d, N) != cudaSuccess ||
-        cudaHostAlloc((void **)&p, N, cudaHostAllocDefault) != cudaSuccess ||
-        cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking) != cudaSuccess ||
-        cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking) != cudaSuccess ||
-        cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess ||
-        cudaMemset(d, 0x11, N) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess)
+    memset(t, 0, sizeof *t);
+    if (cudaMalloc((void **)&t->d, N) != cudaSuccess ||
+        cudaHostAlloc((void **)&t->p, N, cudaHostAllocDefault) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&t->a, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaStreamCreateWithFlags(&t->b, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&t->ev, cudaEventDisableTiming) != cudaSuccess ||
+        cudaMemset(t->d, 0x11, N) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess)
         return -1;
-    memset(p, 0, N);
-    if (cudaMemcpyAsync(p, d, N, cudaMemcpyDeviceToHost, a) != cudaSuccess ||
-        cudaEventRecord(ev, a) != cudaSuccess ||
-        (ordered && cudaStreamWaitEvent(b, ev, 0) != cudaSuccess) ||
-        cudaMemsetAsync(d, 0x22, N, b) != cudaSuccess || cudaStreamSynchronize(a) != cudaSuccess)
-        return -1;
-    int got = all_bytes(p, p[0], N) ? p[0] : -2;
-    if (cudaDeviceSynchronize() != cudaSuccess || !all_bytes(d, 0x22, N))
-        return -3;
-    cudaEventDestroy(ev);
-    cudaStreamDestroy(a);
-    cudaStreamDestroy(b);
-    cudaFreeHost(p);
-    cudaFree(d);
+    memset(t->p, 0, N);
+    return 0;
+}
+
+/* The byte p holds throughout (-2 when it is mixed), once the device has finished; the
+ * streams and memory freed. */
+static int two_streams_end(two_streams *t)
+{
+    int got = all_bytes(t->p, t->p[0], N) ? t->p[0] : -2;
+    if (cudaDeviceSynchronize() != cudaSuccess)
+        got = -3;
+    cudaEventDestroy(t->ev);
+    cudaStreamDestroy(t->a);
+    cudaStreamDestroy(t->b);
+    cudaFreeHost(t->p);
+    cudaFree(t->d);
     return got;
 }
 
-/* Stream b writes d, stream a copies it to p without waiting for b (read after write) when
- * `ordered` is 0, after b's event when 1; the host waits for a. Returns the byte p got (d
- * held 0x11 before, b writes 0x22). */
+/* Stream a copies d to p while stream b overwrites d with 0x22 - without waiting for a (a
+ * write-after-read hazard between streams) when `ordered` is 0, after a's event when 1;
+ * the host waits for a only. Returns the byte p got (0x11: the copy ran first). */
+static int war_copy(int ordered)
+{
+    two_streams t;
+    if (two_streams_new(&t) != 0 ||
+        cudaMemcpyAsync(t.p, t.d, N, cudaMemcpyDeviceToHost, t.a) != cudaSuccess ||
+        cudaEventRecord(t.ev, t.a) != cudaSuccess ||
+        (ordered && cudaStreamWaitEvent(t.b, t.ev, 0) != cudaSuccess) ||
+        cudaMemsetAsync(t.d, 0x22, N, t.b) != cudaSuccess ||
+        cudaStreamSynchronize(t.a) != cudaSuccess)
+        return -1;
+    return two_streams_end(&t);
+}
+
+/* Stream b overwrites d with 0x22, stream a copies d to p - without waiting for b (read
+ * after write) when `ordered` is 0, after b's event when 1; the host waits for a only.
+ * Returns the byte p got (0x22: the write ran first). */
 static int raw_copy(int ordered)
 {
-    unsigned char *d = NULL, *p = NULL;
-    cudaStream_t a = NULL, b = NULL;
-    cudaEvent_t ev = NULL;
-    if (cudaMalloc((void **)&d, N) != cudaSuccess ||
-        cudaHostAlloc((void **)&p, N, cudaHostAllocDefault) != cudaSuccess ||
-        cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking) != cudaSuccess ||
-        cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking) != cudaSuccess ||
-        cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess ||
-        cudaMemset(d, 0x11, N) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess)
+    two_streams t;
+    if (two_streams_new(&t) != 0 || cudaMemsetAsync(t.d, 0x22, N, t.b) != cudaSuccess ||
+        cudaEventRecord(t.ev, t.b) != cudaSuccess ||
+        (ordered && cudaStreamWaitEvent(t.a, t.ev, 0) != cudaSuccess) ||
+        cudaMemcpyAsync(t.p, t.d, N, cudaMemcpyDeviceToHost, t.a) != cudaSuccess ||
+        cudaStreamSynchronize(t.a) != cudaSuccess)
         return -1;
-    memset(p, 0, N);
-    if (cudaMemsetAsync(d, 0x22, N, b) != cudaSuccess || cudaEventRecord(ev, b) != cudaSuccess ||
-        (ordered && cudaStreamWaitEvent(a, ev, 0) != cudaSuccess) ||
-        cudaMemcpyAsync(p, d, N, cudaMemcpyDeviceToHost, a) != cudaSuccess ||
-        cudaStreamSynchronize(a) != cudaSuccess)
-        return -1;
-    int got = all_bytes(p, p[0], N) ? p[0] : -2;
-    if (cudaDeviceSynchronize() != cudaSuccess)
-        return -3;
-    cudaEventDestroy(ev);
-    cudaStreamDestroy(a);
-    cudaStreamDestroy(b);
-    cudaFreeHost(p);
-    cudaFree(d);
-    return got;
+    return two_streams_end(&t);
 }
 
 /* The default order (late): a missing wait shows as a read before the write; a missing wait

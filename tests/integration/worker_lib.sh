@@ -135,6 +135,16 @@ zt_wait_exit() {
     unset "ZT_PIDS[$name]"
 }
 
+# zt_term_timed NAME TIMEOUT_S: SIGTERM to a worker, then zt_wait_exit; ZT_MS is the time
+# from the signal to its exit (ms).
+zt_term_timed() {
+    local t0
+    t0=$(date +%s%3N)
+    zt_kill "$1" TERM
+    zt_wait_exit "$1" "$2"
+    ZT_MS=$(($(date +%s%3N) - t0))
+}
+
 # zt_wait_log NAME REGEX TIMEOUT_S: waits until the worker's log matches.
 zt_wait_log() {
     local f=$ZT_TMP/$1.log i
