@@ -419,6 +419,7 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
                                          0.5,   1,    2.5,   5,    10,  30};
     static const char *const outcomes[] = {"succeeded", "failed", "cancelled"};
     static const char *const kinds[] = {"reserved", "allocated", "peak", "total", "free"};
+    static const char *const wheres[] = {"device", "pinned", "mapped", "pageable"};
     int rc;
     memset(wm, 0, sizeof *wm);
     if ((rc = zi_metrics_counter(m, "zimage_jobs_total", "Jobs finished, by outcome.", "outcome",
@@ -447,12 +448,24 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
         (rc = zi_metrics_counter(m, "zimage_worker_id_conflicts_total",
                                  "Heartbeats that found this worker's hash written by another "
                                  "process with the same worker.id.",
-                                 NULL, &wm->id_conflicts)))
+                                 NULL, &wm->id_conflicts)) ||
+        (rc = zi_metrics_gauge(m, "zimage_weight_bytes",
+                               "Model weights by where they are kept (device, or host memory: "
+                               "pinned, mapped checkpoint files, pageable).",
+                               "where", &wm->weight_bytes)) ||
+        (rc = zi_metrics_counter(m, "zimage_weight_prefetch_total",
+                                 "Host-kept weights found already copied to the GPU (hit) or "
+                                 "waited for (miss).",
+                                 "result", &wm->weight_prefetch)))
         return rc;
     for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++)
         zi_metric_add(wm->jobs_total, outcomes[i], 0);
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
         zi_metric_set(wm->gpu_memory, kinds[i], 0);
+    for (size_t i = 0; i < sizeof wheres / sizeof wheres[0]; i++)
+        zi_metric_set(wm->weight_bytes, wheres[i], 0);
+    zi_metric_add(wm->weight_prefetch, "hit", 0);
+    zi_metric_add(wm->weight_prefetch, "miss", 0);
     /* every error_code at 0 from the start: a series first seen at 1 has no increase() */
     for (size_t i = 0; i < ZI_JOB_N_ERROR_CODES; i++)
         zi_metric_add(wm->job_failures, zi_job_error_codes[i], 0);

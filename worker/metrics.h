@@ -64,7 +64,12 @@ int zi_metrics_render(zi_metrics *m, char **text, size_t *len);
  *   zimage_job_failures_total{error_code}                counter (extension: failed jobs by
  *                                                          the contract's error_code)
  *   zimage_worker_id_conflicts_total      counter (extension: heartbeats that found the worker
- *                                                    hash written by another process) */
+ *                                                    hash written by another process)
+ *   zimage_weight_bytes{where}            gauge (extension: model weights by where they are
+ *                                                    kept - device|pinned|mapped|pageable, set
+ *                                                    at load; all 0 on the CPU backend)
+ *   zimage_weight_prefetch_total{result}  counter (extension: host-kept weights found copied
+ *                                                    ahead - hit - or waited for - miss) */
 typedef struct zi_worker_metrics {
     zi_metric *jobs_total;
     zi_metric *job_duration;
@@ -76,6 +81,8 @@ typedef struct zi_worker_metrics {
     zi_metric *redis_errors;
     zi_metric *job_failures;
     zi_metric *id_conflicts;
+    zi_metric *weight_bytes;
+    zi_metric *weight_prefetch;
 } zi_worker_metrics;
 
 int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm);

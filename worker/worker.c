@@ -92,6 +92,9 @@ typedef struct zi_wk {
     char instance[24];
     int hb_written;
     int64_t id_conflict_logged_ms;
+    /* prefetch counts already added to zimage_weight_prefetch_total (zi_wk_snapshot_mem's
+     * callers: the main thread at load, then the job thread) */
+    uint64_t pf_hits_seen, pf_misses_seen;
     char state[16];
     char current_job[ZI_JOB_ID_MAX + 1];
     int64_t jobs_succeeded, jobs_failed;
@@ -157,6 +160,15 @@ static void zi_wk_snapshot_mem(zi_wk *w)
     pthread_mutex_lock(&w->state_mu);
     w->mem = ms;
     pthread_mutex_unlock(&w->state_mu);
+#ifdef ZI_HAVE_CUDA
+    uint64_t hits, misses;
+    if (w->be && zi_cuda_is(w->be) && zi_cuda_prefetch_stats(w->be, &hits, &misses) == ZI_OK) {
+        zi_metric_add(w->wm.weight_prefetch, "hit", (double)(hits - w->pf_hits_seen));
+        zi_metric_add(w->wm.weight_prefetch, "miss", (double)(misses - w->pf_misses_seen));
+        w->pf_hits_seen = hits;
+        w->pf_misses_seen = misses;
+    }
+#endif
 }
 
 /* ---- retries ---- */
@@ -1314,6 +1326,10 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
                     m.weights / 1073741824.0, host / 1073741824.0, bs);
         uint64_t mapped = zi_cuda_host_mapped_bytes(w->be);
         uint64_t pageable = zi_cuda_host_pageable_bytes(w->be);
+        zi_metric_set(w->wm.weight_bytes, "device", (double)m.weights);
+        zi_metric_set(w->wm.weight_bytes, "pinned", (double)zi_cuda_host_pinned_bytes(w->be));
+        zi_metric_set(w->wm.weight_bytes, "mapped", (double)mapped);
+        zi_metric_set(w->wm.weight_bytes, "pageable", (double)pageable);
         if (host)
             zi_log_info("weights: %.2f GiB of those page-locked (limit %.2f GiB, "
                         "device.pin_limit_mb)",

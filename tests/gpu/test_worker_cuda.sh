@@ -13,8 +13,8 @@
 #    DLQ, the worker keeps running, and the next small job succeeds.
 # 4. device.weight_budget_mb = 0 (every weight in host memory, copied in per op, the large
 #    ones prefetched) and a page-lock limit of 2 MiB (device.pin_limit_mb: the rest is read
-#    from the mapped checkpoint files): the load log says both, and the same job gives the
-#    same PNG bytes.
+#    from the mapped checkpoint files): the load log and zimage_weight_bytes say both,
+#    zimage_weight_prefetch_total counts hits, and the same job gives the same PNG bytes.
 # 5. A bad device.weight_budget_mb: start-up stops with exit 2, naming the key.
 source "$(dirname "$0")/../integration/worker_lib.sh"
 zt_init worker_cuda
@@ -52,6 +52,11 @@ zt_check_ge "peak >= allocated" 0 "$((peak - alloc))"
 zt_check_ge "reserved within the 136 MiB cap" 0 "$((136 * 1048576 - res))"
 zt_check "metric total" "$total" "$(zt_metric w1 'zimage_gpu_memory_bytes{kind="total"}')"
 zt_check "metric reserved" "$res" "$(zt_metric w1 'zimage_gpu_memory_bytes{kind="reserved"}')"
+zt_check_ge "metric: weights on the device" 1 "$(zt_metric w1 'zimage_weight_bytes{where="device"}')"
+zt_check "metric: no weight in host memory" "0 0 0" \
+    "$(for k in pinned mapped pageable; do zt_metric w1 "zimage_weight_bytes{where=\"$k\"}"; done | xargs)"
+zt_check "metric: nothing prefetched (all resident)" 0 \
+    "$(zt_metric w1 'zimage_weight_prefetch_total{result="miss"}')"
 
 # ---- 3. out of device memory ----
 zt_submit --job-id cu-big --prompt "too big for the cap" --width 256 --height 256 >/dev/null
@@ -100,6 +105,10 @@ curl -s -o "$ZT_TMP/cu-2.png" --max-time 10 "$(zt_url cu-2)"
 curl -s -o "$ZT_TMP/cu-3.png" --max-time 10 "$(zt_url cu-3)"
 zt_check "same image with the weights in host memory" yes \
     "$(cmp -s "$ZT_TMP/cu-2.png" "$ZT_TMP/cu-3.png" && echo yes)"
+zt_check "metric: no weight on the device" 0 "$(zt_metric w2 'zimage_weight_bytes{where="device"}')"
+zt_check_ge "metric: weights read from the mapped checkpoint" 1 \
+    "$(zt_metric w2 'zimage_weight_bytes{where="mapped"}')"
+zt_check_ge "metric: weights found prefetched" 1 "$(zt_metric w2 'zimage_weight_prefetch_total{result="hit"}')"
 zt_kill w2 TERM
 zt_wait_exit w2 60
 zt_check "w2 exit status after SIGTERM" 0 "$ZT_RC"

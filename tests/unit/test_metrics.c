@@ -205,6 +205,12 @@ static void test_worker_metrics(void **state)
         "zimage_job_failures_total{error_code=\"too_many_attempts\"} 0\n",
         "# TYPE zimage_worker_id_conflicts_total counter\n",
         "zimage_worker_id_conflicts_total 0\n",
+        "# TYPE zimage_weight_bytes gauge\n",
+        "zimage_weight_bytes{where=\"device\"} 0\n",
+        "zimage_weight_bytes{where=\"mapped\"} 0\n",
+        "# TYPE zimage_weight_prefetch_total counter\n",
+        "zimage_weight_prefetch_total{result=\"hit\"} 0\n",
+        "zimage_weight_prefetch_total{result=\"miss\"} 0\n",
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!strstr(text, want[i]))
