@@ -514,13 +514,16 @@ io:
     return rc;
 }
 
-/* Ends a MULTI batch with EXEC and runs it; an aborted transaction is an error. */
-static int zi_rs_exec(zi_rstatus *rs, zi_rs_batch *b, const char *what)
+/* Ends a MULTI batch with EXEC and runs it; an aborted transaction is an error. *reply
+ * (when not NULL) receives EXEC's array of replies on success (the caller frees it). */
+static int zi_rs_exec(zi_rstatus *rs, zi_rs_batch *b, const char *what, redisReply **reply)
 {
     ZI_RS_CMD(b, "EXEC");
     redisReply *r = NULL;
     int rc = zi_rs_run(rs, b, what, &r);
-    if (r)
+    if (reply && rc == ZI_OK)
+        *reply = r;
+    else if (r)
         freeReplyObject(r);
     return rc;
 }
@@ -588,7 +591,7 @@ int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status
                   "worker", rs->worker_id);
     if (error_code)
         ZI_RS_ARGS(&b, c, "error_code", error_code);
-    return zi_rs_exec(rs, &b, "set status");
+    return zi_rs_exec(rs, &b, "set status", NULL);
 }
 
 int zi_rstatus_job_set(zi_rstatus *rs, const char *job_id, const zi_rstatus_field *fields, size_t n)
@@ -603,7 +606,7 @@ int zi_rstatus_job_set(zi_rstatus *rs, const char *job_id, const zi_rstatus_fiel
     ZI_RS_CMD(&b, "MULTI");
     zi_rs_fields(&b, ZI_RS_CMD(&b, "HSET", jkey), fields, n);
     ZI_RS_CMD(&b, "EXPIRE", jkey, zi_rs_i64(ttl, rs->job_ttl_s));
-    return zi_rs_exec(rs, &b, "job set");
+    return zi_rs_exec(rs, &b, "job set", NULL);
 }
 
 void zi_rstatus_hash_free(zi_rstatus_hash *h)
@@ -904,10 +907,9 @@ int zi_rstatus_heartbeat(zi_rstatus *rs, const zi_rstatus_worker_info *info, cha
     ZI_RS_CMD(&b, "ZADD", zkey, now, rs->worker_id);
     zi_rs_fields(&b, ZI_RS_CMD(&b, "HSET", wkey), f, sizeof f / sizeof f[0]);
     ZI_RS_CMD(&b, "EXPIRE", wkey, ttl);
-    ZI_RS_CMD(&b, "EXEC");
     redisReply *r = NULL;
-    rc = zi_rs_run(rs, &b, "heartbeat", &r);
-    if (rc == ZI_OK && r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
+    rc = zi_rs_exec(rs, &b, "heartbeat", &r);
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
         r->element[0]->type == REDIS_REPLY_STRING && prev && prev_len)
         snprintf(prev, prev_len, "%s", r->element[0]->str);
     if (r)
@@ -927,7 +929,7 @@ int zi_rstatus_worker_remove(zi_rstatus *rs)
     ZI_RS_CMD(&b, "MULTI");
     ZI_RS_CMD(&b, "ZREM", zkey, rs->worker_id);
     ZI_RS_CMD(&b, "DEL", wkey);
-    return zi_rs_exec(rs, &b, "worker remove");
+    return zi_rs_exec(rs, &b, "worker remove", NULL);
 }
 
 /* ---- raw ---- */

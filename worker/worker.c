@@ -89,7 +89,7 @@ typedef struct zi_wk {
     pthread_mutex_t state_mu;
     /* heartbeat thread only: this process's token in the worker hash, whether a heartbeat
      * has been written, when a worker.id conflict was last logged */
-    char instance[24];
+    char instance[33];
     int hb_written;
     int64_t id_conflict_logged_ms;
     /* prefetch counts already added to zimage_weight_prefetch_total (zi_wk_snapshot_mem's
@@ -151,6 +151,8 @@ static void zi_wk_set_state(zi_wk *w, const char *state, const char *job)
     pthread_mutex_unlock(&w->state_mu);
 }
 
+/* The backend's memory figures for the heartbeat and /metrics, and the prefetch counts
+ * since the last call into zimage_weight_prefetch_total (after the load, then every step). */
 static void zi_wk_snapshot_mem(zi_wk *w)
 {
     zi_mem_stats ms = {0};
@@ -982,8 +984,7 @@ static void zi_wk_heartbeat_once(zi_wk *w, zi_rstatus *rs)
          * this worker.id. (At the first heartbeat the token may be a crashed predecessor's.)
          * Leases, the fleet view and the consumer's client id are keyed by the id. */
         if (w->hb_written && prev[0] && strcmp(prev, w->instance) != 0) {
-            if (w->wm.id_conflicts)
-                zi_metric_inc(w->wm.id_conflicts, NULL);
+            zi_metric_inc(w->wm.id_conflicts, NULL);
             int64_t now = zi_wk_mono_ms();
             if (!w->id_conflict_logged_ms || now - w->id_conflict_logged_ms >= 60000) {
                 w->id_conflict_logged_ms = now;
@@ -1269,10 +1270,8 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
     if ((rc = zi_kafka_producer_new(cfg, client_id, &w->producer)) != ZI_OK)
         goto out;
 
-    uint64_t tok = 0;
-    if (getrandom(&tok, sizeof tok, GRND_NONBLOCK) != (ssize_t)sizeof tok)
-        tok = (uint64_t)zi_wk_mono_ms() ^ ((uint64_t)getpid() << 32);
-    snprintf(w->instance, sizeof w->instance, "%016llx", (unsigned long long)tok);
+    if ((rc = zi_job_new_id(w->instance)) != ZI_OK) /* this process's heartbeat token */
+        goto out;
     if (pthread_create(&w->hb_thread, NULL, zi_wk_hb_main, w) != 0) {
         rc = zi_errorf(ZI_ENOMEM, "cannot start the heartbeat thread");
         goto out;
@@ -1326,15 +1325,15 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
                     m.weights / 1073741824.0, host / 1073741824.0, bs);
         uint64_t mapped = zi_cuda_host_mapped_bytes(w->be);
         uint64_t pageable = zi_cuda_host_pageable_bytes(w->be);
+        uint64_t pinned = zi_cuda_host_pinned_bytes(w->be);
         zi_metric_set(w->wm.weight_bytes, "device", (double)m.weights);
-        zi_metric_set(w->wm.weight_bytes, "pinned", (double)zi_cuda_host_pinned_bytes(w->be));
+        zi_metric_set(w->wm.weight_bytes, "pinned", (double)pinned);
         zi_metric_set(w->wm.weight_bytes, "mapped", (double)mapped);
         zi_metric_set(w->wm.weight_bytes, "pageable", (double)pageable);
         if (host)
             zi_log_info("weights: %.2f GiB of those page-locked (limit %.2f GiB, "
                         "device.pin_limit_mb)",
-                        zi_cuda_host_pinned_bytes(w->be) / 1073741824.0,
-                        zi_cuda_pin_limit(w->be) / 1073741824.0);
+                        pinned / 1073741824.0, zi_cuda_pin_limit(w->be) / 1073741824.0);
         if (mapped)
             zi_log_info("weights: %.2f GiB of those read from the mapped checkpoint files "
                         "(past the page-lock limit, device.pin_limit_mb): no copy in memory; "

@@ -22,7 +22,7 @@ zt_wait_log a "$CONFLICT" 20
 zt_check_ge "a counted the conflict" 1 "$(zt_metric a zimage_worker_id_conflicts_total)"
 zt_check_ge "b counted the conflict" 1 "$(zt_metric b zimage_worker_id_conflicts_total)"
 zt_check "the worker hash names one of them" yes \
-    "$(zt_redis HGET "${ZT_PREFIX}worker:w-same" instance | grep -qE '^[0-9a-f]{16}$' && echo yes)"
+    "$(zt_redis HGET "${ZT_PREFIX}worker:w-same" instance | grep -qE '^[0-9a-f]{32}$' && echo yes)"
 
 # ---- 2. a restart after a crash is not a conflict ----
 zt_kill a KILL
