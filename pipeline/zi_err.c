@@ -73,6 +73,8 @@ const char *zi_strerror(int code)
         return "authentication failed";
     case ZI_ETRANSIENT:
         return "transient failure";
+    case ZI_ECONFLICT:
+        return "conflict";
     default:
         return "unknown error";
     }

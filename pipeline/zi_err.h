@@ -22,6 +22,7 @@ enum zi_status {
     ZI_ENOTFOUND = -7,  /* a named thing does not exist (tensor, file, job) */
     ZI_EAUTH = -8,      /* credentials refused (S3 403) */
     ZI_ETRANSIENT = -9, /* retryable remote failure (5xx, connection refused) */
+    ZI_ECONFLICT = -10, /* a write refused because another party owns the record now */
 };
 
 /* Records a printf-style message for the calling thread and returns `code`. */

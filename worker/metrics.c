@@ -417,7 +417,8 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
     static const double job_bounds[] = {0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600};
     static const double step_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                          0.5,   1,    2.5,   5,    10,  30};
-    static const char *const outcomes[] = {"succeeded", "failed", "cancelled"};
+    /* pre-created at 0 where an alert takes their increase() (a series first seen at 1 has none) */
+    static const char *const outcomes[] = {"succeeded", "failed", "cancelled", "superseded"};
     static const char *const kinds[] = {"reserved", "allocated", "peak", "total", "free"};
     static const char *const wheres[] = {"device", "pinned", "mapped", "pageable"};
     int rc;

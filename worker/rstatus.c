@@ -9,7 +9,8 @@
  *
  * Leases use small Lua scripts so that renew and release act only while the value is
  * still our worker id (compare-and-set semantics; a plain PEXPIRE/DEL could extend or
- * delete another worker's lease after ours expired).
+ * delete another worker's lease after ours expired). A run's own job writes are fenced the
+ * same way by its attempt number (zi_rstatus_fence): one script checks and writes.
  */
 #include "rstatus.h"
 
@@ -25,7 +26,7 @@
 
 #include "zi_err.h"
 
-#define ZI_RS_MAX_ARGS 64
+#define ZI_RS_MAX_ARGS 128
 #define ZI_RS_MAX_CMDS 8
 #define ZI_RS_KEY_MAX 512
 #define ZI_RS_BACKOFF_MIN_MS 100
@@ -48,6 +49,9 @@ struct zi_rstatus {
     char connect_msg[300];
     int64_t last_progress_ms;
     uint64_t rng;
+    /* zi_rstatus_fence: writes to fence_job's hash need its attempt to be fence or absent */
+    int64_t fence;
+    char fence_job[256];
 };
 
 /* ---- URLs ---- */
@@ -560,11 +564,79 @@ int zi_rstatus_ping(zi_rstatus *rs)
 
 /* ---- jobs ---- */
 
+/* The fenced form of a job write (zi_rstatus_fence): KEYS = job hash, events stream;
+ * ARGV = fence, ttl, the number n of HSET arguments, the n HSET field/value arguments, then
+ * XADD's arguments after its key (none: no event). Returns 1 when written, else the
+ * hash's attempt, which belongs to a later run (a greater number: a resubmission resets
+ * it to 0, and the running job then still finishes and records itself). */
+static const char zi_rs_lua_fenced[] =
+    "local a = redis.call('HGET', KEYS[1], 'attempt')\n"
+    "if a and (tonumber(a) or 0) > tonumber(ARGV[1]) then return a end\n"
+    "local n = tonumber(ARGV[3])\n"
+    "redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))\n"
+    "redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
+    "if #ARGV > 3 + n then redis.call('XADD', KEYS[2], unpack(ARGV, 4 + n, #ARGV)) end\n"
+    "return 1\n";
+
+void zi_rstatus_fence(zi_rstatus *rs, const char *job_id, int64_t attempt)
+{
+    rs->fence = job_id && attempt > 0 ? attempt : 0;
+    snprintf(rs->fence_job, sizeof rs->fence_job, "%s", rs->fence ? job_id : "");
+}
+
+/* Appends the arguments of src from index `from` on to c. */
+static void zi_rs_tail(zi_rs_batch *b, zi_rs_cmd *c, const zi_rs_cmd *src, int from)
+{
+    for (int i = from; i < src->argc; i++)
+        zi_rs_arg(b, c, src->argv[i]);
+}
+
+/* Writes a job's hash (hs: HSET key field value ...), re-arms its TTL and, when xa is not
+ * NULL, adds its event (xa: XADD key ...): in one MULTI/EXEC, or - while the job is fenced -
+ * in one script that first checks the hash's attempt (ZI_ECONFLICT when a later run's). */
+static int zi_rs_job_write(zi_rstatus *rs, const char *job_id, const zi_rs_batch *parts,
+                           const char *what)
+{
+    const zi_rs_cmd *hs = &parts->cmds[0], *xa = parts->n > 1 ? &parts->cmds[1] : NULL;
+    char ttl[ZI_RS_NUM_MAX], fence[ZI_RS_NUM_MAX], nh[ZI_RS_NUM_MAX];
+    zi_rs_i64(ttl, rs->job_ttl_s);
+    if (parts->overflow)
+        return zi_errorf(ZI_EINVAL, "redis %s: too many arguments", what);
+    zi_rs_batch b = {0};
+    if (!rs->fence || strcmp(rs->fence_job, job_id) != 0) {
+        ZI_RS_CMD(&b, "MULTI");
+        zi_rs_tail(&b, zi_rs_cmd_new(&b), hs, 0);
+        ZI_RS_CMD(&b, "EXPIRE", hs->argv[1], ttl);
+        if (xa)
+            zi_rs_tail(&b, zi_rs_cmd_new(&b), xa, 0);
+        return zi_rs_exec(rs, &b, what, NULL);
+    }
+    zi_rs_cmd *c =
+        ZI_RS_CMD(&b, "EVAL", zi_rs_lua_fenced, "2", hs->argv[1], xa ? xa->argv[1] : hs->argv[1],
+                  zi_rs_i64(fence, rs->fence), ttl, zi_rs_i64(nh, hs->argc - 2));
+    zi_rs_tail(&b, c, hs, 2);
+    if (xa)
+        zi_rs_tail(&b, c, xa, 2);
+    redisReply *r = NULL;
+    int rc = zi_rs_run(rs, &b, what, &r);
+    if (rc)
+        return rc;
+    if (r->type == REDIS_REPLY_STRING)
+        rc = zi_errorf(ZI_ECONFLICT,
+                       "redis %s: job %s is at attempt %.40s, this run is attempt %lld: a later "
+                       "run owns the job",
+                       what, job_id, r->str, (long long)rs->fence);
+    else if (r->type != REDIS_REPLY_INTEGER)
+        rc = zi_errorf(ZI_EIO, "redis %s: unexpected reply", what);
+    freeReplyObject(r);
+    return rc;
+}
+
 int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status,
                           const char *error_code, const char *error, const zi_rstatus_field *extra,
                           size_t nextra)
 {
-    char jkey[ZI_RS_KEY_MAX], ekey[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX], maxlen[ZI_RS_NUM_MAX];
+    char jkey[ZI_RS_KEY_MAX], ekey[ZI_RS_KEY_MAX], maxlen[ZI_RS_NUM_MAX];
     char err_cut[ZI_RS_ERROR_MAX + 1];
     int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
     if (!rc)
@@ -573,40 +645,35 @@ int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status
         return rc;
     if (!status || !*status)
         return zi_errorf(ZI_EINVAL, "redis: empty status");
-    zi_rs_i64(ttl, rs->job_ttl_s);
     zi_rs_i64(maxlen, ZI_RSTATUS_EVENTS_MAXLEN);
     if (error)
         snprintf(err_cut, sizeof err_cut, "%s", error);
 
-    zi_rs_batch b = {0};
-    ZI_RS_CMD(&b, "MULTI");
-    zi_rs_cmd *c = ZI_RS_CMD(&b, "HSET", jkey, "status", status, "worker", rs->worker_id);
+    zi_rs_batch parts = {0};
+    zi_rs_cmd *c = ZI_RS_CMD(&parts, "HSET", jkey, "status", status, "worker", rs->worker_id);
     /* Every contract field is always present; a run after an earlier failure must not keep
      * the stale error, so a status without one writes them empty. */
-    ZI_RS_ARGS(&b, c, "error_code", error_code ? error_code : "", "error",
+    ZI_RS_ARGS(&parts, c, "error_code", error_code ? error_code : "", "error",
                error_code && error ? err_cut : "");
-    zi_rs_fields(&b, c, extra, nextra);
-    ZI_RS_CMD(&b, "EXPIRE", jkey, ttl);
-    c = ZI_RS_CMD(&b, "XADD", ekey, "MAXLEN", "~", maxlen, "*", "job_id", job_id, "status", status,
-                  "worker", rs->worker_id);
+    zi_rs_fields(&parts, c, extra, nextra);
+    c = ZI_RS_CMD(&parts, "XADD", ekey, "MAXLEN", "~", maxlen, "*", "job_id", job_id, "status",
+                  status, "worker", rs->worker_id);
     if (error_code)
-        ZI_RS_ARGS(&b, c, "error_code", error_code);
-    return zi_rs_exec(rs, &b, "set status", NULL);
+        ZI_RS_ARGS(&parts, c, "error_code", error_code);
+    return zi_rs_job_write(rs, job_id, &parts, "set status");
 }
 
 int zi_rstatus_job_set(zi_rstatus *rs, const char *job_id, const zi_rstatus_field *fields, size_t n)
 {
-    char jkey[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX];
+    char jkey[ZI_RS_KEY_MAX];
     int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
     if (rc)
         return rc;
     if (n == 0)
         return ZI_OK;
-    zi_rs_batch b = {0};
-    ZI_RS_CMD(&b, "MULTI");
-    zi_rs_fields(&b, ZI_RS_CMD(&b, "HSET", jkey), fields, n);
-    ZI_RS_CMD(&b, "EXPIRE", jkey, zi_rs_i64(ttl, rs->job_ttl_s));
-    return zi_rs_exec(rs, &b, "job set", NULL);
+    zi_rs_batch parts = {0};
+    zi_rs_fields(&parts, ZI_RS_CMD(&parts, "HSET", jkey), fields, n);
+    return zi_rs_job_write(rs, job_id, &parts, "job set");
 }
 
 void zi_rstatus_hash_free(zi_rstatus_hash *h)

@@ -20,7 +20,7 @@
  * back off exponentially (100 ms .. 5 s, with jitter), and calls inside the back-off
  * window fail at once with the last connect failure: ZI_ETRANSIENT, or ZI_EAUTH when the
  * password was refused. Protocol or server errors (wrong type, NOAUTH, script error) return
- * ZI_EIO. Commands of one function go in one MULTI/EXEC.
+ * ZI_EIO. Commands of one function go in one MULTI/EXEC (or one script).
  *
  * Thread safety: one handle per thread (hiredis contexts are not shareable).
  * Secrets: the password is used for AUTH only; it is never logged or stored.
@@ -114,6 +114,15 @@ int64_t zi_rstatus_now_ms(void);
 int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status,
                           const char *error_code, const char *error, const zi_rstatus_field *extra,
                           size_t nextra);
+
+/* Fences this handle's writes to one run of a job: while set, zi_rstatus_set_status and
+ * zi_rstatus_job_set (so also progress) on job_id write only when the job hash's `attempt`
+ * is not greater than `attempt` (absent: Redis lost the hash; 0: the job was submitted
+ * again, which does not stop the run), checked and written in one script. Otherwise they
+ * write nothing and return ZI_ECONFLICT: a later run has counted its attempt since - another
+ * worker that took the job over while this one was stalled or cut off - and owns the
+ * record. job_id NULL or attempt <= 0 lifts the fence. */
+void zi_rstatus_fence(zi_rstatus *rs, const char *job_id, int64_t attempt);
 
 /* HSET of fields on P job:{id} + EXPIRE job_ttl_s (no event). */
 int zi_rstatus_job_set(zi_rstatus *rs, const char *job_id, const zi_rstatus_field *fields,

@@ -74,6 +74,7 @@ typedef struct zi_wk {
     atomic_int job_revoked; /* the running job's partition was revoked or lost */
     atomic_int job_abort;   /* stop now without a final state (drain deadline) */
     atomic_int lease_lost;  /* another worker took the running job's lease */
+    atomic_int superseded;  /* a later run of the running job counted its attempt */
     atomic_int draining;    /* the main loop began the drain: a job not yet run is left */
     atomic_int in_checks;   /* the job thread is in a job's checks before its run */
     zi_rstatus *rs_job;
@@ -270,13 +271,32 @@ typedef struct zi_wk_run {
     int valid; /* the message passed every job rule (r->job is complete) */
 } zi_wk_run;
 
-/* Writes status + fields (+ event) until it is written or the job is aborted. */
+/* A later run of this job has counted its attempt (the hash's `attempt` is past this
+ * run's; the refused write left the message): another worker took the job over while
+ * this one was stalled or cut off from Redis and Kafka for longer than the lease and the
+ * session. This run stops without a final state, upload, DLQ copy or result message, so
+ * it never overwrites the newer run's record. */
+static void zi_wk_supersede(zi_wk *w)
+{
+    if (atomic_exchange(&w->superseded, 1))
+        return;
+    zi_log_error("%s; this run stops without a final state", zi_errmsg());
+    atomic_store(&w->job_abort, 1);
+    zi_metric_inc(w->wm.jobs_total, "superseded");
+}
+
+/* Writes status + fields (+ event) until it is written or the job is aborted (or, for a
+ * run, superseded: ZI_ECONFLICT, not retried). */
 static int zi_wk_record(zi_wk *w, zi_wk_run *r, const char *status, const char *code,
                         const char *error, const zi_wk_fields *fs, int pre_run)
 {
     int tries = 0, rc;
     while ((rc = zi_rstatus_set_status(w->rs_job, r->job.job_id, status, code, error, fs->f,
                                        fs->n)) != ZI_OK) {
+        if (rc == ZI_ECONFLICT) {
+            zi_wk_supersede(w);
+            return rc;
+        }
         if (!zi_wk_retry(w, pre_run, &tries, "redis: recording the job state"))
             return rc;
     }
@@ -392,7 +412,9 @@ static int zi_wk_result_succeeded(zi_wk *w, zi_wk_run *r)
         return rc;
     zi_rstatus_field f = {"result_sent", "1"};
     int tries = 0;
-    while (zi_rstatus_job_set(w->rs_job, r->job.job_id, &f, 1) != ZI_OK) {
+    while ((rc = zi_rstatus_job_set(w->rs_job, r->job.job_id, &f, 1)) != ZI_OK) {
+        if (rc == ZI_ECONFLICT)
+            break; /* a later run has started since our `succeeded`: it reports itself */
         if (!zi_wk_retry(w, 0, &tries, "redis: marking the result message sent"))
             break; /* aborted: at worst the message is sent again on redelivery */
     }
@@ -512,8 +534,13 @@ static int zi_wk_progress(void *ud, int step, int steps, double step_seconds)
         r->aborted = 1;
         return 1;
     }
-    /* Progress is best effort: a failed write is not retried (the final state is). */
-    zi_rstatus_progress(w->rs_job, r->job.job_id, step, steps, 0, NULL);
+    /* Progress is best effort: a failed write is not retried (the final state is). A write
+     * refused by the fence stops the run: a later one owns the job. */
+    if (zi_rstatus_progress(w->rs_job, r->job.job_id, step, steps, 0, NULL) == ZI_ECONFLICT) {
+        zi_wk_supersede(w);
+        r->aborted = 1;
+        return 1;
+    }
     /* The cancel flag at every step boundary (one EXISTS): the contract stops a cancelled
      * job at the next one. */
     int cancel = 0;
@@ -586,6 +613,24 @@ static uint64_t zi_wk_draw_seed(void)
     return s & ZI_JOB_SEED_INT_MAX; /* fits a JSON integer exactly */
 }
 
+/* Before the upload, which no script can fence: ZI_ECONFLICT (and the run superseded) when
+ * the hash's attempt is a later run's - an older worker's image must not replace the object
+ * of a newer run (perhaps of another model version). Redis unreachable: ZI_OK (the final
+ * write is fenced). */
+static int zi_wk_still_latest(zi_wk *w, zi_wk_run *r)
+{
+    char a[32];
+    if (zi_rstatus_job_field(w->rs_job, r->job.job_id, "attempt", a, sizeof a) != ZI_OK ||
+        strtoll(a, NULL, 10) <= r->attempt)
+        return ZI_OK;
+    int rc = zi_errorf(ZI_ECONFLICT,
+                       "job %s is at attempt %s, this run is attempt %lld: a later run owns "
+                       "the job",
+                       r->job.job_id, a, (long long)r->attempt);
+    zi_wk_supersede(w);
+    return rc;
+}
+
 /* Generates, encodes, uploads. */
 static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
 {
@@ -609,8 +654,10 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
     zi_wk_snapshot_mem(w);
     int res;
     if (rc == ZI_ECANCELLED && r->aborted) {
-        zi_log_warn("job stopped by %s; it will be delivered again",
-                    atomic_load(&w->lease_lost) ? "the loss of its lease" : "the drain deadline");
+        if (!atomic_load(&w->superseded))
+            zi_log_warn("job stopped by %s; it will be delivered again",
+                        atomic_load(&w->lease_lost) ? "the loss of its lease"
+                                                    : "the drain deadline");
         res = ZI_WK_NOSTORE;
         goto out;
     }
@@ -644,6 +691,10 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
         char msg[512];
         snprintf(msg, sizeof msg, "PNG encoding: %s", zi_errmsg());
         res = zi_wk_fail(w, r, rc == ZI_ENOMEM ? "oom" : "pipeline_error", msg, 0);
+        goto out;
+    }
+    if (zi_wk_still_latest(w, r) != ZI_OK) {
+        res = ZI_WK_NOSTORE; /* a later run owns the job and writes its object */
         goto out;
     }
     char seed[32];
@@ -892,8 +943,10 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     zi_wk_add(&fs, "duration_ms", "");
     zi_wk_add(&fs, "error_code", "");
     zi_wk_add(&fs, "error", "");
-    /* the attempt is counted: from here on it is a run, which a drain lets finish */
+    /* the attempt is counted: from here on it is a run, which a drain lets finish, and
+     * whose writes count only while no later run has counted its own */
     atomic_store(&w->in_checks, 0);
+    zi_rstatus_fence(w->rs_job, r->job.job_id, r->attempt);
     if (zi_wk_record(w, r, "running", NULL, NULL, &fs, 0) != ZI_OK)
         goto out;
     zi_log_info("job running (attempt %lld, seed %llu)", (long long)r->attempt,
@@ -901,6 +954,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     res = zi_wk_compute(w, r);
 out:
     atomic_store(&w->in_checks, 0);
+    zi_rstatus_fence(w->rs_job, NULL, 0);
     /* After the final state (when there is one), so a worker waiting for the lease finds
      * the job finished. */
     if (held)
@@ -1120,7 +1174,8 @@ static int zi_wk_loop(zi_wk *w, int *stuck)
                                     cur->topic, (int)cur->partition, (long long)cur->offset);
                     else if (zi_consumer_store(w->consumer, cur) != ZI_OK)
                         zi_log_info("offset not stored: %s", zi_errmsg());
-                } else if (!atomic_load(&w->job_revoked) && !draining && rc == ZI_OK) {
+                } else if (!atomic_load(&w->job_revoked) && !atomic_load(&w->superseded) &&
+                           !draining && rc == ZI_OK) {
                     /* No final state although the partition is still ours and no drain
                      * stopped it (out of memory, a fatal producer): the next message's
                      * offset would commit past this one, so stop instead; it is delivered
@@ -1155,6 +1210,7 @@ static int zi_wk_loop(zi_wk *w, int *stuck)
                 atomic_store(&w->job_revoked, 0);
                 atomic_store(&w->job_abort, 0);
                 atomic_store(&w->lease_lost, 0);
+                atomic_store(&w->superseded, 0);
                 zi_metric_set(w->wm.worker_busy, NULL, 1);
                 zi_wk_set_state(w, "busy", NULL);
                 pthread_mutex_lock(&w->mu);

@@ -1,9 +1,9 @@
 /*
  * test_rstatus.c - worker/rstatus.c against a real Redis: every contract key and field,
- * TTLs, the events stream, attempts, rate-limited progress, lease exclusivity between two
- * connections, renew/release only while ours, lease expiry, cancel flags, heartbeats
- * (and the token each reads back), AUTH + SELECT, and surviving a Redis restart
- * (ZI_ETRANSIENT meanwhile, then reconnect).
+ * TTLs, the events stream, attempts, rate-limited progress, writes fenced by a run's
+ * attempt, lease exclusivity between two connections, renew/release only while ours, lease
+ * expiry, cancel flags, heartbeats (and the token each reads back), AUTH + SELECT, and
+ * surviving a Redis restart (ZI_ETRANSIENT meanwhile, then reconnect).
  *
  * Redis: the local stack's (ZI_REDIS_URL + ZI_STACK_DIR from `deploy/local/stack.sh env`;
  * restarted with stack.sh stop-redis/start-redis), else a private redis-server started
@@ -416,6 +416,86 @@ static void test_progress_rate_limit(void **state)
     zi_rstatus_destroy(rs);
 }
 
+/* A fenced run writes only while the hash's attempt is its own (or gone): a later run's
+ * attempt refuses every write of the earlier one (ZI_ECONFLICT, nothing written, no event). */
+static void test_fence(void **state)
+{
+    (void)state;
+    char prefix[96], key[256], ekey[256], buf[64];
+    snprintf(prefix, sizeof prefix, "zt:%s:", zi_ns);
+    snprintf(key, sizeof key, "%sjob:f1", prefix);
+    zi_rstatus *old = zi_open("w-old", prefix), *now = zi_open("w-new", prefix);
+    assert_int_equal(zi_rstatus_key(old, "events", "", ekey, sizeof ekey), ZI_OK);
+    const char *xlen[] = {"XLEN", ekey};
+    int64_t a = 0;
+    assert_int_equal(zi_rstatus_attempt_incr(old, "f1", &a), ZI_OK);
+    zi_rstatus_fence(old, "f1", a);
+    zi_rstatus_field f[] = {{"attempt", "1"}, {"seed", "7"}};
+    assert_int_equal(zi_rstatus_set_status(old, "f1", "running", NULL, NULL, f, 2), ZI_OK);
+    assert_int_equal(zi_rstatus_progress(old, "f1", 1, 4, 1, NULL), ZI_OK);
+    assert_int_equal(zi_rstatus_job_field(old, "f1", "status", buf, sizeof buf), ZI_OK);
+    assert_string_equal(buf, "running");
+    assert_int_equal(zi_rstatus_job_field(old, "f1", "step", buf, sizeof buf), ZI_OK);
+    assert_string_equal(buf, "1");
+    assert_true(zi_ttl(old, key) > 590); /* the script re-arms the TTL too */
+
+    /* another worker takes the job over: attempt 2 */
+    assert_int_equal(zi_rstatus_attempt_incr(now, "f1", &a), ZI_OK);
+    assert_int_equal(a, 2);
+    zi_rstatus_fence(now, "f1", a);
+    assert_int_equal(zi_rstatus_set_status(now, "f1", "running", NULL, NULL, NULL, 0), ZI_OK);
+    redisReply *r = zi_cmd(old, 2, xlen);
+    long long events = r->integer;
+    zi_rstatus_reply_free(r);
+
+    assert_int_equal(zi_rstatus_progress(old, "f1", 3, 4, 1, NULL), ZI_ECONFLICT);
+    assert_non_null(strstr(zi_errmsg(), "attempt 2, this run is attempt 1"));
+    assert_int_equal(zi_rstatus_set_status(old, "f1", "failed", "s3_error", "x", f, 2),
+                     ZI_ECONFLICT);
+    assert_int_equal(zi_rstatus_job_set(old, "f1", f, 1), ZI_ECONFLICT);
+    assert_int_equal(zi_rstatus_job_field(old, "f1", "status", buf, sizeof buf), ZI_OK);
+    assert_string_equal(buf, "running");
+    assert_int_equal(zi_rstatus_job_field(old, "f1", "worker", buf, sizeof buf), ZI_OK);
+    assert_string_equal(buf, "w-new");
+    assert_int_equal(zi_rstatus_job_field(old, "f1", "attempt", buf, sizeof buf), ZI_OK);
+    assert_string_equal(buf, "2");
+    assert_int_equal(zi_rstatus_job_field(old, "f1", "step", buf, sizeof buf), ZI_OK);
+    assert_string_equal(buf, "1");
+    r = zi_cmd(old, 2, xlen);
+    assert_int_equal(r->integer, events); /* no event from the refused run */
+    zi_rstatus_reply_free(r);
+
+    /* the newer run writes; a fence on another job does not apply; lifted, none applies */
+    assert_int_equal(zi_rstatus_set_status(now, "f1", "succeeded", NULL, NULL, NULL, 0), ZI_OK);
+    zi_rstatus_fence(old, "other", 1);
+    assert_int_equal(zi_rstatus_job_set(old, "f1", f + 1, 1), ZI_OK);
+    zi_rstatus_fence(old, "f1", 1);
+    assert_int_equal(zi_rstatus_job_set(old, "f1", f + 1, 1), ZI_ECONFLICT);
+    zi_rstatus_fence(old, NULL, 0);
+    assert_int_equal(zi_rstatus_job_set(old, "f1", f + 1, 1), ZI_OK);
+
+    /* a resubmission resets the attempt to 0: not a later run, the fenced one still writes */
+    const char *reset[] = {"HSET", key, "attempt", "0"};
+    zi_rstatus_reply_free(zi_cmd(old, 4, reset));
+    assert_int_equal(zi_rstatus_job_set(old, "f1", f + 1, 1), ZI_OK);
+
+    /* the hash gone (Redis lost it): the fenced run writes its whole record again */
+    zi_del(old, key);
+    zi_rstatus_fence(old, "f1", 1);
+    assert_int_equal(zi_rstatus_set_status(old, "f1", "succeeded", NULL, NULL, f, 2), ZI_OK);
+    assert_int_equal(zi_rstatus_job_field(old, "f1", "attempt", buf, sizeof buf), ZI_OK);
+    assert_string_equal(buf, "1");
+    assert_int_equal(zi_rstatus_job_field(old, "f1", "status", buf, sizeof buf), ZI_OK);
+    assert_string_equal(buf, "succeeded");
+    r = zi_cmd(old, 2, xlen);
+    assert_int_equal(r->integer, events + 2);
+    zi_rstatus_reply_free(r);
+    zi_del(old, key);
+    zi_del(old, ekey);
+    zi_rstatus_destroy(old);
+    zi_rstatus_destroy(now);
+}
+
 static void test_leases(void **state)
 {
     (void)state;
@@ -725,6 +805,7 @@ int main(void)
         cmocka_unit_test(test_job_hash_and_events),
         cmocka_unit_test(test_prefix_and_attempts),
         cmocka_unit_test(test_progress_rate_limit),
+        cmocka_unit_test(test_fence),
         cmocka_unit_test(test_leases),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_heartbeat),

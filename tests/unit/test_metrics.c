@@ -182,6 +182,7 @@ static void test_worker_metrics(void **state)
         "zimage_jobs_total{outcome=\"succeeded\"} 1\n",
         "zimage_jobs_total{outcome=\"failed\"} 0\n",
         "zimage_jobs_total{outcome=\"cancelled\"} 0\n",
+        "zimage_jobs_total{outcome=\"superseded\"} 0\n",
         "# TYPE zimage_job_duration_seconds histogram\n",
         "zimage_job_duration_seconds_bucket{le=\"2\"} 0\n",
         "zimage_job_duration_seconds_bucket{le=\"5\"} 1\n",
