@@ -144,10 +144,15 @@ static zi_kpart *zi_consumer_find(const zi_consumer *c, const char *topic, int32
     return NULL;
 }
 
-/* Pauses or resumes one partition when its state differs. */
+/* Pauses or resumes one partition when its state differs. A partition that has delivered
+ * nothing yet in this assignment is not paused: its fetch position may still be unknown
+ * (committed offset or offset reset in flight), and librdkafka 2.0.2 drops that answer when
+ * a pause arrives meanwhile - the partition then never fetches (found by
+ * tests/fault/test_worker_chaos.sh, checked by tests/integration/test_worker_rebalance.sh).
+ * It is paused once its first message is here, by the next zi_consumer_set_paused(). */
 static void zi_consumer_pause_one(zi_consumer *c, zi_kpart *p, int paused)
 {
-    if (p->paused == paused)
+    if (p->paused == paused || (paused && p->last_seen < 0))
         return;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     if (!l)
@@ -208,7 +213,7 @@ static void zi_consumer_on_assign(zi_consumer *c, rd_kafka_topic_partition_list_
             c->nparts++;
         }
         p->epoch = ++c->epochs;
-        p->paused = 0;
+        p->paused = 0; /* a partition is resumed before it is revoked (zi_consumer_on_revoke) */
         p->last_seen = -1;
         p->stored = -1;
         zi_log_info("kafka: assigned %s[%d]", tp->topic, (int)tp->partition);
@@ -224,6 +229,9 @@ static void zi_consumer_on_revoke(zi_consumer *c, rd_kafka_topic_partition_list_
         zi_consumer_drop_queued(c, tp->topic, tp->partition);
         zi_kpart *p = zi_consumer_find(c, tp->topic, tp->partition);
         if (p) {
+            /* librdkafka keeps a partition's pause into its next assignment to this
+             * consumer (confluentinc/librdkafka#1849), where it would never deliver. */
+            zi_consumer_pause_one(c, p, 0);
             free(p->topic);
             *p = c->parts[--c->nparts];
         }
@@ -247,15 +255,8 @@ static void zi_consumer_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             ret = rd_kafka_assign(rk, parts);
         if (!error && !ret) {
             c->assigned_once = 1;
+            /* Not paused here even while a job runs: see zi_consumer_pause_one. */
             zi_consumer_on_assign(c, parts);
-            /* Partitions assigned while a job runs are paused right away. */
-            if (c->paused)
-                for (int i = 0; i < parts->cnt; i++) {
-                    zi_kpart *p =
-                        zi_consumer_find(c, parts->elems[i].topic, parts->elems[i].partition);
-                    if (p)
-                        zi_consumer_pause_one(c, p, 1);
-                }
         }
     } else {
         /* Revoked (or an error: drop everything). Forget the partitions before librdkafka

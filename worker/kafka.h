@@ -21,10 +21,13 @@
  * moves a partition's stored offset backwards.
  *
  * Pausing: zi_consumer_set_paused(1) pauses every assigned partition (and partitions
- * assigned later) so nothing more is fetched while a job runs; polling goes on, so the
- * consumer never exceeds max.poll.interval.ms and keeps its group membership. Each
- * partition is paused/resumed at most once per change (librdkafka <= 2.3 may refetch when
- * resuming a partition that was not paused).
+ * assigned later, once they delivered a message) so nothing more is fetched while a job runs;
+ * polling goes on, so the consumer never exceeds max.poll.interval.ms and keeps its group
+ * membership. Each partition is paused/resumed at most once per change (librdkafka <= 2.3 may
+ * refetch when resuming a partition that was not paused); one that has delivered nothing yet in its
+ * assignment is not paused (librdkafka 2.0.2 loses its fetch position: it would never
+ * deliver), and a paused one is resumed when it is revoked (librdkafka would keep the
+ * pause into its next assignment).
  *
  * Threading: every zi_consumer_* call and the hooks run on the one thread that polls.
  * The producer is thread-safe; zi_kafka_produce_sync() must not be called by two threads

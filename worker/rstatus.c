@@ -565,17 +565,27 @@ int zi_rstatus_ping(zi_rstatus *rs)
 /* ---- jobs ---- */
 
 /* The fenced form of a job write (zi_rstatus_fence): KEYS = job hash, events stream;
- * ARGV = fence, ttl, the number n of HSET arguments, the n HSET field/value arguments, then
- * XADD's arguments after its key (none: no event). Returns 1 when written, else the
- * hash's attempt, which belongs to a later run (a greater number: a resubmission resets
- * it to 0, and the running job then still finishes and records itself). */
+ * ARGV = fence, worker id, ttl, the number n of HSET arguments, the n HSET field/value
+ * arguments, then XADD's arguments after its key (none: no event; n = 0 and none: only
+ * the check). Returns 1 when written, else why a later run owns the job: its attempt (a
+ * greater number - a resubmission resets it to 0, and the running job then still finishes
+ * and records itself), or the `succeeded` another worker or run recorded (a redelivery that
+ * found this run's upload). */
 static const char zi_rs_lua_fenced[] =
-    "local a = redis.call('HGET', KEYS[1], 'attempt')\n"
-    "if a and (tonumber(a) or 0) > tonumber(ARGV[1]) then return a end\n"
-    "local n = tonumber(ARGV[3])\n"
-    "redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + n))\n"
-    "redis.call('EXPIRE', KEYS[1], ARGV[2])\n"
-    "if #ARGV > 3 + n then redis.call('XADD', KEYS[2], unpack(ARGV, 4 + n, #ARGV)) end\n"
+    "local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'worker')\n"
+    "local a, st, wk = h[1], h[2], h[3]\n"
+    "if a and (tonumber(a) or 0) > tonumber(ARGV[1]) then\n"
+    "  return 'attempt ' .. a .. ' has started'\n"
+    "end\n"
+    "if st == 'succeeded' and not (a == ARGV[1] and wk == ARGV[2]) then\n"
+    "  return (wk or '?') .. ' recorded it succeeded'\n"
+    "end\n"
+    "local n = tonumber(ARGV[4])\n"
+    "if n > 0 then\n"
+    "  redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + n))\n"
+    "  redis.call('EXPIRE', KEYS[1], ARGV[3])\n"
+    "end\n"
+    "if #ARGV > 4 + n then redis.call('XADD', KEYS[2], unpack(ARGV, 5 + n, #ARGV)) end\n"
     "return 1\n";
 
 void zi_rstatus_fence(zi_rstatus *rs, const char *job_id, int64_t attempt)
@@ -591,30 +601,18 @@ static void zi_rs_tail(zi_rs_batch *b, zi_rs_cmd *c, const zi_rs_cmd *src, int f
         zi_rs_arg(b, c, src->argv[i]);
 }
 
-/* Writes a job's hash (hs: HSET key field value ...), re-arms its TTL and, when xa is not
- * NULL, adds its event (xa: XADD key ...): in one MULTI/EXEC, or - while the job is fenced -
- * in one script that first checks the hash's attempt (ZI_ECONFLICT when a later run's). */
-static int zi_rs_job_write(zi_rstatus *rs, const char *job_id, const zi_rs_batch *parts,
-                           const char *what)
+/* Runs the fence script for job_id's hash jkey with ekey and the HSET / XADD commands hs
+ * and xa (either may be NULL). ZI_ECONFLICT when a later run owns the job. */
+static int zi_rs_fenced(zi_rstatus *rs, const char *job_id, const char *jkey, const char *ekey,
+                        const zi_rs_cmd *hs, const zi_rs_cmd *xa, const char *what)
 {
-    const zi_rs_cmd *hs = &parts->cmds[0], *xa = parts->n > 1 ? &parts->cmds[1] : NULL;
     char ttl[ZI_RS_NUM_MAX], fence[ZI_RS_NUM_MAX], nh[ZI_RS_NUM_MAX];
-    zi_rs_i64(ttl, rs->job_ttl_s);
-    if (parts->overflow)
-        return zi_errorf(ZI_EINVAL, "redis %s: too many arguments", what);
     zi_rs_batch b = {0};
-    if (!rs->fence || strcmp(rs->fence_job, job_id) != 0) {
-        ZI_RS_CMD(&b, "MULTI");
-        zi_rs_tail(&b, zi_rs_cmd_new(&b), hs, 0);
-        ZI_RS_CMD(&b, "EXPIRE", hs->argv[1], ttl);
-        if (xa)
-            zi_rs_tail(&b, zi_rs_cmd_new(&b), xa, 0);
-        return zi_rs_exec(rs, &b, what, NULL);
-    }
-    zi_rs_cmd *c =
-        ZI_RS_CMD(&b, "EVAL", zi_rs_lua_fenced, "2", hs->argv[1], xa ? xa->argv[1] : hs->argv[1],
-                  zi_rs_i64(fence, rs->fence), ttl, zi_rs_i64(nh, hs->argc - 2));
-    zi_rs_tail(&b, c, hs, 2);
+    zi_rs_cmd *c = ZI_RS_CMD(&b, "EVAL", zi_rs_lua_fenced, "2", jkey, ekey,
+                             zi_rs_i64(fence, rs->fence), rs->worker_id,
+                             zi_rs_i64(ttl, rs->job_ttl_s), zi_rs_i64(nh, hs ? hs->argc - 2 : 0));
+    if (hs)
+        zi_rs_tail(&b, c, hs, 2);
     if (xa)
         zi_rs_tail(&b, c, xa, 2);
     redisReply *r = NULL;
@@ -623,13 +621,43 @@ static int zi_rs_job_write(zi_rstatus *rs, const char *job_id, const zi_rs_batch
         return rc;
     if (r->type == REDIS_REPLY_STRING)
         rc = zi_errorf(ZI_ECONFLICT,
-                       "redis %s: job %s is at attempt %.40s, this run is attempt %lld: a later "
+                       "redis %s: job %s: %.200s, this run is attempt %lld: a later "
                        "run owns the job",
                        what, job_id, r->str, (long long)rs->fence);
     else if (r->type != REDIS_REPLY_INTEGER)
         rc = zi_errorf(ZI_EIO, "redis %s: unexpected reply", what);
     freeReplyObject(r);
     return rc;
+}
+
+/* Writes a job's hash (HSET key field value ..., the first command of parts), re-arms its
+ * TTL and adds the event when parts has a second command (XADD key ...): in one
+ * MULTI/EXEC, or - while the job is fenced - in the fence script. */
+static int zi_rs_job_write(zi_rstatus *rs, const char *job_id, const zi_rs_batch *parts,
+                           const char *what)
+{
+    const zi_rs_cmd *hs = &parts->cmds[0], *xa = parts->n > 1 ? &parts->cmds[1] : NULL;
+    if (parts->overflow)
+        return zi_errorf(ZI_EINVAL, "redis %s: too many arguments", what);
+    if (rs->fence && strcmp(rs->fence_job, job_id) == 0)
+        return zi_rs_fenced(rs, job_id, hs->argv[1], xa ? xa->argv[1] : hs->argv[1], hs, xa, what);
+    char ttl[ZI_RS_NUM_MAX];
+    zi_rs_batch b = {0};
+    ZI_RS_CMD(&b, "MULTI");
+    zi_rs_tail(&b, zi_rs_cmd_new(&b), hs, 0);
+    ZI_RS_CMD(&b, "EXPIRE", hs->argv[1], zi_rs_i64(ttl, rs->job_ttl_s));
+    if (xa)
+        zi_rs_tail(&b, zi_rs_cmd_new(&b), xa, 0);
+    return zi_rs_exec(rs, &b, what, NULL);
+}
+
+int zi_rstatus_fence_check(zi_rstatus *rs, const char *job_id)
+{
+    char jkey[ZI_RS_KEY_MAX];
+    int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
+    if (rc || !rs->fence || strcmp(rs->fence_job, job_id) != 0)
+        return rc;
+    return zi_rs_fenced(rs, job_id, jkey, jkey, NULL, NULL, "fence check");
 }
 
 int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status,
@@ -768,29 +796,43 @@ int zi_rstatus_job_field(zi_rstatus *rs, const char *job_id, const char *field, 
     return ZI_OK;
 }
 
-int zi_rstatus_attempt_incr(zi_rstatus *rs, const char *job_id, int64_t *attempt)
+/* KEYS = job hash, lease; ARGV = worker id, lease ttl (ms), job ttl (s). */
+static const char zi_rs_lua_attempt[] = "local v = redis.call('GET', KEYS[2])\n"
+                                        "if v and v ~= ARGV[1] then return v end\n"
+                                        "redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])\n"
+                                        "local a = redis.call('HINCRBY', KEYS[1], 'attempt', 1)\n"
+                                        "redis.call('EXPIRE', KEYS[1], ARGV[3])\n"
+                                        "return a\n";
+
+int zi_rstatus_attempt_incr(zi_rstatus *rs, const char *job_id, int64_t lease_ttl_ms,
+                            int64_t *attempt)
 {
-    char jkey[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX];
+    char jkey[ZI_RS_KEY_MAX], lkey[ZI_RS_KEY_MAX], ttl[ZI_RS_NUM_MAX], lttl[ZI_RS_NUM_MAX];
     int rc = zi_rs_idkey(rs, "job:", job_id, jkey);
+    if (!rc)
+        rc = zi_rs_idkey(rs, "lease:", job_id, lkey);
     if (rc)
         return rc;
+    if (lease_ttl_ms < 1)
+        return zi_errorf(ZI_EINVAL, "redis: lease ttl must be >= 1 ms");
     zi_rs_batch b = {0};
-    ZI_RS_CMD(&b, "MULTI");
-    ZI_RS_CMD(&b, "HINCRBY", jkey, "attempt", "1");
-    ZI_RS_CMD(&b, "EXPIRE", jkey, zi_rs_i64(ttl, rs->job_ttl_s));
-    ZI_RS_CMD(&b, "EXEC");
+    ZI_RS_CMD(&b, "EVAL", zi_rs_lua_attempt, "2", jkey, lkey, rs->worker_id,
+              zi_rs_i64(lttl, lease_ttl_ms), zi_rs_i64(ttl, rs->job_ttl_s));
     redisReply *r = NULL;
-    if ((rc = zi_rs_run(rs, &b, "HINCRBY attempt", &r)))
+    if ((rc = zi_rs_run(rs, &b, "counting the attempt", &r)))
         return rc;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
-        r->element[0]->type != REDIS_REPLY_INTEGER) {
-        freeReplyObject(r);
-        return zi_errorf(ZI_EIO, "redis HINCRBY %s attempt: unexpected reply", jkey);
+    if (r->type == REDIS_REPLY_INTEGER) {
+        if (attempt)
+            *attempt = r->integer;
+    } else if (r->type == REDIS_REPLY_STRING) {
+        rc = zi_errorf(ZI_ECONFLICT,
+                       "redis: job %s: its lease is held by %.200s: not counting a run", job_id,
+                       r->str);
+    } else {
+        rc = zi_errorf(ZI_EIO, "redis: counting the attempt of %s: unexpected reply", jkey);
     }
-    if (attempt)
-        *attempt = r->element[0]->integer;
     freeReplyObject(r);
-    return ZI_OK;
+    return rc;
 }
 
 int zi_rstatus_progress(zi_rstatus *rs, const char *job_id, int step, int steps, int force,

@@ -116,13 +116,18 @@ int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status
                           size_t nextra);
 
 /* Fences this handle's writes to one run of a job: while set, zi_rstatus_set_status and
- * zi_rstatus_job_set (so also progress) on job_id write only when the job hash's `attempt`
- * is not greater than `attempt` (absent: Redis lost the hash; 0: the job was submitted
- * again, which does not stop the run), checked and written in one script. Otherwise they
- * write nothing and return ZI_ECONFLICT: a later run has counted its attempt since - another
- * worker that took the job over while this one was stalled or cut off - and owns the
- * record. job_id NULL or attempt <= 0 lifts the fence. */
+ * zi_rstatus_job_set (so also progress) on job_id are checked and written in one script,
+ * which writes nothing and returns ZI_ECONFLICT when a later run owns the job: the hash's
+ * `attempt` is greater than `attempt` (another worker took the job over while this one was
+ * stalled or cut off), or the hash says `succeeded` written by another worker or run (a
+ * redelivery that found this run's upload). An absent hash (Redis lost it) or attempt 0
+ * (the job was submitted again, which does not stop the run) is written. job_id NULL or
+ * attempt <= 0 lifts the fence. */
 void zi_rstatus_fence(zi_rstatus *rs, const char *job_id, int64_t attempt);
+
+/* The same check alone: ZI_OK, ZI_ECONFLICT (with the reason), or a Redis error. ZI_OK when
+ * job_id is not fenced. */
+int zi_rstatus_fence_check(zi_rstatus *rs, const char *job_id);
 
 /* HSET of fields on P job:{id} + EXPIRE job_ttl_s (no event). */
 int zi_rstatus_job_set(zi_rstatus *rs, const char *job_id, const zi_rstatus_field *fields,
@@ -140,9 +145,15 @@ int zi_rstatus_job_field(zi_rstatus *rs, const char *job_id, const char *field, 
 const char *zi_rstatus_hash_get(const zi_rstatus_hash *h, const char *name);
 void zi_rstatus_hash_free(zi_rstatus_hash *h);
 
-/* HINCRBY P job:{id} attempt 1 (+ EXPIRE); *attempt = the new value. Call before each run
- * (contract: attempts are counted before a run starts). */
-int zi_rstatus_attempt_incr(zi_rstatus *rs, const char *job_id, int64_t *attempt);
+/* Counts a run's attempt under the job's lease, in one script: when P lease:{id} is ours
+ * or free (then taken, PX lease_ttl_ms), HINCRBY P job:{id} attempt 1 (+ EXPIRE) and
+ * *attempt = the new value; when another worker holds it, nothing is counted and
+ * ZI_ECONFLICT names the holder (this worker's lease expired meanwhile - it was stalled -
+ * and that worker runs the job now). Call before each run (contract: attempts are counted
+ * before a run starts). Counting only under the lease keeps the highest attempt with the
+ * lease holder, which the attempt fence (zi_rstatus_fence) relies on. */
+int zi_rstatus_attempt_incr(zi_rstatus *rs, const char *job_id, int64_t lease_ttl_ms,
+                            int64_t *attempt);
 
 /* HSET step, steps, progress (= step/steps, 4 decimals) - rate-limited: a call less than
  * ZI_RSTATUS_PROGRESS_MIN_MS after the last write for this handle is skipped (ZI_OK,

@@ -614,19 +614,14 @@ static uint64_t zi_wk_draw_seed(void)
 }
 
 /* Before the upload, which no script can fence: ZI_ECONFLICT (and the run superseded) when
- * the hash's attempt is a later run's - an older worker's image must not replace the object
- * of a newer run (perhaps of another model version). Redis unreachable: ZI_OK (the final
- * write is fenced). */
+ * a later run owns the job - an older worker's image (perhaps of an older model version)
+ * must not replace the newer run's object. Redis unreachable: ZI_OK (the final write is
+ * fenced). */
 static int zi_wk_still_latest(zi_wk *w, zi_wk_run *r)
 {
-    char a[32];
-    if (zi_rstatus_job_field(w->rs_job, r->job.job_id, "attempt", a, sizeof a) != ZI_OK ||
-        strtoll(a, NULL, 10) <= r->attempt)
+    int rc = zi_rstatus_fence_check(w->rs_job, r->job.job_id);
+    if (rc != ZI_ECONFLICT)
         return ZI_OK;
-    int rc = zi_errorf(ZI_ECONFLICT,
-                       "job %s is at attempt %s, this run is attempt %lld: a later run owns "
-                       "the job",
-                       r->job.job_id, a, (long long)r->attempt);
     zi_wk_supersede(w);
     return rc;
 }
@@ -905,11 +900,21 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
         goto out;
     }
 
-    /* Count the attempt before running, so a job that kills its worker stops. */
+    /* Count the attempt before running, so a job that kills its worker stops - and only
+     * under our lease: when it expired during the checks (this worker stalled) and another
+     * worker took it, that worker runs the job and this delivery is left as at a lost lease
+     * (a count here would fence off the run that holds the lease). */
     tries = 0;
-    while ((rc = zi_rstatus_attempt_incr(w->rs_job, r->job.job_id, &r->attempt)) != ZI_OK)
+    while ((rc = zi_rstatus_attempt_incr(w->rs_job, r->job.job_id, w->lease_ttl_ms, &r->attempt)) !=
+           ZI_OK) {
+        if (rc == ZI_ECONFLICT) {
+            zi_log_error("%s", zi_errmsg());
+            atomic_store(&w->lease_lost, 1);
+            goto out;
+        }
         if (!zi_wk_retry(w, 1, &tries, "redis: counting the attempt"))
             goto out;
+    }
     if (r->attempt > w->cfg->worker_max_attempts) {
         /* this delivery is refused, not run: the hash keeps the number of runs */
         r->attempt--;

@@ -359,7 +359,7 @@ static void test_prefix_and_attempts(void **state)
     zi_rstatus *rs = zi_open("w1", prefix);
     int64_t a = 0;
     for (int i = 1; i <= 3; i++) {
-        assert_int_equal(zi_rstatus_attempt_incr(rs, jid, &a), ZI_OK);
+        assert_int_equal(zi_rstatus_attempt_incr(rs, jid, 60000, &a), ZI_OK);
         assert_int_equal(a, i);
     }
     char buf[32];
@@ -421,14 +421,29 @@ static void test_progress_rate_limit(void **state)
 static void test_fence(void **state)
 {
     (void)state;
-    char prefix[96], key[256], ekey[256], buf[64];
+    char prefix[96], key[256], ekey[256], lkey[256], buf[64];
     snprintf(prefix, sizeof prefix, "zt:%s:", zi_ns);
     snprintf(key, sizeof key, "%sjob:f1", prefix);
+    snprintf(lkey, sizeof lkey, "%slease:f1", prefix);
     zi_rstatus *old = zi_open("w-old", prefix), *now = zi_open("w-new", prefix);
     assert_int_equal(zi_rstatus_key(old, "events", "", ekey, sizeof ekey), ZI_OK);
     const char *xlen[] = {"XLEN", ekey};
+    const char *getlease[] = {"GET", lkey};
     int64_t a = 0;
-    assert_int_equal(zi_rstatus_attempt_incr(old, "f1", &a), ZI_OK);
+    int got = 0;
+
+    /* attempts are counted only under the lease: held by another worker, nothing counts */
+    assert_int_equal(zi_rstatus_lease_acquire(now, "f1", 60000, &got, NULL, 0), ZI_OK);
+    assert_int_equal(got, 1);
+    assert_int_equal(zi_rstatus_attempt_incr(old, "f1", 60000, &a), ZI_ECONFLICT);
+    assert_non_null(strstr(zi_errmsg(), "held by w-new"));
+    assert_int_equal(zi_rstatus_job_field(old, "f1", "attempt", buf, sizeof buf), ZI_ENOTFOUND);
+    zi_del(old, lkey); /* expired; free, the count takes it */
+    assert_int_equal(zi_rstatus_attempt_incr(old, "f1", 60000, &a), ZI_OK);
+    assert_int_equal(a, 1);
+    redisReply *r = zi_cmd(old, 2, getlease);
+    assert_string_equal(r->str, "w-old");
+    zi_rstatus_reply_free(r);
     zi_rstatus_fence(old, "f1", a);
     zi_rstatus_field f[] = {{"attempt", "1"}, {"seed", "7"}};
     assert_int_equal(zi_rstatus_set_status(old, "f1", "running", NULL, NULL, f, 2), ZI_OK);
@@ -439,17 +454,20 @@ static void test_fence(void **state)
     assert_string_equal(buf, "1");
     assert_true(zi_ttl(old, key) > 590); /* the script re-arms the TTL too */
 
-    /* another worker takes the job over: attempt 2 */
-    assert_int_equal(zi_rstatus_attempt_incr(now, "f1", &a), ZI_OK);
+    /* this one stalls past its lease; another worker takes the job over: attempt 2 */
+    zi_del(old, lkey);
+    assert_int_equal(zi_rstatus_attempt_incr(now, "f1", 60000, &a), ZI_OK);
     assert_int_equal(a, 2);
     zi_rstatus_fence(now, "f1", a);
     assert_int_equal(zi_rstatus_set_status(now, "f1", "running", NULL, NULL, NULL, 0), ZI_OK);
-    redisReply *r = zi_cmd(old, 2, xlen);
+    r = zi_cmd(old, 2, xlen);
     long long events = r->integer;
     zi_rstatus_reply_free(r);
 
     assert_int_equal(zi_rstatus_progress(old, "f1", 3, 4, 1, NULL), ZI_ECONFLICT);
-    assert_non_null(strstr(zi_errmsg(), "attempt 2, this run is attempt 1"));
+    assert_non_null(strstr(zi_errmsg(), "attempt 2 has started, this run is attempt 1"));
+    assert_int_equal(zi_rstatus_fence_check(old, "f1"), ZI_ECONFLICT);
+    assert_int_equal(zi_rstatus_fence_check(now, "f1"), ZI_OK);
     assert_int_equal(zi_rstatus_set_status(old, "f1", "failed", "s3_error", "x", f, 2),
                      ZI_ECONFLICT);
     assert_int_equal(zi_rstatus_job_set(old, "f1", f, 1), ZI_ECONFLICT);
@@ -475,9 +493,27 @@ static void test_fence(void **state)
     assert_int_equal(zi_rstatus_job_set(old, "f1", f + 1, 1), ZI_OK);
 
     /* a resubmission resets the attempt to 0: not a later run, the fenced one still writes */
-    const char *reset[] = {"HSET", key, "attempt", "0"};
-    zi_rstatus_reply_free(zi_cmd(old, 4, reset));
+    const char *reset[] = {"HSET", key, "attempt", "0", "status", "queued", "worker", ""};
+    zi_rstatus_reply_free(zi_cmd(old, 8, reset));
+    zi_rstatus_fence(old, "f1", 1);
     assert_int_equal(zi_rstatus_job_set(old, "f1", f + 1, 1), ZI_OK);
+    assert_int_equal(zi_rstatus_fence_check(old, "f1"), ZI_OK);
+
+    /* a redelivery that found this run's upload records `succeeded` without a run (the
+     * attempt stays 1): the fenced run stops; its own `succeeded` (a retry) it may rewrite */
+    const char *ran[] = {"HSET", key, "attempt", "1", "status", "running", "worker", "w-old"};
+    zi_rstatus_reply_free(zi_cmd(old, 8, ran));
+    zi_rstatus_fence(now, NULL, 0);
+    assert_int_equal(zi_rstatus_set_status(now, "f1", "succeeded", NULL, NULL, NULL, 0), ZI_OK);
+    assert_int_equal(zi_rstatus_progress(old, "f1", 4, 4, 1, NULL), ZI_ECONFLICT);
+    assert_non_null(strstr(zi_errmsg(), "w-new recorded it succeeded"));
+    assert_int_equal(zi_rstatus_fence_check(old, "f1"), ZI_ECONFLICT);
+    assert_int_equal(zi_rstatus_set_status(old, "f1", "succeeded", NULL, NULL, NULL, 0),
+                     ZI_ECONFLICT);
+    const char *mine[] = {"HSET", key, "worker", "w-old"};
+    zi_rstatus_reply_free(zi_cmd(old, 4, mine));
+    assert_int_equal(zi_rstatus_fence_check(old, "f1"), ZI_OK);
+    assert_int_equal(zi_rstatus_set_status(old, "f1", "succeeded", NULL, NULL, f, 2), ZI_OK);
 
     /* the hash gone (Redis lost it): the fenced run writes its whole record again */
     zi_del(old, key);
@@ -488,10 +524,11 @@ static void test_fence(void **state)
     assert_int_equal(zi_rstatus_job_field(old, "f1", "status", buf, sizeof buf), ZI_OK);
     assert_string_equal(buf, "succeeded");
     r = zi_cmd(old, 2, xlen);
-    assert_int_equal(r->integer, events + 2);
+    assert_int_equal(r->integer, events + 4); /* the refused writes added none */
     zi_rstatus_reply_free(r);
     zi_del(old, key);
     zi_del(old, ekey);
+    zi_del(old, lkey);
     zi_rstatus_destroy(old);
     zi_rstatus_destroy(now);
 }
