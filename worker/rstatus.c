@@ -569,16 +569,22 @@ int zi_rstatus_ping(zi_rstatus *rs)
  * arguments, then XADD's arguments after its key (none: no event; n = 0 and none: only
  * the check). Returns 1 when written, else why a later run owns the job: its attempt (a
  * greater number - a resubmission resets it to 0, and the running job then still finishes
- * and records itself), or the `succeeded` another worker or run recorded (a redelivery that
- * found this run's upload). */
+ * and records itself), the `succeeded` another worker or run recorded (a redelivery that
+ * found this run's upload), or the job given up as too_many_attempts (that refusal counts
+ * an attempt but records one less, the runs: it would not fence the last run otherwise;
+ * a run's own `running` record, ARGV[5..6] = status running, replaces such a state when
+ * worker.max_attempts was raised since). */
 static const char zi_rs_lua_fenced[] =
-    "local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'worker')\n"
+    "local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'worker', 'error_code')\n"
     "local a, st, wk = h[1], h[2], h[3]\n"
     "if a and (tonumber(a) or 0) > tonumber(ARGV[1]) then\n"
     "  return 'attempt ' .. a .. ' has started'\n"
     "end\n"
     "if st == 'succeeded' and not (a == ARGV[1] and wk == ARGV[2]) then\n"
     "  return (wk or '?') .. ' recorded it succeeded'\n"
+    "end\n"
+    "if st == 'failed' and h[4] == 'too_many_attempts' and ARGV[6] ~= 'running' then\n"
+    "  return (wk or '?') .. ' gave it up (too_many_attempts)'\n"
     "end\n"
     "local n = tonumber(ARGV[4])\n"
     "if n > 0 then\n"
@@ -798,7 +804,13 @@ int zi_rstatus_job_field(zi_rstatus *rs, const char *job_id, const char *field, 
 
 /* KEYS = job hash, lease; ARGV = worker id, lease ttl (ms), job ttl (s). */
 static const char zi_rs_lua_attempt[] = "local v = redis.call('GET', KEYS[2])\n"
-                                        "if v and v ~= ARGV[1] then return v end\n"
+                                        "if v and v ~= ARGV[1] then\n"
+                                        "  return 'its lease is held by ' .. v\n"
+                                        "end\n"
+                                        "if redis.call('HGET', KEYS[1], 'status') == "
+                                        "'succeeded' then\n"
+                                        "  return 'it succeeded meanwhile'\n"
+                                        "end\n"
                                         "redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])\n"
                                         "local a = redis.call('HINCRBY', KEYS[1], 'attempt', 1)\n"
                                         "redis.call('EXPIRE', KEYS[1], ARGV[3])\n"
@@ -825,9 +837,7 @@ int zi_rstatus_attempt_incr(zi_rstatus *rs, const char *job_id, int64_t lease_tt
         if (attempt)
             *attempt = r->integer;
     } else if (r->type == REDIS_REPLY_STRING) {
-        rc = zi_errorf(ZI_ECONFLICT,
-                       "redis: job %s: its lease is held by %.200s: not counting a run", job_id,
-                       r->str);
+        rc = zi_errorf(ZI_ECONFLICT, "redis: job %s: %.200s: not counting a run", job_id, r->str);
     } else {
         rc = zi_errorf(ZI_EIO, "redis: counting the attempt of %s: unexpected reply", jkey);
     }

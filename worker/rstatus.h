@@ -119,10 +119,10 @@ int zi_rstatus_set_status(zi_rstatus *rs, const char *job_id, const char *status
  * zi_rstatus_job_set (so also progress) on job_id are checked and written in one script,
  * which writes nothing and returns ZI_ECONFLICT when a later run owns the job: the hash's
  * `attempt` is greater than `attempt` (another worker took the job over while this one was
- * stalled or cut off), or the hash says `succeeded` written by another worker or run (a
- * redelivery that found this run's upload). An absent hash (Redis lost it) or attempt 0
- * (the job was submitted again, which does not stop the run) is written. job_id NULL or
- * attempt <= 0 lifts the fence. */
+ * stalled or cut off), the hash says `succeeded` written by another worker or run (a
+ * redelivery that found this run's upload), or `failed` with too_many_attempts. An absent
+ * hash (Redis lost it) or attempt 0 (the job was submitted again, which does not stop the
+ * run) is written. job_id NULL or attempt <= 0 lifts the fence. */
 void zi_rstatus_fence(zi_rstatus *rs, const char *job_id, int64_t attempt);
 
 /* The same check alone: ZI_OK, ZI_ECONFLICT (with the reason), or a Redis error. ZI_OK when
@@ -149,9 +149,10 @@ void zi_rstatus_hash_free(zi_rstatus_hash *h);
  * or free (then taken, PX lease_ttl_ms), HINCRBY P job:{id} attempt 1 (+ EXPIRE) and
  * *attempt = the new value; when another worker holds it, nothing is counted and
  * ZI_ECONFLICT names the holder (this worker's lease expired meanwhile - it was stalled -
- * and that worker runs the job now). Call before each run (contract: attempts are counted
- * before a run starts). Counting only under the lease keeps the highest attempt with the
- * lease holder, which the attempt fence (zi_rstatus_fence) relies on. */
+ * and that worker runs the job now); ZI_ECONFLICT also when the hash says `succeeded`
+ * (finished meanwhile). Call before each run (contract: attempts are counted before a run
+ * starts). Counting only under the lease keeps the highest attempt with the lease holder,
+ * which the attempt fence (zi_rstatus_fence) relies on. */
 int zi_rstatus_attempt_incr(zi_rstatus *rs, const char *job_id, int64_t lease_ttl_ms,
                             int64_t *attempt);
 

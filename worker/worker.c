@@ -902,14 +902,13 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
 
     /* Count the attempt before running, so a job that kills its worker stops - and only
      * under our lease: when it expired during the checks (this worker stalled) and another
-     * worker took it, that worker runs the job and this delivery is left as at a lost lease
-     * (a count here would fence off the run that holds the lease). */
+     * worker took it, that worker runs the job (a count here would fence off the run that
+     * holds the lease), or finished it; this delivery is then superseded. */
     tries = 0;
     while ((rc = zi_rstatus_attempt_incr(w->rs_job, r->job.job_id, w->lease_ttl_ms, &r->attempt)) !=
            ZI_OK) {
         if (rc == ZI_ECONFLICT) {
-            zi_log_error("%s", zi_errmsg());
-            atomic_store(&w->lease_lost, 1);
+            zi_wk_supersede(w); /* the job is another worker's, or done */
             goto out;
         }
         if (!zi_wk_retry(w, 1, &tries, "redis: counting the attempt"))

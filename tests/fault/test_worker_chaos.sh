@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# test_worker_chaos.sh - three workers killed (-9), stopped past their session (SIGSTOP),
-# drained (SIGTERM) and restarted at random while a batch of jobs flows: no job is lost,
-# none ends twice, every object is there once.
+# test_worker_chaos.sh - three workers killed (-9), drained (SIGTERM) and restarted at random
+# while a stream of jobs flows: no job is lost, none ends twice, every object is there once.
 #
 # The schedule comes from a seed (ZT_CHAOS_SEED, default: drawn and printed), so a failure
 # can be replayed with the same sequence of actions (not the same timing). ZT_CHAOS_S sets
 # how long the chaos lasts (default 40 s), ZT_CHAOS_JOBS how many jobs (default 24).
-# After the chaos every worker is resumed or restarted, and then:
+# After the chaos every worker is restarted, and then:
 #   * every job `succeeded`, with exactly one `succeeded` event (a redelivered job is
-#     recognised as done; a stalled run that comes back is fenced off);
-#   * the hash's worker is the one of that event; its attempt counts every run;
+#     recognised as done);
+#   * the hash names the worker of that event; its attempt counts every run;
 #   * one object per job and nothing else under the test's prefix; at least one result
 #     message per job (at least once); nothing in the DLQ.
+# Stopped workers (SIGSTOP) are test_worker_stall.sh's: stopping one at a random moment can
+# catch it in the middle of a group join, and its resumed JoinGroup then aborts the dev
+# broker (librdkafka 2.0.2's mock cluster asserts in rd_kafka_mock_cgrp_member_add), taking
+# the shared stack down with it; a real broker answers it.
 source "$(dirname "$0")/../integration/worker_lib.sh"
 zt_init chaos
 ZT_STEPS=4 ZT_MAX_ATTEMPTS=50 ZT_RESULT_TOPIC=$ZT_RESULTS ZT_DRAIN_S=20 zt_config
@@ -22,18 +25,22 @@ NJOBS=${ZT_CHAOS_JOBS:-24}
 echo "chaos seed $SEED (ZT_CHAOS_SEED=$SEED replays the schedule), $CHAOS_S s, $NJOBS jobs"
 RANDOM=$SEED
 WORKERS=(w1 w2 w3)
-declare -A STOPPED=() # worker -> time (s) to resume it
 
 for w in "${WORKERS[@]}"; do zt_start_worker "$w" "${HOOKS[@]}"; done
 for w in "${WORKERS[@]}"; do zt_wait_log "$w" 'consuming' 60; done
 
+# A third of the jobs now, the rest one per round of the chaos (so that jobs are in flight
+# during all of it), whatever is left after it.
 ids=()
-for ((i = 0; i < NJOBS; i++)); do
+submit_next() {
+    local i=${#ids[@]}
+    ((i < NJOBS)) || return 0
     ids+=("chaos-$i")
     zt_submit --job-id "chaos-$i" --prompt "chaos job $i" >/dev/null
-done
+}
+for ((i = 0; i < NJOBS / 3; i++)); do submit_next; done
 
-# running: workers with a live, not stopped process; reap: forget exited ones.
+# running: workers with a live process; reap: forget exited ones.
 reap() {
     local w pid
     for w in "${WORKERS[@]}"; do
@@ -48,32 +55,17 @@ reap() {
 running() {
     local w
     for w in "${WORKERS[@]}"; do
-        [[ -n ${ZT_PIDS[$w]:-} && -z ${STOPPED[$w]:-} ]] && echo "$w"
+        [[ -n ${ZT_PIDS[$w]:-} ]] && echo "$w"
     done
     return 0
 }
-resume_all() {
-    local w
-    for w in "${!STOPPED[@]}"; do
-        kill -CONT "${ZT_PIDS[$w]}" 2>/dev/null || true
-        unset "STOPPED[$w]"
-    done
-}
-zt_on_exit resume_all
 
 t0=$SECONDS
 actions=0
 while ((SECONDS - t0 < CHAOS_S)); do
     sleep "$((1 + RANDOM % 3)).$((RANDOM % 10))"
+    submit_next
     reap
-    now=$SECONDS
-    for w in "${!STOPPED[@]}"; do
-        if ((now >= STOPPED[$w])); then
-            echo "  resume $w"
-            kill -CONT "${ZT_PIDS[$w]}" 2>/dev/null || true
-            unset "STOPPED[$w]"
-        fi
-    done
     mapfile -t live < <(running)
     for w in "${WORKERS[@]}"; do
         if [[ -z ${ZT_PIDS[$w]:-} ]] && ((RANDOM % 2 == 0)); then
@@ -83,58 +75,25 @@ while ((SECONDS - t0 < CHAOS_S)); do
     done
     ((${#live[@]} >= 2)) || continue # always leave one worker running
     victim=${live[RANDOM % ${#live[@]}]}
-    case $((RANDOM % 3)) in
-    0)
+    if ((RANDOM % 2 == 0)); then
         echo "  kill -9 $victim"
         zt_kill "$victim" KILL
-        ;;
-    1)
-        if ((${#STOPPED[@]} == 0)); then
-            # past the session (6 s) and the lease (3 s): the job moves, then it comes back
-            echo "  stop $victim"
-            kill -STOP "${ZT_PIDS[$victim]}"
-            STOPPED[$victim]=$((SECONDS + 8 + RANDOM % 4))
-        fi
-        ;;
-    2)
+    else
         echo "  term $victim"
         zt_kill "$victim" TERM
-        ;;
-    esac
+    fi
     actions=$((actions + 1))
 done
-echo "chaos over after $actions actions: every worker resumed or started"
-resume_all
+echo "chaos over after $actions actions: every worker started"
+while ((${#ids[@]} < NJOBS)); do submit_next; done
 reap
 for w in "${WORKERS[@]}"; do
     [[ -n ${ZT_PIDS[$w]:-} ]] || zt_start_worker "$w" "${HOOKS[@]}"
 done
 zt_wait_all_final 240 "${ids[@]}"
-sleep 3 # anything a resumed run would still write
+sleep 3 # anything a late run would still write
 
-# "job_id status worker" per event of this test's stream
-python3 - "$ZI_REDIS_PORT" "${ZT_PREFIX}events" >"$ZT_TMP/events" <<'EOF'
-import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-args = [b"XRANGE", sys.argv[2].encode(), b"-", b"+"]
-s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
-f = s.makefile("rb")
-def read():
-    line = f.readline().rstrip(b"\r\n")
-    t, rest = line[:1], line[1:]
-    if t == b"*":
-        n = int(rest)
-        return None if n < 0 else [read() for _ in range(n)]
-    if t == b"$":
-        n = int(rest)
-        return None if n < 0 else f.read(n + 2)[:-2].decode()
-    if t == b"-":
-        raise SystemExit("redis error: " + rest.decode())
-    return rest.decode()
-for _id, kv in read() or []:
-    d = dict(zip(kv[0::2], kv[1::2]))
-    print(d.get("job_id", ""), d.get("status", ""), d.get("worker", "") or "-")
-EOF
+zt_events job_id status worker >"$ZT_TMP/events"
 zt_consume "$ZT_RESULTS" '%k\n' >"$ZT_TMP/results"
 ok=0 once=0 same_worker=0 attempts_ok=0 results_ok=0
 for j in "${ids[@]}"; do

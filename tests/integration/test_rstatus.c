@@ -515,6 +515,25 @@ static void test_fence(void **state)
     assert_int_equal(zi_rstatus_fence_check(old, "f1"), ZI_OK);
     assert_int_equal(zi_rstatus_set_status(old, "f1", "succeeded", NULL, NULL, f, 2), ZI_OK);
 
+    /* a job given up (too_many_attempts records one attempt less than it counted, the runs:
+     * the attempt alone would not fence the last run) */
+    const char *gaveup[] = {
+        "HSET",   key,     "status",  "failed", "error_code", "too_many_attempts",
+        "worker", "w-new", "attempt", "1"};
+    zi_rstatus_reply_free(zi_cmd(old, 10, gaveup));
+    assert_int_equal(zi_rstatus_fence_check(old, "f1"), ZI_ECONFLICT);
+    assert_non_null(strstr(zi_errmsg(), "too_many_attempts"));
+    assert_int_equal(zi_rstatus_progress(old, "f1", 2, 4, 1, NULL), ZI_ECONFLICT);
+    /* ... but a run's own `running` record replaces it (max_attempts raised since) */
+    assert_int_equal(zi_rstatus_set_status(old, "f1", "running", NULL, NULL, NULL, 0), ZI_OK);
+    /* no attempt is counted once the job succeeded (a worker that stalled in its checks) */
+    const char *done[] = {"HSET", key, "status", "succeeded", "error_code", ""};
+    zi_rstatus_reply_free(zi_cmd(old, 6, done));
+    assert_int_equal(zi_rstatus_attempt_incr(now, "f1", 60000, &a), ZI_ECONFLICT);
+    assert_non_null(strstr(zi_errmsg(), "succeeded meanwhile"));
+    assert_int_equal(zi_rstatus_job_field(old, "f1", "attempt", buf, sizeof buf), ZI_OK);
+    assert_string_equal(buf, "1");
+
     /* the hash gone (Redis lost it): the fenced run writes its whole record again */
     zi_del(old, key);
     zi_rstatus_fence(old, "f1", 1);
@@ -524,7 +543,7 @@ static void test_fence(void **state)
     assert_int_equal(zi_rstatus_job_field(old, "f1", "status", buf, sizeof buf), ZI_OK);
     assert_string_equal(buf, "succeeded");
     r = zi_cmd(old, 2, xlen);
-    assert_int_equal(r->integer, events + 4); /* the refused writes added none */
+    assert_int_equal(r->integer, events + 5); /* the refused writes added none */
     zi_rstatus_reply_free(r);
     zi_del(old, key);
     zi_del(old, ekey);

@@ -163,10 +163,11 @@ zt_redis() {
     redis-cli -p "$ZI_REDIS_PORT" "$@"
 }
 
-# zt_events: "job_id status error_code" per entry of this test's events stream (RESP read
-# with a few lines of Python: redis-cli prints stream entries one field per line).
+# zt_events [FIELD...]: the fields (default: job_id status error_code; "-" for an empty one)
+# of each entry of this test's events stream, one line per entry (RESP read with a few
+# lines of Python: redis-cli prints stream entries one field per line).
 zt_events() {
-    python3 - "$ZI_REDIS_PORT" "${ZT_PREFIX}events" <<'EOF'
+    python3 - "$ZI_REDIS_PORT" "${ZT_PREFIX}events" "$@" <<'EOF'
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 f = s.makefile("rb")
@@ -184,9 +185,10 @@ def read():
     if t == b"-":
         raise SystemExit("redis error: " + rest.decode())
     return rest.decode()
+fields = sys.argv[3:] or ["job_id", "status", "error_code"]
 for _id, kv in read() or []:
     d = dict(zip(kv[0::2], kv[1::2]))
-    print(d.get("job_id", ""), d.get("status", ""), d.get("error_code", "") or "-")
+    print(" ".join(d.get(k, "") or "-" for k in fields))
 EOF
 }
 
