@@ -31,7 +31,7 @@ nparts=$(kcat -b "$ZI_KAFKA_BOOTSTRAP" -L -t "$ZT_TOPIC" | grep -c 'partition [0
 ids=()
 for ((p = 0; p < nparts; p++)); do
     ids+=("a-$p")
-    produce "a-$p" 6 "$p"
+    produce "a-$p" 10 "$p"
 done
 running=
 for _ in $(seq 300); do
