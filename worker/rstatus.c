@@ -49,7 +49,7 @@ struct zi_rstatus {
     char connect_msg[300];
     int64_t last_progress_ms;
     uint64_t rng;
-    /* zi_rstatus_fence: writes to fence_job's hash need its attempt to be fence or absent */
+    /* zi_rstatus_fence: fence_job's writes go through zi_rs_lua_fenced with this attempt */
     int64_t fence;
     char fence_job[256];
 };

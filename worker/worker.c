@@ -74,7 +74,7 @@ typedef struct zi_wk {
     atomic_int job_revoked; /* the running job's partition was revoked or lost */
     atomic_int job_abort;   /* stop now without a final state (drain deadline) */
     atomic_int lease_lost;  /* another worker took the running job's lease */
-    atomic_int superseded;  /* a later run of the running job counted its attempt */
+    atomic_int superseded;  /* a later run owns the running job (zi_wk_supersede) */
     atomic_int draining;    /* the main loop began the drain: a job not yet run is left */
     atomic_int in_checks;   /* the job thread is in a job's checks before its run */
     zi_rstatus *rs_job;
@@ -271,11 +271,11 @@ typedef struct zi_wk_run {
     int valid; /* the message passed every job rule (r->job is complete) */
 } zi_wk_run;
 
-/* A later run of this job has counted its attempt (the hash's `attempt` is past this
- * run's; the refused write left the message): another worker took the job over while
- * this one was stalled or cut off from Redis and Kafka for longer than the lease and the
- * session. This run stops without a final state, upload, DLQ copy or result message, so
- * it never overwrites the newer run's record. */
+/* A later run owns this job (a fenced write or the attempt count was refused, the reason
+ * in zi_errmsg()): another worker took the job over, or finished it, while this one was
+ * stalled or cut off from Redis and Kafka for longer than the lease and the session. This
+ * run (or delivery) stops without a final state, upload, DLQ copy or result message, so it
+ * never overwrites the newer run's record. */
 static void zi_wk_supersede(zi_wk *w)
 {
     if (atomic_exchange(&w->superseded, 1))
