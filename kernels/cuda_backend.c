@@ -853,7 +853,9 @@ static void zi_cuda_matmul(zi_backend *be, void *out, zi_dtype odt, const void *
 {
     zi_cuda *cu = zi_cu(be);
     /* row-major out[M, N] is col-major D[N, M] = w (col-major [K, N])^T . in ([K, M]) */
-    const void *lt_bias = bias && bdt == odt ? bias : NULL;
+    /* The bias epilogue only for a 16-byte aligned bias (cuBLASLt has no preference for the
+     * bias's alignment; others get the bias kernel). */
+    const void *lt_bias = bias && bdt == odt && zi_align_of(bias) >= 16 ? bias : NULL;
     zi_lt_plan *p = zi_lt_plan_get(be, N, M, K, odt, w, in, out, lt_bias);
     if (!p)
         return;
@@ -1758,6 +1760,15 @@ zi_backend *zi_backend_cuda_new(int device)
         e = cudaDeviceGetAttribute(&cu->sm_count, cudaDevAttrMultiProcessorCount, device);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device);
+    /* Before the kernels' attributes: an older GPU has no image of them to set, and the
+     * capability is the error to name. */
+    if (e == cudaSuccess && major < 8) {
+        zi_errorf(ZI_EBACKEND,
+                  "cuda backend: %s has compute capability %d.%d; 8.0 or newer is needed "
+                  "(bf16 tensor cores)",
+                  prop.name, major, minor);
+        goto err;
+    }
     if (e == cudaSuccess) {
         step = "stream creation";
         e = cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking);
@@ -1772,13 +1783,6 @@ zi_backend *zi_backend_cuda_new(int device)
         goto err;
     }
     cu->l2_bytes = (size_t)l2;
-    if (major < 8) {
-        zi_errorf(ZI_EBACKEND,
-                  "cuda backend: %s has compute capability %d.%d; 8.0 or newer is needed "
-                  "(bf16 tensor cores)",
-                  prop.name, major, minor);
-        goto err;
-    }
     snprintf(be->device_name, sizeof be->device_name, "%.127s", prop.name);
 
     const char *mode = getenv("ZI_CUDA_ALLOCATOR");

@@ -13,6 +13,7 @@
 
 #include <cuda.h>
 #include <cuda_runtime_api.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -247,6 +248,16 @@ int zi_vmm_open(int device, uint64_t reserve, void *stream, zi_vmm **out)
         rc = zi_errorf(ZI_EBACKEND, "cuMemAddressReserve(%llu bytes): %s",
                        (unsigned long long)v->reserve, zi_vmm_errstr(v, r));
         goto err;
+    }
+    /* A probe: one granule mapped, made accessible and released again. A driver that
+     * reports VMM support but refuses its calls (a sandboxed or virtualised GPU) fails
+     * here, where the caller can still fall back to cudaMalloc, instead of at the first
+     * allocation. */
+    if ((rc = zi_vmm_map(v, 0, v->gran)) != ZI_OK || (rc = zi_vmm_unmap(v, 0, v->gran)) != ZI_OK) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", zi_errmsg());
+        zi_vmm_close(v);
+        return zi_errorf(rc, "cuda vmm: device %d: a test mapping failed: %s", device, why);
     }
     *out = v;
     return ZI_OK;

@@ -1,8 +1,13 @@
 /*
- * cli_util.c - option-value parsing and signal set-up shared by the subcommands
- * (see cli_util.h).
+ * cli_util.c - option-value parsing, signal set-up and the prompts-file reader shared by
+ * the subcommands (see cli_util.h).
  */
 #include "cli_util.h"
+#include "json_util.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <sys/types.h>
 
 #include <errno.h>
 #include <signal.h>
@@ -56,4 +61,62 @@ int zi_cli_is_dir(const char *path)
 {
     struct stat sb;
     return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+int zi_cli_read_prompts(const char *path,
+                        int (*each)(void *ud, const char *prompt, const char *where), void *ud)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "zimage: error: --prompts-file '%s': cannot open it\n", path);
+        return 1;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int rc = 0;
+    for (long no = 1; rc == 0 && (len = getline(&line, &cap, f)) >= 0; no++) {
+        char where[256];
+        snprintf(where, sizeof where, "%.200s:%ld: ", path, no);
+        if ((size_t)len > ZI_CLI_MAX_PROMPT_LINE) {
+            fprintf(stderr, "zimage: error: %sline longer than %u bytes\n", where,
+                    ZI_CLI_MAX_PROMPT_LINE);
+            rc = 2;
+            break;
+        }
+        const char *end = NULL;
+        zi_json_cut cut;
+        cJSON *v = cJSON_ParseWithLengthOpts(line, (size_t)len, &end, 0);
+        while (v && end < line + len &&
+               (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
+            end++;
+        if (!cJSON_IsString(v) || end != line + len) {
+            fprintf(stderr,
+                    "zimage: error: %snot one JSON string (a prompt per line, e.g. "
+                    "\"a cat\")\n",
+                    where);
+            rc = 2;
+        } else if (zi_json_find_cut(line, (size_t)len, NULL, &cut)) {
+            if (cut.raw)
+                fprintf(stderr,
+                        "zimage: error: %sa raw control byte 0x%02x at byte %zu (JSON strings "
+                        "must escape it)\n",
+                        where, (unsigned)(unsigned char)line[cut.at], cut.at);
+            else
+                fprintf(stderr, "zimage: error: %sthe prompt holds a NUL character (\\u0000)\n",
+                        where);
+            rc = 2;
+        } else {
+            rc = each(ud, v->valuestring, where);
+        }
+        cJSON_Delete(v);
+    }
+    if (rc == 0 && ferror(f)) {
+        fprintf(stderr, "zimage: error: --prompts-file '%s': read error\n", path);
+        rc = 1;
+    }
+    free(line);
+    if (f != stdin)
+        fclose(f);
+    return rc;
 }

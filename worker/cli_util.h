@@ -1,6 +1,6 @@
 /*
- * cli_util.h - small helpers the subcommands share: strict number parsing for option values
- * and installing one stop handler for several signals.
+ * cli_util.h - small helpers the subcommands share: strict number parsing for option values,
+ * installing one stop handler for several signals, and reading a --prompts-file.
  *
  * Limits: parsers accept plain decimal text only (the whole string, no trailing junk); the
  * caller prints its own usage error, so messages stay per command.
@@ -28,5 +28,17 @@ int zi_cli_is_dir(const char *path);
 /* Installs handler for each of the n signals in sigs with sigaction(): empty mask and no
  * flags (no SA_RESTART, so a blocking poll()/nanosleep() returns EINTR at once). */
 void zi_cli_on_signals(void (*handler)(int), const int *sigs, size_t n);
+
+/* The longest line of a prompts file, bytes. */
+#define ZI_CLI_MAX_PROMPT_LINE (4u << 20)
+
+/* Reads a prompts file (`path`, "-" = stdin): one JSON string per line, so any prompt -
+ * newlines and all - fits on one line. Calls each(ud, prompt, where) per line in order,
+ * `where` being "FILE:LINE: " for the caller's messages; stops at the first non-zero return
+ * and returns it. A line that is not one JSON string, holds a raw control byte or \u0000,
+ * or is longer than ZI_CLI_MAX_PROMPT_LINE prints one "zimage: error: FILE:LINE: ..." line
+ * and returns 2; a file that cannot be opened or read, 1. 0 after the last line. */
+int zi_cli_read_prompts(const char *path,
+                        int (*each)(void *ud, const char *prompt, const char *where), void *ud);
 
 #endif

@@ -7,16 +7,14 @@
  * tokenizer is loaded, from DIR/tokenizer. FILE ("-": stdin) holds one JSON string per line
  * (any prompt, newlines and all, fits on one line that way); one output line per prompt,
  * in order. Exit: 0 ok; 2 usage error, a prompt that is not valid UTF-8, a FILE line that
- * is not one JSON string (or holds \u0000, or is longer than ZI_TOK_MAX_LINE) or a --model
+ * is not one JSON string (or holds \u0000, or is longer than ZI_CLI_MAX_PROMPT_LINE) or a --model
  * that is no folder - the file's name and line number are named, the lines before it are
  * printed; 1 when the tokenizer or the file cannot be read.
  */
 #include "cli_util.h"
-#include "json_util.h"
 #include "tokenizer.h"
 #include "zi_err.h"
 
-#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,63 +78,13 @@ static int tok_print(const zi_tokenizer *tok, const char *prompt, const char *wh
     return 0;
 }
 
-#define ZI_TOK_MAX_LINE (4u << 20) /* a line of --prompts-file, bytes */
+typedef struct tok_file_ctx {
+    const zi_tokenizer *tok;
+} tok_file_ctx;
 
-/* --prompts-file: one JSON string per line. */
-static int tok_file(const zi_tokenizer *tok, const char *path)
+static int tok_each(void *ud, const char *prompt, const char *where)
 {
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "zimage: error: --prompts-file '%s': cannot open it\n", path);
-        return 1;
-    }
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t len;
-    int rc = 0;
-    for (long no = 1; rc == 0 && (len = getline(&line, &cap, f)) >= 0; no++) {
-        char where[256];
-        snprintf(where, sizeof where, "%.200s:%ld: ", path, no);
-        if ((size_t)len > ZI_TOK_MAX_LINE) {
-            fprintf(stderr, "zimage: error: %sline longer than %u bytes\n", where, ZI_TOK_MAX_LINE);
-            rc = 2;
-            break;
-        }
-        const char *end = NULL;
-        zi_json_cut cut;
-        cJSON *v = cJSON_ParseWithLengthOpts(line, (size_t)len, &end, 0);
-        while (v && end < line + len &&
-               (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
-            end++;
-        if (!cJSON_IsString(v) || end != line + len) {
-            fprintf(stderr,
-                    "zimage: error: %snot one JSON string (a prompt per line, e.g. "
-                    "\"a cat\")\n",
-                    where);
-            rc = 2;
-        } else if (zi_json_find_cut(line, (size_t)len, NULL, &cut)) {
-            if (cut.raw)
-                fprintf(stderr,
-                        "zimage: error: %sa raw control byte 0x%02x at byte %zu (JSON strings "
-                        "must escape it)\n",
-                        where, (unsigned)(unsigned char)line[cut.at], cut.at);
-            else
-                fprintf(stderr, "zimage: error: %sthe prompt holds a NUL character (\\u0000)\n",
-                        where);
-            rc = 2;
-        } else {
-            rc = tok_print(tok, v->valuestring, where);
-        }
-        cJSON_Delete(v);
-    }
-    if (rc == 0 && ferror(f)) {
-        fprintf(stderr, "zimage: error: --prompts-file '%s': read error\n", path);
-        rc = 1;
-    }
-    free(line);
-    if (f != stdin)
-        fclose(f);
-    return rc;
+    return tok_print(((tok_file_ctx *)ud)->tok, prompt, where);
 }
 
 int zi_cmd_tokenize(int argc, char **argv)
@@ -175,7 +123,8 @@ int zi_cmd_tokenize(int argc, char **argv)
         fprintf(stderr, "zimage: error: %s\n", zi_errmsg());
         return 1;
     }
-    int rc = prompt ? tok_print(tok, prompt, NULL) : tok_file(tok, file);
+    tok_file_ctx fc = {tok};
+    int rc = prompt ? tok_print(tok, prompt, NULL) : zi_cli_read_prompts(file, tok_each, &fc);
     zi_tokenizer_free(tok);
     if (fflush(stdout) != 0) {
         fprintf(stderr, "zimage: error: cannot write to stdout\n");

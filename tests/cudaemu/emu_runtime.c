@@ -38,8 +38,10 @@
  * ZI_EMU_SYNC=1 and ZI_EMU_ORDER=late|ahead (when other streams run; "stream queues") (each
  * read once);
  * ZI_EMU_NO_VMM=1 makes the driver's VMM entry points not found, ZI_EMU_NO_VMM=attr keeps
- * them but reports CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 0 (both read at
- * each query, so one test process can exercise the backend's cudaMalloc fallback).
+ * them but reports CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 0, and
+ * ZI_EMU_NO_VMM=create reports support but refuses cuMemCreate with CUDA_ERROR_NOT_SUPPORTED
+ * (a sandboxed or virtualised driver) (all read at each query, so one test process can
+ * exercise the backend's cudaMalloc fallback).
  *
  * References, cited next to each function: CUDA Runtime API and CUDA Driver API reference
  * manuals (docs.nvidia.com/cuda/cuda-runtime-api, /cuda-driver-api; the same text is the
@@ -2037,6 +2039,9 @@ static CUresult zi_emu_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t 
     CUresult r = zi_emu_prop_check("cuMemCreate", prop);
     if (r != CUDA_SUCCESS)
         return r;
+    if (zi_emu_env_no_vmm("create"))
+        return zi_emu_cu_fail(CUDA_ERROR_NOT_SUPPORTED,
+                              "cuMemCreate: refused (ZI_EMU_NO_VMM=create)");
     zi_emu_lock();
     size_t avail = g_emu.total - g_emu.used;
     zi_emu_phys *np = zi_emu_grow(g_emu.phys, &g_emu.capphys, g_emu.nphys + 1, sizeof *np);

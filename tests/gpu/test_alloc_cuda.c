@@ -4,7 +4,8 @@
  * device (cudaMemGetInfo sees it), and out-of-memory is a clear ZI_ENOMEM, both for the
  * ZI_CUDA_MEM_LIMIT_MB cap and for a request larger than the device; and growth and trim
  * from a thread that made no CUDA call before (the worker's job thread, which did not
- * create the backend).
+ * create the backend); under the emulator, the cudaMalloc fallback when the driver has no
+ * VMM or refuses it.
  */
 #include "zi_test.h"
 
@@ -275,12 +276,54 @@ static void test_cudamalloc_mode(void **state)
     zi_backend_destroy(b);
 }
 
+#ifdef ZI_CUDA_EMU
+/* A driver without VMM - no entry points, the attribute 0, or support reported but
+ * cuMemCreate refused (a sandboxed GPU) - leaves the backend in cudaMalloc mode (nothing
+ * mapped, allocations work) unless ZI_CUDA_ALLOCATOR=vmm asks for VMM, which then fails
+ * naming the cause. Emulator only: a real driver cannot be made to refuse. */
+static void test_no_vmm_fallback(void **state)
+{
+    (void)state;
+    zi_alloc_stats v; /* the usual backend (VMM) for contrast */
+    assert_int_equal(zi_cuda_alloc_stats(be, &v), ZI_OK);
+    assert_true(v.reserve > 0 && v.map_calls > 0);
+    const char *modes[] = {"1", "attr", "create"};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        setenv("ZI_EMU_NO_VMM", modes[i], 1);
+        zi_backend *b = zi_backend_cuda_new(0);
+        if (!b)
+            fail_msg("ZI_EMU_NO_VMM=%s: no backend: %s", modes[i], zi_errmsg());
+        zi_tensor t;
+        assert_int_equal(b->alloc(b, &t, 1, (int64_t[]){4096}), ZI_OK);
+        zi_alloc_stats s; /* cudaMalloc mode: no range reserved, nothing mapped */
+        assert_int_equal(zi_cuda_alloc_stats(b, &s), ZI_OK);
+        assert_int_equal(s.reserve, 0);
+        assert_int_equal(s.map_calls, 0);
+        assert_true(s.allocated >= 4096 * 2);
+        b->free(b, &t);
+        assert_int_equal(zi_backend_check(b), ZI_OK);
+        zi_backend_destroy(b);
+
+        setenv("ZI_CUDA_ALLOCATOR", "vmm", 1);
+        b = zi_backend_cuda_new(0);
+        unsetenv("ZI_CUDA_ALLOCATOR");
+        assert_null(b);
+        if (strcmp(modes[i], "create") == 0 && !strstr(zi_errmsg(), "test mapping failed"))
+            fail_msg("ZI_CUDA_ALLOCATOR=vmm, cuMemCreate refused: '%s'", zi_errmsg());
+    }
+    unsetenv("ZI_EMU_NO_VMM");
+}
+#endif
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cudamalloc_mode),     cmocka_unit_test(test_vmm_provider),
         cmocka_unit_test(test_replay_maps_nothing), cmocka_unit_test(test_trim_returns_memory),
         cmocka_unit_test(test_oom_is_clear),        cmocka_unit_test(test_other_thread),
+#ifdef ZI_CUDA_EMU
+        cmocka_unit_test(test_no_vmm_fallback),
+#endif
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

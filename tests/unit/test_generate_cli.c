@@ -3,7 +3,10 @@
  * "zimage: error:" line; a run on the tiny checkpoint writes a PNG of the right size whose
  * `parameters` chunk is exactly the contract's text and whose pixels match the reference
  * run (the first case of the golden manifest without guidance and the first with it,
- * >= 40 dB); a drawn seed is printed and recorded.
+ * >= 40 dB); a drawn seed is printed and recorded; --count N writes N images named by the
+ * --output template, with seeds S..S+N-1 (mod 2^64), each the image of its seed alone;
+ * --prompts-file: every prompt's images, named by {p}, each the image of its prompt alone,
+ * and a bad line, name template or file stops it before anything is written.
  */
 #include "backend.h"
 #include "png.h"
@@ -15,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static char tmpdir[64];
 static char model[2048];
@@ -102,6 +107,9 @@ static void test_usage_errors(void **state)
         {"--prompt a --rng gpu", "gpu"},
         {"--prompt a --frobnicate 1", "--frobnicate"},
         {"--prompt a --steps", "needs a value"},
+        {"--prompt a --count 0", "--count"},
+        {"--prompt a --count 1001", "--count"},
+        {"--prompt a --count 2x", "--count"},
         {"--prompt \"$(printf '\\377\\376')\"", "UTF-8"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -261,13 +269,197 @@ static void test_generate_drawn_seed(void **state)
     free(params);
 }
 
+/* Reads `name` in tmpdir: its pixels (w*h*3) and the seed its parameters record. */
+static uint8_t *read_seeded(const char *name, unsigned long long *seed)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    uint8_t *rgb = NULL;
+    int w = 0, h = 0;
+    char *params = NULL;
+    if (zi_png_read(path, &rgb, &w, &h, &params) != ZI_OK)
+        fail_msg("read %s: %s", path, zi_errmsg());
+    assert_int_equal(w, 64);
+    assert_int_equal(h, 64);
+    const char *sd = strstr(params, "Seed: ");
+    assert_non_null(sd);
+    assert_int_equal(sscanf(sd, "Seed: %llu", seed), 1);
+    free(params);
+    return rgb;
+}
+
+/* Runs `generate --backend cpu --output tmpdir/tmpl EXTRA`; stdout in out. */
+static void run_many(const char *extra, const char *tmpl, char *out, size_t cap)
+{
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s' generate --model '%s' --backend cpu --output '%s/%s' %s",
+             binary(), model, tmpdir, tmpl, extra);
+    int st = zi_test_run(cmd, out, cap);
+    if (st != 0)
+        fail_msg("generate %s: exit %d", extra, st);
+}
+
+static void test_generate_count(void **state)
+{
+    (void)state;
+    const char *common = "--prompt 'a red cube' --width 64 --height 64 --steps 1 --rng cpu --quiet";
+    char extra[512], out[1024];
+    /* no placeholder: "-{n}" before .png, zero-padded to the width of 10 */
+    snprintf(extra, sizeof extra, "%s --count 10 --seed 7", common);
+    run_many(extra, "many.png", out, sizeof out);
+    for (int i = 1; i <= 10; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "many-%02d.png", i);
+        unsigned long long seed = 0;
+        free(read_seeded(name, &seed));
+        assert_int_equal(seed, 7 + i - 1);
+    }
+    char probe[512];
+    snprintf(probe, sizeof probe, "%s/many.png", tmpdir);
+    assert_int_not_equal(access(probe, F_OK), 0); /* the template itself is not written */
+
+    /* placeholders; the seeds wrap past 2^64-1; each image is its seed's image alone */
+    snprintf(extra, sizeof extra, "%s --count 3 --seed 18446744073709551614", common);
+    run_many(extra, "w-{seed}-{n}.png", out, sizeof out);
+    snprintf(extra, sizeof extra, "%s --seed 0", common);
+    check_run(extra, "alone0.png", 64, 64, NULL, NULL, out, sizeof out);
+    const char *names[3] = {"w-18446744073709551614-1.png", "w-18446744073709551615-2.png",
+                            "w-0-3.png"};
+    const unsigned long long want[3] = {18446744073709551614ull, 18446744073709551615ull, 0};
+    uint8_t *img[3];
+    for (int i = 0; i < 3; i++) {
+        unsigned long long seed = 1;
+        img[i] = read_seeded(names[i], &seed);
+        assert_true(seed == want[i]);
+    }
+    unsigned long long s0 = 1;
+    uint8_t *alone = read_seeded("alone0.png", &s0);
+    assert_true(s0 == 0);
+    assert_memory_equal(img[2], alone, 64 * 64 * 3);
+    assert_memory_not_equal(img[0], img[1], 64 * 64 * 3); /* other seed, other image */
+    for (int i = 0; i < 3; i++)
+        free(img[i]);
+    free(alone);
+
+    /* a drawn seed: printed once, the images use it and the next ones */
+    snprintf(extra, sizeof extra, "--prompt x --width 64 --height 64 --steps 1 --count 2 --quiet");
+    run_many(extra, "d{n}.png", out, sizeof out);
+    unsigned long long drawn = 0, s1 = 0, s2 = 0;
+    assert_int_equal(sscanf(out, "seed: %llu", &drawn), 1);
+    free(read_seeded("d1.png", &s1));
+    free(read_seeded("d2.png", &s2));
+    assert_true(s1 == drawn && s2 == drawn + 1);
+}
+
+/* Writes `text` to tmpdir/name; returns the path (static). */
+static const char *write_file(const char *name, const char *text)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+    return path;
+}
+
+/* The prompt a PNG's parameters record (the text before "\nSteps: "), in out[cap]. */
+static void recorded_prompt(const char *name, char *out, size_t cap)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    uint8_t *rgb = NULL;
+    int w = 0, h = 0;
+    char *params = NULL;
+    assert_int_equal(zi_png_read(path, &rgb, &w, &h, &params), ZI_OK);
+    const char *end = strstr(params, "\nSteps: ");
+    assert_non_null(end);
+    snprintf(out, cap, "%.*s", (int)(end - params), params);
+    free(rgb);
+    free(params);
+}
+
+static void test_generate_prompts_file(void **state)
+{
+    (void)state;
+    /* three prompts: plain, one with a newline and one in Chinese (JSON escapes) */
+    const char *file = write_file("prompts.jsonl", "\"a cat\"\n\"a dog\\nwith a hat\"\n"
+                                                   "\"\\u732b\"\n");
+    const char *prompts[3] = {"a cat", "a dog\nwith a hat", "\xe7\x8c\xab"};
+    char extra[1024], out[1024];
+    snprintf(extra, sizeof extra,
+             "--prompts-file '%s' --width 64 --height 64 --steps 1 --rng cpu --count 2 "
+             "--seed 5 --quiet",
+             file);
+    run_many(extra, "pf.png", out, sizeof out);
+    assert_string_equal(out, "");
+    for (int k = 1; k <= 3; k++) {
+        for (int i = 1; i <= 2; i++) {
+            char name[64], got[256];
+            snprintf(name, sizeof name, "pf-%d-%d.png", k, i);
+            unsigned long long seed = 0;
+            free(read_seeded(name, &seed));
+            assert_true(seed == (unsigned long long)(5 + i - 1));
+            recorded_prompt(name, got, sizeof got);
+            assert_string_equal(got, prompts[k - 1]);
+        }
+    }
+    /* prompt 2, image 2 is that prompt alone with seed 6; prompt 1 differs from it */
+    char q[256];
+    snprintf(extra, sizeof extra,
+             "--prompt %s --width 64 --height 64 --steps 1 --rng cpu --seed 6 --quiet",
+             shell_quote(prompts[1], q, sizeof q));
+    run_many(extra, "alone-dog.png", out, sizeof out);
+    unsigned long long s = 0;
+    uint8_t *alone = read_seeded("alone-dog.png", &s);
+    uint8_t *batch = read_seeded("pf-2-2.png", &s);
+    uint8_t *other = read_seeded("pf-1-2.png", &s);
+    assert_memory_equal(alone, batch, 64 * 64 * 3);
+    assert_memory_not_equal(other, batch, 64 * 64 * 3);
+    free(alone);
+    free(batch);
+    free(other);
+
+    /* usage errors, before anything is written */
+    char base[2200], args[8192];
+    snprintf(base, sizeof base, "--model '%s' --width 64 --height 64 --steps 1", model);
+    snprintf(args, sizeof args, "%s --prompts-file '%s' --prompt a --output '%s/e.png'", base, file,
+             tmpdir);
+    expect_usage_error(args, "one of --prompt and --prompts-file");
+    snprintf(args, sizeof args, "%s --prompts-file '%s' --output '%s/e-{n}.png'", base, file,
+             tmpdir);
+    expect_usage_error(args, "has no {p}");
+    snprintf(args, sizeof args, "%s --prompt a --count 2 --output '%s/e-{p}.png'", base, tmpdir);
+    expect_usage_error(args, "has no {n} or {seed}");
+    /* every image's folder is checked, not only the first one's */
+    char dir1[512], want[600];
+    snprintf(dir1, sizeof dir1, "%s/d1", tmpdir);
+    assert_int_equal(mkdir(dir1, 0755), 0);
+    snprintf(args, sizeof args, "%s --prompt a --count 2 --output '%s/d{n}/e.png'", base, tmpdir);
+    snprintf(want, sizeof want, "'%s/d2/e.png': its folder does not exist", tmpdir);
+    expect_usage_error(args, want);
+    const char *bad = write_file("bad.jsonl", "\"fine\"\n\"\xff\xfe\"\n");
+    snprintf(args, sizeof args, "%s --prompts-file '%s' --output '%s/e.png'", base, bad, tmpdir);
+    expect_usage_error(args, "bad.jsonl:2: the prompt must be valid UTF-8");
+    bad = write_file("bad2.jsonl", "\"fine\"\nnot json\n");
+    snprintf(args, sizeof args, "%s --prompts-file '%s' --output '%s/e.png'", base, bad, tmpdir);
+    expect_usage_error(args, "bad2.jsonl:2: not one JSON string");
+    bad = write_file("empty.jsonl", "");
+    snprintf(args, sizeof args, "%s --prompts-file '%s' --output '%s/e.png'", base, bad, tmpdir);
+    expect_usage_error(args, "no prompts in it");
+    char probe[512];
+    snprintf(probe, sizeof probe, "%s/e-1.png", tmpdir);
+    assert_int_not_equal(access(probe, F_OK), 0);
+    snprintf(probe, sizeof probe, "%s/e.png", tmpdir);
+    assert_int_not_equal(access(probe, F_OK), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_help),
-        cmocka_unit_test(test_usage_errors),
-        cmocka_unit_test(test_generate_cases),
-        cmocka_unit_test(test_generate_drawn_seed),
+        cmocka_unit_test(test_help),           cmocka_unit_test(test_usage_errors),
+        cmocka_unit_test(test_generate_cases), cmocka_unit_test(test_generate_drawn_seed),
+        cmocka_unit_test(test_generate_count), cmocka_unit_test(test_generate_prompts_file),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
