@@ -111,6 +111,8 @@ typedef struct zi_cuda {
     /* weights kept in host memory once `weight_budget` bytes are resident (UINT64_MAX: no
      * budget, every weight resident); hw[] sorted by address */
     uint64_t weight_budget;
+    int budget_auto;       /* weight_budget came from "auto": re-evaluated with the headroom */
+    uint64_t act_headroom; /* what "auto" leaves free for activations */
     uint64_t hw_bytes[ZI_HW_KINDS]; /* bytes of the host weights, by where they live */
     /* page-locked memory the host weights may take (ZI_CUDA_PIN_LIMIT_MB, or half the
      * host's memory, measured at the first host weight; 0: not yet) */
@@ -1732,6 +1734,7 @@ zi_backend *zi_backend_cuda_new(int device)
     cu->score_budget = ZI_CUDA_SCORE_BUDGET;
     cu->col_budget = ZI_CUDA_COL_BUDGET;
     cu->weight_budget = UINT64_MAX;
+    cu->act_headroom = ZI_CUDA_ACT_HEADROOM;
     const char *fs = getenv("ZI_CUDA_FLASH_STAGES");
     cu->flash_stages = fs && *fs ? atoi(fs) : 2;
     if (cu->flash_stages != 1 && cu->flash_stages != 2) {
@@ -1936,6 +1939,7 @@ int zi_cuda_set_weight_budget(zi_backend *be, uint64_t bytes)
 {
     ZI_CUDA_REQUIRE(be);
     zi_cu(be)->weight_budget = bytes;
+    zi_cu(be)->budget_auto = 0;
     if (bytes != UINT64_MAX)
         zi_cuda_install_staging(be);
     return ZI_OK;
@@ -1959,14 +1963,45 @@ int zi_cuda_set_weight_budget_spec(zi_backend *be, const char *wb)
         cudaGetLastError();
         return ZI_OK;
     }
-    uint64_t room = fr, head = ZI_CUDA_ACT_HEADROOM;
+    uint64_t room = fr, head = cu->act_headroom;
     if (cu->alloc && cu->map_limit) { /* a mapping cap (ZI_CUDA_MEM_LIMIT_MB) */
         zi_alloc_stats as;
         zi_alloc_get_stats(cu->alloc, &as);
         uint64_t left = cu->map_limit > as.reserved ? cu->map_limit - as.reserved : 0;
         room = left < room ? left : room;
     }
-    return zi_cuda_set_weight_budget(be, room > head ? room - head : 0);
+    rc = zi_cuda_set_weight_budget(be, room > head ? room - head : 0);
+    cu->budget_auto = 1;
+    return rc;
+}
+
+int zi_cuda_set_act_headroom(zi_backend *be, uint64_t bytes)
+{
+    ZI_CUDA_REQUIRE(be);
+    zi_cuda *cu = zi_cu(be);
+    cu->act_headroom = bytes > ZI_CUDA_ACT_HEADROOM ? bytes : ZI_CUDA_ACT_HEADROOM;
+    return cu->budget_auto ? zi_cuda_set_weight_budget_spec(be, "auto") : ZI_OK;
+}
+
+int zi_cuda_weight_budget_auto(zi_backend *be)
+{
+    return zi_cuda_is(be) && zi_cu(be)->budget_auto;
+}
+
+uint64_t zi_cuda_act_headroom(zi_backend *be)
+{
+    return zi_cuda_is(be) ? zi_cu(be)->act_headroom : 0;
+}
+
+uint64_t zi_cuda_job_scratch_bytes(zi_backend *be)
+{
+    if (!zi_cuda_is(be))
+        return 0;
+    zi_cuda *cu = zi_cu(be);
+    /* attention score rows and convolution columns at their budgets, and the two weight
+     * prefetch slots (each holds one host-kept weight: 96 MiB covers the real model's
+     * largest, a 10240 x 3840 bf16 linear) */
+    return (uint64_t)cu->score_budget + (uint64_t)cu->col_budget + ((uint64_t)192 << 20);
 }
 
 int zi_cuda_set_prefetch(zi_backend *be, int on, size_t min_bytes)

@@ -55,6 +55,18 @@ int zi_cuda_set_weight_budget(zi_backend *be, uint64_t bytes);
 int zi_cuda_set_weight_budget_spec(zi_backend *be, const char *spec);
 /* The budget in force (UINT64_MAX: none). */
 uint64_t zi_cuda_weight_budget(zi_backend *be);
+/* What the "auto" budget leaves free for a job: 2 GiB unless raised here (never lower) to
+ * the plan of the largest job that will run - zi_pipeline_act_estimate() plus
+ * zi_cuda_job_scratch_bytes() - as the worker does for generation.max_pixels. An "auto"
+ * budget in force is evaluated again at once; call before the weights load. */
+int zi_cuda_set_act_headroom(zi_backend *be, uint64_t bytes);
+uint64_t zi_cuda_act_headroom(zi_backend *be);
+/* 1 when the budget in force came from "auto" (the headroom applies to it). */
+int zi_cuda_weight_budget_auto(zi_backend *be);
+/* Device memory the backend takes during a job beyond the pipeline's tensors, at most:
+ * attention and convolution scratch at their budgets and the weight prefetch slots (its
+ * workspace and staging buffers are allocated at creation, before any budget). */
+uint64_t zi_cuda_job_scratch_bytes(zi_backend *be);
 /* Bytes of weights kept in host memory under the budget, in all and by kind:
  *   pinned    page-locked, up to the pin limit (ZI_CUDA_PIN_LIMIT_MB, or half the host's
  *             memory: MemTotal, or the cgroup limit when lower), so the host stays usable;

@@ -60,6 +60,9 @@ struct zi_backend {
      * `weights_borrowed`, which tells the loader to keep the source open. */
     int weight_src_stable;
     uint64_t weights_borrowed;
+    /* Set by a backend that never reads weight data (the meta backend): loaders of random
+     * weights then pass src = NULL instead of generating numbers nobody reads. */
+    int no_weight_data;
 
     void (*destroy)(zi_backend *be);
 
@@ -162,6 +165,16 @@ void zi_backend_clear_error(zi_backend *be);
 
 /* The fp32 reference backend. threads <= 0: OpenBLAS default. */
 zi_backend *zi_backend_cpu_new(int threads);
+
+/* The memory-planning backend (kernels/backend_meta.c): a backend's storage without any
+ * compute or memory behind it - (ZI_BF16, 512) is the CUDA backend's (bf16 activations and
+ * weights, f32 latents, its allocator's placement), (ZI_F32, 1) the CPU backend's.
+ * mem_stats counts like the real ones: `allocated` (weights included), its `peak` since
+ * creation, `weights`, `reserved` (mapped). */
+zi_backend *zi_backend_meta_new(zi_dtype act_dtype, unsigned align);
+/* The meta backend's high-water mark of mapped memory (align 512: the CUDA allocator's
+ * pages and growth steps, weights included; otherwise the peak of allocated). */
+uint64_t zi_meta_peak_reserved(zi_backend *be);
 
 /* CUDA backend on `device`; NULL with zi_errmsg() set when CUDA is not built in or no GPU. */
 zi_backend *zi_backend_cuda_new(int device);

@@ -473,8 +473,8 @@ int zi_dit_load_random(const zi_dit_config *cfg, zi_backend *be, uint64_t seed, 
         if (n > maxn)
             maxn = n;
     }
-    buf = malloc(maxn * sizeof *buf);
-    if (!buf) {
+    buf = be->no_weight_data ? NULL : malloc(maxn * sizeof *buf);
+    if (!buf && !be->no_weight_data) {
         rc = zi_errorf(ZI_ENOMEM, "transformer: out of memory for random weights");
         goto err;
     }
@@ -497,7 +497,7 @@ int zi_dit_load_random(const zi_dit_config *cfg, zi_backend *be, uint64_t seed, 
             lo = 0.9f;
             span = 0.2f;
         }
-        for (size_t k = 0; k < n; k += 2) {
+        for (size_t k = 0; buf && k < n; k += 2) {
             uint64_t r = splitmix64(&s);
             buf[k] = lo + span * (float)(r >> 40) * 0x1p-24f;
             if (k + 1 < n)

@@ -202,6 +202,54 @@ int zi_pipeline_load_random(const zi_model_config *cfg, zi_backend *be, uint64_t
     return ZI_OK;
 }
 
+int zi_pipeline_mem_plan_on(zi_backend *be, const zi_model_config *cfg, int width, int height,
+                            float guidance, int n_tokens, zi_mem_plan *out)
+{
+    memset(out, 0, sizeof *out);
+    zi_pipeline *p = NULL;
+    int rc = zi_pipeline_load_random(cfg, be, 0, n_tokens ? n_tokens : ZI_TOKENIZER_MAX_LEN, &p);
+    zi_gen_params g = {.prompt = "",
+                       .negative_prompt = "",
+                       .width = width,
+                       .height = height,
+                       .steps = 1, /* the peak does not depend on the step count */
+                       .guidance = guidance,
+                       .seed = 0,
+                       .rng = ZI_RNG_CUDA};
+    /* twice: what a job leaves cached for the next one counts too */
+    for (int i = 0; i < 2 && rc == ZI_OK; i++) {
+        uint8_t *rgb = NULL;
+        rc = zi_pipeline_generate(p, &g, NULL, NULL, &rgb);
+        free(rgb);
+    }
+    if (rc == ZI_OK) {
+        zi_mem_stats m; /* the weights are constant after the load, and the load's own
+                           peak (weights and the model's small state) is below the jobs' */
+        be->mem_stats(be, &m);
+        out->weights = m.weights;
+        out->activations = m.peak - m.weights;
+        out->mapped = out->activations;
+        if (strcmp(be->name, "meta") == 0) {
+            uint64_t r = zi_meta_peak_reserved(be);
+            out->mapped = r > m.weights ? r - m.weights : 0;
+        }
+    }
+    zi_pipeline_free(p);
+    return rc;
+}
+
+int zi_pipeline_act_estimate(const zi_model_config *cfg, int width, int height, float guidance,
+                             int n_tokens, zi_mem_plan *out)
+{
+    memset(out, 0, sizeof *out);
+    zi_backend *be = zi_backend_meta_new(ZI_BF16, 512); /* the CUDA backend's storage */
+    if (!be)
+        return ZI_ENOMEM; /* zi_errmsg() says so */
+    int rc = zi_pipeline_mem_plan_on(be, cfg, width, height, guidance, n_tokens, out);
+    zi_backend_destroy(be);
+    return rc;
+}
+
 const zi_model_config *zi_pipeline_config(const zi_pipeline *p)
 {
     return &p->cfg;

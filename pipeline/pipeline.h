@@ -47,6 +47,29 @@ const zi_model_config *zi_pipeline_config(const zi_pipeline *p);
 int zi_pipeline_generate(zi_pipeline *p, const zi_gen_params *params, zi_progress_fn progress,
                          void *ud, uint8_t **rgb);
 
+/* Device memory of one job, planned before it runs (zi_pipeline_act_estimate). */
+typedef struct zi_mem_plan {
+    uint64_t activations; /* high-water mark of the job's tensors (bf16, f32 latents) */
+    uint64_t mapped;      /* device memory mapped for them at the peak: the allocator's
+                             pages and growth steps (the meta backend; else = activations) */
+    uint64_t weights;     /* every weight in bf16 */
+} zi_mem_plan;
+
+/* Plans a job of width x height (guidance > 0: with classifier-free guidance) for a model
+ * of `cfg` on the CUDA backend: the pipeline is replayed on the meta backend (no compute,
+ * no memory) with prompts (and negative prompt) of n_tokens templated ids - 0 means the
+ * longest, ZI_TOKENIZER_MAX_LEN, so the figure holds for every prompt. The backend's own
+ * scratch (workspace, staging, attention and convolution tiles, prefetch slots) is not
+ * included. Well under a second at any size. */
+int zi_pipeline_act_estimate(const zi_model_config *cfg, int width, int height, float guidance,
+                             int n_tokens, zi_mem_plan *out);
+/* The same measured on a given backend (its mem_stats peak less the weights, over two
+ * jobs of random weights): zi_pipeline_act_estimate is this on the meta backend, and the
+ * tests run it on the CPU backend to hold the two equal. `be` must be fresh (its peak
+ * since creation is read). */
+int zi_pipeline_mem_plan_on(zi_backend *be, const zi_model_config *cfg, int width, int height,
+                            float guidance, int n_tokens, zi_mem_plan *out);
+
 /* ---- added by the pipeline engineer (D): model name, tests and tools ---- */
 
 typedef struct zi_dit zi_dit;

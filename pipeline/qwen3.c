@@ -281,6 +281,8 @@ static void zi_qwen3_fill_random(uint16_t *dst, size_t n, float mean, uint64_t *
 static int zi_qwen3_random_tensor(zi_backend *be, zi_tensor *dst, int ndim, const int64_t *shape,
                                   float mean, uint64_t *s)
 {
+    if (be->no_weight_data)
+        return be->upload_weight(be, dst, NULL, ZI_BF16, ndim, shape);
     size_t n = 1;
     for (int i = 0; i < ndim; i++)
         n *= (size_t)shape[i];

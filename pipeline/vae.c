@@ -347,8 +347,8 @@ int zi_vae_load_random(const zi_vae_config *cfg, zi_backend *be, uint64_t seed, 
             n *= (size_t)v->table[i].shape[d];
         max_n = n > max_n ? n : max_n;
     }
-    float *buf = malloc(max_n * sizeof(float));
-    if (!buf) {
+    float *buf = be->no_weight_data ? NULL : malloc(max_n * sizeof(float));
+    if (!buf && !be->no_weight_data) {
         rc = zi_errorf(ZI_ENOMEM, "vae: out of memory for random weights");
         goto err;
     }
@@ -359,14 +359,16 @@ int zi_vae_load_random(const zi_vae_config *cfg, zi_backend *be, uint64_t seed, 
             n *= (size_t)e->shape[d];
         for (int d = 1; d < e->ndim; d++)
             fan_in *= (size_t)e->shape[d];
-        zi_randn_cuda(buf, n, seed + 0x9E3779B97F4A7C15ull * (i + 1));
-        /* Weights N(0, 1/fan_in) keep activations O(1); biases small; GroupNorm scales
-         * around 1 ("norm" weights are the only 1-d ".weight" tensors). */
-        int is_norm_w = e->ndim == 1 && strstr(e->name, ".weight") != NULL;
-        float scale = e->ndim > 1 ? 1.0f / sqrtf((float)fan_in) : 0.05f;
-        float offset = is_norm_w ? 1.0f : 0.0f;
-        for (size_t k = 0; k < n; k++)
-            buf[k] = buf[k] * scale + offset;
+        if (buf) {
+            zi_randn_cuda(buf, n, seed + 0x9E3779B97F4A7C15ull * (i + 1));
+            /* Weights N(0, 1/fan_in) keep activations O(1); biases small; GroupNorm
+             * scales around 1 ("norm" weights are the only 1-d ".weight" tensors). */
+            int is_norm_w = e->ndim == 1 && strstr(e->name, ".weight") != NULL;
+            float scale = e->ndim > 1 ? 1.0f / sqrtf((float)fan_in) : 0.05f;
+            float offset = is_norm_w ? 1.0f : 0.0f;
+            for (size_t k = 0; k < n; k++)
+                buf[k] = buf[k] * scale + offset;
+        }
         rc = be->upload_weight(be, e->dst, buf, ZI_F32, e->ndim, e->shape);
         if (rc != ZI_OK)
             goto err;

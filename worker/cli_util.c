@@ -4,6 +4,10 @@
  */
 #include "cli_util.h"
 #include "json_util.h"
+#include "zi_err.h"
+#ifdef ZI_HAVE_CUDA
+#include "zi_cuda.h"
+#endif
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -118,5 +122,25 @@ int zi_cli_read_prompts(const char *path,
     free(line);
     if (f != stdin)
         fclose(f);
+    return rc;
+}
+
+int zi_cli_plan_headroom(zi_backend *be, const zi_model_config *cfg, int width, int height,
+                         float guidance, zi_mem_plan *plan, uint64_t *headroom)
+{
+    if (headroom)
+        *headroom = 0;
+    int rc = zi_pipeline_act_estimate(cfg, width, height, guidance, 0, plan);
+    if (rc != ZI_OK)
+        return rc;
+#ifdef ZI_HAVE_CUDA
+    if (zi_cuda_is(be)) {
+        rc = zi_cuda_set_act_headroom(be, plan->mapped + zi_cuda_job_scratch_bytes(be));
+        if (headroom && zi_cuda_weight_budget_auto(be))
+            *headroom = zi_cuda_act_headroom(be);
+    }
+#else
+    (void)be;
+#endif
     return rc;
 }

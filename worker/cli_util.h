@@ -8,7 +8,12 @@
 #ifndef ZI_CLI_UTIL_H
 #define ZI_CLI_UTIL_H
 
+#include "backend.h"
+#include "config.h"
+#include "pipeline.h"
+
 #include <stddef.h>
+#include <stdint.h>
 
 /* Parses a decimal integer in [lo, hi] (strtol, base 10) into *out. Returns 0, or -1 (with
  * *out untouched) on empty text, trailing characters, overflow or a value out of range. */
@@ -28,6 +33,16 @@ int zi_cli_is_dir(const char *path);
 /* Installs handler for each of the n signals in sigs with sigaction(): empty mask and no
  * flags (no SA_RESTART, so a blocking poll()/nanosleep() returns EINTR at once). */
 void zi_cli_on_signals(void (*handler)(int), const int *sigs, size_t n);
+
+/* Plans the largest job that will run on `be` - width x height, with CFG when guidance > 0,
+ * for a model of `cfg` (zi_pipeline_act_estimate) - into *plan and, on the CUDA backend,
+ * raises the "auto" weight budget's activation headroom to the plan plus the backend's
+ * job scratch (zi_cuda_set_act_headroom: never below 2 GiB). *headroom (may be NULL)
+ * receives the headroom in force (0 off CUDA, or when the budget is not "auto": then it
+ * leaves nothing free on purpose). Call between creating the backend and
+ * loading the weights. ZI_OK, or the plan's error (nothing changed). */
+int zi_cli_plan_headroom(zi_backend *be, const zi_model_config *cfg, int width, int height,
+                         float guidance, zi_mem_plan *plan, uint64_t *headroom);
 
 /* The longest line of a prompts file, bytes. */
 #define ZI_CLI_MAX_PROMPT_LINE (4u << 20)

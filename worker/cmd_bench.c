@@ -501,6 +501,16 @@ static int zb_random(const zb_opts *o, cJSON *root)
     float *emb = NULL;
     zi_dit_caption *cap = NULL;
     double t0 = zb_now();
+    /* the larger image's plan: the "auto" weight budget leaves room for it */
+    zi_mem_plan plan;
+    uint64_t head = 0;
+    int big = o->size > o->small_size ? o->size : o->small_size;
+    rc = zi_cli_plan_headroom(be, &cfg, big, big, 0.0f, &plan, &head);
+    if (rc != ZI_OK)
+        goto done;
+    cJSON_AddNumberToObject(root, "planned_activation_bytes", (double)plan.activations);
+    if (head)
+        cJSON_AddNumberToObject(root, "activation_headroom_bytes", (double)head);
     fprintf(stderr, "bench: building random weights on %s (%s)\n", be->name, be->device_name);
     rc = zi_pipeline_load_random(&cfg, be, o->seed, o->tokens, &p);
     if (rc != ZI_OK)

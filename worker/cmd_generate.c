@@ -437,8 +437,13 @@ int zi_cmd_generate(int argc, char **argv)
     const char *const *prompts = file ? (const char *const *)ps.v : one;
     const int nprompts = file ? ps.n : 1;
 
-    /* Every image's folder (the seed of a drawn one is not known yet: a {seed} in a folder
-     * name is checked when that image is written). */
+    if (!have_seed) { /* drawn now: a {seed} in a folder name is checked with it */
+        uint64_t r = 0;
+        if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+            r = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+        seed = r & ((1ull << 53) - 1); /* fits a JSON number exactly */
+    }
+    /* Every image's folder */
     char tmpl[ZI_GEN_MAX_PATH], path[ZI_GEN_MAX_PATH], checked[ZI_GEN_MAX_PATH] = "";
     int toolong = 0, have_checked = 0;
     const char *why = gen_output_template(output, nprompts, count, tmpl, sizeof tmpl, &toolong);
@@ -477,11 +482,7 @@ int zi_cmd_generate(int argc, char **argv)
         status = 2;
         goto done;
     }
-    if (!have_seed) {
-        uint64_t r = 0;
-        if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
-            r = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-        seed = r & ((1ull << 53) - 1); /* fits a JSON number exactly */
+    if (!have_seed) { /* drawn earlier, printed once the usage is known to be right */
         printf("seed: %llu\n", (unsigned long long)seed);
         fflush(stdout);
     }
@@ -497,6 +498,13 @@ int zi_cmd_generate(int argc, char **argv)
     be = zi_backend_new(backend_name);
     if (!be) {
         fprintf(stderr, "zimage: error: %s\n", zi_errmsg());
+        goto done;
+    }
+    /* this job's memory, planned: the CUDA backend's "auto" weight budget leaves room */
+    zi_mem_plan plan;
+    if (zi_cli_plan_headroom(be, &mcfg, width, height, (float)guidance, &plan, NULL) != ZI_OK) {
+        fprintf(stderr, "zimage: error: %s\n", zi_errmsg());
+        status = 2;
         goto done;
     }
     if (zi_pipeline_load(model, be, &p) != ZI_OK) {

@@ -34,6 +34,8 @@
 typedef struct result {
     int ok, loaded;
     uint64_t host_bytes, pageable_bytes, mapped_bytes, device_weights, budget, pin_limit;
+    uint64_t headroom;
+    int headroom_rc;
     uint8_t img[IMG];
     char err[1024];
 } result;
@@ -44,6 +46,10 @@ typedef struct result {
  * the checkpoint's mapping (ZI_CUDA_MAP_WEIGHTS=0 when g_no_map). */
 static uint64_t g_pinned, g_host_mib, g_pin_limit_mib;
 static int g_no_map;
+/* The activation headroom the next child sets before loading (0: none), and whether it
+ * stops there with the budget (no model, no image). */
+static uint64_t g_headroom;
+static int g_budget_only;
 
 /* Sets `name` to the decimal value v, or unsets it when v is 0. */
 static void set_or_unset(const char *name, uint64_t v)
@@ -74,6 +80,15 @@ static void child(uint64_t mem, const char *budget, uint64_t limit_mib, result *
     else
         unsetenv("ZI_CUDA_WEIGHT_BUDGET_MB");
     zi_backend *be = zi_backend_cuda_new(0);
+    if (be && g_headroom) { /* the plan of a larger job, before the weights load */
+        r->headroom_rc = zi_cuda_set_act_headroom(be, g_headroom);
+        r->headroom = zi_cuda_act_headroom(be);
+        if (g_budget_only) {
+            r->budget = zi_cuda_weight_budget(be);
+            r->ok = 1;
+            _exit(0);
+        }
+    }
     zi_pipeline *p = NULL;
     uint8_t *rgb = NULL;
     zi_gen_params gp = {.prompt = "a red cube",
@@ -128,6 +143,30 @@ static result *run_limited(uint64_t mem, const char *budget, uint64_t limit_mib)
 static result *run(uint64_t mem, const char *budget)
 {
     return run_limited(mem, budget, 0);
+}
+
+/* zi_cuda_set_act_headroom: the "auto" budget leaves the larger of 2 GiB and the given
+ * headroom free (evaluated again at once); an explicit budget stays as set. */
+static void test_act_headroom(void **state)
+{
+    (void)state;
+    g_budget_only = 1;
+    g_headroom = 1; /* below the floor: the default 2 GiB */
+    result *dflt = run(3072 * MIB, NULL);
+    g_headroom = 2560 * MIB;
+    result *more = run(3072 * MIB, NULL);
+    result *fixed = run(3072 * MIB, "512");
+    g_budget_only = 0;
+    g_headroom = 0;
+    assert_true(dflt->ok && more->ok && fixed->ok);
+    assert_int_equal(dflt->headroom_rc, ZI_OK);
+    assert_int_equal(dflt->headroom, 2048 * MIB);
+    assert_int_equal(more->headroom, 2560 * MIB);
+    printf("  auto budget %.1f MiB with 2 GiB free, %.1f MiB with 2.5 GiB\n",
+           dflt->budget / (double)MIB, more->budget / (double)MIB);
+    assert_true(dflt->budget > 512 * MIB);
+    assert_int_equal(dflt->budget - more->budget, 512 * MIB);
+    assert_int_equal(fixed->budget, 512 * MIB);
 }
 
 static void test_auto_budget(void **state)
@@ -231,6 +270,7 @@ static void test_auto_budget(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_act_headroom),
         cmocka_unit_test(test_auto_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

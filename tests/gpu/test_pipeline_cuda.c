@@ -13,7 +13,9 @@
  *   - under a weight budget (weights past it kept in pinned host memory and copied in per
  *     op: all of them, or all but the first few MiB) the image is the same bytes, and the
  *     device holds no more weights than the budget; with prefetch (weights copied on a
- *     second stream one op ahead) the same bytes too, and most weights are found copied.
+ *     second stream one op ahead) the same bytes too, and most weights are found copied;
+ *   - the memory plan (meta backend) bounds a job's peak: at least the plan, at most the
+ *     plan plus the backend's job scratch.
  * On a GPU machine through tests/gpu/run.sh; in CI on the CPU emulator of CUDA.
  */
 #include "zi_test.h"
@@ -21,7 +23,9 @@
 #ifdef ZI_HAVE_CUDA
 
 #include "backend.h"
+#include "config.h"
 #include "pipeline.h"
+#include "tokenizer.h"
 #include "zi_cuda.h"
 #include "zi_err.h"
 
@@ -32,6 +36,7 @@
 #define ZP_MIN_PSNR 38.0
 
 static zi_backend *gpu, *cpu;
+static uint64_t own_bytes;
 static zi_pipeline *pg, *pc;
 
 static int zp_setup(void **state)
@@ -47,6 +52,9 @@ static int zp_setup(void **state)
         fprintf(stderr, "test_pipeline_cuda: backend: %s\n", zi_errmsg());
         return -1;
     }
+    zi_mem_stats m;
+    gpu->mem_stats(gpu, &m);
+    own_bytes = m.allocated; /* the backend's workspace and staging, before any model */
     const char *dir = zi_test_model("");
     if (zi_pipeline_load(dir, gpu, &pg) != ZI_OK || zi_pipeline_load(dir, cpu, &pc) != ZI_OK) {
         fprintf(stderr, "test_pipeline_cuda: load: %s\n", zi_errmsg());
@@ -149,6 +157,63 @@ static void test_steady_state_maps_nothing(void **state)
     assert_int_equal(m1.weights, m0.weights);
 }
 
+/* The memory plan (zi_pipeline_act_estimate, the meta backend) against what the CUDA
+ * allocator holds for the same jobs (the plan made for the prompt's templated length): at
+ * the job's peak, everything but the weights and the backend's own workspace and staging
+ * (made at its creation) is at least the plan and at most the plan plus the backend's job
+ * scratch. */
+static void test_plan_bounds_the_job(void **state)
+{
+    (void)state;
+    zi_model_config mc;
+    assert_int_equal(zi_config_load(zi_test_model(""), &mc), ZI_OK);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tokenizer", zi_test_model(""));
+    zi_tokenizer *tok = NULL;
+    assert_int_equal(zi_tokenizer_load(dir, &tok), ZI_OK);
+    const struct {
+        int w, h;
+        float g;
+    } jobs[] = {{64, 48, 3.5f}, {96, 64, 0.0f}};
+    for (size_t i = 0; i < sizeof jobs / sizeof jobs[0]; i++) {
+        zi_gen_params gp = zp_params(jobs[i].w, jobs[i].h, jobs[i].g);
+        gp.negative_prompt = gp.prompt; /* the plan takes both of one length */
+        gp.steps = 1;                   /* the peak does not depend on the step count */
+        int32_t *ids = NULL;
+        size_t n = 0;
+        assert_int_equal(zi_tokenizer_encode_prompt(tok, gp.prompt, ZI_TOKENIZER_MAX_LEN, &ids, &n),
+                         ZI_OK);
+        free(ids);
+        zi_mem_plan plan;
+        assert_int_equal(
+            zi_pipeline_act_estimate(&mc, jobs[i].w, jobs[i].h, jobs[i].g, (int)n, &plan), ZI_OK);
+        zi_cuda_reset_peak(gpu);
+        free(zp_generate(pg, &gp));
+        zi_mem_stats m;
+        gpu->mem_stats(gpu, &m);
+        const uint64_t held = m.peak - m.weights - own_bytes;
+        const uint64_t scratch = zi_cuda_job_scratch_bytes(gpu);
+        printf("%dx%d guidance %.1f, %zu tokens: held at the peak %llu bytes, plan %llu, "
+               "scratch bound %llu\n",
+               jobs[i].w, jobs[i].h, (double)jobs[i].g, n, (unsigned long long)held,
+               (unsigned long long)plan.activations, (unsigned long long)scratch);
+        assert_true(held >= plan.activations);
+        assert_true(held <= plan.activations + scratch);
+        /* mapped: the same allocator policy as the plan's, so within its job scratch and
+         * one growth step (the backend's own buffers shift where the chunks begin) */
+        zi_alloc_stats as;
+        if (zi_cuda_alloc_stats(gpu, &as) == ZI_OK && as.reserve > 0) {
+            const uint64_t mapped = as.peak_reserved - m.weights - own_bytes;
+            printf("  mapped beyond the weights and the backend's own buffers: %llu, plan %llu\n",
+                   (unsigned long long)mapped, (unsigned long long)plan.mapped);
+            assert_true(plan.mapped >= plan.activations);
+            assert_true(mapped <= plan.mapped + scratch + ((uint64_t)32 << 20));
+        }
+        assert_int_equal(plan.weights, m.weights); /* every weight resident, in bf16 */
+    }
+    zi_tokenizer_free(tok);
+}
+
 static void test_trim_then_generate(void **state)
 {
     (void)state;
@@ -245,6 +310,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_cpu_and_is_deterministic),
         cmocka_unit_test(test_steady_state_maps_nothing),
+        cmocka_unit_test(test_plan_bounds_the_job),
         cmocka_unit_test(test_trim_then_generate),
         cmocka_unit_test(test_weight_budget),
     };

@@ -5,7 +5,8 @@
 # one object per job in the bucket (50 under the test's prefix), each a valid 64x64 PNG
 # with its x-amz-meta-job-id, fetched through the presigned URL of `zimage status`; the
 # events stream has queued/running/succeeded per job; the result topic has one message
-# per job; /metrics counts the jobs; both workers drain and exit 0 on SIGTERM.
+# per job; /metrics counts the jobs; both workers drain and exit 0 on SIGTERM; the worker
+# logs the memory plan of the largest job its limits admit.
 source "$(dirname "$0")/worker_lib.sh"
 zt_init e2e
 ZT_RESULT_TOPIC=$ZT_RESULTS zt_config
@@ -15,6 +16,10 @@ zt_start_worker w1
 zt_start_worker w2
 zt_wait_log w1 'assigned' 30
 zt_wait_log w2 'assigned' 40
+# the memory plan of the largest job the default limits admit (max_side 4096, max_pixels
+# 4194304: 4194304 pixels, the widest or the squarest shape), logged before the load
+grep -Eq 'memory plan: the largest job \((4096x1024|2048x2048), generation.max_side/max_pixels, with CFG\) needs [0-9.]+ GiB of activations \([0-9.]+ GiB mapped\)' \
+    "$ZT_TMP/w1.log" || zt_die "w1 logged no memory plan of the largest job: $(grep -m1 'memory plan' "$ZT_TMP/w1.log")"
 
 # Submit in 5 parallel streams (each submit is a short-lived producer).
 ids=()
