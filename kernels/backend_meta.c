@@ -169,14 +169,16 @@ static void zi_meta_mem_stats(zi_backend *be, zi_mem_stats *out)
     memset(out, 0, sizeof *out);
     out->allocated = m->allocated;
     out->reserved = m->allocated;
+    out->peak = m->peak;
+    out->peak_reserved = m->peak;
     if (m->alloc) {
         zi_alloc_stats s;
         zi_alloc_get_stats(m->alloc, &s);
         out->reserved = s.reserved;
+        out->peak_reserved = s.peak_reserved;
         out->mapped_chunks = s.mapped_chunks;
         out->largest_free = s.largest_free;
     }
-    out->peak = m->peak;
     out->weights = m->weights;
 }
 
@@ -308,16 +310,6 @@ static int zi_meta_map(void *ud, uint64_t offset, uint64_t size)
 {
     (void)ud, (void)offset, (void)size;
     return ZI_OK;
-}
-
-uint64_t zi_meta_peak_reserved(zi_backend *be)
-{
-    zi_meta *m = be->impl;
-    if (!m->alloc)
-        return m->peak;
-    zi_alloc_stats s;
-    zi_alloc_get_stats(m->alloc, &s);
-    return s.peak_reserved;
 }
 
 zi_backend *zi_backend_meta_new(zi_dtype act_dtype, unsigned align)

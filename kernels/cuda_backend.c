@@ -712,6 +712,7 @@ static void zi_cuda_mem_stats(zi_backend *be, zi_mem_stats *out)
     out->reserved = s.reserved;
     out->allocated = s.allocated;
     out->peak = s.peak;
+    out->peak_reserved = s.peak_reserved;
     out->mapped_chunks = s.mapped_chunks;
     out->largest_free = s.largest_free;
     out->weights = weights;

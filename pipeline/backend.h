@@ -37,6 +37,7 @@ typedef struct zi_mem_stats {
     uint64_t reserved;      /* virtual range mapped to physical memory by the allocator */
     uint64_t allocated;     /* bytes currently handed out */
     uint64_t peak;          /* high-water mark of `allocated` since the last reset */
+    uint64_t peak_reserved; /* high-water mark of `reserved` (CPU: = peak) */
     uint64_t mapped_chunks; /* physical chunks currently mapped */
     uint64_t largest_free;  /* largest free block inside the mapped range */
     uint64_t device_free;   /* cuMemGetInfo free */
@@ -172,9 +173,6 @@ zi_backend *zi_backend_cpu_new(int threads);
  * mem_stats counts like the real ones: `allocated` (weights included), its `peak` since
  * creation, `weights`, `reserved` (mapped). */
 zi_backend *zi_backend_meta_new(zi_dtype act_dtype, unsigned align);
-/* The meta backend's high-water mark of mapped memory (align 512: the CUDA allocator's
- * pages and growth steps, weights included; otherwise the peak of allocated). */
-uint64_t zi_meta_peak_reserved(zi_backend *be);
 
 /* CUDA backend on `device`; NULL with zi_errmsg() set when CUDA is not built in or no GPU. */
 zi_backend *zi_backend_cuda_new(int device);

@@ -158,6 +158,7 @@ static void zi_cpu_mem_stats(zi_backend *be, zi_mem_stats *out)
     out->reserved = cpu->allocated;
     out->allocated = cpu->allocated;
     out->peak = cpu->peak;
+    out->peak_reserved = cpu->peak;
     out->weights = cpu->weights;
 }
 

@@ -228,11 +228,7 @@ int zi_pipeline_mem_plan_on(zi_backend *be, const zi_model_config *cfg, int widt
         be->mem_stats(be, &m);
         out->weights = m.weights;
         out->activations = m.peak - m.weights;
-        out->mapped = out->activations;
-        if (strcmp(be->name, "meta") == 0) {
-            uint64_t r = zi_meta_peak_reserved(be);
-            out->mapped = r > m.weights ? r - m.weights : 0;
-        }
+        out->mapped = m.peak_reserved > m.weights ? m.peak_reserved - m.weights : 0;
     }
     zi_pipeline_free(p);
     return rc;

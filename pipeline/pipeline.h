@@ -50,8 +50,8 @@ int zi_pipeline_generate(zi_pipeline *p, const zi_gen_params *params, zi_progres
 /* Device memory of one job, planned before it runs (zi_pipeline_act_estimate). */
 typedef struct zi_mem_plan {
     uint64_t activations; /* high-water mark of the job's tensors (bf16, f32 latents) */
-    uint64_t mapped;      /* device memory mapped for them at the peak: the allocator's
-                             pages and growth steps (the meta backend; else = activations) */
+    uint64_t mapped;      /* memory mapped beyond the weights at the peak (mem_stats
+                             peak_reserved): the allocator's pages and growth steps */
     uint64_t weights;     /* every weight in bf16 */
 } zi_mem_plan;
 

@@ -125,14 +125,11 @@ int zi_cli_read_prompts(const char *path,
     return rc;
 }
 
-int zi_cli_plan_headroom(zi_backend *be, const zi_model_config *cfg, int width, int height,
-                         float guidance, zi_mem_plan *plan, uint64_t *headroom)
+int zi_cli_apply_headroom(zi_backend *be, const zi_mem_plan *plan, uint64_t *headroom)
 {
     if (headroom)
         *headroom = 0;
-    int rc = zi_pipeline_act_estimate(cfg, width, height, guidance, 0, plan);
-    if (rc != ZI_OK)
-        return rc;
+    int rc = ZI_OK;
 #ifdef ZI_HAVE_CUDA
     if (zi_cuda_is(be)) {
         rc = zi_cuda_set_act_headroom(be, plan->mapped + zi_cuda_job_scratch_bytes(be));
@@ -141,6 +138,16 @@ int zi_cli_plan_headroom(zi_backend *be, const zi_model_config *cfg, int width, 
     }
 #else
     (void)be;
+    (void)plan;
 #endif
     return rc;
+}
+
+int zi_cli_plan_headroom(zi_backend *be, const zi_model_config *cfg, int width, int height,
+                         float guidance, zi_mem_plan *plan, uint64_t *headroom)
+{
+    if (headroom)
+        *headroom = 0;
+    int rc = zi_pipeline_act_estimate(cfg, width, height, guidance, 0, plan);
+    return rc != ZI_OK ? rc : zi_cli_apply_headroom(be, plan, headroom);
 }

@@ -43,6 +43,8 @@ void zi_cli_on_signals(void (*handler)(int), const int *sigs, size_t n);
  * loading the weights. ZI_OK, or the plan's error (nothing changed). */
 int zi_cli_plan_headroom(zi_backend *be, const zi_model_config *cfg, int width, int height,
                          float guidance, zi_mem_plan *plan, uint64_t *headroom);
+/* The second half of zi_cli_plan_headroom: the headroom for a plan already made. */
+int zi_cli_apply_headroom(zi_backend *be, const zi_mem_plan *plan, uint64_t *headroom);
 
 /* The longest line of a prompts file, bytes. */
 #define ZI_CLI_MAX_PROMPT_LINE (4u << 20)

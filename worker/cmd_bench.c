@@ -132,14 +132,8 @@ static void zb_peaks(zi_backend *be, double *alloc, double *reserved, double *we
     zi_mem_stats m;
     be->mem_stats(be, &m);
     *alloc = (double)m.peak;
-    /* a backend without a caching allocator reserves what it allocates */
-    *reserved = (double)(m.reserved > m.peak ? m.reserved : m.peak);
+    *reserved = (double)m.peak_reserved;
     *weights = (double)m.weights;
-#ifdef ZI_HAVE_CUDA
-    zi_alloc_stats s;
-    if (zi_cuda_is(be) && zi_cuda_alloc_stats(be, &s) == ZI_OK)
-        *reserved = (double)s.peak_reserved;
-#endif
 }
 
 /* ---- whole generations ---- */

@@ -1298,8 +1298,7 @@ static void zi_wk_plan_largest(zi_backend *be, const zi_wconfig *cfg)
         }
     }
     if (rc == ZI_OK)
-        rc =
-            zi_cli_plan_headroom(be, &mc, (int)shape[at][0], (int)shape[at][1], 1.0f, &plan, &head);
+        rc = zi_cli_apply_headroom(be, &plan, &head);
     if (rc != ZI_OK) {
         zi_log_warn("memory plan of the largest job (%lldx%lld): %s", (long long)shape[at][0],
                     (long long)shape[at][1], zi_errmsg());
