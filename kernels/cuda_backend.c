@@ -51,9 +51,14 @@
 /* Bytes of one im2col tile (bf16). */
 #define ZI_CUDA_COL_BUDGET ((size_t)64 << 20)
 #define ZI_CUDA_LT_PLANS 64
-/* Device memory the automatic weight budget leaves for activations and scratch: a 1024²
- * image needs about 1.1 GB (docs/operations.md, "Size the GPUs"). */
+/* Device memory the automatic weight budget leaves for activations and scratch until a
+ * job's plan sets it: a 1024² image needs about 1.1 GB (docs/operations.md, "Size the
+ * GPUs"). With a plan (zi_cuda_set_act_headroom) it is the plan plus a margin for device
+ * memory the allocator does not hand out (CUDA's lazily loaded kernels, cuBLAS's own),
+ * and at least the floor. */
 #define ZI_CUDA_ACT_HEADROOM ((uint64_t)2 << 30)
+#define ZI_CUDA_ACT_MARGIN ((uint64_t)512 << 20)
+#define ZI_CUDA_ACT_FLOOR ((uint64_t)1 << 30)
 /* Host weights of at least this many bytes (by default) go through the prefetch slots
  * (two), smaller ones (biases, norms) are copied right before the op on the compute
  * stream. */
@@ -1980,7 +1985,8 @@ int zi_cuda_set_act_headroom(zi_backend *be, uint64_t bytes)
 {
     ZI_CUDA_REQUIRE(be);
     zi_cuda *cu = zi_cu(be);
-    cu->act_headroom = bytes > ZI_CUDA_ACT_HEADROOM ? bytes : ZI_CUDA_ACT_HEADROOM;
+    uint64_t h = bytes < UINT64_MAX - ZI_CUDA_ACT_MARGIN ? bytes + ZI_CUDA_ACT_MARGIN : UINT64_MAX;
+    cu->act_headroom = h > ZI_CUDA_ACT_FLOOR ? h : ZI_CUDA_ACT_FLOOR;
     return cu->budget_auto ? zi_cuda_set_weight_budget_spec(be, "auto") : ZI_OK;
 }
 

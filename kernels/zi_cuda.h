@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 /* Which attention implementation the backend uses. AUTO: the fused flash kernel where
- * it exists (head_dim 128, 16-byte aligned bf16 operands), else the GEMM path (cuBLAS
+ * it exists (head_dim 128 or 512, 16-byte aligned bf16 operands), else the GEMM path (cuBLAS
  * scores for a block of query rows, row softmax, cuBLAS P.V). The environment variable
  * ZI_CUDA_ATTENTION=auto|flash|gemm sets the initial choice. */
 typedef enum zi_cuda_attn_path {
@@ -43,7 +43,8 @@ int zi_cuda_set_flash_stages(zi_backend *be, int stages);
  * for bit; the cost is the PCIe traffic. UINT64_MAX keeps every weight resident; 0 keeps
  * all on the host. Set it before the weights are loaded. At creation the backend sets it
  * from ZI_CUDA_WEIGHT_BUDGET_MB: "auto" (the default) = the device memory free then (or
- * left under ZI_CUDA_MEM_LIMIT_MB), less 2 GiB for activations, so a model that fits stays
+ * left under ZI_CUDA_MEM_LIMIT_MB), less the activation headroom (2 GiB until a job's plan
+ * sets it: zi_cuda_set_act_headroom), so a model that fits stays
  * resident and a smaller card keeps the rest on the host; "resident" = no budget; N = N
  * MiB. A weight the device refuses while under the budget also stays on the host. The
  * pipeline loads the transformer first, then the VAE, then the text encoder, so the budget
@@ -55,10 +56,12 @@ int zi_cuda_set_weight_budget(zi_backend *be, uint64_t bytes);
 int zi_cuda_set_weight_budget_spec(zi_backend *be, const char *spec);
 /* The budget in force (UINT64_MAX: none). */
 uint64_t zi_cuda_weight_budget(zi_backend *be);
-/* What the "auto" budget leaves free for a job: 2 GiB unless raised here (never lower) to
- * the plan of the largest job that will run - zi_pipeline_act_estimate() plus
- * zi_cuda_job_scratch_bytes() - as the worker does for generation.max_pixels. An "auto"
- * budget in force is evaluated again at once; call before the weights load. */
+/* What the "auto" budget leaves free for a job: 2 GiB until set here from the plan of the
+ * largest job that will run - `bytes` = zi_pipeline_act_estimate()'s mapped figure plus
+ * zi_cuda_job_scratch_bytes(), as the worker does for generation.max_pixels - to `bytes`
+ * plus 512 MiB for device memory outside the allocator (lazily loaded kernels, cuBLAS),
+ * at least 1 GiB. An "auto" budget in force is evaluated again at once; call before the
+ * weights load. */
 int zi_cuda_set_act_headroom(zi_backend *be, uint64_t bytes);
 uint64_t zi_cuda_act_headroom(zi_backend *be);
 /* 1 when the budget in force came from "auto" (the headroom applies to it). */

@@ -37,8 +37,8 @@ void zi_cli_on_signals(void (*handler)(int), const int *sigs, size_t n);
 /* Plans the largest job that will run on `be` - width x height, with CFG when guidance > 0,
  * for a model of `cfg` (zi_pipeline_act_estimate) - into *plan and, on the CUDA backend,
  * raises the "auto" weight budget's activation headroom to the plan plus the backend's
- * job scratch (zi_cuda_set_act_headroom: never below 2 GiB). *headroom (may be NULL)
- * receives the headroom in force (0 off CUDA, or when the budget is not "auto": then it
+ * job scratch (zi_cuda_set_act_headroom: plus a 512 MiB margin, at least 1 GiB). *headroom (may be
+ * NULL) receives the headroom in force (0 off CUDA, or when the budget is not "auto": then it
  * leaves nothing free on purpose). Call between creating the backend and
  * loading the weights. ZI_OK, or the plan's error (nothing changed). */
 int zi_cli_plan_headroom(zi_backend *be, const zi_model_config *cfg, int width, int height,

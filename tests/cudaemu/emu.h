@@ -39,7 +39,9 @@ void zi_emu_set_error(cudaError_t e);
  * most zi_emu_max_optin_smem()). */
 void zi_emu_func_set_max_smem(const void *fn, int bytes);
 int zi_emu_func_max_smem(const void *fn);
-int zi_emu_max_optin_smem(void); /* the emulated device's limit: 227 KiB, as on sm_90 */
+/* the emulated device's limit: 227 KiB, as on sm_90, or ZI_EMU_SMEM_OPTIN_KB (48 .. 227,
+ * read at each call: 99 plays sm_86/89) */
+int zi_emu_max_optin_smem(void);
 
 /* 1 when [p, p + n) lies wholly inside device memory (a live cudaMalloc block or a mapped,
  * accessible VMM range); used to check copy directions and kernel arguments. */

@@ -1047,7 +1047,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device)
     snprintf(prop->name, sizeof prop->name, "%s", ZI_EMU_DEVICE_NAME);
     prop->totalGlobalMem = zi_emu_total();
     prop->sharedMemPerBlock = ZI_EMU_SMEM_DEFAULT;
-    prop->sharedMemPerBlockOptin = ZI_EMU_SMEM_OPTIN;
+    prop->sharedMemPerBlockOptin = (size_t)zi_emu_max_optin_smem();
     prop->sharedMemPerMultiprocessor = ZI_EMU_SMEM_PER_SM;
     prop->reservedSharedMemPerBlock = 1024;
     prop->regsPerBlock = 65536;
@@ -1102,7 +1102,7 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
         *value = ZI_EMU_SMEM_DEFAULT;
         break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
-        *value = ZI_EMU_SMEM_OPTIN;
+        *value = zi_emu_max_optin_smem();
         break;
     case cudaDevAttrMaxSharedMemoryPerMultiprocessor:
         *value = ZI_EMU_SMEM_PER_SM;
@@ -1780,7 +1780,11 @@ int zi_emu_func_max_smem(const void *fn)
 
 int zi_emu_max_optin_smem(void)
 {
-    return ZI_EMU_SMEM_OPTIN;
+    /* ZI_EMU_SMEM_OPTIN_KB (48 .. 227, read at each query) plays a device with less shared
+     * memory, e.g. 99 for sm_86/89 */
+    const char *kb = getenv("ZI_EMU_SMEM_OPTIN_KB");
+    int v = kb && *kb ? atoi(kb) : 0;
+    return v >= 48 && v <= (ZI_EMU_SMEM_OPTIN >> 10) ? v << 10 : ZI_EMU_SMEM_OPTIN;
 }
 
 /* cudaFuncSetAttribute (C form): "If the specified attribute cannot be written, or if the
@@ -1795,10 +1799,10 @@ cudaError_t cudaFuncSetAttribute(const void *func, enum cudaFuncAttribute attr, 
         return zi_emu_fail(cudaErrorInvalidDeviceFunction, "cudaFuncSetAttribute: func is NULL");
     switch (attr) {
     case cudaFuncAttributeMaxDynamicSharedMemorySize:
-        if (value < 0 || value > ZI_EMU_SMEM_OPTIN)
+        if (value < 0 || value > zi_emu_max_optin_smem())
             return zi_emu_fail(cudaErrorInvalidValue,
                                "cudaFuncSetAttribute(MaxDynamicSharedMemorySize, %d): limit %d",
-                               value, ZI_EMU_SMEM_OPTIN);
+                               value, zi_emu_max_optin_smem());
         zi_emu_func_set_max_smem(func, value);
         return cudaSuccess;
     case cudaFuncAttributePreferredSharedMemoryCarveout:

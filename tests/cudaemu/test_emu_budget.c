@@ -145,28 +145,37 @@ static result *run(uint64_t mem, const char *budget)
     return run_limited(mem, budget, 0);
 }
 
-/* zi_cuda_set_act_headroom: the "auto" budget leaves the larger of 2 GiB and the given
- * headroom free (evaluated again at once); an explicit budget stays as set. */
+/* zi_cuda_set_act_headroom: the "auto" budget leaves the plan given plus a 512 MiB margin
+ * free, at least 1 GiB (evaluated again at once; 2 GiB before any plan); an explicit
+ * budget stays as set. */
 static void test_act_headroom(void **state)
 {
     (void)state;
     g_budget_only = 1;
-    g_headroom = 1; /* below the floor: the default 2 GiB */
-    result *dflt = run(3072 * MIB, NULL);
-    g_headroom = 2560 * MIB;
+    g_headroom = 1; /* a tiny plan: the 1 GiB floor */
+    result *small = run(3072 * MIB, NULL);
+    g_headroom = 1024 * MIB; /* plan + margin */
+    result *mid = run(3072 * MIB, NULL);
+    g_headroom = 2048 * MIB;
     result *more = run(3072 * MIB, NULL);
     result *fixed = run(3072 * MIB, "512");
     g_budget_only = 0;
     g_headroom = 0;
-    assert_true(dflt->ok && more->ok && fixed->ok);
-    assert_int_equal(dflt->headroom_rc, ZI_OK);
-    assert_int_equal(dflt->headroom, 2048 * MIB);
+    assert_true(small->ok && mid->ok && more->ok && fixed->ok);
+    assert_int_equal(small->headroom_rc, ZI_OK);
+    assert_int_equal(small->headroom, 1024 * MIB);
+    assert_int_equal(mid->headroom, 1536 * MIB);
     assert_int_equal(more->headroom, 2560 * MIB);
-    printf("  auto budget %.1f MiB with 2 GiB free, %.1f MiB with 2.5 GiB\n",
-           dflt->budget / (double)MIB, more->budget / (double)MIB);
-    assert_true(dflt->budget > 512 * MIB);
-    assert_int_equal(dflt->budget - more->budget, 512 * MIB);
+    printf("  auto budget %.1f MiB with 1 GiB free, %.1f MiB with 1.5 GiB, %.1f MiB with 2.5 GiB\n",
+           small->budget / (double)MIB, mid->budget / (double)MIB, more->budget / (double)MIB);
+    assert_true(more->budget > 0);
+    assert_int_equal(small->budget - mid->budget, 512 * MIB);
+    assert_int_equal(mid->budget - more->budget, 1024 * MIB);
     assert_int_equal(fixed->budget, 512 * MIB);
+    /* before any plan: 2 GiB (test_auto_budget relies on it) */
+    result *none = run(3072 * MIB, NULL);
+    assert_true(none->ok);
+    assert_int_equal(small->budget - none->budget, 1024 * MIB);
 }
 
 static void test_auto_budget(void **state)

@@ -228,7 +228,7 @@ static int zt_setup(void **state)
 static int zt_teardown(void **state)
 {
     (void)state;
-    printf("\n%-44s %10s %4s %10s %10s %9s %9s\n", "op", "max err", "ok", "gpu ms", "cpu ms",
+    printf("\n%-52s %10s %4s %10s %10s %9s %9s\n", "op", "max err", "ok", "gpu ms", "cpu ms",
            "GB/s", "TFLOP/s");
     FILE *js = NULL;
     const char *path = getenv("ZI_KERNELS_JSON");
@@ -238,7 +238,7 @@ static int zt_teardown(void **state)
         zt_result *r = &results[i];
         double gbs = r->gpu_ms > 0 ? r->bytes / (r->gpu_ms * 1e-3) / 1e9 : 0;
         double tf = r->gpu_ms > 0 ? r->flops / (r->gpu_ms * 1e-3) / 1e12 : 0;
-        printf("%-44s %10.2e %4s %10.3f %10.1f %9.1f %9.1f\n", r->name, r->err,
+        printf("%-52s %10.2e %4s %10.3f %10.1f %9.1f %9.1f\n", r->name, r->err,
                r->ok < 0 ? "-"
                : r->ok   ? "yes"
                          : "NO",
@@ -552,10 +552,43 @@ static void zt_attn_one_stage_cases(void)
                  ZI_CUDA_ATTN_FLASH);
     zt_attn_case("attention flash 1-stage causal offset 20/150", 20, 150, 2, 1, 128, 1, 20, 2,
                  ZI_CUDA_ATTN_FLASH);
-    if (!ZT_EMU)
+    zt_attn_case("attention flash 1-stage wide causal gqa 70x4/2x512", 70, 70, 4, 2, 512, 1, 70, 4,
+                 ZI_CUDA_ATTN_FLASH);
+    if (!ZT_EMU) {
         zt_attn_case("attention dit flash 1-stage 4224x30x128", 4224, 4224, 30, 30, 128, 0, 512, 2,
                      ZI_CUDA_ATTN_FLASH);
+        zt_attn_case("attention vae flash 1-stage 16384x1x512", 16384, 16384, 1, 1, 512, 0, 256, 1,
+                     ZI_CUDA_ATTN_FLASH);
+    }
     assert_int_equal(zi_cuda_set_flash_stages(gpu, 2), ZI_OK);
+}
+
+/* A device whose blocks may not take the 146 KiB of the two-stage head-dim-512 kernel
+ * (sm_86/89: 99 KiB; the emulator plays one): the backend still starts, and a request for
+ * two stages runs the single-stage kernel, correctly. Then the default device again. */
+static void zt_attn_small_smem_case(void)
+{
+    zi_backend *big = gpu;
+    assert_int_equal(setenv("ZI_EMU_SMEM_OPTIN_KB", "99", 1), 0);
+    zi_backend *small = zi_backend_cuda_new(0);
+    if (!small) {
+        unsetenv("ZI_EMU_SMEM_OPTIN_KB");
+        fail_msg("cuda backend on a 99 KiB device: %s", zi_errmsg());
+    }
+    gpu = small;
+    stream = (cudaStream_t)zi_cuda_stream(gpu);
+    assert_int_equal(zi_cuda_set_flash_stages(gpu, 2), ZI_OK);
+    zt_attn_case("attention flash wide on 99 KiB 40x1x512", 40, 40, 1, 1, 512, 0, 40, 1,
+                 ZI_CUDA_ATTN_FLASH);
+    gpu = big;
+    stream = (cudaStream_t)zi_cuda_stream(gpu);
+    zi_backend_destroy(small);
+    assert_int_equal(unsetenv("ZI_EMU_SMEM_OPTIN_KB"), 0);
+    /* a backend made now sets the kernels' limits for the full device again */
+    zi_backend *again = zi_backend_cuda_new(0);
+    if (!again)
+        fail_msg("cuda backend: %s", zi_errmsg());
+    zi_backend_destroy(again);
 }
 
 static void test_attention(void **state)
@@ -577,6 +610,15 @@ static void test_attention(void **state)
         zt_attn_case("attention ragged flash 77x3", 77, 77, 3, 3, 128, 0, 77, 3,
                      ZI_CUDA_ATTN_FLASH);
         zt_attn_case("attention vae 256x1x512", 256, 256, 1, 1, 512, 0, 256, 1, ZI_CUDA_ATTN_AUTO);
+        zt_attn_case("attention flash wide ragged 100x2x512", 100, 100, 2, 2, 512, 0, 100, 2,
+                     ZI_CUDA_ATTN_FLASH);
+        zt_attn_case("attention gemm-path wide 100x2x512", 100, 100, 2, 2, 512, 0, 100, 2,
+                     ZI_CUDA_ATTN_GEMM);
+        zt_attn_case("attention flash wide causal gqa 70x4/2x512", 70, 70, 4, 2, 512, 1, 70, 4,
+                     ZI_CUDA_ATTN_FLASH);
+        zt_attn_case("attention flash wide causal offset 20/100x512", 20, 100, 2, 1, 512, 1, 20, 2,
+                     ZI_CUDA_ATTN_FLASH);
+        zt_attn_small_smem_case();
         zt_attn_case("attention hd16 causal 9x4/2", 9, 9, 4, 2, 16, 1, 9, 4, ZI_CUDA_ATTN_AUTO);
         zt_attn_case("attention hd64 64x1", 64, 64, 1, 1, 64, 0, 64, 1, ZI_CUDA_ATTN_AUTO);
         return;
@@ -598,9 +640,14 @@ static void test_attention(void **state)
     zt_attn_case("attention causal offset flash 100/612", 100, 612, 4, 2, 128, 1, 100, 4,
                  ZI_CUDA_ATTN_FLASH);
     zt_attn_case("attention ragged flash 77x3", 77, 77, 3, 3, 128, 0, 77, 3, ZI_CUDA_ATTN_FLASH);
-    /* VAE mid attention at 1024^2: 16384 pixels, one head of 512 (GEMM path) */
-    zt_attn_case("attention vae 16384x1x512", 16384, 16384, 1, 1, 512, 0, 1024, 1,
+    /* VAE mid attention at 1024^2: 16384 pixels, one head of 512 (the fused kernel; the
+     * GEMM path timed beside it) */
+    zt_attn_case("attention vae flash 16384x1x512", 16384, 16384, 1, 1, 512, 0, 1024, 1,
                  ZI_CUDA_ATTN_AUTO);
+    zt_attn_case("attention vae gemm-path 16384x1x512", 16384, 16384, 1, 1, 512, 0, 256, 1,
+                 ZI_CUDA_ATTN_GEMM);
+    zt_attn_case("attention causal gqa flash wide 300x4/2x512", 300, 300, 4, 2, 512, 1, 300, 4,
+                 ZI_CUDA_ATTN_FLASH);
     /* tiny model shapes: head dims 16 and 64 */
     zt_attn_case("attention hd16 causal 9x4/2", 9, 9, 4, 2, 16, 1, 9, 4, ZI_CUDA_ATTN_AUTO);
     zt_attn_case("attention hd64 64x1", 64, 64, 1, 1, 64, 0, 64, 1, ZI_CUDA_ATTN_AUTO);
