@@ -125,6 +125,7 @@ typedef struct zi_cuda {
     int map_weights;    /* 0: never read weights from the loader's mapping (ZI_CUDA_MAP_WEIGHTS) */
     uint64_t map_limit; /* ZI_CUDA_MEM_LIMIT_MB in bytes, 0: none */
     int flash_stages;   /* K/V tiles in flight in the flash kernel (ZI_CUDA_FLASH_STAGES) */
+    int wide_stages;    /* the most this device allows the head-dim-512 kernel (1 or 2) */
     struct zi_host_w {
         const char *p;
         size_t bytes;
@@ -1076,10 +1077,12 @@ static void zi_cuda_attention(zi_backend *be, zi_tensor *out, const zi_tensor *q
         int flash = cu->attn_path != ZI_CUDA_ATTN_GEMM && zi_cu_flash_supported(hd) &&
                     zi_align_of(qb) >= 16 && zi_align_of(kb) >= 16 && zi_align_of(vb) >= 16 &&
                     zi_align_of(ob) >= 16;
+        int stages =
+            hd == 512 && cu->flash_stages > cu->wide_stages ? cu->wide_stages : cu->flash_stages;
         if (flash)
             zi_cu_ok(be,
                      zi_cu_flash_attention(ob, qb, kb, vb, Sq, Skv, H, KVH, hd, scale, causal,
-                                           cu->flash_stages, cu->stream),
+                                           stages, cu->stream),
                      "attention: flash kernel");
         else
             zi_cuda_attention_gemm(be, ob, qb, kb, vb, Sq, Skv, H, KVH, hd, scale, causal);
@@ -1784,7 +1787,7 @@ zi_backend *zi_backend_cuda_new(int device)
     }
     if (e == cudaSuccess) {
         step = "kernel attributes";
-        e = zi_cu_init_kernels();
+        e = zi_cu_init_kernels(&cu->wide_stages);
     }
     if (e != cudaSuccess) {
         zi_errorf(ZI_EBACKEND, "cuda backend: %s on device %d: %s", step, device,

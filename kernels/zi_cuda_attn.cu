@@ -300,7 +300,7 @@ __device__ __forceinline__ void store_rows(__nv_bfloat16 *out, const float (&o)[
     }
 }
 
-/* First and one-past-last K/V tile a block of query rows q0 .. q0+rows-1 needs. */
+/* The number of K/V tiles (from key 0) a block of query rows q0 .. q0+rows-1 needs. */
 __device__ __forceinline__ int kv_tiles(int q0, int rows, int Skv, int off, int causal, int bc)
 {
     int kv_end = Skv;
@@ -530,10 +530,6 @@ __global__ void __launch_bounds__(kWThreads)
     store_rows<kWSlice / 8>(out, o, l_run, row, Sq, qstride, (size_t)h * kWHd + d0);
 }
 
-/* The most K/V stages of the 512 kernel the device's shared memory allows (set by
- * zi_cu_init_kernels for the current device; 2 stages need 146 KiB). */
-int wide_max_stages = 1;
-
 } /* namespace */
 
 extern "C" int zi_cu_flash_supported(int hd)
@@ -541,9 +537,10 @@ extern "C" int zi_cu_flash_supported(int hd)
     return hd == kHd || hd == kWHd;
 }
 
-extern "C" cudaError_t zi_cu_init_kernels(void)
+extern "C" cudaError_t zi_cu_init_kernels(int *wide_stages)
 {
     int dev = 0, optin = 0;
+    *wide_stages = 1;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
@@ -557,12 +554,12 @@ extern "C" cudaError_t zi_cu_init_kernels(void)
         e = cudaFuncSetAttribute(flash_attention_wide_kernel<1>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)wide_smem_bytes(1));
-    wide_max_stages = 1;
     if (e == cudaSuccess && (size_t)optin >= wide_smem_bytes(2)) {
         e = cudaFuncSetAttribute(flash_attention_wide_kernel<2>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)wide_smem_bytes(2));
-        wide_max_stages = 2;
+        if (e == cudaSuccess)
+            *wide_stages = 2;
     }
     return e;
 }
@@ -584,7 +581,7 @@ extern "C" cudaError_t zi_cu_flash_attention(uint16_t *out, const uint16_t *q, c
     const __nv_bfloat16 *vb = reinterpret_cast<const __nv_bfloat16 *>(v);
     if (hd == kWHd) {
         dim3 grid((unsigned)((Sq + kWBr - 1) / kWBr), (unsigned)H);
-        if (stages == 2 && wide_max_stages >= 2)
+        if (stages == 2)
             ZI_LAUNCH(flash_attention_wide_kernel<2>, grid, kWThreads, wide_smem_bytes(2), s, o, qb,
                       kb, vb, Sq, Skv, H, KVH, scale * log2e, causal);
         else

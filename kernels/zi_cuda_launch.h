@@ -34,8 +34,10 @@ enum {
 int zi_cu_flash_supported(int hd);
 
 /* Raises the dynamic shared memory limits of the kernels that need it; call once per
- * device before the first launch. */
-cudaError_t zi_cu_init_kernels(void);
+ * device (current) before the first launch. *wide_stages: the K/V stages the head-dim-512
+ * flash kernel may have on this device (2 needs 146 KiB of shared memory per block, more
+ * than sm_86/89 give; else 1). */
+cudaError_t zi_cu_init_kernels(int *wide_stages);
 
 /* dst[n] (F32/BF16) = src[n] of dtype src_dt (F32, BF16, F16 or F8_E4M3). */
 cudaError_t zi_cu_convert(void *dst, int dst_dt, const void *src, int src_dt, size_t n,
@@ -109,7 +111,7 @@ cudaError_t zi_cu_softmax_rows(uint16_t *p, const float *scores, int nr, int nk,
 
 /* Attention, fused path (zi_cu_flash_supported(hd)): out[Sq, H*hd] from bf16 q [Sq, H, hd],
  * k, v [Skv, KVH, hd]; scale applied to q.k; causal with offset Skv - Sq; `stages` K/V
- * tiles in flight (1 or 2). */
+ * tiles in flight (1 or 2; for hd 512 at most zi_cu_init_kernels' *wide_stages). */
 cudaError_t zi_cu_flash_attention(uint16_t *out, const uint16_t *q, const uint16_t *k,
                                   const uint16_t *v, int Sq, int Skv, int H, int KVH, int hd,
                                   float scale, int causal, int stages, cudaStream_t s);

@@ -15,7 +15,8 @@
 #   6. compute-sanitizer memcheck over one tiny generation (cudaMalloc allocator, so that
 #      every tensor has exact bounds)
 #   7. the benchmark: zimage bench --backend cuda --random-weights (real Z-Image-Turbo shapes;
-#      --runs 2, or 1 when less than 150 s are left)
+#      --runs 2, or 1 when less than 150 s are left); then, when 100 s are left,
+#      compute-sanitizer memcheck and racecheck over the attention kernels at small shapes
 #   8. optional, when 100 s are left (ZI_GPU_BUDGET=400 makes room): the same with a 6 GiB
 #      weight budget, as on a small card - prefetch hits and the no-prefetch baseline; in
 #      summary.txt, not counted in RESULT
@@ -276,8 +277,9 @@ if ((BUILT)) && [[ ${ZI_GPU_BUILD_ONLY:-0} != 1 ]]; then
             --error-exitcode 3 --leak-check no "$BUILD/zimage" generate \
             --model "$ROOT/tests/golden/data/tiny-zimage" --prompt "a cat" --width 64 \
             --height 64 --steps 2 --seed 42 --backend cuda --quiet --output "$BUILD/sanitized.png"
+        rc=$?
         # a sandboxed driver (gVisor) can refuse the sanitizer itself: say so, not FAILED
-        if ((FAILED != was)) && grep -q "Device not supported" "$LOGDIR/sanitizer.log"; then
+        if ((rc != 0)) && grep -q "Device not supported" "$LOGDIR/sanitizer.log"; then
             unset 'STAGES[-1]'
             record sanitizer "NOT SUPPORTED on this machine (see its log)" 0
             FAILED=$was
@@ -288,6 +290,30 @@ if ((BUILT)) && [[ ${ZI_GPU_BUILD_ONLY:-0} != 1 ]]; then
     (($(left) < 150)) && RUNS=1
     have bench zimage && stage bench 150 bash -c "'$BUILD/zimage' bench --backend cuda \
         --random-weights --profile --runs $RUNS >'$OUTDIR/bench.json'"
+
+    # the fused attention kernels (head dims 128 and 512, one and two K/V stages) under
+    # memcheck (exact bounds: cudaMalloc) and racecheck (shared-memory hazards, which the
+    # emulator cannot see), at test_kernels' small ragged/causal/GQA shapes; when 100 s
+    # are left (then it counts in RESULT)
+    if [[ -n ${SAN:-} && -x $BUILD/test_kernels ]] && (($(left) >= 100)); then
+        was=$FAILED
+        stage racecheck 90 env ZI_KERNELS_SMALL=1 ZI_KERNELS_ONLY=test_attention \
+            ZI_CUDA_ALLOCATOR=cudamalloc bash -c "'$SAN' --tool memcheck --error-exitcode 3 \
+            --leak-check no '$BUILD/test_kernels' && '$SAN' --tool racecheck --error-exitcode 3 \
+            '$BUILD/test_kernels'"
+        rc=$?
+        if ((rc != 0)) && grep -q "Device not supported" "$LOGDIR/racecheck.log"; then
+            unset 'STAGES[-1]'
+            record racecheck "NOT SUPPORTED on this machine (see its log)" 0
+            FAILED=$was
+        elif ((rc == 124 || rc == 137)); then # slow, not wrong
+            unset 'STAGES[-1]'
+            record racecheck "UNFINISHED (time limit; not in RESULT)" 90
+            FAILED=$was
+        fi
+    else
+        record racecheck "not run (no sanitizer, or < 100 s left)" 0
+    fi
 
     # optional, when 100 s are left: a small card's split on this GPU (6 GiB of weights
     # resident, the rest prefetched from host memory), with and without prefetch; its

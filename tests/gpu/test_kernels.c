@@ -16,7 +16,9 @@
  * Qwen3 2560 hidden, 32/8 heads, 512 tokens, causal; VAE 512 channels at 128x128, mid
  * attention over 16384 pixels with head dim 512.
  *
- * Under the CPU emulator of CUDA (ZI_CUDA_EMU, tests/cudaemu/) the same ops run at small
+ * Under the CPU emulator of CUDA (ZI_CUDA_EMU, tests/cudaemu/), and on a GPU with
+ * ZI_KERNELS_SMALL=1 (tests/gpu/run.sh runs the attention that way under compute-sanitizer's
+ * racecheck; ZI_KERNELS_ONLY=PATTERN picks tests by name), the same ops run at small
  * shapes that keep every code path - vector and scalar kernel paths, ragged tails, GQA,
  * causal offsets, both attention paths and head dims, the GEMM epilogue and its fallback,
  * several staging chunks - so CI checks the kernels' logic; timings there mean nothing.
@@ -39,14 +41,16 @@
 
 #ifdef ZI_CUDA_EMU
 #define ZT_EMU 1
-#define ZT_REPS 1
 #else
 #define ZT_EMU 0
-#define ZT_REPS 5
 #endif
+#define ZT_REPS 5 /* timed runs on a GPU at full size; one otherwise */
 #define ZT_MAX_RESULTS 128
 
 static zi_backend *gpu, *cpu;
+/* 1: the small shapes (always under the emulator; ZI_KERNELS_SMALL=1 on a GPU, e.g. under
+ * compute-sanitizer), each op run once */
+static int zt_small = ZT_EMU;
 static cudaStream_t stream;
 static cudaEvent_t ev0, ev1;
 
@@ -170,7 +174,8 @@ static void zt_gpu_ok(const char *what)
 #define ZT_TIME(name, nbytes, nflops, call)                                                        \
     do {                                                                                           \
         double ms_[ZT_REPS];                                                                       \
-        for (int r_ = 0; r_ < ZT_REPS; r_++) {                                                     \
+        const int reps_ = zt_small ? 1 : ZT_REPS;                                                  \
+        for (int r_ = 0; r_ < reps_; r_++) {                                                       \
             assert_int_equal(zi_cuda_flush_l2(gpu), ZI_OK);                                        \
             assert_int_equal(cudaEventRecord(ev0, stream), cudaSuccess);                           \
             call;                                                                                  \
@@ -181,14 +186,14 @@ static void zt_gpu_ok(const char *what)
             ms_[r_] = f_;                                                                          \
         }                                                                                          \
         zt_gpu_ok(name);                                                                           \
-        for (int i_ = 1; i_ < ZT_REPS; i_++) /* insertion sort for the median */                   \
+        for (int i_ = 1; i_ < reps_; i_++) /* insertion sort for the median */                     \
             for (int j_ = i_; j_ > 0 && ms_[j_ - 1] > ms_[j_]; j_--) {                             \
                 double t_ = ms_[j_];                                                               \
                 ms_[j_] = ms_[j_ - 1];                                                             \
                 ms_[j_ - 1] = t_;                                                                  \
             }                                                                                      \
         zt_result *rr_ = zt_record(name);                                                          \
-        rr_->gpu_ms = ms_[ZT_REPS / 2];                                                            \
+        rr_->gpu_ms = ms_[reps_ / 2];                                                              \
         rr_->bytes = (double)(nbytes);                                                             \
         rr_->flops = (double)(nflops);                                                             \
     } while (0)
@@ -293,7 +298,7 @@ static void zt_linear_case(const char *name, int M, int K, int N, int bias, int 
 static void test_linear(void **state)
 {
     (void)state;
-    if (ZT_EMU) {
+    if (zt_small) {
         zt_linear_case("linear 136x256x192", 136, 256, 192, 0, 0);
         zt_linear_case("linear +bias 64x64x96", 64, 64, 96, 1, 0);
         zt_linear_case("linear adaLN 1x64x384 +bias", 1, 64, 384, 1, 0);
@@ -314,7 +319,7 @@ static void test_linear(void **state)
 static void test_embedding(void **state)
 {
     (void)state;
-    const int V = ZT_EMU ? 1000 : 32768, D = ZT_EMU ? 136 : 2560, R = ZT_EMU ? 77 : 512;
+    const int V = zt_small ? 1000 : 32768, D = zt_small ? 136 : 2560, R = zt_small ? 77 : 512;
     float *tab = zt_rand((size_t)V * D, -1, 1);
     int32_t ids[512];
     for (int r = 0; r < R; r++)
@@ -323,7 +328,7 @@ static void test_embedding(void **state)
     zi_tensor ct, gt, co = zt_put(cpu, 1, NULL, 2, so), go = zt_put(gpu, 0, NULL, 2, so);
     assert_int_equal(cpu->upload_weight(cpu, &ct, tab, ZI_F32, 2, st), ZI_OK);
     assert_int_equal(gpu->upload_weight(gpu, &gt, tab, ZI_F32, 2, st), ZI_OK);
-    const char *name = ZT_EMU ? "embedding 77 of 1000x136" : "embedding 512 of 32768x2560";
+    const char *name = zt_small ? "embedding 77 of 1000x136" : "embedding 512 of 32768x2560";
     ZT_CPU(name, cpu->embedding(cpu, &co, &ct, ids, R, D));
     ZT_TIME(name, 4.0 * R * D, 0, gpu->embedding(gpu, &go, &gt, ids, R, D));
     float *ref = zt_get(cpu, &co, (size_t)R * D), *got = zt_get(gpu, &go, (size_t)R * D);
@@ -363,7 +368,7 @@ static void zt_rms_case(const char *name, int R, int D, int with_w, int inplace)
 static void test_rmsnorm(void **state)
 {
     (void)state;
-    if (ZT_EMU) {
+    if (zt_small) {
         zt_rms_case("rmsnorm 96x384", 96, 384, 1, 0);
         zt_rms_case("rmsnorm per-head 40*4x128", 40 * 4, 128, 1, 0);
         zt_rms_case("rmsnorm per-head in place 17*4x128", 17 * 4, 128, 1, 1);
@@ -380,13 +385,13 @@ static void test_rmsnorm(void **state)
 static void test_layernorm(void **state)
 {
     (void)state;
-    const int R = ZT_EMU ? 64 : 4096, D = ZT_EMU ? 384 : 3840;
+    const int R = zt_small ? 64 : 4096, D = zt_small ? 384 : 3840;
     size_t n = (size_t)R * D;
     float *x = zt_rand(n, -2, 4); /* non-zero mean */
     int64_t s[2] = {R, D};
     zi_tensor cx = zt_put(cpu, 1, x, 2, s), co = zt_put(cpu, 1, NULL, 2, s);
     zi_tensor gx = zt_put(gpu, 0, x, 2, s), go = zt_put(gpu, 0, NULL, 2, s);
-    const char *name = ZT_EMU ? "layernorm 64x384" : "layernorm 4096x3840";
+    const char *name = zt_small ? "layernorm 64x384" : "layernorm 4096x3840";
     ZT_CPU(name, cpu->layernorm(cpu, &co, &cx, R, D, 1e-6f));
     ZT_TIME(name, 4.0 * n, 0, gpu->layernorm(gpu, &go, &gx, R, D, 1e-6f));
     float *ref = zt_get(cpu, &co, n), *got = zt_get(gpu, &go, n);
@@ -424,7 +429,7 @@ static void zt_gn_case(const char *name, int C, int HW, int G, int silu, float m
 static void test_groupnorm(void **state)
 {
     (void)state;
-    if (ZT_EMU) {
+    if (zt_small) {
         zt_gn_case("groupnorm+silu 64x16^2 G32", 64, 16 * 16, 32, 1, 0.0f);
         zt_gn_case("groupnorm 32x24^2 G8 mean 20", 32, 24 * 24, 8, 0, 20.0f);
         zt_gn_case("groupnorm odd 12x77 G3", 12, 77, 3, 1, -1.0f);
@@ -467,7 +472,7 @@ static void zt_rope_case(const char *name, int S, int H, int hd, zi_rope_layout 
 static void test_rope(void **state)
 {
     (void)state;
-    if (ZT_EMU) {
+    if (zt_small) {
         zt_rope_case("rope interleaved 72x3x128", 72, 3, 128, ZI_ROPE_INTERLEAVED);
         zt_rope_case("rope neox 40x4x128", 40, 4, 128, ZI_ROPE_NEOX);
         zt_rope_case("rope neox 77x4x16", 77, 4, 16, ZI_ROPE_NEOX);
@@ -554,7 +559,7 @@ static void zt_attn_one_stage_cases(void)
                  ZI_CUDA_ATTN_FLASH);
     zt_attn_case("attention flash 1-stage wide causal gqa 70x4/2x512", 70, 70, 4, 2, 512, 1, 70, 4,
                  ZI_CUDA_ATTN_FLASH);
-    if (!ZT_EMU) {
+    if (!zt_small) {
         zt_attn_case("attention dit flash 1-stage 4224x30x128", 4224, 4224, 30, 30, 128, 0, 512, 2,
                      ZI_CUDA_ATTN_FLASH);
         zt_attn_case("attention vae flash 1-stage 16384x1x512", 16384, 16384, 1, 1, 512, 0, 256, 1,
@@ -565,7 +570,7 @@ static void zt_attn_one_stage_cases(void)
 
 /* A device whose blocks may not take the 146 KiB of the two-stage head-dim-512 kernel
  * (sm_86/89: 99 KiB; the emulator plays one): the backend still starts, and a request for
- * two stages runs the single-stage kernel, correctly. Then the default device again. */
+ * two stages runs the single-stage kernel there, correctly. */
 static void zt_attn_small_smem_case(void)
 {
     zi_backend *big = gpu;
@@ -584,11 +589,6 @@ static void zt_attn_small_smem_case(void)
     stream = (cudaStream_t)zi_cuda_stream(gpu);
     zi_backend_destroy(small);
     assert_int_equal(unsetenv("ZI_EMU_SMEM_OPTIN_KB"), 0);
-    /* a backend made now sets the kernels' limits for the full device again */
-    zi_backend *again = zi_backend_cuda_new(0);
-    if (!again)
-        fail_msg("cuda backend: %s", zi_errmsg());
-    zi_backend_destroy(again);
 }
 
 static void test_attention(void **state)
@@ -596,7 +596,7 @@ static void test_attention(void **state)
     (void)state;
     zt_attn_tiled_cases();
     zt_attn_one_stage_cases();
-    if (ZT_EMU) {
+    if (zt_small) {
         zt_attn_case("attention flash 200x2x128", 200, 200, 2, 2, 128, 0, 200, 2,
                      ZI_CUDA_ATTN_FLASH);
         zt_attn_case("attention gemm-path 200x2x128", 200, 200, 2, 2, 128, 0, 200, 2,
@@ -618,7 +618,8 @@ static void test_attention(void **state)
                      ZI_CUDA_ATTN_FLASH);
         zt_attn_case("attention flash wide causal offset 20/100x512", 20, 100, 2, 1, 512, 1, 20, 2,
                      ZI_CUDA_ATTN_FLASH);
-        zt_attn_small_smem_case();
+        if (ZT_EMU) /* the emulator plays the smaller device */
+            zt_attn_small_smem_case();
         zt_attn_case("attention hd16 causal 9x4/2", 9, 9, 4, 2, 16, 1, 9, 4, ZI_CUDA_ATTN_AUTO);
         zt_attn_case("attention hd64 64x1", 64, 64, 1, 1, 64, 0, 64, 1, ZI_CUDA_ATTN_AUTO);
         return;
@@ -691,7 +692,7 @@ static void zt_map_case(const char *name, int op, size_t n, int out_f32, int in_
 static void test_elementwise(void **state)
 {
     (void)state;
-    if (ZT_EMU) {
+    if (zt_small) {
         zt_map_case("add 96x384", ZT_ADD, (size_t)96 * 384, 0, 0);
         zt_map_case("silu 40000", ZT_SILU, 40000, 0, 0);
         zt_map_case("tanh 1536", ZT_TANH, 1536, 0, 0);
@@ -744,7 +745,7 @@ static void zt_rowvec_case(const char *name, int mode, int R, int D, int null_g)
 static void test_adaln(void **state)
 {
     (void)state;
-    if (ZT_EMU) {
+    if (zt_small) {
         zt_rowvec_case("mul_row 64x384", 0, 64, 384, 0);
         zt_rowvec_case("gated_add 64x384", 1, 64, 384, 0);
         zt_rowvec_case("gated_add residual (g NULL) 64x384", 1, 64, 384, 1);
@@ -761,7 +762,7 @@ static void test_copy_transpose(void **state)
 {
     (void)state;
     /* copy with dtype conversion both ways */
-    size_t n = (size_t)16 * (ZT_EMU ? 24 * 24 : 128 * 128);
+    size_t n = (size_t)16 * (zt_small ? 24 * 24 : 128 * 128);
     float *x = malloc(n * sizeof(float));
     assert_non_null(x);
     for (size_t i = 0; i < n; i++)
@@ -769,7 +770,7 @@ static void test_copy_transpose(void **state)
     int64_t s[1] = {(int64_t)n};
     zi_tensor gf = zt_put(gpu, 1, x, 1, s), gb = zt_put(gpu, 0, NULL, 1, s);
     zi_tensor gf2 = zt_put(gpu, 1, NULL, 1, s);
-    ZT_TIME(ZT_EMU ? "copy f32->bf16 16x24^2" : "copy f32->bf16 16x128^2", 6.0 * n, 0,
+    ZT_TIME(zt_small ? "copy f32->bf16 16x24^2" : "copy f32->bf16 16x128^2", 6.0 * n, 0,
             gpu->copy(gpu, &gb, &gf, n));
     gpu->copy(gpu, &gf2, &gb, n);
     float *back = zt_get(gpu, &gf2, n), *want = malloc(n * sizeof(float));
@@ -781,12 +782,12 @@ static void test_copy_transpose(void **state)
     gpu->free(gpu, &gf), gpu->free(gpu, &gb), gpu->free(gpu, &gf2);
 
     /* transpose [16384, 512] (VAE attention layout change) */
-    const int R = ZT_EMU ? 300 : 16384, C = ZT_EMU ? 72 : 512;
+    const int R = zt_small ? 300 : 16384, C = zt_small ? 72 : 512;
     float *t = zt_rand((size_t)R * C, -1, 1);
     int64_t st[2] = {R, C}, so[2] = {C, R};
     zi_tensor ct = zt_put(cpu, 1, t, 2, st), co = zt_put(cpu, 1, NULL, 2, so);
     zi_tensor gt = zt_put(gpu, 0, t, 2, st), go = zt_put(gpu, 0, NULL, 2, so);
-    const char *name = ZT_EMU ? "transpose 300x72" : "transpose 16384x512";
+    const char *name = zt_small ? "transpose 300x72" : "transpose 16384x512";
     ZT_CPU(name, cpu->transpose(cpu, &co, &ct, R, C));
     ZT_TIME(name, 4.0 * R * C, 0, gpu->transpose(gpu, &go, &gt, R, C));
     float *ref = zt_get(cpu, &co, (size_t)R * C), *got = zt_get(gpu, &go, (size_t)R * C);
@@ -830,7 +831,7 @@ static void test_conv2d(void **state)
     assert_int_equal(zi_cuda_set_work_budgets(gpu, 0, 1), ZI_OK);
     zt_conv_case("conv3x3 tiled 9->6 @20x30", 9, 6, 20, 30, 3, 1);
     assert_int_equal(zi_cuda_set_work_budgets(gpu, 0, 0), ZI_OK);
-    if (ZT_EMU) {
+    if (zt_small) {
         zt_conv_case("conv3x3 32->32 @16^2", 32, 32, 16, 16, 3, 1);
         zt_conv_case("conv3x3 4->32 @16^2 (conv_in)", 4, 32, 16, 16, 3, 1);
         zt_conv_case("conv1x1 32->16 @16^2 (shortcut)", 32, 16, 16, 16, 1, 1);
@@ -851,13 +852,13 @@ static void test_conv2d(void **state)
 static void test_upsample_rgb(void **state)
 {
     (void)state;
-    const int C = ZT_EMU ? 8 : 512, h = ZT_EMU ? 12 : 128, w = ZT_EMU ? 20 : 128;
+    const int C = zt_small ? 8 : 512, h = zt_small ? 12 : 128, w = zt_small ? 20 : 128;
     size_t n = (size_t)C * h * w;
     float *x = zt_rand(n, -1, 1);
     int64_t si[3] = {C, h, w}, so[3] = {C, 2 * h, 2 * w};
     zi_tensor cx = zt_put(cpu, 1, x, 3, si), co = zt_put(cpu, 1, NULL, 3, so);
     zi_tensor gx = zt_put(gpu, 0, x, 3, si), go = zt_put(gpu, 0, NULL, 3, so);
-    const char *name = ZT_EMU ? "upsample2x 8x12x20" : "upsample2x 512x128^2";
+    const char *name = zt_small ? "upsample2x 8x12x20" : "upsample2x 512x128^2";
     ZT_CPU(name, cpu->upsample2x(cpu, &co, &cx, C, h, w));
     ZT_TIME(name, 10.0 * n, 0, gpu->upsample2x(gpu, &go, &gx, C, h, w));
     float *ref = zt_get(cpu, &co, 4 * n), *got = zt_get(gpu, &go, 4 * n);
@@ -866,7 +867,7 @@ static void test_upsample_rgb(void **state)
     cpu->free(cpu, &cx), cpu->free(cpu, &co), gpu->free(gpu, &gx), gpu->free(gpu, &go);
 
     /* to_rgb8 at 1024^2, values around and beyond [-1, 1], plus a NaN */
-    const int H = ZT_EMU ? 40 : 1024, W = ZT_EMU ? 56 : 1024;
+    const int H = zt_small ? 40 : 1024, W = zt_small ? 56 : 1024;
     size_t np = (size_t)3 * H * W;
     float *img = zt_rand(np, -1.2f, 1.2f);
     img[5] = NAN;
@@ -880,7 +881,7 @@ static void test_upsample_rgb(void **state)
     size_t diff = 0;
     for (size_t i = 0; i < np; i++)
         diff += rc[i] != rg[i];
-    const char *rgb = ZT_EMU ? "to_rgb8 40x56" : "to_rgb8 1024^2";
+    const char *rgb = zt_small ? "to_rgb8 40x56" : "to_rgb8 1024^2";
     zt_result *r = zt_record(rgb);
     r->err = (double)diff;
     r->ok = diff == 0;
@@ -940,8 +941,8 @@ static void test_upload_weight(void **state)
 static void test_randn(void **state)
 {
     (void)state;
-    const size_t sizes[2] = {(size_t)16 * (ZT_EMU ? 8 * 8 : 128 * 128),
-                             (size_t)16 * (ZT_EMU ? 24 * 24 : 256 * 256)};
+    const size_t sizes[2] = {(size_t)16 * (zt_small ? 8 * 8 : 128 * 128),
+                             (size_t)16 * (zt_small ? 24 * 24 : 256 * 256)};
     for (int i = 0; i < 2; i++) {
         size_t n = sizes[i];
         float *ref = malloc(n * sizeof(float));
@@ -983,6 +984,14 @@ static void test_errors_are_sticky(void **state)
 
 int main(void)
 {
+    /* ZI_KERNELS_SMALL=1: the small shapes on a GPU too; ZI_KERNELS_ONLY=PATTERN: the
+     * tests whose names match (cmocka's filter, e.g. test_attention) - together a short
+     * run for compute-sanitizer's racecheck (tests/gpu/run.sh) */
+    const char *small = getenv("ZI_KERNELS_SMALL"), *only = getenv("ZI_KERNELS_ONLY");
+    if (small && strcmp(small, "1") == 0)
+        zt_small = 1;
+    if (only && *only)
+        cmocka_set_test_filter(only);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_errors_are_sticky),
         cmocka_unit_test(test_upload_weight),
