@@ -311,6 +311,44 @@ __device__ __forceinline__ int kv_tiles(int q0, int rows, int Skv, int off, int 
     return kv_end > 0 ? (kv_end + bc - 1) / bc : 0;
 }
 
+/* Queues the copies of K/V tile j0 (BC keys of a [*, HD] head slice, rows >= Skv
+ * zero-filled) into the stage at `stage`: K, then V, each [BC][LD]. */
+template <int HD, int LD, int NT, int BC>
+__device__ __forceinline__ void load_kv(__nv_bfloat16 *stage, const __nv_bfloat16 *kh,
+                                        const __nv_bfloat16 *vh, size_t kstride, int j0, int Skv)
+{
+    load_tile<HD, LD, NT>(stage, kh, kstride, j0, BC, Skv);
+    load_tile<HD, LD, NT>(stage + BC * LD, vh, kstride, j0, BC, Skv);
+}
+
+/* Makes K/V tile `tile` visible to the block and returns its stage (K, V after it). Tile 0
+ * was queued (and committed) before the loop. One stage: the tile is copied now - the
+ * barrier at the end of the previous tile freed the stage. Two: the next tile is queued
+ * into the other stage, whose last readers (tile - 1) passed that barrier, and only this
+ * tile's group is waited for, so the next copy overlaps this tile's math. */
+template <int HD, int LD, int NT, int BC, int STAGES>
+__device__ __forceinline__ const __nv_bfloat16 *
+kv_stage(__nv_bfloat16 *KVs, const __nv_bfloat16 *kh, const __nv_bfloat16 *vh, size_t kstride,
+         int tile, int ntiles, int Skv)
+{
+    if (STAGES == 1) {
+        if (tile > 0) {
+            load_kv<HD, LD, NT, BC>(KVs, kh, vh, kstride, tile * BC, Skv);
+            cp_async_commit();
+        }
+        cp_async_wait<0>();
+    } else if (tile + 1 < ntiles) {
+        load_kv<HD, LD, NT, BC>(KVs + (size_t)((tile + 1) & 1) * 2 * BC * LD, kh, vh, kstride,
+                                (tile + 1) * BC, Skv);
+        cp_async_commit();
+        cp_async_wait<1>(); /* this tile's group is complete, the next may be in flight */
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncthreads(); /* every thread's copies of this tile are visible */
+    return KVs + (size_t)(STAGES == 1 ? 0 : tile & 1) * 2 * BC * LD;
+}
+
 /* ---- head dim 128 ---- */
 
 template <int kStages>
@@ -336,10 +374,8 @@ __global__ void __launch_bounds__(kThreads)
 
     /* group 0: Q and the first K/V tile */
     load_tile<kHd, kLd, kThreads>(Qs, qh, qstride, q0, kBr, Sq);
-    if (ntiles > 0) {
-        load_tile<kHd, kLd, kThreads>(KVs, kh, kstride, 0, kBc, Skv);
-        load_tile<kHd, kLd, kThreads>(KVs + kBc * kLd, vh, kstride, 0, kBc, Skv);
-    }
+    if (ntiles > 0)
+        load_kv<kHd, kLd, kThreads, kBc>(KVs, kh, vh, kstride, 0, Skv);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -358,29 +394,9 @@ __global__ void __launch_bounds__(kThreads)
 
     for (int tile = 0; tile < ntiles; tile++) {
         const int j0 = tile * kBc;
-        const __nv_bfloat16 *Ks = KVs + (size_t)(kStages == 1 ? 0 : tile & 1) * 2 * kBc * kLd;
+        const __nv_bfloat16 *Ks =
+            kv_stage<kHd, kLd, kThreads, kBc, kStages>(KVs, kh, vh, kstride, tile, ntiles, Skv);
         const __nv_bfloat16 *Vs = Ks + kBc * kLd;
-        if (kStages == 1) {
-            /* one stage: this tile is copied now (tile 0 came with Q); the barrier at the
-             * end of the previous iteration freed the stage */
-            if (tile > 0) {
-                load_tile<kHd, kLd, kThreads>(KVs, kh, kstride, j0, kBc, Skv);
-                load_tile<kHd, kLd, kThreads>(KVs + kBc * kLd, vh, kstride, j0, kBc, Skv);
-                cp_async_commit();
-                cp_async_wait<0>();
-            }
-        } else if (tile + 1 < ntiles) {
-            /* the next tile into the other stage, whose last readers (tile - 1) finished
-             * before the barrier at the end of the previous iteration */
-            __nv_bfloat16 *Kn = KVs + (size_t)((tile + 1) & 1) * 2 * kBc * kLd;
-            load_tile<kHd, kLd, kThreads>(Kn, kh, kstride, j0 + kBc, kBc, Skv);
-            load_tile<kHd, kLd, kThreads>(Kn + kBc * kLd, vh, kstride, j0 + kBc, kBc, Skv);
-            cp_async_commit();
-            cp_async_wait<1>(); /* this tile's group is complete, the next may be in flight */
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads(); /* every thread's copies of this tile are visible */
 
         /* S = Q K^T: 8 n-tiles of 8 keys */
         float sc[kBc / 8][4];
@@ -461,10 +477,8 @@ __global__ void __launch_bounds__(kWThreads)
     __syncthreads(); /* every warp has its Q before the buffer takes K */
 
     /* group of tile 0 */
-    if (ntiles > 0) {
-        load_tile<kWHd, kWLd, kWThreads>(KVs, kh, kstride, 0, kWBc, Skv);
-        load_tile<kWHd, kWLd, kWThreads>(KVs + kWBc * kWLd, vh, kstride, 0, kWBc, Skv);
-    }
+    if (ntiles > 0)
+        load_kv<kWHd, kWLd, kWThreads, kWBc>(KVs, kh, vh, kstride, 0, Skv);
     cp_async_commit();
 
     float o[kWSlice / 8][4];
@@ -477,25 +491,9 @@ __global__ void __launch_bounds__(kWThreads)
 
     for (int tile = 0; tile < ntiles; tile++) {
         const int j0 = tile * kWBc;
-        const __nv_bfloat16 *Ks = KVs + (size_t)(kStages == 1 ? 0 : tile & 1) * 2 * kWBc * kWLd;
+        const __nv_bfloat16 *Ks =
+            kv_stage<kWHd, kWLd, kWThreads, kWBc, kStages>(KVs, kh, vh, kstride, tile, ntiles, Skv);
         const __nv_bfloat16 *Vs = Ks + kWBc * kWLd;
-        if (kStages == 1) {
-            if (tile > 0) { /* the barrier at the end of the previous tile freed the stage */
-                load_tile<kWHd, kWLd, kWThreads>(KVs, kh, kstride, j0, kWBc, Skv);
-                load_tile<kWHd, kWLd, kWThreads>(KVs + kWBc * kWLd, vh, kstride, j0, kWBc, Skv);
-                cp_async_commit();
-            }
-            cp_async_wait<0>();
-        } else if (tile + 1 < ntiles) {
-            __nv_bfloat16 *Kn = KVs + (size_t)((tile + 1) & 1) * 2 * kWBc * kWLd;
-            load_tile<kWHd, kWLd, kWThreads>(Kn, kh, kstride, j0 + kWBc, kWBc, Skv);
-            load_tile<kWHd, kWLd, kWThreads>(Kn + kWBc * kWLd, vh, kstride, j0 + kWBc, kWBc, Skv);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads(); /* every thread's copies of this tile are visible */
 
         /* partial scores over this warp's 128 dims: 4 n-tiles of 8 keys */
         float sc[kWBc / 8][4];
