@@ -26,6 +26,7 @@
 #include "vae.h"
 #include "zi_err.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,23 @@
 #include <time.h>
 
 #define ZI_PIPELINE_PATH_MAX 4096
+
+/* The prompt-embedding cache: the text encoder's output (fp32, on the host) of the prompts
+ * used last, keyed by their token ids - the encoder's output depends on nothing else - so
+ * a prompt used again (another seed, `generate --count`, the negative prompt of every CFG
+ * job) skips the encoder: on a card that keeps the encoder's weights on the host that is
+ * their whole copy over PCIe. The image is the same bit for bit. At most
+ * ZI_CAPTION_CACHE_ENTRIES entries and p->cache_limit bytes, least recently used evicted. */
+#define ZI_CAPTION_CACHE_ENTRIES 16
+#define ZI_CAPTION_CACHE_DEFAULT_MB 64
+
+typedef struct zi_caption_entry {
+    int32_t *ids; /* NULL: empty */
+    int L;
+    float *emb; /* [L, D] */
+    size_t bytes;
+    uint64_t used; /* tick of the last use */
+} zi_caption_entry;
 
 struct zi_pipeline {
     zi_model_config cfg;
@@ -48,6 +66,9 @@ struct zi_pipeline {
     int n_random_tokens; /* random weights: prompts become this many random ids */
     uint64_t random_seed;
     char name[256];
+    zi_caption_entry cache[ZI_CAPTION_CACHE_ENTRIES];
+    size_t cache_bytes, cache_limit;
+    uint64_t cache_tick, cache_hits, cache_misses;
 };
 
 /* ------------------------------------------------------------------------------------ */
@@ -78,10 +99,97 @@ static int join_path(char *buf, size_t cap, const char *dir, const char *sub)
     return ZI_OK;
 }
 
+static void caption_entry_clear(zi_pipeline *p, zi_caption_entry *e)
+{
+    p->cache_bytes -= e->bytes;
+    free(e->ids);
+    free(e->emb);
+    memset(e, 0, sizeof *e);
+}
+
+int zi_pipeline_set_caption_cache(zi_pipeline *p, size_t max_bytes)
+{
+    p->cache_limit = max_bytes;
+    /* drop the least recently used entries until the rest fit */
+    while (p->cache_bytes > p->cache_limit) {
+        zi_caption_entry *lru = NULL;
+        for (int i = 0; i < ZI_CAPTION_CACHE_ENTRIES; i++)
+            if (p->cache[i].ids && (!lru || p->cache[i].used < lru->used))
+                lru = &p->cache[i];
+        caption_entry_clear(p, lru);
+    }
+    return ZI_OK;
+}
+
+void zi_pipeline_caption_cache_stats(const zi_pipeline *p, uint64_t *hits, uint64_t *misses)
+{
+    *hits = p->cache_hits;
+    *misses = p->cache_misses;
+}
+
+/* The default limit: ZI_CAPTION_CACHE_MB (0 turns the cache off), else 64 MiB. */
+static void caption_cache_init(zi_pipeline *p)
+{
+    const char *mb = getenv("ZI_CAPTION_CACHE_MB");
+    char *end = NULL;
+    unsigned long long v = ZI_CAPTION_CACHE_DEFAULT_MB;
+    if (mb && *mb) {
+        errno = 0;
+        unsigned long long x = strtoull(mb, &end, 10);
+        if (errno == 0 && end && *end == '\0' && x <= (1ull << 20))
+            v = x;
+    }
+    p->cache_limit = (size_t)(v << 20);
+}
+
+/* The cached embedding of ids[0..L), or NULL (counts the hit or the miss). */
+static const float *caption_cache_find(zi_pipeline *p, const int32_t *ids, int L)
+{
+    for (int i = 0; i < ZI_CAPTION_CACHE_ENTRIES; i++) {
+        zi_caption_entry *e = &p->cache[i];
+        if (e->ids && e->L == L && memcmp(e->ids, ids, (size_t)L * sizeof *ids) == 0) {
+            e->used = ++p->cache_tick;
+            p->cache_hits++;
+            return e->emb;
+        }
+    }
+    p->cache_misses++;
+    return NULL;
+}
+
+/* Keeps ids and emb (taking both) when they fit the limit, evicting the least recently
+ * used entries; returns 1 when kept, 0 when the caller still owns them. */
+static int caption_cache_put(zi_pipeline *p, int32_t *ids, int L, float *emb, size_t emb_bytes)
+{
+    size_t bytes = emb_bytes + (size_t)L * sizeof *ids;
+    if (bytes > p->cache_limit)
+        return 0;
+    for (;;) {
+        zi_caption_entry *free_e = NULL, *lru = NULL;
+        for (int i = 0; i < ZI_CAPTION_CACHE_ENTRIES; i++) {
+            zi_caption_entry *e = &p->cache[i];
+            if (!e->ids)
+                free_e = free_e ? free_e : e;
+            else if (!lru || e->used < lru->used)
+                lru = e;
+        }
+        if (free_e && p->cache_bytes + bytes <= p->cache_limit) {
+            *free_e = (zi_caption_entry){
+                .ids = ids, .L = L, .emb = emb, .bytes = bytes, .used = ++p->cache_tick};
+            p->cache_bytes += bytes;
+            return 1;
+        }
+        caption_entry_clear(p, lru); /* lru exists: an empty cache fits `bytes` */
+    }
+}
+
 void zi_pipeline_free(zi_pipeline *p)
 {
     if (!p)
         return;
+    for (int i = 0; i < ZI_CAPTION_CACHE_ENTRIES; i++)
+        if (p->cache[i].ids)
+            caption_entry_clear(p, &p->cache[i]);
     zi_vae_free(p->vae);
     zi_dit_free(p->dit);
     zi_qwen3_free(p->te);
@@ -139,6 +247,7 @@ int zi_pipeline_load(const char *dir, zi_backend *be, zi_pipeline **out)
     if (!p)
         return zi_errorf(ZI_ENOMEM, "pipeline: out of memory");
     p->be = be;
+    caption_cache_init(p);
     int rc = zi_config_load(dir, &p->cfg);
     rc = rc ? rc : pipeline_check_config(&p->cfg);
     if (rc)
@@ -186,6 +295,7 @@ int zi_pipeline_load_random(const zi_model_config *cfg, zi_backend *be, uint64_t
     if (!p)
         return zi_errorf(ZI_ENOMEM, "pipeline: out of memory");
     p->be = be;
+    caption_cache_init(p);
     p->cfg = *cfg;
     p->n_random_tokens = n_tokens;
     p->random_seed = seed;
@@ -326,19 +436,24 @@ static int pipeline_ids(zi_pipeline *p, const char *prompt, int branch, int32_t 
     return ZI_OK;
 }
 
-/* prompt -> ids -> Qwen3 -> DiT caption (context-refined, on the backend). */
+/* prompt -> ids -> Qwen3 (or the prompt-embedding cache) -> DiT caption (context-refined,
+ * on the backend). */
 static int pipeline_caption(zi_pipeline *p, const char *prompt, int branch, const zi_gen_debug *dbg,
                             zi_dit_caption **cap)
 {
     zi_backend *be = p->be;
     int32_t *ids = NULL;
     float *emb = NULL;
+    const float *use = NULL;
     zi_tensor h = {0};
     int L = 0;
     const int D = p->cfg.te.hidden;
     int rc = pipeline_ids(p, prompt, branch, &ids, &L);
     if (rc)
         return rc;
+    const int32_t *key = ids; /* stays valid when the cache takes ids */
+    if (p->cache_limit && (use = caption_cache_find(p, ids, L)) != NULL)
+        goto have;
     rc = zi_qwen3_forward(p->te, ids, L, &h, NULL);
     if (rc)
         goto out;
@@ -350,11 +465,17 @@ static int pipeline_caption(zi_pipeline *p, const char *prompt, int branch, cons
     rc = be->download(be, emb, &h, (size_t)L * (size_t)D);
     if (rc || (rc = zi_backend_check(be)) != ZI_OK)
         goto out;
-    if (dbg && dbg->on_caption && (rc = dbg->on_caption(dbg->ud, branch, ids, emb, L, D)) != 0) {
+    use = emb;
+    if (p->cache_limit && caption_cache_put(p, ids, L, emb, (size_t)L * (size_t)D * sizeof *emb)) {
+        ids = NULL; /* the cache's now */
+        emb = NULL;
+    }
+have:
+    if (dbg && dbg->on_caption && (rc = dbg->on_caption(dbg->ud, branch, key, use, L, D)) != 0) {
         rc = zi_errorf(rc, "pipeline: stopped by the caption hook");
         goto out;
     }
-    rc = zi_dit_prepare_caption(p->dit, emb, L, cap);
+    rc = zi_dit_prepare_caption(p->dit, use, L, cap);
 out:
     if (h.owned)
         be->free(be, &h);

@@ -41,6 +41,13 @@ int zi_pipeline_load(const char *dir, zi_backend *be, zi_pipeline **out);
 int zi_pipeline_load_random(const zi_model_config *cfg, zi_backend *be, uint64_t seed, int n_tokens,
                             zi_pipeline **out);
 void zi_pipeline_free(zi_pipeline *p);
+/* The prompt-embedding cache: the text encoder's output for the prompts used last (at most
+ * 16, kept in host memory up to max_bytes, least recently used evicted), keyed by their
+ * token ids, so a prompt used again skips the encoder; the image is the same bit for bit.
+ * Default: ZI_CAPTION_CACHE_MB (read at load), else 64 MiB; 0 turns it off (emptied). */
+int zi_pipeline_set_caption_cache(zi_pipeline *p, size_t max_bytes);
+/* Prompts found in the cache and prompts encoded, since the load. */
+void zi_pipeline_caption_cache_stats(const zi_pipeline *p, uint64_t *hits, uint64_t *misses);
 const zi_model_config *zi_pipeline_config(const zi_pipeline *p);
 
 /* Generates one image: *rgb receives malloc'ed height*width*3 bytes (caller frees). */

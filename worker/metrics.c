@@ -457,7 +457,11 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
         (rc = zi_metrics_counter(m, "zimage_weight_prefetch_total",
                                  "Host-kept weights found already copied to the GPU (hit) or "
                                  "waited for (miss).",
-                                 "result", &wm->weight_prefetch)))
+                                 "result", &wm->weight_prefetch)) ||
+        (rc = zi_metrics_counter(m, "zimage_caption_cache_total",
+                                 "Prompts whose text-encoder output was found in the "
+                                 "prompt-embedding cache (hit) or computed (miss).",
+                                 "result", &wm->caption_cache)))
         return rc;
     for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++)
         zi_metric_add(wm->jobs_total, outcomes[i], 0);
@@ -467,6 +471,8 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
         zi_metric_set(wm->weight_bytes, wheres[i], 0);
     zi_metric_add(wm->weight_prefetch, "hit", 0);
     zi_metric_add(wm->weight_prefetch, "miss", 0);
+    zi_metric_add(wm->caption_cache, "hit", 0);
+    zi_metric_add(wm->caption_cache, "miss", 0);
     /* every error_code at 0 from the start: a series first seen at 1 has no increase() */
     for (size_t i = 0; i < ZI_JOB_N_ERROR_CODES; i++)
         zi_metric_add(wm->job_failures, zi_job_error_codes[i], 0);

@@ -69,7 +69,10 @@ int zi_metrics_render(zi_metrics *m, char **text, size_t *len);
  *                                                    kept - device|pinned|mapped|pageable, set
  *                                                    at load; all 0 on the CPU backend)
  *   zimage_weight_prefetch_total{result}  counter (extension: host-kept weights found copied
- *                                                    ahead - hit - or waited for - miss) */
+ *                                                    ahead - hit - or waited for - miss)
+ *   zimage_caption_cache_total{result}    counter (extension: prompts found in the
+ *                                                    prompt-embedding cache - hit - or
+ *                                                    encoded - miss) */
 typedef struct zi_worker_metrics {
     zi_metric *jobs_total;
     zi_metric *job_duration;
@@ -83,6 +86,7 @@ typedef struct zi_worker_metrics {
     zi_metric *id_conflicts;
     zi_metric *weight_bytes;
     zi_metric *weight_prefetch;
+    zi_metric *caption_cache;
 } zi_worker_metrics;
 
 int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm);

@@ -98,6 +98,8 @@ typedef struct zi_wk {
     /* prefetch counts already added to zimage_weight_prefetch_total (zi_wk_snapshot_mem's
      * callers: the main thread at load, then the job thread) */
     uint64_t pf_hits_seen, pf_misses_seen;
+    /* the same for zimage_caption_cache_total */
+    uint64_t cc_hits_seen, cc_misses_seen;
     char state[16];
     char current_job[ZI_JOB_ID_MAX + 1];
     int64_t jobs_succeeded, jobs_failed;
@@ -154,8 +156,9 @@ static void zi_wk_set_state(zi_wk *w, const char *state, const char *job)
     pthread_mutex_unlock(&w->state_mu);
 }
 
-/* The backend's memory figures for the heartbeat and /metrics, and the prefetch counts
- * since the last call into zimage_weight_prefetch_total (after the load, then every step). */
+/* The backend's memory figures for the heartbeat and /metrics, and the prefetch and
+ * prompt-embedding cache counts since the last call into zimage_weight_prefetch_total and
+ * zimage_caption_cache_total (after the load, then every step). */
 static void zi_wk_snapshot_mem(zi_wk *w)
 {
     zi_mem_stats ms = {0};
@@ -165,6 +168,14 @@ static void zi_wk_snapshot_mem(zi_wk *w)
     pthread_mutex_lock(&w->state_mu);
     w->mem = ms;
     pthread_mutex_unlock(&w->state_mu);
+    if (w->pipe) {
+        uint64_t ch, cm;
+        zi_pipeline_caption_cache_stats(w->pipe, &ch, &cm);
+        zi_metric_add(w->wm.caption_cache, "hit", (double)(ch - w->cc_hits_seen));
+        zi_metric_add(w->wm.caption_cache, "miss", (double)(cm - w->cc_misses_seen));
+        w->cc_hits_seen = ch;
+        w->cc_misses_seen = cm;
+    }
 #ifdef ZI_HAVE_CUDA
     uint64_t hits, misses;
     if (w->be && zi_cuda_is(w->be) && zi_cuda_prefetch_stats(w->be, &hits, &misses) == ZI_OK) {

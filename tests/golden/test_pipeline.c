@@ -278,12 +278,73 @@ static void test_random_pipeline(void **state)
     zi_pipeline_free(r);
 }
 
+/* ---- the prompt-embedding cache ---- */
+
+static void cache_counts(const zi_pipeline *p, uint64_t want_hits, uint64_t want_misses)
+{
+    uint64_t hits = 0, misses = 0;
+    zi_pipeline_caption_cache_stats(p, &hits, &misses);
+    assert_int_equal(hits, want_hits);
+    assert_int_equal(misses, want_misses);
+}
+
+/* A prompt used again skips the encoder and gives, byte for byte, the image its own encode
+ * gives; CFG's negative prompt is cached too; a limit below one entry keeps nothing; 0
+ * turns the cache off. (test_case_injected_latents also runs the golden cases again
+ * through the cache: their caption hook checks the cached embeddings against diffusers'.) */
+static void test_caption_cache(void **state)
+{
+    (void)state;
+    zi_pipeline *p = NULL;
+    assert_int_equal(zi_pipeline_load(zi_test_model(""), be, &p), ZI_OK);
+    const int m = size_step(p);
+    const size_t bytes = (size_t)(4 * m) * (size_t)(4 * m) * 3;
+    zi_gen_params g = {.prompt = "a red cube on a wooden table",
+                       .width = 4 * m,
+                       .height = 4 * m,
+                       .steps = 2,
+                       .seed = 5,
+                       .rng = ZI_RNG_CUDA};
+    uint8_t *a = NULL, *b = NULL, *c = NULL;
+    cache_counts(p, 0, 0);
+    assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &a), ZI_OK);
+    cache_counts(p, 0, 1);
+    g.seed = 6;
+    assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &b), ZI_OK);
+    cache_counts(p, 1, 1); /* the encoder did not run */
+    assert_int_equal(zi_pipeline_set_caption_cache(p, 0), ZI_OK);
+    assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &c), ZI_OK);
+    cache_counts(p, 1, 1); /* off: not even looked up */
+    assert_memory_equal(b, c, bytes);
+    assert_memory_not_equal(a, b, bytes); /* another seed */
+    free(a), free(b), free(c);
+
+    /* CFG: the prompt and the empty negative prompt, each encoded once */
+    assert_int_equal(zi_pipeline_set_caption_cache(p, (size_t)64 << 20), ZI_OK);
+    g.guidance = 2.0f;
+    assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &a), ZI_OK);
+    cache_counts(p, 1, 3); /* emptied by the 0 above */
+    assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &b), ZI_OK);
+    cache_counts(p, 3, 3);
+    assert_memory_equal(a, b, bytes);
+    free(a), free(b);
+
+    /* too small for one embedding: each job encodes again */
+    assert_int_equal(zi_pipeline_set_caption_cache(p, 64), ZI_OK);
+    g.guidance = 0.0f;
+    assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &a), ZI_OK);
+    assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &b), ZI_OK);
+    cache_counts(p, 3, 5);
+    free(a), free(b);
+    zi_pipeline_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cases_from_seed),     cmocka_unit_test(test_case_injected_latents),
         cmocka_unit_test(test_progress_and_cancel), cmocka_unit_test(test_bad_params),
-        cmocka_unit_test(test_random_pipeline),
+        cmocka_unit_test(test_random_pipeline),     cmocka_unit_test(test_caption_cache),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

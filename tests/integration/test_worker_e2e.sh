@@ -5,7 +5,8 @@
 # one object per job in the bucket (50 under the test's prefix), each a valid 64x64 PNG
 # with its x-amz-meta-job-id, fetched through the presigned URL of `zimage status`; the
 # events stream has queued/running/succeeded per job; the result topic has one message
-# per job; /metrics counts the jobs; both workers drain and exit 0 on SIGTERM; the worker
+# per job; /metrics counts the jobs (and the 50 prompts encoded, none found in the
+# prompt-embedding cache); both workers drain and exit 0 on SIGTERM; the worker
 # logs the memory plan of the largest job its limits admit.
 source "$(dirname "$0")/worker_lib.sh"
 zt_init e2e
@@ -83,6 +84,13 @@ zt_check "result messages" $N "$results"
 m1=$(zt_metric w1 'zimage_jobs_total{outcome="succeeded"}')
 m2=$(zt_metric w2 'zimage_jobs_total{outcome="succeeded"}')
 zt_check "zimage_jobs_total{succeeded} over both workers" $N "$((m1 + m2))"
+# 50 different prompts: each encoded once, none found in the prompt-embedding cache
+c1=$(zt_metric w1 'zimage_caption_cache_total{result="miss"}')
+c2=$(zt_metric w2 'zimage_caption_cache_total{result="miss"}')
+zt_check "zimage_caption_cache_total{miss} over both workers" $N "$((c1 + c2))"
+h1=$(zt_metric w1 'zimage_caption_cache_total{result="hit"}')
+h2=$(zt_metric w2 'zimage_caption_cache_total{result="hit"}')
+zt_check "zimage_caption_cache_total{hit} over both workers" 0 "$((h1 + h2))"
 
 zt_kill w1 TERM
 zt_kill w2 TERM
