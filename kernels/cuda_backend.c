@@ -125,7 +125,7 @@ typedef struct zi_cuda {
     int map_weights;    /* 0: never read weights from the loader's mapping (ZI_CUDA_MAP_WEIGHTS) */
     uint64_t map_limit; /* ZI_CUDA_MEM_LIMIT_MB in bytes, 0: none */
     int flash_stages;   /* K/V tiles in flight in the flash kernel (ZI_CUDA_FLASH_STAGES) */
-    int wide_stages;    /* the most this device allows the head-dim-512 kernel (1 or 2) */
+    int wide_stages;    /* the most this device allows the head-dim-512 kernel (0, 1 or 2) */
     struct zi_host_w {
         const char *p;
         size_t bytes;
@@ -1075,8 +1075,8 @@ static void zi_cuda_attention(zi_backend *be, zi_tensor *out, const zi_tensor *q
         ob = to = zi_cuda_tmp(be, "attention", nq * 2);
     if (vb && ob) {
         int flash = cu->attn_path != ZI_CUDA_ATTN_GEMM && zi_cu_flash_supported(hd) &&
-                    zi_align_of(qb) >= 16 && zi_align_of(kb) >= 16 && zi_align_of(vb) >= 16 &&
-                    zi_align_of(ob) >= 16;
+                    (hd != 512 || cu->wide_stages > 0) && zi_align_of(qb) >= 16 &&
+                    zi_align_of(kb) >= 16 && zi_align_of(vb) >= 16 && zi_align_of(ob) >= 16;
         int stages =
             hd == 512 && cu->flash_stages > cu->wide_stages ? cu->wide_stages : cu->flash_stages;
         if (flash)

@@ -538,7 +538,7 @@ extern "C" int zi_cu_flash_supported(int hd)
 extern "C" cudaError_t zi_cu_init_kernels(int *wide_stages)
 {
     int dev = 0, optin = 0;
-    *wide_stages = 1;
+    *wide_stages = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
@@ -548,11 +548,14 @@ extern "C" cudaError_t zi_cu_init_kernels(int *wide_stages)
     if (e == cudaSuccess)
         e = cudaFuncSetAttribute(flash_attention_kernel<2>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_bytes(2));
-    if (e == cudaSuccess)
+    if (e == cudaSuccess && (size_t)optin >= wide_smem_bytes(1)) { /* every sm_80+ */
         e = cudaFuncSetAttribute(flash_attention_wide_kernel<1>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)wide_smem_bytes(1));
-    if (e == cudaSuccess && (size_t)optin >= wide_smem_bytes(2)) {
+        if (e == cudaSuccess)
+            *wide_stages = 1;
+    }
+    if (e == cudaSuccess && *wide_stages == 1 && (size_t)optin >= wide_smem_bytes(2)) {
         e = cudaFuncSetAttribute(flash_attention_wide_kernel<2>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)wide_smem_bytes(2));

@@ -36,7 +36,7 @@ int zi_cu_flash_supported(int hd);
 /* Raises the dynamic shared memory limits of the kernels that need it; call once per
  * device (current) before the first launch. *wide_stages: the K/V stages the head-dim-512
  * flash kernel may have on this device (2 needs 146 KiB of shared memory per block, more
- * than sm_86/89 give; else 1). */
+ * than sm_86/89 give; 1 needs 81 KiB; 0: not on this device). */
 cudaError_t zi_cu_init_kernels(int *wide_stages);
 
 /* dst[n] (F32/BF16) = src[n] of dtype src_dt (F32, BF16, F16 or F8_E4M3). */

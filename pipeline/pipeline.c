@@ -127,7 +127,8 @@ void zi_pipeline_caption_cache_stats(const zi_pipeline *p, uint64_t *hits, uint6
     *misses = p->cache_misses;
 }
 
-/* The default limit: ZI_CAPTION_CACHE_MB (0 turns the cache off), else 64 MiB. */
+/* The default limit: ZI_CAPTION_CACHE_MB (0 turns the cache off), else 64 MiB (also when
+ * the variable is not a number of MiB up to 2^20). */
 static void caption_cache_init(zi_pipeline *p)
 {
     const char *mb = getenv("ZI_CAPTION_CACHE_MB");
@@ -318,6 +319,8 @@ int zi_pipeline_mem_plan_on(zi_backend *be, const zi_model_config *cfg, int widt
     memset(out, 0, sizeof *out);
     zi_pipeline *p = NULL;
     int rc = zi_pipeline_load_random(cfg, be, 0, n_tokens ? n_tokens : ZI_TOKENIZER_MAX_LEN, &p);
+    if (rc == ZI_OK) /* the second job encodes too, as a new prompt would */
+        zi_pipeline_set_caption_cache(p, 0);
     zi_gen_params g = {.prompt = "",
                        .negative_prompt = "",
                        .width = width,
@@ -452,7 +455,9 @@ static int pipeline_caption(zi_pipeline *p, const char *prompt, int branch, cons
     if (rc)
         return rc;
     const int32_t *key = ids; /* stays valid when the cache takes ids */
-    if (p->cache_limit && (use = caption_cache_find(p, ids, L)) != NULL)
+    if (!p->cache_limit)
+        p->cache_misses++; /* off: every prompt is encoded */
+    else if ((use = caption_cache_find(p, ids, L)) != NULL)
         goto have;
     rc = zi_qwen3_forward(p->te, ids, L, &h, NULL);
     if (rc)

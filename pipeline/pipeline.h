@@ -44,9 +44,11 @@ void zi_pipeline_free(zi_pipeline *p);
 /* The prompt-embedding cache: the text encoder's output for the prompts used last (at most
  * 16, kept in host memory up to max_bytes, least recently used evicted), keyed by their
  * token ids, so a prompt used again skips the encoder; the image is the same bit for bit.
- * Default: ZI_CAPTION_CACHE_MB (read at load), else 64 MiB; 0 turns it off (emptied). */
+ * Default: ZI_CAPTION_CACHE_MB (read at load; not a number: ignored), else 64 MiB; 0 turns
+ * it off (emptied). Not from a zi_gen_debug hook: the entry in use may be freed. */
 int zi_pipeline_set_caption_cache(zi_pipeline *p, size_t max_bytes);
-/* Prompts found in the cache and prompts encoded, since the load. */
+/* Prompts found in the cache (hits) and prompts encoded (misses, also while it is off),
+ * since the load. */
 void zi_pipeline_caption_cache_stats(const zi_pipeline *p, uint64_t *hits, uint64_t *misses);
 const zi_model_config *zi_pipeline_config(const zi_pipeline *p);
 

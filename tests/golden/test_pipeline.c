@@ -186,10 +186,18 @@ static void test_cases_from_seed(void **state)
     cJSON_ArrayForEach(cs, zi_test_manifest_cases(manifest)) run_case(cs, 0);
 }
 
+/* Case p0 again, its latents injected: its prompt was encoded by test_cases_from_seed, so
+ * this run takes it from the prompt-embedding cache, which the caption hook checks against
+ * diffusers' embedding like a fresh encode. */
 static void test_case_injected_latents(void **state)
 {
     (void)state;
+    uint64_t hits0, misses0, hits, misses;
+    zi_pipeline_caption_cache_stats(pl, &hits0, &misses0);
     run_case(cJSON_GetArrayItem(zi_test_manifest_cases(manifest), 0), 1);
+    zi_pipeline_caption_cache_stats(pl, &hits, &misses);
+    assert_true(hits > hits0);
+    assert_int_equal(misses, misses0);
 }
 
 /* ---- progress and cancellation ---- */
@@ -260,6 +268,7 @@ static void test_random_pipeline(void **state)
     (void)state;
     zi_pipeline *r = NULL;
     assert_int_equal(zi_pipeline_load_random(zi_pipeline_config(pl), be, 5, 12, &r), ZI_OK);
+    assert_int_equal(zi_pipeline_set_caption_cache(r, 0), ZI_OK); /* both runs encode */
     assert_string_equal(zi_pipeline_model_name(r), "random");
     const int m = size_step(pl); /* 16 for tiny-zimage: 64x48 */
     zi_gen_params g = {.prompt = "ignored",
@@ -290,8 +299,8 @@ static void cache_counts(const zi_pipeline *p, uint64_t want_hits, uint64_t want
 
 /* A prompt used again skips the encoder and gives, byte for byte, the image its own encode
  * gives; CFG's negative prompt is cached too; a limit below one entry keeps nothing; 0
- * turns the cache off. (test_case_injected_latents also runs the golden cases again
- * through the cache: their caption hook checks the cached embeddings against diffusers'.) */
+ * turns the cache off. (test_case_injected_latents runs golden case p0 again through the
+ * cache: its caption hook checks the cached embedding against diffusers'.) */
 static void test_caption_cache(void **state)
 {
     (void)state;
@@ -314,7 +323,7 @@ static void test_caption_cache(void **state)
     cache_counts(p, 1, 1); /* the encoder did not run */
     assert_int_equal(zi_pipeline_set_caption_cache(p, 0), ZI_OK);
     assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &c), ZI_OK);
-    cache_counts(p, 1, 1); /* off: not even looked up */
+    cache_counts(p, 1, 2); /* off: encoded again */
     assert_memory_equal(b, c, bytes);
     assert_memory_not_equal(a, b, bytes); /* another seed */
     free(a), free(b), free(c);
@@ -323,9 +332,9 @@ static void test_caption_cache(void **state)
     assert_int_equal(zi_pipeline_set_caption_cache(p, (size_t)64 << 20), ZI_OK);
     g.guidance = 2.0f;
     assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &a), ZI_OK);
-    cache_counts(p, 1, 3); /* emptied by the 0 above */
+    cache_counts(p, 1, 4); /* emptied by the 0 above */
     assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &b), ZI_OK);
-    cache_counts(p, 3, 3);
+    cache_counts(p, 3, 4);
     assert_memory_equal(a, b, bytes);
     free(a), free(b);
 
@@ -334,7 +343,7 @@ static void test_caption_cache(void **state)
     g.guidance = 0.0f;
     assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &a), ZI_OK);
     assert_int_equal(zi_pipeline_generate(p, &g, NULL, NULL, &b), ZI_OK);
-    cache_counts(p, 3, 5);
+    cache_counts(p, 3, 6);
     free(a), free(b);
     zi_pipeline_free(p);
 }

@@ -307,12 +307,13 @@ if ((BUILT)) && [[ ${ZI_GPU_BUILD_ONLY:-0} != 1 ]]; then
             record racecheck "NOT SUPPORTED on this machine (see its log)" 0
             FAILED=$was
         elif ((rc == 124 || rc == 137)); then # slow, not wrong
+            secs=$(awk '{print $(NF - 1)}' <<<"${STAGES[-1]}")
             unset 'STAGES[-1]'
-            record racecheck "UNFINISHED (time limit; not in RESULT)" 90
+            record racecheck "UNFINISHED (time limit; not in RESULT)" "$secs"
             FAILED=$was
         fi
     else
-        record racecheck "not run (no sanitizer, or < 100 s left)" 0
+        record racecheck "not run (no sanitizer/binary, or < 100 s)" 0
     fi
 
     # optional, when 100 s are left: a small card's split on this GPU (6 GiB of weights

@@ -33,6 +33,7 @@
 #include "zi_err.h"
 
 #include <cuda_runtime_api.h>
+#include <fnmatch.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -990,8 +991,6 @@ int main(void)
     const char *small = getenv("ZI_KERNELS_SMALL"), *only = getenv("ZI_KERNELS_ONLY");
     if (small && strcmp(small, "1") == 0)
         zt_small = 1;
-    if (only && *only)
-        cmocka_set_test_filter(only);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_errors_are_sticky),
         cmocka_unit_test(test_upload_weight),
@@ -1009,6 +1008,16 @@ int main(void)
         cmocka_unit_test(test_conv2d),
         cmocka_unit_test(test_upsample_rgb),
     };
+    if (only && *only) { /* a name that matches nothing must not pass as "0 tests run" */
+        size_t n = 0;
+        for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
+            n += fnmatch(only, tests[i].name, 0) == 0;
+        if (n == 0) {
+            fprintf(stderr, "test_kernels: ZI_KERNELS_ONLY=%s matches no test\n", only);
+            return 1;
+        }
+        cmocka_set_test_filter(only);
+    }
     return cmocka_run_group_tests(tests, zt_setup, zt_teardown);
 }
 
