@@ -107,17 +107,22 @@ static void caption_entry_clear(zi_pipeline *p, zi_caption_entry *e)
     memset(e, 0, sizeof *e);
 }
 
+/* Evicts the least recently used entry (there is one whenever cache_bytes > 0). */
+static void caption_cache_evict(zi_pipeline *p)
+{
+    zi_caption_entry *lru = NULL;
+    for (int i = 0; i < ZI_CAPTION_CACHE_ENTRIES; i++)
+        if (p->cache[i].ids && (!lru || p->cache[i].used < lru->used))
+            lru = &p->cache[i];
+    if (lru)
+        caption_entry_clear(p, lru);
+}
+
 int zi_pipeline_set_caption_cache(zi_pipeline *p, size_t max_bytes)
 {
     p->cache_limit = max_bytes;
-    /* drop the least recently used entries until the rest fit */
-    while (p->cache_bytes > p->cache_limit) {
-        zi_caption_entry *lru = NULL;
-        for (int i = 0; i < ZI_CAPTION_CACHE_ENTRIES; i++)
-            if (p->cache[i].ids && (!lru || p->cache[i].used < lru->used))
-                lru = &p->cache[i];
-        caption_entry_clear(p, lru);
-    }
+    while (p->cache_bytes > p->cache_limit) /* the rest must fit */
+        caption_cache_evict(p);
     return ZI_OK;
 }
 
@@ -165,22 +170,18 @@ static int caption_cache_put(zi_pipeline *p, int32_t *ids, int L, float *emb, si
     size_t bytes = emb_bytes + (size_t)L * sizeof *ids;
     if (bytes > p->cache_limit)
         return 0;
-    for (;;) {
-        zi_caption_entry *free_e = NULL, *lru = NULL;
-        for (int i = 0; i < ZI_CAPTION_CACHE_ENTRIES; i++) {
-            zi_caption_entry *e = &p->cache[i];
-            if (!e->ids)
-                free_e = free_e ? free_e : e;
-            else if (!lru || e->used < lru->used)
-                lru = e;
-        }
+    for (;;) { /* ends: an empty cache has a free entry and fits `bytes` */
+        zi_caption_entry *free_e = NULL;
+        for (int i = 0; i < ZI_CAPTION_CACHE_ENTRIES && !free_e; i++)
+            if (!p->cache[i].ids)
+                free_e = &p->cache[i];
         if (free_e && p->cache_bytes + bytes <= p->cache_limit) {
             *free_e = (zi_caption_entry){
                 .ids = ids, .L = L, .emb = emb, .bytes = bytes, .used = ++p->cache_tick};
             p->cache_bytes += bytes;
             return 1;
         }
-        caption_entry_clear(p, lru); /* lru exists: an empty cache fits `bytes` */
+        caption_cache_evict(p);
     }
 }
 
@@ -188,9 +189,7 @@ void zi_pipeline_free(zi_pipeline *p)
 {
     if (!p)
         return;
-    for (int i = 0; i < ZI_CAPTION_CACHE_ENTRIES; i++)
-        if (p->cache[i].ids)
-            caption_entry_clear(p, &p->cache[i]);
+    zi_pipeline_set_caption_cache(p, 0); /* frees every entry */
     zi_vae_free(p->vae);
     zi_dit_free(p->dit);
     zi_qwen3_free(p->te);
