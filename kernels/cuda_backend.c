@@ -164,13 +164,67 @@ static zi_cuda *zi_cu(zi_backend *be)
 
 /* ---- status checks ---- */
 
+/* The statuses after which the CUDA context is unusable - the runtime's words for
+ * cudaErrorIllegalAddress and its kin: "This leaves the process in an inconsistent state
+ * and any further CUDA work will return the same error. To continue using CUDA, the
+ * process must be terminated and relaunched" - and those that say the GPU itself is gone
+ * or broken (uncorrectable ECC or NVLink error, devices unavailable, unknown error after
+ * an Xid). Recorded as ZI_EDEVICE, which no job clears (backend.h). */
+static int zi_cu_status_fatal(cudaError_t e)
+{
+    switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorLaunchFailure:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorNvlinkUncorrectable:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorContextIsDestroyed:
+    case cudaErrorExternalDevice:
+    case cudaErrorUnknown:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static void zi_cu_fail_lost(zi_backend *be, cudaError_t e, const char *what)
+{
+    zi_backend_fail(be, ZI_EDEVICE,
+                    "the GPU failed: %s: %s (%s); its context is lost until the process "
+                    "restarts",
+                    what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
 static int zi_cu_ok(zi_backend *be, cudaError_t e, const char *what)
 {
     if (e == cudaSuccess)
         return 1;
-    zi_backend_fail(be, e == cudaErrorMemoryAllocation ? ZI_ENOMEM : ZI_EBACKEND, "%s: %s (%s)",
-                    what, cudaGetErrorString(e), cudaGetErrorName(e));
+    if (zi_cu_status_fatal(e))
+        zi_cu_fail_lost(be, e, what);
+    else
+        zi_backend_fail(be, e == cudaErrorMemoryAllocation ? ZI_ENOMEM : ZI_EBACKEND, "%s: %s (%s)",
+                        what, cudaGetErrorString(e), cudaGetErrorName(e));
     return 0;
+}
+
+/* After a failure whose own status may hide a lost device (an allocation, a cuBLAS call):
+ * the stream says. 1 (and ZI_EDEVICE recorded) when the device is lost. */
+static int zi_cu_lost(zi_backend *be, const char *what)
+{
+    if (be->err == ZI_EDEVICE)
+        return 1;
+    cudaError_t e = cudaStreamQuery(zi_cu(be)->stream);
+    if (!zi_cu_status_fatal(e))
+        return 0;
+    zi_cu_fail_lost(be, e, what);
+    return 1;
 }
 
 static int zi_blas_ok(zi_backend *be, cublasStatus_t st, const char *what)
@@ -179,6 +233,7 @@ static int zi_blas_ok(zi_backend *be, cublasStatus_t st, const char *what)
         return 1;
     zi_backend_fail(be, st == CUBLAS_STATUS_ALLOC_FAILED ? ZI_ENOMEM : ZI_EBACKEND, "%s: %s", what,
                     cublasGetStatusString(st));
+    zi_cu_lost(be, what);
     return 0;
 }
 
@@ -231,6 +286,8 @@ static void *zi_cuda_malloc(zi_backend *be, size_t bytes, int tag)
     if (p && tag == ZI_CUDA_TAG_WEIGHT) /* as the allocator rounds (zi_cuda_mfree subtracts) */
         cu->weights += ((bytes ? bytes : 1) + ZI_CUDA_ALIGN - 1) / ZI_CUDA_ALIGN * ZI_CUDA_ALIGN;
     pthread_mutex_unlock(&cu->lock);
+    if (!p && zi_cu_lost(be, "device memory")) /* a lost device fails every mapping too */
+        zi_errorf(ZI_EDEVICE, "%s", be->errmsg);
     return p;
 }
 
@@ -301,7 +358,7 @@ static int zi_cuda_alloc_kind(zi_backend *be, zi_tensor *t, int ndim, const int6
     size_t nbytes = n * zi_dtype_size(dt);
     void *p = zi_cuda_malloc(be, nbytes, tag);
     if (!p)
-        return ZI_ENOMEM;
+        return be->err == ZI_EDEVICE ? ZI_EDEVICE : ZI_ENOMEM;
     zi_be_tensor_init(be, t, p, dt, ndim, shape);
     return ZI_OK;
 }
@@ -1925,6 +1982,13 @@ int zi_cuda_is(const zi_backend *be)
         if (!zi_cuda_is(be))                                                                       \
             return zi_errorf(ZI_EINVAL, "%s: not a cuda backend", __func__);                       \
     } while (0)
+
+int zi_cuda_inject_fault(zi_backend *be)
+{
+    ZI_CUDA_REQUIRE(be);
+    zi_cu_ok(be, zi_cu_fault(zi_cu(be)->stream), "fault injection");
+    return ZI_OK;
+}
 
 int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path)
 {

@@ -30,6 +30,12 @@ int zi_cuda_is(const zi_backend *be);
 
 int zi_cuda_set_attention_path(zi_backend *be, zi_cuda_attn_path path);
 
+/* Fault injection (tests, the worker's ZIMAGE_FAULT_DEVICE_PROMPT): queues a kernel that
+ * writes to an illegal address on the backend's stream. As with a real fault, the CUDA
+ * context is lost: the next op or wait that meets it records ZI_EDEVICE (backend.h), which
+ * stays until the process ends. Never call it on a device other work shares. */
+int zi_cuda_inject_fault(zi_backend *be);
+
 /* K/V tiles the flash kernel keeps in flight: 2 (default: the next tile's copy overlaps
  * this tile's math, 85 KiB of shared memory per block) or 1 (52 KiB: more blocks per SM).
  * Which is faster depends on the GPU; ZI_CUDA_FLASH_STAGES sets it at creation. */

@@ -575,9 +575,28 @@ __global__ void softmax_rows_kernel(__nv_bfloat16 *p, const float *sc, int nk, i
         p[base + j] = __float2bfloat16_rn(j < vis ? expf(sc[base + j] - mx) * inv : 0.0f);
 }
 
+/* Writes through an address no allocation covers (the null page): on a GPU a genuine
+ * illegal address, which loses the context as a real fault does; on the emulator its
+ * emulated form. For fault-injection tests only (zi_cuda_inject_fault). */
+__global__ void fault_kernel(unsigned long long addr)
+{
+#ifdef ZI_CUDA_EMU
+    (void)addr;
+    zi_emu_context_lost(cudaErrorIllegalAddress, "fault_kernel: a write to an illegal address");
+#else
+    *(volatile int *)(uintptr_t)addr = 1;
+#endif
+}
+
 } /* namespace */
 
 /* ---- launchers ---- */
+
+extern "C" cudaError_t zi_cu_fault(cudaStream_t s)
+{
+    ZI_LAUNCH(fault_kernel, 1, 1, 0, s, 16ull);
+    return cudaGetLastError();
+}
 
 extern "C" cudaError_t zi_cu_convert(void *dst, int dst_dt, const void *src, int src_dt, size_t n,
                                      cudaStream_t s)

@@ -12,7 +12,9 @@
 
 int zi_backend_fail(zi_backend *be, int code, const char *fmt, ...)
 {
-    if (be->err != ZI_OK)
+    /* the first error wins, except that a lost device replaces an error it caused (an
+     * allocation or a cuBLAS call that failed before the stream said why) */
+    if (be->err != ZI_OK && !(code == ZI_EDEVICE && be->err != ZI_EDEVICE))
         return be->err;
     va_list ap;
     va_start(ap, fmt);
@@ -31,6 +33,8 @@ int zi_backend_check(zi_backend *be)
 
 void zi_backend_clear_error(zi_backend *be)
 {
+    if (be->err == ZI_EDEVICE)
+        return; /* the device's context is lost: no later job can run on it */
     be->err = ZI_OK;
     be->errmsg[0] = '\0';
 }

@@ -17,6 +17,8 @@
  *  - Errors are sticky: an op that fails (bad shape, device error) records the first
  *    error in the backend and later ops become no-ops. Model code checks
  *    zi_backend_check(be) at layer boundaries. Shape checks are never compiled out.
+ *    ZI_EDEVICE (a sticky device fault: the GPU's context is lost) replaces an earlier
+ *    error and is never cleared: the backend is unusable until the process restarts.
  *  - `out` may alias `in` only where an op says "in place allowed".
  */
 #ifndef ZI_BACKEND_H
@@ -152,7 +154,8 @@ struct zi_backend {
     void *impl; /* backend private state */
 };
 
-/* Records the first error of an op and returns it (later errors are dropped). */
+/* Records the first error of an op and returns it (later errors are dropped, except that
+ * ZI_EDEVICE replaces any other). */
 int zi_backend_fail(zi_backend *be, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -161,7 +164,8 @@ int zi_backend_check(zi_backend *be);
 
 /* Clears the sticky error so the backend serves the next job (a job that failed with a
  * device out-of-memory must not poison the worker). Tensors allocated before stay valid;
- * the caller frees what the failed job left. */
+ * the caller frees what the failed job left. ZI_EDEVICE stays: no job can run on a lost
+ * device (the worker stops and the job is delivered again, docs/worker.md). */
 void zi_backend_clear_error(zi_backend *be);
 
 /* The fp32 reference backend. threads <= 0: OpenBLAS default. */

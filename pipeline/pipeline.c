@@ -606,6 +606,10 @@ done:
     free(sigmas);
     free(timesteps);
     free(img);
+    /* A lost device is what the caller must hear about, whatever failed first (a step
+     * hook, a cancel or an allocation may have noticed before the device did). */
+    if (rc != ZI_OK && rc != ZI_EDEVICE && be->err == ZI_EDEVICE)
+        rc = zi_backend_check(be);
     return rc;
 }
 

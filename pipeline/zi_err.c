@@ -75,6 +75,8 @@ const char *zi_strerror(int code)
         return "transient failure";
     case ZI_ECONFLICT:
         return "conflict";
+    case ZI_EDEVICE:
+        return "device failed";
     default:
         return "unknown error";
     }

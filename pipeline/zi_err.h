@@ -23,6 +23,8 @@ enum zi_status {
     ZI_EAUTH = -8,      /* credentials refused (S3 403) */
     ZI_ETRANSIENT = -9, /* retryable remote failure (5xx, connection refused) */
     ZI_ECONFLICT = -10, /* a write refused because another party owns the record now */
+    ZI_EDEVICE = -11,   /* the device failed (a sticky CUDA error: illegal address, ECC,
+                         * GPU lost): its context is unusable until the process restarts */
 };
 
 /* Records a printf-style message for the calling thread and returns `code`. */

@@ -494,6 +494,7 @@ typedef struct zi_s3_req {
     const char *content_type;
     const zi_s3_meta *meta;
     size_t nmeta;
+    int if_absent;   /* PUT with If-None-Match: * */
     size_t max_body; /* accepted body size for success responses */
     /* results */
     zi_s3_body body;
@@ -584,6 +585,8 @@ static size_t zi_s3_header_cb(char *buf, size_t size, size_t nitems, void *ud)
         zi_s3_copy_hdr(h->job_id, sizeof h->job_id, v, vl);
     else if (ZI_S3_HDR_IS("x-amz-meta-seed"))
         zi_s3_copy_hdr(h->seed, sizeof h->seed, v, vl);
+    else if (ZI_S3_HDR_IS("x-amz-meta-attempt"))
+        zi_s3_copy_hdr(h->attempt, sizeof h->attempt, v, vl);
     else if (ZI_S3_HDR_IS("content-type"))
         zi_s3_copy_hdr(h->content_type, sizeof h->content_type, v, vl);
     else if (ZI_S3_HDR_IS("etag"))
@@ -699,6 +702,8 @@ static int zi_s3_once(zi_s3 *s, zi_s3_req *r)
             snprintf(hdr, sizeof hdr, "x-amz-meta-%s: %s", r->meta[i].name, r->meta[i].value);
             ZI_S3_ADD_HDR(hdr);
         }
+        if (r->if_absent)
+            ZI_S3_ADD_HDR("If-None-Match: *");
     }
 #undef ZI_S3_ADD_HDR
 
@@ -774,11 +779,14 @@ static int zi_s3_once(zi_s3 *s, zi_s3_req *r)
         strcmp(code, "AuthorizationHeaderMalformed") == 0 || strcmp(code, "InvalidToken") == 0 ||
         strcmp(code, "ExpiredToken") == 0)
         err = ZI_EAUTH;
-    else if (status >= 500 || status == 429 || status == 408 || strcmp(code, "SlowDown") == 0 ||
+    else if ((status >= 500 && status != 501) /* 501: a feature it lacks, not a fault */ ||
+             status == 429 || status == 408 || strcmp(code, "SlowDown") == 0 ||
              strcmp(code, "RequestTimeout") == 0)
         err = ZI_ETRANSIENT;
     else if (status == 404 && strcmp(code, "NoSuchBucket") != 0)
         err = ZI_ENOTFOUND;
+    else if (status == 412) /* a condition (If-None-Match) not met */
+        err = ZI_ECONFLICT;
     else
         err = ZI_EIO;
     return zi_errorf(err, "s3 %s %s/%s: HTTP %ld%s%s%s%s", what, s->bucket, k, status,
@@ -857,6 +865,12 @@ static int zi_s3_header_value_ok(const char *v)
 int zi_s3_put(zi_s3 *s, const char *key, const void *data, size_t len, const char *content_type,
               const zi_s3_meta *meta, size_t nmeta)
 {
+    return zi_s3_put_ex(s, key, data, len, content_type, meta, nmeta, 0);
+}
+
+int zi_s3_put_ex(zi_s3 *s, const char *key, const void *data, size_t len, const char *content_type,
+                 const zi_s3_meta *meta, size_t nmeta, unsigned flags)
+{
     int rc = zi_s3_key_ok(key);
     if (rc)
         return rc;
@@ -878,8 +892,14 @@ int zi_s3_put(zi_s3 *s, const char *key, const void *data, size_t len, const cha
                    .len = data ? len : 0,
                    .content_type = content_type,
                    .meta = meta,
-                   .nmeta = nmeta};
+                   .nmeta = nmeta,
+                   .if_absent = (flags & ZI_S3_PUT_IF_ABSENT) != 0};
     rc = zi_s3_do(s, &r);
+    if (rc == ZI_EIO && r.if_absent && s->last_status == 501) {
+        /* a server without conditional writes: the PUT as it was before them */
+        r.if_absent = 0;
+        rc = zi_s3_do(s, &r);
+    }
     free(r.body.p);
     return rc;
 }

@@ -71,6 +71,7 @@ typedef struct zi_s3_head_info {
     char content_type[128];
     char job_id[ZI_S3_META_VALUE_MAX]; /* x-amz-meta-job-id */
     char seed[ZI_S3_META_VALUE_MAX];   /* x-amz-meta-seed */
+    char attempt[32];                  /* x-amz-meta-attempt (the worker's run) */
     char etag[128];
 } zi_s3_head_info;
 
@@ -87,6 +88,14 @@ void zi_s3_set_abort(zi_s3 *s3, zi_s3_abort_fn fn, void *ud);
  * metadata. The body is sent from memory (signed with its SHA-256). */
 int zi_s3_put(zi_s3 *s3, const char *key, const void *data, size_t len, const char *content_type,
               const zi_s3_meta *meta, size_t nmeta);
+
+/* zi_s3_put with flags. ZI_S3_PUT_IF_ABSENT: only when no object exists at key
+ * ("If-None-Match: *", which RGW, MinIO and AWS S3 honour): ZI_ECONFLICT (HTTP 412) when one
+ * does - also when the object is this PUT's own, written by a try whose answer was lost.
+ * A server that answers 501 (no conditional writes) gets the PUT again without it. */
+#define ZI_S3_PUT_IF_ABSENT 1u
+int zi_s3_put_ex(zi_s3 *s3, const char *key, const void *data, size_t len, const char *content_type,
+                 const zi_s3_meta *meta, size_t nmeta, unsigned flags);
 
 /* PUT of a PNG per the contract: Content-Type image/png, x-amz-meta-job-id, x-amz-meta-seed
  * (seed may be NULL = not sent). */

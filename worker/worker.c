@@ -32,6 +32,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -79,6 +80,7 @@ typedef struct zi_wk {
     atomic_int superseded;  /* a later run owns the running job (zi_wk_supersede) */
     atomic_int draining;    /* the main loop began the drain: a job not yet run is left */
     atomic_int in_checks;   /* the job thread is in a job's checks before its run */
+    atomic_int device_lost; /* the backend's device failed (ZI_EDEVICE): stop */
     zi_rstatus *rs_job;
     zi_s3 *s3;
 
@@ -112,6 +114,8 @@ typedef struct zi_wk {
     /* fault hooks (tests) */
     const char *crash_prompt;
     const char *crash_result_prompt; /* abort between `succeeded` and the result message */
+    const char *device_fault_prompt; /* a device fault after the first step */
+    const char *stop_upload_prompt;  /* SIGSTOP before the upload of a first attempt */
     int step_delay_ms;
 } zi_wk;
 
@@ -524,6 +528,21 @@ static void zi_wk_lease_drop(zi_wk *w, const char *job_id)
 
 static int zi_wk_progress(void *ud, int step, int steps, double step_seconds);
 
+/* ZIMAGE_FAULT_DEVICE_PROMPT: on the CUDA backend a kernel that writes to an illegal
+ * address (a real fault: the context is lost); on one without a device the error such a
+ * fault leaves. */
+static void zi_wk_inject_device_fault(zi_wk *w)
+{
+    zi_log_error("ZIMAGE_FAULT_DEVICE_PROMPT matched: injecting a device fault (test hook)");
+#ifdef ZI_HAVE_CUDA
+    if (zi_cuda_is(w->be)) {
+        zi_cuda_inject_fault(w->be);
+        return;
+    }
+#endif
+    zi_backend_fail(w->be, ZI_EDEVICE, "the device failed: injected by ZIMAGE_FAULT_DEVICE_PROMPT");
+}
+
 typedef struct zi_wk_pctx {
     zi_wk *w;
     zi_wk_run *r;
@@ -539,6 +558,8 @@ static int zi_wk_progress(void *ud, int step, int steps, double step_seconds)
         zi_log_error("ZIMAGE_FAULT_CRASH_PROMPT matched: aborting the process (test hook)");
         abort();
     }
+    if (w->device_fault_prompt && step == 1 && strcmp(r->job.prompt, w->device_fault_prompt) == 0)
+        zi_wk_inject_device_fault(w);
     if (w->step_delay_ms > 0)
         for (int t = 0; t < w->step_delay_ms && !atomic_load(&w->job_abort); t += 20)
             zi_wk_sleep_ms(w->step_delay_ms - t < 20 ? w->step_delay_ms - t : 20);
@@ -640,6 +661,38 @@ static int zi_wk_still_latest(zi_wk *w, zi_wk_run *r)
 }
 
 /* Generates, encodes, uploads. */
+/* The PUT of a run's image (metadata: job id, seed, attempt), only where no object is yet
+ * (If-None-Match: *). The fence check right before it cannot close the gap to the upload
+ * itself: a run that stalls there (a frozen VM) may come back after a later run of the job
+ * uploaded. So an object found there is looked at: this job's, while a later run owns the
+ * job - the stalled run leaves it (ZI_ECONFLICT, the run superseded); else (an earlier
+ * run's that stalled the same way, this run's own try whose answer was lost, or not this
+ * job's) this run, the latest, writes over it. */
+static int zi_wk_upload(zi_wk *w, zi_wk_run *r, const void *png, size_t len)
+{
+    char seed[32], attempt[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->seed);
+    snprintf(attempt, sizeof attempt, "%lld", (long long)r->attempt);
+    const zi_s3_meta meta[3] = {{"job-id", r->job.job_id}, {"seed", seed}, {"attempt", attempt}};
+    int rc = zi_s3_put_ex(w->s3, r->s3_key, png, len, "image/png", meta, 3, ZI_S3_PUT_IF_ABSENT);
+    if (rc != ZI_ECONFLICT)
+        return rc;
+    zi_s3_head_info hi;
+    rc = zi_s3_head(w->s3, r->s3_key, &hi);
+    if (rc == ZI_ECANCELLED)
+        return rc;
+    int ours = rc == ZI_OK && strcmp(hi.job_id, r->job.job_id) == 0;
+    if (ours && zi_wk_still_latest(w, r) != ZI_OK) {
+        zi_log_warn("object %s was uploaded by run %s of this job meanwhile: left as it is",
+                    r->s3_key, hi.attempt[0] ? hi.attempt : "?");
+        return ZI_ECONFLICT;
+    }
+    if (rc == ZI_OK)
+        zi_log_info("object %s is there already (job %s, run %s): writing over it", r->s3_key,
+                    hi.job_id[0] ? hi.job_id : "?", hi.attempt[0] ? hi.attempt : "?");
+    return zi_s3_put_ex(w->s3, r->s3_key, png, len, "image/png", meta, 3, 0);
+}
+
 static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
 {
     zi_gen_params gp = {
@@ -666,6 +719,15 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
             zi_log_warn("job stopped by %s; it will be delivered again",
                         atomic_load(&w->lease_lost) ? "the loss of its lease"
                                                     : "the drain deadline");
+        res = ZI_WK_NOSTORE;
+        goto out;
+    }
+    if (rc == ZI_EDEVICE) {
+        /* Not the job's fault, and no later job can run here: no final state (the job is
+         * delivered again - its attempt is counted, so a job that breaks every GPU it
+         * meets still ends as too_many_attempts), and the worker stops (zi_wk_loop). */
+        zi_log_error("%s: the job is left to be delivered again; this worker stops", zi_errmsg());
+        atomic_store(&w->device_lost, 1);
         res = ZI_WK_NOSTORE;
         goto out;
     }
@@ -705,11 +767,15 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
         res = ZI_WK_NOSTORE; /* a later run owns the job and writes its object */
         goto out;
     }
-    char seed[32];
-    snprintf(seed, sizeof seed, "%llu", (unsigned long long)r->seed);
+    if (w->stop_upload_prompt && r->attempt == 1 &&
+        strcmp(r->job.prompt, w->stop_upload_prompt) == 0) {
+        zi_log_warn("ZIMAGE_FAULT_STOP_BEFORE_UPLOAD matched: stopping this process before the "
+                    "upload (test hook; SIGCONT resumes it)");
+        raise(SIGSTOP);
+    }
     int64_t tu = zi_wk_mono_ms();
     unsigned long long retries0 = zi_s3_retry_count(w->s3);
-    rc = zi_s3_put_png(w->s3, r->s3_key, png, png_len, r->job.job_id, seed);
+    rc = zi_wk_upload(w, r, png, png_len);
     tu = zi_wk_mono_ms() - tu;
     zi_metric_add(w->wm.s3_retries, NULL, (double)(zi_s3_retry_count(w->s3) - retries0));
     r->upload_ms = tu;
@@ -720,6 +786,10 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
     if (rc == ZI_ECANCELLED) {
         zi_log_warn("upload stopped by the drain deadline; the job will be delivered again");
         res = ZI_WK_NOSTORE;
+        goto out;
+    }
+    if (rc == ZI_ECONFLICT) {
+        res = ZI_WK_NOSTORE; /* superseded: the later run's object stays */
         goto out;
     }
     if (rc != ZI_OK) {
@@ -1191,6 +1261,17 @@ static int zi_wk_loop(zi_wk *w, int *stuck)
                                     cur->topic, (int)cur->partition, (long long)cur->offset);
                     else if (zi_consumer_store(w->consumer, cur) != ZI_OK)
                         zi_log_info("offset not stored: %s", zi_errmsg());
+                } else if (atomic_load(&w->device_lost)) {
+                    /* Its device failed (zi_wk_compute): every later job would fail too.
+                     * Exit 1 without this offset; the orchestrator restarts the worker -
+                     * on a GPU that works again, or it keeps failing where everyone sees. */
+                    if (rc == ZI_OK) {
+                        zi_log_error("%s[%d]@%lld: the GPU failed: stopping, the job not "
+                                     "committed",
+                                     cur->topic, (int)cur->partition, (long long)cur->offset);
+                        rc = zi_errorf(ZI_EDEVICE, "the GPU failed");
+                    }
+                    *w->stop = 2;
                 } else if (!atomic_load(&w->job_revoked) && !atomic_load(&w->superseded) &&
                            !draining && rc == ZI_OK) {
                     /* No final state although the partition is still ours and no drain
@@ -1358,6 +1439,10 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
     w->crash_prompt = crash && crash[0] ? crash : NULL;
     crash = getenv("ZIMAGE_FAULT_CRASH_BEFORE_RESULT");
     w->crash_result_prompt = crash && crash[0] ? crash : NULL;
+    crash = getenv("ZIMAGE_FAULT_DEVICE_PROMPT");
+    w->device_fault_prompt = crash && crash[0] ? crash : NULL;
+    crash = getenv("ZIMAGE_FAULT_STOP_BEFORE_UPLOAD");
+    w->stop_upload_prompt = crash && crash[0] ? crash : NULL;
     const char *delay = getenv("ZIMAGE_FAULT_STEP_DELAY_MS");
     if (delay && delay[0]) {
         char *end = NULL;
@@ -1365,7 +1450,8 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
         if (end && *end == '\0' && v >= 0 && v <= 600000)
             w->step_delay_ms = (int)v;
     }
-    if (w->crash_prompt || w->crash_result_prompt || w->step_delay_ms)
+    if (w->crash_prompt || w->crash_result_prompt || w->device_fault_prompt ||
+        w->stop_upload_prompt || w->step_delay_ms)
         zi_log_warn("test fault hooks active (ZIMAGE_FAULT_*): not for production");
 
     if (pthread_mutex_init(&w->mu, NULL) || pthread_cond_init(&w->cv, NULL) ||

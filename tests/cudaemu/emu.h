@@ -34,6 +34,14 @@ extern "C" {
  * cudaSuccess; cudaPeekAtLastError returns it). Launch errors are recorded here. */
 void zi_emu_set_error(cudaError_t e);
 
+/* A sticky device fault (as cudaErrorIllegalAddress on a GPU): from here on no queued work
+ * runs and every call that touches the device returns e (cudaGetLastError too, without
+ * clearing it); the first call says `why` on stderr. Called by a kernel that faults
+ * (kernels/zi_cuda_ops.cu, zi_cu_fault_kernel). zi_emu_context_revive() is for the
+ * emulator's own tests: the context lives again. */
+void zi_emu_context_lost(cudaError_t e, const char *why);
+void zi_emu_context_revive(void);
+
 /* cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) registry:
  * the most dynamic shared memory a launch of `fn` may ask for (48 KiB until raised, at
  * most zi_emu_max_optin_smem()). */

@@ -160,6 +160,8 @@ static pthread_once_t g_emu_once = PTHREAD_ONCE_INIT;
  * thread" (cudaGetLastError): one per thread. */
 static _Thread_local cudaError_t g_emu_last = cudaSuccess;
 static atomic_ullong g_emu_launches;
+/* The fault that lost the context (zi_emu_context_lost), cudaSuccess while it lives. */
+static atomic_int g_emu_lost;
 
 /* Every message of the emulator is one stderr line, "zi-emu: <message>", followed by
  * " -> <result>" when `result` is not NULL (a failed call's status). */
@@ -453,6 +455,36 @@ void zi_emu_set_error(cudaError_t e)
         g_emu_last = e;
 }
 
+/* A sticky fault: cudaErrorIllegalAddress and its kin "leave the process in an inconsistent
+ * state and any further CUDA work will return the same error" (Runtime API, cudaError).
+ * From here on no queued work runs, and the calls that touch the device (memory, copies,
+ * launches, GEMMs, waits, queries, mappings) return e; cudaGetLastError returns it without
+ * clearing it. */
+void zi_emu_context_lost(cudaError_t e, const char *why)
+{
+    int expected = cudaSuccess;
+    if (atomic_compare_exchange_strong(&g_emu_lost, &expected, (int)e))
+        zi_emu_warn("%s: the context is lost (%s); every later call returns it", why,
+                    cudaGetErrorName(e));
+    g_emu_last = e;
+}
+
+/* The sticky fault, recorded as the thread's last error too (cudaSuccess while the context
+ * lives). */
+static cudaError_t zi_emu_lost(void)
+{
+    cudaError_t e = (cudaError_t)atomic_load(&g_emu_lost);
+    if (e != cudaSuccess)
+        g_emu_last = e;
+    return e;
+}
+
+void zi_emu_context_revive(void)
+{
+    atomic_store(&g_emu_lost, cudaSuccess);
+    g_emu_last = cudaSuccess;
+}
+
 /* ---- stream queues ----
  *
  * Each stream is a FIFO of pieces of work (a closure: run, destroy, context); the calls CUDA
@@ -721,6 +753,8 @@ static void zi_emu_q_step(struct CUstream_st *q)
             if (--e->pending == 0 && e->dead)
                 free(e);
             q->vt_end = start;
+        } else if (atomic_load(&g_emu_lost) != cudaSuccess) {
+            q->vt_end = start; /* a lost context runs nothing more */
         } else {
             double t0 = zi_emu_now();
             it->run(it->ctx);
@@ -819,6 +853,12 @@ static cudaError_t zi_emu_q_submit_to(cudaStream_t stream, const char *what, voi
                                       void (*destroy)(void *), void *ctx, const zi_emu_range *use,
                                       int nuse)
 {
+    cudaError_t lost = zi_emu_lost();
+    if (lost != cudaSuccess) {
+        if (destroy)
+            destroy(ctx);
+        return lost;
+    }
     zi_emu_q_lock();
     struct CUstream_st *q = zi_emu_q_of(stream);
     if (q)
@@ -884,6 +924,9 @@ static void zi_emu_recheck(const char *api, const char *what, const void *p, siz
  * cudaSuccess; cudaPeekAtLastError returns it without resetting. */
 cudaError_t cudaGetLastError(void)
 {
+    cudaError_t lost = zi_emu_lost();
+    if (lost != cudaSuccess)
+        return lost; /* sticky: not cleared */
     cudaError_t e = g_emu_last;
     g_emu_last = cudaSuccess;
     return e;
@@ -891,7 +934,8 @@ cudaError_t cudaGetLastError(void)
 
 cudaError_t cudaPeekAtLastError(void)
 {
-    return g_emu_last;
+    cudaError_t lost = zi_emu_lost();
+    return lost != cudaSuccess ? lost : g_emu_last;
 }
 
 /* A status code's name and the library's description of it (the runtime's and the driver's
@@ -1010,7 +1054,7 @@ cudaError_t cudaGetDevice(int *device)
 cudaError_t cudaDeviceSynchronize(void)
 {
     zi_emu_device_sync();
-    return cudaSuccess;
+    return zi_emu_lost();
 }
 
 cudaError_t cudaDriverGetVersion(int *driverVersion)
@@ -1148,6 +1192,9 @@ cudaError_t cudaMemGetInfo(size_t *free, size_t *total)
 {
     if (!free || !total)
         return zi_emu_fail(cudaErrorInvalidValue, "cudaMemGetInfo: NULL argument");
+    cudaError_t lost = zi_emu_lost();
+    if (lost != cudaSuccess)
+        return lost;
     zi_emu_lock();
     *free = g_emu.total - g_emu.used;
     *total = g_emu.total;
@@ -1170,6 +1217,9 @@ cudaError_t cudaMalloc(void **devPtr, size_t size)
 {
     if (!devPtr)
         return zi_emu_fail(cudaErrorInvalidValue, "cudaMalloc: devPtr is NULL");
+    cudaError_t lost = zi_emu_lost();
+    if (lost != cudaSuccess)
+        return lost;
     if (size == 0) {
         *devPtr = NULL;
         return cudaSuccess;
@@ -1339,6 +1389,9 @@ static void zi_emu_copy_free(void *p)
 static cudaError_t zi_emu_copy(const char *api, void *dst, const void *src, size_t count,
                                enum cudaMemcpyKind kind, int async, cudaStream_t stream)
 {
+    cudaError_t lost = zi_emu_lost();
+    if (lost != cudaSuccess)
+        return lost;
     if (async && !zi_emu_stream_ok(stream))
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "%s: stream %p is not a live stream",
                            api, (void *)stream);
@@ -1410,7 +1463,7 @@ static cudaError_t zi_emu_copy(const char *api, void *dst, const void *src, size
     zi_emu_range use[2] = {{(uintptr_t)dst, count}, {(uintptr_t)src, stage ? 0 : count}};
     zi_emu_q_submit(q, api, zi_emu_copy_run, zi_emu_copy_free, w, wait, use, 2);
     zi_emu_q_unlock();
-    return cudaSuccess;
+    return zi_emu_lost(); /* a wait for the copy may have met the fault */
 }
 
 /* cudaMemcpy goes through the legacy default stream ("The synchronous forms of these APIs
@@ -1463,6 +1516,9 @@ static void zi_emu_memset_run(void *p)
 static cudaError_t zi_emu_memset(const char *api, void *devPtr, int value, size_t count, int async,
                                  cudaStream_t stream)
 {
+    cudaError_t lost = zi_emu_lost();
+    if (lost != cudaSuccess)
+        return lost;
     if (async && !zi_emu_stream_ok(stream))
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "%s: stream %p is not a live stream",
                            api, (void *)stream);
@@ -1552,7 +1608,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream)
     if (!q)
         return zi_emu_fail(cudaErrorInvalidResourceHandle,
                            "cudaStreamSynchronize(%p): not a live stream", (void *)stream);
-    return cudaSuccess;
+    return zi_emu_lost();
 }
 
 /* cudaStreamQuery: "Returns cudaSuccess if all operations in stream have completed, or
@@ -1569,6 +1625,9 @@ cudaError_t cudaStreamQuery(cudaStream_t stream)
     if (!q)
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "cudaStreamQuery(%p): not a live stream",
                            (void *)stream);
+    cudaError_t lost = zi_emu_lost();
+    if (lost != cudaSuccess)
+        return lost;
     return busy ? cudaErrorNotReady : cudaSuccess;
 }
 
@@ -1622,6 +1681,9 @@ cudaError_t cudaEventDestroy(cudaEvent_t event)
  * (and takes its time) when the stream's work before it has run. */
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
 {
+    cudaError_t lost = zi_emu_lost();
+    if (lost != cudaSuccess)
+        return lost;
     if (!zi_emu_live_ok(ZI_EMU_K_EVENT, event))
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "cudaEventRecord(%p): not a live event",
                            (void *)event);
@@ -1654,6 +1716,9 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
  * (cudaEventWaitDefault) only. */
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags)
 {
+    cudaError_t lost = zi_emu_lost();
+    if (lost != cudaSuccess)
+        return lost;
     if (flags != 0)
         return zi_emu_fail(cudaErrorInvalidValue, "cudaStreamWaitEvent(flags 0x%x)", flags);
     if (!zi_emu_live_ok(ZI_EMU_K_EVENT, event))
@@ -1689,7 +1754,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event)
     if (!ok)
         return zi_emu_fail(cudaErrorInvalidResourceHandle,
                            "cudaEventSynchronize(%p): not a live event", (void *)event);
-    return cudaSuccess;
+    return zi_emu_lost();
 }
 
 /* cudaEventQuery: "Returns cudaSuccess if all captured work has been completed, or
@@ -1706,6 +1771,9 @@ cudaError_t cudaEventQuery(cudaEvent_t event)
     if (!ok)
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "cudaEventQuery(%p): not a live event",
                            (void *)event);
+    cudaError_t lost = zi_emu_lost();
+    if (lost != cudaSuccess)
+        return lost;
     return busy ? cudaErrorNotReady : cudaSuccess;
 }
 
@@ -2037,6 +2105,8 @@ static void zi_emu_phys_free_locked(size_t i)
 static CUresult zi_emu_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
                                    const CUmemAllocationProp *prop, unsigned long long flags)
 {
+    if (zi_emu_lost() != cudaSuccess)
+        return (CUresult)zi_emu_lost();
     if (!handle || size == 0 || size % ZI_EMU_VMM_GRAN || flags)
         return zi_emu_cu_fail(CUDA_ERROR_INVALID_VALUE, "cuMemCreate(size %zu, flags %llu)", size,
                               flags);
@@ -2124,6 +2194,8 @@ static long zi_emu_resv_holding_locked(uintptr_t a, size_t n)
 static CUresult zi_emu_cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
                                 CUmemGenericAllocationHandle handle, unsigned long long flags)
 {
+    if (zi_emu_lost() != cudaSuccess)
+        return (CUresult)zi_emu_lost();
     uintptr_t a = (uintptr_t)ptr;
     if (size == 0 || a % ZI_EMU_VMM_GRAN || size % ZI_EMU_VMM_GRAN || offset || flags)
         return zi_emu_cu_fail(CUDA_ERROR_INVALID_VALUE,
@@ -2202,6 +2274,8 @@ static int zi_emu_map_span_locked(uintptr_t a, size_t n, size_t *first, size_t *
 static CUresult zi_emu_cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
                                       size_t count)
 {
+    if (zi_emu_lost() != cudaSuccess)
+        return (CUresult)zi_emu_lost();
     if (!desc || count == 0)
         return zi_emu_cu_fail(CUDA_ERROR_INVALID_VALUE, "cuMemSetAccess: no access descriptor");
     int prot = -1;
@@ -2288,6 +2362,8 @@ static const zi_emu_errname zi_emu_cu_errors[] = {
     {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
     {CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE",
      "the operation cannot be performed in the present state"},
+    {CUDA_ERROR_ILLEGAL_ADDRESS, "CUDA_ERROR_ILLEGAL_ADDRESS",
+     "an illegal memory access was encountered"},
     {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
 };
 
@@ -2574,6 +2650,8 @@ static void zi_emu_gemm_work_run(void *p)
  * caller's stack (cuBLAS Library, "Scalar Parameters"). */
 static cublasStatus_t zi_emu_gemm_submit(const zi_emu_gemm_work *tmpl, cudaStream_t stream)
 {
+    if (zi_emu_lost() != cudaSuccess)
+        return CUBLAS_STATUS_EXECUTION_FAILED;
     zi_emu_gemm_work *w = malloc(sizeof *w);
     if (!w)
         return CUBLAS_STATUS_ALLOC_FAILED;

@@ -1308,6 +1308,53 @@ static void test_no_vmm_env(void **state)
     assert_int_equal(q, cudaDriverEntryPointSuccess);
 }
 
+/* A sticky fault (zi_emu_context_lost, what a faulting kernel calls): queued work no longer
+ * runs, every call that touches the device returns the fault, cudaGetLastError does not
+ * clear it; the driver's mappings fail too. zi_emu_context_revive() ends it (tests only). */
+static void test_context_lost(void **state)
+{
+    (void)state;
+    drv d;
+    drv_load(&d);
+    unsigned char *p = zi_emu_test_dev_alloc(4096), host[16] = {0};
+    cudaStream_t s = zi_emu_test_stream_new(cudaStreamNonBlocking);
+    cudaEvent_t ev;
+    assert_int_equal(cudaEventCreate(&ev), cudaSuccess);
+    assert_int_equal(cudaMemsetAsync(p, 1, 4096, s), cudaSuccess);
+    assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+    assert_int_equal(cudaMemsetAsync(p, 2, 4096, s), cudaSuccess); /* queued, not run */
+
+    zi_emu_context_lost(cudaErrorIllegalAddress, "test_context_lost");
+    assert_int_equal(cudaStreamSynchronize(s), cudaErrorIllegalAddress);
+    assert_int_equal(cudaGetLastError(), cudaErrorIllegalAddress);
+    assert_int_equal(cudaGetLastError(), cudaErrorIllegalAddress); /* sticky: not cleared */
+    assert_int_equal(cudaPeekAtLastError(), cudaErrorIllegalAddress);
+    assert_int_equal(cudaDeviceSynchronize(), cudaErrorIllegalAddress);
+    assert_int_equal(cudaStreamQuery(s), cudaErrorIllegalAddress);
+    assert_int_equal(cudaEventRecord(ev, s), cudaErrorIllegalAddress);
+    assert_int_equal(cudaMemcpy(host, p, sizeof host, cudaMemcpyDeviceToHost),
+                     cudaErrorIllegalAddress);
+    assert_int_equal(host[0], 0); /* nothing copied */
+    assert_int_equal(cudaMemsetAsync(p, 3, 16, s), cudaErrorIllegalAddress);
+    void *q = NULL;
+    assert_int_equal(cudaMalloc(&q, 256), cudaErrorIllegalAddress);
+    size_t fr = 0, tot = 0;
+    assert_int_equal(cudaMemGetInfo(&fr, &tot), cudaErrorIllegalAddress);
+    CUmemAllocationProp prop = dev_prop(0);
+    CUmemGenericAllocationHandle h = 0;
+    assert_int_equal(d.Create(&h, 2 * MIB, &prop, 0), CUDA_ERROR_ILLEGAL_ADDRESS);
+
+    zi_emu_context_revive();
+    assert_int_equal(cudaGetLastError(), cudaSuccess);
+    /* the memset queued before the fault never ran: the first one's bytes are there */
+    assert_int_equal(cudaMemcpy(host, p, sizeof host, cudaMemcpyDeviceToHost), cudaSuccess);
+    assert_int_equal(host[0], 1);
+    assert_int_equal(cudaEventDestroy(ev), cudaSuccess);
+    assert_int_equal(cudaStreamDestroy(s), cudaSuccess);
+    assert_int_equal(cudaFree(p), cudaSuccess);
+    assert_int_equal(free_bytes(), (size_t)TEST_DEVICE_MEMORY);
+}
+
 int main(void)
 {
     /* before the emulator's first call: it reads the device size once */
@@ -1321,6 +1368,7 @@ int main(void)
         cmocka_unit_test(test_gemm_ex_rules),     cmocka_unit_test(test_lt_tn_bias),
         cmocka_unit_test(test_lt_rejections),     cmocka_unit_test(test_vmm_flow),
         cmocka_unit_test(test_vmm_misuse),        cmocka_unit_test(test_no_vmm_env),
+        cmocka_unit_test(test_context_lost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

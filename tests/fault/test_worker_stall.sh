@@ -11,10 +11,16 @@
 # copy or result message. Checks that fail without the fence: the hash keeps attempt 2 and
 # the other worker, one `succeeded` event and one result message. Then the resumed worker
 # stays up and runs the next job (a superseded run does not stop the worker).
+#
+# Then a worker that stalls between its last fence check and its upload
+# (ZIMAGE_FAULT_STOP_BEFORE_UPLOAD: it stops itself there) and comes back after the other
+# worker's run uploaded and finished: its PUT is conditional (If-None-Match: *), finds the
+# later run's object and leaves it (worker.md, "Stalled workers"). Fails without the
+# condition: the object's x-amz-meta-attempt would be the stalled run's 1, not 2.
 source "$(dirname "$0")/../integration/worker_lib.sh"
 zt_init stall
 ZT_STEPS=8 ZT_RESULT_TOPIC=$ZT_RESULTS zt_config
-HOOKS=(ZIMAGE_FAULT_STEP_DELAY_MS=400)
+HOOKS=(ZIMAGE_FAULT_STEP_DELAY_MS=400 ZIMAGE_FAULT_STOP_BEFORE_UPLOAD="stalled upload")
 
 zt_start_worker w1 "${HOOKS[@]}"
 zt_start_worker w2 "${HOOKS[@]}"
@@ -82,4 +88,45 @@ for j in "${ids[@]}"; do [[ $(zt_field "$j" status) == succeeded ]] && ok=$((ok 
 zt_check "jobs after the stall succeeded" 4 "$ok"
 zt_check "both workers still running" yes \
     "$(kill -0 "${ZT_PIDS[w1]}" 2>/dev/null && kill -0 "${ZT_PIDS[w2]}" 2>/dev/null && echo yes)"
+
+# ---- a stall between the last fence check and the upload ----
+zt_submit --job-id stall-2 --prompt "stalled upload" --steps 2 >/dev/null
+victim=
+for _ in $(seq 600); do
+    for n in w1 w2; do
+        grep -q 'ZIMAGE_FAULT_STOP_BEFORE_UPLOAD matched' "$ZT_TMP/$n.log" && victim=$n
+    done
+    [[ -n $victim ]] && break
+    sleep 0.1
+done
+[[ -n $victim ]] || zt_die "no worker stopped before stall-2's upload"
+other=w1
+[[ $victim == w1 ]] && other=w2
+echo "$victim stopped itself before stall-2's upload"
+zt_wait_status stall-2 succeeded 90
+zt_check "stall-2 finished by the other worker" "$other" "$(zt_field stall-2 worker)"
+zt_check "stall-2 by a second run" 2 "$(zt_field stall-2 attempt)"
+for _ in $(seq 100); do
+    [[ $(zt_redis EXISTS "${ZT_PREFIX}lease:stall-2") == 0 ]] && break
+    sleep 0.1
+done
+kill -CONT "${ZT_PIDS[$victim]}"
+for _ in $(seq 300); do
+    grep -q 'of this job meanwhile: left as it is' "$ZT_TMP/$victim.log" && break
+    sleep 0.1
+done
+sleep 1 # anything it would still write
+zt_check "the resumed run left the later run's object" yes \
+    "$(grep -q 'uploaded by run 2 of this job meanwhile: left as it is' "$ZT_TMP/$victim.log" &&
+        echo yes)"
+curl -sf --max-time 10 -D "$ZT_TMP/h2" -o /dev/null "$(zt_url stall-2)" || zt_die "GET stall-2"
+zt_check "the object is the later run's" 2 \
+    "$(tr -d '\r' <"$ZT_TMP/h2" | awk 'tolower($1) == "x-amz-meta-attempt:" {print $2}')"
+zt_check "stall-2 hash: worker" "$other" "$(zt_field stall-2 worker)"
+zt_check "stall-2 hash: attempt" 2 "$(zt_field stall-2 attempt)"
+zt_check "stall-2 succeeded events" 1 "$(zt_events | grep -c '^stall-2 succeeded' || true)"
+zt_check "stall-2 result messages" 1 \
+    "$(zt_consume "$ZT_RESULTS" '%k\n' | grep -c '^stall-2$' || true)"
+zt_check "the resumed worker is still running" yes \
+    "$(kill -0 "${ZT_PIDS[$victim]}" 2>/dev/null && echo yes)"
 zt_finish

@@ -10,7 +10,8 @@
 #   3. the allocator on the real driver (tests/gpu/test_alloc_cuda.c)
 #   4. the golden cases end to end with --backend cuda, >= 38 dB PSNR (test_golden_cuda.c);
 #      the pipeline in one process: CUDA vs CPU image, determinism, a repeated job maps
-#      nothing new, trim (test_pipeline_cuda.c)
+#      nothing new, trim (test_pipeline_cuda.c); a real device fault (a kernel writing to an
+#      illegal address) fails the job with ZI_EDEVICE and every later one (test_device_lost.c)
 #   5. every kernel against the CPU backend at real shapes, timed (tests/gpu/test_kernels.c)
 #   6. compute-sanitizer memcheck over one tiny generation (cudaMalloc allocator, so that
 #      every tensor has exact bounds)
@@ -222,7 +223,7 @@ if ((DEPS_OK)) && stage configure 90 cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" \
     grep -q '^CMAKE_GENERATOR:INTERNAL=Ninja' "$BUILD/CMakeCache.txt" && KEEP=(-k 0)
     stage build 200 cmake --build "$BUILD" -j"$JOBS" --target zimage test_alloc \
         test_philox_twin test_alloc_cuda test_kernels test_golden_cuda test_pipeline_cuda \
-        -- "${KEEP[@]}"
+        test_device_lost -- "${KEEP[@]}"
     BUILT=1 # stages below check for their own binary
     grep -E 'warning:' "$LOGDIR/build.log" | sort -u >"$OUTDIR/build-warnings.txt"
     [[ -s $OUTDIR/build-warnings.txt ]] || rm -f "$OUTDIR/build-warnings.txt"
@@ -261,6 +262,7 @@ if ((BUILT)) && [[ ${ZI_GPU_BUILD_ONLY:-0} != 1 ]]; then
     have golden test_golden_cuda zimage &&
         stage golden 75 env ZI_GOLDEN_JSON="$OUTDIR/golden.json" "$BUILD/test_golden_cuda"
     have pipeline test_pipeline_cuda && stage pipeline 45 "$BUILD/test_pipeline_cuda"
+    have device-lost test_device_lost && stage device-lost 30 "$BUILD/test_device_lost"
     have kernels test_kernels &&
         stage kernels 120 env ZI_KERNELS_JSON="$OUTDIR/kernels.json" "$BUILD/test_kernels"
 

@@ -16,6 +16,10 @@
 #    from the mapped checkpoint files): the load log and zimage_weight_bytes say both,
 #    zimage_weight_prefetch_total counts hits, and the same job gives the same PNG bytes.
 # 5. A bad device.weight_budget_mb: start-up stops with exit 2, naming the key.
+# 6. The GPU fails mid-job (ZIMAGE_FAULT_DEVICE_PROMPT: a kernel writes to an illegal
+#    address - on a GPU a real fault, on the emulator its emulated form): the worker stops
+#    with exit 1 and records no final state; the job, not committed, is delivered again and
+#    another worker finishes it (attempt 2); it is not in the DLQ.
 source "$(dirname "$0")/../integration/worker_lib.sh"
 zt_init worker_cuda
 ZT_STEPS=2 zt_config
@@ -119,4 +123,25 @@ zt_wait_exit w3 30
 zt_check "bad budget: exit status" 2 "$ZT_RC"
 zt_check "bad budget: names the key" yes \
     "$(grep -q 'device.weight_budget_mb' "$ZT_TMP/w3.log" && echo yes)"
+
+# ---- 6. the GPU fails in the middle of a job ----
+zt_start_worker w4 "${CUDA[@]}" ZIMAGE_FAULT_DEVICE_PROMPT="the gpu breaks here"
+zt_wait_log w4 'assigned' 60
+zt_submit --job-id cu-lost --prompt "the gpu breaks here" >/dev/null
+zt_wait_exit w4 180
+zt_check "device fault: the worker exits 1" 1 "$ZT_RC"
+zt_check "device fault: the log says the GPU failed" yes \
+    "$(grep -q 'the GPU failed: .*cudaErrorIllegalAddress.*this worker stops' "$ZT_TMP/w4.log" &&
+        echo yes)"
+zt_check "device fault: no final state recorded" running "$(zt_field cu-lost status)"
+zt_check "device fault: its attempt counted" 1 "$(zt_field cu-lost attempt)"
+zt_start_worker w5 "${CUDA[@]}"
+zt_wait_status cu-lost succeeded 180
+zt_check "device fault: redone by the next worker" 2 "$(zt_field cu-lost attempt)"
+zt_check "device fault: redone by w5" w5 "$(zt_field cu-lost worker)"
+zt_check "device fault: not in the DLQ" no \
+    "$(zt_consume "$ZT_DLQ" '%k\n' | grep -qx cu-lost && echo yes || echo no)"
+zt_kill w5 TERM
+zt_wait_exit w5 60
+zt_check "w5 exit status after SIGTERM" 0 "$ZT_RC"
 zt_finish

@@ -1,6 +1,7 @@
 /*
  * test_s3.c - worker/s3.c against the local stack's Ceph RADOS Gateway (real SigV4):
- * PUT + HEAD (metadata) + GET round trips (small, 3 MiB, keys needing URI-encoding),
+ * PUT + HEAD (metadata) + GET round trips (small, 3 MiB, keys needing URI-encoding), a
+ * conditional PUT (If-None-Match: * refused where an object is),
  * 404s, the body cap, a wrong secret or access key failing FAST with ZI_EAUTH, presigned
  * URLs fetched by plain curl without credentials (and refused once tampered with), and
  * retries: with the gateway stopped a call gives up after retry_s (ZI_ETRANSIENT), stops
@@ -140,6 +141,28 @@ static void test_put_head_get(void **state)
     assert_string_equal(h.content_type, "application/octet-stream");
     zi_s3_meta bad[] = {{"Bad Name", "v"}};
     assert_int_equal(zi_s3_put(s3, key, "x", 1, NULL, bad, 1), ZI_EINVAL);
+
+    /* a conditional PUT (If-None-Match: *) writes only where no object is: the second is
+     * refused (412, ZI_ECONFLICT) and changes nothing; an unconditional one writes over */
+    zi_key(key, sizeof key, "cond.png");
+    zi_s3_meta c1[] = {{"job-id", "c"}, {"attempt", "1"}},
+               c2[] = {{"job-id", "c"}, {"attempt", "2"}};
+    assert_int_equal(zi_s3_put_ex(s3, key, "first", 5, "image/png", c1, 2, ZI_S3_PUT_IF_ABSENT),
+                     ZI_OK);
+    assert_int_equal(zi_s3_put_ex(s3, key, "second", 6, "image/png", c2, 2, ZI_S3_PUT_IF_ABSENT),
+                     ZI_ECONFLICT);
+    assert_int_equal(zi_s3_last_http_status(s3), 412);
+    void *cd = NULL;
+    size_t cl = 0;
+    assert_int_equal(zi_s3_get(s3, key, 100, &cd, &cl), ZI_OK);
+    assert_int_equal(cl, 5);
+    assert_memory_equal(cd, "first", 5);
+    free(cd);
+    assert_int_equal(zi_s3_head(s3, key, &h), ZI_OK);
+    assert_string_equal(h.attempt, "1");
+    assert_int_equal(zi_s3_put_ex(s3, key, "third", 5, "image/png", c2, 2, 0), ZI_OK);
+    assert_int_equal(zi_s3_head(s3, key, &h), ZI_OK);
+    assert_string_equal(h.attempt, "2");
 
     /* missing objects: ZI_ENOTFOUND at once (404 is not retried) */
     zi_key(key, sizeof key, "absent.png");

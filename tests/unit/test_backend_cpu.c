@@ -630,6 +630,19 @@ static void test_sticky_errors(void **state)
     zi_tensor *all[] = {&x, &w, &y, &z};
     for (size_t i = 0; i < 4; i++)
         be->free(be, all[i]);
+    /* a job's error is cleared for the next job... */
+    zi_backend_clear_error(be);
+    assert_int_equal(be->err, ZI_OK);
+    assert_int_equal(zi_backend_check(be), ZI_OK);
+    /* ...but a lost device replaces an earlier error and survives the clear */
+    assert_int_equal(zi_backend_fail(be, ZI_ENOMEM, "out of device memory"), ZI_ENOMEM);
+    assert_int_equal(zi_backend_fail(be, ZI_EDEVICE, "the GPU failed: X"), ZI_EDEVICE);
+    assert_int_equal(zi_backend_fail(be, ZI_EINVAL, "later"), ZI_EDEVICE);
+    assert_int_equal(zi_backend_fail(be, ZI_EDEVICE, "the GPU failed: Y"), ZI_EDEVICE);
+    assert_string_equal(be->errmsg, "the GPU failed: X");
+    zi_backend_clear_error(be);
+    assert_int_equal(zi_backend_check(be), ZI_EDEVICE);
+    assert_non_null(strstr(zi_errmsg(), "the GPU failed: X"));
     zi_backend_destroy(be);
 
     /* each kind of bad argument on a fresh backend */

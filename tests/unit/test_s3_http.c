@@ -4,8 +4,9 @@
  * HEAD; x-amz-security-token; a SigV4 Authorization header that signs both; Content-Type
  * and x-amz-meta-*), and how answers are classified: 503 SlowDown / 500 / 429 retried until
  * they pass or retry_s is spent, 403 failing fast as ZI_EAUTH, other 4xx as ZI_EIO without
- * retry, 404 as ZI_ENOTFOUND, oversized bodies refused. Real SigV4 checking is
- * tests/integration/test_s3.c's job (Ceph RGW).
+ * retry, 404 as ZI_ENOTFOUND, oversized bodies refused; a conditional PUT (If-None-Match: *)
+ * refused with 412 is ZI_ECONFLICT, and a server answering 501 to it gets the plain PUT. Real SigV4
+ * checking is tests/integration/test_s3.c's job (Ceph RGW).
  */
 #include "zi_test.h"
 
@@ -31,6 +32,7 @@ typedef struct zi_fake_req {
     char auth[1024];
     char ctype[128];
     char meta_job[128];
+    char if_none_match[16];
     char body_sha[65];
     size_t body_len;
 } zi_fake_req;
@@ -98,6 +100,7 @@ static enum MHD_Result zi_fake_handler(void *cls, struct MHD_Connection *c, cons
         zi_hdr(c, "Authorization", r->auth, sizeof r->auth);
         zi_hdr(c, "Content-Type", r->ctype, sizeof r->ctype);
         zi_hdr(c, "x-amz-meta-job-id", r->meta_job, sizeof r->meta_job);
+        zi_hdr(c, "If-None-Match", r->if_none_match, sizeof r->if_none_match);
         unsigned char md[32];
         SHA256(st->body ? st->body : (const unsigned char *)"", st->len, md);
         zi_hex(md, 32, r->body_sha);
@@ -340,6 +343,37 @@ static void test_permanent_errors_fail_fast(void **state)
     }
 }
 
+static void test_conditional_put(void **state)
+{
+    (void)state;
+    zi_s3_meta m[] = {{"job-id", "j"}};
+    /* only where no object is: 412 is ZI_ECONFLICT, not retried */
+    zi_fake_resp pre[] = {{412, "<Error><Code>PreconditionFailed</Code></Error>"}};
+    zi_script(pre, 1, pre[0]);
+    zi_s3 *s3 = zi_open(30, NULL);
+    assert_int_equal(zi_s3_put_ex(s3, "k.png", "abc", 3, "image/png", m, 1, ZI_S3_PUT_IF_ABSENT),
+                     ZI_ECONFLICT);
+    assert_non_null(strstr(zi_errmsg(), "PreconditionFailed"));
+    assert_int_equal(zi_fake.nreqs, 1);
+    assert_string_equal(zi_fake.reqs[0].if_none_match, "*");
+    zi_s3_destroy(s3);
+    /* a server without conditional writes (501): the same PUT again, without the condition */
+    zi_fake_resp ni[] = {{501, "<Error><Code>NotImplemented</Code></Error>"}, {200, ""}};
+    zi_script(ni, 2, ni[1]);
+    s3 = zi_open(30, NULL);
+    assert_int_equal(zi_s3_put_ex(s3, "k.png", "abc", 3, "image/png", m, 1, ZI_S3_PUT_IF_ABSENT),
+                     ZI_OK);
+    assert_int_equal(zi_fake.nreqs, 2);
+    assert_string_equal(zi_fake.reqs[0].if_none_match, "*");
+    assert_string_equal(zi_fake.reqs[1].if_none_match, "");
+    assert_string_equal(zi_fake.reqs[1].meta_job, "j");
+    /* an unconditional PUT never sends it */
+    zi_script(ni + 1, 1, ni[1]);
+    assert_int_equal(zi_s3_put_png(s3, "k.png", "abc", 3, "j", NULL), ZI_OK);
+    assert_string_equal(zi_fake.reqs[0].if_none_match, "");
+    zi_s3_destroy(s3);
+}
+
 static void test_not_found_and_caps(void **state)
 {
     (void)state;
@@ -413,6 +447,7 @@ int main(void)
         cmocka_unit_test(test_permanent_errors_fail_fast),
         cmocka_unit_test(test_not_found_and_caps),
         cmocka_unit_test(test_connection_refused_is_transient),
+        cmocka_unit_test(test_conditional_put),
         cmocka_unit_test(test_dropped_connection_is_resent),
     };
     return cmocka_run_group_tests(tests, zi_setup, zi_teardown);
