@@ -93,6 +93,7 @@ typedef struct zi_wconfig {
     int worker_heartbeat_s;
     int worker_max_attempts;
     int worker_drain_timeout_s;
+    int worker_stall_timeout_s; /* extension: no pipeline progress this long -> exit (0 off) */
     /* logging */
     char *logging_format; /* "text" | "json" */
     char *logging_level;  /* "debug" | "info" | "warn" | "error" (extension; default info) */

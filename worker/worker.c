@@ -81,6 +81,9 @@ typedef struct zi_wk {
     atomic_int draining;    /* the main loop began the drain: a job not yet run is left */
     atomic_int in_checks;   /* the job thread is in a job's checks before its run */
     atomic_int device_lost; /* the backend's device failed (ZI_EDEVICE): stop */
+    /* when the running job's pipeline last made progress (started, or finished a step;
+     * monotonic ms), 0 outside the pipeline: the main loop's stall watchdog */
+    atomic_llong compute_mark_ms;
     zi_rstatus *rs_job;
     zi_s3 *s3;
 
@@ -116,6 +119,7 @@ typedef struct zi_wk {
     const char *crash_result_prompt; /* abort between `succeeded` and the result message */
     const char *device_fault_prompt; /* a device fault after the first step */
     const char *stop_upload_prompt;  /* SIGSTOP before the upload of a first attempt */
+    const char *hang_prompt;         /* the job thread hangs after the first step */
     int step_delay_ms;
 } zi_wk;
 
@@ -554,12 +558,19 @@ static int zi_wk_progress(void *ud, int step, int steps, double step_seconds)
     zi_wk *w = c->w;
     zi_wk_run *r = c->r;
     zi_metric_observe(w->wm.step_duration, step_seconds);
+    atomic_store(&w->compute_mark_ms, zi_wk_mono_ms());
     if (w->crash_prompt && step == 1 && strcmp(r->job.prompt, w->crash_prompt) == 0) {
         zi_log_error("ZIMAGE_FAULT_CRASH_PROMPT matched: aborting the process (test hook)");
         abort();
     }
     if (w->device_fault_prompt && step == 1 && strcmp(r->job.prompt, w->device_fault_prompt) == 0)
         zi_wk_inject_device_fault(w);
+    if (w->hang_prompt && step == 1 && r->attempt == 1 &&
+        strcmp(r->job.prompt, w->hang_prompt) == 0) {
+        zi_log_error("ZIMAGE_FAULT_HANG_PROMPT matched: this job thread hangs (test hook)");
+        for (;;)
+            zi_wk_sleep_ms(1000); /* deaf to aborts, as a call into a hung GPU */
+    }
     if (w->step_delay_ms > 0)
         for (int t = 0; t < w->step_delay_ms && !atomic_load(&w->job_abort); t += 20)
             zi_wk_sleep_ms(w->step_delay_ms - t < 20 ? w->step_delay_ms - t : 20);
@@ -710,7 +721,9 @@ static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
     char *params = NULL;
     size_t png_len = 0;
     int64_t t0 = zi_wk_mono_ms();
+    atomic_store(&w->compute_mark_ms, t0);
     int rc = zi_pipeline_generate(w->pipe, &gp, zi_wk_progress, &pc, &rgb);
+    atomic_store(&w->compute_mark_ms, 0);
     r->pipeline_ms = zi_wk_mono_ms() - t0;
     zi_wk_snapshot_mem(w);
     int res;
@@ -1292,6 +1305,24 @@ static int zi_wk_loop(zi_wk *w, int *stuck)
                 zi_wk_set_state(w, draining ? "draining" : "ready", "");
             }
         }
+        /* The stall watchdog: a pipeline that has not finished a step for
+         * worker.stall_timeout_s is hung (a GPU that stopped answering: a CUDA call that
+         * never returns; its heartbeat would keep the lease and the partition forever).
+         * Stop as at a drain deadline: the job is not committed and is delivered again;
+         * a job thread that does not return is left to the process exit (exit 1), where
+         * the orchestrator restarts the worker. */
+        int64_t mark = atomic_load(&w->compute_mark_ms);
+        if (cur && mark && w->cfg->worker_stall_timeout_s > 0 && rc == ZI_OK &&
+            zi_wk_mono_ms() - mark > (int64_t)w->cfg->worker_stall_timeout_s * 1000) {
+            rc = zi_errorf(ZI_EBACKEND,
+                           "%s[%d]@%lld: the pipeline made no progress for %d s "
+                           "(worker.stall_timeout_s): a hung GPU? stopping without the job's "
+                           "offset; it is delivered again",
+                           cur->topic, (int)cur->partition, (long long)cur->offset,
+                           w->cfg->worker_stall_timeout_s);
+            zi_log_error("%s", zi_errmsg());
+            *w->stop = 2;
+        }
         if (*w->stop && !draining) {
             draining = 1;
             atomic_store(&w->draining, 1); /* a job still in its checks stops there */
@@ -1443,6 +1474,8 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
     w->device_fault_prompt = crash && crash[0] ? crash : NULL;
     crash = getenv("ZIMAGE_FAULT_STOP_BEFORE_UPLOAD");
     w->stop_upload_prompt = crash && crash[0] ? crash : NULL;
+    crash = getenv("ZIMAGE_FAULT_HANG_PROMPT");
+    w->hang_prompt = crash && crash[0] ? crash : NULL;
     const char *delay = getenv("ZIMAGE_FAULT_STEP_DELAY_MS");
     if (delay && delay[0]) {
         char *end = NULL;
@@ -1451,7 +1484,7 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
             w->step_delay_ms = (int)v;
     }
     if (w->crash_prompt || w->crash_result_prompt || w->device_fault_prompt ||
-        w->stop_upload_prompt || w->step_delay_ms)
+        w->stop_upload_prompt || w->hang_prompt || w->step_delay_ms)
         zi_log_warn("test fault hooks active (ZIMAGE_FAULT_*): not for production");
 
     if (pthread_mutex_init(&w->mu, NULL) || pthread_cond_init(&w->cv, NULL) ||

@@ -12,12 +12,17 @@
 # C. A worker that dies after writing `succeeded` but before its result message (test hook
 #    ZIMAGE_FAULT_CRASH_BEFORE_RESULT): the redelivered job is not computed again, but its
 #    result message is sent by the next worker - one per job, `result_sent` in the hash.
+# D. A job thread that hangs, deaf to aborts (test hook ZIMAGE_FAULT_HANG_PROMPT: as a call
+#    into a GPU that stopped answering): the stall watchdog (worker.stall_timeout_s, 5 s
+#    here) stops the worker with exit 1 without committing; the other worker runs the job
+#    again (attempt 2) and it succeeds, with no failure recorded.
 source "$(dirname "$0")/worker_lib.sh"
 zt_init crash
 ulimit -c 0 # abort() must not leave core files
 ZT_STEPS=8 ZT_MAX_ATTEMPTS=2 ZT_RESULT_TOPIC=$ZT_RESULTS zt_config
 HOOKS=(ZIMAGE_FAULT_STEP_DELAY_MS=300 ZIMAGE_FAULT_CRASH_PROMPT=boom
-    ZIMAGE_FAULT_CRASH_BEFORE_RESULT=halfway)
+    ZIMAGE_FAULT_CRASH_BEFORE_RESULT=halfway ZIMAGE_FAULT_HANG_PROMPT=hangs
+    ZIMAGE_WORKER_STALL_TIMEOUT_S=5)
 
 # reap_dead: the first of w1, w2 that has exited (reaped, forgotten) in $DEAD, else "".
 # Not in $(...): only this shell can wait for them.
@@ -155,4 +160,26 @@ for j in "${ids[@]}" after-boom; do
 done
 zt_check "boom-1 reported failed too_many_attempts" yes \
     "$(zt_consume "$ZT_RESULTS" '%k|%s\n' | grep '^boom-1|' | grep -q '"error_code":"too_many_attempts"' && echo yes)"
+
+# ---- D: a job thread that hangs ----
+zt_submit --job-id hang-1 --prompt hangs >/dev/null
+hung=
+for _ in $(seq 300); do
+    for w in w1 w2; do
+        grep -q 'ZIMAGE_FAULT_HANG_PROMPT matched' "$ZT_TMP/$w.log" 2>/dev/null && hung=$w
+    done
+    [[ -n $hung ]] && break
+    sleep 0.1
+done
+[[ -n $hung ]] || zt_die "no worker ran hang-1"
+other=w1
+[[ $hung == w1 ]] && other=w2
+zt_wait_exit "$hung" 60 # 5 s without progress, then the 15 s a job gets to stop
+zt_check "hang: the watchdog stops the worker (exit 1)" 1 "$ZT_RC"
+zt_check "hang: the log says why" yes \
+    "$(grep -q 'the pipeline made no progress for 5 s' "$ZT_TMP/$hung.log" && echo yes)"
+zt_wait_status hang-1 succeeded 90
+zt_check "hang: finished by the other worker" "$other" "$(zt_field hang-1 worker)"
+zt_check "hang: as the second run" 2 "$(zt_field hang-1 attempt)"
+zt_check "hang: no failure recorded" 0 "$(zt_events | grep -c '^hang-1 failed' || true)"
 zt_finish
