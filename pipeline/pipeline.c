@@ -606,10 +606,15 @@ done:
     free(sigmas);
     free(timesteps);
     free(img);
-    /* A lost device is what the caller must hear about, whatever failed first (a step
-     * hook, a cancel or an allocation may have noticed before the device did). */
-    if (rc != ZI_OK && rc != ZI_EDEVICE && be->err == ZI_EDEVICE)
-        rc = zi_backend_check(be);
+    /* A lost device is what the caller must hear about, whatever failed first: a step
+     * hook, a cancel or an allocation may have stopped the job before the device reported
+     * a fault still in flight, so wait for the device first (its report replaces any other
+     * error, backend.h). */
+    if (rc != ZI_OK && rc != ZI_EDEVICE) {
+        be->sync(be);
+        if (be->err == ZI_EDEVICE)
+            rc = zi_backend_check(be);
+    }
     return rc;
 }
 

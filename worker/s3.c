@@ -48,6 +48,7 @@ struct zi_s3 {
     zi_s3_abort_fn abort_fn;
     void *abort_ud;
     long last_status;
+    int no_conditional; /* the server answered 501 to If-None-Match: PUT without it */
     unsigned long long retries;
     uint64_t rng;
 };
@@ -779,9 +780,11 @@ static int zi_s3_once(zi_s3 *s, zi_s3_req *r)
         strcmp(code, "AuthorizationHeaderMalformed") == 0 || strcmp(code, "InvalidToken") == 0 ||
         strcmp(code, "ExpiredToken") == 0)
         err = ZI_EAUTH;
-    else if ((status >= 500 && status != 501) /* 501: a feature it lacks, not a fault */ ||
-             status == 429 || status == 408 || strcmp(code, "SlowDown") == 0 ||
-             strcmp(code, "RequestTimeout") == 0)
+    else if (status == 501 && r->if_absent) /* no conditional writes: zi_s3_put_ex goes on */
+        err = ZI_EIO;
+    else if (status >= 500 || status == 429 || status == 408 || strcmp(code, "SlowDown") == 0 ||
+             strcmp(code, "RequestTimeout") == 0 ||
+             strcmp(code, "ConditionalRequestConflict") == 0) /* AWS: "retry" (409) */
         err = ZI_ETRANSIENT;
     else if (status == 404 && strcmp(code, "NoSuchBucket") != 0)
         err = ZI_ENOTFOUND;
@@ -893,10 +896,11 @@ int zi_s3_put_ex(zi_s3 *s, const char *key, const void *data, size_t len, const 
                    .content_type = content_type,
                    .meta = meta,
                    .nmeta = nmeta,
-                   .if_absent = (flags & ZI_S3_PUT_IF_ABSENT) != 0};
+                   .if_absent = (flags & ZI_S3_PUT_IF_ABSENT) != 0 && !s->no_conditional};
     rc = zi_s3_do(s, &r);
     if (rc == ZI_EIO && r.if_absent && s->last_status == 501) {
-        /* a server without conditional writes: the PUT as it was before them */
+        /* a server without conditional writes: the PUT as it was before them, from now on */
+        s->no_conditional = 1;
         r.if_absent = 0;
         rc = zi_s3_do(s, &r);
     }
@@ -965,4 +969,9 @@ int zi_s3_bucket_ensure(zi_s3 *s)
         zi_error_clear();
     free(r.body.p);
     return rc;
+}
+
+int zi_s3_conditional_off(const zi_s3 *s)
+{
+    return s->no_conditional;
 }

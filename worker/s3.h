@@ -12,9 +12,11 @@
  *   ZI_EAUTH      403 SignatureDoesNotMatch / InvalidAccessKeyId / AccessDenied / other
  *                 403, also 400 AuthorizationHeaderMalformed: fails FAST, never retried
  *                 -> job error_code "s3_auth".
- *   ZI_ETRANSIENT network errors, 5xx, 503 SlowDown, 429: retried with exponential backoff
- *                 + full jitter for at least retry_s seconds within one call; returned
- *                 when the budget is spent -> job error_code "s3_error" (or retry later).
+ *   ZI_ETRANSIENT network errors, 5xx, 503 SlowDown, 429, 409 ConditionalRequestConflict:
+ *                 retried with exponential backoff + full jitter for at least retry_s
+ *                 seconds within one call; returned when the budget is spent -> job
+ *                 error_code "s3_error" (or retry later).
+ *   ZI_ECONFLICT  412: a conditional PUT (ZI_S3_PUT_IF_ABSENT) found an object there.
  *   ZI_ECANCELLED the abort callback asked to stop (draining worker).
  *   ZI_ENOTFOUND  HEAD/GET of a missing object (404).
  *   ZI_EIO        any other 4xx, or a response body over its cap -> "s3_error".
@@ -92,7 +94,8 @@ int zi_s3_put(zi_s3 *s3, const char *key, const void *data, size_t len, const ch
 /* zi_s3_put with flags. ZI_S3_PUT_IF_ABSENT: only when no object exists at key
  * ("If-None-Match: *", which RGW, MinIO and AWS S3 honour): ZI_ECONFLICT (HTTP 412) when one
  * does - also when the object is this PUT's own, written by a try whose answer was lost.
- * A server that answers 501 (no conditional writes) gets the PUT again without it. */
+ * A server that answers 501 (no conditional writes) gets the PUT again without it, and this
+ * handle's later PUTs go without it (zi_s3_conditional_off). */
 #define ZI_S3_PUT_IF_ABSENT 1u
 int zi_s3_put_ex(zi_s3 *s3, const char *key, const void *data, size_t len, const char *content_type,
                  const zi_s3_meta *meta, size_t nmeta, unsigned flags);
@@ -101,6 +104,9 @@ int zi_s3_put_ex(zi_s3 *s3, const char *key, const void *data, size_t len, const
  * (seed may be NULL = not sent). */
 int zi_s3_put_png(zi_s3 *s3, const char *key, const void *png, size_t len, const char *job_id,
                   const char *seed);
+
+/* 1 once the server refused a conditional PUT with 501: this handle PUTs unconditionally. */
+int zi_s3_conditional_off(const zi_s3 *s3);
 
 /* HEAD object. ZI_OK and *info filled when it exists; ZI_ENOTFOUND when it does not. */
 int zi_s3_head(zi_s3 *s3, const char *key, zi_s3_head_info *info);

@@ -120,6 +120,7 @@ typedef struct zi_wk {
     const char *device_fault_prompt; /* a device fault after the first step */
     const char *stop_upload_prompt;  /* SIGSTOP before the upload of a first attempt */
     const char *hang_prompt;         /* the job thread hangs after the first step */
+    int cond_off_logged;             /* the S3 server's lack of conditional PUTs was logged */
     int step_delay_ms;
 } zi_wk;
 
@@ -675,10 +676,12 @@ static int zi_wk_still_latest(zi_wk *w, zi_wk_run *r)
 /* The PUT of a run's image (metadata: job id, seed, attempt), only where no object is yet
  * (If-None-Match: *). The fence check right before it cannot close the gap to the upload
  * itself: a run that stalls there (a frozen VM) may come back after a later run of the job
- * uploaded. So an object found there is looked at: this job's, while a later run owns the
- * job - the stalled run leaves it (ZI_ECONFLICT, the run superseded); else (an earlier
- * run's that stalled the same way, this run's own try whose answer was lost, or not this
- * job's) this run, the latest, writes over it. */
+ * uploaded. So where an object is found, this run writes over it only once the fence says
+ * positively that no later run owns the job (Redis errors are retried, not taken as yes):
+ * else the object - the later run's - stays and this run is superseded (ZI_ECONFLICT).
+ * Over what: an earlier run's object that stalled the same way, this run's own try whose
+ * answer was lost, or another job's under a colliding key. (Left open: a run that passes
+ * this second check and stalls again before its overwrite.) */
 static int zi_wk_upload(zi_wk *w, zi_wk_run *r, const void *png, size_t len)
 {
     char seed[32], attempt[32];
@@ -686,21 +689,31 @@ static int zi_wk_upload(zi_wk *w, zi_wk_run *r, const void *png, size_t len)
     snprintf(attempt, sizeof attempt, "%lld", (long long)r->attempt);
     const zi_s3_meta meta[3] = {{"job-id", r->job.job_id}, {"seed", seed}, {"attempt", attempt}};
     int rc = zi_s3_put_ex(w->s3, r->s3_key, png, len, "image/png", meta, 3, ZI_S3_PUT_IF_ABSENT);
+    if (zi_s3_conditional_off(w->s3) && !w->cond_off_logged) {
+        w->cond_off_logged = 1;
+        zi_log_warn("the S3 server does not implement conditional PUTs (If-None-Match: 501): "
+                    "uploads go unconditionally, so a run that stalls right before its upload "
+                    "can replace a later run's object (docs/worker.md, \"Stalled workers\")");
+    }
     if (rc != ZI_ECONFLICT)
         return rc;
-    zi_s3_head_info hi;
-    rc = zi_s3_head(w->s3, r->s3_key, &hi);
-    if (rc == ZI_ECANCELLED)
-        return rc;
-    int ours = rc == ZI_OK && strcmp(hi.job_id, r->job.job_id) == 0;
-    if (ours && zi_wk_still_latest(w, r) != ZI_OK) {
-        zi_log_warn("object %s was uploaded by run %s of this job meanwhile: left as it is",
-                    r->s3_key, hi.attempt[0] ? hi.attempt : "?");
-        return ZI_ECONFLICT;
+    zi_s3_head_info hi = {0}; /* who wrote it: for the log */
+    if (zi_s3_head(w->s3, r->s3_key, &hi) == ZI_ECANCELLED)
+        return ZI_ECANCELLED;
+    int tries = 0;
+    while ((rc = zi_rstatus_fence_check(w->rs_job, r->job.job_id)) != ZI_OK) {
+        if (rc == ZI_ECONFLICT) {
+            zi_wk_supersede(w);
+            zi_log_warn("object %s was uploaded by run %s of job %s meanwhile: left as it is",
+                        r->s3_key, hi.attempt[0] ? hi.attempt : "?",
+                        hi.job_id[0] ? hi.job_id : "?");
+            return ZI_ECONFLICT;
+        }
+        if (!zi_wk_retry(w, 0, &tries, "redis: checking the run's fence before an overwrite"))
+            return zi_errorf(ZI_ECANCELLED, "upload of %s stopped", r->s3_key);
     }
-    if (rc == ZI_OK)
-        zi_log_info("object %s is there already (job %s, run %s): writing over it", r->s3_key,
-                    hi.job_id[0] ? hi.job_id : "?", hi.attempt[0] ? hi.attempt : "?");
+    zi_log_info("object %s is there already (job %s, run %s): writing over it", r->s3_key,
+                hi.job_id[0] ? hi.job_id : "?", hi.attempt[0] ? hi.attempt : "?");
     return zi_s3_put_ex(w->s3, r->s3_key, png, len, "image/png", meta, 3, 0);
 }
 

@@ -110,14 +110,15 @@ for _ in $(seq 100); do
     [[ $(zt_redis EXISTS "${ZT_PREFIX}lease:stall-2") == 0 ]] && break
     sleep 0.1
 done
+zt_check "the later run released stall-2's lease" 0 "$(zt_redis EXISTS "${ZT_PREFIX}lease:stall-2")"
 kill -CONT "${ZT_PIDS[$victim]}"
 for _ in $(seq 300); do
-    grep -q 'of this job meanwhile: left as it is' "$ZT_TMP/$victim.log" && break
+    grep -q 'meanwhile: left as it is' "$ZT_TMP/$victim.log" && break
     sleep 0.1
 done
 sleep 1 # anything it would still write
 zt_check "the resumed run left the later run's object" yes \
-    "$(grep -q 'uploaded by run 2 of this job meanwhile: left as it is' "$ZT_TMP/$victim.log" &&
+    "$(grep -q 'uploaded by run 2 of job stall-2 meanwhile: left as it is' "$ZT_TMP/$victim.log" &&
         echo yes)"
 curl -sf --max-time 10 -D "$ZT_TMP/h2" -o /dev/null "$(zt_url stall-2)" || zt_die "GET stall-2"
 zt_check "the object is the later run's" 2 \

@@ -6,7 +6,10 @@
  * fault, which loses the CUDA context as an ECC error or a kernel bug would; on the
  * emulator its emulated form (tests/cudaemu: every later call returns the fault).
  *   - a job before the fault succeeds;
- *   - the job that meets it fails with ZI_EDEVICE, and the message names the CUDA error;
+ *   - the job that meets it fails with ZI_EDEVICE, and the message names the CUDA error -
+ *     also when the job stops before any op sees the fault: here it is injected at the
+ *     first step's progress callback, which cancels the job in the same breath, and the
+ *     pipeline's wait for the device at the end turns the cancel into ZI_EDEVICE;
  *   - the error survives zi_backend_clear_error (which a new job calls): the next job fails
  *     at once with ZI_EDEVICE - the worker then stops and its job is delivered again
  *     (docs/worker.md, "A lost GPU"), instead of failing every job that follows;
@@ -38,6 +41,18 @@ static zi_gen_params zl_params(void)
     return p;
 }
 
+/* progress callback: at the first step, a device fault still in flight, and a cancel */
+static int zl_fault_and_cancel(void *ud, int step, int steps, double step_seconds)
+{
+    (void)steps;
+    (void)step_seconds;
+    if (step == 1) {
+        assert_int_equal(zi_cuda_inject_fault(ud), ZI_OK);
+        return 1;
+    }
+    return 0;
+}
+
 static void test_fault_loses_the_device(void **state)
 {
     (void)state;
@@ -56,9 +71,8 @@ static void test_fault_loses_the_device(void **state)
     free(rgb);
     rgb = NULL;
 
-    assert_int_equal(zi_cuda_inject_fault(gpu), ZI_OK);
     gp.seed = 43; /* another job: nothing of the first is reused */
-    int rc = zi_pipeline_generate(p, &gp, NULL, NULL, &rgb);
+    int rc = zi_pipeline_generate(p, &gp, zl_fault_and_cancel, gpu, &rgb);
     printf("the job after the fault: %s\n", zi_errmsg());
     assert_int_equal(rc, ZI_EDEVICE);
     assert_null(rgb);

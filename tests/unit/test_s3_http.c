@@ -5,7 +5,8 @@
  * and x-amz-meta-*), and how answers are classified: 503 SlowDown / 500 / 429 retried until
  * they pass or retry_s is spent, 403 failing fast as ZI_EAUTH, other 4xx as ZI_EIO without
  * retry, 404 as ZI_ENOTFOUND, oversized bodies refused; a conditional PUT (If-None-Match: *)
- * refused with 412 is ZI_ECONFLICT, and a server answering 501 to it gets the plain PUT. Real SigV4
+ * refused with 412 is ZI_ECONFLICT, a server answering 501 to it gets the plain PUT (then
+ * and after), AWS's 409 ConditionalRequestConflict is retried. Real SigV4
  * checking is tests/integration/test_s3.c's job (Ceph RGW).
  */
 #include "zi_test.h"
@@ -367,10 +368,30 @@ static void test_conditional_put(void **state)
     assert_string_equal(zi_fake.reqs[0].if_none_match, "*");
     assert_string_equal(zi_fake.reqs[1].if_none_match, "");
     assert_string_equal(zi_fake.reqs[1].meta_job, "j");
-    /* an unconditional PUT never sends it */
+    /* ...and remembers it: the handle's next conditional PUT goes without the condition */
+    assert_true(zi_s3_conditional_off(s3));
     zi_script(ni + 1, 1, ni[1]);
-    assert_int_equal(zi_s3_put_png(s3, "k.png", "abc", 3, "j", NULL), ZI_OK);
+    assert_int_equal(zi_s3_put_ex(s3, "k.png", "abc", 3, "image/png", m, 1, ZI_S3_PUT_IF_ABSENT),
+                     ZI_OK);
+    assert_int_equal(zi_fake.nreqs, 1);
     assert_string_equal(zi_fake.reqs[0].if_none_match, "");
+    zi_s3_destroy(s3);
+    /* an unconditional PUT never sends it, and a 501 to it is a 5xx like any other (retried) */
+    zi_script(ni, 2, ni[1]);
+    s3 = zi_open(30, NULL);
+    assert_false(zi_s3_conditional_off(s3));
+    assert_int_equal(zi_s3_put_png(s3, "k.png", "abc", 3, "j", NULL), ZI_OK);
+    assert_int_equal(zi_fake.nreqs, 2);
+    assert_string_equal(zi_fake.reqs[0].if_none_match, "");
+    assert_false(zi_s3_conditional_off(s3));
+    /* AWS's 409 ConditionalRequestConflict (a concurrent write) is retried */
+    zi_fake_resp cc[] = {{409, "<Error><Code>ConditionalRequestConflict</Code></Error>"},
+                         {200, ""}};
+    zi_script(cc, 2, cc[1]);
+    assert_int_equal(zi_s3_put_ex(s3, "k.png", "abc", 3, "image/png", m, 1, ZI_S3_PUT_IF_ABSENT),
+                     ZI_OK);
+    assert_int_equal(zi_fake.nreqs, 2);
+    assert_string_equal(zi_fake.reqs[1].if_none_match, "*");
     zi_s3_destroy(s3);
 }
 
