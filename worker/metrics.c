@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "zi_err.h"
 
@@ -461,8 +462,13 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
         (rc = zi_metrics_counter(m, "zimage_caption_cache_total",
                                  "Prompts whose text-encoder output was found in the "
                                  "prompt-embedding cache (hit) or computed (miss).",
-                                 "result", &wm->caption_cache)))
+                                 "result", &wm->caption_cache)) ||
+        (rc = zi_metrics_gauge(m, "zimage_worker_start_time_seconds",
+                               "Unix time this worker process started (its changes count "
+                               "restarts).",
+                               NULL, &wm->start_time)))
         return rc;
+    zi_metric_set(wm->start_time, NULL, (double)time(NULL));
     for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++)
         zi_metric_add(wm->jobs_total, outcomes[i], 0);
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)

@@ -87,6 +87,7 @@ typedef struct zi_worker_metrics {
     zi_metric *weight_bytes;
     zi_metric *weight_prefetch;
     zi_metric *caption_cache;
+    zi_metric *start_time; /* set at registration: its changes count restarts */
 } zi_worker_metrics;
 
 int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm);

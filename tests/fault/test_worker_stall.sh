@@ -91,15 +91,8 @@ zt_check "both workers still running" yes \
 
 # ---- a stall between the last fence check and the upload ----
 zt_submit --job-id stall-2 --prompt "stalled upload" --steps 2 >/dev/null
-victim=
-for _ in $(seq 600); do
-    for n in w1 w2; do
-        grep -q 'ZIMAGE_FAULT_STOP_BEFORE_UPLOAD matched' "$ZT_TMP/$n.log" && victim=$n
-    done
-    [[ -n $victim ]] && break
-    sleep 0.1
-done
-[[ -n $victim ]] || zt_die "no worker stopped before stall-2's upload"
+victim=$(zt_which_log 'ZIMAGE_FAULT_STOP_BEFORE_UPLOAD matched' 60 w1 w2) ||
+    zt_die "no worker stopped before stall-2's upload"
 other=w1
 [[ $victim == w1 ]] && other=w2
 echo "$victim stopped itself before stall-2's upload"

@@ -163,15 +163,7 @@ zt_check "boom-1 reported failed too_many_attempts" yes \
 
 # ---- D: a job thread that hangs ----
 zt_submit --job-id hang-1 --prompt hangs >/dev/null
-hung=
-for _ in $(seq 300); do
-    for w in w1 w2; do
-        grep -q 'ZIMAGE_FAULT_HANG_PROMPT matched' "$ZT_TMP/$w.log" 2>/dev/null && hung=$w
-    done
-    [[ -n $hung ]] && break
-    sleep 0.1
-done
-[[ -n $hung ]] || zt_die "no worker ran hang-1"
+hung=$(zt_which_log 'ZIMAGE_FAULT_HANG_PROMPT matched' 30 w1 w2) || zt_die "no worker ran hang-1"
 other=w1
 [[ $hung == w1 ]] && other=w2
 zt_wait_exit "$hung" 60 # 5 s without progress, then the 15 s a job gets to stop

@@ -91,6 +91,11 @@ zt_check "zimage_caption_cache_total{miss} over both workers" $N "$((c1 + c2))"
 h1=$(zt_metric w1 'zimage_caption_cache_total{result="hit"}')
 h2=$(zt_metric w2 'zimage_caption_cache_total{result="hit"}')
 zt_check "zimage_caption_cache_total{hit} over both workers" 0 "$((h1 + h2))"
+# the start time (ZimageWorkerRestarts counts its changes): within this test's run
+st=$(zt_metric w1 zimage_worker_start_time_seconds)
+zt_check "zimage_worker_start_time_seconds is w1's start" yes \
+    "$(awk -v s="$st" -v t0="$ZT_T0" -v now="$(date +%s)" \
+        'BEGIN { print (s >= int(t0 / 1000) - 1 && s <= now) ? "yes" : "no" }')"
 
 zt_kill w1 TERM
 zt_kill w2 TERM

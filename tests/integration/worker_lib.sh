@@ -155,6 +155,23 @@ zt_wait_log() {
     zt_die "$1: no log line matching '$2' within $3 s"
 }
 
+# zt_which_log REGEX TIMEOUT_S NAME...: the first of the named workers whose log matches,
+# on stdout, once one does; status 1 (nothing printed) when none does in time.
+zt_which_log() {
+    local re=$1 t=$2 i n
+    shift 2
+    for ((i = 0; i < t * 10; i++)); do
+        for n in "$@"; do
+            if grep -qE "$re" "$ZT_TMP/$n.log" 2>/dev/null; then
+                echo "$n"
+                return 0
+            fi
+        done
+        sleep 0.1
+    done
+    return 1
+}
+
 zt_submit() { # ARGS... -> job id on stdout
     "$ZI_BINARY" submit --config "$ZT_CFG" "$@"
 }
