@@ -39,10 +39,10 @@ int zi_cu_flash_supported(int hd);
  * than sm_86/89 give; 1 needs 81 KiB; 0: not on this device). */
 cudaError_t zi_cu_init_kernels(int *wide_stages);
 
-/* dst[n] (F32/BF16) = src[n] of dtype src_dt (F32, BF16, F16 or F8_E4M3). */
 /* A kernel that writes to an illegal address (fault-injection tests). */
 cudaError_t zi_cu_fault(cudaStream_t s);
 
+/* dst[n] (F32/BF16) = src[n] of dtype src_dt (F32, BF16, F16 or F8_E4M3). */
 cudaError_t zi_cu_convert(void *dst, int dst_dt, const void *src, int src_dt, size_t n,
                           cudaStream_t s);
 

@@ -533,6 +533,13 @@ static void zi_wk_lease_drop(zi_wk *w, const char *job_id)
 
 static int zi_wk_progress(void *ud, int step, int steps, double step_seconds);
 
+/* A test hook's prompt: the variable's value, NULL when unset or empty. */
+static const char *zi_wk_hook(const char *name)
+{
+    const char *v = getenv(name);
+    return v && v[0] ? v : NULL;
+}
+
 /* ZIMAGE_FAULT_DEVICE_PROMPT: on the CUDA backend a kernel that writes to an illegal
  * address (a real fault: the context is lost); on one without a device the error such a
  * fault leaves. */
@@ -672,7 +679,6 @@ static int zi_wk_still_latest(zi_wk *w, zi_wk_run *r)
     return rc;
 }
 
-/* Generates, encodes, uploads. */
 /* The PUT of a run's image (metadata: job id, seed, attempt), only where no object is yet
  * (If-None-Match: *). The fence check right before it cannot close the gap to the upload
  * itself: a run that stalls there (a frozen VM) may come back after a later run of the job
@@ -717,6 +723,7 @@ static int zi_wk_upload(zi_wk *w, zi_wk_run *r, const void *png, size_t len)
     return zi_s3_put_ex(w->s3, r->s3_key, png, len, "image/png", meta, 3, 0);
 }
 
+/* Generates, encodes, uploads. */
 static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
 {
     zi_gen_params gp = {
@@ -1479,16 +1486,11 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
         return ZI_EINVAL; /* the config table allows only the names it knows */
     }
     w->lease_ttl_ms = 3000LL * cfg->worker_heartbeat_s;
-    const char *crash = getenv("ZIMAGE_FAULT_CRASH_PROMPT");
-    w->crash_prompt = crash && crash[0] ? crash : NULL;
-    crash = getenv("ZIMAGE_FAULT_CRASH_BEFORE_RESULT");
-    w->crash_result_prompt = crash && crash[0] ? crash : NULL;
-    crash = getenv("ZIMAGE_FAULT_DEVICE_PROMPT");
-    w->device_fault_prompt = crash && crash[0] ? crash : NULL;
-    crash = getenv("ZIMAGE_FAULT_STOP_BEFORE_UPLOAD");
-    w->stop_upload_prompt = crash && crash[0] ? crash : NULL;
-    crash = getenv("ZIMAGE_FAULT_HANG_PROMPT");
-    w->hang_prompt = crash && crash[0] ? crash : NULL;
+    w->crash_prompt = zi_wk_hook("ZIMAGE_FAULT_CRASH_PROMPT");
+    w->crash_result_prompt = zi_wk_hook("ZIMAGE_FAULT_CRASH_BEFORE_RESULT");
+    w->device_fault_prompt = zi_wk_hook("ZIMAGE_FAULT_DEVICE_PROMPT");
+    w->stop_upload_prompt = zi_wk_hook("ZIMAGE_FAULT_STOP_BEFORE_UPLOAD");
+    w->hang_prompt = zi_wk_hook("ZIMAGE_FAULT_HANG_PROMPT");
     const char *delay = getenv("ZIMAGE_FAULT_STEP_DELAY_MS");
     if (delay && delay[0]) {
         char *end = NULL;

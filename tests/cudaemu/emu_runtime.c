@@ -479,6 +479,15 @@ static cudaError_t zi_emu_lost(void)
     return e;
 }
 
+/* In an API function: once the context is lost, return the fault as `type` (a runtime or
+ * a driver status: the driver's codes for these faults are the runtime's). */
+#define ZI_EMU_RETURN_IF_LOST(type)                                                                \
+    do {                                                                                           \
+        cudaError_t lost_ = zi_emu_lost();                                                         \
+        if (lost_ != cudaSuccess)                                                                  \
+            return (type)lost_;                                                                    \
+    } while (0)
+
 void zi_emu_context_revive(void)
 {
     atomic_store(&g_emu_lost, cudaSuccess);
@@ -1192,9 +1201,7 @@ cudaError_t cudaMemGetInfo(size_t *free, size_t *total)
 {
     if (!free || !total)
         return zi_emu_fail(cudaErrorInvalidValue, "cudaMemGetInfo: NULL argument");
-    cudaError_t lost = zi_emu_lost();
-    if (lost != cudaSuccess)
-        return lost;
+    ZI_EMU_RETURN_IF_LOST(cudaError_t);
     zi_emu_lock();
     *free = g_emu.total - g_emu.used;
     *total = g_emu.total;
@@ -1217,9 +1224,7 @@ cudaError_t cudaMalloc(void **devPtr, size_t size)
 {
     if (!devPtr)
         return zi_emu_fail(cudaErrorInvalidValue, "cudaMalloc: devPtr is NULL");
-    cudaError_t lost = zi_emu_lost();
-    if (lost != cudaSuccess)
-        return lost;
+    ZI_EMU_RETURN_IF_LOST(cudaError_t);
     if (size == 0) {
         *devPtr = NULL;
         return cudaSuccess;
@@ -1389,9 +1394,7 @@ static void zi_emu_copy_free(void *p)
 static cudaError_t zi_emu_copy(const char *api, void *dst, const void *src, size_t count,
                                enum cudaMemcpyKind kind, int async, cudaStream_t stream)
 {
-    cudaError_t lost = zi_emu_lost();
-    if (lost != cudaSuccess)
-        return lost;
+    ZI_EMU_RETURN_IF_LOST(cudaError_t);
     if (async && !zi_emu_stream_ok(stream))
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "%s: stream %p is not a live stream",
                            api, (void *)stream);
@@ -1516,9 +1519,7 @@ static void zi_emu_memset_run(void *p)
 static cudaError_t zi_emu_memset(const char *api, void *devPtr, int value, size_t count, int async,
                                  cudaStream_t stream)
 {
-    cudaError_t lost = zi_emu_lost();
-    if (lost != cudaSuccess)
-        return lost;
+    ZI_EMU_RETURN_IF_LOST(cudaError_t);
     if (async && !zi_emu_stream_ok(stream))
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "%s: stream %p is not a live stream",
                            api, (void *)stream);
@@ -1625,9 +1626,7 @@ cudaError_t cudaStreamQuery(cudaStream_t stream)
     if (!q)
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "cudaStreamQuery(%p): not a live stream",
                            (void *)stream);
-    cudaError_t lost = zi_emu_lost();
-    if (lost != cudaSuccess)
-        return lost;
+    ZI_EMU_RETURN_IF_LOST(cudaError_t);
     return busy ? cudaErrorNotReady : cudaSuccess;
 }
 
@@ -1681,9 +1680,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event)
  * (and takes its time) when the stream's work before it has run. */
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
 {
-    cudaError_t lost = zi_emu_lost();
-    if (lost != cudaSuccess)
-        return lost;
+    ZI_EMU_RETURN_IF_LOST(cudaError_t);
     if (!zi_emu_live_ok(ZI_EMU_K_EVENT, event))
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "cudaEventRecord(%p): not a live event",
                            (void *)event);
@@ -1716,9 +1713,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
  * (cudaEventWaitDefault) only. */
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags)
 {
-    cudaError_t lost = zi_emu_lost();
-    if (lost != cudaSuccess)
-        return lost;
+    ZI_EMU_RETURN_IF_LOST(cudaError_t);
     if (flags != 0)
         return zi_emu_fail(cudaErrorInvalidValue, "cudaStreamWaitEvent(flags 0x%x)", flags);
     if (!zi_emu_live_ok(ZI_EMU_K_EVENT, event))
@@ -1771,9 +1766,7 @@ cudaError_t cudaEventQuery(cudaEvent_t event)
     if (!ok)
         return zi_emu_fail(cudaErrorInvalidResourceHandle, "cudaEventQuery(%p): not a live event",
                            (void *)event);
-    cudaError_t lost = zi_emu_lost();
-    if (lost != cudaSuccess)
-        return lost;
+    ZI_EMU_RETURN_IF_LOST(cudaError_t);
     return busy ? cudaErrorNotReady : cudaSuccess;
 }
 
@@ -2105,8 +2098,7 @@ static void zi_emu_phys_free_locked(size_t i)
 static CUresult zi_emu_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
                                    const CUmemAllocationProp *prop, unsigned long long flags)
 {
-    if (zi_emu_lost() != cudaSuccess)
-        return (CUresult)zi_emu_lost();
+    ZI_EMU_RETURN_IF_LOST(CUresult);
     if (!handle || size == 0 || size % ZI_EMU_VMM_GRAN || flags)
         return zi_emu_cu_fail(CUDA_ERROR_INVALID_VALUE, "cuMemCreate(size %zu, flags %llu)", size,
                               flags);
@@ -2194,8 +2186,7 @@ static long zi_emu_resv_holding_locked(uintptr_t a, size_t n)
 static CUresult zi_emu_cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
                                 CUmemGenericAllocationHandle handle, unsigned long long flags)
 {
-    if (zi_emu_lost() != cudaSuccess)
-        return (CUresult)zi_emu_lost();
+    ZI_EMU_RETURN_IF_LOST(CUresult);
     uintptr_t a = (uintptr_t)ptr;
     if (size == 0 || a % ZI_EMU_VMM_GRAN || size % ZI_EMU_VMM_GRAN || offset || flags)
         return zi_emu_cu_fail(CUDA_ERROR_INVALID_VALUE,
@@ -2274,8 +2265,7 @@ static int zi_emu_map_span_locked(uintptr_t a, size_t n, size_t *first, size_t *
 static CUresult zi_emu_cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
                                       size_t count)
 {
-    if (zi_emu_lost() != cudaSuccess)
-        return (CUresult)zi_emu_lost();
+    ZI_EMU_RETURN_IF_LOST(CUresult);
     if (!desc || count == 0)
         return zi_emu_cu_fail(CUDA_ERROR_INVALID_VALUE, "cuMemSetAccess: no access descriptor");
     int prot = -1;
