@@ -459,7 +459,10 @@ void zi_emu_set_error(cudaError_t e)
  * state and any further CUDA work will return the same error" (Runtime API, cudaError).
  * From here on no queued work runs, and the calls that touch the device (memory, copies,
  * launches, GEMMs, waits, queries, mappings) return e; cudaGetLastError returns it without
- * clearing it. */
+ * clearing it. The releases (cudaFree, cudaFreeHost, stream and event destroys, cuMemUnmap,
+ * cuMemRelease, cuMemAddressFree) return e too, as a GPU's do, so that teardown code
+ * meets the failures it will meet there; the emulator still frees what they name (the
+ * context's memory goes with the process on a GPU), so leak checks stay meaningful. */
 void zi_emu_context_lost(cudaError_t e, const char *why)
 {
     int expected = cudaSuccess;
@@ -1279,7 +1282,7 @@ cudaError_t cudaFree(void *devPtr)
     g_emu.nblk--;
     zi_emu_unlock();
     free(devPtr);
-    return cudaSuccess;
+    return zi_emu_lost(); /* released, but a lost context reports its fault */
 }
 
 /* cudaHostAlloc: page-locked host memory; flags are orthogonal bits of Portable, Mapped
@@ -1339,7 +1342,7 @@ cudaError_t cudaFreeHost(void *ptr)
     g_emu.host[i] = g_emu.host[--g_emu.nhost];
     zi_emu_unlock();
     free(ptr);
-    return cudaSuccess;
+    return zi_emu_lost();
 }
 
 static const char *zi_emu_kind_name(enum cudaMemcpyKind kind)
@@ -1594,7 +1597,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream)
     if (!ok)
         return zi_emu_fail(cudaErrorInvalidResourceHandle,
                            "cudaStreamDestroy(%p): not a live stream", (void *)stream);
-    return cudaSuccess;
+    return zi_emu_lost();
 }
 
 /* cudaStreamSynchronize: "Blocks until stream has completed all operations" - its queue runs
@@ -1671,7 +1674,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event)
     if (event->pending == 0)
         free(event);
     zi_emu_q_unlock();
-    return cudaSuccess;
+    return zi_emu_lost();
 }
 
 /* cudaEventRecord: "Captures in event the contents of stream at the time of this call ...
@@ -2073,7 +2076,7 @@ static CUresult zi_emu_cuMemAddressFree(CUdeviceptr ptr, size_t size)
     g_emu.resv[i] = g_emu.resv[--g_emu.nresv];
     zi_emu_unlock();
     munmap((void *)a, size);
-    return CUDA_SUCCESS;
+    return (CUresult)zi_emu_lost();
 }
 
 static long zi_emu_phys_find_locked(unsigned long long id)
@@ -2163,7 +2166,7 @@ static CUresult zi_emu_cuMemRelease(CUmemGenericAllocationHandle handle)
     if (g_emu.phys[i].nmaps == 0)
         zi_emu_phys_free_locked((size_t)i);
     zi_emu_unlock();
-    return CUDA_SUCCESS;
+    return (CUresult)zi_emu_lost();
 }
 
 /* The reservation holding all of [a, a+n), or -1 (lock held). */
@@ -2337,7 +2340,7 @@ static CUresult zi_emu_cuMemUnmap(CUdeviceptr ptr, size_t size)
     memmove(&g_emu.map[first], &g_emu.map[first + n], (g_emu.nmap - first - n) * sizeof *g_emu.map);
     g_emu.nmap -= n;
     zi_emu_unlock();
-    return CUDA_SUCCESS;
+    return (CUresult)zi_emu_lost();
 }
 
 static const zi_emu_errname zi_emu_cu_errors[] = {

@@ -1323,6 +1323,20 @@ static void test_context_lost(void **state)
     assert_int_equal(cudaMemsetAsync(p, 1, 4096, s), cudaSuccess);
     assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
     assert_int_equal(cudaMemsetAsync(p, 2, 4096, s), cudaSuccess); /* queued, not run */
+    /* what teardown releases after the fault: memory, a stream, an event, pinned memory and
+     * a VMM reservation with one mapping */
+    unsigned char *p2 = zi_emu_test_dev_alloc(4096);
+    cudaStream_t s2 = zi_emu_test_stream_new(cudaStreamNonBlocking);
+    cudaEvent_t ev2;
+    assert_int_equal(cudaEventCreate(&ev2), cudaSuccess);
+    void *pinned = NULL;
+    assert_int_equal(cudaMallocHost(&pinned, 4096), cudaSuccess);
+    CUmemAllocationProp prop = dev_prop(0);
+    CUdeviceptr base = 0;
+    CUmemGenericAllocationHandle hm = 0;
+    assert_int_equal(d.Reserve(&base, 2 * MIB, 0, 0, 0), CUDA_SUCCESS);
+    assert_int_equal(d.Create(&hm, 2 * MIB, &prop, 0), CUDA_SUCCESS);
+    assert_int_equal(d.Map(base, 2 * MIB, 0, hm, 0), CUDA_SUCCESS);
 
     zi_emu_context_lost(cudaErrorIllegalAddress, "test_context_lost");
     assert_int_equal(cudaStreamSynchronize(s), cudaErrorIllegalAddress);
@@ -1340,9 +1354,20 @@ static void test_context_lost(void **state)
     assert_int_equal(cudaMalloc(&q, 256), cudaErrorIllegalAddress);
     size_t fr = 0, tot = 0;
     assert_int_equal(cudaMemGetInfo(&fr, &tot), cudaErrorIllegalAddress);
-    CUmemAllocationProp prop = dev_prop(0);
     CUmemGenericAllocationHandle h = 0;
     assert_int_equal(d.Create(&h, 2 * MIB, &prop, 0), CUDA_ERROR_ILLEGAL_ADDRESS);
+    /* the releases report the fault, as a GPU's do (teardown must not count on success);
+     * the emulator frees what they name all the same */
+    assert_int_equal(cudaFree(p2), cudaErrorIllegalAddress);
+    assert_int_equal(cudaStreamDestroy(s2), cudaErrorIllegalAddress);
+    assert_int_equal(cudaEventDestroy(ev2), cudaErrorIllegalAddress);
+    assert_int_equal(cudaFreeHost(pinned), cudaErrorIllegalAddress);
+    assert_int_equal(d.Unmap(base, 2 * MIB), CUDA_ERROR_ILLEGAL_ADDRESS);
+    assert_int_equal(d.Release(hm), CUDA_ERROR_ILLEGAL_ADDRESS);
+    assert_int_equal(d.AddressFree(base, 2 * MIB), CUDA_ERROR_ILLEGAL_ADDRESS);
+    /* released all the same: a second release is a misuse, not the fault */
+    assert_int_equal(cudaFree(p2), cudaErrorInvalidValue);
+    assert_int_equal(d.Release(hm), CUDA_ERROR_INVALID_VALUE);
 
     zi_emu_context_revive();
     assert_int_equal(cudaGetLastError(), cudaSuccess);
