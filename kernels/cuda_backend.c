@@ -1958,10 +1958,10 @@ zi_backend *zi_backend_cuda_new(int device)
         goto err;
     if (min_kb)
         cu->pf_min = (size_t)min_kb;
-    if (zi_cuda_set_weight_budget_spec(be, getenv("ZI_CUDA_WEIGHT_BUDGET_MB")) != ZI_OK) {
-        char why[256];
-        snprintf(why, sizeof why, "%s", zi_errmsg());
-        zi_errorf(ZI_EINVAL, "ZI_CUDA_WEIGHT_BUDGET_MB: %s", why);
+    const char *wb = getenv("ZI_CUDA_WEIGHT_BUDGET_MB");
+    int rc = zi_cuda_set_weight_budget_spec(be, wb);
+    if (rc != ZI_OK) {
+        zi_error_prefix(rc, "%s", wb && *wb ? "ZI_CUDA_WEIGHT_BUDGET_MB" : "weight budget");
         goto err;
     }
     return be;
@@ -2031,10 +2031,16 @@ int zi_cuda_set_weight_budget_spec(zi_backend *be, const char *wb)
         return zi_cuda_set_weight_budget(be, UINT64_MAX);
     if (kind == ZI_BUDGET_BYTES)
         return zi_cuda_set_weight_budget(be, bytes);
-    size_t fr = 0, tot = 0;                         /* auto */
-    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) { /* no budget: all resident */
-        cudaGetLastError();
-        return ZI_OK;
+    size_t fr = 0, tot = 0; /* auto: what the device has free, less the headroom */
+    cudaError_t e = cudaMemGetInfo(&fr, &tot);
+    if (e != cudaSuccess) { /* never "all resident" by default: on a small card that fails later */
+        if (zi_cu_status_fatal(e))
+            zi_cu_fail_lost(be, e, "cudaMemGetInfo");
+        else
+            cudaGetLastError();
+        return zi_errorf(zi_cu_status_fatal(e) ? ZI_EDEVICE : ZI_EBACKEND,
+                         "weight budget auto: cudaMemGetInfo: %s (%s)", cudaGetErrorString(e),
+                         cudaGetErrorName(e));
     }
     uint64_t room = fr, head = cu->act_headroom;
     if (cu->alloc && cu->map_limit) { /* a mapping cap (ZI_CUDA_MEM_LIMIT_MB) */

@@ -85,6 +85,10 @@ static void test_fault_loses_the_device(void **state)
     rc = zi_pipeline_generate(p, &gp, NULL, NULL, &rgb);
     assert_int_equal(rc, ZI_EDEVICE);
     assert_null(rgb);
+    /* an "auto" weight budget re-evaluated (as the headroom plan does) with the device lost
+     * fails with the fault, never falls back to "all resident" */
+    assert_int_equal(zi_cuda_set_weight_budget_spec(gpu, "auto"), ZI_EDEVICE);
+    assert_non_null(strstr(zi_errmsg(), "cudaMemGetInfo"));
 
     zi_pipeline_free(p);
     zi_backend_destroy(gpu);
