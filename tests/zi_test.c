@@ -5,6 +5,7 @@
 #include "zi_err.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,12 +89,47 @@ const char *zi_test_model(const char *rel)
     return zi_test_golden(tmp);
 }
 
+/* cJSON keeps numbers as doubles, which cannot hold every seed (2^53 and above are
+ * rounded): the digits of each "seed": NUMBER are quoted before parsing, so the seed
+ * reaches zi_test_case_seed as its own text. `text` must have room for two bytes per seed. */
+static void zi_test_quote_seeds(char *text, size_t cap)
+{
+    static const char key[] = "\"seed\"";
+    char *p = text;
+    while ((p = strstr(p, key)) != NULL) {
+        p += sizeof key - 1;
+        char *q = p + strspn(p, " \t\r\n");
+        if (*q != ':')
+            continue;
+        q++;
+        q += strspn(q, " \t\r\n");
+        size_t nd = strspn(q, "0123456789");
+        if (nd == 0 || q[nd] == '.' || q[nd] == 'e' || q[nd] == 'E')
+            continue; /* not a plain integer: left to the number check */
+        size_t len = strlen(text);
+        if (len + 3 > cap)
+            fail_msg("vectors/manifest.json: too many seeds to quote");
+        memmove(q + nd + 2, q + nd, len - (size_t)(q + nd - text) + 1);
+        memmove(q + 1, q, nd);
+        q[0] = '"';
+        q[nd + 1] = '"';
+        p = q + nd + 2;
+    }
+}
+
 cJSON *zi_test_manifest(void)
 {
     const char *path = zi_test_golden("vectors/manifest.json");
-    char *text = zi_test_read_file(path);
-    if (!text)
+    char *raw = zi_test_read_file(path);
+    if (!raw)
         fail_msg("cannot read %s", path);
+    size_t len = strlen(raw), cap = 3 * len + 1; /* a seed of one digit takes 3 bytes quoted */
+    char *text = malloc(cap);
+    if (!text)
+        fail_msg("out of memory");
+    memcpy(text, raw, len + 1);
+    free(raw);
+    zi_test_quote_seeds(text, cap);
     cJSON *root = cJSON_Parse(text);
     free(text);
     if (!root)
@@ -128,6 +164,34 @@ double zi_test_case_num(const cJSON *cs, const char *key)
     if (!cJSON_IsNumber(v))
         fail_msg("manifest case: \"%s\" missing or not a number", key);
     return v->valuedouble;
+}
+
+uint64_t zi_test_case_seed(const cJSON *cs)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cs, "seed");
+    const char *t = cJSON_IsString(v) ? v->valuestring : NULL;
+    size_t n = t ? strlen(t) : 0;
+    if (!n || strspn(t, "0123456789") != n)
+        fail_msg("manifest case: \"seed\" missing or not a decimal integer");
+    errno = 0;
+    unsigned long long x = strtoull(t, NULL, 10);
+    if (errno == ERANGE)
+        fail_msg("manifest case: \"seed\" %s is larger than 2^64-1", t);
+    return (uint64_t)x;
+}
+
+zi_rng_kind zi_test_case_rng(const cJSON *manifest, const cJSON *cs)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cs, "latents_rng");
+    if (!cJSON_IsString(v))
+        v = cJSON_GetObjectItemCaseSensitive(manifest, "latents_rng");
+    if (!cJSON_IsString(v))
+        return ZI_RNG_CUDA; /* the golden README: latents_init came from the CUDA generator */
+    const char *t = v->valuestring;
+    int cuda = strstr(t, "cuda") != NULL, cpu = strstr(t, "cpu") != NULL;
+    if (cuda == cpu)
+        fail_msg("manifest: latents_rng \"%s\" names neither or both of cuda and cpu", t);
+    return cuda ? ZI_RNG_CUDA : ZI_RNG_CPU;
 }
 
 int zi_test_case_branches(const cJSON *cs)

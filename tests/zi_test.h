@@ -12,6 +12,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "pipeline.h" /* zi_rng_kind */
 #include "safetensors.h"
 
 /* Path of a file under the source tree: zi_test_path("tests/golden/data/x") (static buffer,
@@ -41,6 +42,14 @@ const cJSON *zi_test_manifest_cases(const cJSON *manifest);
 /* A case's string / number field `key`; a missing or mistyped one fails the test. */
 const char *zi_test_case_str(const cJSON *cs, const char *key);
 double zi_test_case_num(const cJSON *cs, const char *key);
+
+/* A case's seed, all 64 bits (zi_test_manifest keeps the digits of an integer seed as text;
+ * a decimal string is taken too); a missing or malformed one fails the test. */
+uint64_t zi_test_case_seed(const cJSON *cs);
+
+/* The generator of a case's initial noise: the case's or else the manifest's "latents_rng"
+ * ("torch.Generator('cuda')..." or "...('cpu')..."), ZI_RNG_CUDA when neither says. */
+zi_rng_kind zi_test_case_rng(const cJSON *manifest, const cJSON *cs);
 
 /* DiT calls per step of a case: 2 under classifier-free guidance (guidance > 0), else 1. */
 int zi_test_case_branches(const cJSON *cs);

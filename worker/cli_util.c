@@ -61,6 +61,23 @@ void zi_cli_on_signals(void (*handler)(int), const int *sigs, size_t n)
         sigaction(sigs[i], &sa, NULL);
 }
 
+int zi_cli_opt(int argc, char **argv, int *i, const char *name, const char **val)
+{
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n) != 0)
+        return 0;
+    if (argv[*i][n] == '=') {
+        *val = argv[*i] + n + 1;
+        return 1;
+    }
+    if (argv[*i][n] != '\0')
+        return 0;
+    if (*i + 1 >= argc)
+        return -1;
+    *val = argv[++*i];
+    return 1;
+}
+
 int zi_cli_is_dir(const char *path)
 {
     struct stat sb;

@@ -26,6 +26,11 @@ int zi_cli_parse_int(const char *s, long lo, long hi, int *out);
  * Returns 0 or -1 like zi_cli_parse_long(). */
 int zi_cli_parse_double(const char *s, double lo, double hi, double *out);
 
+/* Option `name` at argv[*i], as "--name value" or "--name=value": 1 with *val set (and *i
+ * moved past a separate value), 0 when argv[*i] is another argument, -1 when the value is
+ * missing. */
+int zi_cli_opt(int argc, char **argv, int *i, const char *name, const char **val);
+
 /* 1 when path names an existing folder (stat() follows links), else 0: the subcommands'
  * `--model DIR` check, a usage error (exit 2) before anything is loaded. */
 int zi_cli_is_dir(const char *path);

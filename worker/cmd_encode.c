@@ -122,16 +122,14 @@ int zi_cmd_encode(int argc, char **argv)
             zi_encode_usage(stdout);
             return 0;
         }
-        const char **dst = strcmp(a, "--model") == 0     ? &model
-                           : strcmp(a, "--prompt") == 0  ? &prompt
-                           : strcmp(a, "--output") == 0  ? &output
-                           : strcmp(a, "--backend") == 0 ? &backend
-                                                         : NULL;
-        if (!dst)
+        int r;
+        if ((r = zi_cli_opt(argc, argv, &i, "--model", &model)) == 0 &&
+            (r = zi_cli_opt(argc, argv, &i, "--prompt", &prompt)) == 0 &&
+            (r = zi_cli_opt(argc, argv, &i, "--output", &output)) == 0 &&
+            (r = zi_cli_opt(argc, argv, &i, "--backend", &backend)) == 0)
             return zi_encode_usage_error("encode: unknown option ", a);
-        if (i + 1 >= argc)
+        if (r < 0)
             return zi_encode_usage_error("encode: missing value for ", a);
-        *dst = argv[++i];
     }
     if (!model)
         return zi_encode_usage_error("encode: --model is required", NULL);

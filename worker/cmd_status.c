@@ -6,6 +6,7 @@
  * Redis cannot be reached, or when --timeout passes first; 2 on a usage or configuration
  * error.
  */
+#include "cli_util.h"
 #include "jobcli.h"
 #include "job.h"
 #include "log.h"
@@ -43,19 +44,18 @@ int zi_cmd_status(int argc, char **argv)
     int wait = 0;
     double timeout = 0;
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
+        const char *a = argv[i], *v = NULL;
+        int r;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             zi_status_usage(stdout);
             return 0;
         } else if (strcmp(a, "--wait") == 0) {
             wait = 1;
-        } else if (strcmp(a, "--config") == 0 || strcmp(a, "--timeout") == 0) {
-            if (i + 1 >= argc)
+        } else if ((r = zi_cli_opt(argc, argv, &i, "--config", &config)) != 0 ||
+                   (r = zi_cli_opt(argc, argv, &i, "--timeout", &v)) != 0) {
+            if (r < 0)
                 return zi_status_usage_error("missing value after ", a);
-            const char *v = argv[++i];
-            if (strcmp(a, "--config") == 0) {
-                config = v;
-            } else {
+            if (v) {
                 char *end = NULL;
                 errno = 0;
                 timeout = strtod(v, &end);
@@ -74,8 +74,10 @@ int zi_cmd_status(int argc, char **argv)
         return zi_status_usage_error("--config FILE is required", NULL);
     if (!job_id)
         return zi_status_usage_error("JOB_ID is required", NULL);
-    if (!zi_job_id_valid(job_id))
-        return zi_status_usage_error("not a valid job id: ", job_id);
+    if (!zi_job_id_valid(job_id)) { /* names no job: the contract's "unknown", exit 1 */
+        fprintf(stderr, "zimage: error: job %s not found (not a valid job id)\n", job_id);
+        return 1;
+    }
 
     zi_wconfig cfg = {0};
     if (zi_wconfig_load(&cfg, config, zi_log_warn_cb, NULL) != ZI_OK) {

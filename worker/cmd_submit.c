@@ -9,6 +9,7 @@
  * state, prints the job hash (JSON, fresh URL) and exits 0 only when it succeeded.
  * A resubmitted id starts over: its hash and cancel flag are cleared.
  */
+#include "cli_util.h"
 #include "job.h"
 #include "jobcli.h"
 #include "kafka.h"
@@ -18,6 +19,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,13 +106,15 @@ int zi_cmd_submit(int argc, char **argv)
         const char **dst[] = {&config, &prompt,   &job_id, &negative, &width, &height,
                               &steps,  &guidance, &seed,   &deadline, NULL};
         size_t k = 0;
-        while (k < sizeof opts / sizeof opts[0] && strcmp(a, opts[k]) != 0)
+        const char *v = NULL;
+        int r = 0;
+        while (k < sizeof opts / sizeof opts[0] &&
+               (r = zi_cli_opt(argc, argv, &i, opts[k], &v)) == 0)
             k++;
         if (k == sizeof opts / sizeof opts[0])
             return zi_submit_usage_error("unknown argument ", a);
-        if (i + 1 >= argc)
+        if (r < 0)
             return zi_submit_usage_error("missing value after ", a);
-        const char *v = argv[++i];
         if (dst[k]) {
             *dst[k] = v;
         } else {
@@ -160,7 +164,7 @@ int zi_cmd_submit(int argc, char **argv)
         char *end = NULL;
         errno = 0;
         double g = strtod(guidance, &end);
-        if (errno || !end || *end || end == guidance) {
+        if (errno || !end || *end || end == guidance || !isfinite(g)) { /* JSON has no NaN */
             cJSON_Delete(o);
             return zi_submit_usage_error("--guidance: not a number: ", guidance);
         }

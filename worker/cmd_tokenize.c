@@ -41,24 +41,6 @@ static int tok_usage_error(const char *msg, const char *arg)
     return 2;
 }
 
-/* Matches "--name VALUE" (advancing *i) or "--name=VALUE". 1 = matched, -1 = no value. */
-static int tok_opt(int argc, char **argv, int *i, const char *name, const char **val)
-{
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n) != 0)
-        return 0;
-    if (argv[*i][n] == '=') {
-        *val = argv[*i] + n + 1;
-        return 1;
-    }
-    if (argv[*i][n] != '\0')
-        return 0;
-    if (*i + 1 >= argc)
-        return -1;
-    *val = argv[++*i];
-    return 1;
-}
-
 /* Encodes one prompt and prints its line. Returns 0, or the exit status after printing
  * the error (prefixed with `where` when not NULL). */
 static int tok_print(const zi_tokenizer *tok, const char *prompt, const char *where)
@@ -96,9 +78,9 @@ int zi_cmd_tokenize(int argc, char **argv)
             tok_usage(stdout);
             return 0;
         }
-        if ((r = tok_opt(argc, argv, &i, "--model", &model)) != 0 ||
-            (r = tok_opt(argc, argv, &i, "--prompt", &prompt)) != 0 ||
-            (r = tok_opt(argc, argv, &i, "--prompts-file", &file)) != 0) {
+        if ((r = zi_cli_opt(argc, argv, &i, "--model", &model)) != 0 ||
+            (r = zi_cli_opt(argc, argv, &i, "--prompt", &prompt)) != 0 ||
+            (r = zi_cli_opt(argc, argv, &i, "--prompts-file", &file)) != 0) {
             if (r < 0)
                 return tok_usage_error("missing value for ", argv[i]);
             continue;

@@ -57,17 +57,15 @@ int zi_cmd_worker(int argc, char **argv)
     int print = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        int r;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             zi_worker_usage(stdout);
             return 0;
         } else if (strcmp(a, "--print-config") == 0) {
             print = 1;
-        } else if (strcmp(a, "--config") == 0) {
-            if (i + 1 >= argc)
+        } else if ((r = zi_cli_opt(argc, argv, &i, "--config", &config)) != 0) {
+            if (r < 0)
                 return zi_worker_usage_error("--config needs a value", NULL);
-            config = argv[++i];
-        } else if (strncmp(a, "--config=", 9) == 0) {
-            config = a + 9;
         } else {
             return zi_worker_usage_error("unknown argument ", a);
         }

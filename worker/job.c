@@ -170,8 +170,14 @@ static int zi_job_seed(zi_job *job, const cJSON *v)
     if (cJSON_IsString(v) && v->valuestring) {
         const char *s = v->valuestring;
         size_t n = strlen(s);
-        if (n == 0 || n > 20 || strspn(s, "0123456789") != n)
+        if (n == 0 || strspn(s, "0123456789") != n)
             return zi_job_bad(job, "invalid_job", "seed: a string seed must be decimal digits");
+        while (n > 1 && *s == '0') { /* leading zeros do not change the value */
+            s++;
+            n--;
+        }
+        if (n > 20)
+            return zi_job_bad(job, "invalid_job", "seed: larger than 2^64-1");
         errno = 0;
         char *end = NULL;
         unsigned long long x = strtoull(s, &end, 10);

@@ -115,7 +115,7 @@ int zi_jobcli_print(const zi_wconfig *cfg, const zi_rstatus_hash *h, FILE *out)
         rc = zi_errorf(ZI_ENOMEM, "out of memory");
         goto out;
     }
-    char *text = cJSON_Print(o);
+    char *text = cJSON_PrintUnformatted(o); /* one line: `submit --wait`'s last */
     if (!text) {
         rc = zi_errorf(ZI_ENOMEM, "out of memory");
         goto out;

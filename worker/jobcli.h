@@ -26,8 +26,8 @@ int zi_jobcli_get(zi_rstatus *rs, const char *job_id, int retry_ms, zi_rstatus_h
  * or never existed; ZI_ETRANSIENT on timeout (message says so). */
 int zi_jobcli_wait(zi_rstatus *rs, const char *job_id, double timeout_s, zi_rstatus_hash *h);
 
-/* Prints h as one JSON object of strings (keys sorted), `url` replaced by a presigned GET of
- * `s3_key` signed now when the job succeeded. */
+/* Prints h as one JSON object of strings on one line (keys sorted), `url` replaced by a
+ * presigned GET of `s3_key` signed now when the job succeeded. */
 int zi_jobcli_print(const zi_wconfig *cfg, const zi_rstatus_hash *h, FILE *out);
 
 #endif

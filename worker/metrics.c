@@ -447,6 +447,10 @@ int zi_metrics_register_worker(zi_metrics *m, zi_worker_metrics *wm)
         (rc = zi_metrics_counter(m, "zimage_job_failures_total",
                                  "Jobs that ended failed, by error_code.", "error_code",
                                  &wm->job_failures)) ||
+        (rc = zi_metrics_counter(m, "zimage_jobs_deduplicated_total",
+                                 "Redelivered jobs found already done (hash or S3 object): "
+                                 "recorded succeeded without a run.",
+                                 NULL, &wm->jobs_deduplicated)) ||
         (rc = zi_metrics_counter(m, "zimage_worker_id_conflicts_total",
                                  "Heartbeats that found this worker's hash written by another "
                                  "process with the same worker.id.",

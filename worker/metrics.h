@@ -52,9 +52,10 @@ double zi_metric_value(zi_metric *m, const char *label_value);
 int zi_metrics_render(zi_metrics *m, char **text, size_t *len);
 
 /* The worker's contract metrics, registered on m by zi_metrics_register_worker():
- *   zimage_jobs_total{outcome}            counter  (outcome = succeeded, failed, cancelled,
- *                                                    duplicate, bad_job, too_many_attempts ...;
- *                                                    succeeded/failed/cancelled pre-created at 0)
+ *   zimage_jobs_total{outcome}            counter  (outcome = the final status recorded:
+ *                                                    succeeded, failed, cancelled; superseded
+ *                                                    for a run dropped without one; all
+ *                                                    pre-created at 0)
  *   zimage_job_duration_seconds           histogram (0.5 .. 600 s)
  *   zimage_step_duration_seconds          histogram (0.005 .. 30 s)
  *   zimage_consumer_lag                   gauge (messages behind the high watermark)
@@ -63,6 +64,8 @@ int zi_metrics_render(zi_metrics *m, char **text, size_t *len);
  *   zimage_s3_retries_total, zimage_redis_errors_total   counters (extensions)
  *   zimage_job_failures_total{error_code}                counter (extension: failed jobs by
  *                                                          the contract's error_code)
+ *   zimage_jobs_deduplicated_total        counter (extension: redelivered jobs found done,
+ *                                                    recorded succeeded without a run)
  *   zimage_worker_id_conflicts_total      counter (extension: heartbeats that found the worker
  *                                                    hash written by another process)
  *   zimage_weight_bytes{where}            gauge (extension: model weights by where they are
@@ -83,6 +86,7 @@ typedef struct zi_worker_metrics {
     zi_metric *s3_retries;
     zi_metric *redis_errors;
     zi_metric *job_failures;
+    zi_metric *jobs_deduplicated;
     zi_metric *id_conflicts;
     zi_metric *weight_bytes;
     zi_metric *weight_prefetch;

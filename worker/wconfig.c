@@ -127,7 +127,7 @@ static const zi_wcfg_row zi_wcfg_rows[] = {
      ZI_WCFG_OFF(worker_max_attempts)},
     {"worker.drain_timeout_s", "ZIMAGE_WORKER_DRAIN_TIMEOUT_S", ZI_WCFG_INT, "120", 0, 86400, NULL,
      ZI_WCFG_OFF(worker_drain_timeout_s)},
-    {"worker.stall_timeout_s", "ZIMAGE_WORKER_STALL_TIMEOUT_S", ZI_WCFG_INT, "600", 0, 86400, NULL,
+    {"worker.stall_timeout_s", "ZIMAGE_WORKER_STALL_TIMEOUT_S", ZI_WCFG_INT, "-1", -1, 86400, NULL,
      ZI_WCFG_OFF(worker_stall_timeout_s)},
     {"logging.format", "ZIMAGE_LOGGING_FORMAT", ZI_WCFG_ENUM, "text", 0, 0, "text|json",
      ZI_WCFG_OFF(logging_format)},

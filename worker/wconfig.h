@@ -93,7 +93,8 @@ typedef struct zi_wconfig {
     int worker_heartbeat_s;
     int worker_max_attempts;
     int worker_drain_timeout_s;
-    int worker_stall_timeout_s; /* extension: no pipeline progress this long -> exit (0 off) */
+    int worker_stall_timeout_s; /* extension: no pipeline progress this long -> exit (0 off,
+                                 * -1: 600 on the CUDA backend, off on the CPU) */
     /* logging */
     char *logging_format; /* "text" | "json" */
     char *logging_level;  /* "debug" | "info" | "warn" | "error" (extension; default info) */

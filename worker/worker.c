@@ -47,6 +47,7 @@
 
 #define ZI_WK_DLQ_CUT_RETRY 65536        /* DLQ value size after a "too large" refusal */
 #define ZI_WK_DRAIN_ABORT_GRACE_MS 15000 /* after asking a job to stop at a drain deadline */
+#define ZI_WK_STALL_TIMEOUT_GPU_S 600    /* worker.stall_timeout_s -1 on the CUDA backend */
 
 typedef struct zi_wk {
     const zi_wconfig *cfg;
@@ -84,6 +85,7 @@ typedef struct zi_wk {
     /* when the running job's pipeline last made progress (started, or finished a step;
      * monotonic ms), 0 outside the pipeline: the main loop's stall watchdog */
     atomic_llong compute_mark_ms;
+    int stall_timeout_s; /* worker.stall_timeout_s resolved for the backend (0 = off) */
     zi_rstatus *rs_job;
     zi_s3 *s3;
 
@@ -478,10 +480,7 @@ static int zi_wk_fail(zi_wk *w, zi_wk_run *r, const char *code, const char *erro
     w->jobs_failed++;
     pthread_mutex_unlock(&w->state_mu);
     zi_metric_inc(w->wm.job_failures, code);
-    zi_metric_inc(w->wm.jobs_total,
-                  strcmp(code, "invalid_job") == 0 || strcmp(code, "too_large") == 0 ? "bad_job"
-                  : strcmp(code, "too_many_attempts") == 0 ? "too_many_attempts"
-                                                           : "failed");
+    zi_metric_inc(w->wm.jobs_total, "failed"); /* the cause: job_failures{error_code} */
     return ZI_WK_STORE;
 }
 
@@ -645,15 +644,15 @@ static int zi_wk_succeeded(zi_wk *w, zi_wk_run *r, int duplicate)
     }
     if (zi_wk_result_succeeded(w, r) != ZI_OK)
         return ZI_WK_NOSTORE;
+    zi_metric_inc(w->wm.jobs_total, "succeeded"); /* the status recorded, duplicate or not */
     if (!duplicate) {
         pthread_mutex_lock(&w->state_mu);
         w->jobs_succeeded++;
         pthread_mutex_unlock(&w->state_mu);
-        zi_metric_inc(w->wm.jobs_total, "succeeded");
         if (r->started_at)
             zi_metric_observe(w->wm.job_duration, (double)(r->finished_at - r->started_at) / 1e3);
     } else {
-        zi_metric_inc(w->wm.jobs_total, "duplicate");
+        zi_metric_inc(w->wm.jobs_deduplicated, NULL);
     }
     return ZI_WK_STORE;
 }
@@ -948,7 +947,8 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
             zi_log_info("job already succeeded: not computed again");
         }
         zi_rstatus_hash_free(&h);
-        zi_metric_inc(w->wm.jobs_total, "duplicate");
+        zi_metric_inc(w->wm.jobs_total, "succeeded");
+        zi_metric_inc(w->wm.jobs_deduplicated, NULL);
         goto out;
     }
     /* Runs started before (a redelivery after a crash, a drain or a rebalance): such a job
@@ -1332,14 +1332,14 @@ static int zi_wk_loop(zi_wk *w, int *stuck)
          * a job thread that does not return is left to the process exit (exit 1), where
          * the orchestrator restarts the worker. */
         int64_t mark = atomic_load(&w->compute_mark_ms);
-        if (cur && mark && w->cfg->worker_stall_timeout_s > 0 && rc == ZI_OK &&
-            zi_wk_mono_ms() - mark > (int64_t)w->cfg->worker_stall_timeout_s * 1000) {
+        if (cur && mark && w->stall_timeout_s > 0 && rc == ZI_OK &&
+            zi_wk_mono_ms() - mark > (int64_t)w->stall_timeout_s * 1000) {
             rc = zi_errorf(ZI_EBACKEND,
                            "%s[%d]@%lld: the pipeline made no progress for %d s "
                            "(worker.stall_timeout_s): a hung GPU? stopping without the job's "
                            "offset; it is delivered again",
                            cur->topic, (int)cur->partition, (long long)cur->offset,
-                           w->cfg->worker_stall_timeout_s);
+                           w->stall_timeout_s);
             zi_log_error("%s", zi_errmsg());
             *w->stop = 2;
         }
@@ -1580,6 +1580,14 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop)
     zi_wk_snapshot_mem(w);
     zi_log_info("model %s loaded on %s in %lld ms", w->model, w->be->name,
                 (long long)(zi_wk_mono_ms() - t0));
+    /* -1: the watchdog guards GPUs (a CUDA call that never returns); a CPU step of the full
+     * model may take longer than any fixed bound */
+    w->stall_timeout_s = cfg->worker_stall_timeout_s >= 0   ? cfg->worker_stall_timeout_s
+                         : strcmp(w->be->name, "cuda") == 0 ? ZI_WK_STALL_TIMEOUT_GPU_S
+                                                            : 0;
+    if (w->stall_timeout_s)
+        zi_log_info("stall watchdog: a job with no finished step for %d s stops the worker",
+                    w->stall_timeout_s);
 #ifdef ZI_HAVE_CUDA
     if (zi_cuda_is(w->be)) { /* small cards: say how the weight budget split the model */
         zi_mem_stats m;

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define EMB_TOL 1e-4
 #define OUT_TOL 1e-4
@@ -132,8 +134,8 @@ static void params_of(const cJSON *cs, zi_gen_params *g)
     g->height = cJSON_GetObjectItem(cs, "height")->valueint;
     g->steps = cJSON_GetObjectItem(cs, "steps")->valueint;
     g->guidance = (float)cJSON_GetObjectItem(cs, "guidance")->valuedouble;
-    g->seed = (uint64_t)cJSON_GetObjectItem(cs, "seed")->valuedouble;
-    g->rng = ZI_RNG_CUDA; /* latents_init came from torch.Generator("cuda") */
+    g->seed = zi_test_case_seed(cs);
+    g->rng = zi_test_case_rng(manifest, cs); /* the generator of latents_init */
 }
 
 static void run_case(const cJSON *cs, int inject)
@@ -348,12 +350,55 @@ static void test_caption_cache(void **state)
     zi_pipeline_free(p);
 }
 
+/* The harness reads a held-out manifest exactly: seeds of 2^53 and above (which a double
+ * would round) and string seeds, and the generator the manifest names, case or set-wide. */
+static void test_manifest_reading(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/zi-manifest-XXXXXX", path[300];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/vectors", dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/vectors/manifest.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"latents_rng\": \"torch.Generator('cpu').manual_seed(seed)\", \"cases\": [\n"
+          " {\"name\": \"a\", \"seed\" : 18446744073709551615},\n"
+          " {\"name\": \"b\", \"seed\":9007199254740993, \"latents_rng\": \"Generator('cuda')\"},\n"
+          " {\"name\": \"c\", \"seed\": \"9223372036854775809\"},\n"
+          " {\"name\": \"d\", \"seed\": 0}]}\n",
+          f);
+    assert_int_equal(fclose(f), 0);
+    const char *old = getenv("ZI_GOLDEN_DIR");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("ZI_GOLDEN_DIR", dir, 1);
+    cJSON *m = zi_test_manifest();
+    const cJSON *cases = zi_test_manifest_cases(m);
+    assert_true(zi_test_case_seed(cJSON_GetArrayItem(cases, 0)) == UINT64_MAX);
+    assert_true(zi_test_case_seed(cJSON_GetArrayItem(cases, 1)) == 9007199254740993ull);
+    assert_true(zi_test_case_seed(cJSON_GetArrayItem(cases, 2)) == 9223372036854775809ull);
+    assert_true(zi_test_case_seed(cJSON_GetArrayItem(cases, 3)) == 0);
+    assert_int_equal(zi_test_case_rng(m, cJSON_GetArrayItem(cases, 0)), ZI_RNG_CPU);
+    assert_int_equal(zi_test_case_rng(m, cJSON_GetArrayItem(cases, 1)), ZI_RNG_CUDA);
+    cJSON_Delete(m);
+    if (saved)
+        setenv("ZI_GOLDEN_DIR", saved, 1);
+    else
+        unsetenv("ZI_GOLDEN_DIR");
+    free(saved);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/vectors", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cases_from_seed),     cmocka_unit_test(test_case_injected_latents),
         cmocka_unit_test(test_progress_and_cancel), cmocka_unit_test(test_bad_params),
         cmocka_unit_test(test_random_pipeline),     cmocka_unit_test(test_caption_cache),
+        cmocka_unit_test(test_manifest_reading),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

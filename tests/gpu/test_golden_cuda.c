@@ -71,8 +71,7 @@ static void test_golden_cases(void **state)
         snprintf(steps, sizeof steps, "%d", cJSON_GetObjectItemCaseSensitive(c, "steps")->valueint);
         snprintf(guid, sizeof guid, "%g",
                  cJSON_GetObjectItemCaseSensitive(c, "guidance")->valuedouble);
-        snprintf(seed, sizeof seed, "%.0f",
-                 cJSON_GetObjectItemCaseSensitive(c, "seed")->valuedouble);
+        snprintf(seed, sizeof seed, "%llu", (unsigned long long)zi_test_case_seed(c));
         snprintf(out, sizeof out, "%s/%s.png", dir, name);
         snprintf(ref, sizeof ref, "%s", zi_test_case_png(c));
         char *argv[32];
@@ -88,7 +87,7 @@ static void test_golden_cases(void **state)
         argv[a++] = "--steps", argv[a++] = steps;
         argv[a++] = "--guidance", argv[a++] = guid;
         argv[a++] = "--seed", argv[a++] = seed;
-        argv[a++] = "--rng", argv[a++] = "cuda";
+        argv[a++] = "--rng", argv[a++] = zi_test_case_rng(root, c) == ZI_RNG_CPU ? "cpu" : "cuda";
         argv[a++] = "--backend", argv[a++] = "cuda";
         argv[a++] = "--quiet";
         argv[a++] = "--output", argv[a++] = out;

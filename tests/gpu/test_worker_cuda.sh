@@ -38,6 +38,8 @@ zt_check "cu-1 image" 64x64 "$(zt_png_size "$ZT_TMP/cu-1.png")"
 zt_check "load log says where the weights are" yes \
     "$(grep -qE 'weights: [0-9.]+ GiB on the device, 0\.00 GiB kept in host memory' \
         "$ZT_TMP/w1.log" && echo yes)"
+zt_check "stall watchdog on by default on the CUDA backend (600 s)" yes \
+    "$(grep -q 'stall watchdog: a job with no finished step for 600 s' "$ZT_TMP/w1.log" && echo yes)"
 
 # ---- 2. telemetry ----
 sleep 1.5 # one heartbeat (heartbeat_s 1) after the job

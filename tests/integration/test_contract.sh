@@ -27,6 +27,8 @@ port=$(grep -oE 'on port [0-9]+' "$ZT_TMP/w1.log" | head -1 | awk '{print $3}')
 http() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$port$1"; }
 zt_check "/healthz" 200 "$(http /healthz)"
 zt_check "/readyz while consuming" 200 "$(http /readyz)"
+zt_check "no stall watchdog by default on the CPU" no \
+    "$(grep -q 'stall watchdog' "$ZT_TMP/w1.log" && echo yes || echo no)"
 
 # ---- a job with every parameter, to the end: submit --wait ----
 rc=0
@@ -36,6 +38,7 @@ zt_submit --job-id c-full --prompt "a red fox" --negative-prompt "blurry" --guid
 zt_check "submit --wait exit for succeeded" 0 "$rc"
 zt_check "submit --wait prints the job id first" c-full "$(head -1 "$ZT_TMP/full.out")"
 tail -n +2 "$ZT_TMP/full.out" >"$ZT_TMP/full.json"
+zt_check "submit --wait: the id line, then the hash on one line" 2 "$(wc -l <"$ZT_TMP/full.out")"
 fields="status worker attempt step steps progress queued_at started_at finished_at duration_ms seed width height model version s3_key url error_code error"
 check_hash() { # FILE NAME: every contract field present, every value a string
     python3 - "$1" "$fields" <<'EOF'
@@ -50,6 +53,7 @@ zt_check "submit --wait hash: every field, all strings" "missing= nonstring=" "$
 sleep 1.1 # so that a fresh signature has another X-Amz-Date than the worker's
 "$ZI_BINARY" status --config "$ZT_CFG" c-full >"$ZT_TMP/st.json"
 zt_check "status hash: every field, all strings" "missing= nonstring=" "$(check_hash "$ZT_TMP/st.json")"
+zt_check "status: one line" 1 "$(wc -l <"$ZT_TMP/st.json")"
 j() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], "<absent>"))' "$@"; }
 zt_check "status" succeeded "$(j "$ZT_TMP/st.json" status)"
 zt_check "worker" w1 "$(j "$ZT_TMP/st.json" worker)"

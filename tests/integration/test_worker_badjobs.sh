@@ -85,7 +85,11 @@ zt_check "result of good-1" yes \
     "$(grep '"job_id":"good-1"' <<<"$res" | grep -q '"status":"succeeded"' && echo yes)"
 zt_check "result of bad-width" yes \
     "$(grep '"job_id":"bad-width"' <<<"$res" | grep -q '"error_code":"invalid_job"' && echo yes)"
-zt_check "metrics: bad jobs" 7 "$(zt_metric w1 'zimage_jobs_total{outcome="bad_job"}')"
+zt_check "metrics: the bad jobs and the expired one are outcome failed" 8 \
+    "$(zt_metric w1 'zimage_jobs_total{outcome="failed"}')"
+zt_check "metrics: bad jobs by error_code" 7 \
+    "$(($(zt_metric w1 'zimage_job_failures_total{error_code="invalid_job"}') + \
+        $(zt_metric w1 'zimage_job_failures_total{error_code="too_large"}')))"
 # a job produced straight to Kafka (no `queued` record) still gets queued_at: the Kafka
 # timestamp of its message
 zt_check_ge "good-1 queued_at (unix ms)" 1700000000000 "$(zt_field good-1 queued_at)"

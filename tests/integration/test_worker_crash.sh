@@ -43,6 +43,8 @@ reap_dead() {
 zt_start_worker w1 "${HOOKS[@]}"
 zt_start_worker w2 "${HOOKS[@]}"
 zt_wait_log w1 'assigned' 30
+zt_check "stall watchdog set (5 s) on the CPU" yes \
+    "$(grep -q 'stall watchdog: a job with no finished step for 5 s' "$ZT_TMP/w1.log" && echo yes)"
 zt_wait_log w2 'assigned' 40
 
 # ---- A: kill -9 in the middle of a job ----
@@ -150,6 +152,9 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 zt_check "result_sent in the hash" 1 "$(zt_field half-1 result_sent)"
+# whichever worker took the redelivery (the restarted one, or the other after a rebalance)
+zt_check_ge "the redelivery found done: zimage_jobs_deduplicated_total" 1 \
+    "$(($(zt_metric w1 zimage_jobs_deduplicated_total) + $(zt_metric w2 zimage_jobs_deduplicated_total)))"
 zt_check "half-1 computed once (running events)" 1 \
     "$(zt_events | grep -c '^half-1 running' || true)"
 # every job that succeeded has exactly one result message (A's killed job included); a

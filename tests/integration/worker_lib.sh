@@ -296,9 +296,10 @@ zt_url() {
     "$ZI_BINARY" status --config "$ZT_CFG" "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("url",""))'
 }
 
-# zt_http_port NAME: the port of the worker's HTTP server, from its log ("" before it listens).
+# zt_http_port NAME: the port of the worker's HTTP server, from its log: its latest start ("" before
+# it listens).
 zt_http_port() {
-    grep -oE 'on port [0-9]+' "$ZT_TMP/$1.log" | head -1 | awk '{print $3}'
+    grep -oE 'on port [0-9]+' "$ZT_TMP/$1.log" | tail -1 | awk '{print $3}'
 }
 
 # zt_readyz NAME: the HTTP status of the worker's /readyz.

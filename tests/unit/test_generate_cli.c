@@ -196,28 +196,29 @@ static void check_run(const char *extra, const char *file, int want_w, int want_
 /* A manifest case through the command line: the first case without guidance and the first
  * with it (a negative prompt, two DiT calls per step). The expected parameters text is
  * spelled out here from the contract (docs/contract.md, "S3 object"), not built by png.c. */
-static void run_case(const cJSON *cs)
+static void run_case(const cJSON *manifest, const cJSON *cs)
 {
     const char *prompt = zi_test_case_str(cs, "prompt");
     const int w = (int)zi_test_case_num(cs, "width"), h = (int)zi_test_case_num(cs, "height");
     const int steps = (int)zi_test_case_num(cs, "steps");
     const double g = zi_test_case_num(cs, "guidance");
-    const double seed = zi_test_case_num(cs, "seed");
+    const unsigned long long seed = (unsigned long long)zi_test_case_seed(cs);
+    const char *rng = zi_test_case_rng(manifest, cs) == ZI_RNG_CPU ? "cpu" : "cuda";
     const cJSON *neg = cJSON_GetObjectItemCaseSensitive(cs, "negative");
     const char *negative = g > 0 && cJSON_IsString(neg) ? neg->valuestring : "";
     char qp[20480], qn[20480], extra[45056], gs[32], file[300];
     snprintf(gs, sizeof gs, g == floor(g) ? "%.1f" : "%g", g);
     snprintf(extra, sizeof extra,
              "--prompt %s --negative-prompt %s --width %d --height %d --steps %d --guidance %s "
-             "--seed %.0f --rng cuda --quiet",
+             "--seed %llu --rng %s --quiet",
              shell_quote(prompt, qp, sizeof qp), shell_quote(negative, qn, sizeof qn), w, h, steps,
-             gs, seed);
+             gs, seed, rng);
     static char want[45056];
     int n = snprintf(want, sizeof want, "%s", prompt);
     if (*negative)
         n += snprintf(want + n, sizeof want - (size_t)n, "\nNegative prompt: %s", negative);
     snprintf(want + n, sizeof want - (size_t)n,
-             "\nSteps: %d, Sampler: flow-euler, CFG scale: %s, Seed: %.0f, Size: %dx%d, "
+             "\nSteps: %d, Sampler: flow-euler, CFG scale: %s, Seed: %llu, Size: %dx%d, "
              "Model: %s, Version: %s",
              steps, gs, seed, w, h, model_name(), ZI_VERSION);
     snprintf(file, sizeof file, "%s.png", zi_test_case_str(cs, "name"));
@@ -236,7 +237,7 @@ static void test_generate_cases(void **state)
     {
         int k = zi_test_case_branches(cs) - 1;
         if (!done[k]) {
-            run_case(cs);
+            run_case(manifest, cs);
             done[k] = 1;
         }
     }

@@ -303,6 +303,8 @@ static void test_job_seed_deadline(void **state)
     expect_bad_field("s", "\"seed\":\"-5\"", "seed");
     expect_bad_field("s", "\"seed\":\"\"", "seed");
     expect_bad_field("s", "\"seed\":\"12a\"", "seed");
+    expect_bad_field("s", "\"seed\":\"000000018446744073709551616\"", "2^64-1");
+    expect_bad_field("s", "\"seed\":\"118446744073709551615\"", "2^64-1");
     expect_bad_field("d", "\"deadline_ms\":-3", "deadline_ms");
     expect_bad_field("d", "\"deadline_ms\":\"soon\"", "deadline_ms");
     expect_bad_field("d", "\"deadline_ms\":9007199254740992", "[0, 9007199254740991]");
@@ -312,6 +314,15 @@ static void test_job_seed_deadline(void **state)
     assert_int_equal(job.has_seed, 1);
     assert_true(job.seed == 0);
     assert_true(job.deadline_ms == 0);
+    zi_job_clear(&job);
+    /* leading zeros do not change the value: still a decimal string up to 2^64-1 */
+    assert_int_equal(
+        parse("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":\"0000018446744073709551615\"}", &job),
+        ZI_OK);
+    assert_true(job.seed == UINT64_MAX);
+    zi_job_clear(&job);
+    assert_int_equal(parse("{\"job_id\":\"s\",\"prompt\":\"p\",\"seed\":\"00\"}", &job), ZI_OK);
+    assert_true(job.has_seed && job.seed == 0);
     zi_job_clear(&job);
 }
 

@@ -79,7 +79,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.worker_heartbeat_s, 5);
     assert_int_equal(c.worker_max_attempts, 3);
     assert_int_equal(c.worker_drain_timeout_s, 120);
-    assert_int_equal(c.worker_stall_timeout_s, 600);
+    assert_int_equal(c.worker_stall_timeout_s, -1); /* 600 s on a GPU, off on the CPU */
     assert_string_equal(c.logging_format, "text");
     assert_string_equal(c.s3_access_key, "");
     assert_string_equal(c.s3_secret_key, "");

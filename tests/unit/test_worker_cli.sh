@@ -65,18 +65,32 @@ zt_check "--print-config says redacted" yes "$(grep -q 'redacted' <<<"$out" && e
 run submit --config "$tmp/good.yaml"
 zt_check "submit without --prompt" 2 "$rc"
 for bad in "--width 17" "--width 2048" "--steps 0" "--steps 51" "--guidance 21" \
-    "--seed -1" "--seed 18446744073709551616" "--job-id a/b" "--job-id a..b" "--width x"; do
+    "--seed -1" "--seed 18446744073709551616" "--job-id a/b" "--job-id a..b" "--width x" \
+    "--guidance nan" "--guidance=inf"; do
     # shellcheck disable=SC2086
     run submit --config "$tmp/good.yaml" --prompt cat $bad
     zt_check "submit $bad exit" 2 "$rc"
     zt_check "submit $bad error line" yes "$(grep -q '^zimage: error: ' <<<"$err" && echo yes)"
 done
+# --name=value as well as --name value: the options are taken, the run gets as far as Redis
+# (unreachable here: exit 1, not a usage error)
+run submit --config="$tmp/good.yaml" --prompt=cat --width=64 --job-id=eq-1
+zt_check "submit --name=value: exit" 1 "$rc"
+zt_check "submit --name=value: got to Redis" yes "$(grep -q 'redis' <<<"$err" && echo yes)"
 run submit --config "$tmp/badkey.yaml" --prompt cat
 zt_check "submit bad config exit" 2 "$rc"
 run status --config "$tmp/good.yaml"
 zt_check "status without JOB_ID" 2 "$rc"
 run status --config "$tmp/good.yaml" "a/b"
-zt_check "status with an invalid id" 2 "$rc"
+zt_check "status with an invalid id (no such job: exit 1)" 1 "$rc"
+zt_check "status with an invalid id: error line" yes \
+    "$(grep -q '^zimage: error: job a/b not found' <<<"$err" && echo yes)"
+run status --config="$tmp/good.yaml"
+zt_check "status --config=FILE without JOB_ID" 2 "$rc"
+zt_check "status --config=FILE accepted (the error is the missing id)" yes \
+    "$(grep -q 'JOB_ID is required' <<<"$err" && echo yes)"
+run worker --config="$tmp/badkey.yaml"
+zt_check "worker --config=FILE reads FILE" 2 "$rc"
 run status --config "$tmp/good.yaml" job-1 extra
 zt_check "status with two ids" 2 "$rc"
 
