@@ -2034,11 +2034,12 @@ int zi_cuda_set_weight_budget_spec(zi_backend *be, const char *wb)
     size_t fr = 0, tot = 0; /* auto: what the device has free, less the headroom */
     cudaError_t e = cudaMemGetInfo(&fr, &tot);
     if (e != cudaSuccess) { /* never "all resident" by default: on a small card that fails later */
-        if (zi_cu_status_fatal(e))
+        int lost = zi_cu_status_fatal(e);
+        if (lost)
             zi_cu_fail_lost(be, e, "cudaMemGetInfo");
         else
             cudaGetLastError();
-        return zi_errorf(zi_cu_status_fatal(e) ? ZI_EDEVICE : ZI_EBACKEND,
+        return zi_errorf(lost ? ZI_EDEVICE : ZI_EBACKEND,
                          "weight budget auto: cudaMemGetInfo: %s (%s)", cudaGetErrorString(e),
                          cudaGetErrorName(e));
     }

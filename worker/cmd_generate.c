@@ -325,29 +325,19 @@ int zi_cmd_generate(int argc, char **argv)
         if (strncmp(arg, "--", 2) != 0)
             return gen_usage_error("unexpected argument '%s'%s", arg, "");
         /* --name value or --name=value */
-        char name[64];
-        const char *val = NULL;
-        const char *eq = strchr(arg, '=');
-        size_t nlen = eq ? (size_t)(eq - arg) : strlen(arg);
-        if (nlen >= sizeof name)
-            return gen_usage_error("unknown option '%s'%s", arg, "");
-        memcpy(name, arg, nlen);
-        name[nlen] = '\0';
         static const char *const with_value[] = {"--model",       "--prompt", "--negative-prompt",
                                                  "--width",       "--height", "--steps",
                                                  "--guidance",    "--seed",   "--rng",
                                                  "--backend",     "--output", "--count",
                                                  "--prompts-file"};
-        int known = 0;
-        for (size_t k = 0; k < sizeof with_value / sizeof with_value[0]; k++)
-            known |= strcmp(name, with_value[k]) == 0;
-        if (!known)
-            return gen_usage_error("unknown option '%s'%s", name, "");
-        if (eq)
-            val = eq + 1;
-        else if (i + 1 < argc)
-            val = argv[++i];
-        else
+        const char *name = NULL, *val = NULL;
+        int r = 0;
+        for (size_t k = 0; k < sizeof with_value / sizeof with_value[0] && !name; k++)
+            if ((r = zi_cli_opt(argc, argv, &i, with_value[k], &val)) != 0)
+                name = with_value[k];
+        if (!name)
+            return gen_usage_error("unknown option '%s'%s", arg, "");
+        if (r < 0)
             return gen_usage_error("option %s needs a value%s", name, "");
 
         if (strcmp(name, "--model") == 0) {

@@ -616,7 +616,15 @@ static int zi_wk_cancelled(zi_wk *w, zi_wk_run *r, int pre_run)
     return ZI_WK_STORE;
 }
 
+/* A redelivered job found already done: recorded `succeeded`, so counted as one. */
+static void zi_wk_count_duplicate(zi_wk *w)
+{
+    zi_metric_inc(w->wm.jobs_total, "succeeded");
+    zi_metric_inc(w->wm.jobs_deduplicated, NULL);
+}
+
 /* Records `succeeded` with every field (also for a job found already uploaded). */
+
 static int zi_wk_succeeded(zi_wk *w, zi_wk_run *r, int duplicate)
 {
     zi_wk_fields fs = {0};
@@ -644,16 +652,16 @@ static int zi_wk_succeeded(zi_wk *w, zi_wk_run *r, int duplicate)
     }
     if (zi_wk_result_succeeded(w, r) != ZI_OK)
         return ZI_WK_NOSTORE;
-    zi_metric_inc(w->wm.jobs_total, "succeeded"); /* the status recorded, duplicate or not */
-    if (!duplicate) {
-        pthread_mutex_lock(&w->state_mu);
-        w->jobs_succeeded++;
-        pthread_mutex_unlock(&w->state_mu);
-        if (r->started_at)
-            zi_metric_observe(w->wm.job_duration, (double)(r->finished_at - r->started_at) / 1e3);
-    } else {
-        zi_metric_inc(w->wm.jobs_deduplicated, NULL);
+    if (duplicate) {
+        zi_wk_count_duplicate(w);
+        return ZI_WK_STORE;
     }
+    zi_metric_inc(w->wm.jobs_total, "succeeded");
+    pthread_mutex_lock(&w->state_mu);
+    w->jobs_succeeded++;
+    pthread_mutex_unlock(&w->state_mu);
+    if (r->started_at)
+        zi_metric_observe(w->wm.job_duration, (double)(r->finished_at - r->started_at) / 1e3);
     return ZI_WK_STORE;
 }
 
@@ -947,8 +955,7 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
             zi_log_info("job already succeeded: not computed again");
         }
         zi_rstatus_hash_free(&h);
-        zi_metric_inc(w->wm.jobs_total, "succeeded");
-        zi_metric_inc(w->wm.jobs_deduplicated, NULL);
+        zi_wk_count_duplicate(w);
         goto out;
     }
     /* Runs started before (a redelivery after a crash, a drain or a rebalance): such a job
