@@ -78,6 +78,19 @@ int zi_cli_opt(int argc, char **argv, int *i, const char *name, const char **val
     return 1;
 }
 
+int zi_cli_opt_of(int argc, char **argv, int *i, const char *const *names, size_t n,
+                  const char **name, const char **val)
+{
+    for (size_t k = 0; k < n; k++) {
+        int r = zi_cli_opt(argc, argv, i, names[k], val);
+        if (r != 0) {
+            *name = names[k];
+            return r;
+        }
+    }
+    return 0;
+}
+
 int zi_cli_is_dir(const char *path)
 {
     struct stat sb;

@@ -31,6 +31,11 @@ int zi_cli_parse_double(const char *s, double lo, double hi, double *out);
  * missing. */
 int zi_cli_opt(int argc, char **argv, int *i, const char *name, const char **val);
 
+/* zi_cli_opt() for the first of the n names that argv[*i] is: 1 with *name (the entry of
+ * names) and *val set, -1 with *name set when the value is missing, 0 when it is none. */
+int zi_cli_opt_of(int argc, char **argv, int *i, const char *const *names, size_t n,
+                  const char **name, const char **val);
+
 /* 1 when path names an existing folder (stat() follows links), else 0: the subcommands'
  * `--model DIR` check, a usage error (exit 2) before anything is loaded. */
 int zi_cli_is_dir(const char *path);

@@ -670,6 +670,12 @@ done:
 
 /* ---- command ---- */
 
+/* The options that take a value (as "--name value" or "--name=value"). */
+static const char *const zb_value_opts[] = {
+    "--backend", "--baseline",   "--model",       "--config", "--prompt",
+    "--seed",    "--width",      "--height",      "--steps",  "--runs",
+    "--size",    "--small-size", "--small-steps", "--tokens", "--gemm-size"};
+
 int zi_cmd_bench(int argc, char **argv)
 {
     zb_opts o = {0};
@@ -685,8 +691,7 @@ int zi_cmd_bench(int argc, char **argv)
     o.gemm_size = 8192;
     o.seed = 42;
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        const char *a = argv[i], *v = NULL;
         int *ip = NULL;
         long lo = 1, hi = 0;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -701,19 +706,13 @@ int zi_cmd_bench(int argc, char **argv)
             o.profile = 1;
             continue;
         }
-        if (!v) {
-            /* An option bench does not know is "unknown", also as the last argument. */
-            static const char *const known[] = {
-                "--backend", "--baseline",   "--model",       "--config", "--prompt",
-                "--seed",    "--width",      "--height",      "--steps",  "--runs",
-                "--size",    "--small-size", "--small-steps", "--tokens", "--gemm-size"};
-            int is_known = 0;
-            for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
-                is_known |= strcmp(a, known[k]) == 0;
-            if (strncmp(a, "--", 2) != 0)
-                return zb_usage_error("unexpected argument", a);
-            return zb_usage_error(is_known ? "missing value for option" : "unknown option", a);
-        }
+        int r = zi_cli_opt_of(argc, argv, &i, zb_value_opts,
+                              sizeof zb_value_opts / sizeof zb_value_opts[0], &a, &v);
+        if (r == 0)
+            return zb_usage_error(
+                strncmp(a, "--", 2) == 0 ? "unknown option" : "unexpected argument", a);
+        if (r < 0)
+            return zb_usage_error("missing value for option", a);
         if (strcmp(a, "--backend") == 0 || strcmp(a, "--baseline") == 0) {
             if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda"))
                 return zb_usage_error("backend must be auto, cpu or cuda", v);
@@ -762,7 +761,6 @@ int zi_cmd_bench(int argc, char **argv)
                     a, lo, hi, v);
             return 2;
         }
-        i++;
     }
     if (o.random_weights == (o.model != NULL))
         return zb_usage_error("give exactly one of --model DIR and --random-weights", NULL);

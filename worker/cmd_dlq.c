@@ -151,8 +151,10 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
                 argv[1]);
         return 2;
     }
+    static const char *const opts[] = {"--config", "--error-code", "--limit", "--timeout-ms"};
     for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
+        const char *a = argv[i], *v = NULL;
+        int r;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             zi_dlq_usage(stdout);
             return 0;
@@ -160,13 +162,11 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
             o->dry_run = 1;
         } else if (o->replay && strcmp(a, "--from-beginning") == 0) {
             o->from_beginning = 1;
-        } else if (strcmp(a, "--config") == 0 || strcmp(a, "--error-code") == 0 ||
-                   strcmp(a, "--limit") == 0 || strcmp(a, "--timeout-ms") == 0) {
-            if (i + 1 >= argc) {
+        } else if ((r = zi_cli_opt_of(argc, argv, &i, opts, 4, &a, &v)) != 0) {
+            if (r < 0) {
                 fprintf(stderr, "zimage: error: %s needs a value (see 'zimage dlq --help')\n", a);
                 return 2;
             }
-            const char *v = argv[++i];
             if (strcmp(a, "--config") == 0) {
                 o->config = v;
             } else if (strcmp(a, "--error-code") == 0) {

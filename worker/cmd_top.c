@@ -218,8 +218,10 @@ int zi_cmd_top(int argc, char **argv)
     int once = 0, color = 1;
     long events = -1;
 
+    static const char *const opts[] = {"--config", "--interval", "--events"};
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
+        const char *a = argv[i], *v = NULL;
+        int r;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             zi_top_usage(stdout);
             return 0;
@@ -227,25 +229,26 @@ int zi_cmd_top(int argc, char **argv)
             once = 1;
         } else if (strcmp(a, "--no-color") == 0) {
             color = 0;
-        } else if (strcmp(a, "--config") == 0 || strcmp(a, "--interval") == 0 ||
-                   strcmp(a, "--events") == 0) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "zimage: error: %s needs a value\n", a);
+        } else if ((r = zi_cli_opt_of(argc, argv, &i, opts, 3, &a, &v)) != 0) {
+            if (r < 0) {
+                fprintf(stderr, "zimage: error: %s needs a value (see 'zimage top --help')\n", a);
                 return 2;
             }
-            const char *v = argv[++i];
             if (strcmp(a, "--config") == 0) {
                 config = v;
             } else if (strcmp(a, "--interval") == 0) {
                 if (zi_cli_parse_double(v, 0.1, 3600.0, &interval) != 0) {
                     fprintf(stderr,
                             "zimage: error: --interval: '%s' is not a number of "
-                            "seconds in 0.1..3600\n",
+                            "seconds in 0.1..3600 (see 'zimage top --help')\n",
                             v);
                     return 2;
                 }
             } else if (zi_cli_parse_long(v, 0, 10000, &events) != 0) {
-                fprintf(stderr, "zimage: error: --events: '%s' is not an integer in 0..10000\n", v);
+                fprintf(stderr,
+                        "zimage: error: --events: '%s' is not an integer in 0..10000 (see "
+                        "'zimage top --help')\n",
+                        v);
                 return 2;
             }
         } else {
@@ -255,7 +258,8 @@ int zi_cmd_top(int argc, char **argv)
         }
     }
     if (!config) {
-        fprintf(stderr, "zimage: error: top: --config FILE is required\n");
+        fprintf(stderr,
+                "zimage: error: top: --config FILE is required (see 'zimage top --help')\n");
         return 2;
     }
 

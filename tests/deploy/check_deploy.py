@@ -226,7 +226,9 @@ def mem_gi(v):
 
 overlays = sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(
     os.path.join(ROOT, "k8s/overlays/*/kustomization.yaml")))
-check({"l40s", "h100", "small-gpu"} <= set(overlays), f"k8s/overlays: expected l40s, h100, small-gpu; found {overlays}")
+check({"small-gpu", "medium-gpu", "large-gpu"} <= set(overlays),
+      f"k8s/overlays: expected small-gpu, medium-gpu, large-gpu; found {overlays}")
+mem_ranges = []  # (lowest MiB, highest MiB, overlay) each overlay's nodes may have
 for ov in overlays:
     p = f"k8s/overlays/{ov}/kustomization.yaml"
     if not check(p in docs and "../../base" in docs[p][0].get("resources", []), f"{p}: must build on ../../base"):
@@ -252,6 +254,32 @@ for ov in overlays:
     res = oc0.get("resources", {})
     check(0 < mem_gi(res.get("requests", {}).get("memory")) <= mem_gi(res.get("limits", {}).get("memory")),
           f"{p}: memory request must be <= limit")
+    # nodes: one term of GPU feature discovery's labels, Ampere or newer, a GPU-memory range
+    terms = (opod.get("affinity", {}).get("nodeAffinity", {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", []))
+    if check(len(terms) == 1, f"{p}: expected one nodeSelectorTerm (GPU memory and compute capability)"):
+        lo, hi, major = 0, float("inf"), None
+        for e in terms[0].get("matchExpressions", []):
+            key, op, vals = e.get("key"), e.get("operator"), e.get("values", [])
+            v = int(vals[0]) if len(vals) == 1 and str(vals[0]).isdigit() else None
+            if key == "nvidia.com/gpu.memory" and op == "Gt" and v is not None:
+                lo = max(lo, v + 1)
+            elif key == "nvidia.com/gpu.memory" and op == "Lt" and v is not None:
+                hi = min(hi, v - 1)
+            elif key == "nvidia.com/gpu.compute.major" and op == "Gt":
+                major = v
+            else:
+                check(False, f"{p}: unexpected node selector {e}")
+        check(major is not None and major >= 7, f"{p}: nodes must have nvidia.com/gpu.compute.major > 7 (sm_80)")
+        check(lo <= hi, f"{p}: the GPU-memory range is empty")
+        mem_ranges.append((lo, hi, ov))
+
+# every GPU size is served by exactly one overlay: the ranges meet without gap or overlap
+mem_ranges.sort()
+check(bool(mem_ranges) and mem_ranges[0][0] == 0 and mem_ranges[-1][1] == float("inf"),
+      f"k8s/overlays: the GPU-memory ranges must start at 0 and be open-ended: {mem_ranges}")
+for a, b in zip(mem_ranges, mem_ranges[1:]):
+    check(b[0] == a[1] + 1, f"k8s/overlays: {a[2]} ends at {a[1]} MiB, {b[2]} starts at {b[0]} MiB")
 
 # 3. Grafana queries name exported metrics
 dash = jsons.get("deploy/grafana/zimage-dashboard.json", {})

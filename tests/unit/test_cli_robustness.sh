@@ -153,6 +153,38 @@ for c in tokenize encode generate bench submit status worker top devbroker dlq "
         "$(grep -q "(.*see 'zimage ${c%% *} --help')\$" "$tmp/err" && echo yes || echo no)"
 done
 
+# An option's value missing at the end of the line is a usage error with the hint, for every
+# command; and every option that takes a value also reads it from --name=value (the value is
+# used: a bad one is named in the error). Both once failed for top, dlq, bench, devbroker.
+for c in "tokenize --model" "encode --model" "generate --model" "bench --model" \
+    "submit --prompt" "status --config" "worker --config" "top --config" "devbroker --topic" \
+    "dlq list --config" "dlq replay --config"; do
+    # shellcheck disable=SC2086 # each case is several words on purpose
+    expect "$c (no value)" 2 $c
+    zt_check "$c (no value): points at its --help" yes \
+        "$(grep -q "(.*see 'zimage ${c%% *} --help')\$" "$tmp/err" && echo yes || echo no)"
+done
+eq_value() { # NAME WANT_IN_ERROR ARGS...: a usage error whose line names WANT_IN_ERROR
+    local name=$1 want=$2
+    shift 2
+    expect "$name" 2 "$@"
+    zt_check "$name: names the value" yes \
+        "$(grep -qF -- "$want" "$tmp/err" && echo yes || echo no)"
+}
+eq_value "top --interval=abc" "'abc'" top --interval=abc
+eq_value "top --events=-1" "'-1'" top --config=x.yaml --events=-1
+eq_value "dlq list --limit=0" "'0'" dlq list --limit=0
+eq_value "dlq replay --error-code=Bad" "'Bad'" dlq replay --error-code=Bad
+eq_value "devbroker --brokers=0" "'0'" devbroker --brokers=0
+eq_value "devbroker --topic=t:0" "'0'" devbroker --topic=t:0
+eq_value "bench --runs=0" "'0'" bench --random-weights --runs=0
+eq_value "bench --backend=gpu" "gpu" bench --random-weights --backend=gpu
+# --config=FILE is read (a missing file is a configuration error naming it)
+for c in "top" "dlq list" "dlq replay"; do
+    # shellcheck disable=SC2086
+    eq_value "$c --config=FILE" "$tmp/none.yaml" $c --config="$tmp/none.yaml"
+done
+
 # Weight-file damage is "other failure" (1), reported without a sanitizer trace.
 d=$(ckpt trunc)
 rm "$d/transformer/diffusion_pytorch_model.safetensors"
