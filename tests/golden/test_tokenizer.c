@@ -172,6 +172,83 @@ static void test_special_ids(void **state)
     }
 }
 
+/* Added tokens, as tokenizers' AddedVocabulary (leftmost-longest): of two added tokens where
+ * one is a prefix of the other the longer wins, and an added token is found also as the
+ * very last bytes of the text (the chat template always puts text after the prompt, so the
+ * golden cases never end on one). The checkpoint's tokenizer.json with two added tokens of
+ * our own ("[[z]]", "[[z]]y"), ids after the last one. */
+static void test_added_tokens(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/zi-tok-added-XXXXXX", path[256];
+    assert_non_null(mkdtemp(dir));
+    char *text = zi_test_read_file(zi_test_model("tokenizer/tokenizer.json"));
+    assert_non_null(text);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    assert_non_null(root);
+    cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+    assert_true(cJSON_IsArray(added));
+    int next = (int)zi_tokenizer_n_ids(g_tok);
+    const char *mine[] = {"[[z]]", "[[z]]y"}; /* the shorter first in the file */
+    for (int k = 0; k < 2; k++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "id", next + k);
+        cJSON_AddStringToObject(e, "content", mine[k]);
+        cJSON_AddFalseToObject(e, "single_word");
+        cJSON_AddFalseToObject(e, "lstrip");
+        cJSON_AddFalseToObject(e, "rstrip");
+        cJSON_AddFalseToObject(e, "normalized");
+        cJSON_AddTrueToObject(e, "special");
+        cJSON_AddItemToArray(added, e);
+    }
+    char *out = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    assert_non_null(out);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(out, 1, strlen(out), f), strlen(out));
+    assert_int_equal(fclose(f), 0);
+    free(out);
+
+    zi_tokenizer *tok = NULL;
+    assert_int_equal(zi_tokenizer_load(dir, &tok), ZI_OK);
+    int32_t *ids;
+    size_t n;
+    const char *s = "a[[z]]yb";
+    assert_int_equal(zi_tokenizer_encode(tok, s, strlen(s), &ids, &n), ZI_OK);
+    assert_int_equal(n, 3);
+    assert_int_equal(ids[1], next + 1); /* "[[z]]y", not "[[z]]" then "y" */
+    free(ids);
+    s = "a[[z]]b";
+    assert_int_equal(zi_tokenizer_encode(tok, s, strlen(s), &ids, &n), ZI_OK);
+    assert_int_equal(n, 3);
+    assert_int_equal(ids[1], next);
+    free(ids);
+    /* at the very end of the text, the Qwen tokens and ours */
+    int32_t eot = zi_tokenizer_token_id(tok, "<|endoftext|>");
+    assert_true(eot >= 0);
+    s = "a cat<|endoftext|>";
+    assert_int_equal(zi_tokenizer_encode(tok, s, strlen(s), &ids, &n), ZI_OK);
+    assert_true(n >= 2);
+    assert_int_equal(ids[n - 1], eot);
+    free(ids);
+    s = "<|endoftext|>";
+    assert_int_equal(zi_tokenizer_encode(tok, s, strlen(s), &ids, &n), ZI_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(ids[0], eot);
+    free(ids);
+    s = "x[[z]]y";
+    assert_int_equal(zi_tokenizer_encode(tok, s, strlen(s), &ids, &n), ZI_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[1], next + 1);
+    free(ids);
+    zi_tokenizer_free(tok);
+    unlink(path);
+    rmdir(dir);
+}
+
 static void test_invalid_utf8(void **state)
 {
     (void)state;
@@ -400,8 +477,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_ids),   cmocka_unit_test(test_special_ids),
-        cmocka_unit_test(test_invalid_utf8), cmocka_unit_test(test_roundtrip),
-        cmocka_unit_test(test_threads),      cmocka_unit_test(test_cli),
+        cmocka_unit_test(test_added_tokens), cmocka_unit_test(test_invalid_utf8),
+        cmocka_unit_test(test_roundtrip),    cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_cli),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
