@@ -180,6 +180,29 @@ static void test_min_map(void **state)
     finish(&fx);
 }
 
+/* min_map stretches a growth only up to the limit: with min_map 8 MiB and a 4 MiB limit
+ * the first growth maps 4 MiB, the rest of it is served without mapping, and a request
+ * past the limit fails instead of mapping more. */
+static void test_min_map_stops_at_limit(void **state)
+{
+    (void)state;
+    fixture fx;
+    make(&fx, 64 * MIB, MIB, 8 * MIB, 0, 4 * MIB);
+    take(&fx, 1000);
+    zi_alloc_stats s = stats(&fx);
+    assert_int_equal(s.reserved, 4 * MIB);
+    assert_int_equal(fx.prov.mapped, 4 * MIB);
+    take(&fx, 3 * MIB); /* inside the first chunk */
+    assert_int_equal(fx.prov.map_calls, 1);
+    uint64_t off;
+    assert_int_equal(zi_alloc_malloc(fx.a, MIB, 0, &off), ZI_ENOMEM);
+    assert_non_null(strstr(zi_errmsg(), "limit"));
+    s = stats(&fx);
+    assert_true(s.reserved <= 4 * MIB);
+    assert_true(s.peak_reserved <= 4 * MIB);
+    finish(&fx);
+}
+
 static void test_reuse(void **state)
 {
     (void)state;
@@ -351,6 +374,11 @@ static void test_alignment(void **state)
         assert_int_equal(take(&fx, sizes[i]) % 4096, 0);
     assert_int_equal(stats(&fx).allocated, 7 * 4096 + 24 * 4096); /* 100000 -> 25 x 4K */
     finish(&fx);
+    /* an alignment equal to the granularity is allowed: every block starts a page */
+    make(&fx, 64 * MIB, 64 * KIB, 0, 64 * KIB, 0);
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        assert_int_equal(take(&fx, sizes[i]) % (64 * KIB), 0);
+    finish(&fx);
     /* a bad configuration is refused */
     zi_alloc_config bad = {64 * MIB, 3 * MIB, 0, 0, 0};
     zi_alloc_provider p = {&fx.prov, fake_map, fake_unmap};
@@ -358,6 +386,8 @@ static void test_alignment(void **state)
     assert_int_equal(zi_alloc_new(&bad, &p, &a), ZI_EINVAL);
     zi_alloc_config bad_align = {64 * MIB, MIB, 0, 3000, 0};
     assert_int_equal(zi_alloc_new(&bad_align, &p, &a), ZI_EINVAL);
+    zi_alloc_config big_align = {64 * MIB, MIB, 0, 2 * MIB, 0}; /* above the granularity */
+    assert_int_equal(zi_alloc_new(&big_align, &p, &a), ZI_EINVAL);
     assert_null(a);
 }
 
@@ -410,6 +440,25 @@ static void test_oom_recovers_by_trim(void **state)
     assert_true(fx.prov.unmap_calls >= 1);
     assert_true(z >= y + MIB / 2);
     assert_true(stats(&fx).reserved <= 4 * MIB);
+    finish(&fx);
+}
+
+/* As above, but the limit (not the device) is what the new request would pass: the
+ * free chunk away from the growth front is trimmed and the request then fits. */
+static void test_limit_recovers_by_trim(void **state)
+{
+    (void)state;
+    fixture fx;
+    make(&fx, 64 * MIB, MIB, 0, 0, 4 * MIB);
+    uint64_t x = take(&fx, 3 * MIB);     /* chunk [0, 3M) */
+    uint64_t y = take(&fx, MIB / 2);     /* chunk [3M, 4M): the limit is reached */
+    give(&fx, x);                        /* 3 MiB mapped but free, away from the front */
+    uint64_t z = take(&fx, 7 * MIB / 2); /* needs 3 new pages: only after a trim */
+    assert_true(fx.prov.unmap_calls >= 1);
+    assert_true(z >= y + MIB / 2);
+    zi_alloc_stats s = stats(&fx);
+    assert_int_equal(s.reserved, 4 * MIB);
+    assert_true(s.peak_reserved <= 4 * MIB);
     finish(&fx);
 }
 
@@ -535,6 +584,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_growth),
         cmocka_unit_test(test_min_map),
+        cmocka_unit_test(test_min_map_stops_at_limit),
         cmocka_unit_test(test_reuse),
         cmocka_unit_test(test_split_and_best_fit),
         cmocka_unit_test(test_coalesce),
@@ -543,6 +593,7 @@ int main(void)
         cmocka_unit_test(test_alignment),
         cmocka_unit_test(test_oom),
         cmocka_unit_test(test_oom_recovers_by_trim),
+        cmocka_unit_test(test_limit_recovers_by_trim),
         cmocka_unit_test(test_bad_free),
         cmocka_unit_test(test_second_job_maps_nothing),
         cmocka_unit_test(test_random_stress),

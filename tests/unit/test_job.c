@@ -209,6 +209,8 @@ static void test_job_not_json(void **state)
     expect_bad("not json", "invalid_job", "", "not valid JSON");
     expect_bad("[1,2]", "invalid_job", "", "not an object");
     expect_bad("{\"job_id\":\"a\",\"prompt\":\"p\"} trailing", "invalid_job", "", "extra data");
+    /* the first byte right after the object is checked too, not only the ones past it */
+    expect_bad("{\"job_id\":\"a\",\"prompt\":\"p\"}x", "invalid_job", "", "extra data at byte 27");
     expect_bad("{\"job_id\":\"a\",\"prompt\":\"p\"", "invalid_job", "", "not valid JSON");
     zi_job job = {0};
     assert_int_equal(parse("  {\"job_id\":\"a\",\"prompt\":\"p\"}\n ", &job), ZI_OK);
@@ -261,6 +263,9 @@ static void test_job_sizes(void **state)
     expect_bad_field("w", "\"width\":17", "width");
     expect_bad_field("w", "\"width\":48", "width");
     expect_bad_field("w", "\"height\":4112", "height");
+    /* multiples of 8 that are not multiples of 16 */
+    expect_bad_field("w", "\"width\":72", "width: 72 is not a multiple of 16");
+    expect_bad_field("w", "\"height\":520", "height: 520 is not a multiple of 16");
     expect_bad_field("w", "\"width\":64.5", "width");
     expect_bad_field("w", "\"width\":\"64\"", "width");
     expect_bad_field("w", "\"width\":1e300", "width");
@@ -358,6 +363,18 @@ static void test_job_too_large(void **state)
     assert_int_equal(zi_job_parse(t, strlen(t), &small, &job), ZI_EINVAL);
     assert_string_equal(job.error_code, "too_large");
     assert_string_equal(job.job_id, "big2");
+    zi_job_clear(&job);
+    /* exactly max_message_bytes is allowed, one byte more is too_large */
+    snprintf(t, sizeof t, "{\"job_id\":\"edge\",\"prompt\":\"p\",\"pad\":\"%.*s\"}", 61, pad);
+    assert_int_equal(strlen(t), 100);
+    assert_int_equal(zi_job_parse(t, strlen(t), &small, &job), ZI_OK);
+    assert_string_equal(job.job_id, "edge");
+    zi_job_clear(&job);
+    snprintf(t, sizeof t, "{\"job_id\":\"edge\",\"prompt\":\"p\",\"pad\":\"%.*s\"}", 62, pad);
+    assert_int_equal(strlen(t), 101);
+    assert_int_equal(zi_job_parse(t, strlen(t), &small, &job), ZI_EINVAL);
+    assert_string_equal(job.error_code, "too_large");
+    assert_string_equal(job.job_id, "edge");
     zi_job_clear(&job);
     /* past what any worker parses: the message names that limit, not a larger setting */
     zi_job_limits huge = lim;

@@ -121,6 +121,21 @@ static void test_png_params_text(void **state)
     assert_non_null(strstr(t, "CFG scale: 0.1, "));
     free(t);
 
+    /* guidance values whose shortest round-trip form needs 8 and 9 significant digits,
+     * and a whole number of 8 digits (not "1.23457e+07") */
+    p.guidance = 3.14159274f;
+    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
+    assert_non_null(strstr(t, "CFG scale: 3.1415927, "));
+    free(t);
+    p.guidance = 10.0000105f;
+    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
+    assert_non_null(strstr(t, "CFG scale: 10.0000105, "));
+    free(t);
+    p.guidance = 12345678.0f;
+    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
+    assert_non_null(strstr(t, "CFG scale: 12345678.0, "));
+    free(t);
+
     /* a model folder named with bytes that are not UTF-8 (Linux allows it): iTXt is UTF-8 */
     p.model = "m\xff\xc0\xafx\xc3\xa9";
     assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
@@ -190,6 +205,29 @@ static void test_png_errors(void **state)
     assert_int_equal(zi_png_read("/nonexistent/dir/x.png", &rgb, &w, &h, NULL), ZI_EIO);
     assert_non_null(strstr(zi_errmsg(), "/nonexistent/dir/x.png"));
     assert_int_equal(zi_png_write("/nonexistent/dir/x.png", px, 1, 1, NULL), ZI_EIO);
+
+    /* the widest image accepted is 65535 pixels; one more is refused */
+    uint8_t *wide = make_image(65535, 1);
+    roundtrip_with(wide, 65535, 1, NULL, ZI_PNG_FAST);
+    free(wide);
+    static uint8_t wide1[65536 * 3];
+    assert_int_equal(zi_png_encode(wide1, 65536, 1, NULL, ZI_PNG_FAST, &png, &len), ZI_EINVAL);
+    assert_null(png);
+    assert_int_equal(zi_png_encode(wide1, 1, 65536, NULL, ZI_PNG_FAST, &png, &len), ZI_EINVAL);
+    assert_null(png);
+
+    /* parameters text: ZI_PNG_MAX_TEXT - 1 bytes is accepted (and read back), exactly
+     * ZI_PNG_MAX_TEXT is refused */
+    char *big = malloc(ZI_PNG_MAX_TEXT + 1);
+    assert_non_null(big);
+    memset(big, 'a', ZI_PNG_MAX_TEXT);
+    big[ZI_PNG_MAX_TEXT] = '\0';
+    assert_int_equal(zi_png_encode(px, 1, 1, big, ZI_PNG_FAST, &png, &len), ZI_EINVAL);
+    assert_non_null(strstr(zi_errmsg(), "parameters text"));
+    assert_null(png);
+    big[ZI_PNG_MAX_TEXT - 1] = '\0';
+    roundtrip_with(px, 1, 1, big, ZI_PNG_FAST);
+    free(big);
 
     /* a truncated PNG is a format error, not a crash */
     assert_int_equal(zi_png_encode(px, 1, 1, "x", ZI_PNG_FAST, &png, &len), ZI_OK);
@@ -395,6 +433,52 @@ static void test_png_threads(void **state)
     assert_true(zi_png_threads() >= 1 && zi_png_threads() <= 8);
 }
 
+/* Images where the Paeth filter is chosen and its predictor ties (gradients with a little
+ * noise, odd widths) and pure noise, exactly back through libspng: the encoder's filters
+ * must predict as the decoder does (PNG 1.2 section 9.4: a, then b, then c on ties). */
+static void test_png_filters_roundtrip(void **state)
+{
+    (void)state;
+    static const int sizes[][2] = {{1, 1}, {2, 3}, {5, 7}, {31, 17}, {127, 33}, {257, 9}};
+    uint32_t s = 2024;
+    int paeth_rows = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        const int w = sizes[i][0], h = sizes[i][1];
+        uint8_t *grad = malloc((size_t)w * h * 3), *noise = malloc((size_t)w * h * 3);
+        assert_non_null(grad);
+        assert_non_null(noise);
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+                for (int c = 0; c < 3; c++) {
+                    size_t k = ((size_t)y * w + x) * 3 + c;
+                    s = s * 1664525u + 1013904223u;
+                    noise[k] = (uint8_t)(s >> 24);
+                    int dir = c == 1 ? -1 : 1; /* one channel runs against the others */
+                    grad[k] = (uint8_t)(3 * x + dir * (5 + 2 * c) * y + (int)((s >> 13) & 3));
+                }
+        roundtrip(grad, w, h, NULL);
+        roundtrip(noise, w, h, "noise");
+        /* count the gradient's rows filtered with Paeth (type 4) */
+        uint8_t *png = NULL, *zs = NULL;
+        size_t len = 0, zlen = 0;
+        char types[4096];
+        assert_int_equal(zi_png_encode(grad, w, h, NULL, ZI_PNG_FAST, &png, &len), ZI_OK);
+        walk_chunks(png, len, types, sizeof types, &zs, &zlen);
+        uLongf rawlen = (uLongf)h * (1 + 3 * (uLongf)w), got = rawlen;
+        uint8_t *raw = malloc(rawlen);
+        assert_non_null(raw);
+        assert_int_equal(uncompress(raw, &got, zs, (uLong)zlen), Z_OK);
+        for (int y = 0; y < h; y++)
+            paeth_rows += raw[(size_t)y * (1 + 3 * (size_t)w)] == 4;
+        free(raw);
+        free(zs);
+        free(png);
+        free(grad);
+        free(noise);
+    }
+    assert_true(paeth_rows > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -405,6 +489,7 @@ int main(void)
         cmocka_unit_test(test_png_golden_decode),
         cmocka_unit_test(test_png_compression),
         cmocka_unit_test(test_png_threads),
+        cmocka_unit_test(test_png_filters_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -187,6 +187,45 @@ static void test_key_expand(void **state)
     char small[8];
     assert_int_equal(zi_s3_key_expand("{job_id}.png", "abcdef", 0, small, sizeof small), ZI_EINVAL);
     assert_int_equal(zi_s3_key_template_check("{date}/{job_id}.png"), ZI_OK);
+
+    /* the longest key is ZI_S3_MAX_KEY bytes, whether the last byte comes from the template or
+     * from a placeholder; one more is refused (the buffer holds exactly that plus the NUL) */
+    static char tmpl[ZI_S3_MAX_KEY + 2];
+    memset(tmpl, 'k', ZI_S3_MAX_KEY);
+    tmpl[ZI_S3_MAX_KEY] = '\0';
+    assert_int_equal(zi_s3_key_expand(tmpl, "x", 0, key, sizeof key), ZI_OK);
+    assert_int_equal(strlen(key), ZI_S3_MAX_KEY);
+    tmpl[ZI_S3_MAX_KEY] = 'k';
+    tmpl[ZI_S3_MAX_KEY + 1] = '\0';
+    assert_int_equal(zi_s3_key_expand(tmpl, "x", 0, key, sizeof key), ZI_EINVAL);
+    assert_non_null(strstr(zi_errmsg(), "longer than 1024 bytes"));
+    memcpy(tmpl + ZI_S3_MAX_KEY - 8, "{job_id}", 9);
+    assert_int_equal(zi_s3_key_expand(tmpl, "12345678", 0, key, sizeof key), ZI_OK);
+    assert_int_equal(strlen(key), ZI_S3_MAX_KEY);
+    assert_int_equal(zi_s3_key_expand(tmpl, "123456789", 0, key, sizeof key), ZI_EINVAL);
+    /* a larger buffer does not raise the limit; a smaller one lowers it to cap - 1 */
+    static char roomy[ZI_S3_MAX_KEY + 64];
+    assert_int_equal(zi_s3_key_expand(tmpl, "123456789", 0, roomy, sizeof roomy), ZI_EINVAL);
+    assert_int_equal(zi_s3_key_expand("{job_id}.png", "abc", 0, small, sizeof small), ZI_OK);
+    assert_string_equal(small, "abc.png");
+    assert_int_equal(zi_s3_key_expand("{job_id}.png", "abcd", 0, small, sizeof small), ZI_EINVAL);
+
+    /* control bytes, from the template or the id: all of 0x01..0x1F and DEL */
+    for (int b = 1; b < 0x20; b++) {
+        char t[8] = {'a', (char)b, 'b', '\0'};
+        assert_int_equal(zi_s3_key_expand(t, "x", 0, key, sizeof key), ZI_EINVAL);
+        assert_non_null(strstr(zi_errmsg(), "control character"));
+    }
+    assert_int_equal(zi_s3_key_expand("a\x7f"
+                                      "b",
+                                      "x", 0, key, sizeof key),
+                     ZI_EINVAL);
+    assert_int_equal(zi_s3_key_expand("{job_id}",
+                                      "a\x1f"
+                                      "b",
+                                      0, key, sizeof key),
+                     ZI_EINVAL);
+    assert_int_equal(zi_s3_key_expand("a b~", "x", 0, key, sizeof key), ZI_OK); /* 0x20, 0x7E */
     assert_int_equal(zi_s3_key_template_check("{seed}.png"), ZI_EINVAL);
 }
 

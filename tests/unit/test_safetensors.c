@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- helpers ---- */
@@ -25,22 +26,29 @@ static int setup_dir(void **state)
     return mkdtemp(g_dir) ? 0 : -1;
 }
 
-static int teardown_dir(void **state)
+/* Removes `dir` and everything under it (the tests make at most two levels). */
+static void rm_tree(const char *dir)
 {
-    (void)state;
-    DIR *d = opendir(g_dir);
+    DIR *d = opendir(dir);
     if (d) {
         struct dirent *e;
         while ((e = readdir(d)) != NULL) {
-            if (e->d_name[0] == '.')
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
                 continue;
-            char p[512];
-            snprintf(p, sizeof p, "%s/%s", g_dir, e->d_name);
-            unlink(p);
+            char p[1024];
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            if (unlink(p) != 0)
+                rm_tree(p);
         }
         closedir(d);
     }
-    rmdir(g_dir);
+    rmdir(dir);
+}
+
+static int teardown_dir(void **state)
+{
+    (void)state;
+    rm_tree(g_dir);
     return 0;
 }
 
@@ -191,6 +199,17 @@ static void test_bad_files(void **state)
     expect_bad("hlen.safetensors", buf, n, NULL);
     assert_msg_has("header length");
 
+    /* a stated header length just past the file (1 byte, and 8: the whole file), inside
+     * the file's length but not inside what follows the 8-byte length field; bytes after
+     * the file read as header padding, so only the length check can refuse it */
+    for (uint64_t over = 1; over <= 8; over += 7) {
+        memset(buf, ' ', sizeof buf);
+        size_t hl = strlen("{}");
+        n = make_raw(buf, sizeof buf, "{}", 0, hl + over);
+        expect_bad("hlen1.safetensors", buf, n, NULL);
+        assert_msg_has("header length");
+    }
+
     expect_bad_header("json.safetensors", "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],", 8, NULL);
     assert_msg_has("JSON");
 
@@ -199,6 +218,12 @@ static void test_bad_files(void **state)
     expect_bad_header("range.safetensors",
                       "{\"w.range\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8,
                       "w.range");
+
+    /* an end offset one byte past the data area (8 bytes) */
+    expect_bad_header("range1.safetensors",
+                      "{\"w.range1\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[8,9]}}", 8,
+                      "w.range1");
+    assert_msg_has("outside the data area");
 
     expect_bad_header("rev.safetensors",
                       "{\"w.rev\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[6,2]}}", 8,
@@ -234,6 +259,14 @@ static void test_bad_files(void **state)
                       "\"data_offsets\":[0,8]}}",
                       8, "w.big");
 
+    /* 88 x 24985813 x 41948223127 = 5 * 2^64 + 8: a multiply that wraps would find the
+     * 8 bytes the offsets hold */
+    expect_bad_header("wrap.safetensors",
+                      "{\"w.wrap\":{\"dtype\":\"U8\",\"shape\":[88,24985813,41948223127],"
+                      "\"data_offsets\":[0,8]}}",
+                      8, "w.wrap");
+    assert_msg_has("shape too large");
+
     expect_bad_header("dims.safetensors",
                       "{\"w.dims\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],"
                       "\"data_offsets\":[0,1]}}",
@@ -262,6 +295,33 @@ static void test_bad_files(void **state)
     zi_error_clear();
     assert_int_equal(zi_st_open(tmp_path("absent.safetensors"), &st), ZI_ENOTFOUND);
     assert_msg_has("absent.safetensors");
+}
+
+/* The accepted edges of the checks above: a tensor ending exactly at the end of the data
+ * area, and an empty tensor whose offsets lie inside another's span (empty tensors occupy
+ * no bytes, so they overlap nothing). */
+static void test_edges_accepted(void **state)
+{
+    (void)state;
+    uint8_t buf[4096];
+    const char *hdr = "{\"w.a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                      "\"w.end\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[8,12]},"
+                      "\"w.empty\":{\"dtype\":\"F32\",\"shape\":[4,0],\"data_offsets\":[4,4]}}";
+    size_t n = make_raw(buf, sizeof buf, hdr, 12, 0);
+    zi_st *st = NULL;
+    if (zi_st_open_buffer(buf, n, "edges.safetensors", &st) != ZI_OK)
+        fail_msg("%s", zi_errmsg());
+    assert_int_equal(zi_st_count(st), 3);
+    const zi_st_tensor *t = zi_st_find(st, "w.end");
+    assert_non_null(t);
+    assert_int_equal(t->nbytes, 4);
+    assert_ptr_equal(t->data, buf + n - 4);
+    t = zi_st_find(st, "w.empty");
+    assert_non_null(t);
+    assert_int_equal(t->nbytes, 0);
+    assert_int_equal(t->shape[0], 4);
+    assert_int_equal(t->shape[1], 0);
+    zi_st_close(st);
 }
 
 static void test_lookup_errors(void **state)
@@ -372,6 +432,33 @@ static void test_sharded(void **state)
     zi_error_clear();
     assert_int_not_equal(zi_st_open(tmp_path("bad3.safetensors.index.json"), &sh), ZI_OK);
     assert_msg_has("bad3.safetensors.index.json");
+    /* shard names with a '/' are refused by name even where they reach a valid
+     * safetensors file: one outside the index's folder, one in a sub-folder */
+    char mdir[300], sdir[320], xp[400];
+    snprintf(mdir, sizeof mdir, "%s/m", g_dir);
+    snprintf(sdir, sizeof sdir, "%s/sub", mdir);
+    assert_int_equal(mkdir(mdir, 0700), 0);
+    assert_int_equal(mkdir(sdir, 0700), 0);
+    uint8_t one_b[1] = {5};
+    int64_t s1[1] = {1};
+    zi_tensor w1 = zi_tensor_host(one_b, ZI_U8, 1, s1);
+    const char *wname = "w";
+    assert_int_equal(zi_st_write(tmp_path("outside.safetensors"), 1, &wname, &w1), ZI_OK);
+    snprintf(xp, sizeof xp, "%s/x.safetensors", sdir);
+    assert_int_equal(zi_st_write(xp, 1, &wname, &w1), ZI_OK);
+    static const char *const slashed[2] = {"../outside.safetensors", "sub/x.safetensors"};
+    for (int k = 0; k < 2; k++) {
+        char j[256], ip[400];
+        int jl = snprintf(j, sizeof j, "{\"weight_map\":{\"w\":\"%s\"}}", slashed[k]);
+        snprintf(ip, sizeof ip, "%s/model.safetensors.index.json", mdir);
+        write_bytes(ip, j, (size_t)jl);
+        zi_error_clear();
+        sh = NULL;
+        assert_int_not_equal(zi_st_open(ip, &sh), ZI_OK);
+        assert_null(sh);
+        assert_msg_has("weight_map value must be a shard file name");
+    }
+
     /* no weight_map */
     write_bytes(tmp_path("bad4.safetensors.index.json"), "{}", 2);
     zi_error_clear();
@@ -451,6 +538,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_roundtrip, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_bad_files, setup_dir, teardown_dir),
+        cmocka_unit_test(test_edges_accepted),
         cmocka_unit_test(test_lookup_errors),
         cmocka_unit_test_setup_teardown(test_sharded, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_model_prefix, setup_dir, teardown_dir),

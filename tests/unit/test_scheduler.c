@@ -142,6 +142,24 @@ static void test_bad_steps(void **state)
     dyn.use_dynamic_shifting = 1;
     assert_int_equal(zi_sched_sigmas(&dyn, 1, 0, sig, tim), ZI_EINVAL); /* no length */
     assert_int_equal(zi_sched_sigmas(&turbo, 1, 0, sig, tim), ZI_OK);   /* static: unused */
+
+    /* ZI_SCHED_MAX_STEPS itself is allowed, one more is not */
+    static float big_sig[ZI_SCHED_MAX_STEPS + 2], big_tim[ZI_SCHED_MAX_STEPS + 1];
+    assert_int_equal(zi_sched_sigmas(&turbo, ZI_SCHED_MAX_STEPS, 16, big_sig, big_tim), ZI_OK);
+    assert_true(big_sig[0] == 1.0f && big_sig[ZI_SCHED_MAX_STEPS] == 0.0f);
+    assert_int_equal(zi_sched_sigmas(&turbo, ZI_SCHED_MAX_STEPS + 1, 16, big_sig, big_tim),
+                     ZI_EINVAL);
+    assert_true(strstr(zi_errmsg(), "steps") != NULL);
+
+    /* the shift must be positive: zero and NaN are refused (NaN compares false with 0) */
+    const double bad_shift[] = {0.0, -1.0, NAN};
+    for (size_t i = 0; i < sizeof bad_shift / sizeof bad_shift[0]; i++) {
+        zi_sched_config c = turbo;
+        c.shift = bad_shift[i];
+        if (zi_sched_sigmas(&c, 1, 16, sig, tim) != ZI_EINVAL)
+            fail_msg("shift %g was taken", bad_shift[i]);
+        assert_true(strstr(zi_errmsg(), "bad shift") != NULL);
+    }
 }
 
 /* Dynamic shifting (FlowMatchEulerDiscreteScheduler with use_dynamic_shifting, as

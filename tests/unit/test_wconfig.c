@@ -196,6 +196,20 @@ static void test_parse_errors(void **state)
     big[sizeof big - 2] = '\n';
     big[sizeof big - 1] = '\0';
     zi_expect_error(big, "kafka.topic", "longer than");
+    /* kafka.topic's limit is 249 bytes (Kafka's own): exactly 249 is taken, 250 is not */
+    {
+        char yaml[300];
+        int h = snprintf(yaml, sizeof yaml, "kafka:\n  topic: ");
+        memset(yaml + h, 't', 249);
+        memcpy(yaml + h + 249, "\n", 2);
+        zi_wconfig ok;
+        if (zi_parse(&ok, yaml) != ZI_OK)
+            fail_msg("a 249-byte kafka.topic was refused: %s", zi_errmsg());
+        assert_int_equal(strlen(ok.kafka_topic), 249);
+        zi_wconfig_free(&ok);
+        memcpy(yaml + h + 249, "t\n", 3);
+        zi_expect_error(yaml, "kafka.topic", "longer than 249 bytes");
+    }
 
     /* NUL bytes and oversized buffers */
     zi_wconfig c;
@@ -251,6 +265,18 @@ static void test_validate(void **state)
         assert_int_equal(zi_parse(&c, yaml), ZI_OK);
         if (zi_wconfig_validate(&c) != ZI_OK)
             fail_msg("weight_budget_mb %s: %s", ok[i], zi_errmsg());
+        zi_wconfig_free(&c);
+    }
+    /* the limits themselves are allowed: min_side^2 == max_pixels (1024x1024 in 1048576
+     * pixels), and steps == max_steps */
+    const char *edge[] = {"generation:\n  min_side: 1024\n  max_pixels: 1048576\n",
+                          "generation:\n  steps: 50\n",
+                          "generation:\n  steps: 12\n  max_steps: 12\n"};
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++) {
+        zi_wconfig c;
+        assert_int_equal(zi_parse(&c, edge[i]), ZI_OK);
+        if (zi_wconfig_validate(&c) != ZI_OK)
+            fail_msg("%s: %s", edge[i], zi_errmsg());
         zi_wconfig_free(&c);
     }
     zi_wconfig c;
@@ -427,6 +453,17 @@ static void test_secrets(void **state)
     assert_non_null(strstr(out, "ZIMAGE_S3_SECRET_KEY=<redacted>"));
     assert_non_null(strstr(out, "\"sasl.password\": \"<redacted>\""));
     free(out);
+    zi_wconfig_free(&c);
+
+    /* a variable whose name only starts with a secret's is not that secret: the AWS_*
+     * fallback still applies, and a secret with no fallback stays unset */
+    char *env2[] = {"ZIMAGE_S3_ACCESS_KEY_ID=wrong", "AWS_ACCESS_KEY_ID=AKIAAWS",
+                    "ZIMAGE_S3_SECRET_KEYS=wrong2", "ZIMAGE_REDIS_PASSWORD_FILE=/wrong3", NULL};
+    assert_int_equal(zi_wconfig_init_defaults(&c), ZI_OK);
+    assert_int_equal(zi_wconfig_apply_env(&c, env2, NULL, NULL), ZI_OK);
+    assert_string_equal(c.s3_access_key, "AKIAAWS");
+    assert_string_equal(c.s3_secret_key, "");
+    assert_string_equal(c.redis_password, "");
     zi_wconfig_free(&c);
 
     /* unset secrets read as "(unset)", never as a value */
