@@ -144,6 +144,10 @@ static void test_endpoints(void **state)
             fail_msg("/metrics lacks '%s':\n%s", want[i], b.buf);
 
     assert_int_equal(zi_get(port, "/nope", NULL, &b, NULL, 0), 404);
+    /* routes match whole paths, not prefixes */
+    assert_int_equal(zi_get(port, "/healthzX", NULL, &b, NULL, 0), 404);
+    assert_int_equal(zi_get(port, "/readyzX", NULL, &b, NULL, 0), 404);
+    assert_int_equal(zi_get(port, "/metricsX", NULL, &b, NULL, 0), 404);
     assert_int_equal(zi_get(port, "/healthz", "POST", &b, NULL, 0), 405);
     assert_string_equal(zi_allow, " GET, HEAD");
     assert_int_equal(zi_get(port, "/healthz", NULL, &b, NULL, 0), 200);
@@ -177,6 +181,14 @@ static void test_parse_listen(void **state)
     assert_int_equal(zi_http_parse_listen("h:65536", host, sizeof host, &port), ZI_EINVAL);
     assert_int_equal(zi_http_parse_listen("h:9x", host, sizeof host, &port), ZI_EINVAL);
     assert_int_equal(zi_http_parse_listen("::1:80", host, sizeof host, &port), ZI_EINVAL);
+    assert_int_equal(zi_http_parse_listen("127.0.0.1:", host, sizeof host, &port), ZI_EINVAL);
+    assert_int_equal(zi_http_parse_listen("[::1]9400", host, sizeof host, &port), ZI_EINVAL);
+    assert_int_equal(zi_http_parse_listen("[::1:9400", host, sizeof host, &port), ZI_EINVAL);
+    /* the host and its NUL must fit cap: 3 bytes do in 4, 4 do not */
+    assert_int_equal(zi_http_parse_listen("abc:1", host, 4, &port), ZI_OK);
+    assert_string_equal(host, "abc");
+    assert_int_equal(zi_http_parse_listen("abcd:1", host, 4, &port), ZI_EINVAL);
+    assert_int_equal(zi_http_parse_listen("[abcd]:1", host, 4, &port), ZI_EINVAL);
     zi_http *h = NULL;
     assert_int_equal(zi_http_start("example.com:0", NULL, &h), ZI_EINVAL);
 

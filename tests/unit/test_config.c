@@ -486,6 +486,117 @@ static void test_unsupported_features(void **state)
     assert_int_equal(parse_with(sc_json, parse_sched, "use_karras_sigmas", "false", &sc), ZI_OK);
 }
 
+/* Bounded arrays: max elements load, max + 1 are refused by count before any is stored (the
+ * readers fill fixed-size arrays on the stack or in the config struct). */
+static void test_array_bounds(void **state)
+{
+    (void)state;
+    union {
+        zi_dit_config dit;
+        zi_vae_config vae;
+    } any;
+    /* the VAE first: its array is a struct member, where a 9th element would land unseen
+     * by ASan, so the count check alone must stop it */
+    assert_int_equal(parse_with("vae/config.json", parse_vae, "block_out_channels",
+                                "[32,32,32,32,32,32,32,32,32]", &any),
+                     ZI_EFORMAT);
+    assert_msg_has("block_out_channels");
+    assert_msg_has("9 elements, expected 1 to 8");
+
+    const char *dit_json = "transformer/config.json";
+    assert_int_equal(parse_with(dit_json, parse_dit, "all_patch_size", "[1,1,1,1,1,1,1,1,2]", &any),
+                     ZI_EFORMAT);
+    assert_msg_has("all_patch_size");
+    assert_msg_has("9 elements, expected 1 to 8");
+    assert_int_equal(parse_with(dit_json, parse_dit, "axes_dims", "[2,2,2,2,2,2,2,2,2]", &any),
+                     ZI_EFORMAT);
+    assert_msg_has("axes_dims");
+    assert_msg_has("9 elements, expected 1 to 8");
+    /* eight patch pairs, the last one 2-1: accepted */
+    char *txt;
+    size_t len;
+    cJSON *r;
+    assert_int_equal(zi_json_read_file(zi_test_model(dit_json), 1 << 20, &txt, &len), ZI_OK);
+    assert_int_equal(zi_json_parse(txt, len, dit_json, &r), ZI_OK);
+    free(txt);
+    cJSON_ReplaceItemInObjectCaseSensitive(r, "all_patch_size", cJSON_Parse("[1,1,1,1,1,1,1,2]"));
+    cJSON_ReplaceItemInObjectCaseSensitive(r, "all_f_patch_size", cJSON_Parse("[1,1,1,1,1,1,1,1]"));
+    char *j = cJSON_PrintUnformatted(r);
+    assert_int_equal(zi_dit_config_parse(j, strlen(j), "pairs8.json", &any.dit), ZI_OK);
+    assert_int_equal(any.dit.n_pairs, 8);
+    assert_int_equal(any.dit.patch, 2);
+    free(j);
+    cJSON_Delete(r);
+}
+
+/* A config file may be 1 MiB: one byte more is refused before it is read (whitespace
+ * padding keeps both files valid JSON). */
+static void test_file_size_cap(void **state)
+{
+    (void)state;
+    const char *rel = "scheduler/scheduler_config.json";
+    char *txt;
+    size_t len;
+    assert_int_equal(zi_json_read_file(zi_test_model(rel), 1 << 20, &txt, &len), ZI_OK);
+    size_t cap = 1u << 20;
+    assert_true(len < cap);
+    char *big = malloc(cap + 1);
+    assert_non_null(big);
+    memcpy(big, txt, len);
+    memset(big + len, ' ', cap + 1 - len);
+    free(txt);
+    char path[] = "/tmp/zi_test_cfgsize_XXXXXX";
+    zi_sched_config sc;
+    for (size_t size = cap; size <= cap + 1; size++) {
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, big, size), (ssize_t)size);
+        close(fd);
+        zi_error_clear();
+        int rc = zi_sched_config_load(path, &sc);
+        unlink(path);
+        memcpy(path + strlen(path) - 6, "XXXXXX", 6);
+        if (size == cap) {
+            assert_int_equal(rc, ZI_OK);
+        } else {
+            assert_int_equal(rc, ZI_EFORMAT);
+            assert_msg_has("more than");
+        }
+    }
+    free(big);
+}
+
+/* Exact integers (safetensors shapes and offsets, token ids) stop at 2^53: above it a double
+ * no longer holds every integer, so 2^53 + 2 (itself exact) is refused. */
+static void test_u53_limit(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *json;
+        int ok;
+        uint64_t v;
+    } cases[] = {
+        {"9007199254740992", 1, 9007199254740992ull},
+        {"9007199254740994", 0, 0},
+        {"18014398509481984", 0, 0},
+        {"0", 1, 0},
+        {"-1", 0, 0},
+        {"1.5", 0, 0},
+        {"\"7\"", 0, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cJSON *v = cJSON_Parse(cases[i].json);
+        assert_non_null(v);
+        uint64_t got = 12345;
+        int ok = zi_json_is_u53(v, &got);
+        if (ok != cases[i].ok)
+            fail_msg("zi_json_is_u53(%s) = %d", cases[i].json, ok);
+        if (ok)
+            assert_true(got == cases[i].v);
+        cJSON_Delete(v);
+    }
+}
+
 /* a checkpoint folder whose one component file is broken: the error names that path */
 static void test_folder_errors(void **state)
 {
@@ -612,9 +723,15 @@ static void test_turbo_builtin(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tiny_checkpoint),          cmocka_unit_test(test_te_transformers4),
-        cmocka_unit_test(test_errors_name_file_and_key), cmocka_unit_test(test_folder_errors),
-        cmocka_unit_test(test_unsupported_features),     cmocka_unit_test(test_turbo_builtin),
+        cmocka_unit_test(test_tiny_checkpoint),
+        cmocka_unit_test(test_te_transformers4),
+        cmocka_unit_test(test_errors_name_file_and_key),
+        cmocka_unit_test(test_folder_errors),
+        cmocka_unit_test(test_unsupported_features),
+        cmocka_unit_test(test_turbo_builtin),
+        cmocka_unit_test(test_array_bounds),
+        cmocka_unit_test(test_file_size_cap),
+        cmocka_unit_test(test_u53_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -93,6 +93,90 @@ static void test_long_lines_are_cut_but_valid(void **state)
     free(longid);
 }
 
+/* A backslash is escaped (a raw one would start a bogus escape such as \b). */
+static void test_json_backslash(void **state)
+{
+    (void)state;
+    char buf[512];
+    size_t n = zi_log_format_line(buf, sizeof buf, ZI_LOG_JSON, 0, ZI_LOG_INFO, "w", NULL, NULL, 0,
+                                  "C:\\bin\\x \\\\");
+    assert_non_null(strstr(buf, "\"msg\":\"C:\\\\bin\\\\x \\\\\\\\\"}"));
+    cJSON *j = zi_parse_line(buf, n);
+    assert_string_equal(zi_get(j, "msg"), "C:\\bin\\x \\\\");
+    cJSON_Delete(j);
+}
+
+/* Every control byte and DEL is escaped (cJSON would accept them raw, so look at the bytes
+ * too) and round-trips. */
+static void test_json_control_bytes(void **state)
+{
+    (void)state;
+    char msg[40];
+    size_t k = 0;
+    for (int c = 0x01; c <= 0x1F; c++)
+        msg[k++] = (char)c;
+    msg[k++] = 0x7F;
+    msg[k] = '\0';
+    char buf[512];
+    size_t n =
+        zi_log_format_line(buf, sizeof buf, ZI_LOG_JSON, 0, ZI_LOG_INFO, "w", NULL, NULL, 0, msg);
+    for (size_t i = 0; i + 1 < n; i++)
+        if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7F)
+            fail_msg("raw byte 0x%02x at %zu: %s", (unsigned char)buf[i], i, buf);
+    assert_non_null(strstr(buf, "\\u0001"));
+    assert_non_null(strstr(buf, "\\u001f"));
+    assert_non_null(strstr(buf, "\\u007f"));
+    cJSON *j = zi_parse_line(buf, n);
+    assert_string_equal(zi_get(j, "msg"), msg);
+    cJSON_Delete(j);
+}
+
+/* Overlong encodings (C0 80 is a disguised NUL) are invalid UTF-8: each byte that starts no
+ * valid sequence becomes one U+FFFD, continuation bytes included. */
+static void test_json_overlong_utf8(void **state)
+{
+    (void)state;
+    char buf[512];
+    size_t n = zi_log_format_line(buf, sizeof buf, ZI_LOG_JSON, 0, ZI_LOG_INFO, "w", NULL, NULL, 0,
+                                  "a\xc0\x80"
+                                  "b\xe0\x80\x80"
+                                  "c\xf0\x80\x80\x80"
+                                  "d");
+    cJSON *j = zi_parse_line(buf, n);
+    assert_string_equal(zi_get(j, "msg"), "a\xef\xbf\xbd\xef\xbf\xbd"
+                                          "b\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+                                          "c\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+                                          "d");
+    cJSON_Delete(j);
+}
+
+/* A message of 6-byte \u00XX escapes cut at every buffer size: an escape that does not fit
+ * whole is dropped, so the line still closes with "} within cap (exact-size heap buffers so
+ * ASan sees a write past the end). */
+static void test_cut_inside_u_escapes(void **state)
+{
+    (void)state;
+    char msg[600];
+    memset(msg, 0x01, sizeof msg - 1);
+    msg[sizeof msg - 1] = '\0';
+    for (size_t cap = 64; cap <= 200; cap++) {
+        char *buf = malloc(cap);
+        size_t n =
+            zi_log_format_line(buf, cap, ZI_LOG_JSON, 0, ZI_LOG_INFO, NULL, NULL, NULL, 0, msg);
+        assert_true(n < cap);
+        assert_int_equal(strlen(buf), n);
+        assert_true(n >= 3);
+        assert_memory_equal(buf + n - 3, "\"}\n", 3);
+        cJSON *j = zi_parse_line(buf, n);
+        const char *m = zi_get(j, "msg");
+        assert_non_null(m);
+        for (const char *q = m; *q; q++)
+            assert_int_equal(*q, 0x01);
+        cJSON_Delete(j);
+        free(buf);
+    }
+}
+
 static void test_text_line(void **state)
 {
     (void)state;
@@ -101,6 +185,22 @@ static void test_text_line(void **state)
     size_t n = zi_log_format_line(buf, sizeof buf, ZI_LOG_TEXT, 1700000000000LL, ZI_LOG_ERROR,
                                   "w-1", "j1", f, 1, "two\nlines");
     assert_string_equal(buf, "2023-11-14T22:13:20.000Z ERROR worker=w-1 job_id=j1 two lines k=v\n");
+    assert_int_equal(n, strlen(buf));
+
+    /* every control byte and DEL becomes a space: a raw \r would let a message overwrite
+     * the line on a terminal, a raw \v or \f break it */
+    char msg[40];
+    size_t k = 0;
+    msg[k++] = '[';
+    for (int c = 0x01; c <= 0x1F; c++)
+        msg[k++] = (char)c;
+    msg[k++] = 0x7F;
+    msg[k++] = ']';
+    msg[k] = '\0';
+    n = zi_log_format_line(buf, sizeof buf, ZI_LOG_TEXT, 0, ZI_LOG_INFO, NULL, NULL, NULL, 0, msg);
+    assert_string_equal(buf, "1970-01-01T00:00:00.000Z INFO  ["
+                             "                                "
+                             "]\n");
     assert_int_equal(n, strlen(buf));
 }
 
@@ -206,6 +306,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_json_line),
         cmocka_unit_test(test_long_lines_are_cut_but_valid),
+        cmocka_unit_test(test_json_backslash),
+        cmocka_unit_test(test_json_control_bytes),
+        cmocka_unit_test(test_json_overlong_utf8),
+        cmocka_unit_test(test_cut_inside_u_escapes),
         cmocka_unit_test(test_text_line),
         cmocka_unit_test(test_parse_names),
         cmocka_unit_test(test_levels_and_thread_job),

@@ -5,6 +5,7 @@
  */
 #include "zi_test.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +37,8 @@ static void test_counter_gauge_exact(void **state)
     zi_metric_inc(c, "succeeded");
     zi_metric_inc(c, "succeeded");
     zi_metric_add(c, "failed", 0);
-    zi_metric_add(c, "failed", -5); /* ignored: counters never go down */
+    zi_metric_add(c, "failed", -5);  /* ignored: counters never go down */
+    zi_metric_add(c, "failed", NAN); /* ignored too: NaN would poison the total */
     zi_metric_add(c, "we\"ird\\label\n", 0.5);
     zi_metric_set(g, NULL, 42);
     zi_metric_gauge_add(g, NULL, -2.5);
@@ -54,6 +56,7 @@ static void test_counter_gauge_exact(void **state)
                               "plain_total 0\n");
     free(text);
     assert_true(zi_metric_value(c, "succeeded") == 2.0);
+    assert_true(zi_metric_value(c, "failed") == 0.0);
     assert_true(zi_metric_value(c, "absent") == 0.0);
     assert_true(zi_metric_value(g, NULL) == 39.5);
     zi_metrics_destroy(m);
@@ -99,6 +102,10 @@ static void test_registration_errors(void **state)
     const double unsorted[] = {1, 0.5};
     assert_int_equal(zi_metrics_histogram(m, "h", "", unsorted, 2, &x), ZI_EINVAL);
     assert_int_equal(zi_metrics_histogram(m, "h", "", unsorted, 0, &x), ZI_EINVAL);
+    const double dup[] = {1, 1}; /* two le="1" buckets: strictly increasing only */
+    assert_int_equal(zi_metrics_histogram(m, "h", "", dup, 2, &x), ZI_EINVAL);
+    const double inc[] = {1, 1.5};
+    assert_int_equal(zi_metrics_histogram(m, "h", "", inc, 2, &x), ZI_OK);
     zi_metrics_destroy(m);
 }
 
