@@ -123,8 +123,8 @@ void zi_top_human_age(int64_t ms, char *out, size_t cap)
 {
     if (ms < 0)
         ms = 0; /* a heartbeat from a clock slightly ahead of ours */
-    if (ms < 10000)
-        snprintf(out, cap, "%.1fs", (double)ms / 1000.0);
+    if (ms < 10000) /* tenths, cut like the units below (9999 ms is 9.9s, never 10.0s) */
+        snprintf(out, cap, "%lld.%llds", (long long)(ms / 1000), (long long)(ms / 100 % 10));
     else if (ms < 60000)
         snprintf(out, cap, "%llds", (long long)(ms / 1000));
     else if (ms < 3600000)

@@ -6,7 +6,8 @@
  * must match within 1e-5 absolute (golden README, "What matches means"); how many seeds and
  * shapes a set holds is its own business. Plus known answers for the building blocks:
  * Philox4x32-10 (Random123 KAT), mt19937 (10000th draw of the default seed) and torch's
- * scalar CPU path (n < 16), whose values for seeds 0 and 42 are widely published.
+ * scalar CPU path (n < 16) and its vectorised path at exactly n = 16, whose values for
+ * seeds 0 and 42 are widely published.
  */
 #include "zi_test.h"
 
@@ -148,6 +149,25 @@ static void test_cpu_scalar_path(void **state)
     assert_true(zi_max_abs_diff(out, seed42, 6) < 1e-4);
 }
 
+/* torch.manual_seed(S); torch.randn(4, 4): exactly 16 numbers already take the vectorised
+ * path (one Box-Muller block of 16 float uniforms); the values are as widely published as
+ * the scalar ones, and are also the first 16 of the longer cpu.* references of the seed. */
+static void test_cpu_vector_path_16(void **state)
+{
+    (void)state;
+    static const float seed0[16] = {-1.1258f, -1.1524f, -0.2506f, -0.4339f, 0.8487f, 0.6920f,
+                                    -0.3160f, -2.1152f, 0.3223f,  -1.2633f, 0.3500f, 0.3081f,
+                                    0.1198f,  1.2377f,  1.1168f,  -0.2473f};
+    static const float seed42[16] = {1.9269f,  1.4873f,  0.9007f,  -2.1055f, 0.6784f,  -1.2345f,
+                                     -0.0431f, -1.6047f, -0.7521f, 1.6487f,  -0.3925f, -1.4036f,
+                                     -0.7279f, -0.5594f, -0.7688f, 0.7624f};
+    float out[16];
+    assert_int_equal(zi_randn(out, 16, 0, ZI_RNG_CPU), ZI_OK);
+    assert_true(zi_max_abs_diff(out, seed0, 16) < 1e-4);
+    assert_int_equal(zi_randn(out, 16, 42, ZI_RNG_CPU), ZI_OK);
+    assert_true(zi_max_abs_diff(out, seed42, 16) < 1e-4);
+}
+
 /* The ragged tail of the vectorised CPU path: the last 16 numbers are redrawn, the
  * ones before stay as the whole-chunk pass made them. */
 static void test_cpu_ragged_tail(void **state)
@@ -186,10 +206,11 @@ static void test_bad_kind(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_philox_kat),        cmocka_unit_test(test_mt19937_kat),
-        cmocka_unit_test(test_cuda_grid),         cmocka_unit_test(test_rng_vectors),
-        cmocka_unit_test(test_rng_large_vectors), cmocka_unit_test(test_cpu_scalar_path),
-        cmocka_unit_test(test_cpu_ragged_tail),   cmocka_unit_test(test_bad_kind),
+        cmocka_unit_test(test_philox_kat),         cmocka_unit_test(test_mt19937_kat),
+        cmocka_unit_test(test_cuda_grid),          cmocka_unit_test(test_rng_vectors),
+        cmocka_unit_test(test_rng_large_vectors),  cmocka_unit_test(test_cpu_scalar_path),
+        cmocka_unit_test(test_cpu_vector_path_16), cmocka_unit_test(test_cpu_ragged_tail),
+        cmocka_unit_test(test_bad_kind),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -172,6 +172,8 @@ eq_value() { # NAME WANT_IN_ERROR ARGS...: a usage error whose line names WANT_I
         "$(grep -qF -- "$want" "$tmp/err" && echo yes || echo no)"
 }
 eq_value "top --interval=abc" "'abc'" top --interval=abc
+# NaN is no number in 0.1..3600 (refused while parsing, before the config or Redis is read)
+eq_value "top --interval nan" "'nan'" top --config "$tmp/none.yaml" --interval nan
 eq_value "top --events=-1" "'-1'" top --config=x.yaml --events=-1
 eq_value "dlq list --limit=0" "'0'" dlq list --limit=0
 eq_value "dlq replay --error-code=Bad" "'Bad'" dlq replay --error-code=Bad

@@ -111,12 +111,18 @@ static void test_usage_errors(void **state)
         {"--prompt a --count 1001", "--count"},
         {"--prompt a --count 2x", "--count"},
         {"--prompt \"$(printf '\\377\\376')\"", "UTF-8"},
+        {"--prompt \"$(printf '\\340\\200\\257')\"", "UTF-8"}, /* '/' overlong in 3 bytes */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, "%s %s", base, bad[i].extra);
         expect_usage_error(args, bad[i].needle);
     }
     snprintf(args, sizeof args, "--model '%s/none' --prompt a --output '%s/x.png'", tmpdir, tmpdir);
+    expect_usage_error(args, "no such folder");
+    /* 2048 x 2048 is exactly the pixel limit: allowed, so the missing model is the error */
+    snprintf(args, sizeof args,
+             "--model '%s/none' --prompt a --width 2048 --height 2048 --output '%s/x.png'", tmpdir,
+             tmpdir);
     expect_usage_error(args, "no such folder");
     snprintf(args, sizeof args, "--model '%s' --prompt a --output '%s/no/dir/x.png'", model,
              tmpdir);
@@ -342,6 +348,19 @@ static void test_generate_count(void **state)
         free(img[i]);
     free(alone);
 
+    /* {seed} alone names the images apart: no "-{n}" is added */
+    snprintf(extra, sizeof extra, "%s --count 2 --seed 5", common);
+    run_many(extra, "s-{seed}.png", out, sizeof out);
+    for (int i = 0; i < 2; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "s-%d.png", 5 + i);
+        unsigned long long seed = 0;
+        free(read_seeded(name, &seed));
+        assert_true(seed == (unsigned long long)(5 + i));
+    }
+    snprintf(probe, sizeof probe, "%s/s-5-1.png", tmpdir);
+    assert_int_not_equal(access(probe, F_OK), 0);
+
     /* a drawn seed: printed once, the images use it and the next ones */
     snprintf(extra, sizeof extra, "--prompt x --width 64 --height 64 --steps 1 --count 2 --quiet");
     run_many(extra, "d{n}.png", out, sizeof out);
@@ -439,6 +458,38 @@ static void test_generate_prompts_file(void **state)
     snprintf(args, sizeof args, "%s --prompt a --count 2 --output '%s/d{n}/e.png'", base, tmpdir);
     snprintf(want, sizeof want, "'%s/d2/e.png': its folder does not exist", tmpdir);
     expect_usage_error(args, want);
+    /* "-{n}" goes before an upper-case ".PNG" too (the missing folder names the first image) */
+    snprintf(args, sizeof args, "%s --prompt a --count 2 --output '%s/none/OUT.PNG'", base, tmpdir);
+    snprintf(want, sizeof want, "'%s/none/OUT-1.PNG': its folder does not exist", tmpdir);
+    expect_usage_error(args, want);
+    /* ten prompts: {p} is zero-padded to two digits (q01..q09 exist, q10 does not) */
+    static char many[12 * 10001 + 1];
+    size_t mn = 0;
+    for (int k = 1; k <= 10; k++) {
+        mn += (size_t)snprintf(many + mn, sizeof many - mn, "\"p%d\"\n", k);
+        if (k < 10) {
+            snprintf(dir1, sizeof dir1, "%s/q%02d", tmpdir, k);
+            assert_int_equal(mkdir(dir1, 0755), 0);
+        }
+    }
+    const char *ten = write_file("ten.jsonl", many);
+    snprintf(args, sizeof args, "%s --prompts-file '%s' --output '%s/q{p}/e.png'", base, ten,
+             tmpdir);
+    snprintf(want, sizeof want, "'%s/q10/e.png': its folder does not exist", tmpdir);
+    expect_usage_error(args, want);
+    /* at most 10000 prompts: 10000 lines are read (then the missing folder stops the run),
+     * the 10001st is refused, before the model loads */
+    for (int k = 11; k <= 10000; k++)
+        mn += (size_t)snprintf(many + mn, sizeof many - mn, "\"p%d\"\n", k);
+    const char *full = write_file("full.jsonl", many);
+    snprintf(args, sizeof args, "%s --prompts-file '%s' --output '%s/none/{p}.png'", base, full,
+             tmpdir);
+    expect_usage_error(args, "its folder does not exist");
+    snprintf(many + mn, sizeof many - mn, "\"p10001\"\n");
+    const char *over = write_file("over.jsonl", many);
+    snprintf(args, sizeof args, "%s --prompts-file '%s' --output '%s/none/{p}.png'", base, over,
+             tmpdir);
+    expect_usage_error(args, "over.jsonl:10001: more than 10000 prompts");
     const char *bad = write_file("bad.jsonl", "\"fine\"\n\"\xff\xfe\"\n");
     snprintf(args, sizeof args, "%s --prompts-file '%s' --output '%s/e.png'", base, bad, tmpdir);
     expect_usage_error(args, "bad.jsonl:2: the prompt must be valid UTF-8");

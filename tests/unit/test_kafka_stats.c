@@ -38,6 +38,18 @@ static void test_stats_lag(void **state)
     assert_int_equal(zi_kafka_stats_lag(stats, strlen(stats), "absent", &lag, &n), ZI_OK);
     assert_int_equal(lag, 0);
     assert_int_equal(n, 0);
+    /* the topic's name is matched exactly: its dead-letter topic (a longer name it is a
+     * prefix of) and a prefix of it are other topics */
+    static const char *dlq = "{\"topics\":{"
+                             "\"zimage.jobs.dlq\":{\"partitions\":{\"0\":{\"consumer_lag\":50}}},"
+                             "\"zimage.jobs\":{\"partitions\":{\"0\":{\"consumer_lag\":4}}},"
+                             "\"zimage\":{\"partitions\":{\"0\":{\"consumer_lag\":600}}}}}";
+    assert_int_equal(zi_kafka_stats_lag(dlq, strlen(dlq), "zimage.jobs", &lag, &n), ZI_OK);
+    assert_int_equal(lag, 4);
+    assert_int_equal(n, 1);
+    assert_int_equal(zi_kafka_stats_lag(dlq, strlen(dlq), "zimage.jobs.dlq", &lag, &n), ZI_OK);
+    assert_int_equal(lag, 50);
+    assert_int_equal(n, 1);
 }
 
 static void test_stats_bad(void **state)
@@ -48,6 +60,9 @@ static void test_stats_bad(void **state)
     assert_int_equal(zi_kafka_stats_lag("nope", 4, NULL, &lag, &n), ZI_EFORMAT);
     assert_int_equal(zi_kafka_stats_lag("{\"a\":1}", 7, NULL, &lag, &n), ZI_EFORMAT);
     assert_int_equal(zi_kafka_stats_lag("[]", 2, NULL, &lag, &n), ZI_EFORMAT);
+    /* "topics" must be an object */
+    assert_int_equal(zi_kafka_stats_lag("{\"topics\":[]}", 13, NULL, &lag, &n), ZI_EFORMAT);
+    assert_int_equal(zi_kafka_stats_lag("{\"topics\":1}", 12, NULL, &lag, &n), ZI_EFORMAT);
     /* a truncated document is refused, never read past its length */
     assert_int_equal(zi_kafka_stats_lag(stats, 40, NULL, &lag, &n), ZI_EFORMAT);
 }

@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "config.h"
 #include "pipeline.h"
+#include "tokenizer.h"
 #include "vae.h"
 #include "zi_err.h"
 #include "zi_test.h"
@@ -99,6 +100,51 @@ static void test_real_model_plan(void **state)
     assert_true(weights > 19000000000ull && weights < 22000000000ull);
 }
 
+/* On the CUDA backend's twin the plan's `mapped` is what its allocator mapped at the peak
+ * (peak_reserved, less the weights): whole pages and 32 MiB steps, more than handed out. */
+static void test_mapped_is_peak_reserved(void **state)
+{
+    (void)state;
+    zi_backend *be = zi_backend_meta_new(ZI_BF16, 512);
+    assert_non_null(be);
+    zi_mem_plan plan;
+    assert_int_equal(zi_pipeline_mem_plan_on(be, &tiny, 64, 64, 0.0f, 0, &plan), ZI_OK);
+    zi_mem_stats m; /* the high-water marks outlive the pipeline */
+    be->mem_stats(be, &m);
+    printf("  tiny 64x64 bf16: activations %llu, mapped %llu; peak %llu, peak_reserved %llu\n",
+           (unsigned long long)plan.activations, (unsigned long long)plan.mapped,
+           (unsigned long long)m.peak, (unsigned long long)m.peak_reserved);
+    assert_true(m.peak_reserved > m.peak);
+    assert_int_equal(plan.mapped, m.peak_reserved - plan.weights);
+    assert_int_equal(plan.activations, m.peak - plan.weights);
+    assert_true(plan.mapped > plan.activations);
+    zi_backend_destroy(be);
+}
+
+/* n_tokens 0 plans for the longest prompt (ZI_TOKENIZER_MAX_LEN ids), which needs more than
+ * a one-token prompt. */
+static void test_default_tokens(void **state)
+{
+    (void)state;
+    zi_mem_plan def, max, one;
+    zi_backend *be = zi_backend_meta_new(ZI_F32, 1);
+    assert_non_null(be);
+    assert_int_equal(zi_pipeline_mem_plan_on(be, &tiny, 64, 64, 0.0f, 0, &def), ZI_OK);
+    zi_backend_destroy(be);
+    be = zi_backend_meta_new(ZI_F32, 1);
+    assert_non_null(be);
+    assert_int_equal(zi_pipeline_mem_plan_on(be, &tiny, 64, 64, 0.0f, ZI_TOKENIZER_MAX_LEN, &max),
+                     ZI_OK);
+    zi_backend_destroy(be);
+    be = zi_backend_meta_new(ZI_F32, 1);
+    assert_non_null(be);
+    assert_int_equal(zi_pipeline_mem_plan_on(be, &tiny, 64, 64, 0.0f, 1, &one), ZI_OK);
+    zi_backend_destroy(be);
+    assert_int_equal(def.activations, max.activations);
+    assert_int_equal(def.weights, max.weights);
+    assert_true(def.activations > one.activations);
+}
+
 static void test_plan_errors(void **state)
 {
     (void)state;
@@ -115,6 +161,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_twin_of_cpu),
         cmocka_unit_test(test_real_model_plan),
+        cmocka_unit_test(test_mapped_is_peak_reserved),
+        cmocka_unit_test(test_default_tokens),
         cmocka_unit_test(test_plan_errors),
     };
     return cmocka_run_group_tests(tests, setup, NULL);

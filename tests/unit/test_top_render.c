@@ -42,6 +42,14 @@ static void test_human_age(void **state)
     assert_string_equal(b, "0.4s");
     zi_top_human_age(-50, b, sizeof b); /* a clock slightly ahead */
     assert_string_equal(b, "0.0s");
+    zi_top_human_age(9900, b, sizeof b); /* tenths below 10 s, whole seconds from 10 s */
+    assert_string_equal(b, "9.9s");
+    zi_top_human_age(9999, b, sizeof b); /* cut, not rounded up to "10.0s" */
+    assert_string_equal(b, "9.9s");
+    zi_top_human_age(1250, b, sizeof b);
+    assert_string_equal(b, "1.2s");
+    zi_top_human_age(10000, b, sizeof b);
+    assert_string_equal(b, "10s");
     zi_top_human_age(42000, b, sizeof b);
     assert_string_equal(b, "42s");
     zi_top_human_age(12 * 60000 + 5, b, sizeof b);
@@ -277,6 +285,37 @@ static void test_render_limits(void **state)
     zi_top_frame_free(&f);
 }
 
+/* A worker id longer than its column's 32: cut to 31 columns and '~', so every later column
+ * of its row starts where the header's does. */
+static void test_render_long_id(void **state)
+{
+    (void)state;
+    zi_top_snapshot s;
+    make_snapshot(&s, 1700000000000LL);
+    zi_top_worker w[2] = {s.workers[0], s.workers[0]};
+    w[1].id = "worker-0123456789abcdefghijklmnopqrstuvw"; /* 40 columns */
+    assert_int_equal(strlen(w[1].id), 40);
+    s.workers = w;
+    s.nworkers = s.workers_total = 2;
+    zi_top_view v = {.max_events = -1, .max_failures = -1};
+    zi_top_frame f;
+    assert_int_equal(zi_top_render(&s, &v, &f), ZI_OK);
+    const char *head = find_line(&f, "WORKER "), *row0 = find_line(&f, "gpu-0 "),
+               *row1 = find_line(&f, "worker-0123");
+    assert_non_null(head);
+    assert_non_null(row0);
+    assert_non_null(row1);
+    assert_int_equal(strncmp(row1, "worker-0123456789abcdefghijklmn~ busy ", 38), 0);
+    const char *state_col = strstr(head, "STATE");
+    assert_non_null(state_col);
+    assert_int_equal(state_col - head, 33); /* 32 columns and a space */
+    assert_int_equal(strstr(row0, "busy") - row0, 33);
+    assert_int_equal(strstr(row1, "busy") - row1, 33);
+    assert_int_equal(strlen(row1), strlen(row0)); /* the same cells after the id */
+    assert_int_equal(visible_cols(row1), visible_cols(row0));
+    zi_top_frame_free(&f);
+}
+
 static void test_render_empty(void **state)
 {
     (void)state;
@@ -299,10 +338,10 @@ static void test_render_empty(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_human_bytes),  cmocka_unit_test(test_human_age),
-        cmocka_unit_test(test_worker_state), cmocka_unit_test(test_sanitize),
-        cmocka_unit_test(test_render_plain), cmocka_unit_test(test_render_limits),
-        cmocka_unit_test(test_render_empty),
+        cmocka_unit_test(test_human_bytes),    cmocka_unit_test(test_human_age),
+        cmocka_unit_test(test_worker_state),   cmocka_unit_test(test_sanitize),
+        cmocka_unit_test(test_render_plain),   cmocka_unit_test(test_render_limits),
+        cmocka_unit_test(test_render_long_id), cmocka_unit_test(test_render_empty),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
