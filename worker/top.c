@@ -123,7 +123,8 @@ void zi_top_human_age(int64_t ms, char *out, size_t cap)
 {
     if (ms < 0)
         ms = 0; /* a heartbeat from a clock slightly ahead of ours */
-    if (ms < 10000) /* tenths, cut like the units below (9999 ms is 9.9s, never 10.0s) */
+    /* tenths below 10 s, cut like the units below (9999 ms is 9.9s, never 10.0s) */
+    if (ms < 10000)
         snprintf(out, cap, "%lld.%llds", (long long)(ms / 1000), (long long)(ms / 100 % 10));
     else if (ms < 60000)
         snprintf(out, cap, "%llds", (long long)(ms / 1000));

@@ -89,6 +89,114 @@ static void test_vmm_provider(void **state)
     zi_vmm_close(v);
 }
 
+/* unmap must name the whole chunk a map call made: a wrong size (half of it) is refused
+ * with ZI_EINVAL before the driver is asked, and the mapping stays as it was. */
+static void test_vmm_unmap_wrong_size(void **state)
+{
+    (void)state;
+    zi_vmm *v = NULL;
+    assert_int_equal(zi_vmm_open(0, 64 * MIB, zi_cuda_stream(be), &v), ZI_OK);
+    uint64_t g = zi_vmm_granularity(v);
+    zi_alloc_provider p = zi_vmm_provider(v);
+    assert_int_equal(p.map(p.ud, 0, 2 * g), ZI_OK);
+    assert_int_equal(p.unmap(p.ud, 0, g), ZI_EINVAL);
+    assert_int_equal(p.unmap(p.ud, 0, 4 * g), ZI_EINVAL);
+    assert_int_equal(p.unmap(p.ud, g, g), ZI_EINVAL); /* not where a chunk starts */
+    assert_int_equal(zi_vmm_handles(v), 1);
+    /* the whole chunk is still mapped and usable */
+    char *ptr = zi_vmm_base(v);
+    assert_int_equal(cudaMemset(ptr, 0x3c, 2 * g), cudaSuccess);
+    unsigned char probe[64];
+    assert_int_equal(cudaMemcpy(probe, ptr + 2 * g - 64, 64, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (int i = 0; i < 64; i++)
+        assert_int_equal(probe[i], 0x3c);
+    assert_int_equal(p.unmap(p.ud, 0, 2 * g), ZI_OK);
+    assert_int_equal(zi_vmm_handles(v), 0);
+    zi_vmm_close(v);
+}
+
+/* Work queued on the stream that still uses a block is waited for by the unmap of a trim:
+ * no explicit synchronisation between the queued memset, the free and the trim. (Without
+ * the wait the GPU faults on the unmapped range; the CUDA emulator aborts.) */
+static void test_vmm_unmap_waits_for_stream(void **state)
+{
+    (void)state;
+    cudaStream_t st = (cudaStream_t)zi_cuda_stream(be);
+    zi_vmm *v = NULL;
+    assert_int_equal(zi_vmm_open(0, 256 * MIB, st, &v), ZI_OK);
+    uint64_t g = zi_vmm_granularity(v);
+    zi_alloc_config cfg = {zi_vmm_reserve(v), g, 0, 512, 0};
+    zi_alloc_provider p = zi_vmm_provider(v);
+    zi_alloc *a = NULL;
+    assert_int_equal(zi_alloc_new(&cfg, &p, &a), ZI_OK);
+    uint64_t off = 0, n = 32 * MIB;
+    assert_int_equal(zi_alloc_malloc(a, n, 0, &off), ZI_OK);
+    char *ptr = (char *)zi_vmm_base(v) + off;
+    assert_int_equal(cudaMemsetAsync(ptr, 0x11, n, st), cudaSuccess);
+    assert_int_equal(cudaMemsetAsync(ptr, 0x22, n, st), cudaSuccess);
+    assert_int_equal(zi_alloc_free(a, off, NULL, NULL), ZI_OK);
+    assert_true(zi_alloc_trim(a) >= n);
+    assert_int_equal(zi_vmm_handles(v), 0);
+    /* the queued work ran before the unmap: nothing is left to fail now */
+    assert_int_equal(cudaStreamSynchronize(st), cudaSuccess);
+    assert_int_equal(cudaGetLastError(), cudaSuccess);
+    zi_alloc_destroy(a);
+    zi_vmm_close(v);
+}
+
+/* Chunks mapped out of address order (a lower chunk trimmed and mapped again after a
+ * higher one; or mapped in descending order) are still found by unmap. */
+static void test_vmm_out_of_order_chunks(void **state)
+{
+    (void)state;
+    zi_vmm *v = NULL;
+    assert_int_equal(zi_vmm_open(0, 64 * MIB, zi_cuda_stream(be), &v), ZI_OK);
+    uint64_t g = zi_vmm_granularity(v);
+    zi_alloc_config cfg = {zi_vmm_reserve(v), g, 0, 512, 0};
+    zi_alloc_provider p = zi_vmm_provider(v);
+    zi_alloc *a = NULL;
+    assert_int_equal(zi_alloc_new(&cfg, &p, &a), ZI_OK);
+    uint64_t offa = 0, offb = 0, offa2 = 0;
+    assert_int_equal(zi_alloc_malloc(a, g, 0, &offa), ZI_OK);
+    assert_int_equal(zi_alloc_malloc(a, g, 0, &offb), ZI_OK);
+    assert_true(offb > offa);
+    assert_int_equal(zi_vmm_handles(v), 2);
+    assert_int_equal(zi_alloc_free(a, offa, NULL, NULL), ZI_OK);
+    assert_int_equal(zi_alloc_trim(a), g); /* A's chunk goes, B's stays */
+    assert_int_equal(zi_vmm_handles(v), 1);
+    assert_int_equal(zi_alloc_malloc(a, g, 0, &offa2), ZI_OK); /* mapped again, below B */
+    assert_int_equal(offa2, offa);
+    assert_int_equal(zi_vmm_handles(v), 2);
+    zi_alloc_stats s;
+    zi_alloc_get_stats(a, &s);
+    assert_int_equal(s.reserved, 2 * g);
+    assert_int_equal(s.mapped_chunks, 2);
+    assert_int_equal(zi_alloc_free(a, offb, NULL, NULL), ZI_OK);
+    assert_int_equal(zi_alloc_trim(a), g); /* B, the higher chunk, first */
+    assert_int_equal(zi_vmm_handles(v), 1);
+    zi_alloc_get_stats(a, &s);
+    assert_int_equal(s.reserved, g);
+    assert_int_equal(s.mapped_chunks, 1);
+    assert_int_equal(zi_alloc_free(a, offa2, NULL, NULL), ZI_OK);
+    assert_int_equal(zi_alloc_trim(a), g);
+    assert_int_equal(zi_vmm_handles(v), 0);
+    zi_alloc_get_stats(a, &s);
+    assert_int_equal(s.reserved, 0);
+    assert_int_equal(s.mapped_chunks, 0);
+    assert_int_equal(zi_alloc_check(a), ZI_OK);
+    zi_alloc_destroy(a);
+
+    /* the provider alone, chunks mapped in descending order, unmapped in ascending */
+    for (uint64_t i = 4; i-- > 0;)
+        assert_int_equal(p.map(p.ud, 2 * i * g, g), ZI_OK);
+    assert_int_equal(zi_vmm_handles(v), 4);
+    for (uint64_t i = 0; i < 4; i++) {
+        assert_int_equal(p.unmap(p.ud, 2 * i * g, g), ZI_OK);
+        assert_int_equal(zi_vmm_handles(v), 3 - i);
+    }
+    zi_vmm_close(v);
+}
+
 /* A DiT-like step: activations of the real sizes, dead intermediates freed early. */
 static void run_job(zi_backend *b, int S)
 {
@@ -318,9 +426,15 @@ static void test_no_vmm_fallback(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cudamalloc_mode),     cmocka_unit_test(test_vmm_provider),
-        cmocka_unit_test(test_replay_maps_nothing), cmocka_unit_test(test_trim_returns_memory),
-        cmocka_unit_test(test_oom_is_clear),        cmocka_unit_test(test_other_thread),
+        cmocka_unit_test(test_cudamalloc_mode),
+        cmocka_unit_test(test_vmm_provider),
+        cmocka_unit_test(test_vmm_unmap_wrong_size),
+        cmocka_unit_test(test_vmm_unmap_waits_for_stream),
+        cmocka_unit_test(test_vmm_out_of_order_chunks),
+        cmocka_unit_test(test_replay_maps_nothing),
+        cmocka_unit_test(test_trim_returns_memory),
+        cmocka_unit_test(test_oom_is_clear),
+        cmocka_unit_test(test_other_thread),
 #ifdef ZI_CUDA_EMU
         cmocka_unit_test(test_no_vmm_fallback),
 #endif
