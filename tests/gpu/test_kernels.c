@@ -344,13 +344,15 @@ static void test_embedding(void **state)
 
 /* ---- normalisation ---- */
 
-static void zt_rms_case(const char *name, int R, int D, int with_w, int inplace)
+/* f32: F32 input and output on the GPU too, checked to fp32 accuracy (a bias of 1/D in
+ * the mean square, e.g. 1/(D-1), is far below bf16's resolution) */
+static void zt_rms_case_f32(const char *name, int R, int D, int with_w, int inplace, int f32)
 {
     size_t n = (size_t)R * D;
     float *x = zt_rand(n, -3, 3), *w = zt_rand((size_t)D, 0.5f, 1.5f);
     int64_t s[2] = {R, D};
     zi_tensor cx = zt_put(cpu, 1, x, 2, s), co = zt_put(cpu, 1, NULL, 2, s);
-    zi_tensor gx = zt_put(gpu, 0, x, 2, s), go = zt_put(gpu, 0, NULL, 2, s);
+    zi_tensor gx = zt_put(gpu, f32, x, 2, s), go = zt_put(gpu, f32, NULL, 2, s);
     zi_tensor cw = zt_put1(cpu, 1, w, D), gw = zt_put1(gpu, 0, w, D);
     ZT_CPU(name, cpu->rmsnorm(cpu, &co, &cx, with_w ? &cw : NULL, R, D, 1e-5f));
     if (inplace) {
@@ -360,10 +362,15 @@ static void zt_rms_case(const char *name, int R, int D, int with_w, int inplace)
         ZT_TIME(name, 4.0 * n, 0, gpu->rmsnorm(gpu, &go, &gx, with_w ? &gw : NULL, R, D, 1e-5f));
     }
     float *ref = zt_get(cpu, &co, n), *got = zt_get(gpu, inplace ? &gx : &go, n);
-    zt_check(name, got, ref, n, 2e-3, 8e-3);
+    zt_check(name, got, ref, n, f32 ? 1e-5 : 2e-3, f32 ? 2e-5 : 8e-3);
     free(ref), free(got), free(x), free(w);
     cpu->free(cpu, &cx), cpu->free(cpu, &co), cpu->free(cpu, &cw);
     gpu->free(gpu, &gx), gpu->free(gpu, &go), gpu->free(gpu, &gw);
+}
+
+static void zt_rms_case(const char *name, int R, int D, int with_w, int inplace)
+{
+    zt_rms_case_f32(name, R, D, with_w, inplace, 0);
 }
 
 static void test_rmsnorm(void **state)
@@ -375,6 +382,11 @@ static void test_rmsnorm(void **state)
         zt_rms_case("rmsnorm per-head in place 17*4x128", 17 * 4, 128, 1, 1);
         zt_rms_case("rmsnorm no affine 7x100", 7, 100, 0, 0);
         zt_rms_case("rmsnorm odd 5x33", 5, 33, 1, 0);
+        /* D > 1024: one block per row */
+        zt_rms_case("rmsnorm block-per-row 3x2560", 3, 2560, 1, 0);
+        zt_rms_case_f32("rmsnorm block-per-row f32 3x2560", 3, 2560, 1, 0, 1);
+        zt_rms_case_f32("rmsnorm block-per-row f32 no affine 3x3840", 3, 3840, 0, 0, 1);
+        zt_rms_case_f32("rmsnorm warp-per-row f32 7x1000", 7, 1000, 1, 0, 1);
         return;
     }
     zt_rms_case("rmsnorm 4224x3840", 4224, 3840, 1, 0);
@@ -383,22 +395,35 @@ static void test_rmsnorm(void **state)
     zt_rms_case("rmsnorm no affine 777x2560", 777, 2560, 0, 0);
 }
 
-static void test_layernorm(void **state)
+/* f32: as zt_rms_case_f32 */
+static void zt_ln_case(const char *name, int R, int D, int f32)
 {
-    (void)state;
-    const int R = zt_small ? 64 : 4096, D = zt_small ? 384 : 3840;
     size_t n = (size_t)R * D;
     float *x = zt_rand(n, -2, 4); /* non-zero mean */
     int64_t s[2] = {R, D};
     zi_tensor cx = zt_put(cpu, 1, x, 2, s), co = zt_put(cpu, 1, NULL, 2, s);
-    zi_tensor gx = zt_put(gpu, 0, x, 2, s), go = zt_put(gpu, 0, NULL, 2, s);
-    const char *name = zt_small ? "layernorm 64x384" : "layernorm 4096x3840";
+    zi_tensor gx = zt_put(gpu, f32, x, 2, s), go = zt_put(gpu, f32, NULL, 2, s);
     ZT_CPU(name, cpu->layernorm(cpu, &co, &cx, R, D, 1e-6f));
     ZT_TIME(name, 4.0 * n, 0, gpu->layernorm(gpu, &go, &gx, R, D, 1e-6f));
     float *ref = zt_get(cpu, &co, n), *got = zt_get(gpu, &go, n);
-    zt_check(name, got, ref, n, 2e-3, 8e-3);
+    zt_check(name, got, ref, n, f32 ? 1e-5 : 2e-3, f32 ? 2e-5 : 8e-3);
     free(ref), free(got), free(x);
     cpu->free(cpu, &cx), cpu->free(cpu, &co), gpu->free(gpu, &gx), gpu->free(gpu, &go);
+}
+
+static void test_layernorm(void **state)
+{
+    (void)state;
+    if (zt_small) {
+        zt_ln_case("layernorm 64x384", 64, 384, 0);
+        /* D > 1024: one block per row */
+        zt_ln_case("layernorm block-per-row 3x3840", 3, 3840, 0);
+        zt_ln_case("layernorm block-per-row f32 3x2560", 3, 2560, 1);
+        zt_ln_case("layernorm block-per-row f32 3x3840", 3, 3840, 1);
+        zt_ln_case("layernorm warp-per-row f32 5x384", 5, 384, 1);
+        return;
+    }
+    zt_ln_case("layernorm 4096x3840", 4096, 3840, 0);
 }
 
 static void zt_gn_case(const char *name, int C, int HW, int G, int silu, float mean)
@@ -434,6 +459,9 @@ static void test_groupnorm(void **state)
         zt_gn_case("groupnorm+silu 64x16^2 G32", 64, 16 * 16, 32, 1, 0.0f);
         zt_gn_case("groupnorm 32x24^2 G8 mean 20", 32, 24 * 24, 8, 0, 20.0f);
         zt_gn_case("groupnorm odd 12x77 G3", 12, 77, 3, 1, -1.0f);
+        /* tiny groups (4 and 8 elements): the 1/n of the statistics is seen */
+        zt_gn_case("groupnorm tiny groups 8x4 G8", 8, 4, 8, 0, 0.5f);
+        zt_gn_case("groupnorm tiny groups 16x2 G4", 16, 2, 4, 1, 0.0f);
         return;
     }
     zt_gn_case("groupnorm+silu 512x128^2 G32", 512, 128 * 128, 32, 1, 0.0f);
@@ -498,16 +526,27 @@ static float *zt_slice(const float *x, int H, int hd, int r0, int nr, int h0, in
     return y;
 }
 
+/* Inputs of zt_attn_case_in: random, or Q = 0 (every visible key weighs the same) with V = 1
+ * everywhere (every output exactly 1, however many keys a row sees) or V = 0 but for the
+ * last key's 1 (a row that sees the last key outputs 1/keys, any other 0). */
+enum { ZT_ATTN_RANDOM, ZT_ATTN_V_ONE, ZT_ATTN_V_LAST };
+
 /*
  * GPU: the full problem. CPU: query rows [0, cq) and query heads [0, ch) (with their kv
  * heads), which the full output contains unchanged (rows and heads are independent).
  */
-static void zt_attn_case(const char *name, int Sq, int Skv, int H, int KVH, int hd, int causal,
-                         int cq, int ch, zi_cuda_attn_path path)
+static void zt_attn_case_in(const char *name, int Sq, int Skv, int H, int KVH, int hd, int causal,
+                            int cq, int ch, zi_cuda_attn_path path, int input, double atol_frac,
+                            double rtol)
 {
     float scale = 1.0f / sqrtf((float)hd);
     size_t nq = (size_t)Sq * H * hd, nkv = (size_t)Skv * KVH * hd;
     float *q = zt_rand(nq, -2, 2), *k = zt_rand(nkv, -2, 2), *v = zt_rand(nkv, -1, 1);
+    if (input != ZT_ATTN_RANDOM) {
+        memset(q, 0, nq * sizeof(float));
+        for (size_t i = 0; i < nkv; i++)
+            v[i] = input == ZT_ATTN_V_ONE || i >= (size_t)(Skv - 1) * KVH * hd ? 1.0f : 0.0f;
+    }
     int group = H / KVH, ckv = (ch + group - 1) / group;
     if (causal)
         cq = Sq; /* causal rows depend on their index: keep all rows */
@@ -527,11 +566,42 @@ static void zt_attn_case(const char *name, int Sq, int Skv, int H, int KVH, int 
     float *full = zt_get(gpu, &go, nq);
     float *got = zt_slice(full, H, hd, 0, cq, 0, ch);
     float *ref = zt_get(cpu, &cot, (size_t)cq * ch * hd);
-    zt_check(name, got, ref, (size_t)cq * ch * hd, 1e-2, 2e-2);
+    zt_check(name, got, ref, (size_t)cq * ch * hd, atol_frac, rtol);
     assert_int_equal(zi_cuda_set_attention_path(gpu, ZI_CUDA_ATTN_AUTO), ZI_OK);
     free(full), free(got), free(ref), free(q), free(k), free(v), free(qs), free(ks), free(vs);
     gpu->free(gpu, &gq), gpu->free(gpu, &gk), gpu->free(gpu, &gv), gpu->free(gpu, &go);
     cpu->free(cpu, &cqt), cpu->free(cpu, &ckt), cpu->free(cpu, &cvt), cpu->free(cpu, &cot);
+}
+
+static void zt_attn_case(const char *name, int Sq, int Skv, int H, int KVH, int hd, int causal,
+                         int cq, int ch, zi_cuda_attn_path path)
+{
+    zt_attn_case_in(name, Sq, Skv, H, KVH, hd, causal, cq, ch, path, ZT_ATTN_RANDOM, 1e-2, 2e-2);
+}
+
+/*
+ * The key bounds, where an error of one key is large: (a) Q = 0, V = 1, Skv = 1 and 65 (a
+ * partly filled tile of either kernel): a zero-filled key past Skv let into the softmax
+ * would give Skv / (Skv + 1); (b) causal with Skv - Sq = 1, so that the last row of the
+ * first query block (and, at head dim 512, of the second) sees exactly one key of the next
+ * K/V tile, and V = 0 but for that key: a tile count that leaves that tile out gives 0 for
+ * the row instead of 1/65.
+ */
+static void zt_attn_key_bound_cases(const char *what, zi_cuda_attn_path path, int wide)
+{
+    char nm[96];
+    const int hds[2] = {128, 512};
+    for (int i = 0; i < 1 + wide; i++) {
+        int hd = hds[i];
+        snprintf(nm, sizeof nm, "attention %s one key V=1 5/1x%d", what, hd);
+        zt_attn_case_in(nm, 5, 1, 2, 1, hd, 0, 5, 2, path, ZT_ATTN_V_ONE, 0, 5e-3);
+        snprintf(nm, sizeof nm, "attention %s ragged keys V=1 3/65x%d", what, hd);
+        zt_attn_case_in(nm, 3, 65, 2, 1, hd, 0, 3, 2, path, ZT_ATTN_V_ONE, 0, 5e-3);
+        snprintf(nm, sizeof nm, "attention %s causal last key 64/65x%d", what, hd);
+        zt_attn_case_in(nm, 64, 65, 1, 1, hd, 1, 64, 1, path, ZT_ATTN_V_LAST, 1e-2, 2e-2);
+    }
+    snprintf(nm, sizeof nm, "attention %s causal decode last key 1/65", what);
+    zt_attn_case_in(nm, 1, 65, 2, 1, 128, 1, 1, 2, path, ZT_ATTN_V_LAST, 1e-2, 2e-2);
 }
 
 /* The GEMM path in blocks of a few query rows (a small score budget): the row blocks,
@@ -560,6 +630,8 @@ static void zt_attn_one_stage_cases(void)
                  ZI_CUDA_ATTN_FLASH);
     zt_attn_case("attention flash 1-stage wide causal gqa 70x4/2x512", 70, 70, 4, 2, 512, 1, 70, 4,
                  ZI_CUDA_ATTN_FLASH);
+    if (zt_small)
+        zt_attn_key_bound_cases("flash 1-stage", ZI_CUDA_ATTN_FLASH, 1);
     if (!zt_small) {
         zt_attn_case("attention dit flash 1-stage 4224x30x128", 4224, 4224, 30, 30, 128, 0, 512, 2,
                      ZI_CUDA_ATTN_FLASH);
@@ -623,6 +695,8 @@ static void test_attention(void **state)
             zt_attn_small_smem_case();
         zt_attn_case("attention hd16 causal 9x4/2", 9, 9, 4, 2, 16, 1, 9, 4, ZI_CUDA_ATTN_AUTO);
         zt_attn_case("attention hd64 64x1", 64, 64, 1, 1, 64, 0, 64, 1, ZI_CUDA_ATTN_AUTO);
+        zt_attn_key_bound_cases("flash", ZI_CUDA_ATTN_FLASH, 1);
+        zt_attn_key_bound_cases("gemm", ZI_CUDA_ATTN_GEMM, 0);
         return;
     }
     /* DiT unified stream: 4096 image + 128 caption tokens, 30 heads of 128 */
@@ -701,6 +775,10 @@ static void test_elementwise(void **state)
         zt_map_case("affine f32 latents 16x16x16", ZT_AFFINE, 16 * 16 * 16, 1, 1);
         zt_map_case("add f32 out bf16+bf16 odd n", ZT_ADD, 10003, 1, 0);
         zt_map_case("silu f32 in -> bf16 odd n", ZT_SILU, 999, 0, 1);
+        /* n = 4 (mod 8): the scalar kernel, not the 8-wide one */
+        zt_map_case("add n=1004", ZT_ADD, 1004, 0, 0);
+        zt_map_case("silu_mul n=12", ZT_SILU_MUL, 12, 0, 0);
+        zt_map_case("affine f32 n=20", ZT_AFFINE, 20, 1, 1);
         return;
     }
     size_t ffn = (size_t)4224 * 10240;
@@ -890,6 +968,48 @@ static void test_upsample_rgb(void **state)
     ZT_TIME(rgb, 2.0 * np + np, 0, gpu->to_rgb8(gpu, rg, &gi, H, W));
     free(rc), free(rg), free(img);
     cpu->free(cpu, &ci), gpu->free(gpu, &gi);
+
+    /* exact ties from an F32 image: fp32 values x with (x / 2 + 0.5) * 255 = k + 0.5, k
+     * even, which round half to even gives k and round half up k + 1 */
+    enum { TH = 4, TW = 64 };
+    size_t nt = (size_t)3 * TH * TW, nties = 0;
+    float *tie = malloc(nt * sizeof(float));
+    assert_non_null(tie);
+    for (int kk = 0; kk < 255 && nties < nt; kk += 2) {
+        float x0 = 2.0f * ((float)kk + 0.5f) / 255.0f - 1.0f, x = x0;
+        for (int u = 0; u < 64; u++) /* walk down a few ulps, then up */
+            x = nextafterf(x, -2.0f);
+        for (int u = 0; u < 128 && nties < nt; u++, x = nextafterf(x, 2.0f)) {
+            volatile float v = x / 2.0f + 0.5f;
+            volatile float p = v * 255.0f;
+            if (p == (float)kk + 0.5f)
+                tie[nties++] = x;
+        }
+    }
+    assert_true(nties >= 16);
+    for (size_t i = nties; i < nt; i++) /* the rest: the ties again, negated */
+        tie[i] = -tie[i - nties];
+    int64_t st[3] = {3, TH, TW};
+    zi_tensor ct = zt_put(cpu, 1, tie, 3, st), gt = zt_put(gpu, 1, tie, 3, st);
+    uint8_t *tc = malloc(nt), *tg = malloc(nt);
+    assert_non_null(tc);
+    assert_non_null(tg);
+    assert_int_equal(cpu->to_rgb8(cpu, tc, &ct, TH, TW), ZI_OK);
+    assert_int_equal(gpu->to_rgb8(gpu, tg, &gt, TH, TW), ZI_OK);
+    size_t tdiff = 0, ceven = 0;
+    for (size_t i = 0; i < (size_t)TH * TW; i++)
+        for (int c = 0; c < 3; c++) {
+            size_t j = (size_t)c * TH * TW + i; /* planar in, interleaved out */
+            tdiff += tc[i * 3 + c] != tg[i * 3 + c];
+            ceven += j < nties && tc[i * 3 + c] % 2 == 0;
+        }
+    zt_result *tr = zt_record("to_rgb8 f32 ties");
+    tr->err = (double)tdiff;
+    tr->ok = tdiff == 0;
+    assert_int_equal(ceven, nties); /* the CPU reference rounds the ties to even */
+    assert_int_equal(tdiff, 0);
+    free(tie), free(tc), free(tg);
+    cpu->free(cpu, &ct), gpu->free(gpu, &gt);
 }
 
 /* ---- weights, randn ---- */
@@ -937,6 +1057,22 @@ static void test_upload_weight(void **state)
         assert_int_equal(m1.weights, m0.weights);
     }
     free(x), free(h16), free(hb), free(f8), free(want);
+
+    /* F32 through three 32 MiB staging chunks: the third refills the first chunk's pinned
+     * buffer, which must wait for that chunk's copy; every chunk's data differs */
+    const size_t n3 = ((size_t)2 << 23) + 4099;
+    float *x3 = malloc(n3 * sizeof(float)), *want3 = malloc(n3 * sizeof(float));
+    assert_true(x3 && want3);
+    for (size_t i = 0; i < n3; i++)
+        x3[i] = (float)(i % 1021) - 500.0f; /* 2^24 = 144 (mod 1021): chunks differ */
+    zi_tensor w3;
+    assert_int_equal(gpu->upload_weight(gpu, &w3, x3, ZI_F32, 1, (int64_t[]){(int64_t)n3}), ZI_OK);
+    float *got3 = zt_get(gpu, &w3, n3);
+    memcpy(want3, x3, n3 * sizeof(float));
+    zi_round_bf16_inplace(want3, n3);
+    zt_check("upload_weight F32 3 chunks", got3, want3, n3, 0, 0);
+    free(x3), free(want3), free(got3);
+    gpu->free(gpu, &w3);
 }
 
 static void test_randn(void **state)
