@@ -18,7 +18,11 @@
  *
  * cp.async copies are queued per thread and performed at the cp.async.wait_group that covers
  * them (PTX: nothing else guarantees completion), so a kernel that reads the destination
- * before waiting sees stale data here too.
+ * before waiting sees stale data here too. ZI_EMU_CP_ASYNC=eager goes to the other end of
+ * what the hardware may do: each copy lands when it is issued, and the lanes a warp
+ * collective wakes run before any other warp's threads, so a warp runs as far ahead of the
+ * others as the barriers allow. Then a refill of a stage that other warps have not finished
+ * reading (a missing __syncthreads before it) overwrites data they still read.
  *
  * References (cited next to each instruction): CUDA C++ Programming Guide, "Execution
  * configuration", "Synchronization functions", "Warp shuffle functions"; PTX ISA 9.0
@@ -519,11 +523,35 @@ bool coll_arrive(warp &w)
     return false;
 }
 
+/* ZI_EMU_CP_ASYNC=eager: cp.async copies land when issued, and a warp runs as far ahead of
+ * the others as the barriers allow (see the file's header). */
+int g_eager = -1; /* -1: not read from the environment yet */
+
+bool eager_mode(void)
+{
+    if (g_eager < 0) {
+        const char *e = getenv("ZI_EMU_CP_ASYNC");
+        g_eager = e && strcmp(e, "eager") == 0;
+    }
+    return g_eager != 0;
+}
+
 void coll_release(warp &w)
 {
     unsigned others = w.mask & ~(1u << (g.cur->lin % 32));
     int base = g.cur->lin & ~31;
     w.arrived = 0;
+    if (eager_mode()) { /* the warp's lanes first, in lane order: the warp runs ahead */
+        for (int l = 31; l >= 0; l--)
+            if (others >> l & 1u) {
+                thread *t = &g.threads[base + l];
+                t->state = T_RUNNABLE;
+                g.rq_head = (g.rq_head + kMaxThreads - 1) % kMaxThreads;
+                g.runq[g.rq_head] = t->lin;
+                g.rq_len++;
+            }
+        return;
+    }
     for (int l = 0; l < 32; l++)
         if (others >> l & 1u)
             make_runnable(&g.threads[base + l]);
@@ -829,7 +857,17 @@ void zi_emu_cp_async16(void *smem, const void *gmem, int src_bytes)
         if (!zi_emu_is_device_range(gmem, (size_t)src_bytes))
             fail("cp.async: source %p + %d is not device (global) memory", gmem, src_bytes);
     }
+    if (eager_mode()) { /* the copy lands at once */
+        memcpy(smem, gmem, (size_t)src_bytes);
+        memset(static_cast<char *>(smem) + src_bytes, 0, (size_t)(16 - src_bytes));
+        return;
+    }
     t->cp.push_back(cp_async_op{smem, gmem, src_bytes, -1});
+}
+
+void zi_emu_set_eager(int on)
+{
+    g_eager = on != 0;
 }
 
 /* cp.async.commit_group (9.7.9.25.3.3): the thread's uncommitted copies form a group. */

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <algorithm>
 #include <vector>
 
 #define CHECK ZI_EMU_CHECK
@@ -197,6 +198,19 @@ __global__ void cp_async_kernel(const unsigned char *src, unsigned char *out)
     memcpy(out + 1024 + t * 16, sm + 512 + t * 16, 16); /* second group: still pending */
     zi_emu_cp_async_wait_group(0);
     memcpy(out + 1536 + t * 16, sm + 512 + t * 16, 16);
+}
+
+/* Each of two warps' threads takes a ticket at each of 4 warp-wide steps (a __syncwarp
+ * between them), after a barrier that every thread has started by: the order the
+ * emulator runs the warps in. */
+__global__ void ticket_kernel(int *counter, int *tickets)
+{
+    int t = threadIdx.x;
+    __syncthreads();
+    for (int step = 0; step < 4; step++) {
+        tickets[t * 4 + step] = (*counter)++;
+        __syncwarp();
+    }
 }
 
 __global__ void flag_kernel(int *flag)
@@ -419,6 +433,55 @@ void test_cp_async(void)
     printf("ok cp.async\n");
 }
 
+/* The eager order (zi_emu_set_eager): a cp.async lands when issued (the same kernel as
+ * test_cp_async sees the copies before any wait), and a warp runs ahead: every ticket of
+ * warp 0 comes before every ticket of warp 1, where the default order interleaves them at
+ * each warp collective. */
+void test_eager(void)
+{
+    std::vector<unsigned char> src(1024);
+    for (int i = 0; i < 1024; i++)
+        src[i] = (unsigned char)(i * 5 + 3);
+    unsigned char *dsrc = dev_alloc<unsigned char>(1024), *dout = dev_alloc<unsigned char>(2048);
+    upload(dsrc, src);
+    int *counter = dev_alloc<int>(1), *tickets = dev_alloc<int>(256);
+    for (int eager = 0; eager <= 1; eager++) {
+        zi_emu_set_eager(eager);
+        ZI_LAUNCH(cp_async_kernel, 1, 32, 1024, 0, dsrc, dout);
+        CHECK(cudaGetLastError() == cudaSuccess);
+        std::vector<unsigned char> out = download(dout, 2048);
+        int n = 5; /* thread 5: src-size 5 */
+        for (int b = 0; b < 16; b++) {
+            unsigned char landed = b < n ? src[5 * 16 + b] : 0;
+            CHECK(out[5 * 16 + b] == (eager ? landed : 0xab)); /* before any wait */
+            CHECK(out[1024 + 5 * 16 + b] == (eager ? src[512 + 5 * 16 + b] : 0xab));
+        }
+        CHECK(cudaMemset(counter, 0, sizeof(int)) == cudaSuccess);
+        ZI_LAUNCH(ticket_kernel, 1, 64, 0, 0, counter, tickets);
+        CHECK(cudaGetLastError() == cudaSuccess);
+        std::vector<int> tk(256);
+        CHECK(cudaMemcpy(tk.data(), tickets, 256 * sizeof(int), cudaMemcpyDeviceToHost) ==
+              cudaSuccess);
+        /* the warp of each ticket, in ticket order; count the switches between warps */
+        std::vector<int> warp_of(256, -1);
+        for (int t = 0; t < 64; t++)
+            for (int s = 0; s < 4; s++)
+                warp_of[tk[t * 4 + s]] = t / 32;
+        int switches = 0;
+        for (int i = 1; i < 256; i++)
+            switches += warp_of[i] != warp_of[i - 1];
+        /* eager: the barrier's last thread (warp 1) takes one ticket, then warp 0 runs all
+         * its steps, then warp 1 all of its; the default order switches at every step */
+        CHECK(eager ? switches == 2 : switches >= 6);
+    }
+    zi_emu_set_eager(0);
+    cudaFree(dsrc);
+    cudaFree(dout);
+    cudaFree(counter);
+    cudaFree(tickets);
+    printf("ok eager order\n");
+}
+
 void test_launch_errors(void)
 {
     int *flag = dev_alloc<int>(1);
@@ -503,6 +566,7 @@ int main(void)
     test_mma();
     test_ldmatrix_trans();
     test_cp_async();
+    test_eager();
     test_launch_errors();
     test_aborts();
     return 0;

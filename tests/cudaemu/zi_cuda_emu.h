@@ -135,6 +135,11 @@ void zi_emu_mma_m16n8k16_bf16_f32(float c[4], const uint32_t a[4], uint32_t b0, 
 void zi_emu_cp_async16(void *smem, const void *gmem, int src_bytes);
 void zi_emu_cp_async_commit_group(void);
 void zi_emu_cp_async_wait_group(int n);
+/* The emulator's "eager" order (ZI_EMU_CP_ASYNC=eager sets it at start): cp.async copies
+ * land when issued and a warp runs ahead of the others as far as the barriers allow (1), or
+ * copies land at their wait and woken lanes queue behind the other warps (0, the default).
+ * For tests; set it between launches. */
+void zi_emu_set_eager(int on);
 
 /* ---- the runtime's C++ template overloads ---- */
 template <class T>
