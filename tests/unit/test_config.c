@@ -324,8 +324,9 @@ static int parse_sched(const char *j, size_t n, const char *f, void *o)
     return zi_sched_config_parse(j, n, f, o);
 }
 
-static int parse_with(const char *rel, parse_fn parse, const char *key, const char *value,
-                      void *out)
+/* The checkpoint's file rel with each key of kv (key, value, ..., NULL) replaced by its
+ * value (JSON text; "" deletes the key), parsed by parse into out. */
+static int parse_with_all(const char *rel, parse_fn parse, const char *const *kv, void *out)
 {
     char *txt;
     size_t len;
@@ -333,11 +334,13 @@ static int parse_with(const char *rel, parse_fn parse, const char *key, const ch
     assert_int_equal(zi_json_read_file(zi_test_model(rel), 1 << 20, &txt, &len), ZI_OK);
     assert_int_equal(zi_json_parse(txt, len, rel, &root), ZI_OK);
     free(txt);
-    cJSON_DeleteItemFromObjectCaseSensitive(root, key);
-    if (*value) {
-        cJSON *v = cJSON_Parse(value);
-        assert_non_null(v);
-        cJSON_AddItemToObject(root, key, v);
+    for (; kv[0]; kv += 2) {
+        cJSON_DeleteItemFromObjectCaseSensitive(root, kv[0]);
+        if (*kv[1]) {
+            cJSON *v = cJSON_Parse(kv[1]);
+            assert_non_null(v);
+            cJSON_AddItemToObject(root, kv[0], v);
+        }
     }
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -345,6 +348,13 @@ static int parse_with(const char *rel, parse_fn parse, const char *key, const ch
     int rc = parse(s, strlen(s), "cfg.json", out);
     free(s);
     return rc;
+}
+
+static int parse_with(const char *rel, parse_fn parse, const char *key, const char *value,
+                      void *out)
+{
+    const char *kv[] = {key, value, NULL};
+    return parse_with_all(rel, parse, kv, out);
 }
 
 /* Settings the pipeline does not implement are refused by key, not run wrongly; those
@@ -513,20 +523,11 @@ static void test_array_bounds(void **state)
     assert_msg_has("axes_dims");
     assert_msg_has("9 elements, expected 1 to 8");
     /* eight patch pairs, the last one 2-1: accepted */
-    char *txt;
-    size_t len;
-    cJSON *r;
-    assert_int_equal(zi_json_read_file(zi_test_model(dit_json), 1 << 20, &txt, &len), ZI_OK);
-    assert_int_equal(zi_json_parse(txt, len, dit_json, &r), ZI_OK);
-    free(txt);
-    cJSON_ReplaceItemInObjectCaseSensitive(r, "all_patch_size", cJSON_Parse("[1,1,1,1,1,1,1,2]"));
-    cJSON_ReplaceItemInObjectCaseSensitive(r, "all_f_patch_size", cJSON_Parse("[1,1,1,1,1,1,1,1]"));
-    char *j = cJSON_PrintUnformatted(r);
-    assert_int_equal(zi_dit_config_parse(j, strlen(j), "pairs8.json", &any.dit), ZI_OK);
+    const char *pairs8[] = {"all_patch_size", "[1,1,1,1,1,1,1,2]", "all_f_patch_size",
+                            "[1,1,1,1,1,1,1,1]", NULL};
+    assert_int_equal(parse_with_all(dit_json, parse_dit, pairs8, &any), ZI_OK);
     assert_int_equal(any.dit.n_pairs, 8);
     assert_int_equal(any.dit.patch, 2);
-    free(j);
-    cJSON_Delete(r);
 }
 
 /* A config file may be 1 MiB: one byte more is refused before it is read (whitespace

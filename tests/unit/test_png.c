@@ -75,6 +75,16 @@ static void test_png_roundtrip_pixels(void **state)
     }
 }
 
+/* The parameters text of p with guidance g holds `want`. */
+static void expect_cfg_text(zi_png_params *p, float g, const char *want)
+{
+    char *t = NULL;
+    p->guidance = g;
+    assert_int_equal(zi_png_params_text(p, &t), ZI_OK);
+    assert_non_null(strstr(t, want));
+    free(t);
+}
+
 static void test_png_params_text(void **state)
 {
     (void)state;
@@ -111,30 +121,14 @@ static void test_png_params_text(void **state)
                            "1024x768, Model: Z-Image-Turbo, Version: 0.1.0");
     free(t);
 
-    p.guidance = 4.0f;
     p.negative_prompt = NULL;
-    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
-    assert_non_null(strstr(t, "CFG scale: 4.0, "));
-    free(t);
-    p.guidance = 0.1f;
-    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
-    assert_non_null(strstr(t, "CFG scale: 0.1, "));
-    free(t);
-
+    expect_cfg_text(&p, 4.0f, "CFG scale: 4.0, ");
+    expect_cfg_text(&p, 0.1f, "CFG scale: 0.1, ");
     /* guidance values whose shortest round-trip form needs 8 and 9 significant digits,
      * and a whole number of 8 digits (not "1.23457e+07") */
-    p.guidance = 3.14159274f;
-    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
-    assert_non_null(strstr(t, "CFG scale: 3.1415927, "));
-    free(t);
-    p.guidance = 10.0000105f;
-    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
-    assert_non_null(strstr(t, "CFG scale: 10.0000105, "));
-    free(t);
-    p.guidance = 12345678.0f;
-    assert_int_equal(zi_png_params_text(&p, &t), ZI_OK);
-    assert_non_null(strstr(t, "CFG scale: 12345678.0, "));
-    free(t);
+    expect_cfg_text(&p, 3.14159274f, "CFG scale: 3.1415927, ");
+    expect_cfg_text(&p, 10.0000105f, "CFG scale: 10.0000105, ");
+    expect_cfg_text(&p, 12345678.0f, "CFG scale: 12345678.0, ");
 
     /* a model folder named with bytes that are not UTF-8 (Linux allows it): iTXt is UTF-8 */
     p.model = "m\xff\xc0\xafx\xc3\xa9";
