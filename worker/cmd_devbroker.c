@@ -115,7 +115,8 @@ int zi_cmd_devbroker(int argc, char **argv)
             return 0;
         } else if (strcmp(a, "--quiet") == 0) {
             quiet = 1;
-        } else if ((r = zi_cli_opt_of(argc, argv, &i, opts, 3, &a, &v)) != 0) {
+        } else if ((r = zi_cli_opt_of(argc, argv, &i, opts, sizeof opts / sizeof opts[0], &a,
+                                      &v)) != 0) {
             if (r < 0)
                 return zi_devbroker_usage_error("%s needs a value", a);
             if (strcmp(a, "--brokers") == 0) {

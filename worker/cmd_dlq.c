@@ -162,7 +162,8 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
             o->dry_run = 1;
         } else if (o->replay && strcmp(a, "--from-beginning") == 0) {
             o->from_beginning = 1;
-        } else if ((r = zi_cli_opt_of(argc, argv, &i, opts, 4, &a, &v)) != 0) {
+        } else if ((r = zi_cli_opt_of(argc, argv, &i, opts, sizeof opts / sizeof opts[0], &a,
+                                      &v)) != 0) {
             if (r < 0) {
                 fprintf(stderr, "zimage: error: %s needs a value (see 'zimage dlq --help')\n", a);
                 return 2;

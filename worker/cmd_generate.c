@@ -331,11 +331,9 @@ int zi_cmd_generate(int argc, char **argv)
                                                  "--backend",     "--output", "--count",
                                                  "--prompts-file"};
         const char *name = NULL, *val = NULL;
-        int r = 0;
-        for (size_t k = 0; k < sizeof with_value / sizeof with_value[0] && !name; k++)
-            if ((r = zi_cli_opt(argc, argv, &i, with_value[k], &val)) != 0)
-                name = with_value[k];
-        if (!name)
+        int r = zi_cli_opt_of(argc, argv, &i, with_value, sizeof with_value / sizeof with_value[0],
+                              &name, &val);
+        if (r == 0)
             return gen_usage_error("unknown option '%s'%s", arg, "");
         if (r < 0)
             return gen_usage_error("option %s needs a value%s", name, "");

@@ -229,7 +229,8 @@ int zi_cmd_top(int argc, char **argv)
             once = 1;
         } else if (strcmp(a, "--no-color") == 0) {
             color = 0;
-        } else if ((r = zi_cli_opt_of(argc, argv, &i, opts, 3, &a, &v)) != 0) {
+        } else if ((r = zi_cli_opt_of(argc, argv, &i, opts, sizeof opts / sizeof opts[0], &a,
+                                      &v)) != 0) {
             if (r < 0) {
                 fprintf(stderr, "zimage: error: %s needs a value (see 'zimage top --help')\n", a);
                 return 2;

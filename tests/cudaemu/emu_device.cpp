@@ -322,6 +322,15 @@ void make_runnable(thread *t)
     g.rq_len++;
 }
 
+/* make_runnable(), but at the head of the queue: t runs next. */
+void make_runnable_first(thread *t)
+{
+    t->state = T_RUNNABLE;
+    g.rq_head = (g.rq_head + kMaxThreads - 1) % kMaxThreads;
+    g.runq[g.rq_head] = t->lin;
+    g.rq_len++;
+}
+
 [[noreturn]] void deadlock(void);
 
 /* The fiber to run next: a woken thread, else a new fiber for the next unstarted thread,
@@ -543,13 +552,8 @@ void coll_release(warp &w)
     w.arrived = 0;
     if (eager_mode()) { /* the warp's lanes first, in lane order: the warp runs ahead */
         for (int l = 31; l >= 0; l--)
-            if (others >> l & 1u) {
-                thread *t = &g.threads[base + l];
-                t->state = T_RUNNABLE;
-                g.rq_head = (g.rq_head + kMaxThreads - 1) % kMaxThreads;
-                g.runq[g.rq_head] = t->lin;
-                g.rq_len++;
-            }
+            if (others >> l & 1u)
+                make_runnable_first(&g.threads[base + l]);
         return;
     }
     for (int l = 0; l < 32; l++)
