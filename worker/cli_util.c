@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -89,6 +90,18 @@ int zi_cli_opt_of(int argc, char **argv, int *i, const char *const *names, size_
         }
     }
     return 0;
+}
+
+int zi_cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "zimage: error: %s (see 'zimage %s%s--help')\n", msg, cmd ? cmd : "",
+            cmd ? " " : "");
+    return 2;
 }
 
 int zi_cli_is_dir(const char *path)

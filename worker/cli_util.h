@@ -2,8 +2,8 @@
  * cli_util.h - small helpers the subcommands share: strict number parsing for option values,
  * installing one stop handler for several signals, and reading a --prompts-file.
  *
- * Limits: parsers accept plain decimal text only (the whole string, no trailing junk); the
- * caller prints its own usage error, so messages stay per command.
+ * Limits: parsers accept plain decimal text only (the whole string, no trailing junk); they
+ * print nothing: the caller words the message and prints it with zi_cli_usage_error().
  */
 #ifndef ZI_CLI_UTIL_H
 #define ZI_CLI_UTIL_H
@@ -14,6 +14,12 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* Prints one usage-error line to stderr - "zimage: error: MESSAGE (see 'zimage CMD --help')",
+ * MESSAGE formatted from fmt like printf and cut at 1 KiB; cmd NULL for the top level,
+ * "(see 'zimage --help')" - and returns 2, the exit status of a usage error
+ * (docs/contract.md). Every command's bad-argument message goes through it. */
+int zi_cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Parses a decimal integer in [lo, hi] (strtol, base 10) into *out. Returns 0, or -1 (with
  * *out untouched) on empty text, trailing characters, overflow or a value out of range. */

@@ -91,13 +91,6 @@ static void zb_usage(FILE *f)
             "Prints one JSON object on stdout.\n");
 }
 
-static int zb_usage_error(const char *msg, const char *arg)
-{
-    fprintf(stderr, "zimage: error: %s%s%s (see 'zimage bench --help')\n", msg, arg ? ": " : "",
-            arg ? arg : "");
-    return 2;
-}
-
 static double zb_now(void)
 {
     struct timespec ts;
@@ -709,13 +702,14 @@ int zi_cmd_bench(int argc, char **argv)
         int r = zi_cli_opt_of(argc, argv, &i, zb_value_opts,
                               sizeof zb_value_opts / sizeof zb_value_opts[0], &a, &v);
         if (r == 0)
-            return zb_usage_error(
+            return zi_cli_usage_error(
+                "bench", "%s: %s",
                 strncmp(a, "--", 2) == 0 ? "unknown option" : "unexpected argument", a);
         if (r < 0)
-            return zb_usage_error("missing value for option", a);
+            return zi_cli_usage_error("bench", "missing value for option: %s", a);
         if (strcmp(a, "--backend") == 0 || strcmp(a, "--baseline") == 0) {
             if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda"))
-                return zb_usage_error("backend must be auto, cpu or cuda", v);
+                return zi_cli_usage_error("bench", "backend must be auto, cpu or cuda: %s", v);
             if (strcmp(a, "--backend") == 0)
                 o.backend = v;
             else
@@ -731,7 +725,7 @@ int zi_cmd_bench(int argc, char **argv)
             errno = 0;
             unsigned long long s = strtoull(v, &end, 10);
             if (errno || end == v || *end || *v == '-')
-                return zb_usage_error("bad --seed", v);
+                return zi_cli_usage_error("bench", "bad --seed: %s", v);
             o.seed = s;
         } else if (strcmp(a, "--width") == 0) {
             ip = &o.width, lo = 16, hi = 4096;
@@ -752,28 +746,25 @@ int zi_cmd_bench(int argc, char **argv)
         } else if (strcmp(a, "--gemm-size") == 0) {
             ip = &o.gemm_size, lo = 64, hi = 32768;
         } else {
-            return zb_usage_error("unknown option", a);
+            return zi_cli_usage_error("bench", "unknown option: %s", a);
         }
         if (ip && zi_cli_parse_int(v, lo, hi, ip) != 0) {
-            fprintf(stderr,
-                    "zimage: error: %s must be an integer in [%ld, %ld], got '%s' (see 'zimage "
-                    "bench --help')\n",
-                    a, lo, hi, v);
-            return 2;
+            return zi_cli_usage_error("bench", "%s must be an integer in [%ld, %ld], got '%s'", a,
+                                      lo, hi, v);
         }
     }
     if (o.random_weights == (o.model != NULL))
-        return zb_usage_error("give exactly one of --model DIR and --random-weights", NULL);
+        return zi_cli_usage_error("bench", "give exactly one of --model DIR and --random-weights");
     if (o.baseline && o.random_weights)
-        return zb_usage_error("--baseline applies to --model runs", NULL);
+        return zi_cli_usage_error("bench", "--baseline applies to --model runs");
     if (o.profile && !o.random_weights)
-        return zb_usage_error("--profile applies to --random-weights runs", NULL);
+        return zi_cli_usage_error("bench", "--profile applies to --random-weights runs");
     if (o.steps < 0)
         o.steps = 8;
     int sides[4] = {o.width, o.height, o.size, o.small_size};
     for (int i = 0; i < 4; i++)
         if (sides[i] % 16)
-            return zb_usage_error("image sides must be multiples of 16", NULL);
+            return zi_cli_usage_error("bench", "image sides must be multiples of 16");
 
     if (o.config && o.random_weights) {
         zi_model_config mcfg;

@@ -68,18 +68,6 @@ static void zi_devbroker_usage(FILE *f)
 /* Writes `text` + '\n' to path through a temporary file and rename(), so a reader never
  * sees a half-written address. */
 /* A usage error: one line, ending with the hint (docs/contract.md); exit status 2. */
-static int zi_devbroker_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int zi_devbroker_usage_error(const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "zimage: error: devbroker: %s (see 'zimage devbroker --help')\n", msg);
-    return 2;
-}
-
 static int zi_devbroker_write_file(const char *path, const char *text)
 {
     char tmp[PATH_MAX];
@@ -118,33 +106,36 @@ int zi_cmd_devbroker(int argc, char **argv)
         } else if ((r = zi_cli_opt_of(argc, argv, &i, opts, sizeof opts / sizeof opts[0], &a,
                                       &v)) != 0) {
             if (r < 0)
-                return zi_devbroker_usage_error("%s needs a value", a);
+                return zi_cli_usage_error("devbroker", "devbroker: %s needs a value", a);
             if (strcmp(a, "--brokers") == 0) {
                 if (zi_cli_parse_int(v, 1, ZI_DEVBROKER_MAX_BROKERS, &n_brokers) != 0)
-                    return zi_devbroker_usage_error("--brokers '%s': want 1..%d", v,
-                                                    ZI_DEVBROKER_MAX_BROKERS);
+                    return zi_cli_usage_error("devbroker", "devbroker: --brokers '%s': want 1..%d",
+                                              v, ZI_DEVBROKER_MAX_BROKERS);
             } else if (strcmp(a, "--bootstrap-file") == 0) {
                 bootstrap_file = v;
             } else {
                 if (n_topics == ZI_DEVBROKER_MAX_TOPICS)
-                    return zi_devbroker_usage_error("more than %d topics", ZI_DEVBROKER_MAX_TOPICS);
+                    return zi_cli_usage_error("devbroker", "devbroker: more than %d topics",
+                                              ZI_DEVBROKER_MAX_TOPICS);
                 int parts = 4;
                 const char *colon = strrchr(v, ':');
                 size_t name_len = colon ? (size_t)(colon - v) : strlen(v);
                 if (colon &&
                     zi_cli_parse_int(colon + 1, 1, ZI_DEVBROKER_MAX_PARTITIONS, &parts) != 0)
-                    return zi_devbroker_usage_error("--topic %s: partitions '%s': want 1..%d", v,
-                                                    colon + 1, ZI_DEVBROKER_MAX_PARTITIONS);
+                    return zi_cli_usage_error("devbroker",
+                                              "devbroker: --topic %s: partitions '%s': want 1..%d",
+                                              v, colon + 1, ZI_DEVBROKER_MAX_PARTITIONS);
                 if (name_len == 0 || name_len > ZI_DEVBROKER_MAX_NAME)
-                    return zi_devbroker_usage_error("--topic '%s': want a name of 1..%d characters",
-                                                    v, ZI_DEVBROKER_MAX_NAME);
+                    return zi_cli_usage_error(
+                        "devbroker", "devbroker: --topic '%s': want a name of 1..%d characters", v,
+                        ZI_DEVBROKER_MAX_NAME);
                 memcpy(topics[n_topics].name, v, name_len);
                 topics[n_topics].name[name_len] = '\0';
                 topics[n_topics].partitions = parts;
                 n_topics++;
             }
         } else {
-            return zi_devbroker_usage_error("unknown option '%s'", a);
+            return zi_cli_usage_error("devbroker", "devbroker: unknown option '%s'", a);
         }
     }
 

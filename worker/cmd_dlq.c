@@ -134,9 +134,7 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
     o->limit = -1;
     o->timeout_ms = ZI_DLQ_DEFAULT_TIMEOUT_MS;
     if (argc < 2) {
-        fprintf(stderr, "zimage: error: dlq: missing subcommand (list or replay; see 'zimage dlq "
-                        "--help')\n");
-        return 2;
+        return zi_cli_usage_error("dlq", "dlq: missing subcommand: list or replay");
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         zi_dlq_usage(stdout);
@@ -145,11 +143,8 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
     if (strcmp(argv[1], "replay") == 0) {
         o->replay = 1;
     } else if (strcmp(argv[1], "list") != 0) {
-        fprintf(stderr,
-                "zimage: error: dlq: unknown subcommand '%s' (list or replay; see 'zimage dlq "
-                "--help')\n",
-                argv[1]);
-        return 2;
+        return zi_cli_usage_error("dlq", "dlq: unknown subcommand '%s': want list or replay",
+                                  argv[1]);
     }
     static const char *const opts[] = {"--config", "--error-code", "--limit", "--timeout-ms"};
     for (int i = 2; i < argc; i++) {
@@ -165,48 +160,31 @@ static int zi_dlq_parse_args(int argc, char **argv, zi_dlq_opts *o)
         } else if ((r = zi_cli_opt_of(argc, argv, &i, opts, sizeof opts / sizeof opts[0], &a,
                                       &v)) != 0) {
             if (r < 0) {
-                fprintf(stderr, "zimage: error: %s needs a value (see 'zimage dlq --help')\n", a);
-                return 2;
+                return zi_cli_usage_error("dlq", "%s needs a value", a);
             }
             if (strcmp(a, "--config") == 0) {
                 o->config = v;
             } else if (strcmp(a, "--error-code") == 0) {
                 size_t n = strlen(v);
                 if (n == 0 || n > 64 || strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789_") != n) {
-                    fprintf(stderr,
-                            "zimage: error: --error-code: '%s' is not an error code "
-                            "([a-z0-9_], e.g. s3_auth; see 'zimage dlq --help')\n",
-                            v);
-                    return 2;
+                    return zi_cli_usage_error(
+                        "dlq", "--error-code: '%s' is not an error code: [a-z0-9_], e.g. s3_auth",
+                        v);
                 }
                 o->error_code = v;
             } else if (strcmp(a, "--limit") == 0) {
                 if (zi_cli_parse_long(v, 1, 1000000000L, &o->limit) != 0) {
-                    fprintf(stderr,
-                            "zimage: error: --limit: '%s' is not an integer >= 1 (see 'zimage dlq "
-                            "--help')\n",
-                            v);
-                    return 2;
+                    return zi_cli_usage_error("dlq", "--limit: '%s' is not an integer >= 1", v);
                 }
             } else if (zi_cli_parse_long(v, 1, 3600000L, &o->timeout_ms) != 0) {
-                fprintf(stderr,
-                        "zimage: error: --timeout-ms: '%s' is not in 1..3600000 (see 'zimage dlq "
-                        "--help')\n",
-                        v);
-                return 2;
+                return zi_cli_usage_error("dlq", "--timeout-ms: '%s' is not in 1..3600000", v);
             }
         } else {
-            fprintf(stderr,
-                    "zimage: error: dlq %s: unknown option '%s' (see 'zimage dlq --help')\n",
-                    argv[1], a);
-            return 2;
+            return zi_cli_usage_error("dlq", "dlq %s: unknown option '%s'", argv[1], a);
         }
     }
     if (!o->config) {
-        fprintf(stderr,
-                "zimage: error: dlq %s: --config FILE is required (see 'zimage dlq --help')\n",
-                argv[1]);
-        return 2;
+        return zi_cli_usage_error("dlq", "dlq %s: --config FILE is required", argv[1]);
     }
     if (o->error_code) {
         int known = 0;

@@ -33,13 +33,6 @@ static void zi_encode_usage(FILE *f)
                "  --help           this text\n");
 }
 
-static int zi_encode_usage_error(const char *msg, const char *arg)
-{
-    /* One line, as every error (docs/contract.md); the hint rides on it. */
-    fprintf(stderr, "zimage: error: %s%s (see 'zimage encode --help')\n", msg, arg ? arg : "");
-    return 2;
-}
-
 /* Tokenizes, encodes and writes the file; returns a status with zi_errmsg() set.
  * *config_error is set when the failure is the checkpoint's configuration. */
 static int zi_encode_run(const char *model, const char *prompt, const char *output,
@@ -127,18 +120,19 @@ int zi_cmd_encode(int argc, char **argv)
             (r = zi_cli_opt(argc, argv, &i, "--prompt", &prompt)) == 0 &&
             (r = zi_cli_opt(argc, argv, &i, "--output", &output)) == 0 &&
             (r = zi_cli_opt(argc, argv, &i, "--backend", &backend)) == 0)
-            return zi_encode_usage_error("encode: unknown option ", a);
+            return zi_cli_usage_error("encode", "encode: unknown option %s", a);
         if (r < 0)
-            return zi_encode_usage_error("encode: missing value for ", a);
+            return zi_cli_usage_error("encode", "encode: missing value for %s", a);
     }
     if (!model)
-        return zi_encode_usage_error("encode: --model is required", NULL);
+        return zi_cli_usage_error("encode", "encode: --model is required");
     if (!prompt)
-        return zi_encode_usage_error("encode: --prompt is required", NULL);
+        return zi_cli_usage_error("encode", "encode: --prompt is required");
     if (!output)
-        return zi_encode_usage_error("encode: --output is required", NULL);
+        return zi_cli_usage_error("encode", "encode: --output is required");
     if (strcmp(backend, "auto") != 0 && strcmp(backend, "cpu") != 0 && strcmp(backend, "cuda") != 0)
-        return zi_encode_usage_error("encode: --backend must be auto, cpu or cuda, not ", backend);
+        return zi_cli_usage_error("encode", "encode: --backend must be auto, cpu or cuda, not %s",
+                                  backend);
     if (!zi_cli_is_dir(model)) {
         fprintf(stderr, "zimage: error: encode: --model '%s': no such folder\n", model);
         return 2;

@@ -72,14 +72,6 @@ static void gen_usage(FILE *f)
             ZI_GEN_MAX_COUNT);
 }
 
-static int gen_usage_error(const char *fmt, const char *a, const char *b)
-{
-    fprintf(stderr, "zimage: error: ");
-    fprintf(stderr, fmt, a, b);
-    fputs(" (see 'zimage generate --help')\n", stderr);
-    return 2;
-}
-
 static int parse_u64(const char *s, uint64_t *out)
 {
     if (!*s || *s < '0' || *s > '9')
@@ -323,7 +315,7 @@ int zi_cmd_generate(int argc, char **argv)
             continue;
         }
         if (strncmp(arg, "--", 2) != 0)
-            return gen_usage_error("unexpected argument '%s'%s", arg, "");
+            return zi_cli_usage_error("generate", "unexpected argument '%s'", arg);
         /* --name value or --name=value */
         static const char *const with_value[] = {"--model",       "--prompt", "--negative-prompt",
                                                  "--width",       "--height", "--steps",
@@ -334,9 +326,9 @@ int zi_cmd_generate(int argc, char **argv)
         int r = zi_cli_opt_of(argc, argv, &i, with_value, sizeof with_value / sizeof with_value[0],
                               &name, &val);
         if (r == 0)
-            return gen_usage_error("unknown option '%s'%s", arg, "");
+            return zi_cli_usage_error("generate", "unknown option '%s'", arg);
         if (r < 0)
-            return gen_usage_error("option %s needs a value%s", name, "");
+            return zi_cli_usage_error("generate", "option %s needs a value", name);
 
         if (strcmp(name, "--model") == 0) {
             model = val;
@@ -355,54 +347,61 @@ int zi_cmd_generate(int argc, char **argv)
         } else if (strcmp(name, "--width") == 0 || strcmp(name, "--height") == 0) {
             int v;
             if (zi_cli_parse_int(val, ZI_GEN_MIN_SIDE, ZI_GEN_MAX_SIDE, &v) || v % ZI_GEN_SIDE_MULT)
-                return gen_usage_error("%s '%s': must be a multiple of 16 in [64, 4096]", name,
-                                       val);
+                return zi_cli_usage_error(
+                    "generate", "%s '%s': must be a multiple of 16 in [64, 4096]", name, val);
             *(strcmp(name, "--width") == 0 ? &width : &height) = v;
         } else if (strcmp(name, "--steps") == 0) {
             if (zi_cli_parse_int(val, 1, ZI_GEN_MAX_STEPS, &steps))
-                return gen_usage_error("--steps '%s': must be an integer in [1, 50]%s", val, "");
+                return zi_cli_usage_error("generate", "--steps '%s': must be an integer in [1, 50]",
+                                          val);
         } else if (strcmp(name, "--guidance") == 0) {
             char *end = NULL;
             errno = 0;
             guidance = strtod(val, &end);
             if (errno || end == val || *end || !isfinite(guidance) || guidance < 0 ||
                 guidance > ZI_GEN_MAX_GUIDANCE)
-                return gen_usage_error("--guidance '%s': must be a number in [0, 20]%s", val, "");
+                return zi_cli_usage_error("generate",
+                                          "--guidance '%s': must be a number in [0, 20]", val);
         } else if (strcmp(name, "--count") == 0) {
             if (zi_cli_parse_int(val, 1, ZI_GEN_MAX_COUNT, &count))
-                return gen_usage_error("--count '%s': must be an integer in [1, 1000]%s", val, "");
+                return zi_cli_usage_error("generate",
+                                          "--count '%s': must be an integer in [1, 1000]", val);
         } else if (strcmp(name, "--seed") == 0) {
             if (parse_u64(val, &seed))
-                return gen_usage_error("--seed '%s': must be an integer in [0, 2^64-1]%s", val, "");
+                return zi_cli_usage_error("generate",
+                                          "--seed '%s': must be an integer in [0, 2^64-1]", val);
             have_seed = 1;
         }
     }
 
     if (!model)
-        return gen_usage_error("--model is required%s%s", "", "");
+        return zi_cli_usage_error("generate", "--model is required");
     if (!prompt == !file)
-        return gen_usage_error("give one of --prompt and --prompts-file%s%s", "", "");
+        return zi_cli_usage_error("generate", "give one of --prompt and --prompts-file");
     if (!output)
-        return gen_usage_error("--output is required%s%s", "", "");
+        return zi_cli_usage_error("generate", "--output is required");
     if ((long)width * (long)height > ZI_GEN_MAX_PIXELS)
-        return gen_usage_error("size: width x height must be at most 4194304 pixels%s%s", "", "");
+        return zi_cli_usage_error("generate",
+                                  "size: width x height must be at most 4194304 pixels");
     zi_rng_kind rng;
     if (strcmp(rng_name, "cuda") == 0)
         rng = ZI_RNG_CUDA;
     else if (strcmp(rng_name, "cpu") == 0)
         rng = ZI_RNG_CPU;
     else
-        return gen_usage_error("unknown --rng '%s' (expected cuda or cpu)%s", rng_name, "");
+        return zi_cli_usage_error("generate", "unknown --rng '%s' (expected cuda or cpu)",
+                                  rng_name);
     if (strcmp(backend_name, "auto") && strcmp(backend_name, "cpu") && strcmp(backend_name, "cuda"))
-        return gen_usage_error("unknown --backend '%s' (expected auto, cpu or cuda)%s",
-                               backend_name, "");
+        return zi_cli_usage_error("generate", "unknown --backend '%s' (expected auto, cpu or cuda)",
+                                  backend_name);
     if (prompt && !gen_prompt_ok(prompt))
-        return gen_usage_error("--prompt must be valid UTF-8 of at most 16384 bytes%s%s", "", "");
+        return zi_cli_usage_error("generate",
+                                  "--prompt must be valid UTF-8 of at most 16384 bytes");
     if (negative && !gen_prompt_ok(negative))
-        return gen_usage_error("--negative-prompt must be valid UTF-8 of at most 16384 bytes%s%s",
-                               "", "");
+        return zi_cli_usage_error("generate",
+                                  "--negative-prompt must be valid UTF-8 of at most 16384 bytes");
     if (!zi_cli_is_dir(model))
-        return gen_usage_error("--model '%s': no such folder%s", model, "");
+        return zi_cli_usage_error("generate", "--model '%s': no such folder", model);
 
     int status = 1;
     zi_backend *be = NULL;
@@ -436,7 +435,7 @@ int zi_cmd_generate(int argc, char **argv)
     int toolong = 0, have_checked = 0;
     const char *why = gen_output_template(output, nprompts, count, tmpl, sizeof tmpl, &toolong);
     if (why) {
-        status = gen_usage_error("--output '%s' %s", output, why);
+        status = zi_cli_usage_error("generate", "--output '%s' %s", output, why);
         goto done;
     }
     for (int k = 0; k < nprompts && !toolong; k++) {
@@ -449,8 +448,9 @@ int zi_cmd_generate(int argc, char **argv)
                 (have_checked && strncmp(path, checked, dlen) == 0 && checked[dlen] == '\0'))
                 continue; /* this folder was checked already */
             if (!output_dir_ok(path)) {
-                status = gen_usage_error(
-                    "--output '%s': its folder does not exist or is not writable%s", path, "");
+                status = zi_cli_usage_error(
+                    "generate", "--output '%s': its folder does not exist or is not writable",
+                    path);
                 goto done;
             }
             snprintf(checked, sizeof checked, "%.*s", (int)dlen, path);
@@ -458,7 +458,8 @@ int zi_cmd_generate(int argc, char **argv)
         }
     }
     if (toolong) {
-        status = gen_usage_error("--output '%s': the file names are too long%s", output, "");
+        status =
+            zi_cli_usage_error("generate", "--output '%s': the file names are too long", output);
         goto done;
     }
 

@@ -31,13 +31,6 @@ static void zi_status_usage(FILE *f)
                "  --help             show this help\n");
 }
 
-static int zi_status_usage_error(const char *msg, const char *arg)
-{
-    /* One line, as every error (docs/contract.md); the hint rides on it. */
-    fprintf(stderr, "zimage: error: %s%s (see 'zimage status --help')\n", msg, arg ? arg : "");
-    return 2;
-}
-
 int zi_cmd_status(int argc, char **argv)
 {
     const char *config = NULL, *job_id = NULL;
@@ -54,26 +47,27 @@ int zi_cmd_status(int argc, char **argv)
         } else if ((r = zi_cli_opt(argc, argv, &i, "--config", &config)) != 0 ||
                    (r = zi_cli_opt(argc, argv, &i, "--timeout", &v)) != 0) {
             if (r < 0)
-                return zi_status_usage_error("missing value after ", a);
+                return zi_cli_usage_error("status", "missing value after %s", a);
             if (v) {
                 char *end = NULL;
                 errno = 0;
                 timeout = strtod(v, &end);
                 if (errno || !end || *end || end == v || !(timeout >= 0 && timeout <= 1e7))
-                    return zi_status_usage_error("--timeout: not a number of seconds: ", v);
+                    return zi_cli_usage_error("status", "--timeout: not a number of seconds: %s",
+                                              v);
             }
         } else if (a[0] == '-' && a[1]) {
-            return zi_status_usage_error("unknown option ", a);
+            return zi_cli_usage_error("status", "unknown option %s", a);
         } else if (!job_id) {
             job_id = a;
         } else {
-            return zi_status_usage_error("more than one JOB_ID: ", a);
+            return zi_cli_usage_error("status", "more than one JOB_ID: %s", a);
         }
     }
     if (!config)
-        return zi_status_usage_error("--config FILE is required", NULL);
+        return zi_cli_usage_error("status", "--config FILE is required");
     if (!job_id)
-        return zi_status_usage_error("JOB_ID is required", NULL);
+        return zi_cli_usage_error("status", "JOB_ID is required");
     if (!zi_job_id_valid(job_id)) { /* names no job: the contract's "unknown", exit 1 */
         fprintf(stderr, "zimage: error: job %s not found (not a valid job id)\n", job_id);
         return 1;

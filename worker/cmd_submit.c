@@ -64,13 +64,6 @@ static void zi_submit_usage(FILE *f)
             "  --help                 show this help\n");
 }
 
-static int zi_submit_usage_error(const char *msg, const char *arg)
-{
-    /* One line, as every error (docs/contract.md); the hint rides on it. */
-    fprintf(stderr, "zimage: error: %s%s (see 'zimage submit --help')\n", msg, arg ? arg : "");
-    return 2;
-}
-
 /* A whole decimal integer in [lo, hi]. */
 static int zi_submit_int(const char *s, long long lo, long long hi, long long *out)
 {
@@ -112,9 +105,9 @@ int zi_cmd_submit(int argc, char **argv)
                (r = zi_cli_opt(argc, argv, &i, opts[k], &v)) == 0)
             k++;
         if (k == sizeof opts / sizeof opts[0])
-            return zi_submit_usage_error("unknown argument ", a);
+            return zi_cli_usage_error("submit", "unknown argument %s", a);
         if (r < 0)
-            return zi_submit_usage_error("missing value after ", a);
+            return zi_cli_usage_error("submit", "missing value after %s", a);
         if (dst[k]) {
             *dst[k] = v;
         } else {
@@ -122,13 +115,13 @@ int zi_cmd_submit(int argc, char **argv)
             errno = 0;
             timeout = strtod(v, &end);
             if (errno || !end || *end || end == v || !(timeout >= 0 && timeout <= 1e7))
-                return zi_submit_usage_error("--timeout: not a number of seconds: ", v);
+                return zi_cli_usage_error("submit", "--timeout: not a number of seconds: %s", v);
         }
     }
     if (!config)
-        return zi_submit_usage_error("--config FILE is required", NULL);
+        return zi_cli_usage_error("submit", "--config FILE is required");
     if (!prompt)
-        return zi_submit_usage_error("--prompt TEXT is required", NULL);
+        return zi_cli_usage_error("submit", "--prompt TEXT is required");
     char idbuf[33];
     if (!job_id) {
         if (zi_job_new_id(idbuf) != ZI_OK) {
@@ -166,7 +159,7 @@ int zi_cmd_submit(int argc, char **argv)
         double g = strtod(guidance, &end);
         if (errno || !end || *end || end == guidance || !isfinite(g)) { /* JSON has no NaN */
             cJSON_Delete(o);
-            return zi_submit_usage_error("--guidance: not a number: ", guidance);
+            return zi_cli_usage_error("submit", "--guidance: not a number: %s", guidance);
         }
         cJSON_AddNumberToObject(o, "guidance_scale", g);
     }
@@ -176,7 +169,8 @@ int zi_cmd_submit(int argc, char **argv)
         long long v;
         if (zi_submit_int(deadline, 0, (1LL << 53) - 1, &v) != 0) {
             cJSON_Delete(o);
-            return zi_submit_usage_error("--deadline-ms: not a unix time in ms: ", deadline);
+            return zi_cli_usage_error("submit", "--deadline-ms: not a unix time in ms: %s",
+                                      deadline);
         }
         cJSON_AddNumberToObject(o, "deadline_ms", (double)v);
     }

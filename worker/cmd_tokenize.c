@@ -35,12 +35,6 @@ static void tok_usage(FILE *f)
             ZI_TOKENIZER_MAX_LEN);
 }
 
-static int tok_usage_error(const char *msg, const char *arg)
-{
-    fprintf(stderr, "zimage: error: %s%s (see 'zimage tokenize --help')\n", msg, arg ? arg : "");
-    return 2;
-}
-
 /* Encodes one prompt and prints its line. Returns 0, or the exit status after printing
  * the error (prefixed with `where` when not NULL). */
 static int tok_print(const zi_tokenizer *tok, const char *prompt, const char *where)
@@ -82,15 +76,15 @@ int zi_cmd_tokenize(int argc, char **argv)
             (r = zi_cli_opt(argc, argv, &i, "--prompt", &prompt)) != 0 ||
             (r = zi_cli_opt(argc, argv, &i, "--prompts-file", &file)) != 0) {
             if (r < 0)
-                return tok_usage_error("missing value for ", argv[i]);
+                return zi_cli_usage_error("tokenize", "missing value for %s", argv[i]);
             continue;
         }
-        return tok_usage_error("unknown option ", argv[i]);
+        return zi_cli_usage_error("tokenize", "unknown option %s", argv[i]);
     }
     if (!model)
-        return tok_usage_error("--model is required", NULL);
+        return zi_cli_usage_error("tokenize", "--model is required");
     if (!prompt == !file)
-        return tok_usage_error("give one of --prompt and --prompts-file", NULL);
+        return zi_cli_usage_error("tokenize", "give one of --prompt and --prompts-file");
 
     if (!zi_cli_is_dir(model)) {
         fprintf(stderr, "zimage: error: --model '%s': no such folder\n", model);
@@ -99,7 +93,7 @@ int zi_cmd_tokenize(int argc, char **argv)
     char dir[4096];
     int w = snprintf(dir, sizeof dir, "%s/tokenizer", model);
     if (w < 0 || (size_t)w >= sizeof dir)
-        return tok_usage_error("--model path too long", NULL);
+        return zi_cli_usage_error("tokenize", "--model path too long");
     zi_tokenizer *tok;
     if (zi_tokenizer_load(dir, &tok) != ZI_OK) {
         fprintf(stderr, "zimage: error: %s\n", zi_errmsg());

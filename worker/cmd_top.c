@@ -232,36 +232,24 @@ int zi_cmd_top(int argc, char **argv)
         } else if ((r = zi_cli_opt_of(argc, argv, &i, opts, sizeof opts / sizeof opts[0], &a,
                                       &v)) != 0) {
             if (r < 0) {
-                fprintf(stderr, "zimage: error: %s needs a value (see 'zimage top --help')\n", a);
-                return 2;
+                return zi_cli_usage_error("top", "%s needs a value", a);
             }
             if (strcmp(a, "--config") == 0) {
                 config = v;
             } else if (strcmp(a, "--interval") == 0) {
                 if (zi_cli_parse_double(v, 0.1, 3600.0, &interval) != 0) {
-                    fprintf(stderr,
-                            "zimage: error: --interval: '%s' is not a number of "
-                            "seconds in 0.1..3600 (see 'zimage top --help')\n",
-                            v);
-                    return 2;
+                    return zi_cli_usage_error(
+                        "top", "--interval: '%s' is not a number of seconds in 0.1..3600", v);
                 }
             } else if (zi_cli_parse_long(v, 0, 10000, &events) != 0) {
-                fprintf(stderr,
-                        "zimage: error: --events: '%s' is not an integer in 0..10000 (see "
-                        "'zimage top --help')\n",
-                        v);
-                return 2;
+                return zi_cli_usage_error("top", "--events: '%s' is not an integer in 0..10000", v);
             }
         } else {
-            fprintf(stderr, "zimage: error: top: unknown option '%s' (see 'zimage top --help')\n",
-                    a);
-            return 2;
+            return zi_cli_usage_error("top", "top: unknown option '%s'", a);
         }
     }
     if (!config) {
-        fprintf(stderr,
-                "zimage: error: top: --config FILE is required (see 'zimage top --help')\n");
-        return 2;
+        return zi_cli_usage_error("top", "top: --config FILE is required");
     }
 
     zi_wconfig cfg = {0};

@@ -44,13 +44,6 @@ static void zi_worker_usage(FILE *f)
                "  --help           show this help\n");
 }
 
-static int zi_worker_usage_error(const char *msg, const char *arg)
-{
-    /* One line, as every error (docs/contract.md); the hint rides on it. */
-    fprintf(stderr, "zimage: error: %s%s (see 'zimage worker --help')\n", msg, arg ? arg : "");
-    return 2;
-}
-
 int zi_cmd_worker(int argc, char **argv)
 {
     const char *config = NULL;
@@ -65,13 +58,13 @@ int zi_cmd_worker(int argc, char **argv)
             print = 1;
         } else if ((r = zi_cli_opt(argc, argv, &i, "--config", &config)) != 0) {
             if (r < 0)
-                return zi_worker_usage_error("--config needs a value", NULL);
+                return zi_cli_usage_error("worker", "--config needs a value");
         } else {
-            return zi_worker_usage_error("unknown argument ", a);
+            return zi_cli_usage_error("worker", "unknown argument %s", a);
         }
     }
     if (!config)
-        return zi_worker_usage_error("--config FILE is required", NULL);
+        return zi_cli_usage_error("worker", "--config FILE is required");
 
     zi_wconfig cfg = {0};
     if (zi_wconfig_load(&cfg, config, zi_log_warn_cb, NULL) != ZI_OK) {

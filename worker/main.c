@@ -6,6 +6,8 @@
  * 2 usage or configuration error, 1 any other failure. The references below are weak,
  * so a subcommand whose file is not linked in is simply not listed.
  */
+#include "cli_util.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -54,8 +56,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2) {
         /* One error line (docs/contract.md); the command list is what --help prints. */
-        fprintf(stderr, "zimage: error: no command given (see 'zimage --help')\n");
-        return 2;
+        return zi_cli_usage_error(NULL, "no command given");
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
         strcmp(argv[1], "help") == 0) {
@@ -69,6 +70,5 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof zi_commands / sizeof zi_commands[0]; i++)
         if (zi_commands[i].fn && strcmp(argv[1], zi_commands[i].name) == 0)
             return zi_commands[i].fn(argc - 1, argv + 1);
-    fprintf(stderr, "zimage: error: unknown command '%s' (see 'zimage --help')\n", argv[1]);
-    return 2;
+    return zi_cli_usage_error(NULL, "unknown command '%s'", argv[1]);
 }

@@ -153,6 +153,20 @@ for c in tokenize encode generate bench submit status worker top devbroker dlq "
         "$(grep -q "(.*see 'zimage ${c%% *} --help')\$" "$tmp/err" && echo yes || echo no)"
 done
 
+# The same for a missing or unknown subcommand of dlq, and at the top level (zimage --help).
+expect "dlq (no subcommand)" 2 dlq
+zt_check "dlq (no subcommand): names both and points at its --help" yes \
+    "$(grep -q "list or replay (see 'zimage dlq --help')\$" "$tmp/err" && echo yes || echo no)"
+expect "dlq purge" 2 dlq purge
+zt_check "dlq purge: names it and points at its --help" yes \
+    "$(grep -q "'purge'.* (see 'zimage dlq --help')\$" "$tmp/err" && echo yes || echo no)"
+for c in "" bogus; do
+    # shellcheck disable=SC2086 # no argument at all for ""
+    expect "zimage $c" 2 $c
+    zt_check "zimage $c: points at zimage --help" yes \
+        "$(grep -q "(see 'zimage --help')\$" "$tmp/err" && echo yes || echo no)"
+done
+
 # An option's value missing at the end of the line is a usage error with the hint, for every
 # command; and every option that takes a value also reads it from --name=value (the value is
 # used: a bad one is named in the error). Both once failed for top, dlq, bench, devbroker.
