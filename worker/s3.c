@@ -49,6 +49,7 @@ struct zi_s3 {
     void *abort_ud;
     long last_status;
     int no_conditional; /* the server answered 501 to If-None-Match: PUT without it */
+    int head_denied;    /* a HEAD's 403 was AccessDenied: no s3:ListBucket (zi_s3_head) */
     unsigned long long retries;
     uint64_t rng;
 };
@@ -917,6 +918,40 @@ int zi_s3_put_png(zi_s3 *s, const char *key, const void *png, size_t len, const 
     return zi_s3_put(s, key, png, len, "image/png", meta, seed ? 2 : 1);
 }
 
+/* After a HEAD answered 403, which has no body to say why: a GET of the key reads the
+ * error code. Refused credentials (a wrong secret or key, an expired token, a skewed clock)
+ * stay ZI_EAUTH. AccessDenied is what S3 (AWS, Ceph RGW) answers for a missing object when
+ * the credentials may read objects but not list the bucket (no s3:ListBucket): the object
+ * cannot be told from a refused one, so it counts as absent (ZI_ENOTFOUND, and
+ * zi_s3_head_denied() says so from here on). Anything else keeps the HEAD's ZI_EAUTH. */
+static int zi_s3_head_denied_why(zi_s3 *s, const char *key)
+{
+    char head_err[512];
+    snprintf(head_err, sizeof head_err, "%s", zi_errmsg());
+    zi_s3_req g = {.method = "GET", .key = key};
+    int rc = zi_s3_do(s, &g);
+    char code[64];
+    zi_s3_xml_tag(rc == ZI_EAUTH ? g.body.p : NULL, "Code", code, sizeof code);
+    free(g.body.p);
+    if (rc == ZI_ECANCELLED)
+        return rc;
+    if (strcmp(code, "AccessDenied") == 0) {
+        s->head_denied = 1;
+        return zi_errorf(ZI_ENOTFOUND,
+                         "s3 HEAD %s/%s: HTTP 403 AccessDenied (no s3:ListBucket: taken as no "
+                         "such key)",
+                         s->bucket, key);
+    }
+    if (*code)
+        return zi_errorf(ZI_EAUTH, "s3 HEAD %s/%s: HTTP 403 %s", s->bucket, key, code);
+    return zi_errorf(ZI_EAUTH, "%s", head_err);
+}
+
+int zi_s3_head_denied(const zi_s3 *s)
+{
+    return s->head_denied;
+}
+
 int zi_s3_head(zi_s3 *s, const char *key, zi_s3_head_info *info)
 {
     int rc = zi_s3_key_ok(key);
@@ -926,6 +961,8 @@ int zi_s3_head(zi_s3 *s, const char *key, zi_s3_head_info *info)
     rc = zi_s3_do(s, &r);
     if (rc == ZI_EIO && s->last_status == 404)
         rc = zi_errorf(ZI_ENOTFOUND, "s3 HEAD %s/%s: no such key", s->bucket, key);
+    if (rc == ZI_EAUTH && s->last_status == 403)
+        rc = zi_s3_head_denied_why(s, key);
     if (rc == ZI_OK && info)
         *info = r.head;
     free(r.body.p);

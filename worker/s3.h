@@ -108,8 +108,16 @@ int zi_s3_put_png(zi_s3 *s3, const char *key, const void *png, size_t len, const
 /* 1 once the server refused a conditional PUT with 501: this handle PUTs unconditionally. */
 int zi_s3_conditional_off(const zi_s3 *s3);
 
-/* HEAD object. ZI_OK and *info filled when it exists; ZI_ENOTFOUND when it does not. */
+/* HEAD object. ZI_OK and *info filled when it exists; ZI_ENOTFOUND when it does not.
+ * A 403 is looked into with a GET of the key (a HEAD has no body to say why): refused
+ * credentials are ZI_EAUTH (the message names the code, e.g. SignatureDoesNotMatch), while
+ * AccessDenied - S3's answer for a missing object to credentials without s3:ListBucket -
+ * is ZI_ENOTFOUND and sets zi_s3_head_denied(). */
 int zi_s3_head(zi_s3 *s3, const char *key, zi_s3_head_info *info);
+
+/* 1 once a HEAD of this handle met AccessDenied (see zi_s3_head): objects are found only
+ * by the conditional PUT's 412 from then on, never by a HEAD. */
+int zi_s3_head_denied(const zi_s3 *s3);
 
 /* GET object into a heap buffer (caller frees *data; NUL-terminated for convenience, the
  * NUL not counted in *len). Bodies over max_bytes fail with ZI_EIO. */

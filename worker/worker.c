@@ -123,6 +123,7 @@ typedef struct zi_wk {
     const char *stop_upload_prompt;  /* SIGSTOP before the upload of a first attempt */
     const char *hang_prompt;         /* the job thread hangs after the first step */
     int cond_off_logged;             /* the S3 server's lack of conditional PUTs was logged */
+    int head_denied_logged;          /* HEAD's AccessDenied for missing objects was logged */
     int step_delay_ms;
 } zi_wk;
 
@@ -998,6 +999,14 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
         snprintf(msg, sizeof msg, "%s", zi_errmsg());
         res = zi_wk_fail(w, r, "s3_auth", msg, 1);
         goto out;
+    }
+    if (rc == ZI_ENOTFOUND && zi_s3_head_denied(w->s3) && !w->head_denied_logged) {
+        w->head_denied_logged = 1;
+        zi_log_warn("S3 answers a missing object with 403 AccessDenied: the credentials lack "
+                    "s3:ListBucket on bucket %s, so that answer counts as no earlier upload "
+                    "(each new job costs a GET more to tell it from refused credentials; "
+                    "docs/operations.md)",
+                    w->cfg->s3_bucket);
     }
     if (rc != ZI_OK && rc != ZI_ENOTFOUND)
         zi_log_warn("checking for an earlier upload failed (%s); running the job", zi_errmsg());

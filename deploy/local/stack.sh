@@ -6,7 +6,7 @@
 #               stand-in for tests and demos only - production uses a real Kafka cluster)
 #   S3          a single-node Ceph (1 mon, 1 memstore OSD) + RADOS Gateway: real S3, real SigV4
 #
-# Usage: stack.sh up|down|env|status|stop-rgw|start-rgw|stop-redis|start-redis
+# Usage: stack.sh up|down|env|status|stop-rgw|start-rgw|stop-redis|start-redis|s3-user UID
 #
 # Everything lives in one scratch directory, $ZI_STACK_DIR (default <repo>/.stack): config,
 # data, logs/, pids/, and stack.env (the ports and keys chosen at `up`). Ports are picked
@@ -502,6 +502,27 @@ zi_cmd_start_redis() {
     zi_log "redis started on port $REDIS_PORT (empty)"
 }
 
+# s3-user UID: an extra gateway user (made once, then the same) for tests of other
+# credentials; prints "ACCESS_KEY SECRET_KEY". It owns nothing and may do nothing until a
+# bucket policy grants it something.
+zi_cmd_s3_user() {
+    local uid=${1:-} f ak sk
+    [[ $uid =~ ^[a-z0-9-]{1,32}$ ]] || zi_die "s3-user: want a user id of 1..32 [a-z0-9-]"
+    [[ $uid != zimage ]] || zi_die "s3-user: zimage is the stack's own user"
+    zi_load_state
+    zi_pid_of radosgw >/dev/null || zi_die "s3-user: the gateway is not running"
+    f=$DIR/s3-user-$uid.keys
+    if [[ ! -f $f ]]; then
+        ak=$(zi_random_key 20 ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789)
+        sk=$(zi_random_key 40 abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789)
+        radosgw-admin -c "$CEPH_CONF" user create --uid="$uid" --display-name="$uid" \
+            --access-key="$ak" --secret="$sk" >>"$LOGS/ceph-setup.log" 2>&1 ||
+            zi_die "s3-user: radosgw-admin user create failed (see $LOGS/ceph-setup.log)"
+        printf '%s %s\n' "$ak" "$sk" >"$f"
+    fi
+    cat "$f"
+}
+
 # One command at a time per stack directory.
 exec 9>"$DIR/.lock"
 flock -w 60 9 || zi_die "another stack.sh holds $DIR/.lock"
@@ -515,11 +536,12 @@ stop-rgw) zi_cmd_stop_rgw ;;
 start-rgw) zi_cmd_start_rgw ;;
 stop-redis) zi_cmd_stop_redis ;;
 start-redis) zi_cmd_start_redis ;;
+s3-user) zi_cmd_s3_user "${2:-}" ;;
 -h | --help | help)
     sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     ;;
 *)
-    echo "usage: stack.sh up|down|env|status|stop-rgw|start-rgw|stop-redis|start-redis" >&2
+    echo "usage: stack.sh up|down|env|status|stop-rgw|start-rgw|stop-redis|start-redis|s3-user UID" >&2
     exit 2
     ;;
 esac

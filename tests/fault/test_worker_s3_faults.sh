@@ -9,6 +9,9 @@
 # 3. SIGTERM while a job's check for an earlier upload retries against a stopped gateway
 #    (before its run): the worker leaves the job at once (exit 0, not after s3.retry_s),
 #    uncommitted and not counted; with the gateway back the next worker runs it once.
+# 4. Least-privilege credentials (s3:GetObject and s3:PutObject, no s3:ListBucket, as many
+#    AWS policies grant): S3 answers the HEAD of a missing object with 403, which must not
+#    read as refused credentials - the jobs succeed, and the worker says once why.
 source "$(dirname "$0")/../integration/worker_lib.sh"
 zt_init s3faults
 ZT_STEPS=8 zt_config
@@ -51,6 +54,8 @@ zt_wait_status auth-1 failed 30
 t1=$(date +%s%3N)
 zt_check "auth-1 error_code" s3_auth "$(zt_field auth-1 error_code)"
 zt_check "auth-1 error names the HTTP status" yes "$(zt_field auth-1 error | grep -q 403 && echo yes)"
+zt_check "auth-1 error names S3's reason" yes \
+    "$(zt_field auth-1 error | grep -q SignatureDoesNotMatch && echo yes)"
 zt_check_ge "auth-1 failed within 10 s (no retry loop; ms left)" 0 "$((10000 - (t1 - t0)))"
 for _ in $(seq 50); do
     dlq=$(zt_consume "$ZT_DLQ" '%k|%h\n')
@@ -84,4 +89,37 @@ zt_check "head-1 run once, by w4" "w4 1" "$(zt_field head-1 worker) $(zt_field h
 zt_kill w4 TERM
 zt_wait_exit w4 30
 zt_check "w4 exit status" 0 "$ZT_RC"
+
+# ---- 4. credentials that may read and write objects but not list the bucket ----
+owner=$ZI_S3_ACCESS_KEY:$ZI_S3_SECRET_KEY
+read -r lp_access lp_secret < <("$STACK" s3-user zimage-putget)
+lp_bucket=zimage-putget
+lp_url=$ZI_S3_ENDPOINT/$lp_bucket
+zt_s3 "$owner" -o /dev/null -X PUT -H "x-amz-content-sha256: $ZT_EMPTY_SHA256" "$lp_url" || true
+policy='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":["arn:aws:iam:::user/zimage-putget"]},"Action":["s3:GetObject","s3:PutObject"],"Resource":["arn:aws:s3:::zimage-putget/*"]}]}'
+zt_check "putget: bucket policy set" 204 "$(zt_s3 "$owner" -o /dev/null -w '%{http_code}' -X PUT \
+    -H "x-amz-content-sha256: $(printf %s "$policy" | sha256sum | cut -d' ' -f1)" \
+    -H "Content-Type: application/json" --data-binary "$policy" "$lp_url?policy=")"
+lp_head() { # CREDENTIALS KEY: the HTTP status of a HEAD
+    zt_s3 "$1" -I -o /dev/null -w '%{http_code}' -H "x-amz-content-sha256: $ZT_EMPTY_SHA256" \
+        "$lp_url/$2"
+}
+zt_check "putget: a missing object reads 403, not 404" 403 \
+    "$(lp_head "$lp_access:$lp_secret" "$ZT_KEYDIR/none.png")"
+zt_start_worker w5 ZIMAGE_S3_BUCKET=$lp_bucket ZIMAGE_S3_ACCESS_KEY="$lp_access" \
+    ZIMAGE_S3_SECRET_KEY="$lp_secret"
+zt_wait_log w5 'assigned' 30
+zt_submit --job-id putget-1 --prompt "no list permission" --steps 1 >/dev/null
+zt_submit --job-id putget-2 --prompt "no list permission, again" --steps 1 >/dev/null
+zt_wait_status putget-1 succeeded 60
+zt_wait_status putget-2 succeeded 60
+zt_check "putget-1 run once" 1 "$(zt_field putget-1 attempt)"
+# (the uploader owns the object: the bucket owner cannot read it without an ACL)
+zt_check "putget-1 object in the bucket, read by its uploader: 200" 200 \
+    "$(lp_head "$lp_access:$lp_secret" "$ZT_KEYDIR/putget-1.png")"
+zt_check "w5 says once why a HEAD's 403 is no error" 1 \
+    "$(grep -c 'lack s3:ListBucket on bucket zimage-putget' "$ZT_TMP/w5.log")"
+zt_kill w5 TERM
+zt_wait_exit w5 30
+zt_check "w5 exit status" 0 "$ZT_RC"
 zt_finish
