@@ -28,7 +28,7 @@ static void zi_worker_on_signal(int sig)
 
 static void zi_worker_usage(FILE *f)
 {
-    fprintf(f, "usage: zimage worker --config FILE [--print-config]\n"
+    fprintf(f, "usage: zimage worker --config FILE [--print-config | --check]\n"
                "\n"
                "Consumes jobs from Kafka (kafka.topic), generates each image, uploads the PNG to\n"
                "S3 and records the job in Redis; at least once, one job at a time. Every config\n"
@@ -41,13 +41,17 @@ static void zi_worker_usage(FILE *f)
                "options:\n"
                "  --config FILE    the YAML configuration (docs/contract.md)\n"
                "  --print-config   print the effective configuration (secrets redacted), exit\n"
+               "  --check          try Redis, Kafka (topics), S3 (credentials, bucket), the\n"
+               "                   model (every tensor, no weight read) and the device once,\n"
+               "                   a line each; write nothing, take no job; exit 0 when all\n"
+               "                   pass, 1 when one fails\n"
                "  --help           show this help\n");
 }
 
 int zi_cmd_worker(int argc, char **argv)
 {
     const char *config = NULL;
-    int print = 0;
+    int print = 0, check = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int r;
@@ -56,6 +60,8 @@ int zi_cmd_worker(int argc, char **argv)
             return 0;
         } else if (strcmp(a, "--print-config") == 0) {
             print = 1;
+        } else if (strcmp(a, "--check") == 0) {
+            check = 1;
         } else if ((r = zi_cli_opt(argc, argv, &i, "--config", &config)) != 0) {
             if (r < 0)
                 return zi_cli_usage_error("worker", "--config needs a value");
@@ -65,6 +71,8 @@ int zi_cmd_worker(int argc, char **argv)
     }
     if (!config)
         return zi_cli_usage_error("worker", "--config FILE is required");
+    if (print && check)
+        return zi_cli_usage_error("worker", "give one of --print-config and --check");
 
     zi_wconfig cfg = {0};
     if (zi_wconfig_load(&cfg, config, zi_log_warn_cb, NULL) != ZI_OK) {
@@ -94,6 +102,18 @@ int zi_cmd_worker(int argc, char **argv)
         return 2;
     }
     rd_kafka_conf_destroy(kconf);
+
+    if (check) {
+        signal(SIGPIPE, SIG_IGN);
+        printf("%-7s %-4s %s (worker.id %s)\n", "config", "ok", config, cfg.worker_id);
+        int fails = zi_worker_check(&cfg, stdout);
+        if (fails)
+            printf("check: %d failed\n", fails);
+        else
+            printf("check: all passed\n");
+        zi_wconfig_free(&cfg);
+        return fails ? 1 : 0;
+    }
 
     static const int stop_sigs[] = {SIGTERM, SIGINT};
     zi_cli_on_signals(zi_worker_on_signal, stop_sigs, sizeof stop_sigs / sizeof stop_sigs[0]);

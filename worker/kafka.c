@@ -682,6 +682,40 @@ int zi_kafka_wait_ready(rd_kafka_t *rk, const char *topic, int timeout_ms)
     return ZI_OK;
 }
 
+int zi_kafka_topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms, int *partitions)
+{
+    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
+    if (!t)
+        return zi_errorf(ZI_EINVAL, "kafka: topic %s: %s", topic,
+                         rd_kafka_err2str(rd_kafka_last_error()));
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, t, &md, timeout_ms);
+    rd_kafka_topic_destroy(t);
+    if (err) {
+        if (md)
+            rd_kafka_metadata_destroy(md);
+        return zi_errorf(ZI_ETRANSIENT, "kafka: no answer from the brokers within %d ms: %s",
+                         timeout_ms, rd_kafka_err2str(err));
+    }
+    int rc = zi_errorf(ZI_ENOTFOUND, "kafka: topic %s does not exist", topic);
+    for (int i = 0; i < md->topic_cnt; i++) {
+        const struct rd_kafka_metadata_topic *mt = &md->topics[i];
+        if (strcmp(mt->topic, topic) != 0)
+            continue;
+        if (mt->err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED)
+            rc = zi_errorf(ZI_EAUTH, "kafka: topic %s: %s", topic, rd_kafka_err2str(mt->err));
+        else if (mt->err == RD_KAFKA_RESP_ERR_NO_ERROR && mt->partition_cnt > 0) {
+            *partitions = mt->partition_cnt;
+            rc = ZI_OK;
+            zi_error_clear();
+        } else if (mt->err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART &&
+                   mt->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+            rc = zi_errorf(ZI_ETRANSIENT, "kafka: topic %s: %s", topic, rd_kafka_err2str(mt->err));
+    }
+    rd_kafka_metadata_destroy(md);
+    return rc;
+}
+
 /* The zi_status of a produce error: ZI_EBACKEND once the producer has hit a fatal error
  * (every later produce fails: only a new producer, i.e. a restart, helps), ZI_EINVAL for a
  * message the broker refuses as too large (or an invalid argument), ZI_EAUTH for a refused

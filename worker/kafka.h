@@ -129,6 +129,13 @@ int zi_kafka_producer_new(const zi_wconfig *cfg, const char *client_id, rd_kafka
  * by the connection set-up. */
 int zi_kafka_wait_ready(rd_kafka_t *rk, const char *topic, int timeout_ms);
 
+/* The partition count of `topic` from the brokers' metadata (at most timeout_ms), never
+ * creating it: ZI_OK with *partitions set; ZI_ENOTFOUND when it does not exist; ZI_EAUTH
+ * when its description is refused (ACLs); ZI_ETRANSIENT when no broker answered. Use a
+ * handle with allow.auto.create.topics=false (a consumer's default) - a producer's
+ * metadata request may create the topic on brokers that auto-create. */
+int zi_kafka_topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms, int *partitions);
+
 /* One header for zi_kafka_produce_sync (value is a string). */
 typedef struct zi_kafka_header {
     const char *name;

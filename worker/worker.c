@@ -1414,22 +1414,14 @@ static int zi_wk_loop(zi_wk *w, int *stuck)
 
 /* ---- start-up and shutdown ---- */
 
-/* The largest job the configuration admits (sides multiples of 16 in generation.min_side ..
- * max_side, within the model's token grid, at most generation.max_pixels; with CFG, which
- * a job may ask for), planned before the weights load: the CUDA backend's "auto" weight
- * budget then leaves room for it (docs/cuda.md, "Activation headroom"). Of the shapes with
- * the most pixels the widest and the squarest are planned and the larger plan kept. A plan
- * that fails (a checkpoint config the load will report anyway) changes nothing. */
-static void zi_wk_plan_largest(zi_backend *be, const zi_wconfig *cfg)
+int zi_worker_largest_plan(const zi_wconfig *cfg, const zi_model_config *mc, zi_mem_plan *plan,
+                           int *width, int *height)
 {
-    zi_model_config mc;
-    if (zi_config_load(cfg->model_path, &mc) != ZI_OK)
-        return;
-    const int64_t px = (int64_t)mc.dit.patch * zi_vae_scale(&mc.vae);
-    const int64_t max_h =
-        cfg->gen_max_side < mc.dit.axes_lens[1] * px ? cfg->gen_max_side : mc.dit.axes_lens[1] * px;
-    const int64_t max_w =
-        cfg->gen_max_side < mc.dit.axes_lens[2] * px ? cfg->gen_max_side : mc.dit.axes_lens[2] * px;
+    const int64_t px = (int64_t)mc->dit.patch * zi_vae_scale(&mc->vae);
+    const int64_t max_h = cfg->gen_max_side < mc->dit.axes_lens[1] * px ? cfg->gen_max_side
+                                                                        : mc->dit.axes_lens[1] * px;
+    const int64_t max_w = cfg->gen_max_side < mc->dit.axes_lens[2] * px ? cfg->gen_max_side
+                                                                        : mc->dit.axes_lens[2] * px;
     int64_t best = 0, shape[2][2] = {{0, 0}, {0, 0}}; /* widest, squarest */
     for (int64_t h = cfg->gen_min_side; h <= max_h; h += 16) {
         int64_t w = cfg->gen_max_pixels / h / 16 * 16;
@@ -1445,33 +1437,52 @@ static void zi_wk_plan_largest(zi_backend *be, const zi_wconfig *cfg)
         }
     }
     if (!best)
-        return;
-    zi_mem_plan plan = {0}, p2;
-    uint64_t head = 0;
+        return zi_errorf(ZI_EINVAL,
+                         "no image size fits generation.min_side, max_side and max_pixels "
+                         "within the model's grid");
+    zi_mem_plan p2;
     int rc = ZI_OK, at = 0;
+    memset(plan, 0, sizeof *plan);
     for (int k = 0; k < 2 && rc == ZI_OK; k++) {
-        rc = zi_pipeline_act_estimate(&mc, (int)shape[k][0], (int)shape[k][1], 1.0f, 0, &p2);
-        if (rc == ZI_OK && p2.mapped > plan.mapped) {
-            plan = p2;
+        rc = zi_pipeline_act_estimate(mc, (int)shape[k][0], (int)shape[k][1], 1.0f, 0, &p2);
+        if (rc == ZI_OK && p2.mapped > plan->mapped) {
+            *plan = p2;
             at = k;
         }
     }
+    *width = (int)shape[at][0];
+    *height = (int)shape[at][1];
+    return rc;
+}
+
+/* The largest job's plan (zi_worker_largest_plan), before the weights load: the CUDA
+ * backend's "auto" weight budget then leaves room for it (docs/cuda.md, "Activation
+ * headroom"). A plan that fails (a checkpoint config the load will report anyway) changes
+ * nothing. */
+static void zi_wk_plan_largest(zi_backend *be, const zi_wconfig *cfg)
+{
+    zi_model_config mc;
+    if (zi_config_load(cfg->model_path, &mc) != ZI_OK)
+        return;
+    zi_mem_plan plan;
+    uint64_t head = 0;
+    int w = 0, h = 0;
+    int rc = zi_worker_largest_plan(cfg, &mc, &plan, &w, &h);
     if (rc == ZI_OK)
         rc = zi_cli_apply_headroom(be, &plan, &head);
     if (rc != ZI_OK) {
-        zi_log_warn("memory plan of the largest job (%lldx%lld): %s", (long long)shape[at][0],
-                    (long long)shape[at][1], zi_errmsg());
+        zi_log_warn("memory plan of the largest job: %s", zi_errmsg());
         return;
     }
     char hs[96] = "";
     if (head)
         snprintf(hs, sizeof hs, "; the weight budget leaves %.2f GiB free for it",
                  head / 1073741824.0);
-    zi_log_info("memory plan: the largest job (%lldx%lld, generation.max_side/max_pixels, with "
+    zi_log_info("memory plan: the largest job (%dx%d, generation.max_side/max_pixels, with "
                 "CFG) needs %.2f GiB of activations (%.2f GiB mapped), the weights %.2f GiB in "
                 "bf16%s",
-                (long long)shape[at][0], (long long)shape[at][1], plan.activations / 1073741824.0,
-                plan.mapped / 1073741824.0, plan.weights / 1073741824.0, hs);
+                w, h, plan.activations / 1073741824.0, plan.mapped / 1073741824.0,
+                plan.weights / 1073741824.0, hs);
 }
 
 static const char *zi_wk_basename(const char *path, char *buf, size_t cap)

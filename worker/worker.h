@@ -22,7 +22,9 @@
 #define ZI_WORKER_H
 
 #include <signal.h>
+#include <stdio.h>
 
+#include "pipeline.h"
 #include "wconfig.h"
 
 /* Runs the worker until *stop becomes nonzero (set by a signal handler: 1 = drain,
@@ -30,6 +32,24 @@
  * after a clean drain (the command exits 0), or an error code with zi_errmsg() set
  * when start-up failed or the consumer hit a fatal error (exit 1). */
 int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop);
+
+/* The largest job the configuration admits (sides multiples of 16 in generation.min_side ..
+ * max_side, within the model `mc`'s token grid, at most generation.max_pixels; with CFG,
+ * which a job may ask for), planned with zi_pipeline_act_estimate: of the shapes with the
+ * most pixels the widest and the squarest are planned and the larger plan kept, its size in
+ * *width x *height. ZI_EINVAL when the limits admit no size, or the plan's error. */
+int zi_worker_largest_plan(const zi_wconfig *cfg, const zi_model_config *mc, zi_mem_plan *plan,
+                           int *width, int *height);
+
+/* `zimage worker --check`: tries each dependency of a worker once, as the worker would use
+ * it, without taking a job or joining the group - Redis (PING), Kafka (the jobs, DLQ and
+ * result topics exist; no topic is created), S3 (the credentials are accepted and the
+ * bucket exists, by a HEAD and a GET of a key that the key template makes; nothing is
+ * written), the model (every config, the tokenizer and each tensor's name, shape and dtype,
+ * loaded on the memory-planning backend: no weight is read) and the device (the backend
+ * starts; on a GPU, whether the weights and the largest job fit). One line per check on
+ * `out`: NAME, ok / warn / FAIL, what was found. Returns the number of FAILs. */
+int zi_worker_check(const zi_wconfig *cfg, FILE *out);
 
 /* The job limits of a configuration (generation section + kafka.max_message_bytes). */
 struct zi_job_limits;

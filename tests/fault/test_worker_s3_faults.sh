@@ -91,23 +91,15 @@ zt_wait_exit w4 30
 zt_check "w4 exit status" 0 "$ZT_RC"
 
 # ---- 4. credentials that may read and write objects but not list the bucket ----
-owner=$ZI_S3_ACCESS_KEY:$ZI_S3_SECRET_KEY
-read -r lp_access lp_secret < <("$STACK" s3-user zimage-putget)
-lp_bucket=zimage-putget
-lp_url=$ZI_S3_ENDPOINT/$lp_bucket
-zt_s3 "$owner" -o /dev/null -X PUT -H "x-amz-content-sha256: $ZT_EMPTY_SHA256" "$lp_url" || true
-policy='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":["arn:aws:iam:::user/zimage-putget"]},"Action":["s3:GetObject","s3:PutObject"],"Resource":["arn:aws:s3:::zimage-putget/*"]}]}'
-zt_check "putget: bucket policy set" 204 "$(zt_s3 "$owner" -o /dev/null -w '%{http_code}' -X PUT \
-    -H "x-amz-content-sha256: $(printf %s "$policy" | sha256sum | cut -d' ' -f1)" \
-    -H "Content-Type: application/json" --data-binary "$policy" "$lp_url?policy=")"
+zt_s3_putget
 lp_head() { # CREDENTIALS KEY: the HTTP status of a HEAD
     zt_s3 "$1" -I -o /dev/null -w '%{http_code}' -H "x-amz-content-sha256: $ZT_EMPTY_SHA256" \
-        "$lp_url/$2"
+        "$ZI_S3_ENDPOINT/$ZT_PUTGET_BUCKET/$2"
 }
 zt_check "putget: a missing object reads 403, not 404" 403 \
-    "$(lp_head "$lp_access:$lp_secret" "$ZT_KEYDIR/none.png")"
-zt_start_worker w5 ZIMAGE_S3_BUCKET=$lp_bucket ZIMAGE_S3_ACCESS_KEY="$lp_access" \
-    ZIMAGE_S3_SECRET_KEY="$lp_secret"
+    "$(lp_head "$ZT_PUTGET_KEYS" "$ZT_KEYDIR/none.png")"
+zt_start_worker w5 ZIMAGE_S3_BUCKET=$ZT_PUTGET_BUCKET ZIMAGE_S3_ACCESS_KEY="${ZT_PUTGET_KEYS%%:*}" \
+    ZIMAGE_S3_SECRET_KEY="${ZT_PUTGET_KEYS#*:}"
 zt_wait_log w5 'assigned' 30
 zt_submit --job-id putget-1 --prompt "no list permission" --steps 1 >/dev/null
 zt_submit --job-id putget-2 --prompt "no list permission, again" --steps 1 >/dev/null
@@ -116,7 +108,7 @@ zt_wait_status putget-2 succeeded 60
 zt_check "putget-1 run once" 1 "$(zt_field putget-1 attempt)"
 # (the uploader owns the object: the bucket owner cannot read it without an ACL)
 zt_check "putget-1 object in the bucket, read by its uploader: 200" 200 \
-    "$(lp_head "$lp_access:$lp_secret" "$ZT_KEYDIR/putget-1.png")"
+    "$(lp_head "$ZT_PUTGET_KEYS" "$ZT_KEYDIR/putget-1.png")"
 zt_check "w5 says once why a HEAD's 403 is no error" 1 \
     "$(grep -c 'lack s3:ListBucket on bucket zimage-putget' "$ZT_TMP/w5.log")"
 zt_kill w5 TERM

@@ -20,6 +20,9 @@
 #    address - on a GPU a real fault, on the emulator its emulated form): the worker stops
 #    with exit 1 and records no final state; the job, not committed, is delivered again and
 #    another worker finishes it (attempt 2); it is not in the DLQ.
+# 7. `worker --check` on the device: the device line names it and finds every weight
+#    resident beside the largest job; under a 1 MiB weight budget it says how much stays in
+#    host memory.
 source "$(dirname "$0")/../integration/worker_lib.sh"
 zt_init worker_cuda
 ZT_STEPS=2 zt_config
@@ -146,4 +149,20 @@ zt_check "device fault: not in the DLQ" no \
 zt_kill w5 TERM
 zt_wait_exit w5 60
 zt_check "w5 exit status after SIGTERM" 0 "$ZT_RC"
+
+# ---- 7. the device line of worker --check ----
+device_line() { # VAR=VALUE...: the device line of a check run with those variables
+    env ZIMAGE_DEVICE_BACKEND=cuda "$@" "$ZI_BINARY" worker --config "$ZT_CFG" --check \
+        2>/dev/null | awk '$1 == "device"'
+}
+line=$(device_line)
+zt_check "check: device ok on cuda" yes \
+    "$(grep -q '^device *ok *cuda: ' <<<"$line" && echo yes || echo "no: $line")"
+zt_check "check: every weight resident" yes \
+    "$(grep -q 'all weights (.* GiB) resident beside the largest job' <<<"$line" && echo yes ||
+        echo "no: $line")"
+line=$(device_line ZI_CUDA_WEIGHT_BUDGET_MB=1)
+zt_check "check: 1 MiB budget, weights in host memory" yes \
+    "$(grep -q '^device *ok .*GiB stay in host memory under the weight budget' <<<"$line" &&
+        echo yes || echo "no: $line")"
 zt_finish

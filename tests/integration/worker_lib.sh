@@ -58,6 +58,25 @@ zt_cleanup() {
     echo "test $ZT_NAME: $(($(date +%s%3N) - ZT_T0)) ms"
 }
 
+# zt_s3_putget: least-privilege S3 credentials - the stack's extra user zimage-putget with a
+# bucket policy granting s3:GetObject and s3:PutObject on the bucket zimage-putget's objects
+# and nothing else (no s3:ListBucket: a missing object reads 403 AccessDenied, as on AWS).
+# Sets ZT_PUTGET_BUCKET and ZT_PUTGET_KEYS (ACCESS:SECRET). Made once per stack.
+zt_s3_putget() {
+    local access secret policy sha owner=$ZI_S3_ACCESS_KEY:$ZI_S3_SECRET_KEY
+    read -r access secret < <("$ZT_REPO/deploy/local/stack.sh" s3-user zimage-putget)
+    ZT_PUTGET_KEYS=$access:$secret
+    ZT_PUTGET_BUCKET=zimage-putget
+    # 200 when made, 409 when it is there already
+    zt_s3 "$owner" -o /dev/null -X PUT -H "x-amz-content-sha256: $ZT_EMPTY_SHA256" \
+        "$ZI_S3_ENDPOINT/$ZT_PUTGET_BUCKET" || true
+    policy='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":["arn:aws:iam:::user/zimage-putget"]},"Action":["s3:GetObject","s3:PutObject"],"Resource":["arn:aws:s3:::zimage-putget/*"]}]}'
+    sha=$(printf %s "$policy" | sha256sum | cut -d' ' -f1)
+    zt_check "putget: bucket policy set" 204 "$(zt_s3 "$owner" -o /dev/null -w '%{http_code}' \
+        -X PUT -H "x-amz-content-sha256: $sha" -H "Content-Type: application/json" \
+        --data-binary "$policy" "$ZI_S3_ENDPOINT/$ZT_PUTGET_BUCKET?policy=")"
+}
+
 # zt_config [YAML]: the worker config for this test; YAML lines given are appended (they
 # may add whole sections that the base does not have: kafka/worker keys go through env).
 zt_config() {
