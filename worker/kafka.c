@@ -665,39 +665,44 @@ int zi_kafka_producer_new(const zi_wconfig *cfg, const char *client_id, rd_kafka
     return ZI_OK;
 }
 
-int zi_kafka_wait_ready(rd_kafka_t *rk, const char *topic, int timeout_ms)
+/* The brokers' metadata of one topic into *md (the caller destroys it): ZI_ETRANSIENT when
+ * no broker answered within timeout_ms. */
+static int zi_kafka_topic_metadata(rd_kafka_t *rk, const char *topic, int timeout_ms,
+                                   const struct rd_kafka_metadata **md)
 {
+    *md = NULL;
     rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
     if (!t)
         return zi_errorf(ZI_EINVAL, "kafka: topic %s: %s", topic,
                          rd_kafka_err2str(rd_kafka_last_error()));
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, t, &md, timeout_ms);
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, t, md, timeout_ms);
     rd_kafka_topic_destroy(t);
-    if (md)
-        rd_kafka_metadata_destroy(md);
-    if (err)
+    if (err) {
+        if (*md)
+            rd_kafka_metadata_destroy(*md);
+        *md = NULL;
         return zi_errorf(ZI_ETRANSIENT, "kafka: no answer from the brokers within %d ms: %s",
                          timeout_ms, rd_kafka_err2str(err));
+    }
     return ZI_OK;
+}
+
+int zi_kafka_wait_ready(rd_kafka_t *rk, const char *topic, int timeout_ms)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    int rc = zi_kafka_topic_metadata(rk, topic, timeout_ms, &md);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    return rc;
 }
 
 int zi_kafka_topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms, int *partitions)
 {
-    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
-    if (!t)
-        return zi_errorf(ZI_EINVAL, "kafka: topic %s: %s", topic,
-                         rd_kafka_err2str(rd_kafka_last_error()));
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, t, &md, timeout_ms);
-    rd_kafka_topic_destroy(t);
-    if (err) {
-        if (md)
-            rd_kafka_metadata_destroy(md);
-        return zi_errorf(ZI_ETRANSIENT, "kafka: no answer from the brokers within %d ms: %s",
-                         timeout_ms, rd_kafka_err2str(err));
-    }
-    int rc = zi_errorf(ZI_ENOTFOUND, "kafka: topic %s does not exist", topic);
+    int rc = zi_kafka_topic_metadata(rk, topic, timeout_ms, &md);
+    if (rc != ZI_OK)
+        return rc;
+    rc = zi_errorf(ZI_ENOTFOUND, "kafka: topic %s does not exist", topic);
     for (int i = 0; i < md->topic_cnt; i++) {
         const struct rd_kafka_metadata_topic *mt = &md->topics[i];
         if (strcmp(mt->topic, topic) != 0)
