@@ -4,7 +4,8 @@
 #   1. installs what is missing (deploy/local/install-deps.sh), builds build/zimage (Release)
 #   2. starts the local stack (deploy/local/stack.sh: Redis, the dev Kafka broker, Ceph RGW)
 #      unless one is already up in $ZI_STACK_DIR (then that one is used and left running)
-#   3. runs one worker on the CPU with the tiny test checkpoint (tests/golden/data/tiny-zimage)
+#   3. checks the set-up (`zimage worker --check`), then runs one worker on the CPU with the
+#      tiny test checkpoint (tests/golden/data/tiny-zimage)
 #   4. submits three jobs, waits for them, prints each job's status and presigned URL
 #   5. copies the PNGs to demo-output/ (and the worker's log: demo-output/worker.log)
 #   6. stops everything it started (trap; also on failure or Ctrl-C) unless KEEP=1
@@ -113,6 +114,12 @@ worker:
   http_listen: 127.0.0.1:0
   heartbeat_s: 2
 EOF
+
+say "preflight: zimage worker --check (each dependency once, nothing written)"
+if ! "$Z" worker --config "$CFG" --check 2>"$OUT/check.log"; then
+    cat "$OUT/check.log" >&2
+    die "the check failed (above): not starting the worker"
+fi
 
 say "worker (log: $OUT/worker.log)"
 "$Z" worker --config "$CFG" >"$OUT/worker.log" 2>&1 &
