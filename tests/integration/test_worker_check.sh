@@ -48,7 +48,7 @@ check redis ZIMAGE_REDIS_URL=redis://127.0.0.1:1/0
 zt_check "redis down: exit" 1 "$rc"
 zt_check "redis down: redis" FAIL "$(state redis redis)"
 zt_check "redis down: the others pass" "ok ok ok ok" \
-    "$(echo "$(state redis kafka) $(state redis s3) $(state redis model) $(state redis device)")"
+    "$(state redis kafka) $(state redis s3) $(state redis model) $(state redis device)"
 zt_check "redis down: summary" "check: 1 failed" "$(tail -n 1 "$ZT_TMP/redis.out")"
 
 t0=$(date +%s%3N)
