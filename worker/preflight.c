@@ -251,6 +251,7 @@ static int zi_pf_device(const zi_wconfig *cfg, FILE *out, const zi_model_config 
         int n = snprintf(msg, sizeof msg, "cuda: %s, %.2f GiB free of %.2f GiB", be->device_name,
                          m.device_free / ZI_PF_GIB, m.device_total / ZI_PF_GIB);
         size_t at = n > 0 && (size_t)n < sizeof msg ? (size_t)n : 0;
+        uint64_t on_device = weights < budget ? weights : budget; /* budget: UINT64_MAX = none */
         if (rc != ZI_OK) {
             state = ZI_PF_FAIL;
             snprintf(msg + at, sizeof msg - at, "; device.weight_budget_mb: %s", zi_errmsg());
@@ -260,21 +261,22 @@ static int zi_pf_device(const zi_wconfig *cfg, FILE *out, const zi_model_config 
                      "; %s needs %.2f GiB with its scratch: lower generation.max_side or "
                      "max_pixels",
                      job, head / ZI_PF_GIB);
-        } else if (planned && weights <= budget && weights + head <= m.device_free) {
-            snprintf(msg + at, sizeof msg - at, "; all weights (%.2f GiB) resident beside %s",
-                     weights / ZI_PF_GIB, job);
-        } else if (planned && budget == UINT64_MAX) {
+        } else if (planned && !zi_cuda_weight_budget_auto(be) &&
+                   on_device + head > m.device_free) { /* auto leaves the headroom */
             state = ZI_PF_FAIL;
             snprintf(msg + at, sizeof msg - at,
-                     "; device.weight_budget_mb is resident but the weights (%.2f GiB) and %s "
-                     "do not fit: use auto",
+                     "; the weights the budget keeps on the device (%.2f GiB, "
+                     "device.weight_budget_mb) and %s (%.2f GiB with its scratch) do not fit: "
+                     "use auto or a smaller budget",
+                     on_device / ZI_PF_GIB, job, head / ZI_PF_GIB);
+        } else if (planned && on_device == weights) {
+            snprintf(msg + at, sizeof msg - at, "; all weights (%.2f GiB) resident beside %s",
                      weights / ZI_PF_GIB, job);
         } else if (planned) {
             snprintf(msg + at, sizeof msg - at,
-                     "; %s fits; of the weights (%.2f GiB) about %.2f GiB stay in host memory "
-                     "under the weight budget (slower steps; docs/cuda.md)",
-                     job, weights / ZI_PF_GIB,
-                     (weights > budget ? weights - budget : 0) / ZI_PF_GIB);
+                     "; %s fits; of the weights (%.2f GiB) %.2f GiB stay in host memory under "
+                     "the weight budget (slower steps; docs/cuda.md)",
+                     job, weights / ZI_PF_GIB, (weights - on_device) / ZI_PF_GIB);
         }
     } else
 #endif
