@@ -13,7 +13,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,7 +66,6 @@ static void zi_devbroker_usage(FILE *f)
 
 /* Writes `text` + '\n' to path through a temporary file and rename(), so a reader never
  * sees a half-written address. */
-/* A usage error: one line, ending with the hint (docs/contract.md); exit status 2. */
 static int zi_devbroker_write_file(const char *path, const char *text)
 {
     char tmp[PATH_MAX];

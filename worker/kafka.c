@@ -715,7 +715,7 @@ int zi_kafka_topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms,
             zi_error_clear();
         } else if (mt->err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART &&
                    mt->err != RD_KAFKA_RESP_ERR_NO_ERROR)
-            rc = zi_errorf(ZI_ETRANSIENT, "kafka: topic %s: %s", topic, rd_kafka_err2str(mt->err));
+            rc = zi_errorf(ZI_EIO, "kafka: topic %s: %s", topic, rd_kafka_err2str(mt->err));
     }
     rd_kafka_metadata_destroy(md);
     return rc;

@@ -131,7 +131,8 @@ int zi_kafka_wait_ready(rd_kafka_t *rk, const char *topic, int timeout_ms);
 
 /* The partition count of `topic` from the brokers' metadata (at most timeout_ms), never
  * creating it: ZI_OK with *partitions set; ZI_ENOTFOUND when it does not exist; ZI_EAUTH
- * when its description is refused (ACLs); ZI_ETRANSIENT when no broker answered. Use a
+ * when its description is refused (ACLs); ZI_EIO for another error of the topic (e.g. no
+ * leader yet); ZI_ETRANSIENT when no broker answered at all. Use a
  * handle with allow.auto.create.topics=false (a consumer's default) - a producer's
  * metadata request may create the topic on brokers that auto-create. */
 int zi_kafka_topic_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms, int *partitions);

@@ -72,8 +72,14 @@ static int zi_pf_redis(const zi_wconfig *cfg, FILE *out)
         st = zi_rstatus_ping(rs);
     double ms = zi_pf_now_ms() - t0;
     zi_rstatus_destroy(rs);
-    if (st != ZI_OK)
-        return zi_pf_line(out, "redis", ZI_PF_FAIL, "%s: %s", where, zi_errmsg());
+    if (st != ZI_OK) {
+        char err[1024];
+        snprintf(err, sizeof err, "%s", zi_errmsg());
+        char *retry = strstr(err, " (next connect in "); /* the client's backoff: not ours */
+        if (retry)
+            *retry = '\0';
+        return zi_pf_line(out, "redis", ZI_PF_FAIL, "%s: %s", where, err);
+    }
     return zi_pf_line(out, "redis", ZI_PF_OK, "%s: PING answered in %.1f ms", where, ms);
 }
 
@@ -144,8 +150,9 @@ static int zi_pf_s3(const zi_wconfig *cfg, FILE *out)
     if (rc == ZI_ENOTFOUND && zi_s3_head_denied(s3)) {
         state = ZI_PF_WARN;
         snprintf(msg, sizeof msg,
-                 "credentials accepted, but they lack s3:ListBucket: a missing object reads "
-                 "403 AccessDenied (the worker runs; one GET more per new job)");
+                 "credentials accepted, but a missing object reads 403 AccessDenied: either "
+                 "they lack s3:ListBucket (the worker runs; one GET more per new job) or they "
+                 "may not use this bucket at all - a read cannot tell which");
     } else if (rc == ZI_ENOTFOUND) {
         void *body = NULL;
         size_t len = 0;
@@ -282,12 +289,13 @@ static int zi_pf_device(const zi_wconfig *cfg, FILE *out, const zi_model_config 
 #endif
     {
         uint64_t avail = zi_pf_host_available();
-        uint64_t need = 2 * weights + plan.mapped; /* the CPU backend keeps f32 weights */
+        /* the plan is laid out for the GPU (bf16); the CPU backend keeps all in f32 */
+        uint64_t need = 2 * (weights + plan.mapped);
         int n = snprintf(msg, sizeof msg, "%s", be->name);
         size_t at = n > 0 && (size_t)n < sizeof msg ? (size_t)n : 0;
         if (planned) {
             n = snprintf(msg + at, sizeof msg - at,
-                         ": the weights in f32 and %s need about %.2f GiB of host memory", job,
+                         ": the weights and %s need about %.2f GiB of host memory in f32", job,
                          need / ZI_PF_GIB);
             at += n > 0 && (size_t)n < sizeof msg - at ? (size_t)n : 0;
         }

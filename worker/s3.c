@@ -921,9 +921,12 @@ int zi_s3_put_png(zi_s3 *s, const char *key, const void *png, size_t len, const 
 /* After a HEAD answered 403, which has no body to say why: a GET of the key reads the
  * error code. Refused credentials (a wrong secret or key, an expired token, a skewed clock)
  * stay ZI_EAUTH. AccessDenied is what S3 (AWS, Ceph RGW) answers for a missing object when
- * the credentials may read objects but not list the bucket (no s3:ListBucket): the object
- * cannot be told from a refused one, so it counts as absent (ZI_ENOTFOUND, and
- * zi_s3_head_denied() says so from here on). Anything else keeps the HEAD's ZI_EAUTH. */
+ * the credentials may read objects but not list the bucket (no s3:ListBucket) - and also
+ * when they may do nothing in this bucket, which a read cannot tell apart: the object counts
+ * as absent (ZI_ENOTFOUND, and zi_s3_head_denied() says so from here on), and a PUT without
+ * permission fails as ZI_EAUTH later. A GET that answers otherwise says nothing about the
+ * credentials: its own status comes back (ZI_ENOTFOUND, ZI_ETRANSIENT, ...; ZI_EIO when it
+ * succeeds although the HEAD was refused). */
 static int zi_s3_head_denied_why(zi_s3 *s, const char *key)
 {
     char head_err[512];
@@ -933,8 +936,11 @@ static int zi_s3_head_denied_why(zi_s3 *s, const char *key)
     char code[64];
     zi_s3_xml_tag(rc == ZI_EAUTH ? g.body.p : NULL, "Code", code, sizeof code);
     free(g.body.p);
-    if (rc == ZI_ECANCELLED)
-        return rc;
+    if (rc == ZI_OK)
+        return zi_errorf(ZI_EIO, "s3 HEAD %s/%s: HTTP 403, though a GET of it succeeds", s->bucket,
+                         key);
+    if (rc != ZI_EAUTH)
+        return rc; /* the GET's own error (zi_errmsg() says it) */
     if (strcmp(code, "AccessDenied") == 0) {
         s->head_denied = 1;
         return zi_errorf(ZI_ENOTFOUND,

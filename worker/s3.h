@@ -18,7 +18,8 @@
  *                 error_code "s3_error" (or retry later).
  *   ZI_ECONFLICT  412: a conditional PUT (ZI_S3_PUT_IF_ABSENT) found an object there.
  *   ZI_ECANCELLED the abort callback asked to stop (draining worker).
- *   ZI_ENOTFOUND  HEAD/GET of a missing object (404).
+ *   ZI_ENOTFOUND  HEAD/GET of a missing object (404); also a HEAD's 403 whose follow-up GET
+ *                 says AccessDenied (zi_s3_head: credentials without s3:ListBucket).
  *   ZI_EIO        any other 4xx, or a response body over its cap -> "s3_error".
  *
  * Thread safety: a zi_s3 handle reuses one curl handle (keep-alive) and must be used by
@@ -112,7 +113,8 @@ int zi_s3_conditional_off(const zi_s3 *s3);
  * A 403 is looked into with a GET of the key (a HEAD has no body to say why): refused
  * credentials are ZI_EAUTH (the message names the code, e.g. SignatureDoesNotMatch), while
  * AccessDenied - S3's answer for a missing object to credentials without s3:ListBucket -
- * is ZI_ENOTFOUND and sets zi_s3_head_denied(). */
+ * is ZI_ENOTFOUND and sets zi_s3_head_denied(); a GET that fails otherwise returns its own
+ * status (ZI_ETRANSIENT, ZI_ENOTFOUND, ...). */
 int zi_s3_head(zi_s3 *s3, const char *key, zi_s3_head_info *info);
 
 /* 1 once a HEAD of this handle met AccessDenied (see zi_s3_head): objects are found only

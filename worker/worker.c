@@ -1003,8 +1003,9 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
     if (rc == ZI_ENOTFOUND && zi_s3_head_denied(w->s3) && !w->head_denied_logged) {
         w->head_denied_logged = 1;
         zi_log_warn("S3 answers a missing object with 403 AccessDenied: the credentials lack "
-                    "s3:ListBucket on bucket %s, so that answer counts as no earlier upload "
-                    "(each new job costs a GET more to tell it from refused credentials; "
+                    "s3:ListBucket on bucket %s (or may not use it at all: then the upload "
+                    "fails as s3_auth), so that answer counts as no earlier upload (each new "
+                    "job costs a GET more to tell it from refused credentials; "
                     "docs/operations.md)",
                     w->cfg->s3_bucket);
     }

@@ -16,8 +16,8 @@ zt_on_exit drop_user
 acl=$(sed -n 's/^ACL SETUSER zimage-worker on >PASSWORD \(.*\)$/\1/p' "$ZT_REPO/docs/operations.md")
 zt_check "operations.md has the ACL line" yes "$([[ -n $acl ]] && echo yes || echo no)"
 acl=${acl//'~zimage:*'/"~${ZT_PREFIX}*"}
-# shellcheck disable=SC2086 # the rules are separate words
-zt_check "ACL user created" OK "$(zt_redis ACL SETUSER "$user" on ">$pass" $acl)"
+read -ra rules <<<"$acl" # words, never glob-expanded
+zt_check "ACL user created" OK "$(zt_redis ACL SETUSER "$user" on ">$pass" "${rules[@]}")"
 url="redis://$user:$pass@127.0.0.1:$ZI_REDIS_PORT/0"
 zt_check "the user cannot read outside the prefix" yes \
     "$(redis-cli -u "$url" GET other:key 2>&1 | grep -q NOPERM && echo yes || echo no)"

@@ -64,7 +64,8 @@ zt_cleanup() {
 # Sets ZT_PUTGET_BUCKET and ZT_PUTGET_KEYS (ACCESS:SECRET). Made once per stack.
 zt_s3_putget() {
     local access secret policy sha owner=$ZI_S3_ACCESS_KEY:$ZI_S3_SECRET_KEY
-    read -r access secret < <("$ZT_REPO/deploy/local/stack.sh" s3-user zimage-putget)
+    read -r access secret < <("$ZT_REPO/deploy/local/stack.sh" s3-user zimage-putget) || true
+    [[ -n $access && -n $secret ]] || zt_die "stack.sh s3-user zimage-putget gave no keys"
     ZT_PUTGET_KEYS=$access:$secret
     ZT_PUTGET_BUCKET=zimage-putget
     # 200 when made, 409 when it is there already
