@@ -37,6 +37,13 @@ zt_check "good: summary" "check: all passed" "$(tail -n 1 "$ZT_TMP/good.out")"
 zt_check "good: a line per check and the summary" 7 "$(grep -c '' "$ZT_TMP/good.out")"
 zt_check "good: kafka names the jobs topic" yes \
     "$(line good kafka | grep -qF "kafka.topic $ZT_TOPIC (" && echo yes || echo no)"
+zt_check "good: kafka names the DLQ topic" yes \
+    "$(line good kafka | grep -qF "kafka.dlq_topic $ZT_DLQ (" && echo yes || echo no)"
+zt_check "good: no result topic configured, none checked" no \
+    "$(line good kafka | grep -qF "kafka.result_topic" && echo yes || echo no)"
+check results ZIMAGE_KAFKA_RESULT_TOPIC="$ZT_RESULTS"
+zt_check "with a result topic: checked too" yes \
+    "$(line results kafka | grep -qF "kafka.result_topic $ZT_RESULTS (" && echo yes || echo no)"
 zt_check "good: model counted its weights" yes \
     "$(line good model | grep -q 'GiB of weights in bf16' && echo yes || echo no)"
 zt_check "good: device planned the largest job" yes \
