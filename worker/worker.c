@@ -731,6 +731,20 @@ static int zi_wk_upload(zi_wk *w, zi_wk_run *r, const void *png, size_t len)
     return zi_s3_put_ex(w->s3, r->s3_key, png, len, "image/png", meta, 3, 0);
 }
 
+/* Once per worker, when S3 answered a HEAD with AccessDenied (zi_s3_head_denied). */
+static void zi_wk_note_head_denied(zi_wk *w)
+{
+    if (!zi_s3_head_denied(w->s3) || w->head_denied_logged)
+        return;
+    w->head_denied_logged = 1;
+    zi_log_warn("S3 answers a missing object with 403 AccessDenied: the credentials lack "
+                "s3:ListBucket on bucket %s (or may not use it at all: then the upload "
+                "fails as s3_auth), so that answer counts as no earlier upload (each new "
+                "job costs a GET more to tell it from refused credentials; "
+                "docs/operations.md)",
+                w->cfg->s3_bucket);
+}
+
 /* Generates, encodes, uploads. */
 static int zi_wk_compute(zi_wk *w, zi_wk_run *r)
 {
@@ -1000,15 +1014,8 @@ static int zi_wk_process(zi_wk *w, const zi_kmsg *m)
         res = zi_wk_fail(w, r, "s3_auth", msg, 1);
         goto out;
     }
-    if (rc == ZI_ENOTFOUND && zi_s3_head_denied(w->s3) && !w->head_denied_logged) {
-        w->head_denied_logged = 1;
-        zi_log_warn("S3 answers a missing object with 403 AccessDenied: the credentials lack "
-                    "s3:ListBucket on bucket %s (or may not use it at all: then the upload "
-                    "fails as s3_auth), so that answer counts as no earlier upload (each new "
-                    "job costs a GET more to tell it from refused credentials; "
-                    "docs/operations.md)",
-                    w->cfg->s3_bucket);
-    }
+    if (rc == ZI_ENOTFOUND)
+        zi_wk_note_head_denied(w);
     if (rc != ZI_OK && rc != ZI_ENOTFOUND)
         zi_log_warn("checking for an earlier upload failed (%s); running the job", zi_errmsg());
     if (zi_wk_aborted(w, 1)) {
@@ -1110,9 +1117,29 @@ static int zi_wk_s3_abort(void *ud)
     return zi_wk_aborted(w, atomic_load(&w->in_checks));
 }
 
+/* The S3 credentials tried once as the job thread starts (a HEAD of a key the template
+ * makes; nothing written): refused ones are said in the log at start, not first at a job's
+ * upload. Only logged - jobs still run and fail as s3_auth (the contract's code). */
+static void zi_wk_probe_s3(zi_wk *w)
+{
+    char key[ZI_S3_MAX_KEY + 1];
+    if (zi_s3_key_expand(w->cfg->s3_key_template, "zimage-check", -1, key, sizeof key) != ZI_OK)
+        return;
+    int rc = zi_s3_head(w->s3, key, NULL);
+    if (rc == ZI_EAUTH)
+        zi_log_error("S3 refused the credentials at start (%s): every job will fail as s3_auth "
+                     "until they are fixed (zimage worker --check; docs/operations.md)",
+                     zi_errmsg());
+    else if (rc == ZI_ENOTFOUND)
+        zi_wk_note_head_denied(w);
+    else if (rc != ZI_OK && rc != ZI_ECANCELLED)
+        zi_log_warn("S3 check at start: %s", zi_errmsg());
+}
+
 static void *zi_wk_job_main(void *arg)
 {
     zi_wk *w = arg;
+    zi_wk_probe_s3(w);
     for (;;) {
         pthread_mutex_lock(&w->mu);
         while (!w->job_posted && !w->job_quit)

@@ -4,8 +4,9 @@
 #
 # 1. The gateway is stopped while a job computes and started again 10 s later: the upload
 #    is retried (s3.retry_s = 60) and the job succeeds in its first attempt, one object.
-# 2. A worker with a wrong S3 secret: the job fails `failed` / `s3_auth` within seconds,
-#    without retrying (403 is permanent), is copied to the DLQ, and the worker goes on.
+# 2. A worker with a wrong S3 secret says so in its log at start; the job fails `failed` /
+#    `s3_auth` within seconds, without retrying (403 is permanent), is copied to the DLQ, and
+#    the worker goes on.
 # 3. SIGTERM while a job's check for an earlier upload retries against a stopped gateway
 #    (before its run): the worker leaves the job at once (exit 0, not after s3.retry_s),
 #    uncommitted and not counted; with the gateway back the next worker runs it once.
@@ -48,6 +49,7 @@ zt_wait_exit w1 30
 zt_check "w1 exit status" 0 "$ZT_RC"
 zt_start_worker w2 ZIMAGE_S3_SECRET_KEY=wrong-secret-0000000000000000000000000
 zt_wait_log w2 'assigned' 30
+zt_wait_log w2 'S3 refused the credentials at start \(.*SignatureDoesNotMatch' 30
 t0=$(date +%s%3N)
 zt_submit --job-id auth-1 --prompt "wrong secret" --steps 1 >/dev/null
 zt_wait_status auth-1 failed 30
