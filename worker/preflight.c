@@ -135,7 +135,7 @@ static int zi_pf_kafka(const zi_wconfig *cfg, FILE *out)
 static int zi_pf_s3(const zi_wconfig *cfg, FILE *out)
 {
     char key[ZI_S3_MAX_KEY + 1];
-    if (zi_s3_key_expand(cfg->s3_key_template, "zimage-check", -1, key, sizeof key) != ZI_OK)
+    if (zi_worker_probe_key(cfg, key, sizeof key) != ZI_OK)
         return zi_pf_line(out, "s3", ZI_PF_FAIL, "s3.key_template: %s", zi_errmsg());
     zi_s3_config sc = zi_wconfig_s3(cfg);
     if (sc.retry_s > ZI_PF_S3_RETRY_S)

@@ -1117,13 +1117,18 @@ static int zi_wk_s3_abort(void *ud)
     return zi_wk_aborted(w, atomic_load(&w->in_checks));
 }
 
+int zi_worker_probe_key(const zi_wconfig *cfg, char *out, size_t cap)
+{
+    return zi_s3_key_expand(cfg->s3_key_template, "zimage-check", -1, out, cap);
+}
+
 /* The S3 credentials tried once as the job thread starts (a HEAD of a key the template
  * makes; nothing written): refused ones are said in the log at start, not first at a job's
  * upload. Only logged - jobs still run and fail as s3_auth (the contract's code). */
 static void zi_wk_probe_s3(zi_wk *w)
 {
     char key[ZI_S3_MAX_KEY + 1];
-    if (zi_s3_key_expand(w->cfg->s3_key_template, "zimage-check", -1, key, sizeof key) != ZI_OK)
+    if (zi_worker_probe_key(w->cfg, key, sizeof key) != ZI_OK)
         return;
     int rc = zi_s3_head(w->s3, key, NULL);
     if (rc == ZI_EAUTH)

@@ -41,6 +41,11 @@ int zi_worker_run(const zi_wconfig *cfg, volatile sig_atomic_t *stop);
 int zi_worker_largest_plan(const zi_wconfig *cfg, const zi_model_config *mc, zi_mem_plan *plan,
                            int *width, int *height);
 
+/* The S3 key a check of the credentials HEADs (and `--check` GETs; nothing is written):
+ * s3.key_template for the job id "zimage-check", so a policy scoped to the worker's prefix
+ * applies to it. ZI_OK, or the template's error. */
+int zi_worker_probe_key(const zi_wconfig *cfg, char *out, size_t cap);
+
 /* `zimage worker --check`: tries each dependency of a worker once, as the worker would use
  * it, without taking a job or joining the group - Redis (PING), Kafka (the jobs, DLQ and
  * result topics exist; no topic is created), S3 (the credentials are accepted and the

@@ -511,7 +511,7 @@ zi_cmd_s3_user() {
     [[ $uid != zimage ]] || zi_die "s3-user: zimage is the stack's own user"
     zi_load_state
     zi_pid_of radosgw >/dev/null || zi_die "s3-user: the gateway is not running"
-    f=$DIR/s3-user-$uid.keys
+    f=$CEPH_DIR/s3-user-$uid.keys # goes with the cluster at down/up
     if [[ ! -f $f ]]; then
         ak=$(zi_random_key 20 ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789)
         sk=$(zi_random_key 40 abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789)

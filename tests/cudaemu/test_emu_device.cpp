@@ -410,13 +410,24 @@ void test_ldmatrix_trans(void)
     printf("ok ldmatrix .trans\n");
 }
 
-void test_cp_async(void)
+/* cp_async_kernel's input - 1024 bytes i * mul + add, also on the device (*dsrc) - and its
+ * 2048-byte output buffer (*dout). */
+static std::vector<unsigned char> cp_async_setup(int mul, int add, unsigned char **dsrc,
+                                                 unsigned char **dout)
 {
     std::vector<unsigned char> src(1024);
     for (int i = 0; i < 1024; i++)
-        src[i] = (unsigned char)(i * 7 + 1);
-    unsigned char *dsrc = dev_alloc<unsigned char>(1024), *dout = dev_alloc<unsigned char>(2048);
-    upload(dsrc, src);
+        src[i] = (unsigned char)(i * mul + add);
+    *dsrc = dev_alloc<unsigned char>(1024);
+    *dout = dev_alloc<unsigned char>(2048);
+    upload(*dsrc, src);
+    return src;
+}
+
+void test_cp_async(void)
+{
+    unsigned char *dsrc, *dout;
+    std::vector<unsigned char> src = cp_async_setup(7, 1, &dsrc, &dout);
     ZI_LAUNCH(cp_async_kernel, 1, 32, 1024, 0, dsrc, dout);
     CHECK(cudaGetLastError() == cudaSuccess);
     std::vector<unsigned char> out = download(dout, 2048);
@@ -439,11 +450,8 @@ void test_cp_async(void)
  * each warp collective. */
 void test_eager(void)
 {
-    std::vector<unsigned char> src(1024);
-    for (int i = 0; i < 1024; i++)
-        src[i] = (unsigned char)(i * 5 + 3);
-    unsigned char *dsrc = dev_alloc<unsigned char>(1024), *dout = dev_alloc<unsigned char>(2048);
-    upload(dsrc, src);
+    unsigned char *dsrc, *dout;
+    std::vector<unsigned char> src = cp_async_setup(5, 3, &dsrc, &dout);
     int *counter = dev_alloc<int>(1), *tickets = dev_alloc<int>(256);
     for (int eager = 0; eager <= 1; eager++) {
         zi_emu_set_eager(eager);

@@ -59,18 +59,31 @@ static int teardown(void **state)
     return 0;
 }
 
+/* A VMM range of `bytes` queuing on `stream`: *g its granularity, *p its provider and -
+ * when a is not NULL - an allocator over it (512-byte alignment). */
+static zi_vmm *zt_vmm(uint64_t bytes, void *stream, uint64_t *g, zi_alloc_provider *p, zi_alloc **a)
+{
+    zi_vmm *v = NULL;
+    assert_int_equal(zi_vmm_open(0, bytes, stream, &v), ZI_OK);
+    *g = zi_vmm_granularity(v);
+    *p = zi_vmm_provider(v);
+    if (a) {
+        zi_alloc_config cfg = {zi_vmm_reserve(v), *g, 0, 512, 0};
+        *a = NULL;
+        assert_int_equal(zi_alloc_new(&cfg, p, a), ZI_OK);
+    }
+    return v;
+}
+
 /* The provider alone: map, use, unmap. */
 static void test_vmm_provider(void **state)
 {
     (void)state;
-    zi_vmm *v = NULL;
-    assert_int_equal(zi_vmm_open(0, 1024 * MIB, zi_cuda_stream(be), &v), ZI_OK);
-    uint64_t g = zi_vmm_granularity(v);
+    uint64_t g;
+    zi_alloc_provider p;
+    zi_alloc *a;
+    zi_vmm *v = zt_vmm(1024 * MIB, zi_cuda_stream(be), &g, &p, &a);
     assert_true(g >= 4096 && (g & (g - 1)) == 0);
-    zi_alloc_config cfg = {zi_vmm_reserve(v), g, 0, 512, 0};
-    zi_alloc_provider p = zi_vmm_provider(v);
-    zi_alloc *a = NULL;
-    assert_int_equal(zi_alloc_new(&cfg, &p, &a), ZI_OK);
     uint64_t off = 0;
     assert_int_equal(zi_alloc_malloc(a, 3 * g + 100, 0, &off), ZI_OK);
     assert_int_equal(zi_vmm_handles(v), 1);
@@ -94,10 +107,9 @@ static void test_vmm_provider(void **state)
 static void test_vmm_unmap_wrong_size(void **state)
 {
     (void)state;
-    zi_vmm *v = NULL;
-    assert_int_equal(zi_vmm_open(0, 64 * MIB, zi_cuda_stream(be), &v), ZI_OK);
-    uint64_t g = zi_vmm_granularity(v);
-    zi_alloc_provider p = zi_vmm_provider(v);
+    uint64_t g;
+    zi_alloc_provider p;
+    zi_vmm *v = zt_vmm(64 * MIB, zi_cuda_stream(be), &g, &p, NULL);
     assert_int_equal(p.map(p.ud, 0, 2 * g), ZI_OK);
     assert_int_equal(p.unmap(p.ud, 0, g), ZI_EINVAL);
     assert_int_equal(p.unmap(p.ud, 0, 4 * g), ZI_EINVAL);
@@ -122,13 +134,10 @@ static void test_vmm_unmap_waits_for_stream(void **state)
 {
     (void)state;
     cudaStream_t st = (cudaStream_t)zi_cuda_stream(be);
-    zi_vmm *v = NULL;
-    assert_int_equal(zi_vmm_open(0, 256 * MIB, st, &v), ZI_OK);
-    uint64_t g = zi_vmm_granularity(v);
-    zi_alloc_config cfg = {zi_vmm_reserve(v), g, 0, 512, 0};
-    zi_alloc_provider p = zi_vmm_provider(v);
-    zi_alloc *a = NULL;
-    assert_int_equal(zi_alloc_new(&cfg, &p, &a), ZI_OK);
+    uint64_t g;
+    zi_alloc_provider p;
+    zi_alloc *a;
+    zi_vmm *v = zt_vmm(256 * MIB, st, &g, &p, &a);
     uint64_t off = 0, n = 32 * MIB;
     assert_int_equal(zi_alloc_malloc(a, n, 0, &off), ZI_OK);
     char *ptr = (char *)zi_vmm_base(v) + off;
@@ -149,13 +158,10 @@ static void test_vmm_unmap_waits_for_stream(void **state)
 static void test_vmm_out_of_order_chunks(void **state)
 {
     (void)state;
-    zi_vmm *v = NULL;
-    assert_int_equal(zi_vmm_open(0, 64 * MIB, zi_cuda_stream(be), &v), ZI_OK);
-    uint64_t g = zi_vmm_granularity(v);
-    zi_alloc_config cfg = {zi_vmm_reserve(v), g, 0, 512, 0};
-    zi_alloc_provider p = zi_vmm_provider(v);
-    zi_alloc *a = NULL;
-    assert_int_equal(zi_alloc_new(&cfg, &p, &a), ZI_OK);
+    uint64_t g;
+    zi_alloc_provider p;
+    zi_alloc *a;
+    zi_vmm *v = zt_vmm(64 * MIB, zi_cuda_stream(be), &g, &p, &a);
     uint64_t offa = 0, offb = 0, offa2 = 0;
     assert_int_equal(zi_alloc_malloc(a, g, 0, &offa), ZI_OK);
     assert_int_equal(zi_alloc_malloc(a, g, 0, &offb), ZI_OK);

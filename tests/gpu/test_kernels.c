@@ -928,6 +928,22 @@ static void test_conv2d(void **state)
     zt_conv_case("conv3x3 256->256 @1024^2 (time)", 256, 256, 1024, 1024, 3, 0);
 }
 
+/* to_rgb8 of one image on both backends into new buffers *rc (CPU) and *rg (GPU; the
+ * caller frees both): how many bytes differ. */
+static size_t zt_rgb8_pair(zi_backend *cpu, zi_backend *gpu, const zi_tensor *ci,
+                           const zi_tensor *gi, int H, int W, uint8_t **rc, uint8_t **rg)
+{
+    size_t n = (size_t)3 * H * W, diff = 0;
+    *rc = malloc(n), *rg = malloc(n);
+    assert_non_null(*rc);
+    assert_non_null(*rg);
+    assert_int_equal(cpu->to_rgb8(cpu, *rc, ci, H, W), ZI_OK);
+    assert_int_equal(gpu->to_rgb8(gpu, *rg, gi, H, W), ZI_OK);
+    for (size_t i = 0; i < n; i++)
+        diff += (*rc)[i] != (*rg)[i];
+    return diff;
+}
+
 static void test_upsample_rgb(void **state)
 {
     (void)state;
@@ -952,14 +968,8 @@ static void test_upsample_rgb(void **state)
     img[5] = NAN;
     int64_t s3[3] = {3, H, W};
     zi_tensor ci = zt_put(cpu, 1, img, 3, s3), gi = zt_put(gpu, 0, img, 3, s3);
-    uint8_t *rc = malloc(np), *rg = malloc(np);
-    assert_non_null(rc);
-    assert_non_null(rg);
-    assert_int_equal(cpu->to_rgb8(cpu, rc, &ci, H, W), ZI_OK);
-    assert_int_equal(gpu->to_rgb8(gpu, rg, &gi, H, W), ZI_OK);
-    size_t diff = 0;
-    for (size_t i = 0; i < np; i++)
-        diff += rc[i] != rg[i];
+    uint8_t *rc, *rg;
+    size_t diff = zt_rgb8_pair(cpu, gpu, &ci, &gi, H, W, &rc, &rg);
     const char *rgb = zt_small ? "to_rgb8 40x56" : "to_rgb8 1024^2";
     zt_result *r = zt_record(rgb);
     r->err = (double)diff;
@@ -991,16 +1001,11 @@ static void test_upsample_rgb(void **state)
         tie[i] = -tie[i - nties];
     int64_t st[3] = {3, TH, TW};
     zi_tensor ct = zt_put(cpu, 1, tie, 3, st), gt = zt_put(gpu, 1, tie, 3, st);
-    uint8_t *tc = malloc(nt), *tg = malloc(nt);
-    assert_non_null(tc);
-    assert_non_null(tg);
-    assert_int_equal(cpu->to_rgb8(cpu, tc, &ct, TH, TW), ZI_OK);
-    assert_int_equal(gpu->to_rgb8(gpu, tg, &gt, TH, TW), ZI_OK);
-    size_t tdiff = 0, ceven = 0;
+    uint8_t *tc, *tg;
+    size_t tdiff = zt_rgb8_pair(cpu, gpu, &ct, &gt, TH, TW, &tc, &tg), ceven = 0;
     for (size_t i = 0; i < (size_t)TH * TW; i++)
         for (int c = 0; c < 3; c++) {
             size_t j = (size_t)c * TH * TW + i; /* planar in, interleaved out */
-            tdiff += tc[i * 3 + c] != tg[i * 3 + c];
             ceven += j < nties && tc[i * 3 + c] % 2 == 0;
         }
     zt_result *tr = zt_record("to_rgb8 f32 ties");
